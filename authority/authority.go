@@ -1,0 +1,281 @@
+// Package authority issues short-lived access tokens (RFC 9068) to registered
+// clients, records each in the issuance ledger before handing it out, and
+// answers introspection (RFC 7662) and revocation (RFC 7009).
+//
+// It refuses to issue for decoy subjects (member IDs that belong to no real
+// customer) and records a critical security event when asked to.
+package authority
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/token"
+)
+
+// Defaults of the token policy.
+const (
+	DefaultTTL         = 5 * time.Minute
+	MaxSubjectBytes    = 256
+	MaxScopeBytes      = 1024
+	MaxSessionIDBytes  = 256
+	SecurityDecoyIssue = "authority.decoy_issue"
+)
+
+// Signer gives the key that signs now (keys.Manager).
+type Signer interface {
+	Signer(ctx context.Context) (keys.Key, crypto.Signer, error)
+}
+
+// Ledger records issued tokens durably and answers what it knows of one.
+type Ledger interface {
+	Put(ctx context.Context, e ledger.Entry) error
+	Get(ctx context.Context, h ledger.Hash) (ledger.Entry, error)
+	Revoke(ctx context.Context, h ledger.Hash) error
+}
+
+// Alerter raises a security alert (detection).
+type Alerter interface {
+	Raise(ctx context.Context, rule, severity, entity, summary string)
+}
+
+// Journal is the audit log; security events are appended to it.
+type Journal interface {
+	Append(ctx context.Context, kind string, v any) error
+}
+
+// Request is what a client asks for.
+type Request struct {
+	Subject   string `json:"subject"`
+	Audience  string `json:"audience"`
+	Scope     string `json:"scope"`
+	TTL       int64  `json:"ttl"` // seconds; 0 means the default
+	ClientIP  string `json:"client_ip"`
+	SessionID string `json:"session_id"`
+}
+
+// Issued is the answer to a successful Request.
+type Issued struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresIn   int64  `json:"expires_in"`
+	JTI         string `json:"jti"`
+	KID         string `json:"kid"`
+}
+
+// Error is a refusal with its OAuth error code; the HTTP layer maps Code to a status.
+type Error struct {
+	Code        string // invalid_request, invalid_client, unauthorized_client, access_denied
+	Description string
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Description }
+
+func badRequest(format string, a ...any) error {
+	return &Error{Code: "invalid_request", Description: fmt.Sprintf(format, a...)}
+}
+
+// Authority issues tokens.
+type Authority struct {
+	Issuer     string
+	MaxTTL     time.Duration
+	DefaultTTL time.Duration
+
+	signer  Signer
+	ledger  Ledger
+	decoys  map[string]bool
+	alerter Alerter
+	journal Journal
+	now     func() time.Time
+}
+
+// Config is the authority's part of the configuration.
+type Config struct {
+	Issuer     string        `yaml:"issuer"`
+	DefaultTTL time.Duration `yaml:"default_ttl"`
+	MaxTTL     time.Duration `yaml:"max_ttl"`
+	Decoys     []string      `yaml:"decoys"`
+}
+
+// New returns an authority. alerter and journal may be nil.
+func New(cfg Config, s Signer, l Ledger, alerter Alerter, journal Journal, now func() time.Time) (*Authority, error) {
+	if cfg.Issuer == "" {
+		return nil, errors.New("authority: issuer is required")
+	}
+	if cfg.MaxTTL <= 0 || cfg.MaxTTL > keys.HardMaxTokenTTL {
+		return nil, fmt.Errorf("authority: max_ttl %s must be in (0, %s]", cfg.MaxTTL, keys.HardMaxTokenTTL)
+	}
+	if cfg.DefaultTTL <= 0 {
+		cfg.DefaultTTL = min(DefaultTTL, cfg.MaxTTL)
+	}
+	if cfg.DefaultTTL > cfg.MaxTTL {
+		return nil, fmt.Errorf("authority: default_ttl %s exceeds max_ttl %s", cfg.DefaultTTL, cfg.MaxTTL)
+	}
+	d := make(map[string]bool, len(cfg.Decoys))
+	for _, s := range cfg.Decoys {
+		d[s] = true
+	}
+	return &Authority{Issuer: cfg.Issuer, MaxTTL: cfg.MaxTTL, DefaultTTL: cfg.DefaultTTL,
+		signer: s, ledger: l, decoys: d, alerter: alerter, journal: journal, now: now}, nil
+}
+
+// IsDecoy reports whether sub is a configured decoy member.
+func (a *Authority) IsDecoy(sub string) bool { return a.decoys[sub] }
+
+// Validate checks a request against the input rules without side effects.
+func (a *Authority) Validate(c *Client, r *Request) error {
+	if r.Subject == "" {
+		return badRequest("subject is required")
+	}
+	if len(r.Subject) > MaxSubjectBytes || !printable(r.Subject) {
+		return badRequest("subject must be at most %d bytes of printable characters", MaxSubjectBytes)
+	}
+	if len(r.Scope) > MaxScopeBytes || !printable(r.Scope) {
+		return badRequest("scope must be at most %d bytes of printable characters", MaxScopeBytes)
+	}
+	if len(r.SessionID) > MaxSessionIDBytes || !printable(r.SessionID) {
+		return badRequest("session_id must be at most %d bytes of printable characters", MaxSessionIDBytes)
+	}
+	if r.TTL < 0 {
+		return badRequest("ttl must not be negative")
+	}
+	if time.Duration(r.TTL)*time.Second > a.MaxTTL || r.TTL > int64(a.MaxTTL/time.Second) {
+		return badRequest("ttl %ds exceeds the policy maximum of %ds", r.TTL, int64(a.MaxTTL/time.Second))
+	}
+	if r.ClientIP != "" {
+		if _, err := netip.ParseAddr(r.ClientIP); err != nil {
+			return badRequest("client_ip is not an IP address")
+		}
+	}
+	if r.Audience == "" {
+		return badRequest("audience is required")
+	}
+	for _, aud := range c.Audiences {
+		if aud == r.Audience {
+			return nil
+		}
+	}
+	return &Error{Code: "unauthorized_client", Description: "audience is not registered for this client"}
+}
+
+// Issue validates r for client c, signs a token and records it in the ledger.
+// The token is returned only after its ledger record is durable.
+func (a *Authority) Issue(ctx context.Context, c *Client, r Request) (Issued, error) {
+	if err := a.Validate(c, &r); err != nil {
+		return Issued{}, err
+	}
+	if a.decoys[r.Subject] {
+		a.security(ctx, SecurityDecoyIssue, "critical", "subject:"+r.Subject,
+			fmt.Sprintf("client %s asked for a token for decoy member %s", c.Name, r.Subject))
+		return Issued{}, &Error{Code: "access_denied", Description: "subject may not receive tokens"}
+	}
+	ttl := a.DefaultTTL
+	if r.TTL > 0 {
+		ttl = time.Duration(r.TTL) * time.Second
+	}
+	key, s, err := a.signer.Signer(ctx)
+	if err != nil {
+		return Issued{}, fmt.Errorf("failed to get a signing key: %w", err)
+	}
+	now := a.now()
+	jti := newJTI()
+	cl := token.Claims{
+		Issuer: a.Issuer, Subject: r.Subject, Audience: r.Audience,
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(ttl).Unix(),
+		JTI: jti, Scope: r.Scope, SessionID: r.SessionID, ClientID: c.ID,
+	}
+	raw, err := token.Sign(s, key.Alg, key.KID, cl)
+	if err != nil {
+		return Issued{}, fmt.Errorf("failed to sign: %w", err)
+	}
+	e := ledger.Entry{
+		Hash: ledger.HashToken(raw), JTI: jti, KID: key.KID, Subject: r.Subject, Audience: r.Audience,
+		Client: c.ID, Session: r.SessionID, ClientIP: r.ClientIP,
+		IssuedAt: time.Unix(cl.IssuedAt, 0).UTC(), ExpiresAt: time.Unix(cl.ExpiresAt, 0).UTC(),
+	}
+	if err := a.ledger.Put(ctx, e); err != nil {
+		return Issued{}, fmt.Errorf("failed to record the token: %w", err)
+	}
+	return Issued{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(ttl / time.Second), JTI: jti, KID: key.KID}, nil
+}
+
+// Introspection is the RFC 7662 answer.
+type Introspection struct {
+	Active    bool   `json:"active"`
+	Scope     string `json:"scope,omitempty"`
+	ClientID  string `json:"client_id,omitempty"`
+	TokenType string `json:"token_type,omitempty"`
+	Exp       int64  `json:"exp,omitempty"`
+	Iat       int64  `json:"iat,omitempty"`
+	Nbf       int64  `json:"nbf,omitempty"`
+	Sub       string `json:"sub,omitempty"`
+	Aud       string `json:"aud,omitempty"`
+	Iss       string `json:"iss,omitempty"`
+	JTI       string `json:"jti,omitempty"`
+}
+
+// Introspect answers whether raw is a live token this authority issued. A token
+// whose signature verifies but that is not in the ledger is not active.
+func (a *Authority) Introspect(ctx context.Context, raw string) (Introspection, error) {
+	e, err := a.ledger.Get(ctx, ledger.HashToken(raw))
+	if errors.Is(err, ledger.ErrNotFound) {
+		return Introspection{Active: false}, nil
+	}
+	if err != nil {
+		return Introspection{}, err
+	}
+	now := a.now()
+	if e.Revoked || !now.Before(e.ExpiresAt) {
+		return Introspection{Active: false}, nil
+	}
+	p, err := token.Parse(raw)
+	if err != nil {
+		return Introspection{Active: false}, nil
+	}
+	c := p.Claims
+	return Introspection{Active: true, Scope: c.Scope, ClientID: c.ClientID, TokenType: "Bearer",
+		Exp: c.ExpiresAt, Iat: c.IssuedAt, Nbf: c.NotBefore, Sub: c.Subject, Aud: c.Audience, Iss: c.Issuer, JTI: c.JTI}, nil
+}
+
+// Revoke revokes raw if this authority issued it to client c (RFC 7009: an
+// unknown token is not an error).
+func (a *Authority) Revoke(ctx context.Context, c *Client, raw string) error {
+	h := ledger.HashToken(raw)
+	e, err := a.ledger.Get(ctx, h)
+	if errors.Is(err, ledger.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if e.Client != c.ID {
+		return &Error{Code: "unauthorized_client", Description: "token was issued to another client"}
+	}
+	return a.ledger.Revoke(ctx, h)
+}
+
+func (a *Authority) security(ctx context.Context, kind, severity, entity, summary string) {
+	if a.journal != nil {
+		_ = a.journal.Append(ctx, "security", map[string]string{"kind": kind, "severity": severity, "entity": entity, "summary": summary})
+	}
+	if a.alerter != nil {
+		a.alerter.Raise(ctx, kind, severity, entity, summary)
+	}
+}
+
+// newJTI returns 128 random bits, base64url.
+func newJTI() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-dev/custos/api"
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/server"
+)
+
+// adminFlags are the flags of every command that talks to a running server.
+type adminFlags struct {
+	server, tokenFile, data string
+	json                    bool
+}
+
+func (f *adminFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.server, "server", "http://"+config.DefaultListen, "URL of the running custos")
+	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "admin credential file (default DATA/admin-token)")
+	cmd.Flags().StringVar(&f.data, "data", os.Getenv("CUSTOS_DATA"), "data directory, to find the admin credential")
+	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+}
+
+func (f *adminFlags) client() (*api.Client, error) {
+	tf := f.tokenFile
+	if tf == "" {
+		if f.data == "" {
+			return nil, usageErr("need --token-file or --data to find the admin credential")
+		}
+		tf = filepath.Join(f.data, server.AdminTokenFile)
+	}
+	return api.New(f.server, tf)
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func ctxTimeout() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 60*time.Second)
+}
+
+func init() {
+	clients := &cobra.Command{Use: "clients", Short: "Manage the clients that may ask for tokens"}
+	var f adminFlags
+	var audiences []string
+	var heldBy string
+	add := &cobra.Command{
+		Use:   "add NAME --audience AUD",
+		Short: "Register a client; prints its secret once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(audiences) == 0 {
+				return usageErr("--audience is required")
+			}
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := ctxTimeout()
+			defer cancel()
+			var out struct {
+				ClientID     string `json:"client_id"`
+				ClientSecret string `json:"client_secret"`
+			}
+			if err := c.Do(ctx, "POST", "/v1/clients", map[string]any{"name": args[0], "audience": audiences, "held_by": heldBy}, &out); err != nil {
+				return err
+			}
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "client_id:     %s\nclient_secret: %s\n(the secret is shown once; only its hash is kept)\n", out.ClientID, out.ClientSecret)
+			return nil
+		},
+	}
+	f.add(add)
+	add.Flags().StringSliceVar(&audiences, "audience", nil, "audience the client may ask tokens for (repeatable)")
+	add.Flags().StringVar(&heldBy, "held-by", "", "staff id of the custodian of this client secret (default: the caller)")
+	clients.AddCommand(add)
+	root.AddCommand(clients)
+
+	keysCmd := &cobra.Command{Use: "keys", Short: "Signing keys: list, rotate, revoke, custodians, hygiene"}
+	var lf adminFlags
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List signing keys and their states",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := lf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := ctxTimeout()
+			defer cancel()
+			var out struct {
+				Keys []keys.Key `json:"keys"`
+			}
+			if err := c.Do(ctx, "GET", "/v1/keys", nil, &out); err != nil {
+				return err
+			}
+			if lf.json {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "KID\tALG\tSTATE\tBACKEND\tCREATED")
+			for _, k := range out.Keys {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.KID, k.Alg, k.State, k.Backend, k.CreatedAt.Format(time.RFC3339))
+			}
+			return tw.Flush()
+		},
+	}
+	lf.add(list)
+	var rf adminFlags
+	var rotReason string
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Make a new active key now",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := rf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := ctxTimeout()
+			defer cancel()
+			var k keys.Key
+			if err := c.Do(ctx, "POST", "/v1/keys/rotate", map[string]string{"reason": rotReason}, &k); err != nil {
+				return err
+			}
+			if rf.json {
+				return printJSON(cmd.OutOrStdout(), k)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "new active key %s (%s)\n", k.KID, k.Alg)
+			return nil
+		},
+	}
+	rf.add(rotate)
+	rotate.Flags().StringVar(&rotReason, "reason", "manual rotation", "why")
+	var vf adminFlags
+	var revReason string
+	revoke := &cobra.Command{
+		Use:   "revoke KID --reason R",
+		Short: "Revoke a key now; it leaves JWKS at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if revReason == "" {
+				return usageErr("--reason is required")
+			}
+			c, err := vf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := ctxTimeout()
+			defer cancel()
+			var k keys.Key
+			if err := c.Do(ctx, "POST", "/v1/keys/"+args[0]+"/revoke", map[string]string{"reason": revReason}, &k); err != nil {
+				return err
+			}
+			if vf.json {
+				return printJSON(cmd.OutOrStdout(), k)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "key %s revoked\n", args[0])
+			return nil
+		},
+	}
+	vf.add(revoke)
+	revoke.Flags().StringVar(&revReason, "reason", "", "why (required)")
+	keysCmd.AddCommand(list, rotate, revoke)
+	root.AddCommand(keysCmd)
+
+	scim := &cobra.Command{Use: "scim", Short: "SCIM 2.0 provisioning"}
+	tokens := &cobra.Command{Use: "tokens", Short: "Bearer tokens of identity providers"}
+	var sf adminFlags
+	stAdd := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Make a bearer token for an identity provider; prints it once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := sf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := ctxTimeout()
+			defer cancel()
+			var out struct {
+				Token string `json:"token"`
+			}
+			if err := c.Do(ctx, "POST", "/v1/scim/tokens", map[string]string{"name": args[0]}, &out); err != nil {
+				return err
+			}
+			if sf.json {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Token)
+			return nil
+		},
+	}
+	sf.add(stAdd)
+	tokens.AddCommand(stAdd)
+	scim.AddCommand(tokens)
+	root.AddCommand(scim)
+}

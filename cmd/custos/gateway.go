@@ -1,0 +1,55 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/server"
+)
+
+func init() {
+	var cfgPath, upstream, listen, authorityURL, tokenFile, data string
+	cmd := &cobra.Command{
+		Use:   "gateway --upstream URL",
+		Short: "Run the verifying gateway as its own process in front of a customer-data API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.Load(cfgPath, lookupEnv)
+			if err != nil {
+				return &exitError{2, err}
+			}
+			set := cmd.Flags().Changed
+			if set("upstream") {
+				cfg.Gateway.Upstream = upstream
+			}
+			if set("listen") {
+				cfg.Gateway.Listen = listen
+			}
+			if set("authority") {
+				cfg.Gateway.Authority = authorityURL
+			}
+			if set("token-file") {
+				cfg.Gateway.AuthorityTokenFile = tokenFile
+			}
+			if set("data") {
+				cfg.Data = data
+			}
+			if cfg.Gateway.Upstream == "" {
+				return usageErr("--upstream is required")
+			}
+			if cfg.Gateway.Authority == "" {
+				cfg.Gateway.Authority = cfg.Issuer
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			return server.RunGateway(ctx, cfg, newLogger())
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file")
+	cmd.Flags().StringVar(&upstream, "upstream", "", "URL of the customer-data API to protect")
+	cmd.Flags().StringVar(&listen, "listen", config.DefaultGatewayListen, "gateway address")
+	cmd.Flags().StringVar(&authorityURL, "authority", "", "URL of the custos authority (default: the issuer)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "credential for the authority's ledger stream (default DATA/admin-token)")
+	cmd.Flags().StringVar(&data, "data", "", "data directory of the authority, to find its credential")
+	root.AddCommand(cmd)
+}

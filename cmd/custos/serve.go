@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/server"
+)
+
+// loadConfig applies, in increasing strength: defaults, the YAML file,
+// CUSTOS_* variables, then the flags the user set.
+func loadConfig(cmd *cobra.Command, path string, flags func(*config.Config)) (config.Config, error) {
+	c, err := config.Load(path, lookupEnv)
+	if err != nil {
+		return c, &exitError{2, err}
+	}
+	flags(&c)
+	if err := c.Validate(); err != nil {
+		return c, &exitError{2, err}
+	}
+	return c, nil
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func newLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+func init() {
+	var cfgPath, data, listen, issuer, upstream string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run every part of custos in one process on the embedded default",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadConfig(cmd, cfgPath, func(c *config.Config) {
+				if cmd.Flags().Changed("data") {
+					c.Data = data
+				}
+				if cmd.Flags().Changed("listen") {
+					c.Listen = listen
+				}
+				if cmd.Flags().Changed("issuer") {
+					c.Issuer = issuer
+				}
+				if cmd.Flags().Changed("upstream") {
+					c.Gateway.Upstream = upstream
+				}
+			})
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			return serve(ctx, cfg, cmd)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file")
+	cmd.Flags().StringVar(&data, "data", "", "data directory (created on first start)")
+	cmd.Flags().StringVar(&listen, "listen", config.DefaultListen, "API address")
+	cmd.Flags().StringVar(&issuer, "issuer", config.DefaultIssuer, "token issuer (iss) and public base URL")
+	cmd.Flags().StringVar(&upstream, "upstream", "", "run the gateway in-process in front of this upstream URL")
+	root.AddCommand(cmd)
+}
+
+func serve(ctx context.Context, cfg config.Config, cmd *cobra.Command) error {
+	log := newLogger()
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("failed to listen on %s: %w", cfg.Listen, err)
+	}
+	s, err := server.Open(ctx, cfg, log, nil)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer s.Close()
+	if s.FirstStart {
+		fmt.Fprintf(cmd.ErrOrStderr(), "custos: first start: created %s (keyring %s, admin credential %s, mode 0600)\n",
+			cfg.Data, filepath.Join(cfg.Data, server.KeyringFile), filepath.Join(cfg.Data, server.AdminTokenFile))
+	}
+	log.Info("custos serving", "api", "http://"+ln.Addr().String(), "data", cfg.Data)
+	return s.Run(ctx, ln)
+}
+
+var lookupEnv = os.LookupEnv

@@ -1,0 +1,275 @@
+// Package config is custos's configuration: one documented struct tree, read
+// from a YAML file, then CUSTOS_* environment variables, then flags (each
+// stronger than the one before), and validated as a whole with errors that
+// name the field.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults.
+const (
+	DefaultListen        = "127.0.0.1:7700"
+	DefaultGatewayListen = "127.0.0.1:7780"
+	DefaultIssuer        = "http://127.0.0.1:7700"
+	DefaultAudience      = "shop-api"
+	DefaultRotateEvery   = 24 * time.Hour
+	DefaultMaxTokenTTL   = 15 * time.Minute
+	DefaultMaxKeyAge     = 7 * 24 * time.Hour
+	MaxConfigBytes       = 1 << 20
+)
+
+// Config is the whole configuration. Field comments are the user documentation.
+type Config struct {
+	// Data is the data directory (keyring, databases, audit log, event store).
+	Data string `yaml:"data" env:"CUSTOS_DATA"`
+	// Listen is the API address.
+	Listen string `yaml:"listen" env:"CUSTOS_LISTEN"`
+	// Issuer is the iss claim and the base URL in the metadata document.
+	Issuer string `yaml:"issuer" env:"CUSTOS_ISSUER"`
+	// Keys: custody backend and lifecycle policy.
+	Keys Keys `yaml:"keys"`
+	// Tokens: issuance policy.
+	Tokens Tokens `yaml:"tokens"`
+	// Decoys: member IDs that belong to no real customer.
+	Decoys []string `yaml:"decoys"`
+	// Gateway runs in-process in serve when Upstream is set, and is the
+	// configuration of `custos gateway`.
+	Gateway Gateway `yaml:"gateway"`
+	// Staff: workforce lifecycle.
+	Staff Staff `yaml:"staff"`
+	// Detect: detection engine.
+	Detect Detect `yaml:"detect"`
+}
+
+// Keys configures key custody and the key lifecycle policy.
+type Keys struct {
+	// Backend is "sealed" (default) or "pkcs11".
+	Backend string `yaml:"backend" env:"CUSTOS_KEYS_BACKEND"`
+	// Alg is "EdDSA" (default) or "ES256".
+	Alg string `yaml:"alg" env:"CUSTOS_KEYS_ALG"`
+	// KEKFile is a file holding the 32-byte key-encryption key of the sealed
+	// keyring; default DATA/kek (created 0600 on first start).
+	KEKFile string `yaml:"kek_file" env:"CUSTOS_KEK_FILE"`
+	// KEKEnv names an environment variable holding the KEK (base64) instead.
+	KEKEnv string `yaml:"kek_env" env:"CUSTOS_KEK_ENV"`
+	// PassphraseEnv names an environment variable holding a passphrase the KEK
+	// is derived from with argon2id instead.
+	PassphraseEnv string `yaml:"passphrase_env" env:"CUSTOS_KEK_PASSPHRASE_ENV"`
+	// PKCS11 configures the HSM backend.
+	PKCS11 PKCS11 `yaml:"pkcs11"`
+	// RotateEvery: a new active key this often (default 24h).
+	RotateEvery time.Duration `yaml:"rotate_every" env:"CUSTOS_ROTATE_EVERY"`
+	// MaxKeyAge: a key past this age never signs again (default and hard max 7 days).
+	MaxKeyAge time.Duration `yaml:"max_key_age" env:"CUSTOS_MAX_KEY_AGE"`
+}
+
+// PKCS11 configures the HSM backend.
+type PKCS11 struct {
+	Module     string `yaml:"module" env:"CUSTOS_PKCS11_MODULE"`
+	TokenLabel string `yaml:"token_label" env:"CUSTOS_PKCS11_TOKEN"`
+	// PINEnv names the environment variable holding the user PIN.
+	PINEnv string `yaml:"pin_env" env:"CUSTOS_PKCS11_PIN_ENV"`
+}
+
+// Tokens configures issuance.
+type Tokens struct {
+	DefaultTTL time.Duration `yaml:"default_ttl" env:"CUSTOS_TOKEN_TTL"`
+	// MaxTTL: the longest token lifetime (default 15m, hard max 24h).
+	MaxTTL time.Duration `yaml:"max_ttl" env:"CUSTOS_TOKEN_MAX_TTL"`
+}
+
+// Route is one customer-data route behind the gateway.
+type Route struct {
+	Pattern      string   `yaml:"pattern"`
+	DataClasses  []string `yaml:"data_classes"`
+	SubjectParam string   `yaml:"subject_param"`
+}
+
+// Gateway configures the verifying gateway.
+type Gateway struct {
+	Upstream  string        `yaml:"upstream" env:"CUSTOS_GATEWAY_UPSTREAM"`
+	Listen    string        `yaml:"listen" env:"CUSTOS_GATEWAY_LISTEN"`
+	Authority string        `yaml:"authority" env:"CUSTOS_AUTHORITY"`
+	Audience  []string      `yaml:"audience"`
+	Leeway    time.Duration `yaml:"leeway" env:"CUSTOS_GATEWAY_LEEWAY"`
+	Routes    []Route       `yaml:"routes"`
+	// Observe lists checks (reasons) that only report instead of refusing.
+	Observe    []string `yaml:"observe"`
+	GeoIP      string   `yaml:"geoip" env:"CUSTOS_GEOIP"`
+	EventsFile string   `yaml:"events_file" env:"CUSTOS_EVENTS_FILE"`
+	// AuthorityToken is the credential the gateway uses on the authority's
+	// ledger and key streams (default: DATA/admin-token when present).
+	AuthorityTokenFile string `yaml:"authority_token_file" env:"CUSTOS_AUTHORITY_TOKEN_FILE"`
+}
+
+// Staff configures the workforce lifecycle.
+type Staff struct {
+	// OffboardGrace: when true a departed custodian's old key stays
+	// verify-only until the max token TTL instead of being revoked at once.
+	OffboardGrace bool `yaml:"offboard_grace" env:"CUSTOS_OFFBOARD_GRACE"`
+	// KeyAdminGroup: members are custodians of every signing key.
+	KeyAdminGroup string `yaml:"key_admin_group"`
+}
+
+// Detect configures detection.
+type Detect struct {
+	// Rules is a YAML file of CEL rules.
+	Rules string `yaml:"rules" env:"CUSTOS_RULES"`
+	// AllowedCountries for the foreign_origin detector (default KR).
+	AllowedCountries []string `yaml:"allowed_countries"`
+	// Contain enables automatic containment; DryRun records without acting.
+	Contain bool `yaml:"contain" env:"CUSTOS_CONTAIN"`
+	DryRun  bool `yaml:"dry_run" env:"CUSTOS_CONTAIN_DRY_RUN"`
+	// Webhook receives alerts (HMAC-signed with the secret in WebhookSecretEnv).
+	Webhook          string `yaml:"webhook" env:"CUSTOS_WEBHOOK"`
+	WebhookSecretEnv string `yaml:"webhook_secret_env" env:"CUSTOS_WEBHOOK_SECRET_ENV"`
+}
+
+// Default returns the configuration with every default filled in.
+func Default() Config {
+	return Config{
+		Listen:  DefaultListen,
+		Issuer:  DefaultIssuer,
+		Keys:    Keys{Backend: "sealed", Alg: "EdDSA", RotateEvery: DefaultRotateEvery, MaxKeyAge: DefaultMaxKeyAge},
+		Tokens:  Tokens{DefaultTTL: 5 * time.Minute, MaxTTL: DefaultMaxTokenTTL},
+		Gateway: Gateway{Listen: DefaultGatewayListen, Audience: []string{DefaultAudience}, Leeway: 30 * time.Second},
+		Staff:   Staff{KeyAdminGroup: "auth-key-admins"},
+		Detect:  Detect{AllowedCountries: []string{"KR"}},
+	}
+}
+
+// ErrInvalid wraps every validation error.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Parse reads YAML over c; unknown fields are errors with their line.
+func Parse(b []byte, c *Config) error {
+	if len(b) > MaxConfigBytes {
+		return fmt.Errorf("%w: file larger than %d bytes", ErrInvalid, MaxConfigBytes)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+// Load builds the configuration: defaults, then the YAML file (if path is not
+// empty), then CUSTOS_* variables from env. Flags are applied by the caller
+// afterwards; call Validate last.
+func Load(path string, env func(string) (string, bool)) (Config, error) {
+	c := Default()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return c, fmt.Errorf("failed to read config: %w", err)
+		}
+		if err := Parse(b, &c); err != nil {
+			return c, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if err := applyEnv(reflect.ValueOf(&c).Elem(), env); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+func applyEnv(v reflect.Value, env func(string) (string, bool)) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f, fv := t.Field(i), v.Field(i)
+		if f.Type.Kind() == reflect.Struct {
+			if err := applyEnv(fv, env); err != nil {
+				return err
+			}
+			continue
+		}
+		name := f.Tag.Get("env")
+		if name == "" {
+			continue
+		}
+		s, ok := env(name)
+		if !ok {
+			continue
+		}
+		switch {
+		case f.Type == reflect.TypeOf(time.Duration(0)):
+			d, err := time.ParseDuration(s)
+			if err != nil {
+				return fmt.Errorf("%w: %s: %v", ErrInvalid, name, err)
+			}
+			fv.SetInt(int64(d))
+		case f.Type.Kind() == reflect.String:
+			fv.SetString(s)
+		case f.Type.Kind() == reflect.Bool:
+			b, err := strconv.ParseBool(s)
+			if err != nil {
+				return fmt.Errorf("%w: %s: %v", ErrInvalid, name, err)
+			}
+			fv.SetBool(b)
+		}
+	}
+	return nil
+}
+
+// Validate checks the whole tree and names the first bad field.
+func (c *Config) Validate() error {
+	bad := func(field, format string, a ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrInvalid, field, fmt.Sprintf(format, a...))
+	}
+	if c.Data == "" {
+		return bad("data", "a data directory is required (--data DIR)")
+	}
+	if c.Issuer == "" {
+		return bad("issuer", "must not be empty")
+	}
+	switch c.Keys.Backend {
+	case "sealed", "pkcs11":
+	default:
+		return bad("keys.backend", "must be sealed or pkcs11, not %q", c.Keys.Backend)
+	}
+	switch c.Keys.Alg {
+	case "EdDSA", "ES256":
+	default:
+		return bad("keys.alg", "must be EdDSA or ES256, not %q", c.Keys.Alg)
+	}
+	if c.Keys.Backend == "pkcs11" && c.Keys.PKCS11.Module == "" {
+		return bad("keys.pkcs11.module", "required with the pkcs11 backend")
+	}
+	if c.Keys.RotateEvery <= 0 || c.Keys.RotateEvery > DefaultMaxKeyAge {
+		return bad("keys.rotate_every", "must be in (0, %s]", DefaultMaxKeyAge)
+	}
+	if c.Keys.MaxKeyAge <= 0 || c.Keys.MaxKeyAge > DefaultMaxKeyAge {
+		return bad("keys.max_key_age", "must be in (0, %s] (the hard maximum)", DefaultMaxKeyAge)
+	}
+	if c.Tokens.MaxTTL <= 0 || c.Tokens.MaxTTL > 24*time.Hour {
+		return bad("tokens.max_ttl", "must be in (0, 24h]")
+	}
+	if c.Tokens.DefaultTTL <= 0 || c.Tokens.DefaultTTL > c.Tokens.MaxTTL {
+		return bad("tokens.default_ttl", "must be in (0, tokens.max_ttl]")
+	}
+	for i, r := range c.Gateway.Routes {
+		if r.Pattern == "" {
+			return bad(fmt.Sprintf("gateway.routes[%d].pattern", i), "must not be empty")
+		}
+		if r.SubjectParam != "" && !strings.Contains(r.Pattern, "{"+r.SubjectParam+"}") {
+			return bad(fmt.Sprintf("gateway.routes[%d].subject_param", i), "%q is not a parameter of %q", r.SubjectParam, r.Pattern)
+		}
+	}
+	if c.Gateway.Leeway < 0 || c.Gateway.Leeway > 5*time.Minute {
+		return bad("gateway.leeway", "must be in [0, 5m]")
+	}
+	return nil
+}

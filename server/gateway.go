@@ -1,0 +1,81 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/ledger/remote"
+)
+
+// authHeader adds a bearer credential to every request of an http.Client.
+type authHeader struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (a authHeader) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+a.token)
+	return a.next.RoundTrip(r)
+}
+
+// RunGateway runs `custos gateway`: the verifying reverse proxy as its own
+// process, following the authority's keys and issuance ledger over HTTP.
+func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	up, err := url.Parse(cfg.Gateway.Upstream)
+	if err != nil || up.Scheme == "" || up.Host == "" {
+		return fmt.Errorf("gateway.upstream: %q is not an absolute URL", cfg.Gateway.Upstream)
+	}
+	tf := cfg.Gateway.AuthorityTokenFile
+	if tf == "" && cfg.Data != "" {
+		tf = filepath.Join(cfg.Data, AdminTokenFile)
+	}
+	if tf == "" {
+		return errors.New("gateway: a credential for the authority is needed (--token-file or --data)")
+	}
+	b, err := os.ReadFile(tf)
+	if err != nil {
+		return fmt.Errorf("failed to read the authority credential: %w", err)
+	}
+	hc := &http.Client{Transport: authHeader{strings.TrimSpace(string(b)), http.DefaultTransport}}
+	base := strings.TrimSuffix(cfg.Gateway.Authority, "/")
+
+	ks := gateway.NewRemoteKeys(base, hc, 2*time.Second)
+	led := remote.New(base, hc, time.Now)
+	go ks.Run(ctx)
+	go led.Run(ctx)
+
+	bus := event.NewBus()
+	g, err := gateway.New(GatewayConfig(cfg), ks, led, bus, time.Now)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Gateway.Listen)
+	if err != nil {
+		return fmt.Errorf("failed to listen on %s: %w", cfg.Gateway.Listen, err)
+	}
+	srv := &http.Server{Handler: gateway.NewProxy(up, g), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		srv.Shutdown(sctx)
+	}()
+	log.Info("custos gateway serving", "listen", "http://"+ln.Addr().String(), "upstream", up.String(), "authority", base)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

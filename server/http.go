@@ -1,0 +1,166 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/custos-dev/custos/authority"
+	"github.com/custos-dev/custos/detect/ingest"
+	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/keys"
+)
+
+// Handler is the API.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /.well-known/jwks.json", s.jwks)
+	mux.HandleFunc("GET /.well-known/oauth-authorization-server", s.metadata)
+	(&authority.Handler{Auth: s.Authority, Creds: s.Creds, Log: s.Log}).Register(mux)
+
+	mux.HandleFunc("GET /v1/keys", s.admin(s.listKeys))
+	mux.HandleFunc("POST /v1/keys/rotate", s.admin(s.rotateKey))
+	mux.HandleFunc("POST /v1/keys/{kid}/revoke", s.admin(s.revokeKey))
+	mux.HandleFunc("GET /v1/keys/revoked", s.revokedKeys)
+	mux.Handle("GET /v1/keys/stream", gateway.KeyStreamHandler(func(fn func(keys.Key)) { s.Keys.OnChange(fn) }))
+	mux.HandleFunc("GET /v1/clients", s.admin(s.listClients))
+	mux.HandleFunc("POST /v1/clients", s.admin(s.addClient))
+	mux.HandleFunc("POST /v1/scim/tokens", s.admin(s.addSCIMToken))
+
+	// Gateways in their own processes follow the ledger with an admin credential.
+	mux.Handle("GET /v1/ledger/stream", s.admin(s.Ledger.StreamHandler().ServeHTTP))
+	mux.Handle("POST /v1/ledger/lookup", s.admin(s.Ledger.LookupHandler().ServeHTTP))
+
+	mux.Handle("/scim/v2/", http.StripPrefix("/scim/v2", s.Staff.SCIMHandler()))
+
+	dh := s.Detect.Handler()
+	mux.Handle("GET /v1/alerts", s.admin(dh.ServeHTTP))
+	mux.Handle("GET /v1/alerts/stream", s.admin(dh.ServeHTTP))
+	mux.Handle("GET /v1/incidents", s.admin(dh.ServeHTTP))
+	mux.Handle("GET /v1/incidents/{id}", s.admin(dh.ServeHTTP))
+	mux.Handle("POST /v1/events", s.admin(ingest.Handler(s.Bus.Publish).ServeHTTP))
+
+	mux.Handle("/audit/", http.StripPrefix("/audit", s.Audit.Handler()))
+
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.ready)
+	if s.Gateway != nil && s.Config.Gateway.Upstream == "" {
+		// Routes without an upstream: the gateway guards handlers mounted by the embedder.
+		_ = s.Gateway
+	}
+	return mux
+}
+
+func (s *Server) jwks(w http.ResponseWriter, r *http.Request) {
+	b, err := s.Keys.JWKS()
+	if err != nil {
+		authority.WriteError(w, http.StatusInternalServerError, "server_error", "JWKS unavailable")
+		return
+	}
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	w.Header().Set("Cache-Control", "max-age=5")
+	w.Write(b)
+}
+
+func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
+	iss := s.Config.Issuer
+	authority.WriteJSON(w, http.StatusOK, map[string]any{
+		"issuer":                                iss,
+		"jwks_uri":                              iss + "/.well-known/jwks.json",
+		"token_endpoint":                        iss + "/v1/tokens",
+		"introspection_endpoint":                iss + "/v1/tokens/introspect",
+		"revocation_endpoint":                   iss + "/v1/tokens/revoke",
+		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
+		"introspection_endpoint_auth_methods_supported": []string{"client_secret_basic"},
+		"revocation_endpoint_auth_methods_supported":    []string{"client_secret_basic"},
+		"id_token_signing_alg_values_supported":         []string{"EdDSA", "ES256"},
+		"grant_types_supported":                         []string{"urn:custos:params:oauth:grant-type:login-service"},
+		"response_types_supported":                      []string{"token"},
+	})
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	checks := map[string]string{}
+	ok := true
+	if err := s.DB.PingContext(ctx); err != nil {
+		checks["store"], ok = err.Error(), false
+	} else {
+		checks["store"] = "ok"
+	}
+	if _, _, err := s.Keys.Signer(ctx); err != nil {
+		checks["keys"], ok = err.Error(), false
+	} else {
+		checks["keys"] = "ok"
+	}
+	status := http.StatusOK
+	if !ok {
+		status = http.StatusServiceUnavailable
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(checks)
+}
+
+// Run serves the API on ln and runs the background loops (key schedule,
+// ledger sweep, offboarding sweep, detection, forensics, audit digests) until
+// ctx ends.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.startLoops(ctx)
+	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (s *Server) startLoops(ctx context.Context) {
+	every := func(d time.Duration, fn func(context.Context) error, what string) {
+		go func() {
+			t := time.NewTicker(d)
+			defer t.Stop()
+			for {
+				if err := fn(ctx); err != nil && ctx.Err() == nil {
+					s.Log.Error(what+" failed", "err", err)
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	every(10*time.Second, s.Keys.Tick, "key schedule")
+	every(time.Minute, func(ctx context.Context) error { _, err := s.Ledger.Sweep(ctx); return err }, "ledger sweep")
+	every(time.Minute, s.Staff.Sweep, "offboarding sweep")
+
+	det := s.Bus.Subscribe(1<<16, false)
+	go s.Detect.Run(ctx, det.C)
+	fw := s.Bus.Subscribe(1<<14, true)
+	go func() {
+		for ev := range fw.C {
+			if err := s.Forensics.Write(ev); err != nil {
+				s.Log.Error("forensics write failed", "err", err)
+			}
+		}
+	}()
+	go func() { <-ctx.Done(); det.Close(); fw.Close() }()
+}

@@ -1,0 +1,332 @@
+// Package server wires every part of custos into one process on the embedded
+// default (custos serve): custody, authority, ledger, gateway, staff,
+// detection, audit and forensics, behind one HTTP API.
+package server
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/custos-dev/custos/audit"
+	"github.com/custos-dev/custos/authority"
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/forensics"
+	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/keys/sealed"
+	"github.com/custos-dev/custos/ledger"
+	ledgersqlite "github.com/custos-dev/custos/ledger/sqlite"
+	"github.com/custos-dev/custos/staff"
+	"github.com/custos-dev/custos/store"
+)
+
+// Files in the data directory.
+const (
+	AdminTokenFile = "admin-token"
+	KEKFile        = "kek"
+	KeyringFile    = "keyring.sealed"
+	StoreFile      = "custos.db"
+	LedgerFile     = "ledger.db"
+	AuditDir       = "audit"
+	EventsDir      = "events"
+	bootstrapStaff = "bootstrap-admin"
+	checkpointKey  = "audit-checkpoint"
+)
+
+// Server is a running custos.
+type Server struct {
+	Config    config.Config
+	Log       *slog.Logger
+	DB        *store.DB
+	Keys      *keys.Manager
+	Ledger    *ledger.Ledger
+	Creds     *authority.Credentials
+	Authority *authority.Authority
+	Staff     *staff.Directory
+	Detect    *detect.Engine
+	Audit     *audit.Log
+	Forensics *forensics.Writer
+	Gateway   *gateway.Gateway
+	Bus       *event.Bus
+	Registry  *prometheus.Registry
+
+	// FirstStart is true when this start created the data directory's state.
+	FirstStart bool
+
+	now     func() time.Time
+	closers []func() error
+	mux     *http.ServeMux
+}
+
+// Open builds every part from cfg. The data directory is created on first start.
+func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time) (s *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if now == nil {
+		now = time.Now
+	}
+	s = &Server{Config: cfg, Log: log, now: now, Bus: event.NewBus(), Registry: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	dir := cfg.Data
+	if _, statErr := os.Stat(filepath.Join(dir, KeyringFile)); errors.Is(statErr, fs.ErrNotExist) {
+		s.FirstStart = true
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("failed to create data dir: %w", err)
+	}
+
+	// Key custody.
+	custody, err := s.openCustody(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	s.DB, err = store.OpenSQLite(filepath.Join(dir, StoreFile))
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.DB.Close)
+
+	// Audit log, checkpoint key held in custody.
+	cpSigner, err := custody.Signer(checkpointKey)
+	if errors.Is(err, keys.ErrNotFound) {
+		if _, err = custody.Generate(ctx, checkpointKey, keys.EdDSA); err == nil {
+			cpSigner, err = custody.Signer(checkpointKey)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("failed to get the audit checkpoint key: %w", err)
+	}
+	if _, ok := cpSigner.Public().(ed25519.PublicKey); !ok {
+		return nil, errors.New("audit checkpoint key is not Ed25519")
+	}
+	noteSigner, err := audit.NewNoteSigner(logName(cfg.Issuer), cpSigner)
+	if err != nil {
+		return nil, err
+	}
+	s.Audit, err = audit.Open(ctx, filepath.Join(dir, AuditDir), noteSigner, audit.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("failed to open the audit log: %w", err)
+	}
+	s.closers = append(s.closers, s.Audit.Close)
+
+	// Keys.
+	policy := keys.DefaultPolicy()
+	policy.Alg = keys.Alg(cfg.Keys.Alg)
+	policy.RotateEvery = cfg.Keys.RotateEvery
+	policy.MaxKeyAge = cfg.Keys.MaxKeyAge
+	policy.MaxTokenTTL = cfg.Tokens.MaxTTL
+	s.Keys, err = keys.NewManager(ctx, s.DB, custody, cfg.Keys.Backend, policy, now, s.Audit)
+	if err != nil {
+		return nil, fmt.Errorf("failed to start key management: %w", err)
+	}
+
+	// Ledger.
+	lb, err := ledgersqlite.Open(filepath.Join(dir, LedgerFile))
+	if err != nil {
+		return nil, err
+	}
+	s.Ledger, err = ledger.New(ctx, lb, now)
+	if err != nil {
+		lb.Close()
+		return nil, err
+	}
+	s.closers = append(s.closers, s.Ledger.Close)
+
+	// Detection.
+	dcfg := detect.DefaultConfig()
+	if len(cfg.Detect.AllowedCountries) > 0 {
+		dcfg.ForeignOrigin.Allowed = cfg.Detect.AllowedCountries
+	}
+	s.Detect, err = detect.New(dcfg, now)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Detect.Rules != "" {
+		if err := s.Detect.LoadRules(cfg.Detect.Rules); err != nil {
+			return nil, err
+		}
+	}
+
+	// Credentials and authority.
+	s.Creds, err = authority.OpenCredentials(ctx, s.DB, now)
+	if err != nil {
+		return nil, err
+	}
+	s.Authority, err = authority.New(authority.Config{
+		Issuer: cfg.Issuer, DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL, Decoys: cfg.Decoys,
+	}, s.Keys, s.Ledger, alerter{s.Detect}, s.Audit, now)
+	if err != nil {
+		return nil, err
+	}
+
+	// Staff.
+	s.Staff, err = staff.Open(ctx, s.DB, staff.Options{
+		KeyAdminGroup: cfg.Staff.KeyAdminGroup, Grace: cfg.Staff.OffboardGrace, MaxTokenTTL: cfg.Tokens.MaxTTL,
+		Keys: s.Keys, Credentials: s.Creds, Alerter: alerter{s.Detect}, Journal: s.Audit, Now: now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.bootstrapAdmin(ctx); err != nil {
+		return nil, err
+	}
+
+	// Forensics store.
+	s.Forensics, err = forensics.NewWriter(filepath.Join(dir, EventsDir), forensics.WriterOptions{})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.Forensics.Close)
+
+	// In-process gateway.
+	if cfg.Gateway.Upstream != "" || len(cfg.Gateway.Routes) > 0 {
+		s.Gateway, err = gateway.New(GatewayConfig(cfg), s.Keys, s.Ledger, s.Bus, now)
+		if err != nil {
+			return nil, err
+		}
+	}
+	s.mux = s.routes()
+	return s, nil
+}
+
+// GatewayConfig maps the configuration file's gateway section to the gateway's.
+func GatewayConfig(cfg config.Config) gateway.Config {
+	g := gateway.Config{
+		Issuer: cfg.Issuer, Audience: cfg.Gateway.Audience, Leeway: cfg.Gateway.Leeway,
+		Decoys: cfg.Decoys, GeoIP: cfg.Gateway.GeoIP, EventsFile: cfg.Gateway.EventsFile,
+		Observe: cfg.Gateway.Observe,
+	}
+	for _, r := range cfg.Gateway.Routes {
+		g.Routes = append(g.Routes, gateway.Route{Pattern: r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
+	}
+	return g
+}
+
+// openCustody opens the configured key custody backend.
+func (s *Server) openCustody(ctx context.Context) (keys.Custody, error) {
+	cfg := s.Config
+	switch cfg.Keys.Backend {
+	case "pkcs11":
+		return openPKCS11(cfg)
+	}
+	kek, err := s.kek()
+	if err != nil {
+		return nil, err
+	}
+	kr, err := sealed.Open(filepath.Join(cfg.Data, KeyringFile), kek)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open the keyring (custos never makes new keys over an unreadable keyring): %w", err)
+	}
+	return kr, nil
+}
+
+// kek finds the keyring's key-encryption key. With no source configured, the
+// embedded default keeps it in DATA/kek (0600), created with the keyring.
+func (s *Server) kek() (sealed.KEK, error) {
+	k := s.Config.Keys
+	switch {
+	case k.KEKEnv != "":
+		return sealed.KEKFromEnv(k.KEKEnv)
+	case k.PassphraseEnv != "":
+		p, ok := os.LookupEnv(k.PassphraseEnv)
+		if !ok || p == "" {
+			return nil, fmt.Errorf("keys.passphrase_env: %s is not set", k.PassphraseEnv)
+		}
+		return sealed.KEKFromPassphrase([]byte(p)), nil
+	}
+	path := k.KEKFile
+	if path == "" {
+		path = filepath.Join(s.Config.Data, KEKFile)
+		if s.FirstStart {
+			if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+				var b [32]byte
+				rand.Read(b[:])
+				if err := writeFileExcl(path, []byte(base64.StdEncoding.EncodeToString(b[:])+"\n")); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return sealed.KEKFromFile(path)
+}
+
+// bootstrapAdmin creates, on first start, the bootstrap admin credential in
+// DATA/admin-token (0600), bound to the staff identity bootstrap-admin.
+func (s *Server) bootstrapAdmin(ctx context.Context) error {
+	path := filepath.Join(s.Config.Data, AdminTokenFile)
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if err := s.Staff.EnsureService(ctx, bootstrapStaff, "custos/bootstrap"); err != nil {
+		return err
+	}
+	if err := s.Audit.Append(ctx, "admin.bootstrap", map[string]string{"staff_id": bootstrapStaff, "file": path}); err != nil {
+		return fmt.Errorf("failed to record the bootstrap credential: %w", err)
+	}
+	_, tok, err := s.Creds.AddAdmin(ctx, bootstrapStaff)
+	if err != nil {
+		return err
+	}
+	return writeFileExcl(path, []byte(tok+"\n"))
+}
+
+func writeFileExcl(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("failed to create %s: %w", path, err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func logName(issuer string) string {
+	n := strings.TrimPrefix(strings.TrimPrefix(issuer, "https://"), "http://")
+	return strings.TrimSuffix(n, "/") + "/audit"
+}
+
+// Close stops every part, last opened first.
+func (s *Server) Close() error {
+	var errs []error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		errs = append(errs, s.closers[i]())
+	}
+	s.closers = nil
+	return errors.Join(errs...)
+}
+
+// alerter adapts detection to the one-method alert interface other parts use.
+type alerter struct{ e *detect.Engine }
+
+func (a alerter) Raise(ctx context.Context, rule, severity, entity, summary string) {
+	if a.e != nil {
+		a.e.Raise(ctx, rule, severity, entity, summary)
+	}
+}
