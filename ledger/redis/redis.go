@@ -1,0 +1,189 @@
+// Package redis is the issuance ledger's scale-out backend: one Redis key per
+// issued token, under its hash, expiring with the token, shared by every
+// authority replica and gateway.
+//
+// Writes are pipelined in MULTI/EXEC transactions, so a batch is all there or
+// not at all. Durability is Redis's: run it with appendonly yes and
+// appendfsync always (or everysec, accepting a second of loss) when the ledger
+// must survive a Redis crash.
+package redis
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/custos-dev/custos/ledger"
+)
+
+// Prefix of every key custos writes.
+const Prefix = "custos:ledger:"
+
+// Backend is a ledger.Backend on Redis.
+type Backend struct {
+	c *goredis.Client
+}
+
+var _ ledger.SharedBackend = (*Backend)(nil)
+
+// Open connects to the Redis server at url (redis://host:port/db).
+func Open(ctx context.Context, url string) (*Backend, error) {
+	opt, err := goredis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("bad redis url: %w", err)
+	}
+	opt.DialTimeout = 2 * time.Second
+	opt.ReadTimeout = 2 * time.Second
+	opt.WriteTimeout = 2 * time.Second
+	opt.MaxRetries = 1
+	c := goredis.NewClient(opt)
+	if err := c.Ping(ctx).Err(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("failed to reach redis: %w", err)
+	}
+	return &Backend{c: c}, nil
+}
+
+// Close closes the connection pool.
+func (b *Backend) Close() error { return b.c.Close() }
+
+// SharedWithPeers is true: other replicas write here too.
+func (b *Backend) SharedWithPeers() bool { return true }
+
+// record is the stored value; the token itself is never stored.
+type record struct {
+	JTI      string `json:"jti"`
+	KID      string `json:"kid"`
+	Sub      string `json:"sub"`
+	Aud      string `json:"aud"`
+	Client   string `json:"cid"`
+	Session  string `json:"sid,omitempty"`
+	ClientIP string `json:"ip,omitempty"`
+	IAT      int64  `json:"iat"`
+	EXP      int64  `json:"exp"`
+	Revoked  bool   `json:"r,omitempty"`
+}
+
+func key(h ledger.Hash) string { return Prefix + h.String() }
+
+func encode(e ledger.Entry) ([]byte, error) {
+	return json.Marshal(record{JTI: e.JTI, KID: e.KID, Sub: e.Subject, Aud: e.Audience, Client: e.Client,
+		Session: e.Session, ClientIP: e.ClientIP, IAT: e.IssuedAt.Unix(), EXP: e.ExpiresAt.Unix(), Revoked: e.Revoked})
+}
+
+func decode(h ledger.Hash, b []byte) (ledger.Entry, error) {
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return ledger.Entry{}, fmt.Errorf("corrupt ledger record %s: %w", h, err)
+	}
+	return ledger.Entry{Hash: h, JTI: r.JTI, KID: r.KID, Subject: r.Sub, Audience: r.Aud, Client: r.Client,
+		Session: r.Session, ClientIP: r.ClientIP, IssuedAt: time.Unix(r.IAT, 0).UTC(),
+		ExpiresAt: time.Unix(r.EXP, 0).UTC(), Revoked: r.Revoked}, nil
+}
+
+// PutBatch writes entries in one MULTI/EXEC, each expiring with its token.
+func (b *Backend) PutBatch(ctx context.Context, entries []ledger.Entry) error {
+	_, err := b.c.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, e := range entries {
+			v, err := encode(e)
+			if err != nil {
+				return err
+			}
+			p.Set(ctx, key(e.Hash), v, ttl(e.ExpiresAt))
+		}
+		return nil
+	})
+	return err
+}
+
+func ttl(exp time.Time) time.Duration {
+	d := time.Until(exp) + time.Minute // keep a little past expiry for forensics lookups
+	if d < time.Second {
+		d = time.Second
+	}
+	return d
+}
+
+// Revoke marks h revoked, keeping its expiry.
+func (b *Backend) Revoke(ctx context.Context, h ledger.Hash, exp time.Time) error {
+	e, err := b.Get(ctx, h)
+	if err != nil {
+		return err
+	}
+	e.Revoked = true
+	v, err := encode(e)
+	if err != nil {
+		return err
+	}
+	return b.c.Set(ctx, key(h), v, ttl(exp)).Err()
+}
+
+// Get reads h's record.
+func (b *Backend) Get(ctx context.Context, h ledger.Hash) (ledger.Entry, error) {
+	v, err := b.c.Get(ctx, key(h)).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return ledger.Entry{}, ledger.ErrNotFound
+	}
+	if err != nil {
+		return ledger.Entry{}, err
+	}
+	return decode(h, v)
+}
+
+// LoadLive scans every live record.
+func (b *Backend) LoadLive(ctx context.Context, now time.Time, fn func(ledger.Entry) error) error {
+	it := b.c.Scan(ctx, 0, Prefix+"*", 1000).Iterator()
+	var batch []string
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		vals, err := b.c.MGet(ctx, batch...).Result()
+		if err != nil {
+			return err
+		}
+		for i, v := range vals {
+			s, ok := v.(string)
+			if !ok {
+				continue // expired between SCAN and MGET
+			}
+			raw, err := hex.DecodeString(batch[i][len(Prefix):])
+			if err != nil || len(raw) != len(ledger.Hash{}) {
+				continue // not ours
+			}
+			var h ledger.Hash
+			copy(h[:], raw)
+			e, err := decode(h, []byte(s))
+			if err != nil {
+				return err
+			}
+			if now.Before(e.ExpiresAt) {
+				if err := fn(e); err != nil {
+					return err
+				}
+			}
+		}
+		batch = batch[:0]
+		return nil
+	}
+	for it.Next(ctx) {
+		batch = append(batch, it.Val())
+		if len(batch) == 1000 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	return flush()
+}
+
+// DeleteExpired is Redis's job (key TTLs); it deletes nothing.
+func (b *Backend) DeleteExpired(ctx context.Context, now time.Time) (int, error) { return 0, nil }
