@@ -256,3 +256,19 @@ func printable(s string) bool {
 	}
 	return true
 }
+
+// RevokeClientSecret revokes one client's secret (offboarding calls it for
+// client secrets the departed person was custodian of).
+func (c *Credentials) RevokeClientSecret(ctx context.Context, clientID, actor, reason string) error {
+	if _, err := c.db.ExecContext(ctx, `UPDATE authority_clients SET revoked_at=$1 WHERE id=$2 AND revoked_at IS NULL`, c.now().Unix(), clientID); err != nil {
+		return fmt.Errorf("failed to revoke client %s: %w", clientID, err)
+	}
+	c.mu.Lock()
+	for h, cl := range c.clients {
+		if cl.ID == clientID {
+			delete(c.clients, h)
+		}
+	}
+	c.mu.Unlock()
+	return nil
+}

@@ -99,6 +99,8 @@ type Route struct {
 
 // Gateway configures the verifying gateway.
 type Gateway struct {
+	// Name identifies this gateway in access events.
+	Name      string        `yaml:"name" env:"CUSTOS_GATEWAY_NAME"`
 	Upstream  string        `yaml:"upstream" env:"CUSTOS_GATEWAY_UPSTREAM"`
 	Listen    string        `yaml:"listen" env:"CUSTOS_GATEWAY_LISTEN"`
 	Authority string        `yaml:"authority" env:"CUSTOS_AUTHORITY"`
@@ -106,9 +108,12 @@ type Gateway struct {
 	Leeway    time.Duration `yaml:"leeway" env:"CUSTOS_GATEWAY_LEEWAY"`
 	Routes    []Route       `yaml:"routes"`
 	// Observe lists checks (reasons) that only report instead of refusing.
-	Observe    []string `yaml:"observe"`
-	GeoIP      string   `yaml:"geoip" env:"CUSTOS_GEOIP"`
-	EventsFile string   `yaml:"events_file" env:"CUSTOS_EVENTS_FILE"`
+	Observe []string `yaml:"observe"`
+	// GeoIP lists MaxMind-format databases (country and ASN).
+	GeoIP []string `yaml:"geoip"`
+	// TrustedProxies are CIDRs whose X-Forwarded-For is believed.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	EventsFile     string   `yaml:"events_file" env:"CUSTOS_EVENTS_FILE"`
 	// AuthorityToken is the credential the gateway uses on the authority's
 	// ledger and key streams (default: DATA/admin-token when present).
 	AuthorityTokenFile string `yaml:"authority_token_file" env:"CUSTOS_AUTHORITY_TOKEN_FILE"`

@@ -56,6 +56,7 @@ type Key struct {
 	State        State            `json:"state"`
 	Backend      string           `json:"backend"`
 	CreatedAt    time.Time        `json:"created_at"`
+	DemotedAt    *time.Time       `json:"demoted_at,omitempty"` // when it left active
 	RetiredAt    *time.Time       `json:"retired_at,omitempty"`
 	RevokedAt    *time.Time       `json:"revoked_at,omitempty"`
 	RevokeReason string           `json:"revoke_reason,omitempty"`

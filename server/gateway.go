@@ -52,9 +52,15 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	hc := &http.Client{Transport: authHeader{strings.TrimSpace(string(b)), http.DefaultTransport}}
 	base := strings.TrimSuffix(cfg.Gateway.Authority, "/")
 
-	ks := gateway.NewRemoteKeys(base, hc, 2*time.Second)
+	ks, err := gateway.NewRemoteKeys(base, 2*time.Second, hc)
+	if err != nil {
+		return err
+	}
+	if err := ks.Refresh(ctx); err != nil {
+		return fmt.Errorf("failed to fetch the authority's keys: %w", err)
+	}
 	led := remote.New(base, hc, time.Now)
-	go ks.Run(ctx)
+	go ks.Run(ctx, func(err error) { log.Warn("key refresh failed", "err", err) })
 	go led.Run(ctx)
 
 	bus := event.NewBus()

@@ -13,7 +13,6 @@ import (
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/detect/ingest"
 	"github.com/custos-dev/custos/gateway"
-	"github.com/custos-dev/custos/keys"
 )
 
 // Handler is the API.
@@ -29,7 +28,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("POST /v1/keys/rotate", s.admin(s.rotateKey))
 	mux.HandleFunc("POST /v1/keys/{kid}/revoke", s.admin(s.revokeKey))
 	mux.HandleFunc("GET /v1/keys/revoked", s.revokedKeys)
-	mux.Handle("GET /v1/keys/stream", gateway.KeyStreamHandler(func(fn func(keys.Key)) { s.Keys.OnChange(fn) }))
+	mux.Handle("GET /v1/keys/stream", gateway.KeyStreamHandler(s.keyChanges.subscribe))
 	mux.HandleFunc("GET /v1/clients", s.admin(s.listClients))
 	mux.HandleFunc("POST /v1/clients", s.admin(s.addClient))
 	mux.HandleFunc("POST /v1/scim/tokens", s.admin(s.addSCIMToken))
@@ -45,17 +44,13 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /v1/alerts/stream", s.admin(dh.ServeHTTP))
 	mux.Handle("GET /v1/incidents", s.admin(dh.ServeHTTP))
 	mux.Handle("GET /v1/incidents/{id}", s.admin(dh.ServeHTTP))
-	mux.Handle("POST /v1/events", s.admin(ingest.Handler(s.Bus.Publish).ServeHTTP))
+	mux.Handle("POST /v1/events", s.admin(ingest.Handler(s.Ledger, s.Bus.Publish).ServeHTTP))
 
 	mux.Handle("/audit/", http.StripPrefix("/audit", s.Audit.Handler()))
 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
-	if s.Gateway != nil && s.Config.Gateway.Upstream == "" {
-		// Routes without an upstream: the gateway guards handlers mounted by the embedder.
-		_ = s.Gateway
-	}
 	return mux
 }
 

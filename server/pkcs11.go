@@ -5,11 +5,10 @@ import (
 	"os"
 
 	"github.com/custos-dev/custos/config"
-	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/keys/pkcs11"
 )
 
-func openPKCS11(cfg config.Config) (keys.Custody, error) {
+func openPKCS11(cfg config.Config) (*pkcs11.Token, error) {
 	p := cfg.Keys.PKCS11
 	pin := ""
 	if p.PINEnv != "" {

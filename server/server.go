@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,9 +69,10 @@ type Server struct {
 	// FirstStart is true when this start created the data directory's state.
 	FirstStart bool
 
-	now     func() time.Time
-	closers []func() error
-	mux     *http.ServeMux
+	now        func() time.Time
+	closers    []func() error
+	keyChanges fanout
+	mux        *http.ServeMux
 }
 
 // Open builds every part from cfg. The data directory is created on first start.
@@ -95,10 +97,21 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 		return nil, fmt.Errorf("failed to create data dir: %w", err)
 	}
 
-	// Key custody.
-	custody, err := s.openCustody(ctx)
+	// Key custody: the sealed keyring always holds the audit checkpoint key;
+	// token signing keys live in the configured backend.
+	keyring, err := s.openKeyring()
 	if err != nil {
 		return nil, err
+	}
+	s.closers = append(s.closers, keyring.Close)
+	var custody keys.Custody = keyring
+	if cfg.Keys.Backend == "pkcs11" {
+		tok, err := openPKCS11(cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, tok.Close)
+		custody = tok
 	}
 
 	s.DB, err = store.OpenSQLite(filepath.Join(dir, StoreFile))
@@ -108,10 +121,10 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 	s.closers = append(s.closers, s.DB.Close)
 
 	// Audit log, checkpoint key held in custody.
-	cpSigner, err := custody.Signer(checkpointKey)
-	if errors.Is(err, keys.ErrNotFound) {
-		if _, err = custody.Generate(ctx, checkpointKey, keys.EdDSA); err == nil {
-			cpSigner, err = custody.Signer(checkpointKey)
+	cpSigner, err := keyring.Signer(checkpointKey)
+	if err != nil && !slices.Contains(keyring.IDs(), checkpointKey) {
+		if _, err = keyring.Generate(ctx, checkpointKey, keys.EdDSA); err == nil {
+			cpSigner, err = keyring.Signer(checkpointKey)
 		}
 	}
 	if err != nil {
@@ -128,7 +141,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 	if err != nil {
 		return nil, fmt.Errorf("failed to open the audit log: %w", err)
 	}
-	s.closers = append(s.closers, s.Audit.Close)
+	s.closers = append(s.closers, func() error { return s.Audit.Close(context.Background()) })
 
 	// Keys.
 	policy := keys.DefaultPolicy()
@@ -141,14 +154,16 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 		return nil, fmt.Errorf("failed to start key management: %w", err)
 	}
 
+	s.Keys.OnChange(s.keyChanges.publish)
+
 	// Ledger.
 	lb, err := ledgersqlite.Open(filepath.Join(dir, LedgerFile))
 	if err != nil {
 		return nil, err
 	}
+	s.closers = append(s.closers, lb.Close)
 	s.Ledger, err = ledger.New(ctx, lb, now)
 	if err != nil {
-		lb.Close()
 		return nil, err
 	}
 	s.closers = append(s.closers, s.Ledger.Close)
@@ -160,6 +175,9 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 	}
 	s.Detect, err = detect.New(dcfg, now)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.Detect.SetStore(ctx, s.DB); err != nil {
 		return nil, err
 	}
 	if cfg.Detect.Rules != "" {
@@ -181,9 +199,13 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 	}
 
 	// Staff.
-	s.Staff, err = staff.Open(ctx, s.DB, staff.Options{
-		KeyAdminGroup: cfg.Staff.KeyAdminGroup, Grace: cfg.Staff.OffboardGrace, MaxTokenTTL: cfg.Tokens.MaxTTL,
-		Keys: s.Keys, Credentials: s.Creds, Alerter: alerter{s.Detect}, Journal: s.Audit, Now: now,
+	policy2 := staff.PolicyRevoke
+	if cfg.Staff.OffboardGrace {
+		policy2 = staff.PolicyGrace
+	}
+	s.Staff, err = staff.New(ctx, s.DB, staff.Config{
+		Keys: s.Keys, Credentials: []staff.CredentialRevoker{s.Creds}, Clients: s.Creds,
+		Alerts: alerter{s.Detect}, Policy: policy2, MaxTokenTTL: cfg.Tokens.MaxTTL, Now: now, Log: log,
 	})
 	if err != nil {
 		return nil, err
@@ -202,6 +224,9 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 	// In-process gateway.
 	if cfg.Gateway.Upstream != "" || len(cfg.Gateway.Routes) > 0 {
 		s.Gateway, err = gateway.New(GatewayConfig(cfg), s.Keys, s.Ledger, s.Bus, now)
+		if err == nil {
+			s.closers = append(s.closers, s.Gateway.Close)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -213,9 +238,15 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 // GatewayConfig maps the configuration file's gateway section to the gateway's.
 func GatewayConfig(cfg config.Config) gateway.Config {
 	g := gateway.Config{
-		Issuer: cfg.Issuer, Audience: cfg.Gateway.Audience, Leeway: cfg.Gateway.Leeway,
+		GatewayName: cfg.Gateway.Name, Issuer: cfg.Issuer, Audience: cfg.Gateway.Audience, Leeway: cfg.Gateway.Leeway,
 		Decoys: cfg.Decoys, GeoIP: cfg.Gateway.GeoIP, EventsFile: cfg.Gateway.EventsFile,
-		Observe: cfg.Gateway.Observe,
+		TrustedProxies: cfg.Gateway.TrustedProxies,
+	}
+	if len(cfg.Gateway.Observe) > 0 {
+		g.Modes = map[event.Reason]gateway.Mode{}
+		for _, r := range cfg.Gateway.Observe {
+			g.Modes[event.Reason(r)] = gateway.Observe
+		}
 	}
 	for _, r := range cfg.Gateway.Routes {
 		g.Routes = append(g.Routes, gateway.Route{Pattern: r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
@@ -223,18 +254,13 @@ func GatewayConfig(cfg config.Config) gateway.Config {
 	return g
 }
 
-// openCustody opens the configured key custody backend.
-func (s *Server) openCustody(ctx context.Context) (keys.Custody, error) {
-	cfg := s.Config
-	switch cfg.Keys.Backend {
-	case "pkcs11":
-		return openPKCS11(cfg)
-	}
+// openKeyring opens the sealed keyring, creating it on first start.
+func (s *Server) openKeyring() (*sealed.Keyring, error) {
 	kek, err := s.kek()
 	if err != nil {
 		return nil, err
 	}
-	kr, err := sealed.Open(filepath.Join(cfg.Data, KeyringFile), kek)
+	kr, err := sealed.Open(filepath.Join(s.Config.Data, KeyringFile), kek)
 	if err != nil {
 		return nil, fmt.Errorf("failed to open the keyring (custos never makes new keys over an unreadable keyring): %w", err)
 	}
@@ -251,9 +277,9 @@ func (s *Server) kek() (sealed.KEK, error) {
 	case k.PassphraseEnv != "":
 		p, ok := os.LookupEnv(k.PassphraseEnv)
 		if !ok || p == "" {
-			return nil, fmt.Errorf("keys.passphrase_env: %s is not set", k.PassphraseEnv)
+			return sealed.KEK{}, fmt.Errorf("keys.passphrase_env: %s is not set", k.PassphraseEnv)
 		}
-		return sealed.KEKFromPassphrase([]byte(p)), nil
+		return sealed.KEKFromPassphrase([]byte(p))
 	}
 	path := k.KEKFile
 	if path == "" {
@@ -263,7 +289,7 @@ func (s *Server) kek() (sealed.KEK, error) {
 				var b [32]byte
 				rand.Read(b[:])
 				if err := writeFileExcl(path, []byte(base64.StdEncoding.EncodeToString(b[:])+"\n")); err != nil {
-					return nil, err
+					return sealed.KEK{}, err
 				}
 			}
 		}
@@ -278,13 +304,17 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	}
-	if err := s.Staff.EnsureService(ctx, bootstrapStaff, "custos/bootstrap"); err != nil {
-		return err
+	p, err := s.Staff.PersonByUserName(ctx, bootstrapStaff)
+	if errors.Is(err, staff.ErrNotFound) {
+		p, err = s.Staff.AddPerson(ctx, staff.Person{UserName: bootstrapStaff, DisplayName: "bootstrap admin credential", Kind: staff.Service}, "custos/bootstrap")
 	}
-	if err := s.Audit.Append(ctx, "admin.bootstrap", map[string]string{"staff_id": bootstrapStaff, "file": path}); err != nil {
+	if err != nil {
+		return fmt.Errorf("failed to record the bootstrap identity: %w", err)
+	}
+	if err := s.Audit.Append(ctx, "admin.bootstrap", map[string]string{"staff_id": p.ID, "file": path}); err != nil {
 		return fmt.Errorf("failed to record the bootstrap credential: %w", err)
 	}
-	_, tok, err := s.Creds.AddAdmin(ctx, bootstrapStaff)
+	_, tok, err := s.Creds.AddAdmin(ctx, p.ID)
 	if err != nil {
 		return err
 	}
@@ -327,6 +357,6 @@ type alerter struct{ e *detect.Engine }
 
 func (a alerter) Raise(ctx context.Context, rule, severity, entity, summary string) {
 	if a.e != nil {
-		a.e.Raise(ctx, rule, severity, entity, summary)
+		a.e.Raise(detect.Finding{Rule: rule, Severity: detect.Severity(severity), Entity: entity, Summary: summary})
 	}
 }

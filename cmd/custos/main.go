@@ -6,9 +6,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 )
 
 // exitError carries an exit status: 1 for a finding, 2 for bad usage or input.
@@ -31,6 +33,11 @@ var root = &cobra.Command{
 }
 
 func main() {
+	// The audit log's storage library logs through klog; keep its chatter
+	// (INFO) off the terminal and let warnings and errors through.
+	klog.LogToStderr(false)
+	klog.SetOutputBySeverity("INFO", io.Discard)
+	klog.SetOutputBySeverity("WARNING", os.Stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return &exitError{2, err} })
 	err := root.Execute()
 	if err == nil {

@@ -1,0 +1,152 @@
+package audit
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/transparency-dev/formats/log"
+)
+
+// benchEntry is the size of a typical key-operation entry.
+var benchBody = map[string]any{"kid": "k-2025-11-29-01", "actor": "staff:alice", "reason": "scheduled rotation", "n": 123456}
+
+// BenchmarkSHA256 is the baseline: raw SHA-256 of one encoded entry.
+func BenchmarkSHA256(b *testing.B) {
+	data, _ := marshalEntry("key.rotate", time.Now(), mustJSON(benchBody))
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		sha256.Sum256(data)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "hashes/s")
+}
+
+// BenchmarkAppend appends from many goroutines, so batches fill.
+func BenchmarkAppend(b *testing.B) {
+	k := newTestKey(b)
+	l, err := Open(context.Background(), b.TempDir(), k.signer, Options{BatchMaxSize: 16384, BatchMaxAge: 20 * time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetParallelism(4096)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := l.Append(context.Background(), "key.rotate", benchBody); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+	if err := l.Close(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkAppendLatency measures one caller at a time: "durable" is what
+// Append waits for; "published" waits on until a checkpoint covers it.
+func BenchmarkAppendLatency(b *testing.B) {
+	k := newTestKey(b)
+	l, err := Open(context.Background(), b.TempDir(), k.signer, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close(context.Background())
+	ctx := context.Background()
+	b.Run("durable", func(b *testing.B) {
+		for b.Loop() {
+			if err := l.Append(ctx, "key.rotate", benchBody); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("published", func(b *testing.B) {
+		for b.Loop() {
+			idx, err := l.append(ctx, "key.rotate", benchBody)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for {
+				raw, _ := l.Checkpoint(ctx)
+				var cp log.Checkpoint
+				if _, err := cp.Unmarshal(noteText(raw)); err == nil && cp.Size > idx {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	})
+}
+
+// BenchmarkVerify verifies a log of AUDIT_BENCH_N entries (default 200000),
+// built once before the timer starts.
+func BenchmarkVerify(b *testing.B) {
+	n := 200000
+	if s := os.Getenv("AUDIT_BENCH_N"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	k := newTestKey(b)
+	dir := b.TempDir()
+	l, err := Open(context.Background(), dir, k.signer, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	per := n / 1024
+	for w := range 1024 {
+		cnt := per
+		if w == 0 {
+			cnt += n - per*1024
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range cnt {
+				if err := l.Append(context.Background(), "key.rotate", benchBody); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := l.Close(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("built %d entries in %v (%.0f entries/s)", n, time.Since(start), float64(n)/time.Since(start).Seconds())
+	b.ResetTimer()
+	for b.Loop() {
+		res, err := Verify(context.Background(), dir, k.verifier, nil)
+		if err != nil || res.Size != uint64(n) {
+			b.Fatalf("Verify: %v size %d", err, res.Size)
+		}
+	}
+	per1 := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(float64(n)/per1, "entries/s")
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// noteText is the checkpoint body of a signed note (before the blank line).
+func noteText(raw []byte) []byte {
+	for i := 0; i+1 < len(raw); i++ {
+		if raw[i] == '\n' && raw[i+1] == '\n' {
+			return raw[:i+1]
+		}
+	}
+	return raw
+}

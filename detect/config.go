@@ -1,0 +1,342 @@
+package detect
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Severity ranks an alert.
+type Severity string
+
+const (
+	Info     Severity = "info"
+	Low      Severity = "low"
+	Medium   Severity = "medium"
+	High     Severity = "high"
+	Critical Severity = "critical"
+)
+
+func (s Severity) valid() bool {
+	switch s {
+	case Info, Low, Medium, High, Critical:
+		return true
+	}
+	return false
+}
+
+// Built-in rule names, as they appear in alerts.
+const (
+	RuleNotIssued         = "not_issued"
+	RuleDecoySubject      = "decoy_subject"
+	RuleRevokedKey        = "revoked_or_retired_key"
+	RuleDepartedCred      = "departed_credential_use"
+	RuleEnumeration       = "enumeration"
+	RuleSequentialWalk    = "enumeration_sequential"
+	RuleUnknownSubject    = "unknown_subject_rate"
+	RuleForeignOrigin     = "foreign_origin"
+	RuleIPRotation        = "ip_rotation"
+	RuleRouteVolume       = "route_volume"
+	RuleTokenWithoutLogin = "token_without_login"
+)
+
+// Defaults. Thresholds are chosen so that ordinary shop traffic (a member
+// looking at their own data, from home and phone, through NAT) stays quiet.
+const (
+	DefaultDedupWindow    = time.Hour
+	DefaultIncidentWindow = 24 * time.Hour
+	DefaultMaxAlerts      = 10000
+	DefaultMaxIncidents   = 2000
+	DefaultMaxActions     = 10000
+	DefaultSampleIDs      = 10
+	DefaultMaxKeys        = 8192
+
+	DefaultEnumerationWindow    = 10 * time.Minute
+	DefaultEnumerationThreshold = 200  // distinct subjects per source address per window
+	DefaultEnumerationPerNet    = 1000 // distinct subjects per /24 per window
+	DefaultWalkGap              = 3    // member IDs at most this far apart are "next"
+	DefaultWalkRun              = 50   // consecutive near-sequential IDs
+
+	DefaultUnknownWindow   = 10 * time.Minute
+	DefaultUnknownMinCount = 50  // not-found answers per source per window
+	DefaultUnknownMinRatio = 0.5 // of that source's subject-bound requests
+
+	DefaultForeignHistoryMin = 20 // events before a subject's own country history counts
+
+	DefaultRotationWindow     = time.Hour
+	DefaultRotationPerToken   = 6  // distinct networks behind one jti
+	DefaultRotationPerSubject = 10 // distinct networks behind one subject
+
+	DefaultVolumeFactor   = 5.0  // times the learned hour-of-week baseline
+	DefaultVolumeMinCount = 1000 // requests in the hour before the detector speaks
+	DefaultVolumeAlpha    = 0.3  // EWMA weight of a new week's observation
+	DefaultVolumeMaxRoute = 1024
+
+	DefaultLoginGrace = 30 * time.Second
+)
+
+// Config configures the engine. The zero value of any field means its default.
+type Config struct {
+	DedupWindow    time.Duration `yaml:"dedup_window"`    // one alert per rule and entity per window
+	IncidentWindow time.Duration `yaml:"incident_window"` // alerts sharing a rule or entity within it join one incident
+	MaxAlerts      int           `yaml:"max_alerts"`      // alerts kept in memory
+	MaxIncidents   int           `yaml:"max_incidents"`
+	MaxActions     int           `yaml:"max_actions"`
+	SampleIDs      int           `yaml:"sample_ids"` // request ids kept per alert
+	MaxKeys        int           `yaml:"max_keys"`   // tracked keys per detector dimension
+
+	NotIssued         Toggle                  `yaml:"not_issued"`
+	DecoySubject      DecoyConfig             `yaml:"decoy_subject"`
+	RevokedKey        Toggle                  `yaml:"revoked_or_retired_key"`
+	DepartedCred      Toggle                  `yaml:"departed_credential_use"`
+	Enumeration       EnumerationConfig       `yaml:"enumeration"`
+	UnknownSubject    UnknownSubjectConfig    `yaml:"unknown_subject_rate"`
+	ForeignOrigin     ForeignOriginConfig     `yaml:"foreign_origin"`
+	IPRotation        IPRotationConfig        `yaml:"ip_rotation"`
+	RouteVolume       RouteVolumeConfig       `yaml:"route_volume"`
+	TokenWithoutLogin TokenWithoutLoginConfig `yaml:"token_without_login"`
+
+	// Containment maps a rule name to what to do when it raises a new alert.
+	Containment map[string]ContainPolicy `yaml:"containment"`
+}
+
+// Toggle is the part every detector's configuration has.
+type Toggle struct {
+	Disabled bool     `yaml:"disabled"`
+	Severity Severity `yaml:"severity"`
+}
+
+// DecoyConfig configures decoy_subject.
+type DecoyConfig struct {
+	Toggle   `yaml:",inline"`
+	Subjects []string `yaml:"subjects"` // decoy member ids, besides the gateway's decoy_subject reason
+}
+
+// EnumerationConfig configures enumeration and enumeration_sequential.
+type EnumerationConfig struct {
+	Toggle     `yaml:",inline"`
+	Window     time.Duration `yaml:"window"`
+	Threshold  uint64        `yaml:"threshold"`   // distinct subjects per source address per window
+	PerNetwork uint64        `yaml:"per_network"` // per /24 or /48
+	// Populations share an ASN, a user agent and a signing key, so these
+	// three are off (0) unless set for the deployment's traffic.
+	PerASN       uint64 `yaml:"per_asn"`
+	PerUserAgent uint64 `yaml:"per_user_agent"`
+	PerKeyID     uint64 `yaml:"per_kid"`
+	WalkGap      int64  `yaml:"walk_gap"`
+	WalkRun      uint32 `yaml:"walk_run"` // 0 means default; negative not possible
+	NoWalk       bool   `yaml:"no_walk"`
+}
+
+// UnknownSubjectConfig configures unknown_subject_rate.
+type UnknownSubjectConfig struct {
+	Toggle   `yaml:",inline"`
+	Window   time.Duration `yaml:"window"`
+	MinCount uint32        `yaml:"min_count"`
+	MinRatio float64       `yaml:"min_ratio"`
+	Routes   []string      `yaml:"routes"` // subject-bound routes; empty: any event with a subject
+}
+
+// ForeignOriginConfig configures foreign_origin.
+type ForeignOriginConfig struct {
+	Toggle     `yaml:",inline"`
+	Allowed    []string            `yaml:"allowed"`     // ISO 3166 codes; default KR
+	Routes     map[string][]string `yaml:"routes"`      // per-route allowed set, overriding Allowed
+	HistoryMin uint32              `yaml:"history_min"` // subject events before its history counts
+	NoHistory  bool                `yaml:"no_history"`
+}
+
+// IPRotationConfig configures ip_rotation. Networks are /24 (IPv4) or /48 (IPv6).
+type IPRotationConfig struct {
+	Toggle         `yaml:",inline"`
+	Window         time.Duration `yaml:"window"`
+	PerToken       uint64        `yaml:"per_token"`
+	PerSubject     uint64        `yaml:"per_subject"`
+	PerFingerprint uint64        `yaml:"per_fingerprint"` // user agent + key id; 0 disables
+}
+
+// RouteVolumeConfig configures route_volume.
+type RouteVolumeConfig struct {
+	Toggle    `yaml:",inline"`
+	Factor    float64 `yaml:"factor"`
+	MinCount  uint32  `yaml:"min_count"`
+	Alpha     float64 `yaml:"alpha"`
+	MaxRoutes int     `yaml:"max_routes"`
+}
+
+// TokenWithoutLoginConfig configures token_without_login. It is active only
+// once a login event has been fed with [Engine.Login].
+type TokenWithoutLoginConfig struct {
+	Toggle `yaml:",inline"`
+	Grace  time.Duration `yaml:"grace"` // a login may be reported this late
+}
+
+// ContainPolicy says which containment action a rule triggers.
+type ContainPolicy struct {
+	Action Action        `yaml:"action"`
+	DryRun bool          `yaml:"dry_run"`
+	For    time.Duration `yaml:"for"` // block_source duration
+}
+
+// ErrInvalidConfig is returned for a configuration that cannot run.
+var ErrInvalidConfig = errors.New("invalid detection config")
+
+// DefaultConfig returns the configuration with every default filled in.
+func DefaultConfig() Config {
+	var c Config
+	c.fill()
+	return c
+}
+
+func sev(s *Severity, d Severity) {
+	if *s == "" {
+		*s = d
+	}
+}
+
+func (c *Config) fill() {
+	dur := func(p *time.Duration, d time.Duration) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	num := func(p *int, d int) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	dur(&c.DedupWindow, DefaultDedupWindow)
+	dur(&c.IncidentWindow, DefaultIncidentWindow)
+	num(&c.MaxAlerts, DefaultMaxAlerts)
+	num(&c.MaxIncidents, DefaultMaxIncidents)
+	num(&c.MaxActions, DefaultMaxActions)
+	num(&c.SampleIDs, DefaultSampleIDs)
+	num(&c.MaxKeys, DefaultMaxKeys)
+	sev(&c.NotIssued.Severity, Critical)
+	sev(&c.DecoySubject.Severity, Critical)
+	sev(&c.RevokedKey.Severity, Critical)
+	sev(&c.DepartedCred.Severity, Critical)
+
+	e := &c.Enumeration
+	sev(&e.Severity, High)
+	dur(&e.Window, DefaultEnumerationWindow)
+	if e.Threshold == 0 {
+		e.Threshold = DefaultEnumerationThreshold
+	}
+	if e.PerNetwork == 0 {
+		e.PerNetwork = DefaultEnumerationPerNet
+	}
+	if e.WalkGap == 0 {
+		e.WalkGap = DefaultWalkGap
+	}
+	if e.WalkRun == 0 {
+		e.WalkRun = DefaultWalkRun
+	}
+	u := &c.UnknownSubject
+	sev(&u.Severity, High)
+	dur(&u.Window, DefaultUnknownWindow)
+	if u.MinCount == 0 {
+		u.MinCount = DefaultUnknownMinCount
+	}
+	if u.MinRatio == 0 {
+		u.MinRatio = DefaultUnknownMinRatio
+	}
+	f := &c.ForeignOrigin
+	sev(&f.Severity, Medium)
+	if len(f.Allowed) == 0 {
+		f.Allowed = []string{"KR"}
+	}
+	if f.HistoryMin == 0 {
+		f.HistoryMin = DefaultForeignHistoryMin
+	}
+	r := &c.IPRotation
+	sev(&r.Severity, Medium)
+	dur(&r.Window, DefaultRotationWindow)
+	if r.PerToken == 0 {
+		r.PerToken = DefaultRotationPerToken
+	}
+	if r.PerSubject == 0 {
+		r.PerSubject = DefaultRotationPerSubject
+	}
+	v := &c.RouteVolume
+	sev(&v.Severity, Medium)
+	if v.Factor == 0 {
+		v.Factor = DefaultVolumeFactor
+	}
+	if v.MinCount == 0 {
+		v.MinCount = DefaultVolumeMinCount
+	}
+	if v.Alpha == 0 {
+		v.Alpha = DefaultVolumeAlpha
+	}
+	num(&v.MaxRoutes, DefaultVolumeMaxRoute)
+	t := &c.TokenWithoutLogin
+	sev(&t.Severity, High)
+	dur(&t.Grace, DefaultLoginGrace)
+}
+
+// Validate reports every field that cannot run, naming it.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalidConfig, field, fmt.Sprintf(format, a...)))
+	}
+	pos := func(field string, d time.Duration) {
+		if d < time.Second {
+			bad(field, "must be at least 1s, got %s", d)
+		}
+	}
+	pos("dedup_window", c.DedupWindow)
+	pos("incident_window", c.IncidentWindow)
+	pos("enumeration.window", c.Enumeration.Window)
+	pos("unknown_subject_rate.window", c.UnknownSubject.Window)
+	pos("ip_rotation.window", c.IPRotation.Window)
+	for name, n := range map[string]int{"max_alerts": c.MaxAlerts, "max_incidents": c.MaxIncidents,
+		"max_actions": c.MaxActions, "sample_ids": c.SampleIDs, "max_keys": c.MaxKeys,
+		"route_volume.max_routes": c.RouteVolume.MaxRoutes} {
+		if n < 1 {
+			bad(name, "must be positive, got %d", n)
+		}
+	}
+	for name, s := range map[string]Severity{"not_issued": c.NotIssued.Severity, "decoy_subject": c.DecoySubject.Severity,
+		"revoked_or_retired_key": c.RevokedKey.Severity, "departed_credential_use": c.DepartedCred.Severity,
+		"enumeration": c.Enumeration.Severity, "unknown_subject_rate": c.UnknownSubject.Severity,
+		"foreign_origin": c.ForeignOrigin.Severity, "ip_rotation": c.IPRotation.Severity,
+		"route_volume": c.RouteVolume.Severity, "token_without_login": c.TokenWithoutLogin.Severity} {
+		if !s.valid() {
+			bad(name+".severity", "unknown severity %q", s)
+		}
+	}
+	if c.UnknownSubject.MinRatio < 0 || c.UnknownSubject.MinRatio > 1 {
+		bad("unknown_subject_rate.min_ratio", "must be within [0,1], got %v", c.UnknownSubject.MinRatio)
+	}
+	if c.RouteVolume.Factor <= 1 {
+		bad("route_volume.factor", "must be above 1, got %v", c.RouteVolume.Factor)
+	}
+	if c.RouteVolume.Alpha <= 0 || c.RouteVolume.Alpha > 1 {
+		bad("route_volume.alpha", "must be within (0,1], got %v", c.RouteVolume.Alpha)
+	}
+	if c.Enumeration.WalkGap < 1 {
+		bad("enumeration.walk_gap", "must be positive, got %d", c.Enumeration.WalkGap)
+	}
+	for rule, p := range c.Containment {
+		if !p.Action.valid() {
+			bad("containment."+rule+".action", "unknown action %q", p.Action)
+		}
+		if p.Action == ActionBlockSource && p.For <= 0 {
+			bad("containment."+rule+".for", "block_source needs a positive duration")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// netOf returns the /24 (IPv4) or /48 (IPv6) network of ip.
+func netOf(ip netip.Addr) netip.Prefix {
+	if ip.Is4() || ip.Is4In6() {
+		p, _ := ip.Unmap().Prefix(24)
+		return p
+	}
+	p, _ := ip.Prefix(48)
+	return p
+}

@@ -1,0 +1,481 @@
+package detect
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/store"
+)
+
+// Engine runs the detectors over access events. Its methods are safe for
+// concurrent use; events are processed one at a time under a lock.
+type Engine struct {
+	cfg  Config
+	now  func() time.Time
+	seed maphash.Seed
+
+	mu      sync.Mutex
+	b       *builtins
+	rules   atomic.Pointer[ruleSet]
+	act     activation
+	pending []pendingAlert
+
+	open      map[uint64]*Alert // rule+entity → alert in its dedup window
+	alerts    []*Alert          // ring, oldest first after wrap
+	alertNext int
+	byID      map[string]*Alert
+	incidents []*Incident
+	incNext   int
+	incByKey  map[string]*Incident
+	incByID   map[string]*Incident
+	actions   []ActionRecord
+	dirtyA    map[*Alert]struct{}
+	dirtyI    map[*Incident]struct{}
+	dirtyX    []ActionRecord
+
+	subMu   sync.RWMutex
+	subs    []func(Alert)
+	contain Containment
+	db      *store.DB
+	stream  broker
+	events  atomic.Uint64
+}
+
+type pendingAlert struct {
+	a      Alert
+	policy *ContainPolicy
+}
+
+// New returns an engine. Zero fields of cfg take their defaults; now is the
+// wall clock, used only where no event time exists (Raise, Login without time).
+func New(cfg Config, now func() time.Time) (*Engine, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if now == nil {
+		now = time.Now
+	}
+	e := &Engine{
+		cfg: cfg, now: now, seed: maphash.MakeSeed(),
+		open: make(map[uint64]*Alert), byID: make(map[string]*Alert),
+		incByKey: make(map[string]*Incident), incByID: make(map[string]*Incident),
+		dirtyA: make(map[*Alert]struct{}), dirtyI: make(map[*Incident]struct{}),
+	}
+	e.b = newBuiltins(&e.cfg, e.seed)
+	e.rules.Store(&ruleSet{})
+	return e, nil
+}
+
+// Config returns the effective configuration, defaults filled in.
+func (e *Engine) Config() Config { return e.cfg }
+
+// OnAlert registers fn to receive every new alert. fn runs on the goroutine
+// that processed the event and must not block for long (sinks buffer).
+func (e *Engine) OnAlert(fn func(Alert)) {
+	e.subMu.Lock()
+	e.subs = append(e.subs, fn)
+	e.subMu.Unlock()
+}
+
+// SetContainment sets what containment actions call. Without it, only
+// dry-run policies make sense; others are recorded with ErrNoContainment.
+func (e *Engine) SetContainment(c Containment) {
+	e.subMu.Lock()
+	e.contain = c
+	e.subMu.Unlock()
+}
+
+// SetSessionFunc sets how an access event names its login session for
+// token_without_login. The default is the token's jti, for login services
+// that report the jti of the token they obtained as the session id.
+func (e *Engine) SetSessionFunc(fn func(*event.Access) string) {
+	e.mu.Lock()
+	e.b.sessionOf = fn
+	e.mu.Unlock()
+}
+
+// Events reports how many events have been processed.
+func (e *Engine) Events() uint64 { return e.events.Load() }
+
+// Process runs every detector and rule over ev.
+func (e *Engine) Process(ev event.Access) {
+	e.events.Add(1)
+	e.mu.Lock()
+	e.b.process(e, &ev)
+	if rs := e.rules.Load(); len(rs.rules) > 0 {
+		rs.eval(e, &ev)
+	}
+	if len(e.pending) == 0 {
+		e.mu.Unlock()
+		return
+	}
+	out := append([]pendingAlert(nil), e.pending...)
+	e.pending = e.pending[:0]
+	e.mu.Unlock()
+	e.deliver(out)
+}
+
+// Run processes events from ch until ch is closed or ctx is done, flushing
+// to the store (if any) every second and at the end.
+func (e *Engine) Run(ctx context.Context, ch <-chan event.Access) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			e.Flush(context.Background())
+			return ctx.Err()
+		case ev, ok := <-ch:
+			if !ok {
+				return e.Flush(ctx)
+			}
+			e.Process(ev)
+		case <-tick.C:
+			_ = e.Flush(ctx)
+		}
+	}
+}
+
+// Login records a login event for token_without_login; a zero at means now.
+// The detector stays silent until the first login is fed.
+func (e *Engine) Login(sid string, at time.Time) {
+	if at.IsZero() {
+		at = e.now()
+	}
+	e.mu.Lock()
+	e.b.login(sid, at)
+	e.mu.Unlock()
+}
+
+// SetKeyState tells revoked_or_retired_key a key's state since when: any use
+// of a revoked or retired key alerts, and so does a token signed (iat) by a
+// verify-only key after since.
+func (e *Engine) SetKeyState(kid string, state keys.State, since time.Time) {
+	e.mu.Lock()
+	if state == keys.Active {
+		delete(e.b.keyStates, kid)
+	} else {
+		e.b.keyStates[kid] = keyState{state, since.Unix()}
+	}
+	e.mu.Unlock()
+}
+
+// MarkDeparted tells departed_credential_use that a credential (a key id or a
+// token subject, such as a staff member's) belongs to someone who left at at;
+// any use after at alerts.
+func (e *Engine) MarkDeparted(credential string, at time.Time) {
+	e.mu.Lock()
+	e.b.departed[maphash.String(e.seed, credential)] = departedCred{credential, at.UnixNano()}
+	e.mu.Unlock()
+}
+
+// Raise records a finding made outside the event stream as an alert,
+// deduplicated, grouped and contained like any other.
+func (e *Engine) Raise(f Finding) {
+	if f.Time.IsZero() {
+		f.Time = e.now()
+	}
+	if f.Severity == "" {
+		f.Severity = High
+	}
+	if f.Rule == "" {
+		f.Rule = "external"
+	}
+	ev := event.Access{Time: f.Time, RequestID: f.EventID}
+	e.mu.Lock()
+	e.fireAttrs(f.Rule, f.Severity, f.Entity, "", "", &ev, f.Summary, 1, f.Attrs)
+	out := append([]pendingAlert(nil), e.pending...)
+	e.pending = e.pending[:0]
+	e.mu.Unlock()
+	e.deliver(out)
+}
+
+// fire reports a match of rule for entity kind:val (and @val2 when set) at
+// ev, adding n to its count. It allocates only when it raises a new alert.
+func (e *Engine) fire(rule string, s Severity, kind, val, val2 string, ev *event.Access, summary string, n int64) {
+	e.fireAttrs(rule, s, kind, val, val2, ev, summary, n, nil)
+}
+
+func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *event.Access, summary string, n int64, attrs map[string]string) {
+	var h maphash.Hash
+	h.SetSeed(e.seed)
+	h.WriteString(rule)
+	h.WriteByte(0)
+	h.WriteString(kind)
+	h.WriteByte(0)
+	h.WriteString(val)
+	h.WriteByte(0)
+	h.WriteString(val2)
+	k := h.Sum64()
+	t := ev.Time
+	if a, ok := e.open[k]; ok && t.Before(a.Raised.Add(e.cfg.DedupWindow)) {
+		a.Count += n
+		if t.After(a.LastSeen) {
+			a.LastSeen = t
+		}
+		if t.Before(a.FirstSeen) {
+			a.FirstSeen = t
+		}
+		if len(a.Samples) < e.cfg.SampleIDs && ev.RequestID != "" {
+			a.Samples = append(a.Samples, ev.RequestID)
+		}
+		e.dirtyA[a] = struct{}{}
+		if inc := e.incByID[a.Incident]; inc != nil && t.After(inc.LastSeen) {
+			inc.LastSeen = t
+			e.dirtyI[inc] = struct{}{}
+		}
+		return
+	}
+	entity := kind
+	if val != "" {
+		entity = kind + ":" + val
+	}
+	if val2 != "" {
+		entity += "@" + val2
+	}
+	var idb [8]byte
+	binary.BigEndian.PutUint64(idb[:], fnv(rule+"\x00"+entity+"\x00"+t.UTC().Format(time.RFC3339Nano)))
+	a := &Alert{
+		ID: "al-" + hex.EncodeToString(idb[:]), Rule: rule, Severity: s, Entity: entity,
+		Summary: summary, FirstSeen: t, LastSeen: t, Raised: t, Count: n,
+		Attrs: attrs,
+	}
+	if a.Attrs == nil {
+		a.Attrs = eventAttrs(ev)
+	}
+	if ev.RequestID != "" {
+		a.Samples = []string{ev.RequestID}
+	}
+	if kind == "net" {
+		a.Attrs["network"] = val
+	}
+	e.open[k] = a
+	e.storeAlert(a)
+	e.group(a)
+	p := e.policy(rule)
+	c := *a
+	c.Samples = append([]string(nil), a.Samples...)
+	e.pending = append(e.pending, pendingAlert{a: c, policy: p})
+}
+
+func fnv(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+func eventAttrs(ev *event.Access) map[string]string {
+	m := make(map[string]string, 8)
+	add := func(k, v string) {
+		if v != "" {
+			m[k] = v
+		}
+	}
+	add("kid", ev.Token.KID)
+	add("jti", ev.Token.JTI)
+	sub := ev.Subject
+	if sub == "" {
+		sub = ev.Token.Sub
+	}
+	add("subject", sub)
+	add("src_ip", ev.SrcIP)
+	add("route", ev.Route)
+	add("country", ev.Country)
+	add("reason", string(ev.Reason))
+	add("user_agent", ev.UserAgent)
+	return m
+}
+
+func (e *Engine) policy(rule string) *ContainPolicy {
+	if p, ok := e.cfg.Containment[rule]; ok {
+		return &p
+	}
+	if r := e.rules.Load().byName(rule); r != nil && r.contain != nil {
+		return r.contain
+	}
+	return nil
+}
+
+// storeAlert puts a into the bounded ring, evicting the oldest.
+func (e *Engine) storeAlert(a *Alert) {
+	if len(e.alerts) < e.cfg.MaxAlerts {
+		e.alerts = append(e.alerts, a)
+	} else {
+		old := e.alerts[e.alertNext]
+		delete(e.byID, old.ID)
+		for k, v := range e.open { // rare: only when the ring is full
+			if v == old {
+				delete(e.open, k)
+				break
+			}
+		}
+		e.alerts[e.alertNext] = a
+		e.alertNext = (e.alertNext + 1) % e.cfg.MaxAlerts
+	}
+	e.byID[a.ID] = a
+	e.dirtyA[a] = struct{}{}
+	if len(e.open) > 2*e.cfg.MaxAlerts { // drop dedup entries of closed windows
+		for k, v := range e.open {
+			if _, ok := e.byID[v.ID]; !ok {
+				delete(e.open, k)
+			}
+		}
+	}
+}
+
+const (
+	maxIncidentAlerts   = 1000
+	maxIncidentEntities = 100
+)
+
+// group puts a into the open incident sharing its rule or entity, or a new one.
+func (e *Engine) group(a *Alert) {
+	var inc *Incident
+	for _, key := range []string{"r\x00" + a.Rule, "e\x00" + a.Entity} {
+		if c := e.incByKey[key]; c != nil && !a.Raised.After(c.LastSeen.Add(e.cfg.IncidentWindow)) {
+			inc = c
+			break
+		}
+	}
+	if inc == nil {
+		inc = &Incident{ID: "inc-" + a.ID[3:], Awareness: a.Raised, LastSeen: a.Raised, Severity: a.Severity}
+		if len(e.incidents) < e.cfg.MaxIncidents {
+			e.incidents = append(e.incidents, inc)
+		} else {
+			old := e.incidents[e.incNext]
+			delete(e.incByID, old.ID)
+			for k, v := range e.incByKey {
+				if v == old {
+					delete(e.incByKey, k)
+				}
+			}
+			e.incidents[e.incNext] = inc
+			e.incNext = (e.incNext + 1) % e.cfg.MaxIncidents
+		}
+		e.incByID[inc.ID] = inc
+	}
+	e.incByKey["r\x00"+a.Rule] = inc
+	e.incByKey["e\x00"+a.Entity] = inc
+	a.Incident = inc.ID
+	if a.Raised.After(inc.LastSeen) {
+		inc.LastSeen = a.Raised
+	}
+	if sevRank[a.Severity] > sevRank[inc.Severity] {
+		inc.Severity = a.Severity
+	}
+	if len(inc.Alerts) < maxIncidentAlerts {
+		inc.Alerts = append(inc.Alerts, a.ID)
+	}
+	inc.Rules = addUnique(inc.Rules, a.Rule)
+	if len(inc.Entities) < maxIncidentEntities {
+		inc.Entities = addUnique(inc.Entities, a.Entity)
+	}
+	e.dirtyI[inc] = struct{}{}
+}
+
+func addUnique(s []string, v string) []string {
+	for _, x := range s {
+		if x == v {
+			return s
+		}
+	}
+	return append(s, v)
+}
+
+// deliver hands new alerts to subscribers and the stream, then carries out
+// their containment, outside the engine lock.
+func (e *Engine) deliver(out []pendingAlert) {
+	e.subMu.RLock()
+	subs, c := e.subs, e.contain
+	e.subMu.RUnlock()
+	for _, p := range out {
+		for _, fn := range subs {
+			fn(p.a)
+		}
+		e.stream.publish(p.a)
+		if p.policy == nil {
+			continue
+		}
+		r, err := plan(&p.a, *p.policy)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err = execute(ctx, c, r)
+			cancel()
+		}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		e.mu.Lock()
+		if len(e.actions) >= e.cfg.MaxActions {
+			e.actions = e.actions[1:]
+		}
+		e.actions = append(e.actions, r)
+		e.dirtyX = append(e.dirtyX, r)
+		e.mu.Unlock()
+	}
+}
+
+// Alerts returns a copy of the alerts in memory, oldest first.
+func (e *Engine) Alerts() []Alert {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Alert, 0, len(e.alerts))
+	for i := range e.alerts {
+		a := e.alerts[(e.alertNext+i)%len(e.alerts)]
+		c := *a
+		c.Samples = append([]string(nil), a.Samples...)
+		out = append(out, c)
+	}
+	return out
+}
+
+// Incidents returns a copy of the incidents in memory, oldest first.
+func (e *Engine) Incidents() []Incident {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Incident, 0, len(e.incidents))
+	for i := range e.incidents {
+		out = append(out, copyIncident(e.incidents[(e.incNext+i)%len(e.incidents)]))
+	}
+	return out
+}
+
+// Incident returns the incident with id.
+func (e *Engine) Incident(id string) (Incident, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	inc, ok := e.incByID[id]
+	if !ok {
+		return Incident{}, false
+	}
+	return copyIncident(inc), true
+}
+
+func copyIncident(inc *Incident) Incident {
+	c := *inc
+	c.Rules = append([]string(nil), inc.Rules...)
+	c.Entities = append([]string(nil), inc.Entities...)
+	c.Alerts = append([]string(nil), inc.Alerts...)
+	return c
+}
+
+// Actions returns the containment actions recorded, oldest first.
+func (e *Engine) Actions() []ActionRecord {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]ActionRecord(nil), e.actions...)
+}
+
+func (e *Engine) String() string { return fmt.Sprintf("detect.Engine(%d events)", e.Events()) }

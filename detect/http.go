@@ -1,0 +1,169 @@
+package detect
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// broker fans new alerts out to stream clients; a client too slow to keep
+// up loses alerts (counted) rather than slowing detection.
+type broker struct {
+	mu      sync.Mutex
+	clients map[chan Alert]struct{}
+	dropped atomic.Uint64
+}
+
+func (b *broker) subscribe() chan Alert {
+	ch := make(chan Alert, 256)
+	b.mu.Lock()
+	if b.clients == nil {
+		b.clients = make(map[chan Alert]struct{})
+	}
+	b.clients[ch] = struct{}{}
+	b.mu.Unlock()
+	return ch
+}
+
+func (b *broker) unsubscribe(ch chan Alert) {
+	b.mu.Lock()
+	delete(b.clients, ch)
+	b.mu.Unlock()
+}
+
+func (b *broker) publish(a Alert) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for ch := range b.clients {
+		select {
+		case ch <- a:
+		default:
+			b.dropped.Add(1)
+		}
+	}
+}
+
+// Handler serves the detection API:
+//
+//	GET /v1/alerts?rule=R&severity=S&limit=N   newest first (default limit 100, at most 10000)
+//	GET /v1/alerts/stream                      server-sent events, one "alert" event per new alert
+//	GET /v1/incidents                          newest first
+//	GET /v1/incidents/{id}                     the incident with its alerts
+//
+// Authentication is the caller's to wrap around it.
+func (e *Engine) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/alerts", e.listAlerts)
+	mux.HandleFunc("GET /v1/alerts/stream", e.streamAlerts)
+	mux.HandleFunc("GET /v1/incidents", e.listIncidents)
+	mux.HandleFunc("GET /v1/incidents/{id}", e.getIncident)
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, status int, code, desc string) {
+	writeJSON(w, status, map[string]string{"error": code, "error_description": desc})
+}
+
+func limitOf(r *http.Request) (int, bool) {
+	s := r.URL.Query().Get("limit")
+	if s == "" {
+		return 100, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 10000 {
+		return 0, false
+	}
+	return n, true
+}
+
+func (e *Engine) listAlerts(w http.ResponseWriter, r *http.Request) {
+	limit, ok := limitOf(r)
+	if !ok {
+		writeErr(w, http.StatusBadRequest, "invalid_request", "limit must be 1..10000")
+		return
+	}
+	q := r.URL.Query()
+	rule, sv := q.Get("rule"), Severity(q.Get("severity"))
+	all := e.Alerts()
+	out := make([]Alert, 0, min(limit, len(all)))
+	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
+		a := all[i]
+		if (rule == "" || a.Rule == rule) && (sv == "" || a.Severity == sv) {
+			out = append(out, a)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"alerts": out})
+}
+
+func (e *Engine) listIncidents(w http.ResponseWriter, r *http.Request) {
+	limit, ok := limitOf(r)
+	if !ok {
+		writeErr(w, http.StatusBadRequest, "invalid_request", "limit must be 1..10000")
+		return
+	}
+	all := e.Incidents()
+	out := make([]Incident, 0, min(limit, len(all)))
+	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
+		out = append(out, all[i])
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"incidents": out})
+}
+
+func (e *Engine) getIncident(w http.ResponseWriter, r *http.Request) {
+	inc, ok := e.Incident(r.PathValue("id"))
+	if !ok {
+		writeErr(w, http.StatusNotFound, "not_found", "no such incident")
+		return
+	}
+	var alerts []Alert
+	e.mu.Lock()
+	for _, id := range inc.Alerts {
+		if a := e.byID[id]; a != nil {
+			alerts = append(alerts, *a)
+		}
+	}
+	e.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"incident": inc, "alerts": alerts})
+}
+
+func (e *Engine) streamAlerts(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeErr(w, http.StatusInternalServerError, "server_error", "streaming unsupported")
+		return
+	}
+	ch := e.stream.subscribe()
+	defer e.stream.unsubscribe(ch)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, ": custos alerts\n\n")
+	fl.Flush()
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keep.C:
+			fmt.Fprint(w, ": keep-alive\n\n")
+			fl.Flush()
+		case a := <-ch:
+			b, _ := json.Marshal(a)
+			fmt.Fprintf(w, "id: %s\nevent: alert\ndata: %s\n\n", a.ID, b)
+			fl.Flush()
+		}
+	}
+}

@@ -1,0 +1,795 @@
+package forensics
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// TopSources is how many IPs, countries, ASNs and keys a scope lists (each
+// with its distinct count).
+const TopSources = 50
+
+// Scope is the answer to "whose data did this incident expose": summary
+// figures in its fields and the per-subject notification list behind
+// [Scope.Each] and the exports. Close it to free the list.
+type Scope struct {
+	Indicators Indicators `json:"indicators"`
+	// Files is the number of event files read; SkippedFiles the unreadable
+	// ones left out under AllowPartial, in which case Partial is true.
+	Files        int      `json:"files"`
+	Partial      bool     `json:"partial"`
+	SkippedFiles []string `json:"skipped_files,omitempty"`
+
+	// Subjects is the number of affected data subjects: Members seen in
+	// events plus NonMembers added by the Expander.
+	Subjects   int64 `json:"subjects"`
+	Members    int64 `json:"members"`
+	NonMembers int64 `json:"non_members"`
+	// Exposures counts allowed 2xx requests that returned personal data;
+	// Attempts every other matching request (refused or failed).
+	Exposures     int64        `json:"exposures"`
+	Attempts      int64        `json:"attempts"`
+	FirstExposure time.Time    `json:"first_exposure,omitzero"`
+	LastExposure  time.Time    `json:"last_exposure,omitzero"`
+	Classes       []ClassCount `json:"classes"`
+	Routes        []RouteCount `json:"routes"`
+	Sources       Sources      `json:"sources"`
+	Keys          []Count      `json:"keys"`
+	Reasons       []Count      `json:"reasons"`
+	Hourly        []Bucket     `json:"hourly"`
+	Daily         []Bucket     `json:"daily"`
+
+	// Progress, when set, is called during exports with rows written so far.
+	Progress func(done, total int) `json:"-"`
+
+	s          *Store
+	table      string
+	classIndex map[string]int
+	closed     bool
+}
+
+// ClassCount is how many data subjects had a data class exposed.
+type ClassCount struct {
+	Class    string `json:"class"`
+	Subjects int64  `json:"subjects"`
+}
+
+// RouteCount is what one route exposed: requests, distinct subjects, attempts.
+type RouteCount struct {
+	Route     string `json:"route"`
+	Exposures int64  `json:"exposures"`
+	Subjects  int64  `json:"subjects"`
+	Attempts  int64  `json:"attempts"`
+}
+
+// Count is a key (IP, country, ASN, key id, reason) with its request counts.
+type Count struct {
+	Key       string `json:"key"`
+	Exposures int64  `json:"exposures"`
+	Attempts  int64  `json:"attempts"`
+}
+
+// Sources are where the matching requests came from: the top entries and the
+// number of distinct values.
+type Sources struct {
+	IPs               []Count `json:"ips"`
+	DistinctIPs       int64   `json:"distinct_ips"`
+	Countries         []Count `json:"countries"`
+	DistinctCountries int64   `json:"distinct_countries"`
+	ASNs              []Count `json:"asns"`
+	DistinctASNs      int64   `json:"distinct_asns"`
+}
+
+// Bucket is one hour or day of the timeline.
+type Bucket struct {
+	Start     time.Time `json:"start"`
+	Exposures int64     `json:"exposures"`
+	Attempts  int64     `json:"attempts"`
+}
+
+// Exposure is one data subject on the notification list.
+type Exposure struct {
+	Subject     string    `json:"subject"`
+	Member      bool      `json:"member"`
+	DataClasses []string  `json:"data_classes"`
+	First       time.Time `json:"first_exposure"`
+	Last        time.Time `json:"last_exposure"`
+}
+
+// okExpr is true for a request that exposed a subject's data.
+const okExpr = `(verdict = 'allow' AND status BETWEEN 200 AND 299 AND coalesce(subject, '') <> '' AND len(coalesce(data_classes, [])) > 0)`
+
+// Scope reads the event files that may hold the incident and computes its
+// scope. Indicators are validated before any file is read. progress, if not
+// nil, is called with the number of files read so far and the total.
+//
+// A file that cannot be read fails the scope with an error naming it
+// ([ErrBadFile]) unless the store allows partial answers.
+func (s *Store) Scope(ctx context.Context, ind Indicators, progress func(done, total int)) (*Scope, error) {
+	ind = cloneIndicators(ind)
+	if err := ind.Validate(); err != nil {
+		return nil, err
+	}
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	if progress == nil {
+		progress = func(int, int) {}
+	}
+	sc := &Scope{Indicators: ind, s: s, table: fmt.Sprintf("scope_%d", s.seq.Add(1))}
+	ok := false
+	defer func() {
+		if !ok {
+			sc.Close()
+		}
+	}()
+	if err := s.scan(ctx, sc, progress); err != nil {
+		return nil, err
+	}
+	if err := sc.finish(ctx); err != nil {
+		return nil, err
+	}
+	ok = true
+	return sc, nil
+}
+
+func cloneIndicators(ind Indicators) Indicators {
+	ind.KeyIDs = slices.Clone(ind.KeyIDs)
+	ind.JTIs = slices.Clone(ind.JTIs)
+	ind.Reasons = slices.Clone(ind.Reasons)
+	ind.RequestIDs = slices.Clone(ind.RequestIDs)
+	ind.Sources = slices.Clone(ind.Sources)
+	ind.ASNs = slices.Clone(ind.ASNs)
+	ind.Countries = slices.Clone(ind.Countries)
+	ind.Routes = slices.Clone(ind.Routes)
+	ind.Subjects = slices.Clone(ind.Subjects)
+	return ind
+}
+
+// scan selects the files, checks their footers and aggregates the matching
+// events into the scope's table, a batch of files at a time.
+func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total int)) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	hours, err := listHours(s.dir)
+	if err != nil {
+		return err
+	}
+	ind := &sc.Indicators
+	var files []string
+	for _, h := range hours {
+		if !ind.From.IsZero() && !h.Hour.Add(time.Hour).After(ind.From) {
+			continue
+		}
+		if !ind.To.IsZero() && !h.Hour.Before(ind.To) {
+			continue
+		}
+		for _, p := range h.Parts {
+			if err := checkFile(p.Path); err != nil {
+				if !s.opts.AllowPartial {
+					return err
+				}
+				sc.SkippedFiles = append(sc.SkippedFiles, p.Path)
+				continue
+			}
+			files = append(files, p.Path)
+		}
+	}
+	sc.Files = len(files)
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE `+sc.table+` (time TIMESTAMP, ok BOOLEAN,
+		subject VARCHAR, route VARCHAR, cls VARCHAR, src_ip VARCHAR, country VARCHAR, asn UINTEGER,
+		kid VARCHAR, reason VARCHAR)`); err != nil {
+		return fmt.Errorf("failed to create scope table: %w", err)
+	}
+	where, args, err := s.matchClause(ctx, sc)
+	if err != nil {
+		return err
+	}
+	total := len(files)
+	progress(0, total)
+	per := max(1, (total+19)/20)
+	for done := 0; done < total; {
+		batch := files[done:min(total, done+per)]
+		if err := s.aggregate(ctx, sc.table, batch, where, args); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// Find the file at fault: each file alone; a statement that fails
+			// inserts nothing, so the counts stay exact.
+			for _, f := range batch {
+				if err := s.aggregate(ctx, sc.table, []string{f}, where, args); err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					if !s.opts.AllowPartial {
+						return fmt.Errorf("%w %s: %v", ErrBadFile, f, err)
+					}
+					sc.SkippedFiles = append(sc.SkippedFiles, f)
+					sc.Files--
+				}
+			}
+		}
+		done += len(batch)
+		progress(done, total)
+	}
+	sc.Partial = len(sc.SkippedFiles) > 0
+	return nil
+}
+
+func (s *Store) aggregate(ctx context.Context, table string, files []string, where string, args []any) error {
+	quoted := make([]string, len(files))
+	for i, f := range files {
+		quoted[i] = sqlQuote(f)
+	}
+	// Collect the matching events' few needed columns; the aggregation runs
+	// once over all of them in finish, with every thread.
+	q := `INSERT INTO ` + table + `
+SELECT time, ok, CASE WHEN ok THEN subject END, route, CASE WHEN ok THEN array_to_string(data_classes, chr(31)) END,
+	src_ip, country, asn, kid, reason
+FROM (
+  SELECT time, ` + okExpr + ` AS ok, subject, coalesce(route, '') AS route, data_classes,
+	coalesce(src_ip, '') AS src_ip, coalesce(country, '') AS country, coalesce(asn, 0) AS asn,
+	coalesce(token_kid, '') AS kid, coalesce(reason, '') AS reason
+  FROM read_parquet([` + strings.Join(quoted, ", ") + `])
+  WHERE ` + where + `)`
+	_, err := s.db.ExecContext(ctx, q, args...)
+	return err
+}
+
+// inlineLimit is the most values an indicator list passes as parameters;
+// longer lists are loaded into a table and joined.
+const inlineLimit = 256
+
+// matchClause renders the indicators as a WHERE clause: any selector, and
+// every filter.
+func (s *Store) matchClause(ctx context.Context, sc *Scope) (string, []any, error) {
+	ind := &sc.Indicators
+	var args []any
+	nTables := 0
+	in := func(col string, vals []string) (string, error) {
+		if len(vals) <= inlineLimit {
+			// Numbered placeholders: the clause order differs from the
+			// order values are collected in.
+			ph := make([]string, len(vals))
+			for i, v := range vals {
+				args = append(args, v)
+				ph[i] = "$" + strconv.Itoa(len(args))
+			}
+			return col + " IN (" + strings.Join(ph, ", ") + ")", nil
+		}
+		nTables++
+		t := fmt.Sprintf("%s_ind%d", sc.table, nTables)
+		if _, err := s.db.ExecContext(ctx, "CREATE TABLE "+t+" (v VARCHAR)"); err != nil {
+			return "", fmt.Errorf("failed to load indicators: %w", err)
+		}
+		for i := 0; i < len(vals); i += 1000 {
+			chunk := vals[i:min(len(vals), i+1000)]
+			ph := strings.TrimSuffix(strings.Repeat("(?), ", len(chunk)), ", ")
+			a := make([]any, len(chunk))
+			for j, v := range chunk {
+				a[j] = v
+			}
+			if _, err := s.db.ExecContext(ctx, "INSERT INTO "+t+" VALUES "+ph, a...); err != nil {
+				return "", fmt.Errorf("failed to load indicators: %w", err)
+			}
+		}
+		return col + " IN (SELECT v FROM " + t + ")", nil
+	}
+	var sel, filt []string
+	add := func(dst *[]string, col string, vals []string) error {
+		if len(vals) == 0 {
+			return nil
+		}
+		c, err := in(col, vals)
+		if err != nil {
+			return err
+		}
+		*dst = append(*dst, c)
+		return nil
+	}
+	reasons := make([]string, len(ind.Reasons))
+	for i, r := range ind.Reasons {
+		reasons[i] = string(r)
+	}
+	asns := make([]string, len(ind.ASNs))
+	for i, a := range ind.ASNs {
+		asns[i] = strconv.FormatUint(uint64(a), 10)
+	}
+	exact, prefixes := expandSources(ind.Sources)
+	for _, l := range []struct {
+		col  string
+		vals []string
+	}{{"token_kid", ind.KeyIDs}, {"token_jti", ind.JTIs}, {"reason", reasons},
+		{"request_id", ind.RequestIDs}, {"src_ip", exact}, {"CAST(asn AS VARCHAR)", asns},
+		{"country", ind.Countries}} {
+		if err := add(&sel, l.col, l.vals); err != nil {
+			return "", nil, err
+		}
+	}
+	for _, lvl := range []int{8, 16, 24} {
+		pat := `'^` + strings.Repeat(`[0-9]+\.`, lvl/8) + `'`
+		if err := add(&sel, "regexp_extract(src_ip, "+pat+")", prefixes[lvl]); err != nil {
+			return "", nil, err
+		}
+	}
+	if err := add(&filt, "route", ind.Routes); err != nil {
+		return "", nil, err
+	}
+	if len(ind.Subjects) > 0 {
+		var rs []string
+		for _, r := range ind.Subjects {
+			rs = append(rs, fmt.Sprintf("(TRY_CAST(subject AS UBIGINT) BETWEEN %d AND %d)", r.From, r.To))
+		}
+		filt = append(filt, "("+strings.Join(rs, " OR ")+")")
+	}
+	if !ind.From.IsZero() {
+		filt = append(filt, "time >= "+tsLiteral(ind.From))
+	}
+	if !ind.To.IsZero() {
+		filt = append(filt, "time < "+tsLiteral(ind.To))
+	}
+	if len(sel) > 0 {
+		filt = append(filt, "("+strings.Join(sel, " OR ")+")")
+	}
+	return strings.Join(filt, " AND "), args, nil
+}
+
+func tsLiteral(t time.Time) string {
+	return "TIMESTAMP '" + t.UTC().Format("2006-01-02 15:04:05.999999") + "'"
+}
+
+// expandSources splits validated sources into exact addresses and IPv4
+// prefixes on octet boundaries (keyed 8, 16, 24, as text ending in "."), so a
+// plain string comparison matches canonical addresses. A prefix between
+// octet boundaries becomes at most 128 (256 for /0) aligned prefixes.
+func expandSources(srcs []string) (exact []string, prefixes map[int][]string) {
+	prefixes = map[int][]string{}
+	for _, s := range srcs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			exact = append(exact, s)
+			continue
+		}
+		bits := p.Bits()
+		target := (bits + 7) / 8 * 8
+		if target == 0 {
+			target = 8
+		}
+		base := p.Addr().As4()
+		n := uint32(1) << (target - bits)
+		start := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+		for i := range n {
+			v := start + i<<(32-target)
+			a := [4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+			if target == 32 {
+				exact = append(exact, netip.AddrFrom4(a).String())
+				continue
+			}
+			var sb strings.Builder
+			for o := range target / 8 {
+				sb.WriteString(strconv.Itoa(int(a[o])))
+				sb.WriteByte('.')
+			}
+			prefixes[target] = append(prefixes[target], sb.String())
+		}
+	}
+	return exact, prefixes
+}
+
+// MaxDataClasses is how many distinct data classes one scope can tell apart
+// (they are kept as bits per subject).
+const MaxDataClasses = 63
+
+// maxRouteBits is how many exposing routes are counted per subject with bits;
+// beyond it routes' subjects are counted with a distinct count.
+const maxRouteBits = 63
+
+// classSep joins a request's data classes in the collected table.
+const classSep = "\x1f"
+
+// finish aggregates the collected events: the notification list (with the
+// Expander's additions) and the summary figures.
+func (sc *Scope) finish(ctx context.Context) error {
+	db := sc.s.db
+	t := sc.table
+	// Dictionaries: each distinct class and exposing route gets a bit.
+	var combos, routes []string
+	if err := sc.strings(ctx, `SELECT DISTINCT cls FROM `+t+` WHERE ok ORDER BY 1`, &combos); err != nil {
+		return fmt.Errorf("failed to read data classes: %w", err)
+	}
+	if err := sc.strings(ctx, `SELECT DISTINCT route FROM `+t+` WHERE ok ORDER BY 1`, &routes); err != nil {
+		return fmt.Errorf("failed to read routes: %w", err)
+	}
+	sc.classIndex = map[string]int{}
+	comboMask := map[string]uint64{}
+	for _, c := range combos {
+		var m uint64
+		for _, cl := range strings.Split(c, classSep) {
+			b, err := sc.classBit(cl)
+			if err != nil {
+				return err
+			}
+			m |= 1 << b
+		}
+		comboMask[c] = m
+	}
+	routeBits := len(routes) <= maxRouteBits
+	stmts := []string{`CREATE TABLE ` + t + `_cls (cls VARCHAR, mask UBIGINT)`, `CREATE TABLE ` + t + `_rt (route VARCHAR, bit UBIGINT)`}
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("failed to build dictionaries: %w", err)
+		}
+	}
+	for c, m := range comboMask {
+		if _, err := db.ExecContext(ctx, `INSERT INTO `+t+`_cls VALUES ($1, $2)`, c, m); err != nil {
+			return fmt.Errorf("failed to build dictionaries: %w", err)
+		}
+	}
+	for i, r := range routes {
+		bit := uint64(0)
+		if routeBits {
+			bit = 1 << i
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO `+t+`_rt VALUES ($1, $2)`, r, bit); err != nil {
+			return fmt.Errorf("failed to build dictionaries: %w", err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, `CREATE TABLE `+t+`_notify AS
+		SELECT m.subject, true AS member, bit_or(c.mask) AS cmask, bit_or(r.bit) AS rmask,
+			min(m.time) AS first, max(m.time) AS last
+		FROM `+t+` m JOIN `+t+`_cls c ON m.cls = c.cls JOIN `+t+`_rt r ON m.route = r.route
+		WHERE m.ok GROUP BY m.subject`); err != nil {
+		return fmt.Errorf("failed to build notification list: %w", err)
+	}
+	if sc.s.opts.Expander != nil {
+		if err := sc.expand(ctx); err != nil {
+			return err
+		}
+	}
+	err := db.QueryRowContext(ctx, `SELECT count(*), count(*) FILTER (WHERE member) FROM `+t+`_notify`).
+		Scan(&sc.Subjects, &sc.Members)
+	if err != nil {
+		return fmt.Errorf("failed to count subjects: %w", err)
+	}
+	sc.NonMembers = sc.Subjects - sc.Members
+	// Subjects per class (and per route, with bits), one pass.
+	var sums []string
+	for _, cl := range sc.classNames() {
+		sums = append(sums, fmt.Sprintf("coalesce(sum(((cmask >> %d) & 1)::BIGINT), 0)", sc.classIndex[cl]))
+	}
+	if routeBits {
+		for i := range routes {
+			sums = append(sums, fmt.Sprintf("coalesce(sum(((rmask >> %d) & 1)::BIGINT) FILTER (WHERE member), 0)", i))
+		}
+	}
+	perRouteSubjects := map[string]int64{}
+	sc.Classes = []ClassCount{}
+	if len(sums) > 0 {
+		vals := make([]int64, len(sums))
+		ptrs := make([]any, len(sums))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := db.QueryRowContext(ctx, `SELECT `+strings.Join(sums, ", ")+` FROM `+t+`_notify`).Scan(ptrs...); err != nil {
+			return fmt.Errorf("failed to count data classes: %w", err)
+		}
+		names := sc.classNames()
+		for i, cl := range names {
+			if vals[i] > 0 {
+				sc.Classes = append(sc.Classes, ClassCount{Class: cl, Subjects: vals[i]})
+			}
+		}
+		slices.SortStableFunc(sc.Classes, func(a, b ClassCount) int { return int(b.Subjects - a.Subjects) })
+		if routeBits {
+			for i, r := range routes {
+				perRouteSubjects[r] = vals[len(names)+i]
+			}
+		}
+	}
+	if !routeBits {
+		rows, err := db.QueryContext(ctx, `SELECT route, count(DISTINCT subject) FROM `+t+` WHERE ok GROUP BY route`)
+		if err != nil {
+			return fmt.Errorf("failed to count routes: %w", err)
+		}
+		if err := scanAll(rows, func(r *sql.Rows) error {
+			var k string
+			var n int64
+			err := r.Scan(&k, &n)
+			perRouteSubjects[k] = n
+			return err
+		}); err != nil {
+			return fmt.Errorf("failed to count routes: %w", err)
+		}
+	}
+	// Small keys in one pass over the collected events.
+	rows, err := db.QueryContext(ctx, `SELECT
+		CASE WHEN GROUPING(route) = 0 THEN 'route' WHEN GROUPING(country) = 0 THEN 'country'
+			WHEN GROUPING(asn) = 0 THEN 'asn' WHEN GROUPING(kid) = 0 THEN 'kid'
+			WHEN GROUPING(reason) = 0 THEN 'reason' ELSE 'hour' END,
+		CASE WHEN GROUPING(route) = 0 THEN route WHEN GROUPING(country) = 0 THEN country
+			WHEN GROUPING(asn) = 0 THEN CAST(asn AS VARCHAR) WHEN GROUPING(kid) = 0 THEN kid
+			WHEN GROUPING(reason) = 0 THEN reason ELSE strftime(hr, '%Y-%m-%dT%H') END,
+		count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok), min(time) FILTER (WHERE ok), max(time) FILTER (WHERE ok)
+		FROM (SELECT *, date_trunc('hour', time) AS hr FROM `+t+`)
+		GROUP BY GROUPING SETS ((route), (country), (asn), (kid), (reason), (hr))`)
+	if err != nil {
+		return fmt.Errorf("failed to summarise the scope: %w", err)
+	}
+	by := map[string][]Count{}
+	sc.FirstExposure, sc.LastExposure = time.Time{}, time.Time{}
+	if err := scanAll(rows, func(r *sql.Rows) error {
+		var kind string
+		var c Count
+		var first, last sql.NullTime
+		if err := r.Scan(&kind, &c.Key, &c.Exposures, &c.Attempts, &first, &last); err != nil {
+			return err
+		}
+		by[kind] = append(by[kind], c)
+		if kind == "route" {
+			sc.Exposures += c.Exposures
+			sc.Attempts += c.Attempts
+			if first.Valid && (sc.FirstExposure.IsZero() || first.Time.Before(sc.FirstExposure)) {
+				sc.FirstExposure = first.Time.UTC()
+			}
+			if last.Valid && last.Time.After(sc.LastExposure) {
+				sc.LastExposure = last.Time.UTC()
+			}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("failed to summarise the scope: %w", err)
+	}
+	byVolume := func(cs []Count, limit int) []Count {
+		slices.SortFunc(cs, func(a, b Count) int {
+			if d := (b.Exposures + b.Attempts) - (a.Exposures + a.Attempts); d != 0 {
+				return int(d)
+			}
+			return strings.Compare(a.Key, b.Key)
+		})
+		if limit > 0 && len(cs) > limit {
+			cs = cs[:limit]
+		}
+		return append([]Count{}, cs...)
+	}
+	sc.Routes = []RouteCount{}
+	for _, c := range by["route"] {
+		sc.Routes = append(sc.Routes, RouteCount{Route: c.Key, Exposures: c.Exposures, Subjects: perRouteSubjects[c.Key], Attempts: c.Attempts})
+	}
+	slices.SortFunc(sc.Routes, func(a, b RouteCount) int { return strings.Compare(a.Route, b.Route) })
+	sc.Sources.DistinctCountries, sc.Sources.DistinctASNs = int64(len(by["country"])), int64(len(by["asn"]))
+	sc.Sources.Countries = byVolume(by["country"], TopSources)
+	sc.Sources.ASNs = byVolume(by["asn"], TopSources)
+	sc.Keys = byVolume(by["kid"], TopSources)
+	sc.Reasons = byVolume(by["reason"], 0)
+	hours := by["hour"]
+	slices.SortFunc(hours, func(a, b Count) int { return strings.Compare(a.Key, b.Key) })
+	sc.Hourly, sc.Daily = []Bucket{}, []Bucket{}
+	for _, h := range hours {
+		start, err := time.Parse(hourLayout, h.Key)
+		if err != nil {
+			return fmt.Errorf("failed to read timeline: %w", err)
+		}
+		sc.Hourly = append(sc.Hourly, Bucket{Start: start, Exposures: h.Exposures, Attempts: h.Attempts})
+		day := start.Truncate(24 * time.Hour)
+		if n := len(sc.Daily); n > 0 && sc.Daily[n-1].Start.Equal(day) {
+			sc.Daily[n-1].Exposures += h.Exposures
+			sc.Daily[n-1].Attempts += h.Attempts
+		} else {
+			sc.Daily = append(sc.Daily, Bucket{Start: day, Exposures: h.Exposures, Attempts: h.Attempts})
+		}
+	}
+	// Source addresses can number as many as requests: top ones and a count.
+	rows, err = db.QueryContext(ctx, `WITH g AS (SELECT src_ip, count(*) FILTER (WHERE ok) AS e,
+			count(*) FILTER (WHERE NOT ok) AS a FROM `+t+` GROUP BY src_ip)
+		SELECT src_ip, e, a, count(*) OVER () FROM g ORDER BY e + a DESC, src_ip LIMIT `+strconv.Itoa(TopSources))
+	if err != nil {
+		return fmt.Errorf("failed to count sources: %w", err)
+	}
+	sc.Sources.IPs = []Count{}
+	if err := scanAll(rows, func(r *sql.Rows) error {
+		var c Count
+		err := r.Scan(&c.Key, &c.Exposures, &c.Attempts, &sc.Sources.DistinctIPs)
+		sc.Sources.IPs = append(sc.Sources.IPs, c)
+		return err
+	}); err != nil {
+		return fmt.Errorf("failed to count sources: %w", err)
+	}
+	// The collected events are no longer needed; free them now.
+	if _, err := db.ExecContext(ctx, `DROP TABLE `+t); err != nil {
+		return fmt.Errorf("failed to free scope events: %w", err)
+	}
+	return nil
+}
+
+// classBit returns the bit of a data class, adding it to the dictionary.
+func (sc *Scope) classBit(cl string) (int, error) {
+	if b, ok := sc.classIndex[cl]; ok {
+		return b, nil
+	}
+	if len(sc.classIndex) == MaxDataClasses {
+		return 0, fmt.Errorf("failed to scope: more than %d distinct data classes", MaxDataClasses)
+	}
+	b := len(sc.classIndex)
+	sc.classIndex[cl] = b
+	return b, nil
+}
+
+// classNames lists the dictionary's classes by bit.
+func (sc *Scope) classNames() []string {
+	names := make([]string, len(sc.classIndex))
+	for cl, b := range sc.classIndex {
+		names[b] = cl
+	}
+	return names
+}
+
+// classesOf decodes a class mask, classes sorted by name.
+func (sc *Scope) classesOf(mask uint64, names []string) []string {
+	var out []string
+	for b, cl := range names {
+		if mask&(1<<b) != 0 {
+			out = append(out, cl)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (sc *Scope) strings(ctx context.Context, q string, dst *[]string) error {
+	rows, err := sc.s.db.QueryContext(ctx, q)
+	if err != nil {
+		return err
+	}
+	return scanAll(rows, func(r *sql.Rows) error {
+		var v sql.NullString
+		err := r.Scan(&v)
+		*dst = append(*dst, v.String)
+		return err
+	})
+}
+
+func scanAll(rows *sql.Rows, fn func(*sql.Rows) error) error {
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// expand asks the Expander about every exposed member and folds the related
+// subjects into the notification list.
+func (sc *Scope) expand(ctx context.Context) error {
+	db := sc.s.db
+	t := sc.table
+	if _, err := db.ExecContext(ctx, `CREATE TABLE `+t+`_rel (subject VARCHAR, cmask UBIGINT, first TIMESTAMP, last TIMESTAMP)`); err != nil {
+		return fmt.Errorf("failed to expand subjects: %w", err)
+	}
+	var pending []any
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		ph := make([]string, 0, len(pending)/4)
+		for i := 0; i < len(pending); i += 4 {
+			ph = append(ph, fmt.Sprintf("($%d, $%d, $%d, $%d)", i+1, i+2, i+3, i+4))
+		}
+		_, err := db.ExecContext(ctx, "INSERT INTO "+t+"_rel VALUES "+strings.Join(ph, ", "), pending...)
+		pending = pending[:0]
+		return err
+	}
+	err := sc.Each(ctx, func(e Exposure) error {
+		rel, err := sc.s.opts.Expander.Expand(ctx, e.Subject, e.DataClasses)
+		if err != nil {
+			return fmt.Errorf("failed to expand subject %s: %w", e.Subject, err)
+		}
+		for _, r := range rel {
+			if r.Subject == "" || len(r.DataClasses) == 0 {
+				continue
+			}
+			var m uint64
+			for _, c := range r.DataClasses {
+				b, err := sc.classBit(c)
+				if err != nil {
+					return err
+				}
+				m |= 1 << b
+			}
+			pending = append(pending, r.Subject, m, e.First, e.Last)
+			if len(pending) >= 4*500 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return fmt.Errorf("failed to expand subjects: %w", err)
+	}
+	stmts := []string{
+		`CREATE TABLE ` + t + `_all AS SELECT subject, bool_or(member) AS member, bit_or(cmask) AS cmask,
+			bit_or(rmask) AS rmask, min(first) AS first, max(last) AS last
+		FROM (SELECT subject, member, cmask, rmask, first, last FROM ` + t + `_notify
+			UNION ALL SELECT subject, false, cmask, 0::UBIGINT, first, last FROM ` + t + `_rel) GROUP BY subject`,
+		`DROP TABLE ` + t + `_notify`,
+		`ALTER TABLE ` + t + `_all RENAME TO ` + t + `_notify`,
+	}
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("failed to expand subjects: %w", err)
+		}
+	}
+	return nil
+}
+
+// Each calls fn for every subject on the notification list, in subject order.
+func (sc *Scope) Each(ctx context.Context, fn func(Exposure) error) error {
+	if sc.closed {
+		return ErrClosed
+	}
+	names := sc.classNames()
+	rows, err := sc.s.db.QueryContext(ctx, `SELECT subject, member, cmask, first, last FROM `+sc.table+`_notify ORDER BY subject`)
+	if err != nil {
+		return fmt.Errorf("failed to read notification list: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var e Exposure
+		var mask uint64
+		if err := rows.Scan(&e.Subject, &e.Member, &mask, &e.First, &e.Last); err != nil {
+			return fmt.Errorf("failed to read notification list: %w", err)
+		}
+		e.First, e.Last = e.First.UTC(), e.Last.UTC()
+		e.DataClasses = sc.classesOf(mask, names)
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// Close drops the scope's tables.
+func (sc *Scope) Close() error {
+	if sc.closed {
+		return nil
+	}
+	sc.closed = true
+	var errs []error
+	rows, err := sc.s.db.Query(`SELECT table_name FROM duckdb_tables() WHERE table_name LIKE ? ESCAPE '\'`,
+		strings.ReplaceAll(sc.table, "_", `\_`)+`%`)
+	if err != nil {
+		return fmt.Errorf("failed to drop scope tables: %w", err)
+	}
+	var names []string
+	errs = append(errs, scanAll(rows, func(r *sql.Rows) error {
+		var n string
+		if err := r.Scan(&n); err != nil {
+			return err
+		}
+		if n == sc.table || strings.HasPrefix(n, sc.table+"_") {
+			names = append(names, n)
+		}
+		return nil
+	}))
+	for _, n := range names {
+		if _, err := sc.s.db.Exec("DROP TABLE IF EXISTS " + n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("failed to drop scope tables: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,673 @@
+// Package gateway verifies custos access tokens in front of customer-data
+// APIs, as net/http middleware or a reverse proxy, and emits one access event per request.
+//
+// Checks run in this order, each producing its contract reason (see
+// event.Reason): blocked_source; missing_token, malformed; unknown_key,
+// revoked_key; bad_signature; expired, not_yet_valid, wrong_issuer,
+// wrong_audience; provenance (not_issued, revoked_token, ledger_unavailable);
+// decoy_subject, subject_mismatch. A refused request gets 401 with
+// WWW-Authenticate: Bearer error="invalid_token" (RFC 6750) and never reaches
+// the upstream. A token whose signature verified once is remembered (by its
+// SHA-256) so later requests skip parsing and signature verification; key
+// state, claims, provenance and subject are checked on every request.
+package gateway
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/token"
+)
+
+// KeySet finds the verification key a token's kid names.
+type KeySet interface {
+	Lookup(kid string) (keys.Key, bool)
+}
+
+// Provenance tells whether the issuance ledger knows a token. Any error
+// (ledger.ErrUnavailable in particular) refuses the request as
+// ledger_unavailable.
+type Provenance interface {
+	Status(ctx context.Context, h ledger.Hash) (ledger.Status, error)
+}
+
+// Publisher receives every access event (event.Bus satisfies it).
+type Publisher interface {
+	Publish(event.Access)
+}
+
+// Gateway holds the checks; it is safe for concurrent use.
+type Gateway struct {
+	cfg     Config
+	ks      KeySet
+	prov    Provenance
+	pub     Publisher
+	now     func() time.Time
+	mux     *http.ServeMux
+	routes  map[string]*route // by registered pattern
+	decoys  map[string]struct{}
+	trusted []netip.Prefix
+	geo     *geoDB
+	cache   *verifiedCache
+
+	evMu   sync.Mutex
+	evFile *os.File
+
+	blockMu sync.RWMutex
+	blocks  map[netip.Prefix]Block
+	nblocks atomic.Int32
+
+	reqPrefix string
+	reqSeq    atomic.Uint64
+
+	requests  *prometheus.CounterVec
+	cacheHits prometheus.Counter
+}
+
+type route struct {
+	Route
+	seg  int  // subject segment index, -1 for none
+	rest bool // subject wildcard takes the rest of the path
+}
+
+// New builds a gateway. ks and prov are required; pub may be nil. now is the
+// clock for token times and event times (nil: time.Now).
+func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.Time) (*Gateway, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if ks == nil || prov == nil {
+		return nil, fmt.Errorf("%w: a key set and a provenance source are required", ErrConfig)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	g := &Gateway{
+		cfg: cfg, ks: ks, prov: prov, pub: pub, now: now,
+		mux:    http.NewServeMux(),
+		routes: map[string]*route{},
+		decoys: map[string]struct{}{},
+		blocks: map[netip.Prefix]Block{},
+		cache:  newVerifiedCache(cfg.CacheSize),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "custos_gateway_requests_total",
+			Help: "Requests seen by the gateway, by verdict and reason (reason is empty for a clean allow).",
+		}, []string{"verdict", "reason"}),
+		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "custos_gateway_verified_cache_hits_total",
+			Help: "Requests whose token signature was already verified.",
+		}),
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	g.reqPrefix = hex.EncodeToString(rnd[:]) + "-"
+	for _, d := range cfg.Decoys {
+		g.decoys[d] = struct{}{}
+	}
+	for _, p := range cfg.TrustedProxies {
+		g.trusted = append(g.trusted, netip.MustParsePrefix(p).Masked())
+	}
+	if err := g.addRoutes(); err != nil {
+		return nil, err
+	}
+	var err error
+	if g.geo, err = openGeo(cfg.GeoIP); err != nil {
+		return nil, err
+	}
+	if cfg.EventsFile != "" {
+		g.evFile, err = os.OpenFile(cfg.EventsFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			g.geo.close()
+			return nil, fmt.Errorf("failed to open events file: %w", err)
+		}
+	}
+	return g, nil
+}
+
+// addRoutes registers each route's pattern, plus its method-less form so the
+// same path under another method is bound too.
+func (g *Gateway) addRoutes() (err error) {
+	noop := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	register := func(pattern string, rt *route, explicit bool) (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				if explicit {
+					err = fmt.Errorf("%w: route %q: %v", ErrConfig, pattern, p)
+				}
+			}
+		}()
+		if _, dup := g.routes[pattern]; dup {
+			if explicit {
+				return fmt.Errorf("%w: route %q listed twice", ErrConfig, pattern)
+			}
+			return nil
+		}
+		g.mux.Handle(pattern, noop)
+		g.routes[pattern] = rt
+		return nil
+	}
+	for _, r := range g.cfg.Routes {
+		seg, rest, _ := subjectSegment(r)
+		rt := &route{Route: r, seg: seg, rest: rest}
+		if rt.DataClasses == nil {
+			rt.DataClasses = []string{}
+		}
+		if err := register(r.Pattern, rt, true); err != nil {
+			return err
+		}
+	}
+	// Method-less forms after all explicit ones, so an explicit route always wins.
+	for _, r := range g.cfg.Routes {
+		if i := strings.IndexAny(r.Pattern, " \t"); i >= 0 && !strings.HasPrefix(r.Pattern, "/") {
+			_ = register(strings.TrimLeft(r.Pattern[i:], " \t"), g.routes[r.Pattern], false)
+		}
+	}
+	return nil
+}
+
+// Collectors returns the gateway's Prometheus metrics for registration.
+func (g *Gateway) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{g.requests, g.cacheHits}
+}
+
+// Close releases the events file and GeoIP databases.
+func (g *Gateway) Close() error {
+	g.geo.close()
+	g.evMu.Lock()
+	defer g.evMu.Unlock()
+	if g.evFile != nil {
+		err := g.evFile.Close()
+		g.evFile = nil
+		return err
+	}
+	return nil
+}
+
+// Block is one containment entry: requests from Prefix are refused as
+// blocked_source until Until.
+type Block struct {
+	Prefix netip.Prefix `json:"prefix"`
+	Until  time.Time    `json:"until"`
+	Reason string       `json:"reason"`
+}
+
+// Block refuses requests from prefix until the given time.
+func (g *Gateway) Block(prefix netip.Prefix, until time.Time, reason string) {
+	prefix = prefix.Masked()
+	g.blockMu.Lock()
+	g.blocks[prefix] = Block{Prefix: prefix, Until: until, Reason: reason}
+	g.nblocks.Store(int32(len(g.blocks)))
+	g.blockMu.Unlock()
+}
+
+// Unblock lifts a block early.
+func (g *Gateway) Unblock(prefix netip.Prefix) {
+	g.blockMu.Lock()
+	delete(g.blocks, prefix.Masked())
+	g.nblocks.Store(int32(len(g.blocks)))
+	g.blockMu.Unlock()
+}
+
+// Blocks lists the blocks still in force.
+func (g *Gateway) Blocks() []Block {
+	now := g.now()
+	g.blockMu.RLock()
+	defer g.blockMu.RUnlock()
+	out := make([]Block, 0, len(g.blocks))
+	for _, b := range g.blocks {
+		if now.Before(b.Until) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (g *Gateway) blocked(ip netip.Addr, now time.Time) bool {
+	if g.nblocks.Load() == 0 || !ip.IsValid() {
+		return false
+	}
+	g.blockMu.RLock()
+	defer g.blockMu.RUnlock()
+	for _, b := range g.blocks {
+		if b.Prefix.Contains(ip) && now.Before(b.Until) {
+			return true
+		}
+	}
+	return false
+}
+
+type ctxKey struct{}
+
+// ClaimsFromContext returns the claims of the token the gateway verified for
+// this request, for handlers behind [Gateway.Middleware].
+func ClaimsFromContext(ctx context.Context) (token.Claims, bool) {
+	c, ok := ctx.Value(ctxKey{}).(*token.Claims)
+	if !ok {
+		return token.Claims{}, false
+	}
+	return *c, true
+}
+
+// decision is what the checks concluded about one request.
+type decision struct {
+	deny      event.Reason // enforced refusal, or ""
+	observed  event.Reason // first failure of a check in observe mode
+	claims    *token.Claims
+	kid       string
+	verified  bool // signature verified (fresh or remembered)
+	rt        *route
+	routeSubj string
+}
+
+// fail records a failed check; it reports whether the request is refused.
+func (g *Gateway) fail(d *decision, r event.Reason) bool {
+	if g.cfg.Modes[r] == Observe {
+		if d.observed == "" {
+			d.observed = r
+		}
+		return false
+	}
+	d.deny = r
+	return true
+}
+
+// Middleware runs the checks before next. Refused requests never reach next.
+func (g *Gateway) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		now := g.now()
+		// Headers the gateway owns are never taken from the client.
+		for k := range r.Header {
+			if strings.HasPrefix(k, HeaderPrefix) || k == g.cfg.SubjectHeader {
+				delete(r.Header, k)
+			}
+		}
+		if p := cleanPath(r.URL.Path); p != r.URL.Path {
+			r.URL.Path, r.URL.RawPath = p, ""
+		}
+		src := g.source(r)
+		d := g.check(r, src, now)
+
+		rw := &recorder{ResponseWriter: w}
+		if d.deny != "" {
+			refuse(rw, d.deny)
+		} else {
+			if d.verified && d.claims != nil {
+				r.Header.Set(g.cfg.SubjectHeader, d.claims.Subject)
+				r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, d.claims))
+			}
+			next.ServeHTTP(rw, r)
+		}
+		g.emit(r, rw, start, now, src, &d)
+	})
+}
+
+// check runs every check in order.
+func (g *Gateway) check(r *http.Request, src netip.Addr, now time.Time) decision {
+	var d decision
+	if _, pattern := g.mux.Handler(r); pattern != "" {
+		if rt := g.routes[pattern]; rt != nil {
+			d.rt = rt
+			d.routeSubj = routeSubject(rt, r.URL.Path)
+		}
+	}
+	if g.blocked(src, now) && g.fail(&d, event.ReasonBlockedSource) {
+		return d
+	}
+	raw, reason := bearer(r)
+	if reason != "" {
+		g.fail(&d, reason)
+		return d
+	}
+	h := ledger.HashToken(raw)
+	c, kid, reason := g.verify(raw, h)
+	d.claims, d.kid = c, kid
+	if reason != "" {
+		if g.fail(&d, reason) || c == nil {
+			return d
+		}
+	} else {
+		d.verified = true
+	}
+	if g.claimsCheck(&d, now) {
+		return d
+	}
+	if g.provenance(r.Context(), &d, h) {
+		return d
+	}
+	if _, ok := g.decoys[d.claims.Subject]; ok && g.fail(&d, event.ReasonDecoySubject) {
+		return d
+	}
+	if _, ok := g.decoys[d.routeSubj]; ok && d.routeSubj != "" && g.fail(&d, event.ReasonDecoySubject) {
+		return d
+	}
+	if d.rt != nil && d.rt.seg >= 0 && d.routeSubj != d.claims.Subject && g.fail(&d, event.ReasonSubjectMismatch) {
+		return d
+	}
+	return d
+}
+
+// verify parses and verifies raw, or finds it among tokens already verified.
+// It returns the claims (nil when unparsable), the kid and the failure reason,
+// empty when the signature is good. Key state is checked on every call.
+func (g *Gateway) verify(raw string, h ledger.Hash) (*token.Claims, string, event.Reason) {
+	if e, ok := g.cache.get(h); ok {
+		k, found := g.ks.Lookup(e.kid)
+		if found && k.Alg == e.alg && samePublic(k.Public, e.pub) {
+			g.cacheHits.Inc()
+			if reason := keyStateReason(k.State); reason != "" {
+				return &e.claims, e.kid, reason
+			}
+			return &e.claims, e.kid, ""
+		}
+	}
+	if len(raw) > token.MaxSize {
+		return nil, "", event.ReasonMalformed
+	}
+	p, err := token.Parse(raw)
+	if err != nil {
+		return nil, "", event.ReasonMalformed
+	}
+	c := &p.Claims
+	k, found := g.ks.Lookup(p.Header.KID)
+	if !found || p.Header.KID == "" {
+		return c, p.Header.KID, event.ReasonUnknownKey
+	}
+	stateReason := keyStateReason(k.State)
+	if err := token.VerifySignature(p, k.Alg, k.Public); err != nil {
+		if stateReason != "" {
+			return c, k.KID, stateReason
+		}
+		return c, k.KID, event.ReasonBadSignature
+	}
+	g.cache.put(h, cached{claims: *c, kid: k.KID, alg: k.Alg, pub: k.Public})
+	return c, k.KID, stateReason
+}
+
+func keyStateReason(s keys.State) event.Reason {
+	switch s {
+	case keys.Active, keys.VerifyOnly:
+		return ""
+	}
+	// Revoked, retired, or a state this gateway does not know: refuse.
+	return event.ReasonRevokedKey
+}
+
+type equaler interface{ Equal(crypto.PublicKey) bool }
+
+func samePublic(a, b crypto.PublicKey) bool {
+	e, ok := a.(equaler)
+	return ok && e.Equal(b)
+}
+
+// claimsCheck checks times, issuer and audience; it reports a refusal.
+func (g *Gateway) claimsCheck(d *decision, now time.Time) bool {
+	c := d.claims
+	t := now.Unix()
+	lw := int64(g.cfg.Leeway / time.Second)
+	if t-lw >= c.ExpiresAt && g.fail(d, event.ReasonExpired) {
+		return true
+	}
+	if (c.NotBefore > t+lw || c.IssuedAt > t+lw) && g.fail(d, event.ReasonNotYetValid) {
+		return true
+	}
+	if c.Issuer != g.cfg.Issuer && g.fail(d, event.ReasonWrongIssuer) {
+		return true
+	}
+	if !slices.Contains(g.cfg.Audience, c.Audience) && g.fail(d, event.ReasonWrongAudience) {
+		return true
+	}
+	return false
+}
+
+// provenance asks the ledger about the token; it reports a refusal. Any
+// error fails closed.
+func (g *Gateway) provenance(ctx context.Context, d *decision, h ledger.Hash) bool {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.ProvenanceTimeout)
+	st, err := g.prov.Status(ctx, h)
+	cancel()
+	switch {
+	case err != nil:
+		return g.fail(d, event.ReasonLedgerUnavailable)
+	case st == ledger.Live:
+		return false
+	case st == ledger.Revoked:
+		return g.fail(d, event.ReasonRevokedToken)
+	}
+	return g.fail(d, event.ReasonNotIssued)
+}
+
+// bearer extracts the token from the one Authorization header (RFC 6750
+// section 2.1). Other ways of sending a token are not accepted.
+func bearer(r *http.Request) (string, event.Reason) {
+	vals := r.Header.Values("Authorization")
+	if len(vals) == 0 {
+		return "", event.ReasonMissingToken
+	}
+	if len(vals) > 1 {
+		return "", event.ReasonMalformed
+	}
+	scheme, tok, ok := strings.Cut(vals[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", event.ReasonMissingToken
+	}
+	if tok == "" {
+		return "", event.ReasonMissingToken
+	}
+	return tok, ""
+}
+
+// routeSubject reads the subject wildcard's value from a clean path.
+func routeSubject(rt *route, p string) string {
+	if rt.seg < 0 {
+		return ""
+	}
+	rest := strings.TrimPrefix(p, "/")
+	for i := 0; i < rt.seg; i++ {
+		j := strings.IndexByte(rest, '/')
+		if j < 0 {
+			return ""
+		}
+		rest = rest[j+1:]
+	}
+	if !rt.rest {
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			rest = rest[:j]
+		}
+	}
+	if s, err := url.PathUnescape(rest); err == nil {
+		return s
+	}
+	return rest
+}
+
+// cleanPath is path.Clean keeping a trailing slash, as ServeMux does.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
+}
+
+// source is the client address: the peer, or with trusted proxies the
+// right-most X-Forwarded-For hop that is not a trusted proxy.
+func (g *Gateway) source(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	var ip netip.Addr
+	if err == nil {
+		ip = ap.Addr().Unmap()
+	} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		ip, _ = netip.ParseAddr(host)
+		ip = ip.Unmap()
+	}
+	if len(g.trusted) == 0 || !g.isTrusted(ip) {
+		return ip
+	}
+	xff := r.Header.Values("X-Forwarded-For")
+	for i := len(xff) - 1; i >= 0; i-- {
+		hops := strings.Split(xff[i], ",")
+		for j := len(hops) - 1; j >= 0; j-- {
+			hop, err := netip.ParseAddr(strings.TrimSpace(hops[j]))
+			if err != nil {
+				return ip
+			}
+			ip = hop.Unmap()
+			if !g.isTrusted(ip) {
+				return ip
+			}
+		}
+	}
+	return ip
+}
+
+func (g *Gateway) isTrusted(ip netip.Addr) bool {
+	for _, p := range g.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+var refusalBodies = func() map[event.Reason][]byte {
+	m := map[event.Reason][]byte{}
+	for _, r := range event.Reasons {
+		b, _ := json.Marshal(map[string]string{"error": "invalid_token", "error_description": string(r)})
+		m[r] = append(b, '\n')
+	}
+	return m
+}()
+
+// refuse writes the RFC 6750 refusal for reason.
+func refuse(w http.ResponseWriter, reason event.Reason) {
+	h := w.Header()
+	h.Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+string(reason)+`"`)
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	body := refusalBodies[reason]
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusUnauthorized)
+	_, _ = w.Write(body)
+}
+
+// recorder notes what was sent to the client.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 && code >= 200 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// emit builds the request's access event and sends it out.
+func (g *Gateway) emit(r *http.Request, rw *recorder, start, now time.Time, src netip.Addr, d *decision) {
+	ev := event.Access{
+		Time:        now.UTC(),
+		Gateway:     g.cfg.GatewayName,
+		RequestID:   g.requestID(),
+		Method:      r.Method,
+		Path:        r.URL.Path,
+		Status:      rw.status,
+		Bytes:       rw.bytes,
+		LatencyUS:   time.Since(start).Microseconds(),
+		UserAgent:   r.UserAgent(),
+		Verdict:     event.Allow,
+		Reason:      d.observed,
+		DataClasses: []string{},
+	}
+	if ev.Status == 0 {
+		ev.Status = http.StatusOK
+	}
+	if src.IsValid() {
+		ev.SrcIP = src.String()
+		ev.Country, ev.ASN = g.geo.lookup(src)
+	}
+	if d.deny != "" {
+		ev.Verdict, ev.Reason = event.Deny, d.deny
+	}
+	if d.rt != nil {
+		ev.Route = d.rt.Pattern
+		ev.DataClasses = d.rt.DataClasses
+	}
+	if c := d.claims; c != nil {
+		ev.Token = event.Token{JTI: c.JTI, KID: d.kid, Sub: c.Subject, Aud: c.Audience, IAT: c.IssuedAt, EXP: c.ExpiresAt}
+		ev.Subject = c.Subject
+	}
+	if d.routeSubj != "" {
+		ev.Subject = d.routeSubj
+	}
+	g.requests.WithLabelValues(string(ev.Verdict), string(ev.Reason)).Inc()
+	if g.pub != nil {
+		g.pub.Publish(ev)
+	}
+	if g.evFile != nil {
+		b, err := json.Marshal(ev)
+		if err == nil {
+			b = append(b, '\n')
+			g.evMu.Lock()
+			if g.evFile != nil {
+				_, _ = g.evFile.Write(b)
+			}
+			g.evMu.Unlock()
+		}
+	}
+}
+
+func (g *Gateway) requestID() string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], g.reqSeq.Add(1))
+	return g.reqPrefix + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,335 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/token"
+)
+
+// Paths on the authority that RemoteKeys reads.
+const (
+	JWKSPath       = "/.well-known/jwks.json"
+	RevokedPath    = "/v1/keys/revoked"
+	KeyStreamPath  = "/v1/keys/stream"
+	DefaultRefresh = 2 * time.Second
+	maxStreamLine  = 4 << 10
+	maxRevokedBody = 1 << 20
+)
+
+// KeyChange is one line of the key stream.
+type KeyChange struct {
+	KID   string     `json:"kid"`
+	State keys.State `json:"state"`
+}
+
+// RemoteKeys is a KeySet kept in step with an authority over HTTP, for a
+// gateway running as its own process: the JWKS and the list of revoked kids
+// are fetched every interval as a backstop, and key changes are pushed over
+// the authority's key stream as they happen. A revoked kid stays revoked for
+// the life of the process. Until the first fetch succeeds every kid is unknown.
+type RemoteKeys struct {
+	base     *url.URL
+	client   *http.Client
+	interval time.Duration
+
+	mu       sync.RWMutex
+	keys     map[string]keys.Key
+	states   map[string]keys.State // pushed or listed revoked/retired kids
+	lastSync time.Time
+}
+
+var _ KeySet = (*RemoteKeys)(nil)
+
+// NewRemoteKeys reads keys from the authority at base (e.g.
+// "http://127.0.0.1:7700"). interval 0 means DefaultRefresh; client nil
+// means a client with a 10 s timeout for fetches (the stream has none).
+func NewRemoteKeys(base string, interval time.Duration, client *http.Client) (*RemoteKeys, error) {
+	u, err := url.Parse(strings.TrimRight(base, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%w: authority URL %q", ErrConfig, base)
+	}
+	if interval <= 0 {
+		interval = DefaultRefresh
+	}
+	if client == nil {
+		client = &http.Client{}
+	}
+	return &RemoteKeys{base: u, client: client, interval: interval,
+		keys: map[string]keys.Key{}, states: map[string]keys.State{}}, nil
+}
+
+// Lookup implements KeySet.
+func (rk *RemoteKeys) Lookup(kid string) (keys.Key, bool) {
+	rk.mu.RLock()
+	defer rk.mu.RUnlock()
+	k, ok := rk.keys[kid]
+	if st, bad := rk.states[kid]; bad {
+		k.KID, k.State = kid, st
+		return k, true
+	}
+	return k, ok
+}
+
+// LastSync is when the JWKS and revoked list were last fetched successfully.
+func (rk *RemoteKeys) LastSync() time.Time {
+	rk.mu.RLock()
+	defer rk.mu.RUnlock()
+	return rk.lastSync
+}
+
+// Refresh fetches the JWKS and the revoked list once. On any error the
+// previous view is kept.
+func (rk *RemoteKeys) Refresh(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	body, err := rk.get(ctx, JWKSPath, token.MaxJWKSSize)
+	if err != nil {
+		return err
+	}
+	set, err := token.ParseJWKS(body)
+	if err != nil {
+		return fmt.Errorf("failed to read JWKS: %w", err)
+	}
+	body, err = rk.get(ctx, RevokedPath, maxRevokedBody)
+	if err != nil {
+		return err
+	}
+	revoked, err := parseRevoked(body)
+	if err != nil {
+		return fmt.Errorf("failed to read revoked keys: %w", err)
+	}
+	m := make(map[string]keys.Key, len(set))
+	for _, k := range set {
+		m[k.KID] = k
+	}
+	rk.mu.Lock()
+	rk.keys = m
+	for _, kid := range revoked {
+		rk.states[kid] = keys.Revoked
+	}
+	rk.lastSync = time.Now()
+	rk.mu.Unlock()
+	return nil
+}
+
+// parseRevoked accepts a JSON list of kids, or of objects with a kid.
+func parseRevoked(b []byte) ([]string, error) {
+	var items []json.RawMessage
+	if err := json.Unmarshal(b, &items); err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(items))
+	for _, it := range items {
+		var s string
+		if err := json.Unmarshal(it, &s); err == nil {
+			out = append(out, s)
+			continue
+		}
+		var o struct {
+			KID string `json:"kid"`
+		}
+		if err := json.Unmarshal(it, &o); err != nil || o.KID == "" {
+			return nil, errors.New("entry is neither a kid nor an object with one")
+		}
+		out = append(out, o.KID)
+	}
+	return out, nil
+}
+
+func (rk *RemoteKeys) get(ctx context.Context, p string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rk.base.String()+p, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := rk.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("failed to fetch %s: %w", p, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("failed to fetch %s: status %d", p, resp.StatusCode)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("failed to read %s: %w", p, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("failed to read %s: larger than %d bytes", p, limit)
+	}
+	return b, nil
+}
+
+// apply records one pushed change. It reports whether the key set should be
+// fetched again (a key this gateway has not seen became usable).
+func (rk *RemoteKeys) apply(c KeyChange) bool {
+	rk.mu.Lock()
+	defer rk.mu.Unlock()
+	switch c.State {
+	case keys.Revoked, keys.Retired:
+		if rk.states[c.KID] != keys.Revoked {
+			rk.states[c.KID] = c.State
+		}
+		return false
+	case keys.Active, keys.VerifyOnly:
+		_, known := rk.keys[c.KID]
+		return !known
+	}
+	return false
+}
+
+// Run keeps the view fresh until ctx ends: a first fetch, a fetch every
+// interval, and the push stream, reconnected after errors. errf, when not
+// nil, hears about failures (they never stop Run).
+func (rk *RemoteKeys) Run(ctx context.Context, errf func(error)) {
+	if errf == nil {
+		errf = func(error) {}
+	}
+	refresh := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case refresh <- struct{}{}:
+		default:
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		backoff := 100 * time.Millisecond
+		for ctx.Err() == nil {
+			start := time.Now()
+			err := rk.stream(ctx, poke)
+			if ctx.Err() != nil {
+				return
+			}
+			errf(fmt.Errorf("key stream: %w", err))
+			if time.Since(start) > 10*time.Second {
+				backoff = 100 * time.Millisecond
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 2*time.Second)
+		}
+	}()
+	t := time.NewTicker(rk.interval)
+	defer t.Stop()
+	if err := rk.Refresh(ctx); err != nil {
+		errf(err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		case <-t.C:
+		case <-refresh:
+		}
+		if err := rk.Refresh(ctx); err != nil && ctx.Err() == nil {
+			errf(err)
+		}
+	}
+}
+
+// stream follows the key stream until it ends. Once connected it asks for a
+// full fetch, so nothing missed while disconnected is lost.
+func (rk *RemoteKeys) stream(ctx context.Context, refresh func()) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rk.base.String()+KeyStreamPath, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/x-ndjson")
+	c := *rk.client
+	c.Timeout = 0 // a stream lasts as long as it lasts
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	refresh()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 512), maxStreamLine)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue // heartbeat
+		}
+		var ch KeyChange
+		if err := json.Unmarshal([]byte(line), &ch); err != nil || ch.KID == "" {
+			return fmt.Errorf("bad stream line: %q", line)
+		}
+		if rk.apply(ch) {
+			refresh()
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	return io.EOF
+}
+
+// KeyStreamHandler serves the key stream: one JSON line {"kid","state"} per
+// key change, and an empty line every 15 s so idle connections stay open.
+// subscribe registers a callback for key changes and returns the function
+// that removes it; the callback must not block, and does not: a client that
+// falls 64 changes behind is disconnected and refetches when it reconnects.
+func KeyStreamHandler(subscribe func(func(keys.Key)) (unsubscribe func())) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ch := make(chan KeyChange, 64)
+		lagged := make(chan struct{})
+		var once sync.Once
+		unsub := subscribe(func(k keys.Key) {
+			select {
+			case ch <- KeyChange{KID: k.KID, State: k.State}:
+			default:
+				once.Do(func() { close(lagged) })
+			}
+		})
+		defer unsub()
+		rc := http.NewResponseController(w)
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		beat := time.NewTicker(15 * time.Second)
+		defer beat.Stop()
+		enc := json.NewEncoder(w)
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-lagged:
+				return
+			case <-beat.C:
+				if _, err := io.WriteString(w, "\n"); err != nil {
+					return
+				}
+			case c := <-ch:
+				if err := enc.Encode(c); err != nil {
+					return
+				}
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+	})
+}

@@ -1,0 +1,332 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+var (
+	// ErrNotFound: the ledger holds no record of the hash (never issued, or
+	// expired and forgotten).
+	ErrNotFound = errors.New("ledger: not found")
+	// ErrUnavailable: the ledger could not be reached, so provenance cannot be
+	// checked; a gateway refuses with reason ledger_unavailable.
+	ErrUnavailable = errors.New("ledger: unavailable")
+	// ErrClosed: the ledger was closed.
+	ErrClosed = errors.New("ledger: closed")
+)
+
+// Backend is the durable store behind the index (ledger/sqlite embedded,
+// ledger/redis for scale-out). PutBatch must be atomic: all entries durable, or
+// an error and none.
+type Backend interface {
+	PutBatch(ctx context.Context, entries []Entry) error
+	Revoke(ctx context.Context, h Hash, exp time.Time) error
+	Get(ctx context.Context, h Hash) (Entry, error) // ErrNotFound when absent
+	LoadLive(ctx context.Context, now time.Time, fn func(Entry) error) error
+	DeleteExpired(ctx context.Context, now time.Time) (int, error)
+}
+
+// SharedBackend is implemented by backends that other authority replicas also
+// write to (Redis): a miss in the local index is then checked against the
+// backend instead of being final.
+type SharedBackend interface {
+	Backend
+	SharedWithPeers() bool
+}
+
+// ExpiryGrace is how long after a token's exp the ledger still answers for it.
+// Gateways accept exp with up to 30 s of clock leeway; without the grace a token
+// inside that window would be reported as never issued instead of expired. The
+// exp check itself stays the gateway's.
+const ExpiryGrace = time.Minute
+
+// Record is one change of the ledger as it reaches subscribers: a durable put
+// (Revoked false) or a revocation.
+type Record struct {
+	Hash    Hash
+	Exp     time.Time
+	Revoked bool
+}
+
+// Ledger is the issuance ledger: durable backend plus in-memory index, with
+// group commit for puts and a feed of changes for gateways.
+type Ledger struct {
+	b      Backend
+	shared bool
+	ix     *Index
+	now    func() time.Time
+
+	queue    chan *putReq
+	maxBatch int
+
+	closeOnce sync.Once
+	closing   chan struct{}
+	done      chan struct{}
+
+	subMu  sync.RWMutex
+	subs   map[int]func(Record)
+	nextID int
+}
+
+type putReq struct {
+	ctx context.Context
+	e   Entry
+	err chan error // buffered 1
+}
+
+const (
+	queueSize = 8192
+	maxBatch  = 1024
+)
+
+// New loads the live entries of b into a fresh index and starts the commit
+// loop. now is the clock used for expiry.
+func New(ctx context.Context, b Backend, now func() time.Time) (*Ledger, error) {
+	l := &Ledger{
+		b:        b,
+		ix:       NewIndex(0),
+		now:      now,
+		queue:    make(chan *putReq, queueSize),
+		maxBatch: maxBatch,
+		closing:  make(chan struct{}),
+		done:     make(chan struct{}),
+		subs:     map[int]func(Record){},
+	}
+	if sb, ok := b.(SharedBackend); ok {
+		l.shared = sb.SharedWithPeers()
+	}
+	err := b.LoadLive(ctx, now().Add(-ExpiryGrace), func(e Entry) error {
+		if e.Revoked {
+			l.ix.Revoke(e.Hash, e.ExpiresAt)
+		} else {
+			l.ix.Add(e.Hash, e.ExpiresAt)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failed to load live ledger entries: %w", err)
+	}
+	go l.commitLoop()
+	return l, nil
+}
+
+// Index is the ledger's in-memory index, for read-only use by in-process
+// gateways.
+func (l *Ledger) Index() *Index { return l.ix }
+
+// Put records e and returns only once it is durable. Concurrent puts share one
+// backend transaction (group commit). If the commit fails every put in it gets
+// the error and none enters the index. If ctx ends first Put returns its error;
+// the entry may or may not have been committed, and the caller must not hand
+// out the token.
+func (l *Ledger) Put(ctx context.Context, e Entry) error {
+	r := &putReq{ctx: ctx, e: e, err: make(chan error, 1)}
+	select {
+	case <-l.closing:
+		return ErrClosed
+	default:
+	}
+	select {
+	case l.queue <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.closing:
+		return ErrClosed
+	}
+	select {
+	case err := <-r.err:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.done:
+		// The loop stopped; it may have answered just before.
+		select {
+		case err := <-r.err:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+func (l *Ledger) commitLoop() {
+	defer close(l.done)
+	batch := make([]*putReq, 0, l.maxBatch)
+	entries := make([]Entry, 0, l.maxBatch)
+	for {
+		var first *putReq
+		select {
+		case first = <-l.queue:
+		case <-l.closing:
+			// Fail what is still queued; nobody will commit it.
+			for {
+				select {
+				case r := <-l.queue:
+					r.err <- ErrClosed
+				default:
+					return
+				}
+			}
+		}
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < l.maxBatch {
+			select {
+			case r := <-l.queue:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		entries = entries[:0]
+		live := batch[:0:0]
+		for _, r := range batch {
+			// A put whose caller gave up is not written: its token is never handed out.
+			if err := r.ctx.Err(); err != nil {
+				r.err <- err
+				continue
+			}
+			entries = append(entries, r.e)
+			live = append(live, r)
+		}
+		if len(entries) == 0 {
+			continue
+		}
+		err := l.b.PutBatch(context.Background(), entries)
+		if err != nil {
+			err = fmt.Errorf("failed to commit ledger batch: %w", err)
+			for _, r := range live {
+				r.err <- err
+			}
+			continue
+		}
+		for _, e := range entries {
+			l.ix.Add(e.Hash, e.ExpiresAt)
+		}
+		l.publish(entries)
+		for _, r := range live {
+			r.err <- nil
+		}
+	}
+}
+
+func (l *Ledger) publish(entries []Entry) {
+	// Exclusive, so subscribers see puts and revocations one at a time.
+	l.subMu.Lock()
+	defer l.subMu.Unlock()
+	if len(l.subs) == 0 {
+		return
+	}
+	for _, e := range entries {
+		rec := Record{Hash: e.Hash, Exp: e.ExpiresAt, Revoked: e.Revoked}
+		for _, fn := range l.subs {
+			fn(rec)
+		}
+	}
+}
+
+// Subscribe calls fn with every record after it is durable, in commit order,
+// until the returned cancel is called. fn runs on the commit path: it must not
+// block (hand the record to a buffered channel and drop the consumer if it
+// falls behind).
+func (l *Ledger) Subscribe(fn func(Record)) (cancel func()) {
+	l.subMu.Lock()
+	id := l.nextID
+	l.nextID++
+	l.subs[id] = fn
+	l.subMu.Unlock()
+	return func() {
+		l.subMu.Lock()
+		delete(l.subs, id)
+		l.subMu.Unlock()
+	}
+}
+
+// Status answers from the index. With a backend shared by several authority
+// replicas a miss is checked against the backend; an unreachable backend then
+// gives ErrUnavailable.
+func (l *Ledger) Status(ctx context.Context, h Hash) (Status, error) {
+	st, _, err := l.lookup(ctx, h)
+	return st, err
+}
+
+func (l *Ledger) lookup(ctx context.Context, h Hash) (Status, time.Time, error) {
+	now := l.now().Add(-ExpiryGrace)
+	st, exp := l.ix.Lookup(h, now)
+	if st != Unknown || !l.shared {
+		return st, exp, nil
+	}
+	e, err := l.b.Get(ctx, h)
+	if errors.Is(err, ErrNotFound) {
+		return Unknown, time.Time{}, nil
+	}
+	if err != nil {
+		return Unknown, time.Time{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if !now.Before(e.ExpiresAt) {
+		return Unknown, time.Time{}, nil
+	}
+	if e.Revoked {
+		l.ix.Revoke(e.Hash, e.ExpiresAt)
+		return Revoked, e.ExpiresAt, nil
+	}
+	l.ix.Add(e.Hash, e.ExpiresAt)
+	return Live, e.ExpiresAt, nil
+}
+
+// Get returns the full record of h, or ErrNotFound.
+func (l *Ledger) Get(ctx context.Context, h Hash) (Entry, error) {
+	e, err := l.b.Get(ctx, h)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return Entry{}, err
+		}
+		return Entry{}, fmt.Errorf("failed to read ledger entry: %w", err)
+	}
+	return e, nil
+}
+
+// Revoke marks the token h revoked, durably, then in the index and to
+// subscribers. It returns ErrNotFound for a hash the ledger does not hold or
+// that has already expired (such a token is refused anyway).
+func (l *Ledger) Revoke(ctx context.Context, h Hash) error {
+	e, err := l.Get(ctx, h)
+	if err != nil {
+		return err
+	}
+	if !l.now().Add(-ExpiryGrace).Before(e.ExpiresAt) {
+		return ErrNotFound
+	}
+	if err := l.b.Revoke(ctx, h, e.ExpiresAt); err != nil {
+		return fmt.Errorf("failed to revoke token: %w", err)
+	}
+	l.ix.Revoke(h, e.ExpiresAt)
+	e.Revoked = true
+	l.publish([]Entry{e})
+	return nil
+}
+
+// Sweep forgets entries expired for longer than ExpiryGrace in the index and
+// the backend, returning how many the backend deleted. Call it periodically
+// (every minute is plenty).
+func (l *Ledger) Sweep(ctx context.Context) (int, error) {
+	now := l.now().Add(-ExpiryGrace)
+	l.ix.Sweep(now)
+	n, err := l.b.DeleteExpired(ctx, now)
+	if err != nil {
+		return n, fmt.Errorf("failed to delete expired ledger entries: %w", err)
+	}
+	return n, nil
+}
+
+// Close stops the commit loop; queued puts fail with ErrClosed. It does not
+// close the backend.
+func (l *Ledger) Close() error {
+	l.closeOnce.Do(func() { close(l.closing) })
+	<-l.done
+	return nil
+}

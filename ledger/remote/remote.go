@@ -1,0 +1,266 @@
+// Package remote is the gateway's view of the issuance ledger when the gateway
+// runs as its own process: a local index fed by the authority's stream.
+package remote
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/custos-dev/custos/ledger"
+)
+
+const (
+	// staleAfter: with no line heard for this long the index may be missing
+	// revocations, so index hits are confirmed with the authority instead.
+	staleAfter  = 3 * ledger.HeartbeatInterval
+	maxLine     = 1 << 10
+	maxBackoff  = 5 * time.Second
+	minBackoff  = 100 * time.Millisecond
+	sweepEvery  = time.Minute
+	lookupLimit = 1 << 10
+)
+
+// Client keeps a local index of the authority's ledger. A hash the index
+// holds is answered locally; a miss is asked of the authority once, so a token
+// issued a moment ago is not refused; if the authority cannot be reached the
+// answer is ledger.ErrUnavailable (fail closed).
+type Client struct {
+	base string
+	hc   *http.Client
+	now  func() time.Time
+	ix   *ledger.Index
+
+	lastHeard atomic.Int64 // unix nanoseconds of the last stream line
+	synced    atomic.Bool  // the current connection delivered its snapshot
+}
+
+// New returns a client of the authority at authorityURL (scheme://host[:port],
+// optionally with a path prefix). client carries authentication (for example
+// a transport adding a bearer token); nil means http.DefaultClient. Call Run
+// to start following the stream.
+func New(authorityURL string, client *http.Client, now func() time.Time) *Client {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	return &Client{base: strings.TrimRight(authorityURL, "/"), hc: client, now: now, ix: ledger.NewIndex(0)}
+}
+
+// Index is the client's local index (for tests and metrics).
+func (c *Client) Index() *ledger.Index { return c.ix }
+
+// Run follows the issuance stream until ctx ends, reconnecting with
+// exponential backoff, and sweeps expired entries from the local index. It
+// returns ctx's error.
+func (c *Client) Run(ctx context.Context) error {
+	backoff := minBackoff
+	lastSweep := c.now()
+	for {
+		start := time.Now()
+		err := c.follow(ctx)
+		c.synced.Store(false)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		_ = err // a broken stream is expected; the backoff below handles it
+		if time.Since(start) > 10*time.Second {
+			backoff = minBackoff
+		}
+		if now := c.now(); now.Sub(lastSweep) > sweepEvery {
+			c.ix.Sweep(now.Add(-ledger.ExpiryGrace))
+			lastSweep = now
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// follow reads one stream connection to its end.
+func (c *Client) follow(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+ledger.StreamPath, nil)
+	if err != nil {
+		return fmt.Errorf("failed to build stream request: %w", err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("failed to open ledger stream: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("failed to open ledger stream: status %d", resp.StatusCode)
+	}
+	// A connection that goes silent (no heartbeat) is cut so Run reconnects.
+	watchdog := time.AfterFunc(staleAfter, cancel)
+	defer watchdog.Stop()
+	lastSweep := c.now()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, maxLine), maxLine)
+	for sc.Scan() {
+		watchdog.Reset(staleAfter)
+		ln, err := ParseStreamLine(sc.Bytes())
+		if err != nil {
+			return err // a corrupt stream is not trusted any further
+		}
+		now := c.now()
+		c.lastHeard.Store(now.UnixNano())
+		switch {
+		case ln.Heartbeat:
+			c.synced.Store(true)
+			if now.Sub(lastSweep) > sweepEvery {
+				c.ix.Sweep(now.Add(-ledger.ExpiryGrace))
+				lastSweep = now
+			}
+		case ln.Record.Revoked:
+			c.ix.Revoke(ln.Record.Hash, ln.Record.Exp)
+		default:
+			c.ix.Add(ln.Record.Hash, ln.Record.Exp)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("failed to read ledger stream: %w", err)
+	}
+	return io.ErrUnexpectedEOF
+}
+
+// fresh reports whether the stream has been heard recently enough to trust
+// the local index without asking.
+func (c *Client) fresh(now time.Time) bool {
+	return c.synced.Load() && now.UnixNano()-c.lastHeard.Load() < int64(staleAfter)
+}
+
+// Status answers whether h is live. A hit in a fresh local index answers at
+// once; otherwise the authority is asked; if it cannot be reached the error
+// is ledger.ErrUnavailable.
+func (c *Client) Status(ctx context.Context, h ledger.Hash) (ledger.Status, error) {
+	now := c.now()
+	switch c.ix.Status(h, now.Add(-ledger.ExpiryGrace)) {
+	case ledger.Revoked:
+		return ledger.Revoked, nil // revocation is final; no need to ask
+	case ledger.Live:
+		if c.fresh(now) {
+			return ledger.Live, nil
+		}
+	}
+	return c.lookup(ctx, h)
+}
+
+func (c *Client) lookup(ctx context.Context, h ledger.Hash) (ledger.Status, error) {
+	body := []byte(`{"hash":"` + h.String() + `"}`)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+ledger.LookupPath, bytes.NewReader(body))
+	if err != nil {
+		return ledger.Unknown, fmt.Errorf("%w: %v", ledger.ErrUnavailable, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return ledger.Unknown, fmt.Errorf("%w: %v", ledger.ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, lookupLimit+1))
+	if err != nil {
+		return ledger.Unknown, fmt.Errorf("%w: %v", ledger.ErrUnavailable, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return ledger.Unknown, fmt.Errorf("%w: lookup status %d", ledger.ErrUnavailable, resp.StatusCode)
+	}
+	st, exp, err := ParseLookupResponse(raw)
+	if err != nil {
+		return ledger.Unknown, fmt.Errorf("%w: %v", ledger.ErrUnavailable, err)
+	}
+	switch st {
+	case ledger.Live:
+		c.ix.Add(h, exp)
+	case ledger.Revoked:
+		c.ix.Revoke(h, exp)
+	}
+	return st, nil
+}
+
+// ErrBadLine marks a stream line or lookup answer that does not parse.
+var ErrBadLine = errors.New("remote: malformed ledger message")
+
+// Line is one parsed stream line: a heartbeat or a record.
+type Line struct {
+	Heartbeat bool
+	Record    ledger.Record
+}
+
+// ParseStreamLine parses one line of the issuance stream (without its newline).
+func ParseStreamLine(b []byte) (Line, error) {
+	if len(b) > maxLine {
+		return Line{}, fmt.Errorf("%w: line too long", ErrBadLine)
+	}
+	var m struct {
+		H   *string `json:"h"`
+		Exp *int64  `json:"exp"`
+		R   bool    `json:"r"`
+		HB  *int64  `json:"hb"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return Line{}, fmt.Errorf("%w: not a stream object", ErrBadLine)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Line{}, fmt.Errorf("%w: trailing data", ErrBadLine)
+	}
+	switch {
+	case m.HB != nil && m.H == nil && m.Exp == nil && !m.R:
+		return Line{Heartbeat: true}, nil
+	case m.HB == nil && m.H != nil && m.Exp != nil:
+		h, err := ledger.ParseHash(*m.H)
+		if err != nil {
+			return Line{}, fmt.Errorf("%w: %v", ErrBadLine, err)
+		}
+		if *m.Exp <= 0 {
+			return Line{}, fmt.Errorf("%w: exp must be positive", ErrBadLine)
+		}
+		return Line{Record: ledger.Record{Hash: h, Exp: time.Unix(*m.Exp, 0), Revoked: m.R}}, nil
+	}
+	return Line{}, fmt.Errorf("%w: neither record nor heartbeat", ErrBadLine)
+}
+
+// ParseLookupResponse parses the authority's lookup answer.
+func ParseLookupResponse(b []byte) (ledger.Status, time.Time, error) {
+	if len(b) > lookupLimit {
+		return ledger.Unknown, time.Time{}, fmt.Errorf("%w: answer too long", ErrBadLine)
+	}
+	var m struct {
+		Status string `json:"status"`
+		Exp    int64  `json:"exp"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&m); err != nil {
+		return ledger.Unknown, time.Time{}, fmt.Errorf("%w: not a lookup answer", ErrBadLine)
+	}
+	switch m.Status {
+	case "unknown":
+		return ledger.Unknown, time.Time{}, nil
+	case "live", "revoked":
+		if m.Exp <= 0 {
+			return ledger.Unknown, time.Time{}, fmt.Errorf("%w: exp must be positive", ErrBadLine)
+		}
+		st := ledger.Live
+		if m.Status == "revoked" {
+			st = ledger.Revoked
+		}
+		return st, time.Unix(m.Exp, 0), nil
+	}
+	return ledger.Unknown, time.Time{}, fmt.Errorf("%w: unknown status", ErrBadLine)
+}

@@ -1,0 +1,380 @@
+package token
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/custos-dev/custos/keys"
+)
+
+var b64 = base64.RawURLEncoding
+
+func testClaims() Claims {
+	return Claims{
+		Issuer: "https://custos.test", Subject: "member-1", Audience: "shop-api",
+		ExpiresAt: 2000000900, IssuedAt: 2000000000, NotBefore: 2000000000,
+		JTI: "0123456789abcdef0123456789abcdef", Scope: "profile", SessionID: "s1", ClientID: "login",
+	}
+}
+
+// craft signs arbitrary header and payload JSON with an Ed25519 key, the way
+// an attacker holding (or not holding) a key would.
+func craft(priv ed25519.PrivateKey, header, payload string) string {
+	in := b64.EncodeToString([]byte(header)) + "." + b64.EncodeToString([]byte(payload))
+	return in + "." + b64.EncodeToString(ed25519.Sign(priv, []byte(in)))
+}
+
+func TestSignParseVerify(t *testing.T) {
+	_, edPriv, _ := ed25519.GenerateKey(rand.Reader)
+	ecPriv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, tc := range []struct {
+		name string
+		s    crypto.Signer
+		alg  keys.Alg
+	}{
+		{"ok/eddsa", edPriv, keys.EdDSA},
+		{"ok/es256", ecPriv, keys.ES256},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testClaims()
+			raw, err := Sign(tc.s, tc.alg, "kid-1", c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := Parse(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h := p.Header; h.Alg != string(tc.alg) || h.KID != "kid-1" || h.Typ != Type || h.Crit != nil {
+				t.Errorf("header %+v", p.Header)
+			}
+			if p.Claims != c {
+				t.Errorf("claims %+v, want %+v", p.Claims, c)
+			}
+			if tc.alg == keys.ES256 && len(p.Signature) != 64 {
+				t.Errorf("ES256 signature is %d bytes, want 64 (r||s)", len(p.Signature))
+			}
+			if err := VerifySignature(p, tc.alg, tc.s.Public()); err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+			// The same token under the other algorithm name must fail.
+			other := keys.ES256
+			if tc.alg == keys.ES256 {
+				other = keys.EdDSA
+			}
+			if err := VerifySignature(p, other, tc.s.Public()); !errors.Is(err, ErrBadSignature) {
+				t.Errorf("verify under %s: %v", other, err)
+			}
+		})
+	}
+}
+
+func TestSignRefuses(t *testing.T) {
+	_, edPriv, _ := ed25519.GenerateKey(rand.Reader)
+	c := testClaims()
+	c.JTI = ""
+	if _, err := Sign(edPriv, keys.EdDSA, "k", c); !errors.Is(err, ErrClaims) {
+		t.Errorf("fail/missing-jti: %v", err)
+	}
+	if _, err := Sign(edPriv, keys.ES256, "k", testClaims()); err == nil {
+		t.Error("fail/alg-key-mismatch: signed")
+	}
+	if _, err := Sign(edPriv, "HS256", "k", testClaims()); err == nil {
+		t.Error("fail/hs256: signed")
+	}
+}
+
+func TestParseStrict(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	pub := priv.Public()
+	good := `{"alg":"EdDSA","kid":"k1","typ":"at+jwt"}`
+	claims, _ := json.Marshal(testClaims())
+	goodTok := craft(priv, good, string(claims))
+	h, p, s := splitT(goodTok)
+
+	big := map[string]any{}
+	_ = json.Unmarshal(claims, &big)
+	big["pad"] = strings.Repeat("x", 9<<10)
+	bigClaims, _ := json.Marshal(big)
+
+	for _, tc := range []struct {
+		name  string
+		tok   string
+		parse bool // Parse succeeds
+		sig   bool // and the signature verifies
+	}{
+		{"ok/plain", goodTok, true, true},
+		{"ok/typ-media-type", craft(priv, `{"alg":"EdDSA","kid":"k1","typ":"application/AT+JWT"}`, string(claims)), true, true},
+		{"ok/embedded-jwk-ignored", craft(priv, `{"alg":"EdDSA","kid":"k1","typ":"at+jwt","jwk":{"kty":"OKP"},"jku":"https://evil.test/k","x5u":"https://evil.test/c","x5c":["AAAA"]}`, string(claims)), true, true},
+		{"fail/empty", "", false, false},
+		{"fail/two-parts", h + "." + p, false, false},
+		{"fail/four-parts", goodTok + ".x", false, false},
+		{"fail/9KiB", craft(priv, good, string(bigClaims)), false, false},
+		{"fail/padded-signature", goodTok + "==", false, false},
+		{"fail/padded-header", h + "=." + p + "." + s, false, false},
+		{"fail/std-alphabet", h + "." + p + "." + strings.NewReplacer("-", "+", "_", "/").Replace(s) + "+/", false, false},
+		{"fail/newline-in-payload", h + "." + p[:10] + "\n" + p[10:] + "." + s, false, false},
+		{"fail/nonzero-trailing-bits", h + "." + p + "." + flipLastBits(s), false, false},
+		{"fail/space", h + ". " + p + "." + s, false, false},
+		{"fail/header-not-json", craft(priv, `{"alg":"EdDSA"`, string(claims)), false, false},
+		{"fail/header-array", craft(priv, `["alg"]`, string(claims)), false, false},
+		{"fail/header-trailing", craft(priv, good+`{}`, string(claims)), false, false},
+		{"fail/dup-alg", craft(priv, `{"alg":"none","alg":"EdDSA","kid":"k1","typ":"at+jwt"}`, string(claims)), false, false},
+		{"fail/dup-nested", craft(priv, `{"alg":"EdDSA","kid":"k1","typ":"at+jwt","x":{"a":1,"a":2}}`, string(claims)), false, false},
+		{"fail/dup-claim-sub", craft(priv, good, `{"sub":"victim",`+string(claims[1:])), false, false},
+		{"fail/dup-in-array", craft(priv, good, `{"x":[{"a":1,"a":1}],`+string(claims[1:])), false, false},
+		{"fail/crit", craft(priv, `{"alg":"EdDSA","kid":"k1","typ":"at+jwt","crit":["exp"],"exp":1}`, string(claims)), false, false},
+		{"fail/crit-empty", craft(priv, `{"alg":"EdDSA","kid":"k1","typ":"at+jwt","crit":[]}`, string(claims)), false, false},
+		{"fail/no-alg", craft(priv, `{"kid":"k1","typ":"at+jwt"}`, string(claims)), false, false},
+		{"fail/alg-not-string", craft(priv, `{"alg":1,"kid":"k1","typ":"at+jwt"}`, string(claims)), false, false},
+		{"fail/typ-jwt", craft(priv, `{"alg":"EdDSA","kid":"k1","typ":"JWT"}`, string(claims)), false, false},
+		{"fail/typ-missing", craft(priv, `{"alg":"EdDSA","kid":"k1"}`, string(claims)), false, false},
+		{"fail/claims-missing-exp", craft(priv, good, `{"iss":"i","sub":"s","aud":"a","iat":1,"jti":"j","client_id":"c"}`), false, false},
+		{"fail/aud-array", craft(priv, good, `{"iss":"i","sub":"s","aud":["a"],"exp":2,"iat":1,"jti":"j","client_id":"c"}`), false, false},
+		{"fail/exp-float", craft(priv, good, `{"iss":"i","sub":"s","aud":"a","exp":2.5,"iat":1,"jti":"j","client_id":"c"}`), false, false},
+		{"fail/invalid-utf8", craft(priv, good, "{\"iss\":\"i\xff\",\"sub\":\"s\",\"aud\":\"a\",\"exp\":2,\"iat\":1,\"jti\":\"j\",\"client_id\":\"c\"}"), false, false},
+		{"fail/deep-nesting", craft(priv, good, `{"x":`+strings.Repeat("[", 40)+strings.Repeat("]", 40)+`,`+string(claims[1:])), false, false},
+		{"fail/edited-payload", h + "." + b64.EncodeToString([]byte(strings.Replace(string(claims), "member-1", "member-2", 1))) + "." + s, true, false},
+		{"fail/empty-signature", h + "." + p + ".", true, false},
+		{"fail/alg-none", craft(priv, `{"alg":"none","kid":"k1","typ":"at+jwt"}`, string(claims)), true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pt, err := Parse(tc.tok)
+			if tc.parse != (err == nil) {
+				t.Fatalf("Parse: err=%v, want success=%v", err, tc.parse)
+			}
+			if err != nil {
+				if !errors.Is(err, ErrMalformed) {
+					t.Fatalf("Parse error %v does not wrap ErrMalformed", err)
+				}
+				return
+			}
+			err = VerifySignature(pt, keys.EdDSA, pub)
+			if tc.sig != (err == nil) {
+				t.Fatalf("VerifySignature: err=%v, want success=%v", err, tc.sig)
+			}
+			if err != nil && !errors.Is(err, ErrBadSignature) {
+				t.Fatalf("VerifySignature error %v does not wrap ErrBadSignature", err)
+			}
+		})
+	}
+}
+
+func splitT(tok string) (string, string, string) {
+	parts := strings.Split(tok, ".")
+	return parts[0], parts[1], parts[2]
+}
+
+// flipLastBits changes the unused low bits of the last base64url character,
+// which a lenient decoder ignores.
+func flipLastBits(s string) string {
+	const alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	i := strings.IndexByte(alpha, s[len(s)-1])
+	return s[:len(s)-1] + string(alpha[i^1])
+}
+
+func TestVerifyAlgConfusion(t *testing.T) {
+	edPub, edPriv, _ := ed25519.GenerateKey(rand.Reader)
+	ecPriv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	claims, _ := json.Marshal(testClaims())
+
+	// HS256 keyed with the public key bytes: the classic confusion attack.
+	in := b64.EncodeToString([]byte(`{"alg":"HS256","kid":"k1","typ":"at+jwt"}`)) + "." + b64.EncodeToString(claims)
+	m := hmac.New(sha256.New, edPub)
+	m.Write([]byte(in))
+	hs := in + "." + b64.EncodeToString(m.Sum(nil))
+
+	// ES256 with an ASN.1 DER signature instead of r||s.
+	es, _ := Sign(ecPriv, keys.ES256, "k1", testClaims())
+	esP, _ := Parse(es)
+	d := sha256.Sum256(esP.SigningInput)
+	der, _ := ecdsa.SignASN1(rand.Reader, ecPriv, d[:])
+	esDER := string(esP.SigningInput) + "." + b64.EncodeToString(der)
+
+	otherPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	edTok, _ := Sign(edPriv, keys.EdDSA, "k1", testClaims())
+
+	for _, tc := range []struct {
+		name string
+		tok  string
+		alg  keys.Alg
+		pub  crypto.PublicKey
+	}{
+		{"fail/hs256-with-public-key", hs, keys.EdDSA, edPub},
+		{"fail/hs256-declared-hs256", hs, "HS256", edPub},
+		{"fail/es256-der", esDER, keys.ES256, ecPriv.Public()},
+		{"fail/es256-header-ed-key", es, keys.ES256, edPub},
+		{"fail/wrong-key", edTok, keys.EdDSA, otherPub},
+		{"fail/none-alg-param", edTok, "none", edPub},
+		{"fail/nil-key", edTok, keys.EdDSA, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Parse(tc.tok)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if err := VerifySignature(p, tc.alg, tc.pub); !errors.Is(err, ErrBadSignature) {
+				t.Fatalf("VerifySignature = %v, want ErrBadSignature", err)
+			}
+		})
+	}
+}
+
+func TestJWKSRoundTrip(t *testing.T) {
+	edPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	ecPriv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	in := []keys.Key{
+		{KID: "ed", Alg: keys.EdDSA, Public: edPub},
+		{KID: "ec", Alg: keys.ES256, Public: ecPriv.Public()},
+	}
+	b, err := MarshalJWKS(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := ParseJWKS(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || out[0].KID != "ed" || out[0].Alg != keys.EdDSA || !edPub.Equal(out[0].Public) ||
+		out[1].Alg != keys.ES256 || !ecPriv.PublicKey.Equal(out[1].Public) {
+		t.Fatalf("round trip: %+v", out)
+	}
+	for _, bad := range []string{
+		`{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"` + b64.EncodeToString(edPub) + `"},{"kty":"OKP","crv":"Ed25519","kid":"a","x":"` + b64.EncodeToString(edPub) + `"}]}`,
+		`{"keys":[{"kty":"OKP","crv":"Ed25519","x":"` + b64.EncodeToString(edPub) + `"}]}`,
+		`{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","alg":"ES256","x":"` + b64.EncodeToString(edPub) + `"}]}`,
+		`{"keys":[{"kty":"oct","kid":"a","k":"AAAA"}]}`,
+		`{"keys":[],"keys":[]}`,
+		`{}`,
+	} {
+		if _, err := ParseJWKS([]byte(bad)); !errors.Is(err, ErrKeySet) {
+			t.Errorf("fail/%s: %v", bad[:40], err)
+		}
+	}
+}
+
+// FuzzParse feeds the parser arbitrary input. Whatever it accepts must
+// re-encode exactly to what it was given, and no input may panic.
+func FuzzParse(f *testing.F) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	tok, _ := Sign(priv, keys.EdDSA, "k1", testClaims())
+	f.Add(tok)
+	f.Add(craft(priv, `{"alg":"EdDSA","kid":"k1","typ":"at+jwt","crit":["x"]}`, `{}`))
+	f.Add("a.b.c")
+	f.Add("..")
+	if dir, err := findVectors(); err == nil {
+		for _, name := range []string{"json_web_signature_test.json", "json_web_key_test.json"} {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				continue
+			}
+			var jf jwsFile
+			if json.Unmarshal(b, &jf) == nil {
+				for _, g := range jf.TestGroups {
+					for _, tc := range g.Tests {
+						f.Add(tc.JWS)
+					}
+				}
+			}
+		}
+	}
+	pub := priv.Public()
+	f.Fuzz(func(t *testing.T, raw string) {
+		p, err := Parse(raw)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		if len(raw) > MaxSize {
+			t.Fatalf("accepted %d bytes", len(raw))
+		}
+		if got := string(p.SigningInput) + "." + b64.EncodeToString(p.Signature); got != raw {
+			t.Fatalf("accepted non-canonical token %q", raw)
+		}
+		if err := VerifySignature(p, keys.EdDSA, pub); err == nil && raw != tok {
+			t.Fatalf("fuzzer forged a signature: %q", raw)
+		}
+	})
+}
+
+func findVectors() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			v := filepath.Join(dir, "..", "shared", "vectors", "wycheproof")
+			_, err := os.Stat(v)
+			return v, err
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", os.ErrNotExist
+		}
+		dir = parent
+	}
+}
+
+func BenchmarkVerifyRawEd25519(b *testing.B) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	tok, _ := Sign(priv, keys.EdDSA, "k1", testClaims())
+	p, _ := Parse(tok)
+	pub := priv.Public().(ed25519.PublicKey)
+	b.ReportAllocs()
+	for b.Loop() {
+		if !ed25519.Verify(pub, p.SigningInput, p.Signature) {
+			b.Fatal("verify")
+		}
+	}
+}
+
+func BenchmarkParseVerifyEd25519(b *testing.B) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	tok, _ := Sign(priv, keys.EdDSA, "k1", testClaims())
+	pub := priv.Public()
+	b.ReportAllocs()
+	for b.Loop() {
+		p, err := Parse(tok)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := VerifySignature(p, keys.EdDSA, pub); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSignRawEd25519(b *testing.B) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	msg := []byte(strings.Repeat("x", 300))
+	b.ReportAllocs()
+	for b.Loop() {
+		ed25519.Sign(priv, msg)
+	}
+}
+
+func BenchmarkSignEd25519(b *testing.B) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	c := testClaims()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Sign(priv, keys.EdDSA, "k1", c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
