@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -47,6 +49,8 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /v1/events", s.admin(ingest.Handler(s.Ledger, s.Bus.Publish).ServeHTTP))
 
 	mux.Handle("/audit/", http.StripPrefix("/audit", s.Audit.Handler()))
+
+	s.mountConsole(mux)
 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
@@ -106,24 +110,58 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(checks)
 }
 
-// Run serves the API on ln and runs the background loops (key schedule,
-// ledger sweep, offboarding sweep, detection, forensics, audit digests) until
-// ctx ends.
-func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+// Run serves the API on ln (and, when gw is not nil, the in-process gateway
+// proxy on gw) and runs the background loops (key schedule, ledger sweep,
+// offboarding sweep, detection, forensics, audit digests) until ctx ends.
+func (s *Server) Run(ctx context.Context, ln, gw net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.startLoops(ctx)
-	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
-		defer c()
-		srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	errc := make(chan error, 2)
+	serve := func(h http.Handler, l net.Listener) {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			<-ctx.Done()
+			sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			srv.Shutdown(sctx)
+		}()
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			cancel()
+			return
+		}
+		errc <- nil
 	}
-	return nil
+	n := 1
+	if gw != nil {
+		h, err := s.GatewayHandler()
+		if err != nil {
+			return err
+		}
+		n++
+		go serve(h, gw)
+	}
+	go serve(s.mux, ln)
+	var first error
+	for i := 0; i < n; i++ {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// GatewayHandler is the in-process gateway in front of the configured upstream.
+func (s *Server) GatewayHandler() (http.Handler, error) {
+	if s.Gateway == nil || s.Config.Gateway.Upstream == "" {
+		return nil, errors.New("gateway.upstream is not configured")
+	}
+	up, err := url.Parse(s.Config.Gateway.Upstream)
+	if err != nil || up.Scheme == "" || up.Host == "" {
+		return nil, fmt.Errorf("gateway.upstream: %q is not an absolute URL", s.Config.Gateway.Upstream)
+	}
+	return gateway.NewProxy(up, s.Gateway), nil
 }
 
 func (s *Server) startLoops(ctx context.Context) {

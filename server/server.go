@@ -76,14 +76,14 @@ type Server struct {
 }
 
 // Open builds every part from cfg. The data directory is created on first start.
-func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time) (s *Server, err error) {
+func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if now == nil {
 		now = time.Now
 	}
-	s = &Server{Config: cfg, Log: log, now: now, Bus: event.NewBus(), Registry: prometheus.NewRegistry()}
+	s := &Server{Config: cfg, Log: log, now: now, Bus: event.NewBus(), Registry: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -226,6 +226,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 		s.Gateway, err = gateway.New(GatewayConfig(cfg), s.Keys, s.Ledger, s.Bus, now)
 		if err == nil {
 			s.closers = append(s.closers, s.Gateway.Close)
+			s.Registry.MustRegister(s.Gateway.Collectors()...)
 		}
 		if err != nil {
 			return nil, err

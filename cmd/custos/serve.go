@@ -91,8 +91,16 @@ func serve(ctx context.Context, cfg config.Config, cmd *cobra.Command) error {
 		fmt.Fprintf(cmd.ErrOrStderr(), "custos: first start: created %s (keyring %s, admin credential %s, mode 0600)\n",
 			cfg.Data, filepath.Join(cfg.Data, server.KeyringFile), filepath.Join(cfg.Data, server.AdminTokenFile))
 	}
+	var gw net.Listener
+	if cfg.Gateway.Upstream != "" {
+		if gw, err = net.Listen("tcp", cfg.Gateway.Listen); err != nil {
+			ln.Close()
+			return fmt.Errorf("failed to listen on %s: %w", cfg.Gateway.Listen, err)
+		}
+		log.Info("custos gateway serving", "listen", "http://"+gw.Addr().String(), "upstream", cfg.Gateway.Upstream)
+	}
 	log.Info("custos serving", "api", "http://"+ln.Addr().String(), "data", cfg.Data)
-	return s.Run(ctx, ln)
+	return s.Run(ctx, ln, gw)
 }
 
 var lookupEnv = os.LookupEnv

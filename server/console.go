@@ -1,0 +1,6 @@
+package server
+
+import "net/http"
+
+// mountConsole mounts the web console (none yet).
+func (s *Server) mountConsole(mux *http.ServeMux) {}

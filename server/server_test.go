@@ -1,0 +1,371 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/custos-dev/custos/api"
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/shop"
+	"github.com/custos-dev/custos/token"
+)
+
+type env struct {
+	s        *server.Server
+	api      *api.Client
+	apiURL   string
+	gwURL    string
+	upstream atomic.Int64
+	pop      shop.Population
+	cfg      config.Config
+}
+
+func listen(t *testing.T) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func start(t *testing.T) *env {
+	t.Helper()
+	e := &env{pop: shop.Population{Members: 1000, Missing: 200, Decoys: 5, Seed: 1}}
+	sh, err := shop.New(e.pop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.upstream.Add(1)
+		sh.ServeHTTP(w, r)
+	}))
+	t.Cleanup(up.Close)
+
+	ln, gw := listen(t), listen(t)
+	cfg := config.Default()
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	cfg.Issuer = "http://" + ln.Addr().String()
+	cfg.Gateway.Upstream = up.URL
+	for _, r := range shop.Routes() {
+		cfg.Gateway.Routes = append(cfg.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
+	}
+	for id := uint64(1); id <= e.pop.IDSpace(); id++ {
+		if e.pop.Kind(id) == shop.Decoy {
+			cfg.Decoys = append(cfg.Decoys, fmt.Sprint(id))
+		}
+	}
+	e.cfg = cfg
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := server.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, ln, gw) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		s.Close()
+	})
+	e.s = s
+	e.apiURL, e.gwURL = "http://"+ln.Addr().String(), "http://"+gw.Addr().String()
+	e.api, err = api.New(e.apiURL, filepath.Join(cfg.Data, server.AdminTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) client(t *testing.T) string {
+	t.Helper()
+	var out struct {
+		Secret string `json:"client_secret"`
+	}
+	if err := e.api.Do(context.Background(), "POST", "/v1/clients", map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Secret
+}
+
+func (e *env) issue(t *testing.T, secret, sub string) string {
+	t.Helper()
+	var out struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := e.api.DoAuth(context.Background(), "POST", "/v1/tokens", secret, map[string]any{"subject": sub, "audience": config.DefaultAudience}, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.AccessToken
+}
+
+// get calls the gateway and returns the status and the refusal reason.
+func (e *env) get(t *testing.T, tok, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", e.gwURL+path, nil)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Desc string `json:"error_description"`
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == 401 {
+		if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+			t.Fatalf("401 without RFC 6750 challenge: %q", resp.Header.Get("WWW-Authenticate"))
+		}
+		json.Unmarshal(b, &body)
+	}
+	return resp.StatusCode, body.Desc
+}
+
+func member(pop shop.Population, i uint64) string { return fmt.Sprint(pop.MemberID(i)) }
+
+// The whole path: a token the authority issued reaches the shop; one signed
+// with the real key but never issued (the stolen-key case) does not, nor do
+// other subjects, revoked tokens and revoked keys.
+func TestEndToEnd(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	sub := e.s.Bus.Subscribe(1024, false)
+	secret := e.client(t)
+	m1, m2 := member(e.pop, 1), member(e.pop, 2)
+	tok := e.issue(t, secret, m1)
+
+	if st, _ := e.get(t, tok, "/api/members/"+m1+"/profile"); st != 200 {
+		t.Fatalf("issued token: %d", st)
+	}
+	seen := e.upstream.Load()
+
+	// Signed with the real active key, never issued.
+	k, signer, err := e.s.Keys.Signer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	forged, err := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m2, Audience: config.DefaultAudience,
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-1", ClientID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		tok, path string
+		reason    event.Reason
+	}{
+		"fail/not_issued":       {forged, "/api/members/" + m2 + "/profile", event.ReasonNotIssued},
+		"fail/subject_mismatch": {tok, "/api/members/" + m2 + "/addresses", event.ReasonSubjectMismatch},
+		"fail/missing_token":    {"", "/api/members/" + m1 + "/profile", event.ReasonMissingToken},
+		"fail/malformed":        {"a.b.c", "/api/members/" + m1 + "/profile", event.ReasonMalformed},
+	} {
+		t.Run(name, func(t *testing.T) {
+			st, reason := e.get(t, tc.tok, tc.path)
+			if st != 401 || reason != string(tc.reason) {
+				t.Fatalf("got %d %q, want 401 %q", st, reason, tc.reason)
+			}
+		})
+	}
+	if e.upstream.Load() != seen {
+		t.Fatal("the upstream saw a refused request")
+	}
+
+	// Introspection agrees: the forged token is not active.
+	var in struct {
+		Active bool `json:"active"`
+	}
+	if err := e.api.DoAuth(ctx, "POST", "/v1/tokens/introspect", secret, map[string]string{"token": forged}, &in); err != nil || in.Active {
+		t.Fatalf("forged token introspected active=%v err=%v", in.Active, err)
+	}
+
+	// Token revocation (RFC 7009) reaches the gateway.
+	tok2 := e.issue(t, secret, m2)
+	if err := e.api.DoAuth(ctx, "POST", "/v1/tokens/revoke", secret, map[string]string{"token": tok2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, reason := e.get(t, tok2, "/api/members/"+m2+"/orders"); st != 401 || reason != string(event.ReasonRevokedToken) {
+		t.Fatalf("revoked token: %d %q", st, reason)
+	}
+
+	// Key revocation: tokens of the key stop at once; a new key signs.
+	if err := e.api.Do(ctx, "POST", "/v1/keys/"+k.KID+"/revoke", map[string]string{"reason": "custodian left"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, reason := e.get(t, tok, "/api/members/"+m1+"/profile"); st != 401 || reason != string(event.ReasonRevokedKey) {
+		t.Fatalf("token of a revoked key: %d %q", st, reason)
+	}
+	var jwks struct {
+		Keys []struct {
+			KID string `json:"kid"`
+		} `json:"keys"`
+	}
+	resp, err := http.Get(e.apiURL + "/.well-known/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&jwks)
+	resp.Body.Close()
+	for _, jk := range jwks.Keys {
+		if jk.KID == k.KID {
+			t.Fatal("revoked key still in JWKS")
+		}
+	}
+	tok3 := e.issue(t, secret, m1)
+	if st, _ := e.get(t, tok3, "/api/members/"+m1+"/addresses"); st != 200 {
+		t.Fatalf("token of the new key: %d", st)
+	}
+
+	// Decoys never get tokens.
+	var decoy string
+	for id := uint64(1); id <= e.pop.IDSpace(); id++ {
+		if e.pop.Kind(id) == shop.Decoy {
+			decoy = fmt.Sprint(id)
+			break
+		}
+	}
+	err = e.api.DoAuth(ctx, "POST", "/v1/tokens", secret, map[string]any{"subject": decoy, "audience": config.DefaultAudience}, nil)
+	if ae, ok := err.(*api.Error); !ok || ae.Status != 403 {
+		t.Fatalf("decoy issuance: %v", err)
+	}
+
+	// One access event per request, allowed or refused, with the contract fields.
+	var evs []event.Access
+	deadline := time.After(5 * time.Second)
+	for len(evs) < 8 {
+		select {
+		case ev := <-sub.C:
+			evs = append(evs, ev)
+		case <-deadline:
+			t.Fatalf("got %d access events, want 8", len(evs))
+		}
+	}
+	first := evs[0]
+	if first.Verdict != event.Allow || first.Subject != m1 || first.Token.Sub != m1 || first.Status != 200 ||
+		first.Route == "" || first.SrcIP != "127.0.0.1" || len(first.DataClasses) != 2 || first.RequestID == "" {
+		t.Fatalf("allowed event %+v", first)
+	}
+	b, _ := json.Marshal(evs)
+	for _, raw := range []string{tok, forged, tok2} {
+		if strings.Contains(string(b), raw) {
+			t.Fatal("an access event carries a whole token")
+		}
+	}
+}
+
+// `custos gateway` as its own process follows the authority over HTTP: issued
+// tokens pass, forged ones are refused, and a key revocation reaches it within 5 s.
+func TestStandaloneGateway(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	secret := e.client(t)
+
+	gl := listen(t)
+	addr := gl.Addr().String()
+	gl.Close()
+	cfg := e.cfg
+	cfg.Gateway.Listen = addr
+	cfg.Gateway.Authority = e.apiURL
+	go server.RunGateway(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	gw := &env{gwURL: "http://" + addr}
+	m1 := member(e.pop, 3)
+	tok := e.issue(t, secret, m1)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := gw.get(t, tok, "/api/members/"+m1+"/profile")
+		if st == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("standalone gateway never allowed an issued token (last %d)", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	k, signer, _ := e.s.Keys.Signer(ctx)
+	now := time.Now()
+	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m1, Audience: config.DefaultAudience,
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-2", ClientID: "x"})
+	if st, reason := gw.get(t, forged, "/api/members/"+m1+"/profile"); st != 401 || reason != string(event.ReasonNotIssued) {
+		t.Fatalf("forged via standalone gateway: %d %q", st, reason)
+	}
+	if err := e.s.Keys.Revoke(ctx, k.KID, "test", "custodian left"); err != nil {
+		t.Fatal(err)
+	}
+	revokedAt := time.Now()
+	for {
+		st, reason := gw.get(t, tok, "/api/members/"+m1+"/profile")
+		if st == 401 && reason == string(event.ReasonRevokedKey) {
+			break
+		}
+		if time.Since(revokedAt) > 5*time.Second {
+			t.Fatalf("key revocation did not reach the standalone gateway within 5 s (%d %q)", st, reason)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("key revocation reached the standalone gateway in %s", time.Since(revokedAt).Round(time.Millisecond))
+}
+
+// A second start reuses the keyring; a wrong KEK or a damaged keyring stops
+// start-up instead of making new keys.
+func TestRestartAndBadKeyring(t *testing.T) {
+	cfg := config.Default()
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx := context.Background()
+	s, err := server.Open(ctx, cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, _, err := s.Keys.Signer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = server.Open(ctx, cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.FirstStart {
+		t.Fatal("second start treated as first")
+	}
+	k2, _, _ := s.Keys.Signer(ctx)
+	s.Close()
+	if k1.KID != k2.KID {
+		t.Fatalf("restart changed the signing key %s → %s", k1.KID, k2.KID)
+	}
+	ring := filepath.Join(cfg.Data, server.KeyringFile)
+	orig, _ := os.ReadFile(ring)
+	bad := append([]byte(nil), orig...)
+	bad[len(bad)-5] ^= 1
+	os.WriteFile(ring, bad, 0o600)
+	if _, err := server.Open(ctx, cfg, log, nil); err == nil || !strings.Contains(err.Error(), "keyring") {
+		t.Fatalf("damaged keyring: %v", err)
+	}
+	after, _ := os.ReadFile(ring)
+	if string(after) != string(bad) {
+		t.Fatal("start-up rewrote a damaged keyring")
+	}
+	os.WriteFile(ring, orig, 0o600)
+	os.WriteFile(filepath.Join(cfg.Data, server.KEKFile), []byte("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"), 0o600)
+	if _, err := server.Open(ctx, cfg, log, nil); err == nil {
+		t.Fatal("wrong KEK accepted")
+	}
+	_ = keys.Active
+}
