@@ -41,11 +41,14 @@ type row struct {
 	Reason      string    `parquet:"reason,dict"`
 	Subject     string    `parquet:"subject"`
 	DataClasses []string  `parquet:"data_classes,list"`
+	// ClassSet is data_classes joined by U+001F: derived, dictionary-encoded,
+	// and far cheaper for an engine to scan than the list.
+	ClassSet string `parquet:"data_class_set,dict"`
 }
 
 // requiredColumns are the columns a scope reads; a file without them is refused.
 var requiredColumns = []string{"time", "route", "status", "src_ip", "country", "asn",
-	"token_jti", "token_kid", "verdict", "reason", "subject", "data_classes", "request_id"}
+	"token_jti", "token_kid", "verdict", "reason", "subject", "data_class_set", "request_id"}
 
 func toRow(ev *event.Access) row {
 	return row{
@@ -55,7 +58,7 @@ func toRow(ev *event.Access) row {
 		UserAgent: ev.UserAgent, TokenJTI: ev.Token.JTI, TokenKID: ev.Token.KID,
 		TokenSub: ev.Token.Sub, TokenAud: ev.Token.Aud, TokenIAT: ev.Token.IAT,
 		TokenEXP: ev.Token.EXP, Verdict: string(ev.Verdict), Reason: string(ev.Reason),
-		Subject: ev.Subject, DataClasses: ev.DataClasses,
+		Subject: ev.Subject, DataClasses: ev.DataClasses, ClassSet: strings.Join(ev.DataClasses, classSep),
 	}
 }
 

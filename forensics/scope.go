@@ -104,7 +104,7 @@ type Exposure struct {
 }
 
 // okExpr is true for a request that exposed a subject's data.
-const okExpr = `(verdict = 'allow' AND status BETWEEN 200 AND 299 AND coalesce(subject, '') <> '' AND len(coalesce(data_classes, [])) > 0)`
+const okExpr = `(verdict = 'allow' AND status BETWEEN 200 AND 299 AND coalesce(subject, '') <> '' AND coalesce(data_class_set, '') <> '')`
 
 // Scope reads the event files that may hold the incident and computes its
 // scope. Indicators are validated before any file is read. progress, if not
@@ -231,10 +231,10 @@ func (s *Store) aggregate(ctx context.Context, table string, files []string, whe
 	// Collect the matching events' few needed columns; the aggregation runs
 	// once over all of them in finish, with every thread.
 	q := `INSERT INTO ` + table + `
-SELECT time, ok, CASE WHEN ok THEN subject END, route, CASE WHEN ok THEN array_to_string(data_classes, chr(31)) END,
+SELECT time, ok, CASE WHEN ok THEN subject END, route, CASE WHEN ok THEN data_class_set END,
 	src_ip, country, asn, kid, reason
 FROM (
-  SELECT time, ` + okExpr + ` AS ok, subject, coalesce(route, '') AS route, data_classes,
+  SELECT time, ` + okExpr + ` AS ok, subject, coalesce(route, '') AS route, data_class_set,
 	coalesce(src_ip, '') AS src_ip, coalesce(country, '') AS country, coalesce(asn, 0) AS asn,
 	coalesce(token_kid, '') AS kid, coalesce(reason, '') AS reason
   FROM read_parquet([` + strings.Join(quoted, ", ") + `])

@@ -159,7 +159,7 @@ const emptyEvents = `SELECT NULL::TIMESTAMP AS time, NULL::VARCHAR AS gateway, N
  NULL::UINTEGER AS asn, NULL::VARCHAR AS user_agent, NULL::VARCHAR AS token_jti, NULL::VARCHAR AS token_kid,
  NULL::VARCHAR AS token_sub, NULL::VARCHAR AS token_aud, NULL::BIGINT AS token_iat, NULL::BIGINT AS token_exp,
  NULL::VARCHAR AS verdict, NULL::VARCHAR AS reason, NULL::VARCHAR AS subject, NULL::VARCHAR[] AS data_classes,
- NULL::VARCHAR AS hour WHERE false`
+ NULL::VARCHAR AS data_class_set, NULL::VARCHAR AS hour WHERE false`
 
 // SQL runs one read-only statement for an investigator over the view events
 // (every sealed part, with the partition column hour). At most [MaxSQLRows]
