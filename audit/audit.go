@@ -30,7 +30,6 @@ import (
 	"time"
 
 	"github.com/transparency-dev/tessera"
-	"github.com/transparency-dev/tessera/storage/posix"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -67,7 +66,9 @@ const (
 
 // Options tune a Log. The zero value uses the defaults.
 type Options struct {
-	// BatchMaxSize is the most entries sequenced in one write.
+	// BatchMaxSize is how many waiting entries start a batch before
+	// BatchMaxAge is up. Entries that arrive while a batch is being written
+	// all join the next one (group commit), so batches can be larger.
 	BatchMaxSize uint
 	// BatchMaxAge is how long the first entry of a batch waits for others.
 	BatchMaxAge time.Duration
@@ -102,6 +103,7 @@ type Log struct {
 	reader   tessera.LogReader
 	shutdown func(context.Context) error
 	cancel   context.CancelFunc
+	store    *fileStore
 
 	mu     sync.RWMutex // guards closed; held for reading while appending
 	closed bool
@@ -128,7 +130,7 @@ func Open(ctx context.Context, dir string, signer note.Signer, opts Options) (*L
 			return nil, fmt.Errorf("failed to write verifier key: %w", err)
 		}
 	}
-	driver, err := posix.New(ctx, posix.Config{Path: dir})
+	store, err := openStore(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("failed to open log storage: %w", err)
 	}
@@ -138,14 +140,15 @@ func Open(ctx context.Context, dir string, signer note.Signer, opts Options) (*L
 		WithCheckpointSigner(signer).
 		WithBatching(opts.BatchMaxSize, opts.BatchMaxAge).
 		WithCheckpointInterval(opts.CheckpointInterval)
-	app, shutdown, reader, err := tessera.NewAppender(bg, driver, ao)
+	app, shutdown, reader, err := tessera.NewAppender(bg, store, ao)
 	if err != nil {
 		cancel()
+		store.close()
 		return nil, fmt.Errorf("failed to open log appender: %w", err)
 	}
 	return &Log{
 		dir: dir, now: opts.Now, add: app.Add, reader: reader,
-		shutdown: shutdown, cancel: cancel,
+		shutdown: shutdown, cancel: cancel, store: store,
 	}, nil
 }
 
@@ -159,6 +162,66 @@ func (l *Log) Dir() string { return l.dir }
 func (l *Log) Append(ctx context.Context, kind string, v any) error {
 	_, err := l.append(ctx, kind, v)
 	return err
+}
+
+// AppendMany records each of vs under kind, in order, as one group: they
+// share the fsyncs of one batch instead of each waiting for its own. It
+// returns nil only once all of them are durable; on error, treat none of them
+// as recorded (some may be, which is harmless for an audit log).
+func (l *Log) AppendMany(ctx context.Context, kind string, vs []any) error {
+	_, err := l.appendMany(ctx, kind, vs)
+	return err
+}
+
+// appendMany is AppendMany that also returns the entries' indices.
+func (l *Log) appendMany(ctx context.Context, kind string, vs []any) ([]uint64, error) {
+	data := make([][]byte, len(vs))
+	now := l.now()
+	for i, v := range vs {
+		body, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("failed to encode %s entry body: %w", kind, err)
+		}
+		if data[i], err = marshalEntry(kind, now, body); err != nil {
+			return nil, err
+		}
+	}
+	return l.appendRawMany(ctx, data)
+}
+
+func (l *Log) appendRawMany(ctx context.Context, data [][]byte) ([]uint64, error) {
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	futs := make([]tessera.IndexFuture, len(data))
+	for i, d := range data {
+		futs[i] = l.add(ctx, tessera.NewEntry(d))
+	}
+	l.mu.RUnlock()
+	idx := make([]uint64, len(futs))
+	ch := make(chan error, 1)
+	go func() {
+		for i, f := range futs {
+			r, err := f()
+			if err != nil {
+				ch <- err
+				return
+			}
+			idx[i] = r.Index
+		}
+		ch <- nil
+	}()
+	select {
+	case err := <-ch:
+		if err != nil {
+			return nil, fmt.Errorf("failed to append to audit log: %w", err)
+		}
+		return idx, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("failed to append to audit log: %w", ctx.Err())
+	}
 }
 
 // append is Append that also returns the entry's index.
@@ -234,6 +297,7 @@ func (l *Log) Close(ctx context.Context) error {
 	l.mu.Unlock()
 	err := l.shutdown(ctx)
 	l.cancel()
+	err = errors.Join(err, l.store.close())
 	if err != nil {
 		return fmt.Errorf("failed to shut down audit log: %w", err)
 	}

@@ -50,6 +50,45 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
+// BenchmarkAppendMany appends b.N entries as AppendMany calls of 1024 from
+// 32 goroutines: the batched path (the digester's).
+func BenchmarkAppendMany(b *testing.B) {
+	k := newTestKey(b)
+	l, err := Open(context.Background(), b.TempDir(), k.signer, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const group = 1024
+	chunk := make([]any, group)
+	for i := range chunk {
+		chunk[i] = benchBody
+	}
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range jobs {
+				if err := l.AppendMany(context.Background(), "key.rotate", chunk[:n]); err != nil {
+					b.Error(err)
+				}
+			}
+		}()
+	}
+	for left := b.N; left > 0; left -= group {
+		jobs <- min(left, group)
+	}
+	close(jobs)
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+	if err := l.Close(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // BenchmarkAppendLatency measures one caller at a time: "durable" is what
 // Append waits for; "published" waits on until a checkpoint covers it.
 func BenchmarkAppendLatency(b *testing.B) {
@@ -99,25 +138,15 @@ func BenchmarkVerify(b *testing.B) {
 		b.Fatal(err)
 	}
 	start := time.Now()
-	var wg sync.WaitGroup
-	per := n / 1024
-	for w := range 1024 {
-		cnt := per
-		if w == 0 {
-			cnt += n - per*1024
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range cnt {
-				if err := l.Append(context.Background(), "key.rotate", benchBody); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
+	chunk := make([]any, 4096)
+	for i := range chunk {
+		chunk[i] = benchBody
 	}
-	wg.Wait()
+	for left := n; left > 0; left -= len(chunk) {
+		if err := l.AppendMany(context.Background(), "key.rotate", chunk[:min(left, len(chunk))]); err != nil {
+			b.Fatal(err)
+		}
+	}
 	if err := l.Close(context.Background()); err != nil {
 		b.Fatal(err)
 	}

@@ -209,51 +209,69 @@ func (d *Digester) Flush(ctx context.Context, all bool) error {
 		}
 		return keys[i].class < keys[j].class
 	})
-	for _, k := range keys {
-		d.mu.Lock()
-		leaves := d.buckets[k]
-		d.mu.Unlock()
-		if err := d.flushOne(ctx, k, leaves); err != nil {
-			return err
-		}
-		d.mu.Lock()
+	if len(keys) == 0 {
+		return nil
+	}
+	taken := make([][]node, len(keys))
+	d.mu.Lock()
+	for i, k := range keys {
+		taken[i] = d.buckets[k]
+	}
+	d.mu.Unlock()
+	if err := d.flushMany(ctx, keys, taken); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	for i, k := range keys {
 		// Events may have arrived for this second after we took the
 		// leaves (a late Add); keep them for the next flush.
-		if rest := d.buckets[k][len(leaves):]; len(rest) > 0 {
+		if rest := d.buckets[k][len(taken[i]):]; len(rest) > 0 {
 			d.buckets[k] = append([]node(nil), rest...)
 		} else {
 			delete(d.buckets, k)
 		}
-		d.mu.Unlock()
 	}
+	d.mu.Unlock()
 	return nil
 }
 
-func (d *Digester) flushOne(ctx context.Context, k bucketKey, leaves []node) error {
+// flushMany writes one sidecar record per key, syncs them once, then
+// appends all their digest entries to the log as one group.
+func (d *Digester) flushMany(ctx context.Context, keys []bucketKey, leaves [][]node) error {
 	off, err := d.leaves.Seek(0, io.SeekEnd)
 	if err != nil {
 		return fmt.Errorf("failed to seek digest leaves: %w", err)
 	}
-	rec := encodeRecord(digestRecord{class: k.class, second: k.second, leaves: leaves})
-	if _, err := d.leaves.Write(rec); err != nil {
+	bodies := make([]any, len(keys))
+	offs := make([]int64, len(keys))
+	var buf []byte
+	for i, k := range keys {
+		rec := encodeRecord(digestRecord{class: k.class, second: k.second, leaves: leaves[i]})
+		root := merkleRoot(leaves[i])
+		offs[i] = off + int64(len(buf))
+		bodies[i] = DigestBody{
+			Class: k.class, Second: k.second, Count: uint64(len(leaves[i])),
+			Root: hex.EncodeToString(root[:]), SidecarOffset: offs[i],
+		}
+		buf = append(buf, rec...)
+	}
+	if _, err := d.leaves.Write(buf); err != nil {
 		return fmt.Errorf("failed to write digest leaves: %w", err)
 	}
 	if err := d.leaves.Sync(); err != nil {
 		return fmt.Errorf("failed to sync digest leaves: %w", err)
 	}
-	root := merkleRoot(leaves)
-	idx, err := d.l.append(ctx, KindDigest, DigestBody{
-		Class: k.class, Second: k.second, Count: uint64(len(leaves)),
-		Root: hex.EncodeToString(root[:]), SidecarOffset: off,
-	})
+	idx, err := d.l.appendMany(ctx, KindDigest, bodies)
 	if err != nil {
 		return err
 	}
-	var ir [16]byte
-	binary.BigEndian.PutUint64(ir[:8], uint64(off))
-	binary.BigEndian.PutUint64(ir[8:], idx)
-	if _, err := d.index.Write(ir[:]); err != nil {
-		// The digest is in the log; the index only speeds up proofs.
+	ir := make([]byte, 0, 16*len(idx))
+	for i, li := range idx {
+		ir = binary.BigEndian.AppendUint64(ir, uint64(offs[i]))
+		ir = binary.BigEndian.AppendUint64(ir, li)
+	}
+	if _, err := d.index.Write(ir); err != nil {
+		// The digests are in the log; the index only speeds up proofs.
 		slog.Warn("audit: failed to write digest index", "err", err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/transparency-dev/tessera/api/layout"
@@ -173,6 +174,22 @@ func Export(ctx context.Context, dir, out string) error {
 			return fmt.Errorf("failed to read %s: %w", name, err)
 		}
 		files[name] = b
+	}
+	// The checkpoint history up to the exported one, for verify --since.
+	hist, err := os.ReadDir(filepath.Join(dir, checkpointsDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("failed to read checkpoint history: %w", err)
+	}
+	for _, h := range hist {
+		n, err := strconv.ParseUint(h.Name(), 10, 64)
+		if err != nil || n > cp.Size {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, checkpointsDir, h.Name()))
+		if err != nil {
+			return fmt.Errorf("failed to read checkpoint history: %w", err)
+		}
+		files[checkpointsDir+"/"+h.Name()] = b
 	}
 	for name, b := range files {
 		if err := writeExport(out, name, b); err != nil {

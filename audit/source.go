@@ -41,7 +41,16 @@ func (d dirSource) read(_ context.Context, p string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return readLimited(f)
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > maxResource {
+		return nil, fmt.Errorf("resource larger than %d bytes", maxResource)
+	}
+	// One read of the whole file in the common case.
+	b := make([]byte, 0, st.Size()+1)
+	return readLimitedInto(b, f)
 }
 
 type httpSource struct {
@@ -68,10 +77,22 @@ func (h httpSource) read(ctx context.Context, p string) ([]byte, error) {
 	return readLimited(resp.Body)
 }
 
-func readLimited(r io.Reader) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(r, maxResource+1))
-	if err != nil {
-		return nil, err
+func readLimited(r io.Reader) ([]byte, error) { return readLimitedInto(nil, r) }
+
+func readLimitedInto(b []byte, r io.Reader) ([]byte, error) {
+	lr := io.LimitReader(r, maxResource+1)
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := lr.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	if len(b) > maxResource {
 		return nil, fmt.Errorf("resource larger than %d bytes", maxResource)

@@ -249,22 +249,7 @@ dispatch:
 		cur = next
 	}
 
-	// The compact range of the whole tree, left to right: the highest
-	// level's remainder first, each split into perfect subtrees.
-	var rng []node
-	for t := len(remainders) - 1; t >= 0; t-- {
-		rest := remainders[t]
-		for bit := 7; bit >= 0; bit-- {
-			if k := 1 << bit; len(rest) >= k {
-				rng = append(rng, subtreeRoot(rest[:k]))
-				rest = rest[k:]
-			}
-		}
-	}
-	root := rng[len(rng)-1]
-	for i := len(rng) - 2; i >= 0; i-- {
-		root = hashChildren(rng[i], root)
-	}
+	root := rootFromEdges(remainders)
 	return root, kinds, first, nil
 }
 
@@ -346,11 +331,11 @@ func (w *bundleWorker) check(ctx context.Context, src source, i, n uint64, kinds
 	}
 	leaves := w.leaves[:0]
 	for k, e := range entries[:want] {
-		ent, err := ParseEntry(e)
+		kind, err := entryKind(e)
 		if err != nil {
 			return bundleResult{err: &TamperError{Index: first + uint64(k), File: file, Err: err}}
 		}
-		kinds[ent.Kind]++
+		kinds[kind]++
 		leaves = append(leaves, hashLeaf(w.h, e))
 	}
 	w.leaves = leaves[:0]

@@ -1,6 +1,39 @@
 package server
 
-import "net/http"
+import (
+	"net/http"
+	"path/filepath"
 
-// mountConsole mounts the web console (none yet).
-func (s *Server) mountConsole(mux *http.ServeMux) {}
+	"github.com/custos-dev/custos/console"
+	"github.com/custos-dev/custos/ledger"
+)
+
+// mountConsole mounts the web console at /console, fed by detection's alerts,
+// the gateway's access events and the ledger's issuance.
+func (s *Server) mountConsole(mux *http.ServeMux) {
+	c, err := console.New(console.Config{
+		Keys: s.Keys, Policy: s.Keys.Policy(), Staff: s.Staff, Credentials: s.Creds, Detect: s.Detect, Audit: s.Audit,
+		LiveTokens: s.Ledger.Index().Len,
+		EventsDir:  filepath.Join(s.Config.Data, EventsDir), FlushEvents: s.Forensics.Flush,
+		Organization: s.Config.Issuer, Log: s.Log, Now: s.now,
+	})
+	if err != nil {
+		s.Log.Error("console unavailable", "err", err)
+		return
+	}
+	s.Detect.OnAlert(c.Alert)
+	stopIssued := s.Ledger.Subscribe(func(r ledger.Record) { c.Issued(r) })
+	sub := s.Bus.Subscribe(1<<12, false)
+	go func() {
+		for ev := range sub.C {
+			c.Access(ev)
+		}
+	}()
+	s.closers = append(s.closers, func() error {
+		sub.Close()
+		stopIssued()
+		return c.Close()
+	})
+	mux.Handle(console.Prefix+"/", c)
+	mux.Handle(console.Prefix, c)
+}

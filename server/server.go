@@ -76,7 +76,13 @@ type Server struct {
 }
 
 // Open builds every part from cfg. The data directory is created on first start.
-func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time) (_ *Server, err error) {
+func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time) (*Server, error) {
+	return OpenWith(ctx, cfg, log, now, nil)
+}
+
+// OpenWith is Open with the token keys' custody given by the caller instead of
+// the configured backend (the replay uses it to model a key that was copied).
+func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time, tokenCustody keys.Custody) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -105,7 +111,10 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 	}
 	s.closers = append(s.closers, keyring.Close)
 	var custody keys.Custody = keyring
-	if cfg.Keys.Backend == "pkcs11" {
+	backend := cfg.Keys.Backend
+	if tokenCustody != nil {
+		custody, backend = tokenCustody, "external"
+	} else if cfg.Keys.Backend == "pkcs11" {
 		tok, err := openPKCS11(cfg)
 		if err != nil {
 			return nil, err
@@ -149,7 +158,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 	policy.RotateEvery = cfg.Keys.RotateEvery
 	policy.MaxKeyAge = cfg.Keys.MaxKeyAge
 	policy.MaxTokenTTL = cfg.Tokens.MaxTTL
-	s.Keys, err = keys.NewManager(ctx, s.DB, custody, cfg.Keys.Backend, policy, now, s.Audit)
+	s.Keys, err = keys.NewManager(ctx, s.DB, custody, backend, policy, now, s.Audit)
 	if err != nil {
 		return nil, fmt.Errorf("failed to start key management: %w", err)
 	}
@@ -173,10 +182,21 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 	if len(cfg.Detect.AllowedCountries) > 0 {
 		dcfg.ForeignOrigin.Allowed = cfg.Detect.AllowedCountries
 	}
+	if cfg.Detect.Contain {
+		// A validly signed token the authority never issued means its key is
+		// in the wrong hands: revoke the key.
+		pol := detect.ContainPolicy{Action: detect.ActionRevokeKey, DryRun: cfg.Detect.DryRun}
+		if dcfg.Containment == nil {
+			dcfg.Containment = map[string]detect.ContainPolicy{}
+		}
+		dcfg.Containment[detect.RuleNotIssued] = pol
+		dcfg.Containment[detect.RuleDecoySubject] = pol
+	}
 	s.Detect, err = detect.New(dcfg, now)
 	if err != nil {
 		return nil, err
 	}
+	s.Detect.SetContainment(containment{s})
 	if err := s.Detect.SetStore(ctx, s.DB); err != nil {
 		return nil, err
 	}

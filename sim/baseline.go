@@ -194,3 +194,5 @@ func (b *Baseline) World() World {
 }
 
 const timeLayout = "2006-01-02 15:04 MST"
+
+func (b bitset) has(i uint64) bool { return b[i/64]&(1<<(i%64)) != 0 }

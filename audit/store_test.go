@@ -1,0 +1,125 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestMarshalEntryMatchesJSON(t *testing.T) {
+	for name, tc := range map[string]struct {
+		kind string
+		body string
+	}{
+		"ok/plain":   {"key.rotate", `{"kid":"k1"}`},
+		"ok/escaped": {`a"<b>&`, `[1,2]`},
+	} {
+		at := time.Date(2025, 11, 29, 8, 0, 0, 123456789, time.FixedZone("x", 3600))
+		got, err := marshalEntry(tc.kind, at, []byte(tc.body))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want, _ := json.Marshal(Entry{V: Version, Kind: tc.kind, Time: at.UTC(), Body: json.RawMessage(tc.body)})
+		if string(got) != string(want) {
+			t.Fatalf("%s: %s, want %s", name, got, want)
+		}
+		k, err := entryKind(got)
+		if err != nil || k != tc.kind {
+			t.Fatalf("%s: entryKind %q %v", name, k, err)
+		}
+	}
+	if _, err := entryKind([]byte(`{"v":2,"kind":"x","time":"2025-01-01T00:00:00Z","body":{}}`)); err == nil {
+		t.Fatal("fail/v2: accepted")
+	}
+}
+
+func TestAppendManyAndHistory(t *testing.T) {
+	k := newTestKey(t)
+	dir := t.TempDir()
+	l := openTestLog(t, dir, k)
+	vs := make([]any, 700)
+	for i := range vs {
+		vs[i] = i
+	}
+	idx, err := l.appendMany(context.Background(), "test.many", vs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(idx); i++ {
+		if idx[i] != idx[i-1]+1 {
+			t.Fatalf("indices not in order: %v", idx[i-1:i+1])
+		}
+	}
+	time.Sleep(250 * time.Millisecond) // a checkpoint at 700
+	if err := l.AppendMany(context.Background(), "test.many", vs[:10]); err != nil {
+		t.Fatal(err)
+	}
+	l.Close(context.Background())
+	hist, err := os.ReadDir(filepath.Join(dir, checkpointsDir))
+	if err != nil || len(hist) < 3 { // 0, 700, 710
+		t.Fatalf("history: %v %d", err, len(hist))
+	}
+	for _, h := range hist {
+		old, _ := os.ReadFile(filepath.Join(dir, checkpointsDir, h.Name()))
+		n, _ := strconv.ParseUint(h.Name(), 10, 64)
+		if got, ok := checkpointSize(old); !ok || got != n {
+			t.Fatalf("history file %s holds size %d", h.Name(), got)
+		}
+		res, err := Verify(context.Background(), dir, k.verifier, old)
+		if err != nil || res.Size != 710 {
+			t.Fatalf("ok/since-%s: %v %d", h.Name(), err, res.Size)
+		}
+	}
+}
+
+// TestReadOnlyFailsClosed: with the log's state unwritable, Open and Append
+// return errors (Tessera's POSIX driver panicked on its lock file here).
+func TestReadOnlyFailsClosed(t *testing.T) {
+	k := newTestKey(t)
+	t.Run("fail/open-state-is-a-file", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, stateDir), []byte("not a directory"))
+		if l, err := Open(context.Background(), dir, k.signer, fastOpts); err == nil {
+			l.Close(context.Background())
+			t.Fatal("Open succeeded without a writable state directory")
+		}
+	})
+	t.Run("fail/second-writer", func(t *testing.T) {
+		dir := t.TempDir()
+		openTestLog(t, dir, k)
+		if l, err := Open(context.Background(), dir, k.signer, fastOpts); err == nil {
+			l.Close(context.Background())
+			t.Fatal("two writers on one log")
+		}
+	})
+	t.Run("fail/immutable-state", func(t *testing.T) {
+		dir := t.TempDir()
+		l := openTestLog(t, dir, k)
+		if err := l.Append(context.Background(), "key.rotate", map[string]string{"kid": "k1"}); err != nil {
+			t.Fatal(err)
+		}
+		sd := filepath.Join(dir, stateDir)
+		if out, err := exec.Command("chattr", "+i", sd).CombinedOutput(); err != nil {
+			t.Skipf("chattr +i unavailable here (%v: %s); fail/open-state-is-a-file covers root", err, out)
+		}
+		t.Cleanup(func() { exec.Command("chattr", "-i", sd).Run() })
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := l.Append(ctx, "key.rotate", map[string]string{"kid": "k2"}); err == nil {
+			t.Fatal("Append succeeded with read-only tree state")
+		}
+		exec.Command("chattr", "-i", sd).Run()
+		if err := l.Append(context.Background(), "key.rotate", map[string]string{"kid": "k3"}); err != nil {
+			t.Fatalf("Append after recovery: %v", err)
+		}
+		l.Close(context.Background())
+		if res, err := Verify(context.Background(), dir, k.verifier, nil); err != nil || res.Size != 2 {
+			t.Fatalf("Verify after recovery: %v size %d", err, res.Size)
+		}
+	})
+}

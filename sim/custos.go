@@ -1,0 +1,296 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/forensics"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/shop"
+	"github.com/custos-dev/custos/sim/scenario"
+	"github.com/custos-dev/custos/staff"
+)
+
+// Key ids the replay gives the two kinds of token.
+const (
+	stolenKID = "k-copied"
+	liveKID   = "k-live"
+)
+
+// CustosOptions choose a custos world: everything on at default settings, or
+// one control taken away so its share is visible.
+type CustosOptions struct {
+	Name string
+	// KeyStolenAnyway: the attacker holds a key that custody still treats as
+	// live (the sealed keyring and its KEK both stolen, and stolen again after
+	// each rotation). Only provenance and detection stand in the way.
+	KeyStolenAnyway bool
+	// Observe runs the gateway's provenance check (not_issued) in observe
+	// mode: forged tokens pass, detection sees them.
+	Observe bool
+	// NoLifecycle cuts the link between the key and its custodian: his
+	// departure does not rotate it; only the rotation schedule kills it.
+	NoLifecycle bool
+	// Contain turns on automatic containment: a not_issued or decoy_subject
+	// alert revokes the key that signed the token and blocks the source /24.
+	Contain bool
+	// Policy is the key policy (keys.DefaultPolicy() when zero).
+	Policy keys.Policy
+	// Detect configures detection (detect.DefaultConfig() when nil).
+	Detect *detect.Config
+	// EventsDir, if set, receives every access event as Parquet, and the
+	// world's TimeToScope is measured by scoping the incident over it.
+	EventsDir string
+}
+
+// Custos is a world with custos in front of the shop.
+type Custos struct {
+	o        CustosOptions
+	tl       scenario.Timeline
+	pop      shop.Population
+	engine   *detect.Engine
+	writer   *forensics.Writer
+	exposure *Exposure
+
+	mu          sync.Mutex
+	cur         time.Time
+	keyDied     time.Time
+	killedBy    string
+	blocks      []block
+	firstAlert  time.Time
+	containment time.Time
+	falseAlarms int64
+	attackSeqs  bitset
+	maxSeq      uint64
+
+	sent, served, normal int64
+	writeErr             error
+}
+
+type block struct {
+	p     netip.Prefix
+	until time.Time
+}
+
+var _ Observer = (*Custos)(nil)
+
+// NewCustos returns a custos world over s.
+func NewCustos(s *scenario.Scenario, o CustosOptions) (*Custos, error) {
+	if o.Policy == (keys.Policy{}) {
+		o.Policy = keys.DefaultPolicy()
+	}
+	cfg := detect.DefaultConfig()
+	if o.Detect != nil {
+		cfg = *o.Detect
+	}
+	if o.Contain {
+		if cfg.Containment == nil {
+			cfg.Containment = map[string]detect.ContainPolicy{}
+		}
+		cfg.Containment[detect.RuleNotIssued] = detect.ContainPolicy{Action: detect.ActionRevokeKey}
+		cfg.Containment[detect.RuleDecoySubject] = detect.ContainPolicy{Action: detect.ActionRevokeKey}
+	}
+	c := &Custos{o: o, tl: s.Timeline(), pop: s.Population(), exposure: NewExposure(s.Population()),
+		attackSeqs: newBitset(s.Expected() + 1), maxSeq: s.Expected()}
+	eng, err := detect.New(cfg, func() time.Time { return c.cur })
+	if err != nil {
+		return nil, err
+	}
+	eng.SetContainment(c)
+	eng.OnAlert(c.onAlert)
+	c.engine = eng
+	if !o.KeyStolenAnyway {
+		// The copied key was the active key when its custodian left.
+		if o.NoLifecycle {
+			// Rotated out within RotateEvery, verifies until MaxTokenTTL
+			// (plus leeway) later, then retired: dead for the gateway.
+			c.keyDied = c.tl.CustodianLeaves.Add(o.Policy.RotateEvery + o.Policy.MaxTokenTTL + o.Policy.RetireLeeway)
+			c.killedBy = "rotation schedule (no custodian link)"
+		} else {
+			// The offboarding sweep runs every minute: rotate, then revoke.
+			c.keyDied = c.tl.CustodianLeaves.Add(staff.DefaultSweepInterval)
+			c.killedBy = "custodian's departure (offboarding sweep)"
+		}
+	}
+	if o.EventsDir != "" {
+		if c.writer, err = forensics.NewWriter(o.EventsDir, forensics.WriterOptions{}); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Engine is the world's detection engine.
+func (c *Custos) Engine() *detect.Engine { return c.engine }
+
+// Observe runs r through custos's gateway checks, detection and forensics.
+func (c *Custos) Observe(r *scenario.Request) {
+	c.cur = r.Time
+	ev := r.Access("custos-gw")
+	if r.Login {
+		c.engine.Login(r.TokenID, r.Time)
+	}
+	if r.Token != scenario.Forged {
+		c.normal++
+		ev.Token.KID = liveKID
+		ev.Verdict = event.Allow
+	} else {
+		c.sent++
+		if r.Seq <= c.maxSeq {
+			c.attackSeqs.add(r.Seq)
+		}
+		ev.Token.KID = stolenKID
+		if reason, deny := c.verdict(r); deny {
+			ev.Verdict, ev.Reason, ev.Status = event.Deny, reason, 401
+		} else {
+			ev.Verdict, ev.Reason = event.Allow, reason
+			c.served++
+			c.exposure.Add(r)
+		}
+	}
+	c.engine.Process(ev)
+	if c.writer != nil && c.writeErr == nil {
+		c.writeErr = c.writer.Write(ev)
+	}
+}
+
+// verdict applies the gateway's checks, in its order, to a forged token.
+func (c *Custos) verdict(r *scenario.Request) (event.Reason, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, b := range c.blocks {
+		if b.p.Contains(r.SrcIP) && r.Time.Before(b.until) {
+			return event.ReasonBlockedSource, true
+		}
+	}
+	if !c.keyDied.IsZero() && !r.Time.Before(c.keyDied) {
+		return event.ReasonRevokedKey, true
+	}
+	if !c.o.Observe {
+		return event.ReasonNotIssued, true
+	}
+	if r.Decoy {
+		return event.ReasonDecoySubject, true
+	}
+	return event.ReasonNotIssued, false // observe: passed, but the event says what enforce would do
+}
+
+func (c *Custos) onAlert(a detect.Alert) {
+	attack := false
+	for _, id := range a.Samples {
+		if seq, err := strconv.ParseUint(strings.TrimPrefix(id, "r"), 10, 64); err == nil && seq <= c.maxSeq && c.attackSeqs.has(seq) {
+			attack = true
+			break
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !attack {
+		c.falseAlarms++
+		return
+	}
+	if c.firstAlert.IsZero() {
+		c.firstAlert = c.cur
+	}
+}
+
+// RevokeKey is containment: the key dies now (simulated time).
+func (c *Custos) RevokeKey(ctx context.Context, kid, reason string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if kid == stolenKID && (c.keyDied.IsZero() || c.cur.Before(c.keyDied)) {
+		c.keyDied = c.cur
+		c.killedBy = "automatic containment (" + reason + ")"
+		if c.containment.IsZero() {
+			c.containment = c.cur
+		}
+	}
+	return nil
+}
+
+// BlockSource is containment: the gateway refuses the network until until.
+func (c *Custos) BlockSource(ctx context.Context, p netip.Prefix, until time.Time, reason string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.blocks = append(c.blocks, block{p, until})
+	return nil
+}
+
+// RevokeToken is containment; the replay's forged tokens are not in any
+// ledger, so there is nothing to revoke.
+func (c *Custos) RevokeToken(ctx context.Context, jti, reason string) error { return nil }
+
+// ForceRelogin is containment; it does not change the replay.
+func (c *Custos) ForceRelogin(ctx context.Context, subject, reason string) error { return nil }
+
+// World returns the outcome. With EventsDir set it closes the event store and
+// measures the time to a complete scope of the incident (wall clock).
+func (c *Custos) World(ctx context.Context) (World, error) {
+	w := World{
+		Name: c.o.Name, KeyDied: c.keyDied, FirstAlert: c.firstAlert, Containment: c.containment,
+		ForgedSent: c.sent, ForgedServed: c.served, NormalRequests: c.normal,
+	}
+	if !w.FirstAlert.IsZero() {
+		w.AlertDelay = w.FirstAlert.Sub(c.tl.FirstForged)
+	}
+	if c.normal > 0 {
+		w.FalseAlarmsPer10M = float64(c.falseAlarms) * 1e7 / float64(c.normal)
+	}
+	if w.Containment.IsZero() && !c.keyDied.IsZero() && !c.keyDied.After(c.tl.FirstForged) {
+		w.Containment = c.keyDied
+	}
+	c.exposure.Fill(&w)
+	if c.killedBy != "" {
+		w.Notes = append(w.Notes, "key died by "+c.killedBy)
+	}
+	if c.writer != nil {
+		// The store is written as events arrive; the clock starts when the
+		// investigator asks.
+		if err := c.writer.Close(); err != nil {
+			return w, fmt.Errorf("failed to close the event store: %w", err)
+		}
+		if c.writeErr != nil {
+			return w, fmt.Errorf("failed to write events: %w", c.writeErr)
+		}
+		start := time.Now()
+		st, err := forensics.OpenWith(c.o.EventsDir, forensics.Options{Expander: addressBooks{c.pop}})
+		if err != nil {
+			return w, err
+		}
+		defer st.Close()
+		sc, err := st.Scope(ctx, forensics.Indicators{KeyIDs: []string{stolenKID}}, nil)
+		if err != nil {
+			return w, fmt.Errorf("failed to scope the incident: %w", err)
+		}
+		defer sc.Close()
+		w.TimeToScope = time.Since(start)
+		w.Notes = append(w.Notes, fmt.Sprintf("scope from the event store: %d data subjects exposed (%d members, %d non-members), %d exposures, %d refused attempts",
+			sc.Subjects, sc.Members, sc.NonMembers, sc.Exposures, sc.Attempts))
+	}
+	return w, nil
+}
+
+// addressBooks tells forensics whose data an address-book page carries
+// besides its owner's: the recipients in the owner's address book.
+type addressBooks struct{ pop shop.Population }
+
+func (a addressBooks) Expand(ctx context.Context, subject string, classes []string) ([]forensics.Related, error) {
+	id, ok := shop.ParseMember(subject)
+	if !ok {
+		return nil, nil
+	}
+	var out []forensics.Related
+	for _, r := range a.pop.Recipients(id) {
+		if r != subject {
+			out = append(out, forensics.Related{Subject: r, DataClasses: []string{event.ClassName, event.ClassPhone, event.ClassAddress}})
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,659 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/maxmind/mmdbwriter"
+	"github.com/maxmind/mmdbwriter/mmdbtype"
+
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/forensics"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/shop"
+	"github.com/custos-dev/custos/sim/scenario"
+	"github.com/custos-dev/custos/token"
+)
+
+// HTTPOptions configure the HTTP-mode replay.
+type HTTPOptions struct {
+	Scenario scenario.Config
+	// Data is custos's data directory; a fresh temp dir when empty.
+	Data string
+	// Listen and GatewayListen are the API and gateway addresses (loopback,
+	// a free port when empty).
+	Listen, GatewayListen string
+	// Workers is how many requests are in flight at once (default 8).
+	Workers int
+	Log     *slog.Logger
+}
+
+// HTTPReplay is custos serving the sample shop over loopback HTTP, with the
+// breach replayed through it and through a signature-only gateway.
+type HTTPReplay struct {
+	Server                      *server.Server
+	APIURL, GatewayURL, ShopURL string
+	BaselineURL                 string
+	Data                        string
+
+	opts      HTTPOptions
+	sc        *scenario.Scenario
+	custody   *leakyCustody
+	ctx       context.Context
+	cancel    context.CancelFunc
+	done      chan error
+	servers   []*http.Server
+	ownData   bool
+	secret    string
+	clientID  string
+	scimTok   string
+	stolen    crypto.Signer
+	stolenK   keys.Key
+	custodian string
+	report    Report
+
+	simNow     atomic.Int64 // unix nanos of the request being replayed
+	firstAlert atomic.Int64
+	falseAl    atomic.Int64
+	attackNets []scenario.Network
+	firstUse   sync.Map // jti → unix nanos of the first request that used it
+	falseRules sync.Map
+}
+
+func listen(addr string) (net.Listener, error) {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	return net.Listen("tcp", addr)
+}
+
+// StartHTTP starts the sample shop, custos (authority and in-process
+// gateway) and the signature-only baseline gateway on loopback.
+func StartHTTP(ctx context.Context, o HTTPOptions) (_ *HTTPReplay, err error) {
+	if o.Workers <= 0 {
+		o.Workers = 8
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	sc, err := scenario.New(o.Scenario)
+	if err != nil {
+		return nil, err
+	}
+	h := &HTTPReplay{opts: o, sc: sc, custody: newLeakyCustody(), done: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			h.Close()
+		}
+	}()
+	if o.Data == "" {
+		if o.Data, err = os.MkdirTemp("", "custos-replay-"); err != nil {
+			return nil, err
+		}
+		h.ownData = true
+	}
+	h.Data = o.Data
+
+	pop := sc.Population()
+	sh, err := shop.New(pop)
+	if err != nil {
+		return nil, err
+	}
+	shopLn, err := listen("")
+	if err != nil {
+		return nil, err
+	}
+	h.ShopURL = "http://" + shopLn.Addr().String()
+	h.serve(sh, shopLn)
+
+	geo, err := writeGeoDB(filepath.Join(o.Data, "replay-geo.mmdb"), sc.Networks())
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range sc.Networks() {
+		if n.Attacker {
+			h.attackNets = append(h.attackNets, n)
+		}
+	}
+
+	apiLn, err := listen(o.Listen)
+	if err != nil {
+		return nil, err
+	}
+	gwLn, err := listen(o.GatewayListen)
+	if err != nil {
+		apiLn.Close()
+		return nil, err
+	}
+	cfg := config.Default()
+	cfg.Data = filepath.Join(o.Data, "custos")
+	cfg.Issuer = "http://" + apiLn.Addr().String()
+	cfg.Gateway.Upstream = h.ShopURL
+	cfg.Gateway.Name = "custos-gw"
+	cfg.Gateway.GeoIP = []string{geo}
+	cfg.Gateway.TrustedProxies = []string{"127.0.0.1/32"} // the replay driver speaks for the simulated clients
+	for _, r := range shop.Routes() {
+		cfg.Gateway.Routes = append(cfg.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
+	}
+	for id := uint64(1); id <= pop.IDSpace(); id++ {
+		if pop.Kind(id) == shop.Decoy {
+			cfg.Decoys = append(cfg.Decoys, fmt.Sprint(id))
+		}
+	}
+	s, err := server.OpenWith(ctx, cfg, o.Log, nil, h.custody)
+	if err != nil {
+		apiLn.Close()
+		gwLn.Close()
+		return nil, err
+	}
+	h.Server = s
+	h.APIURL, h.GatewayURL = cfg.Issuer, "http://"+gwLn.Addr().String()
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	go func() { h.done <- s.Run(h.ctx, apiLn, gwLn) }()
+	s.Detect.OnAlert(h.onAlert)
+
+	// The breached design: a gateway that checks signatures and nothing else,
+	// trusting every key it has ever seen.
+	bl, err := newSigOnly(h.ShopURL, s.Keys, sc.Timeline().Revoked, h.simTime)
+	if err != nil {
+		return nil, err
+	}
+	blLn, err := listen("")
+	if err != nil {
+		return nil, err
+	}
+	h.BaselineURL = "http://" + blLn.Addr().String()
+	h.serve(bl, blLn)
+
+	if err := h.setup(ctx); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *HTTPReplay) serve(handler http.Handler, ln net.Listener) {
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	h.servers = append(h.servers, srv)
+	go srv.Serve(ln)
+}
+
+func (h *HTTPReplay) simTime() time.Time { return time.Unix(0, h.simNow.Load()) }
+
+// setup registers the login service, provisions the key custodian over SCIM
+// and lets him copy the active signing key, as the attacker did.
+func (h *HTTPReplay) setup(ctx context.Context) error {
+	var cl struct {
+		ID     string `json:"client_id"`
+		Secret string `json:"client_secret"`
+	}
+	if err := h.admin(ctx, "POST", "/v1/clients", map[string]any{"name": "login-service", "audience": []string{config.DefaultAudience}}, &cl); err != nil {
+		return fmt.Errorf("failed to register the login service: %w", err)
+	}
+	h.secret, h.clientID = cl.Secret, cl.ID
+	var st struct {
+		Token string `json:"token"`
+	}
+	if err := h.admin(ctx, "POST", "/v1/scim/tokens", map[string]string{"name": "idp"}, &st); err != nil {
+		return fmt.Errorf("failed to make a SCIM token: %w", err)
+	}
+	h.scimTok = st.Token
+	var user struct {
+		ID string `json:"id"`
+	}
+	if err := h.call(ctx, "POST", h.APIURL+"/scim/v2/Users", h.scimTok, map[string]any{
+		"schemas": []string{"urn:ietf:params:scim:schemas:core:2.0:User"}, "userName": "auth-dev@shop.example",
+		"name": map[string]string{"givenName": "Auth", "familyName": "Developer"}, "active": true,
+	}, &user); err != nil {
+		return fmt.Errorf("failed to provision the custodian: %w", err)
+	}
+	if err := h.call(ctx, "POST", h.APIURL+"/scim/v2/Groups", h.scimTok, map[string]any{
+		"schemas": []string{"urn:ietf:params:scim:schemas:core:2.0:Group"}, "displayName": "auth-key-admins",
+		"members": []map[string]string{{"value": user.ID}},
+	}, nil); err != nil {
+		return fmt.Errorf("failed to make the key-admin group: %w", err)
+	}
+	h.custodian = user.ID
+	k, _, err := h.Server.Keys.Signer(ctx)
+	if err != nil {
+		return err
+	}
+	if h.stolen, err = h.custody.steal(k.KID); err != nil {
+		return err
+	}
+	h.stolenK = k
+	return nil
+}
+
+func (h *HTTPReplay) admin(ctx context.Context, method, path string, body, out any) error {
+	b, err := os.ReadFile(filepath.Join(h.Server.Config.Data, server.AdminTokenFile))
+	if err != nil {
+		return err
+	}
+	return h.call(ctx, method, h.APIURL+path, strings.TrimSpace(string(b)), body, out)
+}
+
+func (h *HTTPReplay) call(ctx context.Context, method, u, bearer string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if strings.Contains(u, "/scim/") {
+		req.Header.Set("Content-Type", "application/scim+json")
+	}
+	req.Header.Set("Authorization", "Bearer "+bearer)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s %s: %d %s", method, u, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+var httpClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+func (h *HTTPReplay) onAlert(a detect.Alert) {
+	if len(a.Samples) == 0 && a.Attrs["src_ip"] == "" {
+		return // raised by the lifecycle (a departure), not by traffic
+	}
+	attack := a.Attrs["kid"] == h.stolenK.KID
+	if ip, err := netipParse(a.Attrs["src_ip"]); err == nil {
+		for _, n := range h.attackNets {
+			if n.Prefix.Contains(ip) {
+				attack = true
+			}
+		}
+	}
+	if !attack {
+		h.falseAl.Add(1)
+		h.falseRules.Store(a.Rule+" "+a.Entity, true)
+		return
+	}
+	// The alert's time is the simulated time of the request that raised it,
+	// found through its token; the driver has moved on by the time it arrives.
+	at := h.simNow.Load()
+	if v, ok := h.firstUse.Load(a.Attrs["jti"]); ok {
+		at = v.(int64)
+	}
+	for {
+		cur := h.firstAlert.Load()
+		if (cur != 0 && cur <= at) || h.firstAlert.CompareAndSwap(cur, at) {
+			return
+		}
+	}
+}
+
+// Run replays the scenario and returns the report. progress may be nil.
+func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint64)) (Report, error) {
+	tl := h.sc.Timeline()
+	pop := h.sc.Population()
+	cw := &httpWorld{name: "custos (http)", exposure: NewExposure(pop)}
+	bw := &httpWorld{name: "baseline (http)", exposure: NewExposure(pop)}
+	tokens := newTokenCache()
+	departed := false
+	var keyDied time.Time
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, h.opts.Workers)
+	var firstErr atomic.Value
+	expected := h.sc.Expected()
+	var n uint64
+	for {
+		var r scenario.Request
+		if !h.sc.NextInto(&r) {
+			break
+		}
+		n++
+		if !departed && !r.Time.Before(tl.CustodianLeaves) {
+			wg.Wait() // the departure happens between requests, in order
+			if err := h.depart(ctx); err != nil {
+				return Report{}, err
+			}
+			departed, keyDied = true, tl.CustodianLeaves
+		}
+		h.simNow.Store(r.Time.UnixNano())
+		if err := ctx.Err(); err != nil {
+			return Report{}, err
+		}
+		if e := firstErr.Load(); e != nil {
+			return Report{}, e.(error)
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(r scenario.Request) {
+			defer func() { <-sem; wg.Done() }()
+			if err := h.replay(ctx, &r, tokens, cw, bw); err != nil {
+				firstErr.CompareAndSwap(nil, err)
+			}
+		}(r)
+		if progress != nil && n%512 == 0 {
+			progress(n, expected)
+		}
+	}
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		return Report{}, e.(error)
+	}
+	if progress != nil {
+		progress(n, expected)
+	}
+	time.Sleep(300 * time.Millisecond) // let detection drain its queue
+	c := cw.world()
+	c.KeyDied = keyDied
+	if fa := h.firstAlert.Load(); fa != 0 {
+		c.FirstAlert = time.Unix(0, fa).UTC()
+		c.AlertDelay = c.FirstAlert.Sub(tl.FirstForged)
+	}
+	if !keyDied.IsZero() && !keyDied.After(tl.FirstForged) {
+		c.Containment = keyDied
+	}
+	if c.NormalRequests > 0 {
+		c.FalseAlarmsPer10M = float64(h.falseAl.Load()) * 1e7 / float64(c.NormalRequests)
+		h.falseRules.Range(func(k, _ any) bool {
+			c.Notes = append(c.Notes, "alert on normal traffic: "+k.(string))
+			return true
+		})
+	}
+	c.Notes = append(c.Notes, "custodian deactivated over SCIM at his departure; offboarding rotated and revoked the key he held")
+	if d, err := h.scope(ctx); err == nil {
+		c.TimeToScope = d.took
+		c.Notes = append(c.Notes, d.note)
+	} else {
+		c.Notes = append(c.Notes, "scope failed: "+err.Error())
+	}
+	b := bw.world()
+	b.KeyDied = tl.Revoked
+	b.FirstAlert, b.AlertDelay = tl.Awareness, tl.Awareness.Sub(tl.FirstForged)
+	b.Containment = tl.Revoked
+	b.Notes = append(b.Notes, "signature-only gateway over HTTP: served every forged token until the historical revocation")
+	h.report = NewReport(h.sc, "http", b, c)
+	return h.report, nil
+}
+
+// Report writes the last run's report as Markdown.
+func (h *HTTPReplay) Report(w io.Writer) error { return h.report.WriteMarkdown(w) }
+
+type scoped struct {
+	took time.Duration
+	note string
+}
+
+// scope seals the event store and scopes the incident (the copied key), as
+// an investigator would, timing it.
+func (h *HTTPReplay) scope(ctx context.Context) (scoped, error) {
+	start := time.Now()
+	if err := h.Server.Forensics.Flush(); err != nil {
+		return scoped{}, err
+	}
+	st, err := forensics.OpenWith(filepath.Join(h.Server.Config.Data, server.EventsDir), forensics.Options{Expander: addressBooks{h.sc.Population()}})
+	if err != nil {
+		return scoped{}, err
+	}
+	defer st.Close()
+	sc, err := st.Scope(ctx, forensics.Indicators{KeyIDs: []string{h.stolenK.KID}}, nil)
+	if err != nil {
+		return scoped{}, err
+	}
+	defer sc.Close()
+	return scoped{time.Since(start), fmt.Sprintf("scope of key %s from the event store: %d data subjects exposed, %d refused attempts", h.stolenK.KID, sc.Subjects, sc.Attempts)}, nil
+}
+
+func (h *HTTPReplay) depart(ctx context.Context) error {
+	return h.call(ctx, "PATCH", h.APIURL+"/scim/v2/Users/"+h.custodian, h.scimTok, map[string]any{
+		"schemas":    []string{"urn:ietf:params:scim:api:messages:2.0:PatchOp"},
+		"Operations": []map[string]any{{"op": "replace", "value": map[string]any{"active": false}}},
+	}, nil)
+}
+
+// replay sends r through custos's gateway and through the baseline.
+func (h *HTTPReplay) replay(ctx context.Context, r *scenario.Request, tokens *tokenCache, cw, bw *httpWorld) error {
+	h.firstUse.LoadOrStore(r.TokenID, r.Time.UnixNano())
+	tok, err := tokens.get(r.TokenID, r.Login, func() (string, error) { return h.token(ctx, r) })
+	if err != nil {
+		return err
+	}
+	forged := r.Token == scenario.Forged
+	for _, w := range []struct {
+		base string
+		w    *httpWorld
+	}{{h.GatewayURL, cw}, {h.BaselineURL, bw}} {
+		st, err := h.get(ctx, w.base+r.Path, tok, r)
+		if err != nil {
+			return err
+		}
+		w.w.count(r, forged, st)
+	}
+	return nil
+}
+
+// token gets r's bearer token: issued by the authority after a login, or
+// minted by the attacker with the copied key.
+func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, error) {
+	if r.Token == scenario.Forged {
+		now := time.Now()
+		return token.Sign(h.stolen, h.stolenK.Alg, h.stolenK.KID, token.Claims{
+			Issuer: h.APIURL, Subject: r.Member, Audience: config.DefaultAudience,
+			IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(10 * time.Minute).Unix(),
+			JTI: r.TokenID, ClientID: h.clientID,
+		})
+	}
+	var out struct {
+		AccessToken string `json:"access_token"`
+	}
+	err := h.call(ctx, "POST", h.APIURL+"/v1/tokens", h.secret, map[string]any{
+		"subject": r.Member, "audience": config.DefaultAudience, "ttl": 900,
+		"client_ip": r.SrcIP.String(), "session_id": r.SessionID,
+	}, &out)
+	return out.AccessToken, err
+}
+
+func (h *HTTPReplay) get(ctx context.Context, u, tok string, r *scenario.Request) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("X-Forwarded-For", r.SrcIP.String())
+	req.Header.Set("User-Agent", r.UserAgent)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// Close stops every server and removes a temp data dir.
+func (h *HTTPReplay) Close() error {
+	if h.cancel != nil {
+		h.cancel()
+		<-h.done
+	}
+	for _, s := range h.servers {
+		s.Close()
+	}
+	if h.Server != nil {
+		h.Server.Close()
+	}
+	if h.ownData {
+		os.RemoveAll(h.opts.Data)
+	}
+	return nil
+}
+
+// Wait blocks until ctx ends, serving (the demo keeps running for the user).
+func (h *HTTPReplay) Wait(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-h.done:
+	}
+}
+
+// httpWorld counts what one gateway let through.
+type httpWorld struct {
+	name     string
+	mu       sync.Mutex
+	exposure *Exposure
+	sent     int64
+	served   int64
+	normal   int64
+}
+
+func (w *httpWorld) count(r *scenario.Request, forged bool, status int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !forged {
+		w.normal++
+		return
+	}
+	w.sent++
+	if status == http.StatusOK || status == http.StatusNotFound {
+		w.served++ // the shop answered: the token was accepted
+	}
+	if status == http.StatusOK {
+		w.exposure.Add(r)
+	}
+}
+
+func (w *httpWorld) world() World {
+	out := World{Name: w.name, ForgedSent: w.sent, ForgedServed: w.served, NormalRequests: w.normal}
+	w.exposure.Fill(&out)
+	return out
+}
+
+type tokenCache struct {
+	mu sync.Mutex
+	m  map[string]*tokenEntry
+}
+
+type tokenEntry struct {
+	once sync.Once
+	tok  string
+	err  error
+}
+
+func newTokenCache() *tokenCache { return &tokenCache{m: map[string]*tokenEntry{}} }
+
+func (c *tokenCache) get(id string, fresh bool, mint func() (string, error)) (string, error) {
+	c.mu.Lock()
+	e := c.m[id]
+	if e == nil || (fresh && e.tok != "") {
+		e = &tokenEntry{}
+		c.m[id] = e
+	}
+	c.mu.Unlock()
+	e.once.Do(func() { e.tok, e.err = mint() })
+	return e.tok, e.err
+}
+
+// sigOnly is the breached design's gateway: it accepts any token whose
+// signature verifies with a key it has ever seen, until the historical
+// revocation of the abused key (in simulated time).
+type sigOnly struct {
+	proxy   *httputil.ReverseProxy
+	keys    *keys.Manager
+	revoked time.Time
+	now     func() time.Time
+	mu      sync.Mutex
+	seen    map[string]keys.Key
+}
+
+func newSigOnly(upstream string, km *keys.Manager, revoked time.Time, now func() time.Time) (*sigOnly, error) {
+	u, err := url.Parse(upstream)
+	if err != nil {
+		return nil, err
+	}
+	return &sigOnly{proxy: httputil.NewSingleHostReverseProxy(u), keys: km, revoked: revoked, now: now, seen: map[string]keys.Key{}}, nil
+}
+
+func (g *sigOnly) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	raw := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	p, err := token.Parse(raw)
+	if err != nil {
+		http.Error(w, "bad token", http.StatusUnauthorized)
+		return
+	}
+	g.mu.Lock()
+	k, ok := g.seen[p.Header.KID]
+	if !ok {
+		if k, ok = g.keys.Lookup(p.Header.KID); ok {
+			g.seen[p.Header.KID] = k // never forgotten: keys live for years
+		}
+	}
+	g.mu.Unlock()
+	if !ok || !g.now().Before(g.revoked) || token.VerifySignature(p, k.Alg, k.Public) != nil {
+		http.Error(w, "bad signature", http.StatusUnauthorized)
+		return
+	}
+	g.proxy.ServeHTTP(w, r)
+}
+
+// writeGeoDB writes a MaxMind-format database of the scenario's networks so
+// the gateway fills country and ASN as it would in production.
+func writeGeoDB(path string, nets []scenario.Network) (string, error) {
+	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "custos-replay", RecordSize: 24})
+	if err != nil {
+		return "", err
+	}
+	for _, n := range nets {
+		_, ipn, err := net.ParseCIDR(n.Prefix.String())
+		if err != nil {
+			return "", err
+		}
+		if err := tree.Insert(ipn, mmdbtype.Map{
+			"country":                  mmdbtype.Map{"iso_code": mmdbtype.String(n.Country)},
+			"autonomous_system_number": mmdbtype.Uint32(n.ASN),
+		}); err != nil {
+			return "", err
+		}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if _, err := tree.WriteTo(f); err != nil {
+		f.Close()
+		return "", err
+	}
+	return path, f.Close()
+}
+
+var errNoIP = errors.New("no ip")
+
+func netipParse(s string) (netip.Addr, error) {
+	if s == "" {
+		return netip.Addr{}, errNoIP
+	}
+	return netip.ParseAddr(s)
+}
