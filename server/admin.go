@@ -22,32 +22,31 @@ func actorOf(ctx context.Context) string {
 // not left may call it. The staff identity becomes the action's actor.
 func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok := ""
+		var staffID string
 		if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
-			tok = strings.TrimSpace(a[7:])
-		}
-		if tok == "" {
-			if c, err := r.Cookie(sessionCookie); err == nil {
-				tok = c.Value
+			if adm, err := s.Creds.Admin(strings.TrimSpace(a[7:])); err == nil {
+				staffID = adm.StaffID
+			}
+		} else if s.Console != nil {
+			// A console session (cookie, with its CSRF token on writes).
+			if sess, ok := s.Console.Sessions().FromRequest(r); ok {
+				staffID = sess.StaffID
 			}
 		}
-		a, err := s.Creds.Admin(tok)
-		if err != nil {
+		if staffID == "" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="custos-admin"`)
 			authority.WriteError(w, http.StatusUnauthorized, "invalid_token", "admin credential required")
 			return
 		}
 		if s.Staff != nil {
-			if err := s.Staff.CheckActor(r.Context(), a.StaffID); err != nil {
+			if err := s.Staff.CheckActor(r.Context(), staffID); err != nil {
 				authority.WriteError(w, http.StatusForbidden, "access_denied", "credential belongs to a departed staff member")
 				return
 			}
 		}
-		h(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, a.StaffID)))
+		h(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, staffID)))
 	}
 }
-
-const sessionCookie = "custos_session"
 
 type keyView struct {
 	keys.Key

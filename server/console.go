@@ -13,14 +13,16 @@ import (
 func (s *Server) mountConsole(mux *http.ServeMux) {
 	c, err := console.New(console.Config{
 		Keys: s.Keys, Policy: s.Keys.Policy(), Staff: s.Staff, Credentials: s.Creds, Detect: s.Detect, Audit: s.Audit,
-		LiveTokens: s.Ledger.Index().Len,
-		EventsDir:  filepath.Join(s.Config.Data, EventsDir), FlushEvents: s.Forensics.Flush,
+		CheckpointVerifier: s.checkpointVerifier,
+		LiveTokens:         s.Ledger.Index().Len,
+		EventsDir:          filepath.Join(s.Config.Data, EventsDir), FlushEvents: s.Forensics.Flush,
 		Organization: s.Config.Issuer, Log: s.Log, Now: s.now,
 	})
 	if err != nil {
 		s.Log.Error("console unavailable", "err", err)
 		return
 	}
+	s.Console = c
 	s.Detect.OnAlert(c.Alert)
 	stopIssued := s.Ledger.Subscribe(func(r ledger.Record) { c.Issued(r) })
 	sub := s.Bus.Subscribe(1<<12, false)

@@ -20,10 +20,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/custos-dev/custos/audit"
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/console"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/forensics"
@@ -63,6 +65,7 @@ type Server struct {
 	Audit     *audit.Log
 	Forensics *forensics.Writer
 	Gateway   *gateway.Gateway
+	Console   *console.Console
 	Bus       *event.Bus
 	Registry  *prometheus.Registry
 
@@ -72,7 +75,9 @@ type Server struct {
 	now        func() time.Time
 	closers    []func() error
 	keyChanges fanout
-	mux        *http.ServeMux
+
+	checkpointVerifier note.Verifier
+	mux                *http.ServeMux
 }
 
 // Open builds every part from cfg. The data directory is created on first start.
@@ -144,6 +149,9 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 	noteSigner, err := audit.NewNoteSigner(logName(cfg.Issuer), cpSigner)
 	if err != nil {
+		return nil, err
+	}
+	if s.checkpointVerifier, err = audit.NewNoteVerifier(logName(cfg.Issuer), cpSigner.Public().(ed25519.PublicKey)); err != nil {
 		return nil, err
 	}
 	s.Audit, err = audit.Open(ctx, filepath.Join(dir, AuditDir), noteSigner, audit.Options{})
