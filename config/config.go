@@ -51,6 +51,28 @@ type Config struct {
 	Staff Staff `yaml:"staff"`
 	// Detect: detection engine.
 	Detect Detect `yaml:"detect"`
+	// Role is which parts this process runs: all (default), authority,
+	// gateway, detector or forensics. Roles other than all find each other
+	// through the bus (Scale.NATS).
+	Role string `yaml:"role" env:"CUSTOS_ROLE"`
+	// Scale names the existing engines of a scale-out deployment. Each is
+	// optional; empty means the embedded default.
+	Scale Scale `yaml:"scale"`
+}
+
+// Scale configures the scale-out backends.
+type Scale struct {
+	// Store is the control-plane database: a postgres:// URL (default: SQLite in DATA).
+	Store string `yaml:"store" env:"CUSTOS_STORE"`
+	// Redis is the issuance ledger's Redis URL, redis://host:port/db (default: SQLite in DATA).
+	Redis string `yaml:"redis" env:"CUSTOS_REDIS"`
+	// NATS is the event bus URL (default: in-process).
+	NATS string `yaml:"nats" env:"CUSTOS_NATS"`
+	// Partitions of the access-event stream (default 8).
+	Partitions int `yaml:"partitions"`
+	// Instance and Instances: this detector's share of the partitions.
+	Instance  int `yaml:"instance"`
+	Instances int `yaml:"instances"`
 }
 
 // Keys configures key custody and the key lifecycle policy.
@@ -152,6 +174,7 @@ func Default() Config {
 		Gateway: Gateway{Listen: DefaultGatewayListen, Audience: []string{DefaultAudience}, Leeway: 30 * time.Second},
 		Staff:   Staff{KeyAdminGroup: "auth-key-admins"},
 		Detect:  Detect{AllowedCountries: []string{"KR"}},
+		Role:    "all",
 	}
 }
 
@@ -272,6 +295,23 @@ func (c *Config) Validate() error {
 		if r.SubjectParam != "" && !strings.Contains(r.Pattern, "{"+r.SubjectParam+"}") {
 			return bad(fmt.Sprintf("gateway.routes[%d].subject_param", i), "%q is not a parameter of %q", r.SubjectParam, r.Pattern)
 		}
+	}
+	switch c.Role {
+	case "all", "authority", "gateway", "detector", "forensics":
+	default:
+		return bad("role", "must be all, authority, gateway, detector or forensics, not %q", c.Role)
+	}
+	if c.Role != "all" && c.Role != "authority" && c.Scale.NATS == "" {
+		return bad("scale.nats", "role %s needs the event bus", c.Role)
+	}
+	if c.Scale.Store != "" && !strings.HasPrefix(c.Scale.Store, "postgres://") && !strings.HasPrefix(c.Scale.Store, "postgresql://") {
+		return bad("scale.store", "must be a postgres:// URL")
+	}
+	if c.Scale.Redis != "" && !strings.HasPrefix(c.Scale.Redis, "redis://") {
+		return bad("scale.redis", "must be a redis:// URL")
+	}
+	if c.Scale.Instances < 0 || c.Scale.Instance < 0 || (c.Scale.Instances > 0 && c.Scale.Instance >= c.Scale.Instances) {
+		return bad("scale.instance", "must be in [0, scale.instances)")
 	}
 	if c.Gateway.Leeway < 0 || c.Gateway.Leeway > 5*time.Minute {
 		return bad("gateway.leeway", "must be in [0, 5m]")

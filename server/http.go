@@ -30,6 +30,10 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("POST /v1/keys/rotate", s.admin(s.rotateKey))
 	mux.HandleFunc("POST /v1/keys/{kid}/revoke", s.admin(s.revokeKey))
 	mux.HandleFunc("GET /v1/keys/revoked", s.revokedKeys)
+	mux.HandleFunc("GET /v1/keys/hygiene", s.admin(s.keyHygiene))
+	mux.HandleFunc("GET /v1/keys/{kid}/custodians", s.admin(s.listCustodians))
+	mux.HandleFunc("POST /v1/keys/{kid}/custodians", s.admin(s.addCustodian))
+	mux.HandleFunc("GET /v1/staff", s.admin(s.listStaff))
 	mux.Handle("GET /v1/keys/stream", gateway.KeyStreamHandler(s.keyChanges.subscribe))
 	mux.HandleFunc("GET /v1/clients", s.admin(s.listClients))
 	mux.HandleFunc("POST /v1/clients", s.admin(s.addClient))
@@ -46,6 +50,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /v1/alerts/stream", s.admin(dh.ServeHTTP))
 	mux.Handle("GET /v1/incidents", s.admin(dh.ServeHTTP))
 	mux.Handle("GET /v1/incidents/{id}", s.admin(dh.ServeHTTP))
+	mux.HandleFunc("POST /v1/incidents/{id}/scope", s.admin(s.scopeIncident))
 	mux.Handle("POST /v1/events", s.admin(ingest.Handler(s.Ledger, s.Bus.Publish).ServeHTTP))
 
 	mux.Handle("/audit/", http.StripPrefix("/audit", s.Audit.Handler()))

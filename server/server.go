@@ -33,6 +33,7 @@ import (
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/keys/sealed"
 	"github.com/custos-dev/custos/ledger"
+	ledgerredis "github.com/custos-dev/custos/ledger/redis"
 	ledgersqlite "github.com/custos-dev/custos/ledger/sqlite"
 	"github.com/custos-dev/custos/staff"
 	"github.com/custos-dev/custos/store"
@@ -128,7 +129,11 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		custody = tok
 	}
 
-	s.DB, err = store.OpenSQLite(filepath.Join(dir, StoreFile))
+	if cfg.Scale.Store != "" {
+		s.DB, err = store.OpenPostgres(ctx, cfg.Scale.Store)
+	} else {
+		s.DB, err = store.OpenSQLite(filepath.Join(dir, StoreFile))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +179,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	s.Keys.OnChange(s.keyChanges.publish)
 
 	// Ledger.
-	lb, err := ledgersqlite.Open(filepath.Join(dir, LedgerFile))
+	lb, err := openLedgerBackend(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +267,20 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 	s.mux = s.routes()
 	return s, nil
+}
+
+// ledgerBackend is a ledger backend that can be closed.
+type ledgerBackend interface {
+	ledger.Backend
+	Close() error
+}
+
+// openLedgerBackend opens Redis when configured, else SQLite in the data dir.
+func openLedgerBackend(ctx context.Context, cfg config.Config) (ledgerBackend, error) {
+	if cfg.Scale.Redis != "" {
+		return ledgerredis.Open(ctx, cfg.Scale.Redis)
+	}
+	return ledgersqlite.Open(filepath.Join(cfg.Data, LedgerFile))
 }
 
 // GatewayConfig maps the configuration file's gateway section to the gateway's.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/api"
+	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
@@ -368,4 +369,8 @@ func TestRestartAndBadKeyring(t *testing.T) {
 		t.Fatal("wrong KEK accepted")
 	}
 	_ = keys.Active
+}
+
+func authorityRequest(sub string) authority.Request {
+	return authority.Request{Subject: sub, Audience: config.DefaultAudience}
 }
