@@ -195,7 +195,7 @@ func TestIntrospectForgedTokenIsInactive(t *testing.T) {
 	ctx := context.Background()
 	// Signed with the real key but never issued: the stolen-key case.
 	forged, err := token.Sign(f.sig.priv, keys.EdDSA, "k1", token.Claims{Issuer: "https://custos.test", Subject: "42", Audience: "shop-api",
-		IssuedAt: f.now.Unix(), NotBefore: f.now.Unix(), ExpiresAt: f.now.Add(time.Minute).Unix(), JTI: "forged"})
+		IssuedAt: f.now.Unix(), NotBefore: f.now.Unix(), ExpiresAt: f.now.Add(time.Minute).Unix(), JTI: "forged", ClientID: f.client.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
