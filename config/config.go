@@ -70,6 +70,8 @@ type Scale struct {
 	NATS string `yaml:"nats" env:"CUSTOS_NATS"`
 	// Partitions of the access-event stream (default 8).
 	Partitions int `yaml:"partitions"`
+	// Prefix of the bus's subjects and streams (default custos).
+	Prefix string `yaml:"prefix" env:"CUSTOS_NATS_PREFIX"`
 	// Instance and Instances: this detector's share of the partitions.
 	Instance  int `yaml:"instance"`
 	Instances int `yaml:"instances"`
@@ -162,6 +164,12 @@ type Detect struct {
 	// Webhook receives alerts (HMAC-signed with the secret in WebhookSecretEnv).
 	Webhook          string `yaml:"webhook" env:"CUSTOS_WEBHOOK"`
 	WebhookSecretEnv string `yaml:"webhook_secret_env" env:"CUSTOS_WEBHOOK_SECRET_ENV"`
+	// Slack is a Slack-compatible incoming-webhook URL for alerts.
+	Slack string `yaml:"slack" env:"CUSTOS_SLACK"`
+	// Syslog is host:port of an RFC 5424 syslog receiver (UDP).
+	Syslog string `yaml:"syslog" env:"CUSTOS_SYSLOG"`
+	// AlertsFile appends every alert as a JSON line.
+	AlertsFile string `yaml:"alerts_file" env:"CUSTOS_ALERTS_FILE"`
 }
 
 // Default returns the configuration with every default filled in.
@@ -312,6 +320,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Scale.Instances < 0 || c.Scale.Instance < 0 || (c.Scale.Instances > 0 && c.Scale.Instance >= c.Scale.Instances) {
 		return bad("scale.instance", "must be in [0, scale.instances)")
+	}
+	if c.Detect.Webhook != "" && c.Detect.WebhookSecretEnv == "" {
+		return bad("detect.webhook_secret_env", "a webhook needs an HMAC secret (name the environment variable holding it)")
 	}
 	if c.Gateway.Leeway < 0 || c.Gateway.Leeway > 5*time.Minute {
 		return bad("gateway.leeway", "must be in [0, 5m]")

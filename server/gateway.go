@@ -64,6 +64,21 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	go led.Run(ctx)
 
 	bus := event.NewBus()
+	if cfg.Scale.NATS != "" {
+		b, err := openBus(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		sink := b.Sink(ctx)
+		sub := bus.Subscribe(1<<14, true)
+		go func() {
+			for ev := range sub.C {
+				sink.Publish(ev)
+			}
+		}()
+		defer sub.Close()
+	}
 	g, err := gateway.New(GatewayConfig(cfg), ks, led, bus, time.Now)
 	if err != nil {
 		return err

@@ -210,6 +210,9 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		return nil, err
 	}
 	s.Detect.SetContainment(containment{s})
+	if err := s.attachSinks(s.Detect); err != nil {
+		return nil, err
+	}
 	if err := s.Detect.SetStore(ctx, s.DB); err != nil {
 		return nil, err
 	}
@@ -254,8 +257,20 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 	s.closers = append(s.closers, s.Forensics.Close)
 
-	// In-process gateway.
-	if cfg.Gateway.Upstream != "" || len(cfg.Gateway.Routes) > 0 {
+	// The bus of a scale-out deployment: this process's events go to it.
+	if cfg.Scale.NATS != "" {
+		b, err := openBus(ctx, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, b.Close)
+		bctx, cancel := context.WithCancel(context.Background())
+		s.closers = append(s.closers, func() error { cancel(); return nil })
+		s.bridge(bctx, b)
+	}
+
+	// In-process gateway (not in the authority role of a scale-out deployment).
+	if cfg.Role != "authority" && (cfg.Gateway.Upstream != "" || len(cfg.Gateway.Routes) > 0) {
 		s.Gateway, err = gateway.New(GatewayConfig(cfg), s.Keys, s.Ledger, s.Bus, now)
 		if err == nil {
 			s.closers = append(s.closers, s.Gateway.Close)

@@ -44,7 +44,9 @@ func listen(t *testing.T) net.Listener {
 	return ln
 }
 
-func start(t *testing.T) *env {
+func start(t *testing.T) *env { return startWith(t, nil) }
+
+func startWith(t *testing.T, edit func(*config.Config)) *env {
 	t.Helper()
 	e := &env{pop: shop.Population{Members: 1000, Missing: 200, Decoys: 5, Seed: 1}}
 	sh, err := shop.New(e.pop)
@@ -69,6 +71,9 @@ func start(t *testing.T) *env {
 		if e.pop.Kind(id) == shop.Decoy {
 			cfg.Decoys = append(cfg.Decoys, fmt.Sprint(id))
 		}
+	}
+	if edit != nil {
+		edit(&cfg)
 	}
 	e.cfg = cfg
 	ctx, cancel := context.WithCancel(context.Background())

@@ -39,7 +39,7 @@ func newLogger() *slog.Logger {
 }
 
 func init() {
-	var cfgPath, data, listen, issuer, upstream string
+	var cfgPath, data, listen, issuer, upstream, role string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run every part of custos in one process on the embedded default",
@@ -58,12 +58,24 @@ func init() {
 				if cmd.Flags().Changed("upstream") {
 					c.Gateway.Upstream = upstream
 				}
+				if cmd.Flags().Changed("role") {
+					c.Role = role
+				}
 			})
 			if err != nil {
 				return err
 			}
 			ctx, cancel := signalContext()
 			defer cancel()
+			switch cfg.Role {
+			case "gateway":
+				if cfg.Gateway.Authority == "" {
+					cfg.Gateway.Authority = cfg.Issuer
+				}
+				return server.RunGateway(ctx, cfg, newLogger())
+			case "detector", "forensics":
+				return server.RunRole(ctx, cfg, newLogger())
+			}
 			return serve(ctx, cfg, cmd)
 		},
 	}
@@ -72,6 +84,7 @@ func init() {
 	cmd.Flags().StringVar(&listen, "listen", config.DefaultListen, "API address")
 	cmd.Flags().StringVar(&issuer, "issuer", config.DefaultIssuer, "token issuer (iss) and public base URL")
 	cmd.Flags().StringVar(&upstream, "upstream", "", "run the gateway in-process in front of this upstream URL")
+	cmd.Flags().StringVar(&role, "role", "all", "parts to run: all, authority, gateway, detector or forensics (scale-out roles need scale.nats)")
 	root.AddCommand(cmd)
 }
 

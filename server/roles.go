@@ -1,0 +1,154 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/forensics"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/natsbus"
+)
+
+// openBus connects to the NATS bus of a scale-out deployment.
+func openBus(ctx context.Context, cfg config.Config, log *slog.Logger) (*natsbus.Bus, error) {
+	b, err := natsbus.Open(ctx, natsbus.Config{URL: cfg.Scale.NATS, Partitions: cfg.Scale.Partitions, Prefix: cfg.Scale.Prefix})
+	if err != nil {
+		return nil, err
+	}
+	b.OnError = func(err error) { log.Warn("event bus", "err", err) }
+	return b, nil
+}
+
+// bridge publishes this process's access events, issuance and key changes
+// to the bus, for the other roles.
+func (s *Server) bridge(ctx context.Context, b *natsbus.Bus) {
+	sink := b.Sink(ctx)
+	sub := s.Bus.Subscribe(1<<14, true)
+	go func() {
+		for ev := range sub.C {
+			sink.Publish(ev)
+		}
+	}()
+	stop := s.Ledger.Subscribe(func(r ledger.Record) {
+		// On the commit path: hand off without blocking.
+		go func() {
+			if err := b.PublishIssuance(ctx, r); err != nil {
+				s.Log.Warn("failed to publish issuance", "err", err)
+			}
+		}()
+	})
+	s.keyChanges.subscribe(func(k keys.Key) {
+		go func() {
+			if err := b.PublishKey(ctx, k); err != nil {
+				s.Log.Warn("failed to publish key change", "err", err)
+			}
+		}()
+	})
+	go func() { <-ctx.Done(); sub.Close(); stop() }()
+}
+
+// RunRole runs one role of a scale-out deployment: detector or forensics,
+// each consuming access events from the bus, with health and readiness on
+// cfg.Listen. (all, authority and gateway run through Open/Run and RunGateway.)
+func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	b, err := openBus(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	ready := func(extra func() error) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			checks := map[string]string{"bus": "ok"}
+			status := http.StatusOK
+			if err := b.Ping(); err != nil {
+				checks["bus"], status = err.Error(), http.StatusServiceUnavailable
+			}
+			if extra != nil {
+				if err := extra(); err != nil {
+					checks["store"], status = err.Error(), http.StatusServiceUnavailable
+				}
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			json.NewEncoder(w).Encode(checks)
+		}
+	}
+	var consume func(context.Context) error
+	switch cfg.Role {
+	case "detector":
+		dcfg := detect.DefaultConfig()
+		if len(cfg.Detect.AllowedCountries) > 0 {
+			dcfg.ForeignOrigin.Allowed = cfg.Detect.AllowedCountries
+		}
+		e, err := detect.New(dcfg, time.Now)
+		if err != nil {
+			return err
+		}
+		if cfg.Detect.Rules != "" {
+			if err := e.LoadRules(cfg.Detect.Rules); err != nil {
+				return err
+			}
+		}
+		e.OnAlert(func(a detect.Alert) {
+			if err := b.PublishAlert(ctx, a.ID, a); err != nil {
+				log.Warn("failed to publish alert", "err", err)
+			}
+		})
+		mux.Handle("GET /v1/alerts", e.Handler())
+		mux.Handle("GET /v1/alerts/stream", e.Handler())
+		mux.Handle("GET /v1/incidents", e.Handler())
+		mux.Handle("GET /v1/incidents/{id}", e.Handler())
+		mux.HandleFunc("GET /readyz", ready(nil))
+		n := cfg.Scale.Instances
+		if n == 0 {
+			n = 1
+		}
+		parts := b.Partitions(cfg.Scale.Instance, n)
+		consume = func(ctx context.Context) error {
+			return b.Consume(ctx, "detector", parts, func(ev event.Access) error { e.Process(ev); return nil })
+		}
+	case "forensics":
+		w, err := forensics.NewWriter(filepath.Join(cfg.Data, EventsDir), forensics.WriterOptions{})
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		mux.HandleFunc("GET /readyz", ready(nil))
+		consume = func(ctx context.Context) error {
+			return b.Consume(ctx, "forensics", b.Partitions(0, 1), w.Write)
+		}
+	default:
+		return fmt.Errorf("role %q does not run through RunRole", cfg.Role)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("failed to listen on %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		srv.Shutdown(sctx)
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- consume(ctx) }()
+	log.Info("custos "+cfg.Role+" serving", "listen", "http://"+ln.Addr().String(), "bus", cfg.Scale.NATS)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return <-errc
+}

@@ -1,0 +1,139 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/testenv"
+	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/token"
+)
+
+// Scale-out roles over the local NATS: the authority-side gateway publishes
+// access events; a detector process raises the alert and a forensics process
+// stores the events.
+func TestRolesOverNATS(t *testing.T) {
+	url := "nats://127.0.0.1:4222"
+	nc, err := nats.Connect(url, nats.Timeout(2*time.Second))
+	testenv.Require(t, "NATS JetStream at "+url, err)
+	nc.Close()
+	prefix := fmt.Sprintf("custos-roles-%d", rand.Uint32())
+	defer func() {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		js, _ := nc.JetStream()
+		for name := range js.StreamNames() {
+			if len(name) > 0 && len(name) >= len(prefix) && name[:len(prefix)] == toStream(prefix) {
+				js.DeleteStream(name)
+			}
+		}
+	}()
+
+	e := startWith(t, func(c *config.Config) {
+		c.Scale.NATS, c.Scale.Prefix, c.Scale.Partitions = url, prefix, 2
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	det, fz := e.cfg, e.cfg
+	det.Role, det.Listen = "detector", listen(t).Addr().String()
+	fz.Role, fz.Listen, fz.Data = "forensics", listen(t).Addr().String(), t.TempDir()
+	// The listeners above were only for free ports.
+	for _, c := range []config.Config{det, fz} {
+		c := c
+		go func() {
+			for ctx.Err() == nil {
+				if err := server.RunRole(ctx, c, log); err != nil && ctx.Err() == nil {
+					time.Sleep(100 * time.Millisecond) // port still held by the probe listener: retry
+					continue
+				}
+				return
+			}
+		}()
+	}
+
+	secret := e.client(t)
+	m := member(e.pop, 5)
+	k, signer, _ := e.s.Keys.Signer(ctx)
+	now := time.Now()
+	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-roles", ClientID: "x"})
+	tok := e.issue(t, secret, m)
+	if st, _ := e.get(t, tok, "/api/members/"+m+"/profile"); st != 200 {
+		t.Fatalf("issued: %d", st)
+	}
+	if st, reason := e.get(t, forged, "/api/members/"+m+"/profile"); reason != string(event.ReasonNotIssued) {
+		t.Fatalf("forged: %d %s", st, reason)
+	}
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var alerts struct {
+			Alerts []struct {
+				Rule string `json:"rule"`
+			} `json:"alerts"`
+		}
+		resp, err := http.Get("http://" + det.Listen + "/v1/alerts")
+		if err == nil {
+			json.NewDecoder(resp.Body).Decode(&alerts)
+			resp.Body.Close()
+		}
+		found := false
+		for _, a := range alerts.Alerts {
+			found = found || a.Rule == "not_issued"
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the detector role raised no not_issued alert (%+v, %v)", alerts, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + fz.Listen + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("forensics role not ready: %v", err)
+	}
+	resp.Body.Close()
+	cancel()
+	time.Sleep(500 * time.Millisecond) // the forensics role seals its files on the way out
+	var files []string
+	filepath.Walk(filepath.Join(fz.Data, server.EventsDir), func(p string, info os.FileInfo, err error) error {
+		if err == nil && filepath.Ext(p) == ".parquet" {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if len(files) == 0 {
+		t.Fatal("the forensics role wrote no event files")
+	}
+}
+
+func toStream(prefix string) string {
+	b := []byte(prefix)
+	for i, c := range b {
+		if c >= 'a' && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+		if c == '-' || c == '.' {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
