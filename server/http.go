@@ -54,6 +54,8 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /v1/events", s.admin(ingest.Handler(s.Ledger, s.Bus.Publish).ServeHTTP))
 
 	mux.Handle("/audit/", http.StripPrefix("/audit", s.Audit.Handler()))
+	mux.HandleFunc("POST /v1/incidents/{id}/hold", s.admin(s.holdIncident))
+	mux.HandleFunc("DELETE /v1/incidents/{id}/hold", s.admin(s.releaseIncident))
 
 	s.mountConsole(mux)
 
@@ -121,6 +123,9 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 func (s *Server) Run(ctx context.Context, ln, gw net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if err := s.startAudit(ctx); err != nil {
+		return fmt.Errorf("failed to start the audit feeds: %w", err)
+	}
 	s.startLoops(ctx)
 	errc := make(chan error, 2)
 	serve := func(h http.Handler, l net.Listener) {
@@ -189,6 +194,7 @@ func (s *Server) startLoops(ctx context.Context) {
 	every(10*time.Second, s.Keys.Tick, "key schedule")
 	every(time.Minute, func(ctx context.Context) error { _, err := s.Ledger.Sweep(ctx); return err }, "ledger sweep")
 	every(time.Minute, s.Staff.Sweep, "offboarding sweep")
+	every(time.Hour, s.retainEvents, "event retention")
 
 	det := s.Bus.Subscribe(1<<16, false)
 	go s.Detect.Run(ctx, det.C)

@@ -16,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/custos-dev/custos/api"
+	"github.com/custos-dev/custos/audit"
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
@@ -378,4 +381,70 @@ func TestRestartAndBadKeyring(t *testing.T) {
 
 func authorityRequest(sub string) authority.Request {
 	return authority.Request{Subject: sub, Audience: config.DefaultAudience}
+}
+
+// What happens is in the audit log: key changes, client changes, access
+// digests and alerts, and the log verifies against its signed checkpoint.
+// An incident can place an evidence hold.
+func TestAuditTrail(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	secret := e.client(t)
+	m := member(e.pop, 9)
+	tok := e.issue(t, secret, m)
+	e.get(t, tok, "/api/members/"+m+"/profile")
+	k, signer, _ := e.s.Keys.Signer(ctx)
+	now := time.Now()
+	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-audit", ClientID: "x"})
+	e.get(t, forged, "/api/members/"+m+"/profile")
+	if err := e.api.Do(ctx, "POST", "/v1/keys/rotate", map[string]string{"reason": "test"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(e.cfg.Data, server.AuditDir)
+	vkey, err := os.ReadFile(filepath.Join(dir, "vkey"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := note.NewVerifier(strings.TrimSpace(string(vkey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"keys.rotate", "client.add", audit.KindDigest, "alert"}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := audit.Verify(ctx, dir, v, nil)
+		missing := ""
+		for _, kind := range want {
+			if err == nil && res.Kinds[kind] == 0 {
+				missing = kind
+			}
+		}
+		if err == nil && missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit log: err %v, missing kind %q (have %v)", err, missing, res.Kinds)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var incidents struct {
+		Incidents []struct {
+			ID string `json:"id"`
+		} `json:"incidents"`
+	}
+	if err := e.api.Do(ctx, "GET", "/v1/incidents", nil, &incidents); err != nil || len(incidents.Incidents) == 0 {
+		t.Fatalf("incidents: %v %+v", err, incidents)
+	}
+	id := incidents.Incidents[0].ID
+	if err := e.api.Do(ctx, "POST", "/v1/incidents/"+id+"/hold", map[string]string{"reason": "regulator"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	holds, _ := e.s.Audit.Holds()
+	if len(holds) != 1 || holds[0].ID != "incident:"+id {
+		t.Fatalf("holds %+v", holds)
+	}
+	if err := e.api.Do(ctx, "POST", "/v1/incidents/nope/hold", map[string]string{"reason": "x"}, nil); err == nil {
+		t.Fatal("hold on an unknown incident accepted")
+	}
 }
