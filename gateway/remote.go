@@ -333,3 +333,12 @@ func KeyStreamHandler(subscribe func(func(keys.Key)) (unsubscribe func())) http.
 		}
 	})
 }
+
+// Apply takes a key change heard elsewhere (the bus of a scale-out
+// deployment): a revocation takes effect at once; a new usable key makes the
+// next Refresh fetch the key set.
+func (rk *RemoteKeys) Apply(ctx context.Context, k keys.Key) {
+	if rk.apply(KeyChange{KID: k.KID, State: k.State}) {
+		rk.Refresh(ctx)
+	}
+}

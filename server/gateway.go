@@ -16,6 +16,7 @@ import (
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger/remote"
 )
 
@@ -78,6 +79,7 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 			}
 		}()
 		defer sub.Close()
+		go b.ConsumeKeys(ctx, func(k keys.Key) error { ks.Apply(ctx, k); return nil })
 	}
 	g, err := gateway.New(GatewayConfig(cfg), ks, led, bus, time.Now)
 	if err != nil {

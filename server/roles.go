@@ -55,6 +55,14 @@ func (s *Server) bridge(ctx context.Context, b *natsbus.Bus) {
 			}
 		}()
 	})
+	// Replicas share the store: a key change announced by another replica
+	// is read back from it, so every replica signs and verifies alike.
+	go b.ConsumeKeys(ctx, func(k keys.Key) error {
+		if cur, ok := s.Keys.Lookup(k.KID); ok && cur.State == k.State {
+			return nil
+		}
+		return s.Keys.Reload(ctx)
+	})
 	go func() { <-ctx.Done(); sub.Close(); stop() }()
 }
 

@@ -27,23 +27,9 @@ import (
 // stores the events.
 func TestRolesOverNATS(t *testing.T) {
 	url := "nats://127.0.0.1:4222"
-	nc, err := nats.Connect(url, nats.Timeout(2*time.Second))
-	testenv.Require(t, "NATS JetStream at "+url, err)
-	nc.Close()
+	requireNATS(t)
 	prefix := fmt.Sprintf("custos-roles-%d", rand.Uint32())
-	defer func() {
-		nc, err := nats.Connect(url)
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		js, _ := nc.JetStream()
-		for name := range js.StreamNames() {
-			if len(name) > 0 && len(name) >= len(prefix) && name[:len(prefix)] == toStream(prefix) {
-				js.DeleteStream(name)
-			}
-		}
-	}()
+	defer deleteStreams(prefix)
 
 	e := startWith(t, func(c *config.Config) {
 		c.Scale.NATS, c.Scale.Prefix, c.Scale.Partitions = url, prefix, 2
@@ -136,4 +122,27 @@ func toStream(prefix string) string {
 		}
 	}
 	return string(b)
+}
+
+func requireNATS(t *testing.T) {
+	t.Helper()
+	nc, err := nats.Connect("nats://127.0.0.1:4222", nats.Timeout(2*time.Second))
+	testenv.Require(t, "NATS JetStream at 127.0.0.1:4222", err)
+	nc.Close()
+}
+
+// deleteStreams removes the streams a test made under prefix.
+func deleteStreams(prefix string) {
+	nc, err := nats.Connect("nats://127.0.0.1:4222")
+	if err != nil {
+		return
+	}
+	defer nc.Close()
+	js, _ := nc.JetStream()
+	p := toStream(prefix)
+	for name := range js.StreamNames() {
+		if len(name) >= len(p) && name[:len(p)] == p {
+			js.DeleteStream(name)
+		}
+	}
 }

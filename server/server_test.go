@@ -293,6 +293,7 @@ func TestStandaloneGateway(t *testing.T) {
 	cfg.Gateway.Listen = addr
 	cfg.Gateway.Authority = e.apiURL
 	go server.RunGateway(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	waitListening(t, addr)
 	gw := &env{gwURL: "http://" + addr}
 	m1 := member(e.pop, 3)
 	tok := e.issue(t, secret, m1)
