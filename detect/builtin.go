@@ -33,6 +33,20 @@ type lane struct {
 	fired bool
 }
 
+// srcState is what enumeration and unknown_subject_rate keep per source key
+// of one dimension: one lookup serves both.
+type srcState struct {
+	enum enumState
+	unk  unknownState
+}
+
+// subjState is what foreign_origin (history) and ip_rotation (per subject)
+// keep per subject.
+type subjState struct {
+	hist histState
+	rot  rotState
+}
+
 type enumState struct {
 	wd    windowDistinct
 	next  uint64 // sum at which to compute the union again
@@ -78,7 +92,14 @@ type departedCred struct {
 	at   int64 // unix nanoseconds
 }
 
-// builtins holds the state of the ten built-in detectors.
+// numShards is how many goroutines share the per-key state: every table
+// is split by the top bit of its key's hash, and each shard owns one half.
+const numShards = 2
+
+func ownerOf(k uint64) int { return int(k >> 63) }
+
+// builtins holds the state of the ten built-in detectors. The maps below
+// are read-only while events are processed; per-key state is in shards.
 type builtins struct {
 	cfg  *Config
 	seed maphash.Seed
@@ -86,22 +107,78 @@ type builtins struct {
 	decoys     map[string]bool
 	keyStates  map[string]keyState
 	departed   map[uint64]departedCred
-	enum       [numDims]*genMap[enumState]
 	enumHalf   int64
 	enumThr    [numDims]uint64
-	scratch    *hyperloglog.Sketch
-	unknown    [numDims]*genMap[unknownState]
 	unkRoutes  map[string]bool
 	allowed    map[string]bool
 	routeAllow map[string]map[string]bool
-	hist       *genMap[histState]
-	rot        [3]*genMap[rotState]
 	rotHalf    int64
-	volume     *genMap[volState]
-	sessions   *genMap[int64]
 	firstLogin int64
 	sessionOf  func(*event.Access) string
+	shards     [numShards]*shard
 }
+
+// shard is the per-key state one goroutine owns: the keys whose hash has
+// its index in the top bit.
+type shard struct {
+	id       int
+	src      [numDims]*genMap[srcState] // enumeration and unknown_subject_rate
+	subj     *genMap[subjState]         // foreign_origin history and ip_rotation per subject
+	rot      [3]*genMap[rotState]       // ip_rotation per token and fingerprint ([1] unused)
+	volume   *genMap[volState]
+	sessions *genMap[int64]
+	scratch  *hyperloglog.Sketch
+	act      activation
+	p        prep      // the event being processed, kept here so that it does not escape
+	idx      int32     // index of the event in its batch
+	ord      uint32    // position of the running check; see fireRec
+	fires    []fireRec // matches of the current batch, in order
+}
+
+// fireRec is a match waiting to be applied to the alerts, in event order.
+type fireRec struct {
+	idx                      int32
+	ord                      uint32 // position of the check in the sequential order
+	rule                     string
+	sev                      Severity
+	kind, val, val2, summary string
+	n                        int64
+	r                        *compiled // with cnt: a threshold rule's summary, written when needed
+	cnt                      uint32
+}
+
+// text returns the alert summary of f.
+func (f *fireRec) text() string {
+	if f.r == nil {
+		return f.summary
+	}
+	return "rule " + f.r.Name + " matched " + strconv.FormatUint(uint64(f.cnt), 10) + " times within " + f.r.Window.String()
+}
+
+func (sh *shard) fire(rule string, s Severity, kind, val, val2 string, summary string, n int64) {
+	sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, rule: rule, sev: s, kind: kind, val: val, val2: val2, summary: summary, n: n})
+}
+
+// prep is what every detector needs from an event, computed once per event.
+type prep struct {
+	t         int64
+	subject   string
+	hasIP     bool
+	network   netip.Prefix
+	netKey    uint64
+	ipHash    uint64 // of the src_ip string
+	jtiHash   uint64 // of token.jti
+	subHash   uint64 // of token.sub
+	routeHash uint64
+	subjHash  uint64
+	subjNum   int64
+	subjIsNum bool
+	dimKeys   [numDims]uint64
+	dimOK     [numDims]bool
+	own       uint64 // decides the shard of checks without per-key state
+}
+
+func perShard(max int) int { return (max + numShards - 1) / numShards }
 
 func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 	b := &builtins{
@@ -114,20 +191,25 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 		unkRoutes:  make(map[string]bool),
 		allowed:    make(map[string]bool),
 		routeAllow: make(map[string]map[string]bool),
-		hist:       newGenMap[histState](cfg.MaxKeys),
-		volume:     newGenMap[volState](cfg.RouteVolume.MaxRoutes),
-		sessions:   newGenMap[int64](cfg.MaxKeys * 64),
 	}
-	b.scratch, _ = hyperloglog.NewSketch(hllPrecision, false)
+	keys := perShard(cfg.MaxKeys)
+	for i := range b.shards {
+		sh := &shard{
+			id:       i,
+			subj:     newGenMap[subjState](keys),
+			volume:   newGenMap[volState](perShard(cfg.RouteVolume.MaxRoutes)),
+			sessions: newGenMap[int64](keys * 64),
+		}
+		sh.scratch, _ = hyperloglog.NewSketch(hllPrecision, false)
+		for d := range sh.src {
+			sh.src[d] = newGenMap[srcState](keys)
+		}
+		sh.rot[0] = newGenMap[rotState](keys)
+		sh.rot[2] = newGenMap[rotState](keys)
+		b.shards[i] = sh
+	}
 	en := &cfg.Enumeration
 	b.enumThr = [numDims]uint64{en.Threshold, en.PerNetwork, en.PerASN, en.PerUserAgent, en.PerKeyID}
-	for i := range b.enum {
-		b.enum[i] = newGenMap[enumState](cfg.MaxKeys)
-		b.unknown[i] = newGenMap[unknownState](cfg.MaxKeys)
-	}
-	for i := range b.rot {
-		b.rot[i] = newGenMap[rotState](cfg.MaxKeys)
-	}
 	for _, s := range cfg.DecoySubject.Subjects {
 		b.decoys[s] = true
 	}
@@ -158,92 +240,106 @@ func mix(x uint64) uint64 {
 	return x ^ (x >> 31)
 }
 
-func (b *builtins) process(e *Engine, ev *event.Access) {
-	c := b.cfg
-	t := ev.Time.UnixNano()
-	kid := ev.Token.KID
-	subject := ev.Subject
-	if subject == "" {
-		subject = ev.Token.Sub
+// prepare computes what the detectors share for ev.
+func (b *builtins) prepare(ev *event.Access, p *prep) {
+	*p = prep{t: ev.Time.UnixNano(), subject: ev.Subject, ipHash: b.hs(ev.SrcIP)}
+	if p.subject == "" {
+		p.subject = ev.Token.Sub
 	}
-	ip, ipErr := netip.ParseAddr(ev.SrcIP)
-	hasIP := ipErr == nil
-	var netKey uint64
-	var network netip.Prefix
-	if hasIP {
-		network = netOf(ip)
-		a := network.Addr().As16()
-		netKey = mix(uint64(a[0])<<56|uint64(a[1])<<48|uint64(a[2])<<40|uint64(a[3])<<32|uint64(a[4])<<24|uint64(a[5])<<16|uint64(a[12])<<8|uint64(a[13])) ^ mix(uint64(a[14]))
+	if ip, err := netip.ParseAddr(ev.SrcIP); err == nil {
+		p.hasIP = true
+		p.network = netOf(ip)
+		a := p.network.Addr().As16()
+		p.netKey = mix(uint64(a[0])<<56|uint64(a[1])<<48|uint64(a[2])<<40|uint64(a[3])<<32|uint64(a[4])<<24|uint64(a[5])<<16|uint64(a[12])<<8|uint64(a[13])) ^ mix(uint64(a[14]))
+		p.dimKeys[dimIP], p.dimOK[dimIP] = mix(p.netKey^p.ipHash), true
+		p.dimKeys[dimNet], p.dimOK[dimNet] = p.netKey, true
 	}
+	if p.subject != "" {
+		p.subjHash = b.hs(p.subject)
+		p.subHash = p.subjHash
+		if n, err := strconv.ParseInt(p.subject, 10, 64); err == nil {
+			p.subjNum, p.subjIsNum = n, true
+		}
+	}
+	if ev.Token.Sub != p.subject && ev.Token.Sub != "" {
+		p.subHash = b.hs(ev.Token.Sub)
+	}
+	if ev.Token.JTI != "" {
+		p.jtiHash = b.hs(ev.Token.JTI)
+	}
+	if ev.Route != "" {
+		p.routeHash = b.hs(ev.Route)
+	}
+	if ev.ASN != 0 {
+		p.dimKeys[dimASN], p.dimOK[dimASN] = mix(uint64(ev.ASN)), true
+	}
+	if ev.UserAgent != "" {
+		p.dimKeys[dimUA], p.dimOK[dimUA] = b.hs(ev.UserAgent), true
+	}
+	if ev.Token.KID != "" {
+		p.dimKeys[dimKID], p.dimOK[dimKID] = b.hs(ev.Token.KID), true
+	}
+	p.own = mix(p.dimKeys[dimIP] ^ p.subjHash ^ uint64(p.t))
+}
 
-	// 1. not_issued
-	if !c.NotIssued.Disabled && ev.Reason == event.ReasonNotIssued {
-		k, v := "kid", kid
-		if v == "" {
-			k, v = "ip", ev.SrcIP
+// process runs the built-in detectors over ev for the keys shard sh owns.
+func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
+	c := b.cfg
+	t := p.t
+	kid := ev.Token.KID
+	subject := p.subject
+	me := sh.id
+	stateless := ownerOf(p.own) == me
+
+	if stateless {
+		// 1. not_issued
+		if !c.NotIssued.Disabled && ev.Reason == event.ReasonNotIssued {
+			k, v := "kid", kid
+			if v == "" {
+				k, v = "ip", ev.SrcIP
+			}
+			sh.ord = 1
+			sh.fire(RuleNotIssued, c.NotIssued.Severity, k, v, "", "validly signed token that the authority never issued", 1)
 		}
-		e.fire(RuleNotIssued, c.NotIssued.Severity, k, v, "", ev, "validly signed token that the authority never issued", 1)
-	}
-	// 2. decoy_subject
-	if !c.DecoySubject.Disabled && (ev.Reason == event.ReasonDecoySubject || (len(b.decoys) > 0 && b.decoys[subject])) {
-		k, v := "kid", kid
-		if v == "" {
-			k, v = "ip", ev.SrcIP
+		// 2. decoy_subject
+		if !c.DecoySubject.Disabled && (ev.Reason == event.ReasonDecoySubject || (len(b.decoys) > 0 && b.decoys[subject])) {
+			k, v := "kid", kid
+			if v == "" {
+				k, v = "ip", ev.SrcIP
+			}
+			sh.ord = 2
+			sh.fire(RuleDecoySubject, c.DecoySubject.Severity, k, v, "", "request for a decoy member", 1)
 		}
-		e.fire(RuleDecoySubject, c.DecoySubject.Severity, k, v, "", ev, "request for a decoy member", 1)
-	}
-	// 3. revoked_or_retired_key
-	if !c.RevokedKey.Disabled && kid != "" {
-		bad := ev.Reason == event.ReasonRevokedKey
-		if !bad && len(b.keyStates) > 0 {
-			if ks, ok := b.keyStates[kid]; ok {
-				switch ks.state {
-				case keys.Revoked, keys.Retired:
-					bad = ev.Time.Unix() >= ks.since
-				case keys.VerifyOnly:
-					bad = ev.Token.IAT > ks.since
+		// 3. revoked_or_retired_key
+		if !c.RevokedKey.Disabled && kid != "" {
+			bad := ev.Reason == event.ReasonRevokedKey
+			if !bad && len(b.keyStates) > 0 {
+				if ks, ok := b.keyStates[kid]; ok {
+					switch ks.state {
+					case keys.Revoked, keys.Retired:
+						bad = ev.Time.Unix() >= ks.since
+					case keys.VerifyOnly:
+						bad = ev.Token.IAT > ks.since
+					}
+				}
+			}
+			if bad {
+				sh.ord = 3
+				sh.fire(RuleRevokedKey, c.RevokedKey.Severity, "kid", kid, "", "token signed by a key that should no longer sign", 1)
+			}
+		}
+		// 4. departed_credential_use
+		if !c.DepartedCred.Disabled && len(b.departed) > 0 {
+			for j, cred := range [2]string{kid, ev.Token.Sub} {
+				sh.ord = 4 + uint32(j)
+				if cred == "" {
+					continue
+				}
+				if d, ok := b.departed[b.hs(cred)]; ok && d.name == cred && t >= d.at {
+					sh.fire(RuleDepartedCred, c.DepartedCred.Severity, "credential", cred, "", "credential of someone who has left used", 1)
 				}
 			}
 		}
-		if bad {
-			e.fire(RuleRevokedKey, c.RevokedKey.Severity, "kid", kid, "", ev, "token signed by a key that should no longer sign", 1)
-		}
-	}
-	// 4. departed_credential_use
-	if !c.DepartedCred.Disabled && len(b.departed) > 0 {
-		for _, cred := range [2]string{kid, ev.Token.Sub} {
-			if cred == "" {
-				continue
-			}
-			if d, ok := b.departed[b.hs(cred)]; ok && d.name == cred && t >= d.at {
-				e.fire(RuleDepartedCred, c.DepartedCred.Severity, "credential", cred, "", ev, "credential of someone who has left used", 1)
-			}
-		}
-	}
-
-	var subjHash uint64
-	var subjNum int64
-	subjIsNum := false
-	if subject != "" {
-		subjHash = b.hs(subject)
-		if n, err := strconv.ParseInt(subject, 10, 64); err == nil {
-			subjNum, subjIsNum = n, true
-		}
-	}
-	var dimKeys [numDims]uint64
-	var dimOK [numDims]bool
-	if hasIP {
-		dimKeys[dimIP], dimOK[dimIP] = mix(netKey^b.hs(ev.SrcIP)), true
-		dimKeys[dimNet], dimOK[dimNet] = netKey, true
-	}
-	if ev.ASN != 0 {
-		dimKeys[dimASN], dimOK[dimASN] = mix(uint64(ev.ASN)), true
-	}
-	if ev.UserAgent != "" {
-		dimKeys[dimUA], dimOK[dimUA] = b.hs(ev.UserAgent), true
-	}
-	if kid != "" {
-		dimKeys[dimKID], dimOK[dimKID] = b.hs(kid), true
 	}
 
 	// 5. enumeration
@@ -251,29 +347,31 @@ func (b *builtins) process(e *Engine, ev *event.Access) {
 		bucket := t / b.enumHalf
 		for d := 0; d < numDims; d++ {
 			thr := b.enumThr[d]
-			if !dimOK[d] || (thr == 0 && (c.Enumeration.NoWalk || d == dimKID)) {
+			if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != me || (thr == 0 && (c.Enumeration.NoWalk || d == dimKID)) {
 				continue
 			}
-			s := b.enum[d].get(dimKeys[d])
+			sh.ord = 10 + 2*uint32(d)
+			s := &sh.src[d].get(p.dimKeys[d]).enum
 			var sum uint64
 			if thr > 0 {
-				sum = s.wd.add(bucket, subjHash)
+				sum = s.wd.add(bucket, p.subjHash)
 			}
 			if thr > 0 && sum >= thr {
 				if s.wd.fired >= bucket-1 && s.wd.fired != 0 {
-					e.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], dimValue(d, ev, network), "", ev, "one source touching many distinct subjects", 1)
+					sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], dimValue(d, ev, p.network), "", "one source touching many distinct subjects", 1)
 				} else if sum >= s.next {
-					if u := s.wd.union(b.scratch); u >= thr {
+					if u := s.wd.union(sh.scratch); u >= thr {
 						s.wd.fired = bucket
-						e.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], dimValue(d, ev, network), "", ev,
+						sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], dimValue(d, ev, p.network), "",
 							"one source touched "+strconv.FormatUint(u, 10)+" distinct subjects within "+c.Enumeration.Window.String(), int64(u))
 					} else {
 						s.next = sum + thr/32 + 1
 					}
 				}
 			}
-			if subjIsNum && !c.Enumeration.NoWalk && d != dimKID {
-				b.walk(e, s, d, subjNum, ev, network)
+			if p.subjIsNum && !c.Enumeration.NoWalk && d != dimKID {
+				sh.ord = 11 + 2*uint32(d)
+				b.walk(sh, s, d, p.subjNum, ev, p.network)
 			}
 		}
 	}
@@ -287,19 +385,20 @@ func (b *builtins) process(e *Engine, ev *event.Access) {
 			nf = 1
 		}
 		for _, d := range [...]int{dimNet, dimASN, dimKID} {
-			if !dimOK[d] {
+			if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != me {
 				continue
 			}
-			s := b.unknown[d].get(dimKeys[d])
+			sh.ord = 30 + uint32(d)
+			s := &sh.src[d].get(p.dimKeys[d]).unk
 			all := s.all.add(t, h, 1)
 			n := s.nf.add(t, h, nf)
 			if nf == 1 && n >= c.UnknownSubject.MinCount && float64(n) >= c.UnknownSubject.MinRatio*float64(all) {
 				if s.nf.fired == 0 {
 					s.nf.fired = 1
-					e.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], dimValue(d, ev, network), "", ev,
+					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], dimValue(d, ev, p.network), "",
 						"burst of not-found answers on subject-bound routes: "+strconv.FormatUint(uint64(n), 10)+" of "+strconv.FormatUint(uint64(all), 10), int64(n))
 				} else {
-					e.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], dimValue(d, ev, network), "", ev, "", 1)
+					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], dimValue(d, ev, p.network), "", "", 1)
 				}
 			} else if n < c.UnknownSubject.MinCount/2 {
 				s.nf.fired = 0
@@ -310,13 +409,19 @@ func (b *builtins) process(e *Engine, ev *event.Access) {
 	// 7. foreign_origin (customer-data requests only)
 	if !c.ForeignOrigin.Disabled && ev.Country != "" && (ev.Subject != "" || len(ev.DataClasses) > 0) {
 		allowed := b.allowed
-		if m, ok := b.routeAllow[ev.Route]; ok {
-			allowed = m
+		if len(b.routeAllow) > 0 {
+			if m, ok := b.routeAllow[ev.Route]; ok {
+				allowed = m
+			}
 		}
 		if !allowed[ev.Country] {
-			e.fire(RuleForeignOrigin, c.ForeignOrigin.Severity, "country", ev.Country, ev.Route, ev, "customer data requested from outside the allowed countries", 1)
-		} else if !c.ForeignOrigin.NoHistory && subject != "" && len(ev.Country) == 2 {
-			h := b.hist.get(subjHash)
+			if stateless {
+				sh.ord = 40
+				sh.fire(RuleForeignOrigin, c.ForeignOrigin.Severity, "country", ev.Country, ev.Route, "customer data requested from outside the allowed countries", 1)
+			}
+		} else if !c.ForeignOrigin.NoHistory && subject != "" && len(ev.Country) == 2 && ownerOf(p.subjHash) == me {
+			sh.ord = 41
+			h := &sh.subj.get(p.subjHash).hist
 			cc := [2]byte{ev.Country[0], ev.Country[1]}
 			known := false
 			for i := uint8(0); i < h.n; i++ {
@@ -327,7 +432,7 @@ func (b *builtins) process(e *Engine, ev *event.Access) {
 			}
 			if !known {
 				if h.total >= c.ForeignOrigin.HistoryMin {
-					e.fire(RuleForeignOrigin, c.ForeignOrigin.Severity, "subject", subject, ev.Country, ev, "subject accessed from a country outside its own history", 1)
+					sh.fire(RuleForeignOrigin, c.ForeignOrigin.Severity, "subject", subject, ev.Country, "subject accessed from a country outside its own history", 1)
 				}
 				if h.n < uint8(len(h.countries)) {
 					h.countries[h.n] = cc
@@ -339,27 +444,31 @@ func (b *builtins) process(e *Engine, ev *event.Access) {
 	}
 
 	// 8. ip_rotation
-	if !c.IPRotation.Disabled && hasIP {
+	if !c.IPRotation.Disabled && p.hasIP {
 		bucket := t / b.rotHalf
 		if ev.Token.JTI != "" {
-			b.rotate(e, 0, "jti", ev.Token.JTI, c.IPRotation.PerToken, bucket, netKey, ev)
+			b.rotate(sh, 0, "jti", ev.Token.JTI, p.jtiHash, c.IPRotation.PerToken, bucket, p.netKey)
 		}
 		if ev.Token.Sub != "" {
-			b.rotate(e, 1, "subject", ev.Token.Sub, c.IPRotation.PerSubject, bucket, netKey, ev)
+			b.rotate(sh, 1, "subject", ev.Token.Sub, p.subHash, c.IPRotation.PerSubject, bucket, p.netKey)
 		}
 		if c.IPRotation.PerFingerprint > 0 && ev.UserAgent != "" {
-			b.rotate(e, 2, "fingerprint", ev.UserAgent, c.IPRotation.PerFingerprint, bucket, netKey, ev)
+			b.rotate(sh, 2, "fingerprint", ev.UserAgent, p.dimKeys[dimUA], c.IPRotation.PerFingerprint, bucket, p.netKey)
 		}
 	}
 
 	// 9. route_volume
 	if !c.RouteVolume.Disabled && ev.Route != "" {
-		b.volumeOf(e, ev, t)
+		if k := p.routeHash; ownerOf(k) == me {
+			sh.ord = 60
+			b.volumeOf(sh, k, ev, t)
+		}
 	}
 
 	// 10. token_without_login
 	if !c.TokenWithoutLogin.Disabled && b.firstLogin != 0 {
-		b.checkLogin(e, ev, t)
+		sh.ord = 70
+		b.checkLogin(sh, ev, p)
 	}
 }
 
@@ -379,7 +488,7 @@ func dimValue(d int, ev *event.Access, network netip.Prefix) string {
 
 // walk follows near-sequential member IDs from one source. Each source keeps
 // a few lanes so that interleaved ordinary traffic does not break a walk.
-func (b *builtins) walk(e *Engine, s *enumState, d int, id int64, ev *event.Access, network netip.Prefix) {
+func (b *builtins) walk(sh *shard, s *enumState, d int, id int64, ev *event.Access, network netip.Prefix) {
 	c := &b.cfg.Enumeration
 	s.clock++
 	best, victim := -1, 0
@@ -415,26 +524,35 @@ func (b *builtins) walk(e *Engine, s *enumState, d int, id int64, ev *event.Acce
 			l.fired = true
 			summary = "walk through " + strconv.FormatUint(uint64(l.run), 10) + " near-sequential member ids"
 		}
-		e.fire(RuleSequentialWalk, c.Severity, dimKind[d], dimValue(d, ev, network), "", ev, summary, 1)
+		sh.fire(RuleSequentialWalk, c.Severity, dimKind[d], dimValue(d, ev, network), "", summary, 1)
 	}
 }
 
-func (b *builtins) rotate(e *Engine, i int, kind, val string, thr uint64, bucket int64, netKey uint64, ev *event.Access) {
-	s := b.rot[i].get(b.hs(val))
+func (b *builtins) rotate(sh *shard, i int, kind, val string, k, thr uint64, bucket int64, netKey uint64) {
+	if ownerOf(k) != sh.id {
+		return
+	}
+	sh.ord = 50 + uint32(i)
+	var s *rotState
+	if i == 1 {
+		s = &sh.subj.get(k).rot
+	} else {
+		s = sh.rot[i].get(k)
+	}
 	sum := s.wd.add(bucket, netKey)
 	if sum < thr {
 		return
 	}
 	if s.wd.fired != 0 && s.wd.fired >= bucket-1 {
-		e.fire(RuleIPRotation, b.cfg.IPRotation.Severity, kind, val, "", ev, "", 1)
+		sh.fire(RuleIPRotation, b.cfg.IPRotation.Severity, kind, val, "", "", 1)
 		return
 	}
 	if sum < s.next {
 		return
 	}
-	if u := s.wd.union(b.scratch); u >= thr {
+	if u := s.wd.union(sh.scratch); u >= thr {
 		s.wd.fired = bucket
-		e.fire(RuleIPRotation, b.cfg.IPRotation.Severity, kind, val, "", ev,
+		sh.fire(RuleIPRotation, b.cfg.IPRotation.Severity, kind, val, "",
 			"many networks ("+strconv.FormatUint(u, 10)+") behind one "+kind, int64(u))
 	} else {
 		s.next = sum + 1
@@ -449,9 +567,9 @@ func weekHour(h int64) int {
 	return int(day*24 + h%24)
 }
 
-func (b *builtins) volumeOf(e *Engine, ev *event.Access, t int64) {
+func (b *builtins) volumeOf(sh *shard, k uint64, ev *event.Access, t int64) {
 	c := &b.cfg.RouteVolume
-	s := b.volume.get(b.hs(ev.Route))
+	s := sh.volume.get(k)
 	h := t / hourNS
 	if s.hour == 0 {
 		s.hour = h
@@ -488,7 +606,7 @@ func (b *builtins) volumeOf(e *Engine, ev *event.Access, t int64) {
 			s.fired = true
 			summary = "route volume " + strconv.FormatUint(uint64(s.count), 10) + " this hour, baseline " + strconv.FormatFloat(base, 'f', 0, 64)
 		}
-		e.fire(RuleRouteVolume, c.Severity, "route", ev.Route, "", ev, summary, 1)
+		sh.fire(RuleRouteVolume, c.Severity, "route", ev.Route, "", summary, 1)
 	}
 }
 
@@ -517,15 +635,16 @@ func (b *builtins) login(sid string, at time.Time) {
 	if b.firstLogin == 0 || t < b.firstLogin {
 		b.firstLogin = t
 	}
-	*b.sessions.get(b.hs(sid)) = t
+	k := b.hs(sid)
+	*b.shards[ownerOf(k)].sessions.get(k) = t
 }
 
-func (b *builtins) checkLogin(e *Engine, ev *event.Access, t int64) {
-	var sid string
+func (b *builtins) checkLogin(sh *shard, ev *event.Access, p *prep) {
+	t := p.t
+	sid, k := ev.Token.JTI, p.jtiHash
 	if b.sessionOf != nil {
 		sid = b.sessionOf(ev)
-	} else {
-		sid = ev.Token.JTI
+		k = b.hs(sid)
 	}
 	if sid == "" {
 		return
@@ -540,12 +659,15 @@ func (b *builtins) checkLogin(e *Engine, ev *event.Access, t int64) {
 	if issued < b.firstLogin || t < b.firstLogin+grace || t < issued+grace {
 		return
 	}
-	if _, ok := b.sessions.peek(b.hs(sid)); ok {
+	if ownerOf(k) != sh.id {
 		return
 	}
-	k, v := "kid", ev.Token.KID
-	if v == "" {
-		k, v = "session", sid
+	if _, ok := sh.sessions.peek(k); ok {
+		return
 	}
-	e.fire(RuleTokenWithoutLogin, b.cfg.TokenWithoutLogin.Severity, k, v, "", ev, "token whose session never logged in", 1)
+	kind, v := "kid", ev.Token.KID
+	if v == "" {
+		kind, v = "session", sid
+	}
+	sh.fire(RuleTokenWithoutLogin, b.cfg.TokenWithoutLogin.Severity, kind, v, "", "token whose session never logged in", 1)
 }

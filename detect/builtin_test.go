@@ -302,7 +302,11 @@ func TestBoundedMemory(t *testing.T) {
 		e.Process(a)
 	}
 	for d := 0; d < numDims; d++ {
-		if n := e.b.enum[d].len(); n > 64 {
+		n := 0
+		for _, sh := range e.b.shards {
+			n += sh.src[d].len()
+		}
+		if n > 64 {
 			t.Fatalf("dimension %d holds %d keys", d, n)
 		}
 	}
@@ -311,6 +315,9 @@ func TestBoundedMemory(t *testing.T) {
 	}
 	if len(e.open) > 20 {
 		t.Fatalf("dedup map holds %d", len(e.open))
+	}
+	if len(e.dirtyA)+len(e.dirtyI) > 0 { // nothing to flush to without a store
+		t.Fatalf("dirty sets hold %d alerts, %d incidents", len(e.dirtyA), len(e.dirtyI))
 	}
 }
 

@@ -16,16 +16,33 @@
 // baselines) runs on the events' own time, never on the wall clock, so a
 // replay in simulated time sees what a live gateway would.
 //
+// # Speed
+//
+// [Engine.ProcessBatch] (and [Engine.Run], which batches what is queued)
+// splits the per-key state between two shards by the top bit of each key's
+// hash and runs them on two goroutines; alerts are then applied in event
+// order, so the result equals feeding the events one by one to
+// [Engine.Process]. Each event's keys are hashed once and shared by all
+// detectors. Rules whose expression stays within an error-free subset of CEL
+// (field comparisons, &&, ||, !, ?:, in, size, startsWith, endsWith,
+// contains, matches with a literal pattern) run as plain Go functions; the
+// rest run in CEL. See docs/bench/detect.md.
+//
 // # Memory
 //
-// No per-key state grows without bound. Per-source state lives in
-// two-generation maps ([Config.MaxKeys] entries per dimension: once the young
-// generation holds MaxKeys/2 keys the old one is dropped, so a key survives
-// while it is used at least once per MaxKeys/2 new keys). Distinct subjects per
-// source are counted exactly up to 8 and with a HyperLogLog sketch of 2^10
-// registers (1 KiB, about 3% error) beyond, in two half-window buckets.
-// Alerts (MaxAlerts), incidents (MaxIncidents), actions and per-rule group
-// state are capped the same way. With the defaults the worst case, every
-// tracked source heavy, is about 5 × 8192 × 2.3 KiB ≈ 95 MiB for enumeration
-// plus a few MiB for the other detectors; typical use is far below.
+// No per-key state grows without bound. Per-key state lives in
+// two-generation tables ([Config.MaxKeys] live keys per dimension, split
+// between the shards: once the young generation holds MaxKeys/4 keys in a
+// shard the old one is dropped, so a key survives while it is used at least
+// once per MaxKeys/4 new keys of its shard). Tables are open-addressing with
+// values inline and at most half full, so a dimension takes up to
+// 2 × MaxKeys slots. Distinct subjects (or networks) per key are counted
+// exactly up to 8, then with a HyperLogLog sketch of 2^10 registers
+// (about 1.1 KiB, 3% error), two per key (half-window buckets), and only
+// live keys hold sketches. With the defaults the worst case, every tracked
+// key heavy, is about 125 MiB: 30 MiB of source slots, 34 MiB of sketches for
+// addresses and networks, 21 MiB each for subjects and tokens, 16 MiB of
+// login sessions (once logins are fed), 2 MiB of routes; plus 0.5 MiB per
+// threshold rule and 20 MiB if ip_rotation.per_fingerprint is set. Alerts
+// (MaxAlerts), incidents (MaxIncidents) and actions are capped the same way.
 package detect

@@ -16,7 +16,9 @@ import (
 )
 
 // Engine runs the detectors over access events. Its methods are safe for
-// concurrent use; events are processed one at a time under a lock.
+// concurrent use; events are processed under a lock, one at a time
+// ([Engine.Process]) or a batch at a time ([Engine.ProcessBatch]), where
+// the per-key state is split between numShards goroutines.
 type Engine struct {
 	cfg  Config
 	now  func() time.Time
@@ -25,7 +27,7 @@ type Engine struct {
 	mu      sync.Mutex
 	b       *builtins
 	rules   atomic.Pointer[ruleSet]
-	act     activation
+	one     [1]event.Access // Process's event, so that it does not escape
 	pending []pendingAlert
 
 	open      map[uint64]*Alert // rule+entity → alert in its dedup window
@@ -37,6 +39,7 @@ type Engine struct {
 	incByKey  map[string]*Incident
 	incByID   map[string]*Incident
 	actions   []ActionRecord
+	persist   bool // a store is set: track what Flush must write
 	dirtyA    map[*Alert]struct{}
 	dirtyI    map[*Incident]struct{}
 	dirtyX    []ActionRecord
@@ -97,6 +100,7 @@ func (e *Engine) SetContainment(c Containment) {
 // SetSessionFunc sets how an access event names its login session for
 // token_without_login. The default is the token's jti, for login services
 // that report the jti of the token they obtained as the session id.
+// fn must be safe for concurrent use: batches call it from both shards.
 func (e *Engine) SetSessionFunc(fn func(*event.Access) string) {
 	e.mu.Lock()
 	e.b.sessionOf = fn
@@ -110,10 +114,106 @@ func (e *Engine) Events() uint64 { return e.events.Load() }
 func (e *Engine) Process(ev event.Access) {
 	e.events.Add(1)
 	e.mu.Lock()
-	e.b.process(e, &ev)
-	if rs := e.rules.Load(); len(rs.rules) > 0 {
-		rs.eval(e, &ev)
+	rs := e.rules.Load()
+	e.one[0] = ev
+	x, p := &e.one[0], &e.b.shards[0].p
+	e.b.prepare(x, p)
+	for _, sh := range e.b.shards {
+		sh.idx = 0
+		e.b.process(sh, x, p)
+		rs.eval(e.b, sh, x, p)
 	}
+	e.applyFires(e.one[:])
+	e.unlockAndDeliver()
+}
+
+// minParallel is the smallest batch worth a second goroutine.
+const minParallel = 64
+
+// ProcessBatch runs every detector and rule over evs, in order. The result
+// is the same as calling Process for each event in turn (alerts and their
+// counts, samples and incidents are identical); subscribers see the batch's
+// new alerts after the whole batch. Large batches use numShards goroutines,
+// each owning the per-key state of the keys that hash to it, so per-key
+// order is kept.
+func (e *Engine) ProcessBatch(evs []event.Access) {
+	if len(evs) == 0 {
+		return
+	}
+	if len(evs) > 1<<30 {
+		panic("detect: batch too large")
+	}
+	e.events.Add(uint64(len(evs)))
+	e.mu.Lock()
+	rs := e.rules.Load()
+	if len(evs) < minParallel {
+		p := &e.b.shards[0].p
+		for i := range evs {
+			e.b.prepare(&evs[i], p)
+			for _, sh := range e.b.shards {
+				sh.idx = int32(i)
+				e.b.process(sh, &evs[i], p)
+				rs.eval(e.b, sh, &evs[i], p)
+			}
+		}
+	} else {
+		var wg sync.WaitGroup
+		for _, sh := range e.b.shards[1:] {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e.b.runShard(rs, sh, evs)
+			}()
+		}
+		e.b.runShard(rs, e.b.shards[0], evs)
+		wg.Wait()
+	}
+	e.applyFires(evs)
+	e.unlockAndDeliver()
+}
+
+// runShard runs shard sh's part of every detector and rule over evs.
+func (b *builtins) runShard(rs *ruleSet, sh *shard, evs []event.Access) {
+	p := &sh.p
+	for i := range evs {
+		sh.idx = int32(i)
+		b.prepare(&evs[i], p)
+		b.process(sh, &evs[i], p)
+		rs.eval(b, sh, &evs[i], p)
+	}
+}
+
+// applyFires turns the shards' recorded matches into alerts in event order
+// and, within an event, in the order of the checks: the order does not
+// depend on which shard owns which key.
+func (e *Engine) applyFires(evs []event.Access) {
+	var pos [numShards]int
+	for {
+		best := -1
+		for s, sh := range e.b.shards {
+			if pos[s] < len(sh.fires) && (best < 0 || sh.fires[pos[s]].before(&e.b.shards[best].fires[pos[best]])) {
+				best = s
+			}
+		}
+		if best < 0 {
+			break
+		}
+		f := &e.b.shards[best].fires[pos[best]]
+		pos[best]++
+		e.fireAttrs(f.rule, f.sev, f.kind, f.val, f.val2, &evs[f.idx], f, f.n, nil)
+	}
+	for _, sh := range e.b.shards {
+		clear(sh.fires) // drop the strings they hold
+		sh.fires = sh.fires[:0]
+	}
+}
+
+func (f *fireRec) before(o *fireRec) bool {
+	return f.idx < o.idx || (f.idx == o.idx && f.ord < o.ord)
+}
+
+// unlockAndDeliver releases the engine lock and hands over new alerts.
+func (e *Engine) unlockAndDeliver() {
 	if len(e.pending) == 0 {
 		e.mu.Unlock()
 		return
@@ -124,11 +224,17 @@ func (e *Engine) Process(ev event.Access) {
 	e.deliver(out)
 }
 
+// maxBatch bounds how many queued events Run takes at once.
+const maxBatch = 1024
+
 // Run processes events from ch until ch is closed or ctx is done, flushing
-// to the store (if any) every second and at the end.
+// to the store (if any) every second and at the end. Events already queued
+// in ch are taken in batches (see [Engine.ProcessBatch]); a lone event is
+// processed at once.
 func (e *Engine) Run(ctx context.Context, ch <-chan event.Access) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	batch := make([]event.Access, 0, maxBatch)
 	for {
 		select {
 		case <-ctx.Done():
@@ -138,7 +244,26 @@ func (e *Engine) Run(ctx context.Context, ch <-chan event.Access) error {
 			if !ok {
 				return e.Flush(ctx)
 			}
-			e.Process(ev)
+			batch = append(batch[:0], ev)
+			closed := false
+		drain:
+			for len(batch) < maxBatch {
+				select {
+				case ev, ok := <-ch:
+					if !ok {
+						closed = true
+						break drain
+					}
+					batch = append(batch, ev)
+				default:
+					break drain
+				}
+			}
+			e.ProcessBatch(batch)
+			clear(batch) // drop references to the events' strings
+			if closed {
+				return e.Flush(ctx)
+			}
 		case <-tick.C:
 			_ = e.Flush(ctx)
 		}
@@ -192,20 +317,16 @@ func (e *Engine) Raise(f Finding) {
 	}
 	ev := event.Access{Time: f.Time, RequestID: f.EventID}
 	e.mu.Lock()
-	e.fireAttrs(f.Rule, f.Severity, f.Entity, "", "", &ev, f.Summary, 1, f.Attrs)
+	e.fireAttrs(f.Rule, f.Severity, f.Entity, "", "", &ev, &fireRec{summary: f.Summary}, 1, f.Attrs)
 	out := append([]pendingAlert(nil), e.pending...)
 	e.pending = e.pending[:0]
 	e.mu.Unlock()
 	e.deliver(out)
 }
 
-// fire reports a match of rule for entity kind:val (and @val2 when set) at
-// ev, adding n to its count. It allocates only when it raises a new alert.
-func (e *Engine) fire(rule string, s Severity, kind, val, val2 string, ev *event.Access, summary string, n int64) {
-	e.fireAttrs(rule, s, kind, val, val2, ev, summary, n, nil)
-}
-
-func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *event.Access, summary string, n int64, attrs map[string]string) {
+// fireAttrs reports a match of rule for entity kind:val (and @val2 when set)
+// at ev, adding n to its count. It allocates only when it raises a new alert.
+func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *event.Access, f *fireRec, n int64, attrs map[string]string) {
 	var h maphash.Hash
 	h.SetSeed(e.seed)
 	h.WriteString(rule)
@@ -228,13 +349,18 @@ func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *
 		if len(a.Samples) < e.cfg.SampleIDs && ev.RequestID != "" {
 			a.Samples = append(a.Samples, ev.RequestID)
 		}
-		e.dirtyA[a] = struct{}{}
+		if e.persist {
+			e.dirtyA[a] = struct{}{}
+		}
 		if inc := e.incByID[a.Incident]; inc != nil && t.After(inc.LastSeen) {
 			inc.LastSeen = t
-			e.dirtyI[inc] = struct{}{}
+			if e.persist {
+				e.dirtyI[inc] = struct{}{}
+			}
 		}
 		return
 	}
+	summary := f.text()
 	entity := kind
 	if val != "" {
 		entity = kind + ":" + val
@@ -325,7 +451,9 @@ func (e *Engine) storeAlert(a *Alert) {
 		e.alertNext = (e.alertNext + 1) % e.cfg.MaxAlerts
 	}
 	e.byID[a.ID] = a
-	e.dirtyA[a] = struct{}{}
+	if e.persist {
+		e.dirtyA[a] = struct{}{}
+	}
 	if len(e.open) > 2*e.cfg.MaxAlerts { // drop dedup entries of closed windows
 		for k, v := range e.open {
 			if _, ok := e.byID[v.ID]; !ok {
@@ -382,7 +510,9 @@ func (e *Engine) group(a *Alert) {
 	if len(inc.Entities) < maxIncidentEntities {
 		inc.Entities = addUnique(inc.Entities, a.Entity)
 	}
-	e.dirtyI[inc] = struct{}{}
+	if e.persist {
+		e.dirtyI[inc] = struct{}{}
+	}
 }
 
 func addUnique(s []string, v string) []string {
@@ -422,7 +552,9 @@ func (e *Engine) deliver(out []pendingAlert) {
 			e.actions = e.actions[1:]
 		}
 		e.actions = append(e.actions, r)
-		e.dirtyX = append(e.dirtyX, r)
+		if e.persist {
+			e.dirtyX = append(e.dirtyX, r)
+		}
 		e.mu.Unlock()
 	}
 }

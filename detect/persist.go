@@ -33,6 +33,19 @@ func (e *Engine) SetStore(ctx context.Context, db *store.DB) error {
 	e.subMu.Lock()
 	e.db = db
 	e.subMu.Unlock()
+	// Until now nothing was tracked for writing: everything held is new to the store.
+	e.mu.Lock()
+	if !e.persist {
+		e.persist = true
+		for _, a := range e.alerts {
+			e.dirtyA[a] = struct{}{}
+		}
+		for _, inc := range e.incidents {
+			e.dirtyI[inc] = struct{}{}
+		}
+		e.dirtyX = append(e.dirtyX, e.actions...)
+	}
+	e.mu.Unlock()
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"net/netip"
 	"os"
@@ -228,10 +229,53 @@ func init() {
 type compiled struct {
 	Rule
 	prg     cel.Program
+	native  boolFn // nil: the expression runs in CEL
+	gkey    func(seed maphash.Seed, ev *event.Access, p *prep) uint64
+	gval    func(ev *event.Access) string
+	said    string // summary of a match of a rule without threshold
 	contain *ContainPolicy
-	groups  *genMap[windowCount]
-	matches int64
-	seed    uint64
+	groups  [numShards]*genMap[windowCount]
+	matches [numShards]paddedCount
+}
+
+// paddedCount is one shard's counter, alone on its cache line.
+type paddedCount struct {
+	n int64
+	_ [56]byte
+}
+
+// matchCount returns how many events the rule matched. Call it with no
+// batch in flight.
+func (c *compiled) matchCount() int64 {
+	var n int64
+	for i := range c.matches {
+		n += c.matches[i].n
+	}
+	return n
+}
+
+// groupKey returns how a rule's group_by field is hashed to its window key.
+func groupKey(field string) func(maphash.Seed, *event.Access, *prep) uint64 {
+	switch field {
+	case "":
+		return func(maphash.Seed, *event.Access, *prep) uint64 { return 1 }
+	case "network":
+		return func(seed maphash.Seed, ev *event.Access, p *prep) uint64 {
+			if p.hasIP {
+				return p.netKey
+			}
+			return p.ipHash
+		}
+	case "src_ip":
+		return func(_ maphash.Seed, _ *event.Access, p *prep) uint64 { return p.ipHash }
+	}
+	if f, ok := strFields[field]; ok {
+		return func(seed maphash.Seed, ev *event.Access, _ *prep) uint64 { return maphash.String(seed, f(ev)) }
+	}
+	if f, ok := intFields[field]; ok {
+		return func(_ maphash.Seed, ev *event.Access, _ *prep) uint64 { return mix(uint64(f(ev))) }
+	}
+	return nil
 }
 
 func (c *compiled) sameShape(o *compiled) bool {
@@ -252,32 +296,52 @@ func (rs *ruleSet) byName(name string) *compiled {
 	return nil
 }
 
-func (rs *ruleSet) eval(e *Engine, ev *event.Access) {
-	a := &e.act
-	a.reset(ev)
-	for _, r := range rs.rules {
-		out, _, err := r.prg.Eval(a)
-		if err != nil || out != types.True {
+// eval runs the rules over ev for shard sh: rules that count per group run
+// in the shard owning the group's key, the others in the event's shard.
+func (rs *ruleSet) eval(b *builtins, sh *shard, ev *event.Access, p *prep) {
+	if len(rs.rules) == 0 {
+		return
+	}
+	mine := ownerOf(p.own) == sh.id
+	for ri, r := range rs.rules {
+		sh.ord = 100 + uint32(ri)
+		var gk uint64
+		if r.Threshold > 1 {
+			gk = r.gkey(b.seed, ev, p)
+			if ownerOf(gk) != sh.id {
+				continue
+			}
+		} else if !mine {
 			continue
 		}
-		r.matches++
-		g := groupValue(r.GroupBy, ev)
+		if r.native != nil {
+			if !r.native(ev) {
+				continue
+			}
+		} else {
+			sh.act.reset(ev)
+			out, _, err := r.prg.Eval(&sh.act)
+			sh.act.ev = nil
+			if err != nil || out != types.True {
+				continue
+			}
+		}
+		r.matches[sh.id].n++
 		kind, val := "rule", r.Name
 		if r.GroupBy != "" {
-			kind, val = r.GroupBy, g
+			kind, val = r.GroupBy, r.gval(ev)
 		}
 		if r.Threshold <= 1 {
-			e.fire(r.Name, r.Severity, kind, val, "", ev, "rule "+r.Name+" matched", 1)
+			sh.fire(r.Name, r.Severity, kind, val, "", r.said, 1)
 			continue
 		}
-		w := r.groups.get(e.b.hs(g))
-		n := w.add(ev.Time.UnixNano(), int64(r.Window), 1)
+		w := r.groups[sh.id].get(gk)
+		n := w.add(p.t, int64(r.Window), 1)
 		if n >= r.Threshold {
-			e.fire(r.Name, r.Severity, kind, val, "", ev,
-				"rule "+r.Name+" matched "+strconv.FormatUint(uint64(n), 10)+" times within "+r.Window.String(), 1)
+			// The summary is written only if the match raises a new alert.
+			sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, rule: r.Name, sev: r.Severity, kind: kind, val: val, n: 1, r: r, cnt: n})
 		}
 	}
-	a.ev = nil
 }
 
 var ruleName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
@@ -433,9 +497,17 @@ func parseRules(name string, data []byte, maxKeys int) (*ruleSet, error) {
 			bad(l, c, "rule %s: %v", r.Name, err)
 			continue
 		}
-		cr := &compiled{Rule: r, prg: prg, contain: r.Contain}
+		cr := &compiled{Rule: r, prg: prg, native: nativeOf(ast), gkey: groupKey(r.GroupBy), contain: r.Contain,
+			said: "rule " + r.Name + " matched"}
+		gf := r.GroupBy
+		cr.gval = func(ev *event.Access) string { return groupValue(gf, ev) }
+		if f, ok := strFields[gf]; ok {
+			cr.gval = f
+		}
 		if r.Threshold > 1 {
-			cr.groups = newGenMap[windowCount](maxKeys)
+			for i := range cr.groups {
+				cr.groups[i] = newGenMap[windowCount](perShard(maxKeys))
+			}
 		}
 		rs.rules = append(rs.rules, cr)
 	}

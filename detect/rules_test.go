@@ -106,7 +106,7 @@ func TestHotReload(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	wg.Wait()
-	if got := e.rules.Load().byName("cn").matches; got != 20000 {
+	if got := e.rules.Load().byName("cn").matchCount(); got != 20000 {
 		t.Fatalf("cn matched %d of 20000 across reloads", got)
 	}
 	// A broken file leaves the running rules in place.

@@ -4,72 +4,136 @@ import (
 	"github.com/axiomhq/hyperloglog"
 )
 
-// genMap is a bounded map: two generations of at most half entries each.
-// Looking a key up in the old generation moves it to the young one, so keys
-// in use survive and idle ones are dropped wholesale when the young
-// generation fills.
+// genMap is a bounded map from 64-bit hashed keys to inline values: two
+// generations of at most half entries each, each an open-addressing table
+// (linear probing, load at most 1/2) that grows on demand. Looking a key up in
+// the old generation moves it to the young one, so keys in use survive and
+// idle ones are dropped wholesale when the young generation fills. Keys sit
+// apart from values so that probing stays within a few cache lines; values
+// live inside the table: no allocation and no pointer to chase per lookup.
 type genMap[V any] struct {
-	cur, old map[uint64]*V
-	half     int
-	free     []*V // entries of dropped generations, reused to spare allocations
+	cur, old   table[V]
+	ncur, nold int
+	half       int
 }
+
+type table[V any] struct {
+	keys []uint64 // 0: empty; moved: taken to the young generation
+	vals []V
+}
+
+const (
+	moved    = ^uint64(0)
+	minSlots = 16
+)
 
 func newGenMap[V any](max int) *genMap[V] {
 	h := max / 2
 	if h < 1 {
 		h = 1
 	}
-	return &genMap[V]{cur: make(map[uint64]*V), old: make(map[uint64]*V), half: h}
+	return &genMap[V]{half: h}
 }
 
-// get returns the entry for k, creating it when absent.
+// norm keeps real keys off the two reserved values.
+func norm(k uint64) uint64 {
+	if k == 0 || k == moved {
+		return 2
+	}
+	return k
+}
+
+// find returns k's slot in keys, or the empty slot where it would go.
+func find(keys []uint64, k uint64) (int, bool) {
+	mask := uint64(len(keys) - 1)
+	for i := k & mask; ; i = (i + 1) & mask {
+		switch keys[i] {
+		case k:
+			return int(i), true
+		case 0:
+			return int(i), false
+		}
+	}
+}
+
+// get returns the entry for k, creating it (zero) when absent. The pointer
+// is valid until the next get or peek.
 func (m *genMap[V]) get(k uint64) *V {
-	if v, ok := m.cur[k]; ok {
-		return v
+	k = norm(k)
+	if len(m.cur.keys) > 0 {
+		if i, ok := find(m.cur.keys, k); ok {
+			return &m.cur.vals[i]
+		}
 	}
-	v, ok := m.old[k]
-	if ok {
-		delete(m.old, k)
-	} else if n := len(m.free); n > 0 {
-		v = m.free[n-1]
-		m.free = m.free[:n-1]
-		var zero V
-		*v = zero
-	} else {
-		v = new(V)
+	var v V
+	if len(m.old.keys) > 0 {
+		if i, ok := find(m.old.keys, k); ok {
+			v = m.old.vals[i]
+			m.old.keys[i] = moved
+			m.nold--
+		}
 	}
-	m.put(k, v)
-	return v
+	return m.put(k, &v)
 }
 
 // peek returns the entry for k without creating it.
 func (m *genMap[V]) peek(k uint64) (*V, bool) {
-	if v, ok := m.cur[k]; ok {
-		return v, true
-	}
-	v, ok := m.old[k]
-	if ok {
-		delete(m.old, k)
-		m.put(k, v)
-	}
-	return v, ok
-}
-
-func (m *genMap[V]) put(k uint64, v *V) {
-	if len(m.cur) >= m.half {
-		for _, v := range m.old {
-			if len(m.free) >= m.half {
-				break
-			}
-			m.free = append(m.free, v)
+	k = norm(k)
+	if len(m.cur.keys) > 0 {
+		if i, ok := find(m.cur.keys, k); ok {
+			return &m.cur.vals[i], true
 		}
-		clear(m.old) // keeps the map's storage for the next generation
-		m.old, m.cur = m.cur, m.old
 	}
-	m.cur[k] = v
+	if len(m.old.keys) > 0 {
+		if i, ok := find(m.old.keys, k); ok {
+			v := m.old.vals[i]
+			m.old.keys[i] = moved
+			m.nold--
+			return m.put(k, &v), true
+		}
+	}
+	return nil, false
 }
 
-func (m *genMap[V]) len() int { return len(m.cur) + len(m.old) }
+func (m *genMap[V]) put(k uint64, v *V) *V {
+	if m.ncur >= m.half {
+		// The young generation is full: drop the old one, keeping its
+		// storage. Its values are cleared too, so that no sketch of a
+		// dropped key stays reachable: only live keys hold memory.
+		clear(m.old.keys)
+		clear(m.old.vals)
+		m.old, m.cur = m.cur, m.old
+		m.nold, m.ncur = m.ncur, 0
+	}
+	if 2*(m.ncur+1) > len(m.cur.keys) {
+		m.grow()
+	}
+	i, _ := find(m.cur.keys, k)
+	m.cur.keys[i], m.cur.vals[i] = k, *v
+	m.ncur++
+	return &m.cur.vals[i]
+}
+
+// grow doubles the young table.
+func (m *genMap[V]) grow() {
+	n := minSlots
+	for n < 2*(m.ncur+1) {
+		n *= 2
+	}
+	if n <= len(m.cur.keys) {
+		return
+	}
+	t := table[V]{keys: make([]uint64, n), vals: make([]V, n)}
+	for i, k := range m.cur.keys {
+		if k != 0 && k != moved {
+			j, _ := find(t.keys, k)
+			t.keys[j], t.vals[j] = k, m.cur.vals[i]
+		}
+	}
+	m.cur = t
+}
+
+func (m *genMap[V]) len() int { return m.ncur + m.nold }
 
 // smallExact is how many distinct values a counter keeps exactly before it
 // switches to a sketch.

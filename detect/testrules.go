@@ -76,7 +76,7 @@ func TestRules(rulesFile, eventsFile io.Reader) (Report, error) {
 	rep.Alerts = e.Alerts()
 	e.mu.Lock()
 	for _, r := range e.rules.Load().rules {
-		rr := RuleResult{Name: r.Name, Matches: r.matches}
+		rr := RuleResult{Name: r.Name, Matches: r.matchCount()}
 		for _, a := range rep.Alerts {
 			if a.Rule == r.Name {
 				rr.Alerts++
