@@ -72,7 +72,15 @@ type Custos struct {
 
 	sent, served, normal int64
 	writeErr             error
+
+	// batch holds events for detection. Worlds without containment hand
+	// detection batches (both cores); with containment each event goes alone,
+	// so an action takes effect before the next request.
+	batch []event.Access
 }
+
+// batchSize is how many events a world without containment hands detection at once.
+const batchSize = 256
 
 type block struct {
 	p     netip.Prefix
@@ -155,7 +163,14 @@ func (c *Custos) Observe(r *scenario.Request) {
 			c.exposure.Add(r)
 		}
 	}
-	c.engine.Process(ev)
+	if c.o.Contain {
+		c.engine.Process(ev)
+	} else {
+		c.batch = append(c.batch, ev)
+		if len(c.batch) == batchSize {
+			c.flush()
+		}
+	}
 	if c.writer != nil && c.writeErr == nil {
 		c.writeErr = c.writer.Write(ev)
 	}
@@ -182,6 +197,13 @@ func (c *Custos) verdict(r *scenario.Request) (event.Reason, bool) {
 	return event.ReasonNotIssued, false // observe: passed, but the event says what enforce would do
 }
 
+func (c *Custos) flush() {
+	if len(c.batch) > 0 {
+		c.engine.ProcessBatch(c.batch)
+		c.batch = c.batch[:0]
+	}
+}
+
 func (c *Custos) onAlert(a detect.Alert) {
 	attack := false
 	for _, id := range a.Samples {
@@ -196,8 +218,12 @@ func (c *Custos) onAlert(a detect.Alert) {
 		c.falseAlarms++
 		return
 	}
-	if c.firstAlert.IsZero() {
-		c.firstAlert = c.cur
+	at := a.Raised // the event time of the request that raised it
+	if at.IsZero() {
+		at = c.cur
+	}
+	if c.firstAlert.IsZero() || at.Before(c.firstAlert) {
+		c.firstAlert = at
 	}
 }
 
@@ -233,6 +259,7 @@ func (c *Custos) ForceRelogin(ctx context.Context, subject, reason string) error
 // World returns the outcome. With EventsDir set it closes the event store and
 // measures the time to a complete scope of the incident (wall clock).
 func (c *Custos) World(ctx context.Context) (World, error) {
+	c.flush()
 	w := World{
 		Name: c.o.Name, KeyDied: c.keyDied, FirstAlert: c.firstAlert, Containment: c.containment,
 		ForgedSent: c.sent, ForgedServed: c.served, NormalRequests: c.normal,

@@ -2,8 +2,11 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -19,6 +22,25 @@ func DefaultWorlds() []CustosOptions {
 		{Name: "custos, provenance in observe mode + containment", KeyStolenAnyway: true, Observe: true, Contain: true},
 		{Name: "custos, no lifecycle link", NoLifecycle: true},
 	}
+}
+
+// WorldsNamed picks worlds from DefaultWorlds by short name: custos, copied,
+// observe, nolifecycle; "all" is every one.
+func WorldsNamed(names []string) ([]CustosOptions, error) {
+	all := DefaultWorlds()
+	short := []string{"custos", "copied", "observe", "nolifecycle"}
+	var out []CustosOptions
+	for _, n := range names {
+		if n == "all" {
+			return all, nil
+		}
+		i := slices.Index(short, n)
+		if i < 0 {
+			return nil, fmt.Errorf("unknown world %q (want %s or all)", n, strings.Join(short, ", "))
+		}
+		out = append(out, all[i])
+	}
+	return out, nil
 }
 
 // EventsOptions configure the events-mode replay.

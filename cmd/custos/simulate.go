@@ -39,6 +39,7 @@ func init() {
 	var scale float64
 	var seed uint64
 	var mode, scopeDir string
+	var worlds []string
 	var asJSON, quiet, noScope bool
 	simulate := &cobra.Command{Use: "simulate", Short: "Replay a breach against custos and a signature-only baseline"}
 	coupang := &cobra.Command{
@@ -59,6 +60,12 @@ func init() {
 			switch mode {
 			case "events":
 				o := sim.EventsOptions{Scenario: cfg}
+				if !cmd.Flags().Changed("worlds") && scale > 0.01 {
+					worlds = []string{"custos"} // the variants cost a full replay each
+				}
+				if o.Worlds, err = sim.WorldsNamed(worlds); err != nil {
+					return usageErr("--worlds: %v", err)
+				}
 				if !noScope {
 					if scopeDir == "" {
 						if scopeDir, err = os.MkdirTemp("", "custos-scope-"); err != nil {
@@ -90,6 +97,7 @@ func init() {
 	coupang.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a Markdown table")
 	coupang.Flags().BoolVar(&quiet, "quiet", false, "no progress bar")
 	coupang.Flags().BoolVar(&noScope, "no-scope", false, "events mode: do not write events for scoping (faster at large scale; no time-to-scope figure)")
+	coupang.Flags().StringSliceVar(&worlds, "worlds", []string{"all"}, "events mode: custos worlds to replay: custos, copied, observe, nolifecycle or all (default all up to --scale 0.01, custos above)")
 	coupang.Flags().StringVar(&scopeDir, "scope-dir", "", "events mode: where worlds write their access events (default a temp dir, removed at the end)")
 	simulate.AddCommand(coupang)
 	root.AddCommand(simulate)
