@@ -1,0 +1,454 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/detect/ingest"
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/forensics"
+	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/shop"
+	"github.com/custos-dev/custos/token"
+)
+
+// liveServer is a custos server running in-process with the shop behind its gateway.
+type liveServer struct {
+	s                   *server.Server
+	data, apiURL, gwURL string
+	pop                 shop.Population
+	cfg                 config.Config
+}
+
+func startServer(t *testing.T) *liveServer {
+	t.Helper()
+	ls := &liveServer{pop: shop.Population{Members: 200, Missing: 20, Decoys: 2, Seed: 1}}
+	sh, err := shop.New(ls.pop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(sh)
+	t.Cleanup(up.Close)
+	listen := func() net.Listener {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	ln, gw := listen(), listen()
+	cfg := config.Default()
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	cfg.Issuer = "http://" + ln.Addr().String()
+	cfg.Gateway.Upstream = up.URL
+	for _, r := range shop.Routes() {
+		cfg.Gateway.Routes = append(cfg.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := server.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, ln, gw) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		s.Close()
+	})
+	if _, _, err := s.Keys.Signer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ls.s, ls.cfg, ls.data = s, cfg, cfg.Data
+	ls.apiURL, ls.gwURL = "http://"+ln.Addr().String(), "http://"+gw.Addr().String()
+	return ls
+}
+
+// resetFlags puts every flag back to its default: cobra keeps values
+// between Execute calls.
+func resetFlags(c *cobra.Command) {
+	reset := func(f *pflag.Flag) {
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			sv.Replace(nil)
+		} else {
+			f.Value.Set(f.DefValue)
+		}
+		f.Changed = false
+	}
+	c.Flags().VisitAll(reset)
+	c.PersistentFlags().VisitAll(reset)
+	for _, sub := range c.Commands() {
+		resetFlags(sub)
+	}
+}
+
+// cli runs the command line and returns standard output, standard error and
+// the exit status main would give.
+func cli(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	resetFlags(root)
+	var out, errb bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	root.SetIn(strings.NewReader(""))
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return out.String(), errb.String(), 0
+	}
+	errb.WriteString(err.Error())
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return out.String(), errb.String(), ee.code
+	}
+	return out.String(), errb.String(), 2
+}
+
+func (ls *liveServer) admin(args ...string) []string {
+	return append(args, "--server", ls.apiURL, "--data", ls.data)
+}
+
+// request sends one request through the in-process gateway.
+func (ls *liveServer) request(t *testing.T, tok, path string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", ls.gwURL+path, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// issue registers a client and has the authority issue a token for sub.
+func (ls *liveServer) issue(t *testing.T, sub string) string {
+	t.Helper()
+	o, _, code := cli(t, ls.admin("clients", "add", "login", "--audience", config.DefaultAudience, "--json")...)
+	if code != 0 {
+		t.Fatalf("clients add: %d %s", code, o)
+	}
+	var c struct {
+		Secret string `json:"client_secret"`
+	}
+	json.Unmarshal([]byte(o), &c)
+	body := fmt.Sprintf(`{"subject":%q,"audience":%q}`, sub, config.DefaultAudience)
+	req, _ := http.NewRequest("POST", ls.apiURL+"/v1/tokens", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+c.Secret)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&tok); err != nil || tok.AccessToken == "" {
+		t.Fatalf("issue: %d %v", resp.StatusCode, err)
+	}
+	return tok.AccessToken
+}
+
+// countEvents flushes the server's event writer until the SQL command sees
+// want events matching where (the writer consumes the bus on its own).
+func (ls *liveServer) countEvents(t *testing.T, where string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err := ls.s.Forensics.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		o, e, code := cli(t, "sql", "SELECT count(*) AS n FROM events WHERE "+where, "--data", ls.data, "--json")
+		if code != 0 {
+			t.Fatalf("sql: %d %s", code, e)
+		}
+		var res struct {
+			Columns []string `json:"columns"`
+			Rows    [][]any  `json:"rows"`
+		}
+		if err := json.Unmarshal([]byte(o), &res); err != nil || len(res.Rows) != 1 || res.Columns[0] != "n" {
+			t.Fatalf("sql --json: %v %q", err, o)
+		}
+		if n := int(res.Rows[0][0].(float64)); n == want {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%d events where %s, want %d", n, where, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Events written through the gateway: sql counts them, scope finds the one
+// exposure and the forged attempt (from indicators and from the incident),
+// incidents show the clocks, exports land in --out, and unreadable files
+// fail the scope unless --allow-partial.
+func TestScopeSQLAndIncidents(t *testing.T) {
+	ls := startServer(t)
+	m1, m2 := fmt.Sprint(ls.pop.MemberID(1)), fmt.Sprint(ls.pop.MemberID(2))
+	if st := ls.request(t, ls.issue(t, m1), "/api/members/"+m1+"/profile"); st != 200 {
+		t.Fatalf("issued token: %d", st)
+	}
+	k, signer, err := ls.s.Keys.Signer(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	forged, err := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: ls.cfg.Issuer, Subject: m2, Audience: config.DefaultAudience,
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-cli", ClientID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := ls.request(t, forged, "/api/members/"+m2+"/orders"); st != 401 {
+		t.Fatalf("forged token: %d", st)
+	}
+	ls.countEvents(t, "token_kid = '"+k.KID+"'", 2)
+
+	// Text table.
+	o, _, code := cli(t, "sql", "SELECT reason, status FROM events ORDER BY time", "--data", ls.data)
+	if code != 0 || !strings.Contains(o, "REASON") || !strings.Contains(o, "not_issued") {
+		t.Fatalf("sql table: %d %q", code, o)
+	}
+	if _, e, code := cli(t, "sql", "DELETE FROM events", "--data", ls.data); code != 2 {
+		t.Fatalf("sql write: %d %s", code, e)
+	}
+
+	out := filepath.Join(t.TempDir(), "out")
+	o, e, code := cli(t, "scope", "--indicator", "kid:"+k.KID, "--data", ls.data, "--out", out, "--json", "--quiet")
+	if code != 0 {
+		t.Fatalf("scope: %d %s", code, e)
+	}
+	var rep forensics.Report
+	if err := json.Unmarshal([]byte(o), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if sc := rep.Scope; sc.Subjects != 1 || sc.Exposures != 1 || sc.Attempts != 1 || rep.Partial {
+		t.Fatalf("scope: %+v", sc)
+	}
+	for _, f := range []string{"notification.csv", "notification.parquet", "report.md", "report.json"} {
+		if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Size() == 0 {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+	csv, _ := os.ReadFile(filepath.Join(out, "notification.csv"))
+	if lines := strings.Split(strings.TrimSpace(string(csv)), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[1], m1+",") {
+		t.Fatalf("notification.csv %q", csv)
+	}
+
+	// The incident: clocks from its awareness, indicators from its alerts.
+	var incID string
+	deadline := time.Now().Add(5 * time.Second)
+	for incID == "" {
+		o, _, code = cli(t, ls.admin("incidents", "list", "--json")...)
+		var l struct {
+			Incidents []struct {
+				ID    string   `json:"id"`
+				Rules []string `json:"rules"`
+			} `json:"incidents"`
+		}
+		if code != 0 || json.Unmarshal([]byte(o), &l) != nil {
+			t.Fatalf("incidents list: %d %q", code, o)
+		}
+		for _, inc := range l.Incidents {
+			if strings.Contains(strings.Join(inc.Rules, ","), "not_issued") {
+				incID = inc.ID
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no not_issued incident")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	o, e, code = cli(t, ls.admin("incidents", "show", incID, "--json")...)
+	var show incidentView
+	if code != 0 || json.Unmarshal([]byte(o), &show) != nil || len(show.Alerts) == 0 || len(show.Deadlines) != 4 ||
+		!show.Deadlines[0].Due.Equal(show.Incident.Awareness.Add(24*time.Hour)) {
+		t.Fatalf("incidents show: %d %s %q", code, e, o)
+	}
+	o, _, code = cli(t, ls.admin("incidents", "show", incID)...)
+	if code != 0 || !strings.Contains(o, "not_issued") || !strings.Contains(o, "GDPR art. 33") {
+		t.Fatalf("incidents show text: %d %q", code, o)
+	}
+	if _, _, code := cli(t, ls.admin("incidents", "show", "in-none")...); code != 2 {
+		t.Fatalf("unknown incident: exit %d", code)
+	}
+	o, e, code = cli(t, ls.admin("scope", "--incident", incID, "--json", "--quiet")...)
+	rep = forensics.Report{}
+	if code != 0 || json.Unmarshal([]byte(o), &rep) != nil {
+		t.Fatalf("scope --incident: %d %s", code, e)
+	}
+	if rep.Meta.Incident != incID || !rep.Meta.Awareness.Equal(show.Incident.Awareness) || rep.Scope.Exposures != 1 || rep.Scope.Attempts != 1 {
+		t.Fatalf("scope --incident: meta %+v scope %+v", rep.Meta, rep.Scope)
+	}
+	o, e, code = cli(t, ls.admin("incidents", "scope", incID, "--indicator", "jti:forged-cli")...)
+	if code != 0 || !strings.Contains(o, "attempts       1") {
+		t.Fatalf("incidents scope: %d %s %q", code, e, o)
+	}
+
+	// Bad input stops before any scan.
+	for name, args := range map[string][]string{
+		"fail/bad_ip":        {"scope", "--indicator", "ip:999.1.1.1", "--data", ls.data},
+		"fail/unknown_kind":  {"scope", "--indicator", "colour:red", "--data", ls.data},
+		"fail/no_indicators": {"scope", "--data", ls.data},
+		"fail/no_data":       {"scope", "--indicator", "kid:x"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if o, e, code := cli(t, args...); code != 2 || o != "" {
+				t.Fatalf("exit %d, out %q err %q", code, o, e)
+			}
+		})
+	}
+
+	// An unreadable event file.
+	bad := filepath.Join(ls.data, server.EventsDir, "events", "hour=2025-11-01T00", "part-bad.parquet")
+	if err := os.MkdirAll(filepath.Dir(bad), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(bad, []byte("not parquet"), 0o600)
+	if _, e, code := cli(t, "scope", "--indicator", "kid:"+k.KID, "--data", ls.data, "--quiet"); code != 2 || !strings.Contains(e, "--allow-partial") {
+		t.Fatalf("unreadable file: %d %s", code, e)
+	}
+	out2 := filepath.Join(t.TempDir(), "partial")
+	if o, e, code := cli(t, "scope", "--indicator", "kid:"+k.KID, "--data", ls.data, "--quiet", "--allow-partial", "--out", out2); code != 0 || !strings.HasPrefix(o, "PARTIAL") {
+		t.Fatalf("--allow-partial: %d %s %q", code, e, o)
+	}
+	md, _ := os.ReadFile(filepath.Join(out2, "report.md"))
+	if first, _, _ := strings.Cut(string(md), "\n"); !strings.Contains(first, "PARTIAL") || !strings.Contains(first, "part-bad.parquet") {
+		t.Fatalf("report.md first line %q", first)
+	}
+}
+
+// A fresh server's key has no living custodian: hygiene exits 1; recording
+// the admin as custodian makes it exit 0.
+func TestKeysHygieneCommand(t *testing.T) {
+	ls := startServer(t)
+	o, e, code := cli(t, ls.admin("keys", "hygiene", "--json")...)
+	if code != 1 || !strings.Contains(o, `"no_living_custodian"`) {
+		t.Fatalf("fresh server: exit %d %q %s", code, o, e)
+	}
+	admin, err := ls.s.Staff.PersonByUserName(context.Background(), "bootstrap-admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := ls.s.Keys.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range ks {
+		o, e, code := cli(t, ls.admin("keys", "custodians", k.KID, "--add", admin.ID, "--role", "administer")...)
+		if code != 0 || !strings.Contains(o, admin.ID) || !strings.Contains(o, "administer") {
+			t.Fatalf("custodians --add: %d %q %s", code, o, e)
+		}
+	}
+	if o, e, code := cli(t, ls.admin("keys", "hygiene")...); code != 0 || !strings.Contains(o, "no findings") {
+		t.Fatalf("after custodians: exit %d %q %s", code, o, e)
+	}
+	if o, _, code := cli(t, ls.admin("keys", "hygiene", "--max-age", "1ns")...); code != 1 || !strings.Contains(o, "key_too_old") {
+		t.Fatalf("--max-age 1ns: exit %d %q", code, o)
+	}
+	for name, args := range map[string][]string{
+		"fail/bad_role":      ls.admin("keys", "custodians", ks[0].KID, "--add", admin.ID, "--role", "owner"),
+		"fail/role_alone":    ls.admin("keys", "custodians", ks[0].KID, "--role", "operate"),
+		"fail/unknown_key":   ls.admin("keys", "custodians", "nope"),
+		"fail/unknown_staff": ls.admin("keys", "custodians", ks[0].KID, "--add", "nobody"),
+		"fail/bad_max_age":   ls.admin("keys", "hygiene", "--max-age", "soon"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, e, code := cli(t, args...); code != 2 {
+				t.Fatalf("exit %d: %s", code, e)
+			}
+		})
+	}
+}
+
+// A log with one bad line: the others arrive, the bad one is named by its
+// number on standard error; a log with nothing readable exits 2.
+func TestIngestCommand(t *testing.T) {
+	ls := startServer(t)
+	dir := t.TempDir()
+	var b strings.Builder
+	base := time.Now().UTC().Truncate(time.Second)
+	for i := range 4 {
+		if i == 1 {
+			b.WriteString("{not json\n")
+			continue
+		}
+		ev := event.Access{Time: base.Add(time.Duration(i) * time.Second), Gateway: "edge-test", RequestID: fmt.Sprintf("r-%d", i),
+			Method: "GET", Route: "/api/members/{id}/profile", Status: 200, SrcIP: "198.51.100.7", Verdict: event.Allow,
+			Subject: "1001", DataClasses: []string{"name"}}
+		line, _ := json.Marshal(ev)
+		b.Write(line)
+		b.WriteByte('\n')
+	}
+	good := filepath.Join(dir, "access.jsonl")
+	os.WriteFile(good, []byte(b.String()), 0o600)
+	o, e, code := cli(t, ls.admin("ingest", good, "--format", "custos", "--batch", "2", "--json")...)
+	if code != 0 {
+		t.Fatalf("ingest: %d %s", code, e)
+	}
+	var rep ingestReport
+	if err := json.Unmarshal([]byte(o), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Lines != 4 || rep.Events != 3 || rep.Accepted != 3 || rep.Malformed != 1 || rep.Batches != 2 || !strings.Contains(e, "line 2:") {
+		t.Fatalf("report %+v, stderr %q", rep, e)
+	}
+	ls.countEvents(t, "gateway = 'edge-test' AND src_ip = '198.51.100.7'", 3)
+
+	bad := filepath.Join(dir, "bad.jsonl")
+	os.WriteFile(bad, []byte("{\n[]\n"), 0o600)
+	for name, args := range map[string][]string{
+		"fail/nothing_readable": ls.admin("ingest", bad, "--format", "custos"),
+		"fail/missing_file":     ls.admin("ingest", filepath.Join(dir, "none"), "--format", "custos"),
+		"fail/unknown_format":   ls.admin("ingest", good, "--format", "apache"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, e, code := cli(t, args...); code != 2 {
+				t.Fatalf("exit %d: %s", code, e)
+			}
+		})
+	}
+}
+
+// ingestBatches reads hostile input: every line is either sent or counted as
+// malformed, and exactly the good lines are posted.
+func FuzzIngestBatches(f *testing.F) {
+	f.Add([]byte("{\"time\":\"2025-11-01T00:00:00Z\"}\n{bad\n\n{\"time\":\"2025-11-01T00:00:01Z\"}"), "custos")
+	f.Add([]byte(`{"time_iso8601":"2025-11-01T00:00:00+00:00","status":"200","request":"GET /x HTTP/1.1"}`), "nginx")
+	f.Add([]byte(`{"start_time":"2025-11-01T00:00:00.000Z","response_code":401}`+"\r\n"), "envoy")
+	f.Fuzz(func(t *testing.T, data []byte, format string) {
+		if format != "custos" && format != "nginx" && format != "envoy" {
+			return
+		}
+		posted := 0
+		post := func(b []byte) (ingest.Stats, error) {
+			n := bytes.Count(b, []byte("\n"))
+			posted += n
+			return ingest.Stats{Events: n}, nil
+		}
+		rep, err := ingestBatches(context.Background(), bytes.NewReader(data), format, 3, post, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if posted != rep.Events || rep.Accepted != rep.Events || rep.Events+rep.Malformed > rep.Lines {
+			t.Fatalf("posted %d, report %+v", posted, rep)
+		}
+	})
+}
