@@ -37,7 +37,7 @@ func progress(w io.Writer, what string, quiet bool) (func(done, total uint64), f
 
 func init() {
 	var scale float64
-	var seed uint64
+	var seed, normalPerDay uint64
 	var mode, scopeDir string
 	var worlds []string
 	var asJSON, quiet, noScope bool
@@ -49,6 +49,9 @@ func init() {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg := scenario.DefaultConfig()
 			cfg.Scale, cfg.Seed = scale, seed
+			if normalPerDay > 0 {
+				cfg.NormalPerDay = normalPerDay
+			}
 			if err := cfg.Validate(); err != nil {
 				return usageErr("%v", err)
 			}
@@ -93,6 +96,7 @@ func init() {
 	}
 	coupang.Flags().Float64Var(&scale, "scale", 0.001, "fraction of the real breach's size (1 = 33.7 million members)")
 	coupang.Flags().Uint64Var(&seed, "seed", scenario.DefaultConfig().Seed, "seed; the same seed gives the same replay")
+	coupang.Flags().Uint64Var(&normalPerDay, "normal-per-day", 0, "normal page views per simulated day at scale 1 (default 100,000); raise it to measure false alarms over more normal traffic")
 	coupang.Flags().StringVar(&mode, "mode", "events", "events (straight into detection and forensics) or http (through the real authority and gateway)")
 	coupang.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a Markdown table")
 	coupang.Flags().BoolVar(&quiet, "quiet", false, "no progress bar")
