@@ -52,6 +52,12 @@ type Journal interface {
 	Append(ctx context.Context, kind string, v any) error
 }
 
+// LoginRecorder hears of each login the authority serves (detection's
+// token_without_login keys sessions by the token's jti).
+type LoginRecorder interface {
+	Login(sid string, at time.Time)
+}
+
 // Request is what a client asks for.
 type Request struct {
 	Subject   string `json:"subject"`
@@ -95,6 +101,9 @@ type Authority struct {
 	alerter Alerter
 	journal Journal
 	now     func() time.Time
+
+	// Logins, when set, hears of every token issued.
+	Logins LoginRecorder
 }
 
 // Config is the authority's part of the configuration.
@@ -203,6 +212,9 @@ func (a *Authority) Issue(ctx context.Context, c *Client, r Request) (Issued, er
 	}
 	if err := a.ledger.Put(ctx, e); err != nil {
 		return Issued{}, fmt.Errorf("failed to record the token: %w", err)
+	}
+	if a.Logins != nil {
+		a.Logins.Login(jti, now)
 	}
 	return Issued{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(ttl / time.Second), JTI: jti, KID: key.KID}, nil
 }

@@ -321,3 +321,23 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
+
+type logins struct{ sids []string }
+
+func (l *logins) Login(sid string, at time.Time) { l.sids = append(l.sids, sid) }
+
+func TestIssueReportsLogin(t *testing.T) {
+	f := newFixture(t)
+	rec := &logins{}
+	f.auth.Logins = rec
+	out, err := f.auth.Issue(context.Background(), f.client, Request{Subject: "5", Audience: "shop-api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.sids) != 1 || rec.sids[0] != out.JTI {
+		t.Fatalf("logins %v, want [%s]", rec.sids, out.JTI)
+	}
+	if _, err := f.auth.Issue(context.Background(), f.client, Request{Subject: "", Audience: "shop-api"}); err == nil || len(rec.sids) != 1 {
+		t.Fatal("a refused request was reported as a login")
+	}
+}

@@ -195,6 +195,11 @@ func (s *Server) startLoops(ctx context.Context) {
 	every(time.Minute, func(ctx context.Context) error { _, err := s.Ledger.Sweep(ctx); return err }, "ledger sweep")
 	every(time.Minute, s.Staff.Sweep, "offboarding sweep")
 	every(time.Hour, s.retainEvents, "event retention")
+	if s.Config.Detect.Rules != "" {
+		go s.Detect.WatchRules(ctx, s.Config.Detect.Rules, 2*time.Second, func(err error) {
+			s.Log.Error("rules not reloaded; the running rules stay", "file", s.Config.Detect.Rules, "err", err)
+		})
+	}
 	// Seal event files that have waited long enough, so scopes and SQL run
 	// from the command line see recent events on a quiet server too.
 	every(15*time.Second, func(context.Context) error { return s.Forensics.Tick() }, "event store tick")

@@ -234,6 +234,8 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		return nil, err
 	}
 
+	s.Authority.Logins = s.Detect
+
 	// Staff.
 	policy2 := staff.PolicyRevoke
 	if cfg.Staff.OffboardGrace {

@@ -449,3 +449,36 @@ func TestAuditTrail(t *testing.T) {
 		t.Fatal("hold on an unknown incident accepted")
 	}
 }
+
+// Detection in the server: a forged token raises not_issued; the issued one
+// raises nothing.
+func TestDetectionWired(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	secret := e.client(t)
+	m := member(e.pop, 11)
+	tok := e.issue(t, secret, m)
+	e.get(t, tok, "/api/members/"+m+"/orders")
+	k, signer, _ := e.s.Keys.Signer(ctx)
+	now := time.Now()
+	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "never-logged-in", ClientID: "x"})
+	e.get(t, forged, "/api/members/"+m+"/orders")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rules := map[string]int{}
+		for _, a := range e.s.Detect.Alerts() {
+			rules[a.Rule]++
+			if a.Attrs["jti"] != "" && a.Attrs["jti"] != "never-logged-in" {
+				t.Fatalf("alert %s on the issued token", a.Rule)
+			}
+		}
+		if rules["not_issued"] > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alerts %v, want not_issued", rules)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
