@@ -431,13 +431,22 @@ func (h userHandler) GetAll(r *http.Request, params scim.ListRequestParams) (sci
 	if err != nil {
 		return scim.Page{}, toSCIMError(err, "")
 	}
+	return pageOf(params, len(ps), func(i int) (scim.Resource, string, string, error) {
+		res, err := h.resource(ctx, h.d.db, ps[i])
+		return res, ps[i].id, ps[i].externalID, err
+	})
+}
+
+// pageOf is the answer to a list request over n resources: those that pass
+// its filter (on every attribute, id and externalId included), paginated.
+func pageOf(params scim.ListRequestParams, n int, at func(i int) (res scim.Resource, id, externalID string, err error)) (scim.Page, error) {
 	matched := []scim.Resource{}
-	for _, p := range ps {
-		res, err := h.resource(ctx, h.d.db, p)
+	for i := 0; i < n; i++ {
+		res, id, extID, err := at(i)
 		if err != nil {
 			return scim.Page{}, toSCIMError(err, "")
 		}
-		full := map[string]any{"id": p.id, "externalId": p.externalID}
+		full := map[string]any{"id": id, "externalId": extID}
 		for k, v := range res.Attributes {
 			full[k] = v
 		}
@@ -603,21 +612,10 @@ func (h groupHandler) GetAll(r *http.Request, params scim.ListRequestParams) (sc
 	if err != nil {
 		return scim.Page{}, toSCIMError(err, "")
 	}
-	matched := []scim.Resource{}
-	for _, g := range gs {
-		res, err := h.resource(ctx, h.d.db, g)
-		if err != nil {
-			return scim.Page{}, toSCIMError(err, "")
-		}
-		full := map[string]any{"id": g.id, "externalId": g.externalID}
-		for k, v := range res.Attributes {
-			full[k] = v
-		}
-		if passes(params, full) {
-			matched = append(matched, res)
-		}
-	}
-	return scim.Page{TotalResults: len(matched), Resources: page(matched, params)}, nil
+	return pageOf(params, len(gs), func(i int) (scim.Resource, string, string, error) {
+		res, err := h.resource(ctx, h.d.db, gs[i])
+		return res, gs[i].id, gs[i].externalID, err
+	})
 }
 
 func (h groupHandler) Replace(r *http.Request, id string, attrs scim.ResourceAttributes) (scim.Resource, error) {
