@@ -4,21 +4,16 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/cookiejar"
-	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/shop"
 	"github.com/custos-dev/custos/token"
 )
@@ -33,60 +28,12 @@ type env struct {
 	adminToken string
 }
 
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
 func start(t *testing.T) *env {
 	t.Helper()
-	e := &env{pop: shop.Population{Members: 500, Missing: 100, Decoys: 5, Seed: 7}}
-	sh, err := shop.New(e.pop)
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := httptest.NewServer(sh)
-	t.Cleanup(up.Close)
-	ln, gw := listen(t), listen(t)
-	cfg := config.Default()
-	cfg.Data = filepath.Join(t.TempDir(), "data")
-	cfg.Issuer = "http://" + ln.Addr().String()
-	cfg.Gateway.Upstream = up.URL
-	for _, r := range shop.Routes() {
-		cfg.Gateway.Routes = append(cfg.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
-	}
-	for id := uint64(1); id <= e.pop.IDSpace(); id++ {
-		if e.pop.Kind(id) == shop.Decoy {
-			cfg.Decoys = append(cfg.Decoys, fmt.Sprint(id))
-		}
-	}
-	e.cfg = cfg
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, ln, gw) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		s.Close()
-	})
-	e.s = s
-	e.apiURL, e.gwURL = "http://"+ln.Addr().String(), "http://"+gw.Addr().String()
-	b, err := os.ReadFile(filepath.Join(cfg.Data, server.AdminTokenFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.adminToken = strings.TrimSpace(string(b))
+	te := servertest.Start(t, shop.Population{Members: 500, Missing: 100, Decoys: 5, Seed: 7}, nil)
+	e := &env{s: te.S, cfg: te.Cfg, pop: te.Pop, apiURL: te.APIURL, gwURL: te.GatewayURL, adminToken: te.API.Token}
 	// The first key is made on first use.
-	if _, _, err := s.Keys.Signer(ctx); err != nil {
+	if _, _, err := e.s.Keys.Signer(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return e

@@ -8,39 +8,31 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/api"
-	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/staff"
-	"github.com/custos-dev/custos/token"
 )
 
 // forge signs a token with the server's real active key that the authority
-// never issued: the stolen-key case.
-func (e *env) forge(t *testing.T, sub, jti string) (string, string) {
+// never issued (the stolen-key case), and returns it with the key's id.
+func forge(t *testing.T, e *env, sub, jti string) (string, string) {
 	t.Helper()
-	k, signer, err := e.s.Keys.Signer(context.Background())
+	k, _, err := e.S.Keys.Signer(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	tok, err := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: sub, Audience: config.DefaultAudience,
-		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: jti, ClientID: "x"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok, k.KID
+	return e.Forge(t, sub, jti), k.KID
 }
 
 // waitIncident polls the API until an incident holds an alert of rule.
-func (e *env) waitIncident(t *testing.T, rule string) detect.Incident {
+func waitIncident(t *testing.T, e *env, rule string) detect.Incident {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var out struct {
 			Incidents []detect.Incident `json:"incidents"`
 		}
-		if err := e.api.Do(context.Background(), "GET", "/v1/incidents", nil, &out); err != nil {
+		if err := e.API.Do(context.Background(), "GET", "/v1/incidents", nil, &out); err != nil {
 			t.Fatal(err)
 		}
 		for _, inc := range out.Incidents {
@@ -84,16 +76,16 @@ func TestIndicatorSpecs(t *testing.T) {
 func TestScopeIncident(t *testing.T) {
 	e := start(t)
 	ctx := context.Background()
-	secret := e.client(t)
-	m1, m2 := member(e.pop, 1), member(e.pop, 2)
-	if st, _ := e.get(t, e.issue(t, secret, m1), "/api/members/"+m1+"/profile"); st != 200 {
+	secret := e.Client(t)
+	m1, m2 := e.Member(1), e.Member(2)
+	if st, _ := e.Get(t, e.Issue(t, secret, m1), "/api/members/"+m1+"/profile"); st != 200 {
 		t.Fatalf("issued token: %d", st)
 	}
-	forged, kid := e.forge(t, m2, "forged-scope-1")
-	if st, reason := e.get(t, forged, "/api/members/"+m2+"/profile"); st != 401 || reason != "not_issued" {
+	forged, kid := forge(t, e, m2, "forged-scope-1")
+	if st, reason := e.Get(t, forged, "/api/members/"+m2+"/profile"); st != 401 || reason != "not_issued" {
 		t.Fatalf("forged token: %d %q", st, reason)
 	}
-	inc := e.waitIncident(t, detect.RuleNotIssued)
+	inc := waitIncident(t, e, detect.RuleNotIssued)
 
 	// The forensics writer consumes the bus on its own; retry until both
 	// events are on disk.
@@ -101,7 +93,7 @@ func TestScopeIncident(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ans = server.ScopeAnswer{}
-		if err := e.api.Do(ctx, "POST", "/v1/incidents/"+inc.ID+"/scope", nil, &ans); err != nil {
+		if err := e.API.Do(ctx, "POST", "/v1/incidents/"+inc.ID+"/scope", nil, &ans); err != nil {
 			t.Fatal(err)
 		}
 		if ans.Scope.Exposures+ans.Scope.Attempts >= 2 || time.Now().After(deadline) {
@@ -123,7 +115,7 @@ func TestScopeIncident(t *testing.T) {
 
 	// Explicit indicators replace the derived ones.
 	ans = server.ScopeAnswer{}
-	if err := e.api.Do(ctx, "POST", "/v1/incidents/"+inc.ID+"/scope", map[string]any{"jtis": []string{"forged-scope-1"}}, &ans); err != nil {
+	if err := e.API.Do(ctx, "POST", "/v1/incidents/"+inc.ID+"/scope", map[string]any{"jtis": []string{"forged-scope-1"}}, &ans); err != nil {
 		t.Fatal(err)
 	}
 	if ans.Scope.Subjects != 0 || ans.Scope.Exposures != 0 || ans.Scope.Attempts != 1 {
@@ -136,13 +128,13 @@ func TestScopeIncident(t *testing.T) {
 		bearer string
 		status int
 	}{
-		"fail/unknown_field": {"/v1/incidents/" + inc.ID + "/scope", map[string]any{"bogus": 1}, e.api.Token, 400},
-		"fail/bad_source":    {"/v1/incidents/" + inc.ID + "/scope", map[string]any{"sources": []string{"300.1.1.1"}}, e.api.Token, 400},
-		"fail/no_incident":   {"/v1/incidents/in-nope/scope", nil, e.api.Token, 404},
+		"fail/unknown_field": {"/v1/incidents/" + inc.ID + "/scope", map[string]any{"bogus": 1}, e.API.Token, 400},
+		"fail/bad_source":    {"/v1/incidents/" + inc.ID + "/scope", map[string]any{"sources": []string{"300.1.1.1"}}, e.API.Token, 400},
+		"fail/no_incident":   {"/v1/incidents/in-nope/scope", nil, e.API.Token, 404},
 		"fail/no_credential": {"/v1/incidents/" + inc.ID + "/scope", nil, "", 401},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := e.api.DoAuth(ctx, "POST", tc.path, tc.bearer, tc.body, nil)
+			err := e.API.DoAuth(ctx, "POST", tc.path, tc.bearer, tc.body, nil)
 			var ae *api.Error
 			if !errors.As(err, &ae) || ae.Status != tc.status {
 				t.Fatalf("got %v, want %d", err, tc.status)
@@ -156,11 +148,11 @@ func TestScopeIncident(t *testing.T) {
 func TestKeyHygieneAndCustodians(t *testing.T) {
 	e := start(t)
 	ctx := context.Background()
-	if _, _, err := e.s.Keys.Signer(ctx); err != nil {
+	if _, _, err := e.S.Keys.Signer(ctx); err != nil {
 		t.Fatal(err)
 	}
 	var h server.HygieneAnswer
-	if err := e.api.Do(ctx, "GET", "/v1/keys/hygiene", nil, &h); err != nil {
+	if err := e.API.Do(ctx, "GET", "/v1/keys/hygiene", nil, &h); err != nil {
 		t.Fatal(err)
 	}
 	if len(h.Findings) == 0 || h.Findings[0].Kind != staff.FindingNoLivingCustodian {
@@ -169,13 +161,13 @@ func TestKeyHygieneAndCustodians(t *testing.T) {
 	var people struct {
 		Staff []staff.Person `json:"staff"`
 	}
-	if err := e.api.Do(ctx, "GET", "/v1/staff", nil, &people); err != nil || len(people.Staff) != 1 {
+	if err := e.API.Do(ctx, "GET", "/v1/staff", nil, &people); err != nil || len(people.Staff) != 1 {
 		t.Fatalf("staff %+v %v", people, err)
 	}
 	admin := people.Staff[0].ID
 	for _, f := range h.Findings {
 		var c server.CustodiansAnswer
-		if err := e.api.Do(ctx, "POST", "/v1/keys/"+f.KID+"/custodians", server.AddCustodianBody{StaffID: admin, Role: staff.Administer}, &c); err != nil {
+		if err := e.API.Do(ctx, "POST", "/v1/keys/"+f.KID+"/custodians", server.AddCustodianBody{StaffID: admin, Role: staff.Administer}, &c); err != nil {
 			t.Fatal(err)
 		}
 		if len(c.Custodians) != 1 || c.Custodians[0].StaffID != admin || c.Custodians[0].Role != staff.Administer {
@@ -183,14 +175,14 @@ func TestKeyHygieneAndCustodians(t *testing.T) {
 		}
 	}
 	h = server.HygieneAnswer{}
-	if err := e.api.Do(ctx, "GET", "/v1/keys/hygiene", nil, &h); err != nil || len(h.Findings) != 0 || h.Keys == 0 {
+	if err := e.API.Do(ctx, "GET", "/v1/keys/hygiene", nil, &h); err != nil || len(h.Findings) != 0 || h.Keys == 0 {
 		t.Fatalf("after custodians: %+v %v", h, err)
 	}
 	// A one-nanosecond age limit makes every live key a finding.
-	if err := e.api.Do(ctx, "GET", "/v1/keys/hygiene?max_age=1ns", nil, &h); err != nil || len(h.Findings) != h.Keys || h.Findings[0].Kind != staff.FindingKeyTooOld {
+	if err := e.API.Do(ctx, "GET", "/v1/keys/hygiene?max_age=1ns", nil, &h); err != nil || len(h.Findings) != h.Keys || h.Findings[0].Kind != staff.FindingKeyTooOld {
 		t.Fatalf("max_age=1ns: %+v %v", h, err)
 	}
-	k, _, _ := e.s.Keys.Signer(ctx)
+	k, _, _ := e.S.Keys.Signer(ctx)
 	for name, tc := range map[string]struct {
 		method, path string
 		body         any
@@ -202,7 +194,7 @@ func TestKeyHygieneAndCustodians(t *testing.T) {
 		"fail/bad_role":      {"POST", "/v1/keys/" + k.KID + "/custodians", server.AddCustodianBody{StaffID: admin, Role: "owner"}, 400},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := e.api.Do(ctx, tc.method, tc.path, tc.body, nil)
+			err := e.API.Do(ctx, tc.method, tc.path, tc.body, nil)
 			var ae *api.Error
 			if !errors.As(err, &ae) || ae.Status != tc.status {
 				t.Fatalf("got %v, want %d", err, tc.status)

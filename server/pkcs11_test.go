@@ -34,17 +34,17 @@ func TestServeWithPKCS11(t *testing.T) {
 		c.Keys.Backend, c.Keys.Alg = "pkcs11", "ES256"
 		c.Keys.PKCS11 = config.PKCS11{Module: module, TokenLabel: "custos", PINEnv: "CUSTOS_TEST_HSM_PIN"}
 	})
-	k, _, err := e.s.Keys.Signer(context.Background())
+	k, _, err := e.S.Keys.Signer(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if k.Alg != keys.ES256 || k.Backend != "pkcs11" {
 		t.Fatalf("key %+v", k)
 	}
-	secret := e.client(t)
-	m := member(e.pop, 4)
-	tok := e.issue(t, secret, m)
-	if st, reason := e.get(t, tok, "/api/members/"+m+"/profile"); st != 200 {
+	secret := e.Client(t)
+	m := e.Member(4)
+	tok := e.Issue(t, secret, m)
+	if st, reason := e.Get(t, tok, "/api/members/"+m+"/profile"); st != 200 {
 		t.Fatalf("ES256 token from the HSM refused: %d %s", st, reason)
 	}
 }

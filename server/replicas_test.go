@@ -25,6 +25,7 @@ import (
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/shop"
 	"github.com/custos-dev/custos/store"
 )
@@ -139,7 +140,7 @@ func TestReplicasAndGateways(t *testing.T) {
 	if err := reps[0].api.Do(ctx, "POST", "/v1/clients", map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &secret); err != nil {
 		t.Fatal(err)
 	}
-	var gws []*env
+	var gws []string
 	for i := 0; i < 3; i++ {
 		c := base()
 		c.Role = "gateway"
@@ -151,8 +152,8 @@ func TestReplicasAndGateways(t *testing.T) {
 		c.Gateway.Listen = l.Addr().String()
 		l.Close()
 		go server.RunGateway(ctx, c, log)
-		waitListening(t, c.Gateway.Listen)
-		gws = append(gws, &env{gwURL: "http://" + c.Gateway.Listen})
+		servertest.WaitListening(t, c.Gateway.Listen)
+		gws = append(gws, "http://"+c.Gateway.Listen)
 	}
 	// The client was registered at replica 0; replica 1 serves it from the
 	// shared store only after a restart, so issue at replica 0.
@@ -166,7 +167,7 @@ func TestReplicasAndGateways(t *testing.T) {
 	for i, g := range gws {
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			st, reason := g.get(t, out.AccessToken, "/api/members/"+m+"/profile")
+			st, reason := servertest.Get(t, g, out.AccessToken, "/api/members/"+m+"/profile")
 			if st == 200 {
 				break
 			}
@@ -182,7 +183,7 @@ func TestReplicasAndGateways(t *testing.T) {
 	at := time.Now()
 	for i, g := range gws {
 		for {
-			st, reason := g.get(t, out.AccessToken, "/api/members/"+m+"/profile")
+			st, reason := servertest.Get(t, g, out.AccessToken, "/api/members/"+m+"/profile")
 			if st == http.StatusUnauthorized && reason == string(event.ReasonRevokedKey) {
 				break
 			}
@@ -202,21 +203,5 @@ func TestReplicasAndGateways(t *testing.T) {
 			t.Fatal("replica 1 never learnt of the revocation")
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func waitListening(t *testing.T, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing listens on %s", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/token"
 )
 
@@ -37,9 +38,9 @@ func TestRolesOverNATS(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	det, fz := e.cfg, e.cfg
-	det.Role, det.Listen = "detector", listen(t).Addr().String()
-	fz.Role, fz.Listen, fz.Data = "forensics", listen(t).Addr().String(), t.TempDir()
+	det, fz := e.Cfg, e.Cfg
+	det.Role, det.Listen = "detector", servertest.Listen(t).Addr().String()
+	fz.Role, fz.Listen, fz.Data = "forensics", servertest.Listen(t).Addr().String(), t.TempDir()
 	// The listeners above were only for free ports.
 	for _, c := range []config.Config{det, fz} {
 		c := c
@@ -54,17 +55,17 @@ func TestRolesOverNATS(t *testing.T) {
 		}()
 	}
 
-	secret := e.client(t)
-	m := member(e.pop, 5)
-	k, signer, _ := e.s.Keys.Signer(ctx)
+	secret := e.Client(t)
+	m := e.Member(5)
+	k, signer, _ := e.S.Keys.Signer(ctx)
 	now := time.Now()
-	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
+	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
 		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-roles", ClientID: "x"})
-	tok := e.issue(t, secret, m)
-	if st, _ := e.get(t, tok, "/api/members/"+m+"/profile"); st != 200 {
+	tok := e.Issue(t, secret, m)
+	if st, _ := e.Get(t, tok, "/api/members/"+m+"/profile"); st != 200 {
 		t.Fatalf("issued: %d", st)
 	}
-	if st, reason := e.get(t, forged, "/api/members/"+m+"/profile"); reason != string(event.ReasonNotIssued) {
+	if st, reason := e.Get(t, forged, "/api/members/"+m+"/profile"); reason != string(event.ReasonNotIssued) {
 		t.Fatalf("forged: %d %s", st, reason)
 	}
 

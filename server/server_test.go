@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,129 +22,19 @@ import (
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/shop"
 	"github.com/custos-dev/custos/token"
 )
 
-type env struct {
-	s        *server.Server
-	api      *api.Client
-	apiURL   string
-	gwURL    string
-	upstream atomic.Int64
-	pop      shop.Population
-	cfg      config.Config
-}
-
-func listen(t *testing.T) net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
+// env is a running custos (authority, API, gateway before the sample shop).
+type env = servertest.Env
 
 func start(t *testing.T) *env { return startWith(t, nil) }
 
 func startWith(t *testing.T, edit func(*config.Config)) *env {
-	t.Helper()
-	e := &env{pop: shop.Population{Members: 1000, Missing: 200, Decoys: 5, Seed: 1}}
-	sh, err := shop.New(e.pop)
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		e.upstream.Add(1)
-		sh.ServeHTTP(w, r)
-	}))
-	t.Cleanup(up.Close)
-
-	ln, gw := listen(t), listen(t)
-	cfg := config.Default()
-	cfg.Data = filepath.Join(t.TempDir(), "data")
-	cfg.Issuer = "http://" + ln.Addr().String()
-	cfg.Gateway.Upstream = up.URL
-	for _, r := range shop.Routes() {
-		cfg.Gateway.Routes = append(cfg.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
-	}
-	for id := uint64(1); id <= e.pop.IDSpace(); id++ {
-		if e.pop.Kind(id) == shop.Decoy {
-			cfg.Decoys = append(cfg.Decoys, fmt.Sprint(id))
-		}
-	}
-	if edit != nil {
-		edit(&cfg)
-	}
-	e.cfg = cfg
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, ln, gw) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		s.Close()
-	})
-	e.s = s
-	e.apiURL, e.gwURL = "http://"+ln.Addr().String(), "http://"+gw.Addr().String()
-	e.api, err = api.New(e.apiURL, filepath.Join(cfg.Data, server.AdminTokenFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e
+	return servertest.Start(t, servertest.DefaultPopulation, edit)
 }
-
-func (e *env) client(t *testing.T) string {
-	t.Helper()
-	var out struct {
-		Secret string `json:"client_secret"`
-	}
-	if err := e.api.Do(context.Background(), "POST", "/v1/clients", map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out.Secret
-}
-
-func (e *env) issue(t *testing.T, secret, sub string) string {
-	t.Helper()
-	var out struct {
-		AccessToken string `json:"access_token"`
-	}
-	if err := e.api.DoAuth(context.Background(), "POST", "/v1/tokens", secret, map[string]any{"subject": sub, "audience": config.DefaultAudience}, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out.AccessToken
-}
-
-// get calls the gateway and returns the status and the refusal reason.
-func (e *env) get(t *testing.T, tok, path string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest("GET", e.gwURL+path, nil)
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Desc string `json:"error_description"`
-	}
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode == 401 {
-		if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
-			t.Fatalf("401 without RFC 6750 challenge: %q", resp.Header.Get("WWW-Authenticate"))
-		}
-		json.Unmarshal(b, &body)
-	}
-	return resp.StatusCode, body.Desc
-}
-
-func member(pop shop.Population, i uint64) string { return fmt.Sprint(pop.MemberID(i)) }
 
 // The whole path: a token the authority issued reaches the shop; one signed
 // with the real key but never issued (the stolen-key case) does not, nor do
@@ -155,23 +42,23 @@ func member(pop shop.Population, i uint64) string { return fmt.Sprint(pop.Member
 func TestEndToEnd(t *testing.T) {
 	e := start(t)
 	ctx := context.Background()
-	sub := e.s.Bus.Subscribe(1024, false)
-	secret := e.client(t)
-	m1, m2 := member(e.pop, 1), member(e.pop, 2)
-	tok := e.issue(t, secret, m1)
+	sub := e.S.Bus.Subscribe(1024, false)
+	secret := e.Client(t)
+	m1, m2 := e.Member(1), e.Member(2)
+	tok := e.Issue(t, secret, m1)
 
-	if st, _ := e.get(t, tok, "/api/members/"+m1+"/profile"); st != 200 {
+	if st, _ := e.Get(t, tok, "/api/members/"+m1+"/profile"); st != 200 {
 		t.Fatalf("issued token: %d", st)
 	}
-	seen := e.upstream.Load()
+	seen := e.Upstream.Load()
 
 	// Signed with the real active key, never issued.
-	k, signer, err := e.s.Keys.Signer(ctx)
+	k, signer, err := e.S.Keys.Signer(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	forged, err := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m2, Audience: config.DefaultAudience,
+	forged, err := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m2, Audience: config.DefaultAudience,
 		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-1", ClientID: "x"})
 	if err != nil {
 		t.Fatal(err)
@@ -186,13 +73,13 @@ func TestEndToEnd(t *testing.T) {
 		"fail/malformed":        {"a.b.c", "/api/members/" + m1 + "/profile", event.ReasonMalformed},
 	} {
 		t.Run(name, func(t *testing.T) {
-			st, reason := e.get(t, tc.tok, tc.path)
+			st, reason := e.Get(t, tc.tok, tc.path)
 			if st != 401 || reason != string(tc.reason) {
 				t.Fatalf("got %d %q, want 401 %q", st, reason, tc.reason)
 			}
 		})
 	}
-	if e.upstream.Load() != seen {
+	if e.Upstream.Load() != seen {
 		t.Fatal("the upstream saw a refused request")
 	}
 
@@ -200,24 +87,24 @@ func TestEndToEnd(t *testing.T) {
 	var in struct {
 		Active bool `json:"active"`
 	}
-	if err := e.api.DoAuth(ctx, "POST", "/v1/tokens/introspect", secret, map[string]string{"token": forged}, &in); err != nil || in.Active {
+	if err := e.API.DoAuth(ctx, "POST", "/v1/tokens/introspect", secret, map[string]string{"token": forged}, &in); err != nil || in.Active {
 		t.Fatalf("forged token introspected active=%v err=%v", in.Active, err)
 	}
 
 	// Token revocation (RFC 7009) reaches the gateway.
-	tok2 := e.issue(t, secret, m2)
-	if err := e.api.DoAuth(ctx, "POST", "/v1/tokens/revoke", secret, map[string]string{"token": tok2}, nil); err != nil {
+	tok2 := e.Issue(t, secret, m2)
+	if err := e.API.DoAuth(ctx, "POST", "/v1/tokens/revoke", secret, map[string]string{"token": tok2}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if st, reason := e.get(t, tok2, "/api/members/"+m2+"/orders"); st != 401 || reason != string(event.ReasonRevokedToken) {
+	if st, reason := e.Get(t, tok2, "/api/members/"+m2+"/orders"); st != 401 || reason != string(event.ReasonRevokedToken) {
 		t.Fatalf("revoked token: %d %q", st, reason)
 	}
 
 	// Key revocation: tokens of the key stop at once; a new key signs.
-	if err := e.api.Do(ctx, "POST", "/v1/keys/"+k.KID+"/revoke", map[string]string{"reason": "custodian left"}, nil); err != nil {
+	if err := e.API.Do(ctx, "POST", "/v1/keys/"+k.KID+"/revoke", map[string]string{"reason": "custodian left"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if st, reason := e.get(t, tok, "/api/members/"+m1+"/profile"); st != 401 || reason != string(event.ReasonRevokedKey) {
+	if st, reason := e.Get(t, tok, "/api/members/"+m1+"/profile"); st != 401 || reason != string(event.ReasonRevokedKey) {
 		t.Fatalf("token of a revoked key: %d %q", st, reason)
 	}
 	var jwks struct {
@@ -225,7 +112,7 @@ func TestEndToEnd(t *testing.T) {
 			KID string `json:"kid"`
 		} `json:"keys"`
 	}
-	resp, err := http.Get(e.apiURL + "/.well-known/jwks.json")
+	resp, err := http.Get(e.APIURL + "/.well-known/jwks.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,20 +123,20 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal("revoked key still in JWKS")
 		}
 	}
-	tok3 := e.issue(t, secret, m1)
-	if st, _ := e.get(t, tok3, "/api/members/"+m1+"/addresses"); st != 200 {
+	tok3 := e.Issue(t, secret, m1)
+	if st, _ := e.Get(t, tok3, "/api/members/"+m1+"/addresses"); st != 200 {
 		t.Fatalf("token of the new key: %d", st)
 	}
 
 	// Decoys never get tokens.
 	var decoy string
-	for id := uint64(1); id <= e.pop.IDSpace(); id++ {
-		if e.pop.Kind(id) == shop.Decoy {
+	for id := uint64(1); id <= e.Pop.IDSpace(); id++ {
+		if e.Pop.Kind(id) == shop.Decoy {
 			decoy = fmt.Sprint(id)
 			break
 		}
 	}
-	err = e.api.DoAuth(ctx, "POST", "/v1/tokens", secret, map[string]any{"subject": decoy, "audience": config.DefaultAudience}, nil)
+	err = e.API.DoAuth(ctx, "POST", "/v1/tokens", secret, map[string]any{"subject": decoy, "audience": config.DefaultAudience}, nil)
 	if ae, ok := err.(*api.Error); !ok || ae.Status != 403 {
 		t.Fatalf("decoy issuance: %v", err)
 	}
@@ -284,22 +171,22 @@ func TestStandaloneGateway(t *testing.T) {
 	e := start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	secret := e.client(t)
+	secret := e.Client(t)
 
-	gl := listen(t)
+	gl := servertest.Listen(t)
 	addr := gl.Addr().String()
 	gl.Close()
-	cfg := e.cfg
+	cfg := e.Cfg
 	cfg.Gateway.Listen = addr
-	cfg.Gateway.Authority = e.apiURL
+	cfg.Gateway.Authority = e.APIURL
 	go server.RunGateway(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	waitListening(t, addr)
-	gw := &env{gwURL: "http://" + addr}
-	m1 := member(e.pop, 3)
-	tok := e.issue(t, secret, m1)
+	servertest.WaitListening(t, addr)
+	gw := "http://" + addr
+	m1 := e.Member(3)
+	tok := e.Issue(t, secret, m1)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		st, _ := gw.get(t, tok, "/api/members/"+m1+"/profile")
+		st, _ := servertest.Get(t, gw, tok, "/api/members/"+m1+"/profile")
 		if st == 200 {
 			break
 		}
@@ -308,19 +195,19 @@ func TestStandaloneGateway(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	k, signer, _ := e.s.Keys.Signer(ctx)
+	k, signer, _ := e.S.Keys.Signer(ctx)
 	now := time.Now()
-	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m1, Audience: config.DefaultAudience,
+	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m1, Audience: config.DefaultAudience,
 		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-2", ClientID: "x"})
-	if st, reason := gw.get(t, forged, "/api/members/"+m1+"/profile"); st != 401 || reason != string(event.ReasonNotIssued) {
+	if st, reason := servertest.Get(t, gw, forged, "/api/members/"+m1+"/profile"); st != 401 || reason != string(event.ReasonNotIssued) {
 		t.Fatalf("forged via standalone gateway: %d %q", st, reason)
 	}
-	if err := e.s.Keys.Revoke(ctx, k.KID, "test", "custodian left"); err != nil {
+	if err := e.S.Keys.Revoke(ctx, k.KID, "test", "custodian left"); err != nil {
 		t.Fatal(err)
 	}
 	revokedAt := time.Now()
 	for {
-		st, reason := gw.get(t, tok, "/api/members/"+m1+"/profile")
+		st, reason := servertest.Get(t, gw, tok, "/api/members/"+m1+"/profile")
 		if st == 401 && reason == string(event.ReasonRevokedKey) {
 			break
 		}
@@ -390,19 +277,19 @@ func authorityRequest(sub string) authority.Request {
 func TestAuditTrail(t *testing.T) {
 	e := start(t)
 	ctx := context.Background()
-	secret := e.client(t)
-	m := member(e.pop, 9)
-	tok := e.issue(t, secret, m)
-	e.get(t, tok, "/api/members/"+m+"/profile")
-	k, signer, _ := e.s.Keys.Signer(ctx)
+	secret := e.Client(t)
+	m := e.Member(9)
+	tok := e.Issue(t, secret, m)
+	e.Get(t, tok, "/api/members/"+m+"/profile")
+	k, signer, _ := e.S.Keys.Signer(ctx)
 	now := time.Now()
-	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
+	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
 		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-audit", ClientID: "x"})
-	e.get(t, forged, "/api/members/"+m+"/profile")
-	if err := e.api.Do(ctx, "POST", "/v1/keys/rotate", map[string]string{"reason": "test"}, nil); err != nil {
+	e.Get(t, forged, "/api/members/"+m+"/profile")
+	if err := e.API.Do(ctx, "POST", "/v1/keys/rotate", map[string]string{"reason": "test"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(e.cfg.Data, server.AuditDir)
+	dir := filepath.Join(e.Cfg.Data, server.AuditDir)
 	vkey, err := os.ReadFile(filepath.Join(dir, "vkey"))
 	if err != nil {
 		t.Fatal(err)
@@ -434,18 +321,18 @@ func TestAuditTrail(t *testing.T) {
 			ID string `json:"id"`
 		} `json:"incidents"`
 	}
-	if err := e.api.Do(ctx, "GET", "/v1/incidents", nil, &incidents); err != nil || len(incidents.Incidents) == 0 {
+	if err := e.API.Do(ctx, "GET", "/v1/incidents", nil, &incidents); err != nil || len(incidents.Incidents) == 0 {
 		t.Fatalf("incidents: %v %+v", err, incidents)
 	}
 	id := incidents.Incidents[0].ID
-	if err := e.api.Do(ctx, "POST", "/v1/incidents/"+id+"/hold", map[string]string{"reason": "regulator"}, nil); err != nil {
+	if err := e.API.Do(ctx, "POST", "/v1/incidents/"+id+"/hold", map[string]string{"reason": "regulator"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	holds, _ := e.s.Audit.Holds()
+	holds, _ := e.S.Audit.Holds()
 	if len(holds) != 1 || holds[0].ID != "incident:"+id {
 		t.Fatalf("holds %+v", holds)
 	}
-	if err := e.api.Do(ctx, "POST", "/v1/incidents/nope/hold", map[string]string{"reason": "x"}, nil); err == nil {
+	if err := e.API.Do(ctx, "POST", "/v1/incidents/nope/hold", map[string]string{"reason": "x"}, nil); err == nil {
 		t.Fatal("hold on an unknown incident accepted")
 	}
 }
@@ -455,19 +342,19 @@ func TestAuditTrail(t *testing.T) {
 func TestDetectionWired(t *testing.T) {
 	e := start(t)
 	ctx := context.Background()
-	secret := e.client(t)
-	m := member(e.pop, 11)
-	tok := e.issue(t, secret, m)
-	e.get(t, tok, "/api/members/"+m+"/orders")
-	k, signer, _ := e.s.Keys.Signer(ctx)
+	secret := e.Client(t)
+	m := e.Member(11)
+	tok := e.Issue(t, secret, m)
+	e.Get(t, tok, "/api/members/"+m+"/orders")
+	k, signer, _ := e.S.Keys.Signer(ctx)
 	now := time.Now()
-	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
+	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
 		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "never-logged-in", ClientID: "x"})
-	e.get(t, forged, "/api/members/"+m+"/orders")
+	e.Get(t, forged, "/api/members/"+m+"/orders")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		rules := map[string]int{}
-		for _, a := range e.s.Detect.Alerts() {
+		for _, a := range e.S.Detect.Alerts() {
 			rules[a.Rule]++
 			if a.Attrs["jti"] != "" && a.Attrs["jti"] != "never-logged-in" {
 				t.Fatalf("alert %s on the issued token", a.Rule)

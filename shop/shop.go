@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"strconv"
 
+	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
 )
 
@@ -184,4 +185,20 @@ func (w *Walker) Next() (uint64, Kind) {
 		return w.id, Decoy
 	}
 	return w.id, Missing
+}
+
+// Configure puts the shop behind custos's gateway in c: its routes (with
+// their data classes and subject parameter), its decoy members, and
+// upstream as the gateway's upstream.
+func Configure(c *config.Config, pop Population, upstream string) {
+	c.Gateway.Upstream = upstream
+	c.Gateway.Routes = c.Gateway.Routes[:0]
+	for _, r := range Routes() {
+		c.Gateway.Routes = append(c.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
+	}
+	for id := uint64(1); id <= pop.IDSpace(); id++ {
+		if pop.Kind(id) == Decoy {
+			c.Decoys = append(c.Decoys, strconv.FormatUint(id, 10))
+		}
+	}
 }

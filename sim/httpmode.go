@@ -147,18 +147,10 @@ func StartHTTP(ctx context.Context, o HTTPOptions) (_ *HTTPReplay, err error) {
 	cfg := config.Default()
 	cfg.Data = filepath.Join(o.Data, "custos")
 	cfg.Issuer = "http://" + apiLn.Addr().String()
-	cfg.Gateway.Upstream = h.ShopURL
+	shop.Configure(&cfg, pop, h.ShopURL)
 	cfg.Gateway.Name = "custos-gw"
 	cfg.Gateway.GeoIP = []string{geo}
 	cfg.Gateway.TrustedProxies = []string{"127.0.0.1/32"} // the replay driver speaks for the simulated clients
-	for _, r := range shop.Routes() {
-		cfg.Gateway.Routes = append(cfg.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
-	}
-	for id := uint64(1); id <= pop.IDSpace(); id++ {
-		if pop.Kind(id) == shop.Decoy {
-			cfg.Decoys = append(cfg.Decoys, fmt.Sprint(id))
-		}
-	}
 	s, err := server.OpenWith(ctx, cfg, o.Log, nil, h.custody)
 	if err != nil {
 		apiLn.Close()

@@ -7,10 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,6 +22,7 @@ import (
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/forensics"
 	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/shop"
 	"github.com/custos-dev/custos/token"
 )
@@ -39,46 +37,11 @@ type liveServer struct {
 
 func startServer(t *testing.T) *liveServer {
 	t.Helper()
-	ls := &liveServer{pop: shop.Population{Members: 200, Missing: 20, Decoys: 2, Seed: 1}}
-	sh, err := shop.New(ls.pop)
-	if err != nil {
+	e := servertest.Start(t, shop.Population{Members: 200, Missing: 20, Decoys: 2, Seed: 1}, nil)
+	if _, _, err := e.S.Keys.Signer(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	up := httptest.NewServer(sh)
-	t.Cleanup(up.Close)
-	listen := func() net.Listener {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
-	ln, gw := listen(), listen()
-	cfg := config.Default()
-	cfg.Data = filepath.Join(t.TempDir(), "data")
-	cfg.Issuer = "http://" + ln.Addr().String()
-	cfg.Gateway.Upstream = up.URL
-	for _, r := range shop.Routes() {
-		cfg.Gateway.Routes = append(cfg.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, ln, gw) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		s.Close()
-	})
-	if _, _, err := s.Keys.Signer(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ls.s, ls.cfg, ls.data = s, cfg, cfg.Data
-	ls.apiURL, ls.gwURL = "http://"+ln.Addr().String(), "http://"+gw.Addr().String()
-	return ls
+	return &liveServer{s: e.S, cfg: e.Cfg, data: e.Cfg.Data, apiURL: e.APIURL, gwURL: e.GatewayURL, pop: e.Pop}
 }
 
 // resetFlags puts every flag back to its default: cobra keeps values
