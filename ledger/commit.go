@@ -157,6 +157,9 @@ func (l *Ledger) commitLoop() {
 	defer close(l.done)
 	batch := make([]*putReq, 0, l.maxBatch)
 	entries := make([]Entry, 0, l.maxBatch)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	prev := 0 // callers the last commit answered
 	for {
 		var first *putReq
 		select {
@@ -172,16 +175,11 @@ func (l *Ledger) commitLoop() {
 				}
 			}
 		}
-		batch = append(batch[:0], first)
-	fill:
-		for len(batch) < l.maxBatch {
-			select {
-			case r := <-l.queue:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
+		batch = l.fill(append(batch[:0], first))
+		if len(batch) < prev {
+			batch = l.linger(batch, prev, linger)
 		}
+		prev = len(batch)
 		entries = entries[:0]
 		live := batch[:0:0]
 		for _, r := range batch {
@@ -212,6 +210,52 @@ func (l *Ledger) commitLoop() {
 			r.err <- nil
 		}
 	}
+}
+
+// fill adds what is queued now, up to maxBatch.
+func (l *Ledger) fill(batch []*putReq) []*putReq {
+	for len(batch) < l.maxBatch {
+		select {
+		case r := <-l.queue:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// Lingering: callers answered by the last commit are usually on their way
+// back with their next put. When fewer are queued than that commit answered,
+// the loop waits for them while they keep arriving (at most lingerIdle
+// between two arrivals, lingerMax in all), so that a steady load forms full
+// batches instead of alternating large and small ones; each commit costs an
+// fsync, whatever its size. It only delays a commit, never skips one.
+const (
+	lingerIdle = 100 * time.Microsecond
+	lingerMax  = time.Millisecond
+)
+
+func (l *Ledger) linger(batch []*putReq, want int, t *time.Timer) []*putReq {
+	deadline := time.Now().Add(lingerMax)
+	for len(batch) < want && len(batch) < l.maxBatch {
+		wait := min(lingerIdle, time.Until(deadline))
+		if wait <= 0 {
+			return batch
+		}
+		t.Reset(wait)
+		select {
+		case r := <-l.queue:
+			t.Stop()
+			batch = l.fill(append(batch, r))
+		case <-t.C:
+			return batch
+		case <-l.closing:
+			t.Stop()
+			return batch
+		}
+	}
+	return batch
 }
 
 func (l *Ledger) publish(entries []Entry) {

@@ -1,0 +1,134 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// short keeps each measured phase around a second so the whole file runs in
+// a few seconds; the figures are only checked for sanity.
+var short = Options{Duration: time.Second, Concurrency: 16}
+
+func TestRunIssuance(t *testing.T) {
+	r, err := RunIssuance(context.Background(), Options{Duration: time.Second, Concurrency: 32, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Load.Requests == 0 || r.TokensPerS <= 0 || r.SignPerS <= 0 || r.SignProcs < 1 {
+		t.Fatalf("no rate measured: %+v", r)
+	}
+	if r.Load.Errors != 0 {
+		t.Fatalf("%d failed token requests (first: %s)", r.Load.Errors, r.Load.FirstErr)
+	}
+	if want := r.TokensPerS / r.SignPerS; r.Ratio != want || r.Ratio <= 0 {
+		t.Fatalf("ratio %v, want %v", r.Ratio, want)
+	}
+	if r.Load.P50 <= 0 || r.Load.P99 < r.Load.P50 {
+		t.Fatalf("latency p50 %v p99 %v", r.Load.P50, r.Load.P99)
+	}
+	if r.Met != (r.TokensPerS >= IssuanceTarget) {
+		t.Fatalf("met %v for %v tokens/s", r.Met, r.TokensPerS)
+	}
+}
+
+func TestRunGateway(t *testing.T) {
+	o := short
+	o.Dir = t.TempDir()
+	g, err := RunGateway(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, l := range map[string]Load{"bare peak": g.BarePeak, "gateway peak": g.GatewayPeak, "bare half": g.BareHalf, "gateway half": g.GatewayHalf} {
+		if l.Requests == 0 || l.PerSec <= 0 || l.P99 <= 0 {
+			t.Fatalf("%s: nothing measured: %+v", name, l)
+		}
+		if l.Errors != 0 {
+			t.Fatalf("%s: %d errors (first: %s)", name, l.Errors, l.FirstErr)
+		}
+	}
+	if want := g.GatewayPeak.PerSec / g.BarePeak.PerSec; g.PeakRatio != want {
+		t.Fatalf("peak ratio %v, want %v", g.PeakRatio, want)
+	}
+	if g.HalfRate != g.BarePeak.PerSec/2 || g.AddedP99 != g.GatewayHalf.P99-g.BareHalf.P99 {
+		t.Fatalf("half rate %v, added p99 %v: %+v", g.HalfRate, g.AddedP99, g)
+	}
+	if g.ColdTokens == 0 || g.ColdPerReq <= 0 || g.VerifyPerOp <= 0 || g.ColdOverhead == 0 {
+		t.Fatalf("cold path not measured: %+v", g)
+	}
+	var buf bytes.Buffer
+	Report{Machine: ThisMachine(), Gateway: &g}.WriteText(&buf)
+	for _, want := range []string{"ratio", "added p99", "ed25519.Verify"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Fatalf("report lacks %q:\n%s", want, buf.String())
+		}
+	}
+	if err := json.NewEncoder(io.Discard).Encode(Report{Gateway: &g}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The load generator counts answers that are not 2xx as errors, not as
+// throughput, and fails a run in which nothing succeeded.
+func TestLoadCountsFailures(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bad" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	req := func(path string) RequestFunc {
+		return func(w, seq int) (*http.Request, error) { return http.NewRequest("GET", srv.URL+path, nil) }
+	}
+	tests := []struct {
+		name    string
+		path    string
+		open    bool
+		wantErr bool
+	}{
+		{"ok/closed", "/", false, false},
+		{"ok/open", "/", true, false},
+		{"fail/closed-all-refused", "/bad", false, true},
+		{"fail/open-all-refused", "/bad", true, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var l Load
+			var err error
+			if tc.open {
+				l, err = OpenLoop(context.Background(), 200, 4, 300*time.Millisecond, req(tc.path))
+			} else {
+				l, err = ClosedLoop(context.Background(), 4, 300*time.Millisecond, req(tc.path))
+			}
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err %v, want error %v (%+v)", err, tc.wantErr, l)
+			}
+			if tc.wantErr && (l.Requests != 0 || l.Errors == 0 || !strings.Contains(l.FirstErr, "401")) {
+				t.Fatalf("refusals counted wrong: %+v", l)
+			}
+			if !tc.wantErr && (l.Requests == 0 || l.Errors != 0 || l.PerSec <= 0) {
+				t.Fatalf("nothing counted: %+v", l)
+			}
+			if tc.open && !tc.wantErr && (l.Requests < 30 || l.Requests > 70) {
+				t.Fatalf("open loop at 200/s for 0.3 s sent %d", l.Requests)
+			}
+		})
+	}
+}
+
+func TestMerge(t *testing.T) {
+	a := Load{Elapsed: time.Second, Requests: 2, lat: []time.Duration{1, 3}}
+	b := Load{Elapsed: time.Second, Requests: 2, Errors: 1, FirstErr: "x", lat: []time.Duration{2, 100}}
+	m := Load{}.merge(a).merge(b)
+	if m.Requests != 4 || m.Errors != 1 || m.FirstErr != "x" || m.PerSec != 2 || m.P50 != 3 || m.P99 != 100 {
+		t.Fatalf("merged %+v", m)
+	}
+}

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package bench
+
+import "time"
+
+func threadClock() (clock func() time.Duration, unpin func(), ok bool) {
+	return nil, func() {}, false
+}

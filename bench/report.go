@@ -1,0 +1,84 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Machine describes where a run took place; the load average matters on a
+// shared machine.
+type Machine struct {
+	CPUs       int    `json:"cpus"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	GoVersion  string `json:"go_version"`
+	LoadAvg    string `json:"loadavg"` // /proc/loadavg's first three fields, "" elsewhere
+}
+
+// ThisMachine reads the machine's description now.
+func ThisMachine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version()}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			m.LoadAvg = strings.Join(f[:3], " ")
+		}
+	}
+	return m
+}
+
+// Report is one `custos bench` run.
+type Report struct {
+	Machine   Machine   `json:"machine"`
+	LoadAfter string    `json:"loadavg_after"`
+	Duration  string    `json:"duration"`
+	Issuance  *Issuance `json:"issuance,omitempty"`
+	Gateway   *Gateway  `json:"gateway,omitempty"`
+}
+
+func metText(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT MET"
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+func us(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond)) }
+
+// WriteText writes the report for people.
+func (r Report) WriteText(w io.Writer) {
+	m := r.Machine
+	fmt.Fprintf(w, "machine: %d CPUs, GOMAXPROCS %d, %s, load average %s (after: %s); phase duration %s\n",
+		m.CPUs, m.GOMAXPROCS, m.GoVersion, m.LoadAvg, r.LoadAfter, r.Duration)
+	if i := r.Issuance; i != nil {
+		fmt.Fprintf(w, "\nissuance (POST /v1/tokens, loopback HTTP, sealed keyring, durable SQLite ledger, %d keep-alive workers):\n", i.Load.Workers)
+		fmt.Fprintf(w, "  tokens/s        %10.0f   (%d tokens, %d errors in %s)\n", i.TokensPerS, i.Load.Requests, i.Load.Errors, i.Load.Elapsed.Round(time.Millisecond))
+		fmt.Fprintf(w, "  latency         p50 %s, p99 %s\n", ms(i.Load.P50), ms(i.Load.P99))
+		fmt.Fprintf(w, "  raw ed25519.Sign%10.0f/s on %d goroutines (ceiling, same run)\n", i.SignPerS, i.SignProcs)
+		fmt.Fprintf(w, "  ratio           %10.2f   of the signing ceiling\n", i.Ratio)
+		fmt.Fprintf(w, "  target          %10.0f tokens/s: %s\n", i.Target, metText(i.Met))
+	}
+	if g := r.Gateway; g != nil {
+		fmt.Fprintf(w, "\ngateway (in-process gateway vs bare httputil.ReverseProxy, same sample-shop upstream, loopback):\n")
+		fmt.Fprintf(w, "  peak, closed loop, %d workers, warm caches:\n", g.BarePeak.Workers)
+		fmt.Fprintf(w, "    bare proxy    %10.0f req/s  p50 %s p99 %s (%d errors)\n", g.BarePeak.PerSec, ms(g.BarePeak.P50), ms(g.BarePeak.P99), g.BarePeak.Errors)
+		fmt.Fprintf(w, "    gateway       %10.0f req/s  p50 %s p99 %s (%d errors)\n", g.GatewayPeak.PerSec, ms(g.GatewayPeak.P50), ms(g.GatewayPeak.P99), g.GatewayPeak.Errors)
+		fmt.Fprintf(w, "    ratio         %10.2f   target ≥ %.2f: %s\n", g.PeakRatio, GatewayRatioTarget, metText(g.PeakMet))
+		fmt.Fprintf(w, "  latency, open loop at %.0f req/s (half the bare peak), %d workers:\n", g.HalfRate, g.BareHalf.Workers)
+		fmt.Fprintf(w, "    bare proxy    p50 %s p99 %s (%.0f req/s done, %d errors, %d sent late)\n", ms(g.BareHalf.P50), ms(g.BareHalf.P99), g.BareHalf.PerSec, g.BareHalf.Errors, g.BareHalf.Late)
+		fmt.Fprintf(w, "    gateway       p50 %s p99 %s (%.0f req/s done, %d errors, %d sent late)\n", ms(g.GatewayHalf.P50), ms(g.GatewayHalf.P99), g.GatewayHalf.PerSec, g.GatewayHalf.Errors, g.GatewayHalf.Late)
+		fmt.Fprintf(w, "    added p50     %s\n", ms(g.AddedP50))
+		fmt.Fprintf(w, "    added p99     %s   target ≤ %s: %s\n", ms(g.AddedP99), ms(GatewayAddedP99), metText(g.AddedP99Met))
+		fmt.Fprintf(w, "  cold path (first-seen token, gateway checks in process, %d tokens):\n", g.ColdTokens)
+		fmt.Fprintf(w, "    gateway       %s per request\n", us(g.ColdPerReq))
+		fmt.Fprintf(w, "    ed25519.Verify %s per op (same tokens, interleaved)\n", us(g.VerifyPerOp))
+		fmt.Fprintf(w, "    overhead      %+.0f %% (wall clock)\n", g.ColdOverhead*100)
+		if g.ColdCPUPerReq > 0 {
+			fmt.Fprintf(w, "    thread CPU    gateway %s, ed25519.Verify %s: overhead %+.0f %%\n", us(g.ColdCPUPerReq), us(g.VerifyCPUPerOp), g.ColdCPUOverhead*100)
+		}
+		fmt.Fprintf(w, "    target        overhead ≤ +%.0f %% (on thread CPU where measured): %s\n", GatewayColdOverTarget*100, metText(g.ColdMet))
+	}
+}
