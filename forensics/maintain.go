@@ -104,6 +104,9 @@ func copyRows(pw *parquet.GenericWriter[row], path string) error {
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
+			for i := range buf[:n] {
+				buf[i].derive() // parts from before a derived column get it
+			}
 			if _, werr := pw.Write(buf[:n]); werr != nil {
 				return werr
 			}

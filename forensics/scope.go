@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -52,7 +53,14 @@ type Scope struct {
 	s          *Store
 	table      string
 	classIndex map[string]int
-	closed     bool
+	comboMask  map[string]uint64
+	routes     []string
+	routeBit   map[string]uint64
+	// good, where and args repeat the scan when routes are too many for bits.
+	good   []string
+	where  string
+	args   []any
+	closed bool
 }
 
 // ClassCount is how many data subjects had a data class exposed.
@@ -153,8 +161,9 @@ func cloneIndicators(ind Indicators) Indicators {
 	return ind
 }
 
-// scan selects the files, checks their footers and aggregates the matching
-// events into the scope's table, a batch of files at a time.
+// scan selects the files, checks their footers, reads the dictionaries of
+// data-class sets and routes a batch of files at a time (which also finds
+// unreadable files early), then aggregates every matching event in one query.
 func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total int)) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -182,29 +191,36 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 			files = append(files, p.Path)
 		}
 	}
-	sc.Files = len(files)
-	if _, err := s.db.ExecContext(ctx, `CREATE TABLE `+sc.table+` (time TIMESTAMP, ok BOOLEAN,
-		subject VARCHAR, route VARCHAR, cls VARCHAR, src_ip VARCHAR, country VARCHAR, asn UINTEGER,
-		kid VARCHAR, reason VARCHAR)`); err != nil {
-		return fmt.Errorf("failed to create scope table: %w", err)
-	}
 	where, args, err := s.matchClause(ctx, sc)
 	if err != nil {
 		return err
 	}
 	total := len(files)
+	sc.Files = total
 	progress(0, total)
+	// First pass, a batch of files at a time (for progress, and to name an
+	// unreadable file): counts by all the small keys together, which have
+	// few combinations. It also yields the data-class sets and routes that
+	// exposed data, which the second pass turns into bits.
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE `+sc.table+`_keys (route VARCHAR, country VARCHAR, asn UINTEGER,
+		kid VARCHAR, reason VARCHAR, hr TIMESTAMP, cls VARCHAR, e BIGINT, a BIGINT, first TIMESTAMP, last TIMESTAMP)`); err != nil {
+		return fmt.Errorf("failed to create scope table: %w", err)
+	}
 	per := max(1, (total+19)/20)
+	var good []string
 	for done := 0; done < total; {
 		batch := files[done:min(total, done+per)]
-		if err := s.aggregate(ctx, sc.table, batch, where, args); err != nil {
+		keys := func(fs []string) error {
+			// A statement that fails inserts nothing, so counts stay exact.
+			_, err := s.db.ExecContext(ctx, `INSERT INTO `+sc.table+`_keys `+sc.keysQuery(fs, where), args...)
+			return err
+		}
+		if err := keys(batch); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			// Find the file at fault: each file alone; a statement that fails
-			// inserts nothing, so the counts stay exact.
 			for _, f := range batch {
-				if err := s.aggregate(ctx, sc.table, []string{f}, where, args); err != nil {
+				if err := keys([]string{f}); err != nil {
 					if ctx.Err() != nil {
 						return ctx.Err()
 					}
@@ -212,35 +228,174 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 						return fmt.Errorf("%w %s: %v", ErrBadFile, f, err)
 					}
 					sc.SkippedFiles = append(sc.SkippedFiles, f)
-					sc.Files--
+					continue
 				}
+				good = append(good, f)
 			}
+		} else {
+			good = append(good, batch...)
 		}
 		done += len(batch)
-		progress(done, total)
+		// The bar stops short of the end until the second pass is done.
+		progress(min(done, total-1), total)
 	}
+	if err := sc.readDictionaries(ctx); err != nil {
+		return err
+	}
+	for {
+		err := s.aggregate(ctx, sc, good, where, args)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Damage the dictionary pass did not read: find the file at fault.
+		var bad []string
+		for _, f := range good {
+			if err := s.aggregate(ctx, sc, []string{f}, where, args); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if !s.opts.AllowPartial {
+					return fmt.Errorf("%w %s: %v", ErrBadFile, f, err)
+				}
+				bad = append(bad, f)
+			}
+		}
+		if len(bad) == 0 {
+			return fmt.Errorf("failed to scope: %w", err)
+		}
+		sc.SkippedFiles = append(sc.SkippedFiles, bad...)
+		good = slices.DeleteFunc(good, func(f string) bool { return slices.Contains(bad, f) })
+		// The first pass counted the skipped files: count again without them.
+		if _, err := s.db.ExecContext(ctx, `DELETE FROM `+sc.table+`_keys`); err != nil {
+			return fmt.Errorf("failed to scope: %w", err)
+		}
+		if len(good) > 0 {
+			if _, err := s.db.ExecContext(ctx, `INSERT INTO `+sc.table+`_keys `+sc.keysQuery(good, where), args...); err != nil {
+				return fmt.Errorf("failed to scope: %w", err)
+			}
+		}
+		if err := sc.readDictionaries(ctx); err != nil {
+			return err
+		}
+	}
+	sc.Files = len(good)
+	sc.good, sc.where, sc.args = good, where, args
+	progress(total, total)
 	sc.Partial = len(sc.SkippedFiles) > 0
 	return nil
 }
 
-func (s *Store) aggregate(ctx context.Context, table string, files []string, where string, args []any) error {
+// readDictionaries gives bits to the data-class sets and routes that exposed
+// data, as counted by the first pass.
+func (sc *Scope) readDictionaries(ctx context.Context) error {
+	var combos, routes []string
+	rows, err := sc.s.db.QueryContext(ctx, `SELECT DISTINCT cls, route FROM `+sc.table+`_keys WHERE e > 0`)
+	if err != nil {
+		return fmt.Errorf("failed to read data classes: %w", err)
+	}
+	if err := scanAll(rows, func(r *sql.Rows) error {
+		var c, rt string
+		err := r.Scan(&c, &rt)
+		combos, routes = append(combos, c), append(routes, rt)
+		return err
+	}); err != nil {
+		return fmt.Errorf("failed to read data classes: %w", err)
+	}
+	slices.Sort(combos)
+	slices.Sort(routes)
+	return sc.dictionaries(slices.Compact(combos), slices.Compact(routes))
+}
+
+func fileList(files []string) string {
 	quoted := make([]string, len(files))
 	for i, f := range files {
 		quoted[i] = sqlQuote(f)
 	}
-	// Collect the matching events' few needed columns; the aggregation runs
-	// once over all of them in finish, with every thread.
-	q := `INSERT INTO ` + table + `
-SELECT time, ok, CASE WHEN ok THEN subject END, route, CASE WHEN ok THEN data_class_set END,
-	src_ip, country, asn, kid, reason
-FROM (
-  SELECT time, ` + okExpr + ` AS ok, subject, coalesce(route, '') AS route, data_class_set,
-	coalesce(src_ip, '') AS src_ip, coalesce(country, '') AS country, coalesce(asn, 0) AS asn,
-	coalesce(token_kid, '') AS kid, coalesce(reason, '') AS reason
-  FROM read_parquet([` + strings.Join(quoted, ", ") + `])
-  WHERE ` + where + `)`
-	_, err := s.db.ExecContext(ctx, q, args...)
-	return err
+	return "[" + strings.Join(quoted, ", ") + "]"
+}
+
+// baseExpr is okExpr without the subject test.
+const baseExpr = `(verdict = 'allow' AND status BETWEEN 200 AND 299 AND coalesce(data_class_set, '') <> '')`
+
+// fastOKExpr is okExpr on the derived columns: a subject is set when it is
+// numeric (subject_id) or text (subject_text), so the text is not read.
+const fastOKExpr = `(` + baseExpr + ` AND (subject_id IS NOT NULL OR subject_text))`
+
+// aggregate runs the scope's queries over files: the per-subject list, then
+// the grouped counts. Each statement reads only the columns it needs.
+func (s *Store) aggregate(ctx context.Context, sc *Scope, files []string, where string, args []any) error {
+	for _, q := range sc.aggregateQueries(files, where) {
+		if _, err := s.db.ExecContext(ctx, q, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// keysQuery counts the matching events of files by the small keys and
+// data-class set.
+func (sc *Scope) keysQuery(files []string, where string) string {
+	return `SELECT route, country, asn, kid, reason, hr, cls,
+		count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok), min(time) FILTER (WHERE ok), max(time) FILTER (WHERE ok)
+	FROM (SELECT coalesce(route, '') AS route, coalesce(country, '') AS country, coalesce(asn, 0) AS asn,
+		coalesce(token_kid, '') AS kid, coalesce(reason, '') AS reason, date_trunc('hour', time) AS hr,
+		coalesce(data_class_set, '') AS cls, time, ` + fastOKExpr + ` AS ok
+		FROM read_parquet(` + fileList(files) + `) WHERE (` + where + `))
+	GROUP BY ALL`
+}
+
+// aggregateQueries are the statements of [Store.aggregate].
+func (sc *Scope) aggregateQueries(files []string, where string) []string {
+	t := sc.table
+	src := "read_parquet(" + fileList(files) + ")"
+	if len(files) == 0 {
+		src = "(" + emptyEvents + ")"
+	}
+	cm := sc.maskCase("data_class_set", sc.comboMask)
+	rb := sc.maskCase("coalesce(route, '')", sc.routeBit)
+	perSubject := func(key, cond string) string {
+		return `SELECT ` + key + `, true AS member, bit_or(` + cm + `) AS cmask, bit_or(` + rb + `) AS rmask,
+			min(time) AS first, max(time) AS last
+		FROM ` + src + ` WHERE (` + where + `) AND ` + baseExpr + ` AND ` + cond + ` GROUP BY ALL`
+	}
+	rows := func(cols string) string {
+		return `SELECT ` + cols + `, ` + fastOKExpr + ` AS ok FROM ` + src + ` WHERE (` + where + `)`
+	}
+	return []string{
+		`CREATE OR REPLACE TABLE ` + t + `_notify AS
+		` + perSubject(`subject_id AS sid, NULL::VARCHAR AS stext`, `subject_id IS NOT NULL`) + `
+		UNION ALL
+		` + perSubject(`NULL::UBIGINT AS sid, subject AS stext`, `subject_text`),
+		`CREATE OR REPLACE TABLE ` + t + ` AS SELECT src_ip4 AS n, count(*) FILTER (WHERE ok) AS e, count(*) FILTER (WHERE NOT ok) AS a
+		FROM (` + rows(`src_ip4`) + `) WHERE src_ip4 IS NOT NULL GROUP BY ALL`,
+		// Sources that are not IPv4 are grouped by their text.
+		`CREATE OR REPLACE TABLE ` + t + `_ip AS SELECT src_ip, count(*) FILTER (WHERE ok) AS e, count(*) FILTER (WHERE NOT ok) AS a
+		FROM (SELECT coalesce(src_ip, '') AS src_ip, ` + fastOKExpr + ` AS ok FROM ` + src + `
+			WHERE (` + where + `) AND src_ip4 IS NULL) GROUP BY src_ip`,
+	}
+}
+
+// maskCase maps a column's values to their bits with a CASE over the
+// dictionary (values not in it map to 0).
+func (sc *Scope) maskCase(col string, dict map[string]uint64) string {
+	var b strings.Builder
+	b.WriteString("CASE " + col)
+	n := 0
+	for _, k := range slices.Sorted(maps.Keys(dict)) {
+		if dict[k] == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, " WHEN %s THEN %d::UBIGINT", sqlQuote(k), dict[k])
+		n++
+	}
+	if n == 0 {
+		return "0::UBIGINT"
+	}
+	b.WriteString(" ELSE 0::UBIGINT END")
+	return b.String()
 }
 
 // inlineLimit is the most values an indicator list passes as parameters;
@@ -394,21 +549,11 @@ const maxRouteBits = 63
 // classSep joins a request's data classes in the collected table.
 const classSep = "\x1f"
 
-// finish aggregates the collected events: the notification list (with the
-// Expander's additions) and the summary figures.
-func (sc *Scope) finish(ctx context.Context) error {
-	db := sc.s.db
-	t := sc.table
-	// Dictionaries: each distinct class and exposing route gets a bit.
-	var combos, routes []string
-	if err := sc.strings(ctx, `SELECT DISTINCT cls FROM `+t+` WHERE ok ORDER BY 1`, &combos); err != nil {
-		return fmt.Errorf("failed to read data classes: %w", err)
-	}
-	if err := sc.strings(ctx, `SELECT DISTINCT route FROM `+t+` WHERE ok ORDER BY 1`, &routes); err != nil {
-		return fmt.Errorf("failed to read routes: %w", err)
-	}
+// dictionaries gives each data class and each candidate exposing route a bit
+// (routes only while there are at most maxRouteBits of them).
+func (sc *Scope) dictionaries(combos, routes []string) error {
 	sc.classIndex = map[string]int{}
-	comboMask := map[string]uint64{}
+	sc.comboMask = map[string]uint64{}
 	for _, c := range combos {
 		var m uint64
 		for _, cl := range strings.Split(c, classSep) {
@@ -418,36 +563,25 @@ func (sc *Scope) finish(ctx context.Context) error {
 			}
 			m |= 1 << b
 		}
-		comboMask[c] = m
+		sc.comboMask[c] = m
 	}
+	sc.routes = routes
+	sc.routeBit = map[string]uint64{}
+	if len(routes) <= maxRouteBits {
+		for i, r := range routes {
+			sc.routeBit[r] = 1 << i
+		}
+	}
+	return nil
+}
+
+// finish turns the aggregated groups into the notification list (with the
+// Expander's additions) and the summary figures.
+func (sc *Scope) finish(ctx context.Context) error {
+	db := sc.s.db
+	t := sc.table
+	routes := sc.routes
 	routeBits := len(routes) <= maxRouteBits
-	stmts := []string{`CREATE TABLE ` + t + `_cls (cls VARCHAR, mask UBIGINT)`, `CREATE TABLE ` + t + `_rt (route VARCHAR, bit UBIGINT)`}
-	for _, q := range stmts {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("failed to build dictionaries: %w", err)
-		}
-	}
-	for c, m := range comboMask {
-		if _, err := db.ExecContext(ctx, `INSERT INTO `+t+`_cls VALUES ($1, $2)`, c, m); err != nil {
-			return fmt.Errorf("failed to build dictionaries: %w", err)
-		}
-	}
-	for i, r := range routes {
-		bit := uint64(0)
-		if routeBits {
-			bit = 1 << i
-		}
-		if _, err := db.ExecContext(ctx, `INSERT INTO `+t+`_rt VALUES ($1, $2)`, r, bit); err != nil {
-			return fmt.Errorf("failed to build dictionaries: %w", err)
-		}
-	}
-	if _, err := db.ExecContext(ctx, `CREATE TABLE `+t+`_notify AS
-		SELECT m.subject, true AS member, bit_or(c.mask) AS cmask, bit_or(r.bit) AS rmask,
-			min(m.time) AS first, max(m.time) AS last
-		FROM `+t+` m JOIN `+t+`_cls c ON m.cls = c.cls JOIN `+t+`_rt r ON m.route = r.route
-		WHERE m.ok GROUP BY m.subject`); err != nil {
-		return fmt.Errorf("failed to build notification list: %w", err)
-	}
 	if sc.s.opts.Expander != nil {
 		if err := sc.expand(ctx); err != nil {
 			return err
@@ -494,7 +628,8 @@ func (sc *Scope) finish(ctx context.Context) error {
 		}
 	}
 	if !routeBits {
-		rows, err := db.QueryContext(ctx, `SELECT route, count(DISTINCT subject) FROM `+t+` WHERE ok GROUP BY route`)
+		rows, err := db.QueryContext(ctx, `SELECT route, count(DISTINCT subject) FROM (SELECT coalesce(route, '') AS route, subject
+			FROM read_parquet(`+fileList(sc.good)+`) WHERE (`+sc.where+`) AND `+okExpr+`) GROUP BY route`, sc.args...)
 		if err != nil {
 			return fmt.Errorf("failed to count routes: %w", err)
 		}
@@ -508,7 +643,7 @@ func (sc *Scope) finish(ctx context.Context) error {
 			return fmt.Errorf("failed to count routes: %w", err)
 		}
 	}
-	// Small keys in one pass over the collected events.
+	// Small keys: a few rows each.
 	rows, err := db.QueryContext(ctx, `SELECT
 		CASE WHEN GROUPING(route) = 0 THEN 'route' WHEN GROUPING(country) = 0 THEN 'country'
 			WHEN GROUPING(asn) = 0 THEN 'asn' WHEN GROUPING(kid) = 0 THEN 'kid'
@@ -516,9 +651,8 @@ func (sc *Scope) finish(ctx context.Context) error {
 		CASE WHEN GROUPING(route) = 0 THEN route WHEN GROUPING(country) = 0 THEN country
 			WHEN GROUPING(asn) = 0 THEN CAST(asn AS VARCHAR) WHEN GROUPING(kid) = 0 THEN kid
 			WHEN GROUPING(reason) = 0 THEN reason ELSE strftime(hr, '%Y-%m-%dT%H') END,
-		count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok), min(time) FILTER (WHERE ok), max(time) FILTER (WHERE ok)
-		FROM (SELECT *, date_trunc('hour', time) AS hr FROM `+t+`)
-		GROUP BY GROUPING SETS ((route), (country), (asn), (kid), (reason), (hr))`)
+		sum(e)::BIGINT, sum(a)::BIGINT, min(first), max(last)
+		FROM `+t+`_keys GROUP BY GROUPING SETS ((route), (country), (asn), (kid), (reason), (hr))`)
 	if err != nil {
 		return fmt.Errorf("failed to summarise the scope: %w", err)
 	}
@@ -586,25 +720,75 @@ func (sc *Scope) finish(ctx context.Context) error {
 		}
 	}
 	// Source addresses can number as many as requests: top ones and a count.
-	rows, err = db.QueryContext(ctx, `WITH g AS (SELECT src_ip, count(*) FILTER (WHERE ok) AS e,
-			count(*) FILTER (WHERE NOT ok) AS a FROM `+t+` GROUP BY src_ip)
-		SELECT src_ip, e, a, count(*) OVER () FROM g ORDER BY e + a DESC, src_ip LIMIT `+strconv.Itoa(TopSources))
-	if err != nil {
+	if err := sc.topIPs(ctx); err != nil {
 		return fmt.Errorf("failed to count sources: %w", err)
 	}
-	sc.Sources.IPs = []Count{}
-	if err := scanAll(rows, func(r *sql.Rows) error {
-		var c Count
-		err := r.Scan(&c.Key, &c.Exposures, &c.Attempts, &sc.Sources.DistinctIPs)
-		sc.Sources.IPs = append(sc.Sources.IPs, c)
+	// The groups are no longer needed; free them now.
+	for _, q := range []string{`DROP TABLE ` + t, `DROP TABLE ` + t + `_ip`, `DROP TABLE ` + t + `_keys`} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("failed to free scope groups: %w", err)
+		}
+	}
+	return nil
+}
+
+// topIPs fills the source addresses: the busiest TopSources, ties by address
+// text, and the number of distinct ones. IPv4 groups are ordered by the text
+// order of their octets through a rank table, so no address is formatted.
+func (sc *Scope) topIPs(ctx context.Context) error {
+	db := sc.s.db
+	t := sc.table
+	octets := make([]string, 256)
+	for i := range octets {
+		octets[i] = strconv.Itoa(i)
+	}
+	byText := slices.Clone(octets)
+	slices.Sort(byText)
+	rank := make([]string, 256)
+	for r, o := range byText {
+		i, _ := strconv.Atoi(o)
+		rank[i] = strconv.Itoa(r)
+	}
+	rk := "[" + strings.Join(rank, ",") + "]"
+	key := fmt.Sprintf("(%[1]s[(n >> 24) + 1]::UBIGINT << 24 | %[1]s[((n >> 16) & 255) + 1]::UBIGINT << 16 | %[1]s[((n >> 8) & 255) + 1]::UBIGINT << 8 | %[1]s[(n & 255) + 1]::UBIGINT)", rk)
+	var n4, nt int64
+	if err := db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM `+t+`),
+		(SELECT count(*) FROM `+t+`_ip)`).Scan(&n4, &nt); err != nil {
 		return err
-	}); err != nil {
-		return fmt.Errorf("failed to count sources: %w", err)
 	}
-	// The collected events are no longer needed; free them now.
-	if _, err := db.ExecContext(ctx, `DROP TABLE `+t); err != nil {
-		return fmt.Errorf("failed to free scope events: %w", err)
+	sc.Sources.DistinctIPs = n4 + nt
+	var cand []Count
+	add := func(q string) error {
+		rows, err := db.QueryContext(ctx, q)
+		if err != nil {
+			return err
+		}
+		return scanAll(rows, func(r *sql.Rows) error {
+			var c Count
+			err := r.Scan(&c.Key, &c.Exposures, &c.Attempts)
+			cand = append(cand, c)
+			return err
+		})
 	}
+	lim := strconv.Itoa(TopSources)
+	if err := add(`SELECT n, e, a FROM ` + t + `
+		ORDER BY e + a DESC, ` + key + ` LIMIT ` + lim); err != nil {
+		return err
+	}
+	for i := range cand {
+		v, _ := strconv.ParseUint(cand[i].Key, 10, 32)
+		cand[i].Key = netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
+	}
+	if err := add(`SELECT src_ip, e, a FROM ` + t + `_ip ORDER BY e + a DESC, src_ip LIMIT ` + lim); err != nil {
+		return err
+	}
+	slices.SortFunc(cand, func(a, b Count) int {
+		if d := (b.Exposures + b.Attempts) - (a.Exposures + a.Attempts); d != 0 {
+			return int(d)
+		}
+		return strings.Compare(a.Key, b.Key)
+	})
+	sc.Sources.IPs = append([]Count{}, cand[:min(len(cand), TopSources)]...)
 	return nil
 }
 
@@ -640,19 +824,6 @@ func (sc *Scope) classesOf(mask uint64, names []string) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-func (sc *Scope) strings(ctx context.Context, q string, dst *[]string) error {
-	rows, err := sc.s.db.QueryContext(ctx, q)
-	if err != nil {
-		return err
-	}
-	return scanAll(rows, func(r *sql.Rows) error {
-		var v sql.NullString
-		err := r.Scan(&v)
-		*dst = append(*dst, v.String)
-		return err
-	})
 }
 
 func scanAll(rows *sql.Rows, fn func(*sql.Rows) error) error {
@@ -719,9 +890,9 @@ func (sc *Scope) expand(ctx context.Context) error {
 		return fmt.Errorf("failed to expand subjects: %w", err)
 	}
 	stmts := []string{
-		`CREATE TABLE ` + t + `_all AS SELECT subject, bool_or(member) AS member, bit_or(cmask) AS cmask,
-			bit_or(rmask) AS rmask, min(first) AS first, max(last) AS last
-		FROM (SELECT subject, member, cmask, rmask, first, last FROM ` + t + `_notify
+		`CREATE TABLE ` + t + `_all AS SELECT NULL::UBIGINT AS sid, subject AS stext, bool_or(member) AS member,
+			bit_or(cmask) AS cmask, bit_or(rmask) AS rmask, min(first) AS first, max(last) AS last
+		FROM (SELECT coalesce(stext, CAST(sid AS VARCHAR)) AS subject, member, cmask, rmask, first, last FROM ` + t + `_notify
 			UNION ALL SELECT subject, false, cmask, 0::UBIGINT, first, last FROM ` + t + `_rel) GROUP BY subject`,
 		`DROP TABLE ` + t + `_notify`,
 		`ALTER TABLE ` + t + `_all RENAME TO ` + t + `_notify`,
@@ -740,7 +911,8 @@ func (sc *Scope) Each(ctx context.Context, fn func(Exposure) error) error {
 		return ErrClosed
 	}
 	names := sc.classNames()
-	rows, err := sc.s.db.QueryContext(ctx, `SELECT subject, member, cmask, first, last FROM `+sc.table+`_notify ORDER BY subject`)
+	rows, err := sc.s.db.QueryContext(ctx, `SELECT coalesce(stext, CAST(sid AS VARCHAR)) AS subject, member, cmask, first, last
+		FROM `+sc.table+`_notify ORDER BY subject`)
 	if err != nil {
 		return fmt.Errorf("failed to read notification list: %w", err)
 	}

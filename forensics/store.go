@@ -104,6 +104,8 @@ func OpenWith(dir string, opts Options) (*Store, error) {
 	q := url.Values{}
 	q.Set("memory_limit", opts.MemoryLimit)
 	q.Set("threads", strconv.Itoa(opts.Threads))
+	q.Set("preserve_insertion_order", "false")
+	q.Set("enable_object_cache", "true")
 	q.Set("temp_directory", s.tempDir)
 	q.Set("autoinstall_known_extensions", "false")
 	q.Set("autoload_known_extensions", "false")
@@ -159,7 +161,9 @@ const emptyEvents = `SELECT NULL::TIMESTAMP AS time, NULL::VARCHAR AS gateway, N
  NULL::UINTEGER AS asn, NULL::VARCHAR AS user_agent, NULL::VARCHAR AS token_jti, NULL::VARCHAR AS token_kid,
  NULL::VARCHAR AS token_sub, NULL::VARCHAR AS token_aud, NULL::BIGINT AS token_iat, NULL::BIGINT AS token_exp,
  NULL::VARCHAR AS verdict, NULL::VARCHAR AS reason, NULL::VARCHAR AS subject, NULL::VARCHAR[] AS data_classes,
- NULL::VARCHAR AS data_class_set, NULL::VARCHAR AS hour WHERE false`
+ NULL::VARCHAR AS data_class_set, NULL::UBIGINT AS subject_id, NULL::BOOLEAN AS subject_text,
+ NULL::UINTEGER AS src_ip4,
+ NULL::VARCHAR AS hour WHERE false`
 
 // SQL runs one read-only statement for an investigator over the view events
 // (every sealed part, with the partition column hour). At most [MaxSQLRows]
