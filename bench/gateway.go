@@ -79,7 +79,7 @@ func RunGateway(ctx context.Context, o Options) (Gateway, error) {
 		return Gateway{}, err
 	}
 	defer stopUp()
-	r, err := startServer(ctx, o.Dir, upURL)
+	r, err := startServer(ctx, o.Dir, upURL, o.Redis)
 	if err != nil {
 		return Gateway{}, err
 	}

@@ -39,7 +39,7 @@ const IssuanceTarget = 20000
 // then measures the raw Ed25519 signing rate on one goroutine per core over
 // a token's signing input, as the ceiling.
 func RunIssuance(ctx context.Context, o Options) (Issuance, error) {
-	r, err := startServer(ctx, o.Dir, "")
+	r, err := startServer(ctx, o.Dir, "", o.Redis)
 	if err != nil {
 		return Issuance{}, err
 	}

@@ -26,6 +26,9 @@ type Options struct {
 	// CPUProfile, when set, receives a CPU profile of the main measured phase
 	// only (issuance load; the gateway's peak phase, both proxies).
 	CPUProfile io.Writer
+	// Redis, when set (redis://host:port/db), puts the server's issuance
+	// ledger on Redis instead of the embedded SQLite one.
+	Redis string
 }
 
 // profiled runs fn under the CPU profiler when o.CPUProfile is set.
@@ -66,7 +69,7 @@ type running struct {
 // startServer opens a server in a fresh data directory under dir, serving its
 // API (and the in-process gateway in front of upstream when it is not "") on
 // 127.0.0.1 ports.
-func startServer(ctx context.Context, dir, upstream string) (*running, error) {
+func startServer(ctx context.Context, dir, upstream, redis string) (*running, error) {
 	data, err := os.MkdirTemp(dir, "custos-bench-")
 	if err != nil {
 		return nil, fmt.Errorf("failed to create the data directory: %w", err)
@@ -80,6 +83,7 @@ func startServer(ctx context.Context, dir, upstream string) (*running, error) {
 	cfg := config.Default()
 	cfg.Data = filepath.Join(data, "data")
 	cfg.Issuer = "http://" + ln.Addr().String()
+	cfg.Scale.Redis = redis
 	if upstream != "" {
 		if gw, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 			ln.Close()
