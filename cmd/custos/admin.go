@@ -42,6 +42,17 @@ func (f *adminFlags) client() (*api.Client, error) {
 	return api.New(f.server, tf)
 }
 
+// call sends one API request with the admin credential, bounded in time.
+func (f *adminFlags) call(method, path string, body, out any) error {
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	return c.Do(ctx, method, path, body, out)
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -65,17 +76,11 @@ func init() {
 			if len(audiences) == 0 {
 				return usageErr("--audience is required")
 			}
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := ctxTimeout()
-			defer cancel()
 			var out struct {
 				ClientID     string `json:"client_id"`
 				ClientSecret string `json:"client_secret"`
 			}
-			if err := c.Do(ctx, "POST", "/v1/clients", map[string]any{"name": args[0], "audience": audiences, "held_by": heldBy}, &out); err != nil {
+			if err := f.call("POST", "/v1/clients", map[string]any{"name": args[0], "audience": audiences, "held_by": heldBy}, &out); err != nil {
 				return err
 			}
 			if f.json {
@@ -98,16 +103,10 @@ func init() {
 		Short: "List signing keys and their states",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := lf.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := ctxTimeout()
-			defer cancel()
 			var out struct {
 				Keys []keys.Key `json:"keys"`
 			}
-			if err := c.Do(ctx, "GET", "/v1/keys", nil, &out); err != nil {
+			if err := lf.call("GET", "/v1/keys", nil, &out); err != nil {
 				return err
 			}
 			if lf.json {
@@ -129,14 +128,8 @@ func init() {
 		Short: "Make a new active key now",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := rf.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := ctxTimeout()
-			defer cancel()
 			var k keys.Key
-			if err := c.Do(ctx, "POST", "/v1/keys/rotate", map[string]string{"reason": rotReason}, &k); err != nil {
+			if err := rf.call("POST", "/v1/keys/rotate", map[string]string{"reason": rotReason}, &k); err != nil {
 				return err
 			}
 			if rf.json {
@@ -158,14 +151,8 @@ func init() {
 			if revReason == "" {
 				return usageErr("--reason is required")
 			}
-			c, err := vf.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := ctxTimeout()
-			defer cancel()
 			var k keys.Key
-			if err := c.Do(ctx, "POST", "/v1/keys/"+args[0]+"/revoke", map[string]string{"reason": revReason}, &k); err != nil {
+			if err := vf.call("POST", "/v1/keys/"+args[0]+"/revoke", map[string]string{"reason": revReason}, &k); err != nil {
 				return err
 			}
 			if vf.json {
@@ -188,16 +175,10 @@ func init() {
 		Short: "Make a bearer token for an identity provider; prints it once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := sf.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := ctxTimeout()
-			defer cancel()
 			var out struct {
 				Token string `json:"token"`
 			}
-			if err := c.Do(ctx, "POST", "/v1/scim/tokens", map[string]string{"name": args[0]}, &out); err != nil {
+			if err := sf.call("POST", "/v1/scim/tokens", map[string]string{"name": args[0]}, &out); err != nil {
 				return err
 			}
 			if sf.json {

@@ -415,3 +415,45 @@ func FuzzIngestBatches(f *testing.F) {
 		}
 	})
 }
+
+// The admin commands of the README against a running server.
+func TestAdminCommands(t *testing.T) {
+	ls := startServer(t)
+	out, errs, code := cli(t, ls.admin("clients", "add", "login", "--audience", config.DefaultAudience, "--json")...)
+	if code != 0 || !strings.Contains(out, `"client_secret": "cs_`) {
+		t.Fatalf("clients add: %d %s %s", code, out, errs)
+	}
+	if _, _, code := cli(t, ls.admin("clients", "add", "login2")...); code != 2 {
+		t.Fatalf("clients add without --audience: exit %d, want 2", code)
+	}
+	out, _, code = cli(t, ls.admin("keys", "list", "--json")...)
+	var list struct {
+		Keys []struct {
+			KID   string `json:"kid"`
+			State string `json:"state"`
+		} `json:"keys"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list.Keys) != 1 {
+		t.Fatalf("keys list: %d %s", code, out)
+	}
+	old := list.Keys[0].KID
+	if out, errs, code := cli(t, ls.admin("keys", "rotate", "--reason", "test")...); code != 0 || !strings.Contains(out, "new active key") {
+		t.Fatalf("keys rotate: %d %s %s", code, out, errs)
+	}
+	if _, _, code := cli(t, ls.admin("keys", "revoke", old)...); code != 2 {
+		t.Fatalf("keys revoke without --reason: exit %d, want 2", code)
+	}
+	if out, errs, code := cli(t, ls.admin("keys", "revoke", old, "--reason", "custodian left")...); code != 0 || !strings.Contains(out, "revoked") {
+		t.Fatalf("keys revoke: %d %s %s", code, out, errs)
+	}
+	if k, _ := ls.s.Keys.Lookup(old); k.State != "revoked" {
+		t.Fatalf("key %s is %s after keys revoke", old, k.State)
+	}
+	out, _, code = cli(t, ls.admin("scim", "tokens", "add", "okta", "--json")...)
+	if code != 0 || !strings.Contains(out, `"token"`) {
+		t.Fatalf("scim tokens add: %d %s", code, out)
+	}
+	if _, errs, code := cli(t, "keys", "list", "--server", ls.apiURL, "--token-file", "/nonexistent"); code == 0 || !strings.Contains(errs, "admin credential") {
+		t.Fatalf("keys list with a missing credential file: %d %s", code, errs)
+	}
+}
