@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/ledger"
 )
 
 // ErrUnsupported is returned for a containment action this deployment cannot
@@ -25,9 +26,39 @@ func (c containment) RevokeKey(ctx context.Context, kid, reason string) error {
 	return c.s.Keys.Revoke(ctx, kid, containActor, reason)
 }
 
-// RevokeToken needs the token's hash; the ledger is keyed by it, not by jti.
+// tokenFinder finds live tokens by jti or subject (ledger/sqlite has it; on
+// Redis, where it would mean scanning every key, these actions are refused).
+type tokenFinder interface {
+	Find(ctx context.Context, jti, sub string, now time.Time) ([]ledger.Hash, error)
+}
+
+// revokeFound revokes every live token the finder returns, after the action
+// is in the audit log.
+func (c containment) revokeFound(ctx context.Context, kind, jti, sub, reason string) error {
+	if c.s.finder == nil {
+		return ErrUnsupported
+	}
+	if err := c.s.journal(ctx, "containment."+kind, map[string]any{"jti": jti, "subject": sub, "reason": reason, "actor": containActor}); err != nil {
+		return err
+	}
+	hs, err := c.s.finder.Find(ctx, jti, sub, c.s.now())
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if err := c.s.Ledger.Revoke(ctx, h); err != nil && !errors.Is(err, ledger.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// RevokeToken revokes the live token with this jti.
 func (c containment) RevokeToken(ctx context.Context, jti, reason string) error {
-	return ErrUnsupported
+	if jti == "" {
+		return detect.ErrNoTarget
+	}
+	return c.revokeFound(ctx, "revoke_token", jti, "", reason)
 }
 
 func (c containment) BlockSource(ctx context.Context, p netip.Prefix, until time.Time, reason string) error {
@@ -41,6 +72,14 @@ func (c containment) BlockSource(ctx context.Context, p netip.Prefix, until time
 	return nil
 }
 
+// ForceRelogin revokes every live token of subject: the next request needs
+// a fresh login.
 func (c containment) ForceRelogin(ctx context.Context, subject, reason string) error {
-	return ErrUnsupported
+	if subject == "" {
+		return detect.ErrNoTarget
+	}
+	return c.revokeFound(ctx, "force_relogin", "", subject, reason)
 }
+
+// Containment is what detection's automatic containment calls on this server.
+func (s *Server) Containment() detect.Containment { return containment{s} }

@@ -78,6 +78,7 @@ type Server struct {
 	keyChanges fanout
 
 	checkpointVerifier note.Verifier
+	finder             tokenFinder
 	mux                *http.ServeMux
 }
 
@@ -184,6 +185,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		return nil, err
 	}
 	s.closers = append(s.closers, lb.Close)
+	s.finder, _ = lb.(tokenFinder)
 	s.Ledger, err = ledger.New(ctx, lb, now)
 	if err != nil {
 		return nil, err
@@ -209,7 +211,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	if err != nil {
 		return nil, err
 	}
-	s.Detect.SetContainment(containment{s})
+	s.Detect.SetContainment(s.Containment())
 	if err := s.attachSinks(s.Detect); err != nil {
 		return nil, err
 	}
