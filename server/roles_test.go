@@ -20,7 +20,6 @@ import (
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/server/servertest"
-	"github.com/custos-dev/custos/token"
 )
 
 // Scale-out roles over the local NATS: the authority-side gateway publishes
@@ -57,10 +56,7 @@ func TestRolesOverNATS(t *testing.T) {
 
 	secret := e.Client(t)
 	m := e.Member(5)
-	k, signer, _ := e.S.Keys.Signer(ctx)
-	now := time.Now()
-	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
-		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-roles", ClientID: "x"})
+	forged := e.Forge(t, m, "forged-roles")
 	tok := e.Issue(t, secret, m)
 	if st, _ := e.Get(t, tok, "/api/members/"+m+"/profile"); st != 200 {
 		t.Fatalf("issued: %d", st)

@@ -24,7 +24,6 @@ import (
 	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/shop"
-	"github.com/custos-dev/custos/token"
 )
 
 // env is a running custos (authority, API, gateway before the sample shop).
@@ -53,16 +52,11 @@ func TestEndToEnd(t *testing.T) {
 	seen := e.Upstream.Load()
 
 	// Signed with the real active key, never issued.
-	k, signer, err := e.S.Keys.Signer(ctx)
+	k, _, err := e.S.Keys.Signer(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	forged, err := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m2, Audience: config.DefaultAudience,
-		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-1", ClientID: "x"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	forged := e.Forge(t, m2, "forged-1")
 	for name, tc := range map[string]struct {
 		tok, path string
 		reason    event.Reason
@@ -195,10 +189,8 @@ func TestStandaloneGateway(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	k, signer, _ := e.S.Keys.Signer(ctx)
-	now := time.Now()
-	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m1, Audience: config.DefaultAudience,
-		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-2", ClientID: "x"})
+	k, _, _ := e.S.Keys.Signer(ctx)
+	forged := e.Forge(t, m1, "forged-2")
 	if st, reason := servertest.Get(t, gw, forged, "/api/members/"+m1+"/profile"); st != 401 || reason != string(event.ReasonNotIssued) {
 		t.Fatalf("forged via standalone gateway: %d %q", st, reason)
 	}
@@ -281,10 +273,7 @@ func TestAuditTrail(t *testing.T) {
 	m := e.Member(9)
 	tok := e.Issue(t, secret, m)
 	e.Get(t, tok, "/api/members/"+m+"/profile")
-	k, signer, _ := e.S.Keys.Signer(ctx)
-	now := time.Now()
-	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
-		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "forged-audit", ClientID: "x"})
+	forged := e.Forge(t, m, "forged-audit")
 	e.Get(t, forged, "/api/members/"+m+"/profile")
 	if err := e.API.Do(ctx, "POST", "/v1/keys/rotate", map[string]string{"reason": "test"}, nil); err != nil {
 		t.Fatal(err)
@@ -341,15 +330,11 @@ func TestAuditTrail(t *testing.T) {
 // raises nothing.
 func TestDetectionWired(t *testing.T) {
 	e := start(t)
-	ctx := context.Background()
 	secret := e.Client(t)
 	m := e.Member(11)
 	tok := e.Issue(t, secret, m)
 	e.Get(t, tok, "/api/members/"+m+"/orders")
-	k, signer, _ := e.S.Keys.Signer(ctx)
-	now := time.Now()
-	forged, _ := token.Sign(signer, k.Alg, k.KID, token.Claims{Issuer: e.Cfg.Issuer, Subject: m, Audience: config.DefaultAudience,
-		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix(), JTI: "never-logged-in", ClientID: "x"})
+	forged := e.Forge(t, m, "never-logged-in")
 	e.Get(t, forged, "/api/members/"+m+"/orders")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
