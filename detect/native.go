@@ -20,10 +20,10 @@ import (
 // (TestNativeMatchesCEL checks it); any other expression runs in CEL.
 
 type (
-	boolFn func(*event.Access) bool
-	strFn  func(*event.Access) string
-	intFn  func(*event.Access) int64
-	listFn func(*event.Access) []string
+	boolFn = func(*event.Access) bool
+	strFn  = func(*event.Access) string
+	intFn  = func(*event.Access) int64
+	listFn = func(*event.Access) []string
 )
 
 // nativeOf returns the native form of a checked expression, or nil.
@@ -198,42 +198,10 @@ func compileIn(elem, list celast.Expr) (boolFn, bool) {
 			return nil, false
 		}
 		if s, ok := compileStr(elem); ok {
-			var fs []strFn
-			for _, x := range l.Elements() {
-				f, ok := compileStr(x)
-				if !ok {
-					return nil, false
-				}
-				fs = append(fs, f)
-			}
-			return func(ev *event.Access) bool {
-				v := s(ev)
-				for _, f := range fs {
-					if f(ev) == v {
-						return true
-					}
-				}
-				return false
-			}, true
+			return inList(s, l.Elements(), compileStr)
 		}
 		if n, ok := compileInt(elem); ok {
-			var fs []intFn
-			for _, x := range l.Elements() {
-				f, ok := compileInt(x)
-				if !ok {
-					return nil, false
-				}
-				fs = append(fs, f)
-			}
-			return func(ev *event.Access) bool {
-				v := n(ev)
-				for _, f := range fs {
-					if f(ev) == v {
-						return true
-					}
-				}
-				return false
-			}, true
+			return inList(n, l.Elements(), compileInt)
 		}
 		return nil, false
 	}
@@ -324,4 +292,26 @@ func compileInt(e celast.Expr) (intFn, bool) {
 		}
 	}
 	return nil, false
+}
+
+// inList compiles `elem in [xs...]` for one element type: every list element
+// must compile with the same compiler, or the rule stays on CEL.
+func inList[T comparable](elem func(*event.Access) T, xs []celast.Expr, compile func(celast.Expr) (func(*event.Access) T, bool)) (func(*event.Access) bool, bool) {
+	fs := make([]func(*event.Access) T, 0, len(xs))
+	for _, x := range xs {
+		f, ok := compile(x)
+		if !ok {
+			return nil, false
+		}
+		fs = append(fs, f)
+	}
+	return func(ev *event.Access) bool {
+		v := elem(ev)
+		for _, f := range fs {
+			if f(ev) == v {
+				return true
+			}
+		}
+		return false
+	}, true
 }
