@@ -40,14 +40,28 @@ func (s *Server) bridge(ctx context.Context, b *natsbus.Bus) {
 			sink.Publish(ev)
 		}
 	}()
+	// On the commit path: hand off without blocking. A record that does not
+	// fit is only a missed push; gateways ask the ledger on a miss.
+	issued := make(chan ledger.Record, 1<<14)
 	stop := s.Ledger.Subscribe(func(r ledger.Record) {
-		// On the commit path: hand off without blocking.
-		go func() {
-			if err := b.PublishIssuance(ctx, r); err != nil {
-				s.Log.Warn("failed to publish issuance", "err", err)
-			}
-		}()
+		select {
+		case issued <- r:
+		default:
+			s.Log.Warn("issuance stream behind; record not pushed", "hash", r.Hash.String())
+		}
 	})
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case r := <-issued:
+				if err := b.PublishIssuance(ctx, r); err != nil {
+					s.Log.Warn("failed to publish issuance", "err", err)
+				}
+			}
+		}
+	}()
 	s.keyChanges.subscribe(func(k keys.Key) {
 		go func() {
 			if err := b.PublishKey(ctx, k); err != nil {
