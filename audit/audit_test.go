@@ -248,7 +248,7 @@ func rewriteEntry(t *testing.T, k testKey, dir string, idx int, data []byte) {
 	entries[idx] = data
 	var out []byte
 	var tile []byte
-	h := newBundleWorker().h
+	h := sha256.New()
 	var leaves []node
 	for _, e := range entries {
 		out = append(out, byte(len(e)>>8), byte(len(e)))

@@ -94,17 +94,18 @@ func ParseEntry(b []byte) (Entry, error) {
 // more of it. An entry written by marshalEntry starts exactly like this;
 // anything else (another version, reordered or escaped members) goes
 // through ParseEntry for the exact verdict.
-func entryKind(b []byte) (string, error) {
+// The kind returned aliases b.
+func entryKind(b []byte) ([]byte, error) {
 	const head = `{"v":1,"kind":"`
 	if len(b) > len(head) && string(b[:len(head)]) == head && b[len(b)-1] == '}' {
 		rest := b[len(head):]
 		if end := bytes.IndexByte(rest, '"'); end > 0 && bytes.IndexByte(rest[:end], '\\') < 0 &&
 			bytes.HasPrefix(rest[end:], []byte(`","time":"`)) {
-			return string(rest[:end]), nil
+			return rest[:end], nil
 		}
 	}
 	e, err := ParseEntry(b)
-	return e.Kind, err
+	return []byte(e.Kind), err
 }
 
 // parseBundle splits a tlog-tiles entry bundle (big-endian uint16 length,

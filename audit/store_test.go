@@ -29,7 +29,7 @@ func TestMarshalEntryMatchesJSON(t *testing.T) {
 			t.Fatalf("%s: %s, want %s", name, got, want)
 		}
 		k, err := entryKind(got)
-		if err != nil || k != tc.kind {
+		if err != nil || string(k) != tc.kind {
 			t.Fatalf("%s: entryKind %q %v", name, k, err)
 		}
 	}

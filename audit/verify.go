@@ -258,22 +258,29 @@ dispatch:
 // a tile that differs is returned as a mismatch, to be blamed on the tile or
 // on the entries below it once the root is known.
 func checkTile(ctx context.Context, src source, level, index, n uint64, want []node) (mismatch *TamperError, err error) {
+	mismatch, _, err = checkTileInto(ctx, src, level, index, n, want, nil)
+	return mismatch, err
+}
+
+// checkTileInto is checkTile reading the tile into buf (see readBuf); it
+// also returns what it read, for the caller to reuse.
+func checkTileInto(ctx context.Context, src source, level, index, n uint64, want []node, buf []byte) (mismatch *TamperError, raw []byte, err error) {
 	p := layout.PartialTileSize(level, index, n)
 	first := index * layout.TileWidth << (level * layout.TileHeight)
-	raw, file, err := readPartialOrFull(ctx, src, func(p uint8) string { return layout.TilePath(level, index, p) }, p)
+	raw, file, err := readPartialOrFullInto(ctx, src, func(p uint8) string { return layout.TilePath(level, index, p) }, p, buf)
 	if err != nil {
-		return nil, &TamperError{Index: first, File: layout.TilePath(level, index, p), Err: fmt.Errorf("%w: %v", ErrBadTile, err)}
+		return nil, nil, &TamperError{Index: first, File: layout.TilePath(level, index, p), Err: fmt.Errorf("%w: %v", ErrBadTile, err)}
 	}
 	if len(raw)%sha256.Size != 0 || len(raw) < len(want)*sha256.Size || (file == layout.TilePath(level, index, p) && len(raw) != len(want)*sha256.Size) {
-		return nil, &TamperError{Index: first, File: file, Err: fmt.Errorf("%w: %d bytes, want %d hashes", ErrBadTile, len(raw), len(want))}
+		return nil, raw, &TamperError{Index: first, File: file, Err: fmt.Errorf("%w: %d bytes, want %d hashes", ErrBadTile, len(raw), len(want))}
 	}
 	for k, h := range want {
 		if !bytes.Equal(raw[k*sha256.Size:(k+1)*sha256.Size], h[:]) {
 			idx := first + uint64(k)<<(level*layout.TileHeight)
-			return &TamperError{Index: idx, File: file, Err: fmt.Errorf("%w: hash %d differs from the tree recomputed from the entries", ErrBadTile, k)}, nil
+			return &TamperError{Index: idx, File: file, Err: fmt.Errorf("%w: hash %d differs from the tree recomputed from the entries", ErrBadTile, k)}, raw, nil
 		}
 	}
-	return nil, nil
+	return nil, raw, nil
 }
 
 // blame decides which side of a tile mismatch was altered: if the tree
@@ -291,15 +298,22 @@ func blame(m *TamperError, n uint64, rootOK bool) *TamperError {
 	}
 }
 
-// bundleWorker holds per-goroutine scratch space.
+// bundleWorker holds per-goroutine scratch space, so that checking a bundle
+// allocates nothing in the common case.
 type bundleWorker struct {
-	h       hash.Hash
-	entries [][]byte
-	leaves  []node
+	bundle, tile []byte // file contents
+	entries      [][]byte
+	leaves       []node
+	leafIn       []byte // 0x00 || entry
 }
 
 func newBundleWorker() *bundleWorker {
-	return &bundleWorker{h: sha256.New(), entries: make([][]byte, 0, layout.EntryBundleWidth), leaves: make([]node, 0, layout.EntryBundleWidth)}
+	return &bundleWorker{
+		bundle:  make([]byte, 0, 64<<10),
+		tile:    make([]byte, 0, layout.TileWidth*sha256.Size+1),
+		entries: make([][]byte, 0, layout.EntryBundleWidth),
+		leaves:  make([]node, 0, layout.EntryBundleWidth),
+	}
 }
 
 // check verifies entry bundle i of a tree of size n against its level-0
@@ -311,10 +325,11 @@ func (w *bundleWorker) check(ctx context.Context, src source, i, n uint64, kinds
 		want = layout.EntryBundleWidth
 	}
 	first := i * layout.EntryBundleWidth
-	raw, file, err := readPartialOrFull(ctx, src, func(p uint8) string { return layout.EntriesPath(i, p) }, p)
+	raw, file, err := readPartialOrFullInto(ctx, src, func(p uint8) string { return layout.EntriesPath(i, p) }, p, w.bundle)
 	if err != nil {
 		return bundleResult{err: &TamperError{Index: first, File: layout.EntriesPath(i, p), Err: fmt.Errorf("%w: %v", ErrBadBundle, err)}}
 	}
+	w.bundle = raw[:0]
 	entries, err := parseBundle(raw, w.entries[:0])
 	w.entries = entries[:0]
 	if len(entries) < want {
@@ -330,24 +345,47 @@ func (w *bundleWorker) check(ctx context.Context, src source, i, n uint64, kinds
 		return bundleResult{err: &TamperError{Index: first + uint64(want), File: file, Err: err}}
 	}
 	leaves := w.leaves[:0]
+	// Entries of one bundle are mostly of one kind: count runs, so that the
+	// map (and a string for its key) is touched once per run.
+	var run []byte
+	var count uint64
 	for k, e := range entries[:want] {
 		kind, err := entryKind(e)
 		if err != nil {
 			return bundleResult{err: &TamperError{Index: first + uint64(k), File: file, Err: err}}
 		}
-		kinds[kind]++
-		leaves = append(leaves, hashLeaf(w.h, e))
+		if !bytes.Equal(kind, run) {
+			if count > 0 {
+				kinds[string(run)] += count
+			}
+			run, count = kind, 0
+		}
+		count++
+		w.leafIn = append(append(w.leafIn[:0], 0), e...)
+		leaves = append(leaves, sha256.Sum256(w.leafIn))
+	}
+	if count > 0 {
+		kinds[string(run)] += count
 	}
 	w.leaves = leaves[:0]
 	// The level-0 tile must hold exactly these leaf hashes.
-	mismatch, err := checkTile(ctx, src, 0, i, n, leaves)
+	mismatch, err := w.checkTile(ctx, src, 0, i, n, leaves)
 	if err != nil {
 		return bundleResult{err: err}
 	}
 	if p != 0 {
 		return bundleResult{leaves: append([]node(nil), leaves...), mismatch: mismatch}
 	}
-	return bundleResult{root: subtreeRoot(leaves), mismatch: mismatch}
+	return bundleResult{root: reduce(leaves), mismatch: mismatch}
+}
+
+// checkTile is checkTile reading into the worker's buffer.
+func (w *bundleWorker) checkTile(ctx context.Context, src source, level, index, n uint64, want []node) (*TamperError, error) {
+	m, raw, err := checkTileInto(ctx, src, level, index, n, want, w.tile)
+	if raw != nil {
+		w.tile = raw[:0]
+	}
+	return m, err
 }
 
 // hashLeaf is the RFC 6962 leaf hash SHA-256(0x00 || data).
@@ -370,12 +408,16 @@ func hashChildren(l, r node) node {
 
 // subtreeRoot is the root of a perfect subtree; len(nodes) is a power of two.
 func subtreeRoot(nodes []node) node {
-	buf := append([]node(nil), nodes...)
-	for len(buf) > 1 {
-		for k := 0; k < len(buf)/2; k++ {
-			buf[k] = hashChildren(buf[2*k], buf[2*k+1])
+	return reduce(append([]node(nil), nodes...))
+}
+
+// reduce is subtreeRoot computed in place: it overwrites nodes.
+func reduce(nodes []node) node {
+	for len(nodes) > 1 {
+		for k := 0; k < len(nodes)/2; k++ {
+			nodes[k] = hashChildren(nodes[2*k], nodes[2*k+1])
 		}
-		buf = buf[:len(buf)/2]
+		nodes = nodes[:len(nodes)/2]
 	}
-	return buf[0]
+	return nodes[0]
 }
