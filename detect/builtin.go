@@ -27,10 +27,9 @@ var dimKind = [numDims]string{"ip", "net", "asn", "ua", "kid"}
 const walkLanes = 4
 
 type lane struct {
-	last  int64
-	run   uint32
-	used  uint32 // enumState.clock when last extended
-	fired bool
+	last int64
+	run  uint32
+	used uint32 // enumState.clock when last extended
 }
 
 // srcState is what enumeration and unknown_subject_rate keep per source key
@@ -50,13 +49,12 @@ type subjState struct {
 type enumState struct {
 	wd    windowDistinct
 	next  uint64 // sum at which to compute the union again
-	lanes [walkLanes]lane
 	clock uint32
+	fired uint8 // bit i: lanes[i] has alerted
+	lanes [walkLanes]lane
 }
 
-type unknownState struct {
-	nf, all windowCount
-}
+type unknownState = ratioCount
 
 type histState struct {
 	countries [4][2]byte
@@ -116,6 +114,7 @@ type builtins struct {
 	firstLogin int64
 	sessionOf  func(*event.Access) string
 	shards     [numShards]*shard
+	preps      []prep // a batch's prepared events, shared by the shards
 }
 
 // shard is the per-key state one goroutine owns: the keys whose hash has
@@ -125,6 +124,9 @@ type shard struct {
 	src      [numDims]*genMap[srcState] // enumeration and unknown_subject_rate
 	subj     *genMap[subjState]         // foreign_origin history and ip_rotation per subject
 	rot      [3]*genMap[rotState]       // ip_rotation per token and fingerprint ([1] unused)
+	srcSk    [numDims]sketches          // the sketches of src's values
+	subjSk   sketches
+	rotSk    [3]sketches
 	volume   *genMap[volState]
 	sessions *genMap[int64]
 	scratch  *hyperloglog.Sketch
@@ -203,9 +205,13 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 		sh.scratch, _ = hyperloglog.NewSketch(hllPrecision, false)
 		for d := range sh.src {
 			sh.src[d] = newGenMap[srcState](keys)
+			sweepOnDrop(sh.src[d], &sh.srcSk[d], func(v *srcState) *windowDistinct { return &v.enum.wd })
 		}
-		sh.rot[0] = newGenMap[rotState](keys)
-		sh.rot[2] = newGenMap[rotState](keys)
+		sweepOnDrop(sh.subj, &sh.subjSk, func(v *subjState) *windowDistinct { return &v.rot.wd })
+		for _, i := range []int{0, 2} {
+			sh.rot[i] = newGenMap[rotState](keys)
+			sweepOnDrop(sh.rot[i], &sh.rotSk[i], func(v *rotState) *windowDistinct { return &v.wd })
+		}
 		b.shards[i] = sh
 	}
 	en := &cfg.Enumeration
@@ -354,13 +360,13 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 			s := &sh.src[d].get(p.dimKeys[d]).enum
 			var sum uint64
 			if thr > 0 {
-				sum = s.wd.add(bucket, p.subjHash)
+				sum = s.wd.add(bucket, p.subjHash, &sh.srcSk[d], p.dimKeys[d])
 			}
 			if thr > 0 && sum >= thr {
 				if s.wd.fired >= bucket-1 && s.wd.fired != 0 {
 					sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], dimValue(d, ev, p.network), "", "one source touching many distinct subjects", 1)
 				} else if sum >= s.next {
-					if u := s.wd.union(sh.scratch); u >= thr {
+					if u := s.wd.union(&sh.srcSk[d], sh.scratch); u >= thr {
 						s.wd.fired = bucket
 						sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], dimValue(d, ev, p.network), "",
 							"one source touched "+strconv.FormatUint(u, 10)+" distinct subjects within "+c.Enumeration.Window.String(), int64(u))
@@ -380,28 +386,24 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 	// 6. unknown_subject_rate
 	if !c.UnknownSubject.Disabled && subjectBound {
 		h := int64(c.UnknownSubject.Window)
-		var nf uint32
-		if ev.Status == 404 {
-			nf = 1
-		}
+		nf := ev.Status == 404
 		for _, d := range [...]int{dimNet, dimASN, dimKID} {
 			if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != me {
 				continue
 			}
 			sh.ord = 30 + uint32(d)
 			s := &sh.src[d].get(p.dimKeys[d]).unk
-			all := s.all.add(t, h, 1)
-			n := s.nf.add(t, h, nf)
-			if nf == 1 && n >= c.UnknownSubject.MinCount && float64(n) >= c.UnknownSubject.MinRatio*float64(all) {
-				if s.nf.fired == 0 {
-					s.nf.fired = 1
+			n, all := s.add(t, h, nf)
+			if nf && n >= c.UnknownSubject.MinCount && float64(n) >= c.UnknownSubject.MinRatio*float64(all) {
+				if !s.fired {
+					s.fired = true
 					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], dimValue(d, ev, p.network), "",
 						"burst of not-found answers on subject-bound routes: "+strconv.FormatUint(uint64(n), 10)+" of "+strconv.FormatUint(uint64(all), 10), int64(n))
 				} else {
 					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], dimValue(d, ev, p.network), "", "", 1)
 				}
 			} else if n < c.UnknownSubject.MinCount/2 {
-				s.nf.fired = 0
+				s.fired = false
 			}
 		}
 	}
@@ -513,6 +515,7 @@ func (b *builtins) walk(sh *shard, s *enumState, d int, id int64, ev *event.Acce
 	}
 	if best < 0 {
 		s.lanes[victim] = lane{last: id, used: s.clock}
+		s.fired &^= 1 << victim
 		return
 	}
 	l := &s.lanes[best]
@@ -520,8 +523,8 @@ func (b *builtins) walk(sh *shard, s *enumState, d int, id int64, ev *event.Acce
 	l.run++
 	if l.run >= c.WalkRun {
 		summary := ""
-		if !l.fired {
-			l.fired = true
+		if bit := uint8(1) << best; s.fired&bit == 0 {
+			s.fired |= bit
 			summary = "walk through " + strconv.FormatUint(uint64(l.run), 10) + " near-sequential member ids"
 		}
 		sh.fire(RuleSequentialWalk, c.Severity, dimKind[d], dimValue(d, ev, network), "", summary, 1)
@@ -534,12 +537,13 @@ func (b *builtins) rotate(sh *shard, i int, kind, val string, k, thr uint64, buc
 	}
 	sh.ord = 50 + uint32(i)
 	var s *rotState
+	sk := &sh.rotSk[i]
 	if i == 1 {
-		s = &sh.subj.get(k).rot
+		s, sk = &sh.subj.get(k).rot, &sh.subjSk
 	} else {
 		s = sh.rot[i].get(k)
 	}
-	sum := s.wd.add(bucket, netKey)
+	sum := s.wd.add(bucket, netKey, sk, k)
 	if sum < thr {
 		return
 	}
@@ -550,7 +554,7 @@ func (b *builtins) rotate(sh *shard, i int, kind, val string, k, thr uint64, buc
 	if sum < s.next {
 		return
 	}
-	if u := s.wd.union(sh.scratch); u >= thr {
+	if u := s.wd.union(sk, sh.scratch); u >= thr {
 		s.wd.fired = bucket
 		sh.fire(RuleIPRotation, b.cfg.IPRotation.Severity, kind, val, "",
 			"many networks ("+strconv.FormatUint(u, 10)+") behind one "+kind, int64(u))

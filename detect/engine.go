@@ -157,29 +157,40 @@ func (e *Engine) ProcessBatch(evs []event.Access) {
 			}
 		}
 	} else {
-		var wg sync.WaitGroup
+		if cap(e.b.preps) < len(evs) {
+			e.b.preps = make([]prep, len(evs))
+		}
+		preps := e.b.preps[:len(evs)]
+		var wg, ready sync.WaitGroup
+		ready.Add(numShards)
 		for _, sh := range e.b.shards[1:] {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				e.b.runShard(rs, sh, evs)
+				e.b.runShard(rs, sh, evs, preps, &ready)
 			}()
 		}
-		e.b.runShard(rs, e.b.shards[0], evs)
+		e.b.runShard(rs, e.b.shards[0], evs, preps, &ready)
 		wg.Wait()
 	}
 	e.applyFires(evs)
 	e.unlockAndDeliver()
 }
 
-// runShard runs shard sh's part of every detector and rule over evs.
-func (b *builtins) runShard(rs *ruleSet, sh *shard, evs []event.Access) {
-	p := &sh.p
+// runShard prepares shard sh's share of evs into preps, waits on ready
+// for the other shards' shares, then runs sh's part of every detector and
+// rule over evs: each event is prepared once.
+func (b *builtins) runShard(rs *ruleSet, sh *shard, evs []event.Access, preps []prep, ready *sync.WaitGroup) {
+	n := len(evs)
+	for i := sh.id * n / numShards; i < (sh.id+1)*n/numShards; i++ {
+		b.prepare(&evs[i], &preps[i])
+	}
+	ready.Done()
+	ready.Wait()
 	for i := range evs {
 		sh.idx = int32(i)
-		b.prepare(&evs[i], p)
-		b.process(sh, &evs[i], p)
-		rs.eval(b, sh, &evs[i], p)
+		b.process(sh, &evs[i], &preps[i])
+		rs.eval(b, sh, &evs[i], &preps[i])
 	}
 }
 

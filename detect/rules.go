@@ -233,6 +233,7 @@ type compiled struct {
 	gkey    func(seed maphash.Seed, ev *event.Access, p *prep) uint64
 	gval    func(ev *event.Access) string
 	said    string // summary of a match of a rule without threshold
+	ord     uint32 // position among the checks of an event; see fireRec
 	contain *ContainPolicy
 	groups  [numShards]*genMap[windowCount]
 	matches [numShards]paddedCount
@@ -283,8 +284,9 @@ func (c *compiled) sameShape(o *compiled) bool {
 }
 
 type ruleSet struct {
-	source string
-	rules  []*compiled
+	source  string
+	rules   []*compiled
+	counted []*compiled // the rules with a threshold, in order
 }
 
 func (rs *ruleSet) byName(name string) *compiled {
@@ -302,17 +304,18 @@ func (rs *ruleSet) eval(b *builtins, sh *shard, ev *event.Access, p *prep) {
 	if len(rs.rules) == 0 {
 		return
 	}
-	mine := ownerOf(p.own) == sh.id
-	for ri, r := range rs.rules {
-		sh.ord = 100 + uint32(ri)
+	list := rs.counted // the event's rules without a threshold run elsewhere
+	if ownerOf(p.own) == sh.id {
+		list = rs.rules
+	}
+	for _, r := range list {
+		sh.ord = r.ord
 		var gk uint64
 		if r.Threshold > 1 {
 			gk = r.gkey(b.seed, ev, p)
 			if ownerOf(gk) != sh.id {
 				continue
 			}
-		} else if !mine {
-			continue
 		}
 		if r.native != nil {
 			if !r.native(ev) {
@@ -504,10 +507,12 @@ func parseRules(name string, data []byte, maxKeys int) (*ruleSet, error) {
 		if f, ok := strFields[gf]; ok {
 			cr.gval = f
 		}
+		cr.ord = 100 + uint32(len(rs.rules))
 		if r.Threshold > 1 {
 			for i := range cr.groups {
 				cr.groups[i] = newGenMap[windowCount](perShard(maxKeys))
 			}
+			rs.counted = append(rs.counted, cr)
 		}
 		rs.rules = append(rs.rules, cr)
 	}

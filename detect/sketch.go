@@ -11,10 +11,17 @@ import (
 // idle ones are dropped wholesale when the young generation fills. Keys sit
 // apart from values so that probing stays within a few cache lines; values
 // live inside the table: no allocation and no pointer to chase per lookup.
+// Values hold no pointers (sketches are referred to by index, see
+// [sketches]), so the tables are never scanned by the garbage collector and
+// a dropped generation's values need not be cleared: a slot's value is
+// written whole when a key takes the slot.
 type genMap[V any] struct {
 	cur, old   table[V]
 	ncur, nold int
 	half       int
+	// onDrop, when set, runs after a generation is dropped, once the key
+	// that caused it is in place.
+	onDrop func()
 }
 
 type table[V any] struct {
@@ -65,15 +72,22 @@ func (m *genMap[V]) get(k uint64) *V {
 			return &m.cur.vals[i]
 		}
 	}
-	var v V
 	if len(m.old.keys) > 0 {
 		if i, ok := find(m.old.keys, k); ok {
-			v = m.old.vals[i]
+			v := m.old.vals[i]
 			m.old.keys[i] = moved
 			m.nold--
+			p, dropped := m.put(k)
+			*p = v
+			m.dropped(dropped)
+			return p
 		}
 	}
-	return m.put(k, &v)
+	p, dropped := m.put(k)
+	var zero V
+	*p = zero
+	m.dropped(dropped)
+	return p
 }
 
 // peek returns the entry for k without creating it.
@@ -89,29 +103,55 @@ func (m *genMap[V]) peek(k uint64) (*V, bool) {
 			v := m.old.vals[i]
 			m.old.keys[i] = moved
 			m.nold--
-			return m.put(k, &v), true
+			p, dropped := m.put(k)
+			*p = v
+			m.dropped(dropped)
+			return p, true
 		}
 	}
 	return nil, false
 }
 
-func (m *genMap[V]) put(k uint64, v *V) *V {
+// lookup returns the entry for k without creating or moving it.
+func (m *genMap[V]) lookup(k uint64) (*V, bool) {
+	k = norm(k)
+	for _, t := range [2]*table[V]{&m.cur, &m.old} {
+		if len(t.keys) > 0 {
+			if i, ok := find(t.keys, k); ok {
+				return &t.vals[i], true
+			}
+		}
+	}
+	return nil, false
+}
+
+// put takes a slot for k, absent from the young generation, and returns
+// its value, which the caller must write whole and then pass dropped to
+// m.dropped.
+func (m *genMap[V]) put(k uint64) (v *V, dropped bool) {
 	if m.ncur >= m.half {
 		// The young generation is full: drop the old one, keeping its
-		// storage. Its values are cleared too, so that no sketch of a
-		// dropped key stays reachable: only live keys hold memory.
+		// storage. Only its keys are cleared.
 		clear(m.old.keys)
-		clear(m.old.vals)
 		m.old, m.cur = m.cur, m.old
 		m.nold, m.ncur = m.ncur, 0
+		dropped = true
 	}
 	if 2*(m.ncur+1) > len(m.cur.keys) {
 		m.grow()
 	}
 	i, _ := find(m.cur.keys, k)
-	m.cur.keys[i], m.cur.vals[i] = k, *v
+	m.cur.keys[i] = k
 	m.ncur++
-	return &m.cur.vals[i]
+	return &m.cur.vals[i], dropped
+}
+
+// dropped runs onDrop if put dropped a generation, once the new value is
+// in place (it may be the moved value of a key of the dropped generation).
+func (m *genMap[V]) dropped(d bool) {
+	if d && m.onDrop != nil {
+		m.onDrop()
+	}
 }
 
 // grow doubles the young table.
@@ -135,6 +175,67 @@ func (m *genMap[V]) grow() {
 
 func (m *genMap[V]) len() int { return m.ncur + m.nold }
 
+// sketches holds the HyperLogLog sketches of one table's values, which
+// refer to them by index + 1 (0: none), so that the tables hold no pointers.
+// A sketch belongs to the key that took it; when a generation is dropped,
+// sweep frees the sketches no surviving value refers to, and they are
+// reused: the store never holds more sketches than were live at once.
+type sketches struct {
+	sk    []*hyperloglog.Sketch
+	owner []uint64 // key that took sk[i]; 0: free
+	free  []uint32
+}
+
+// take returns the index + 1 of an empty sketch for owner.
+func (s *sketches) take(owner uint64) uint32 {
+	owner = norm(owner)
+	if n := len(s.free); n > 0 {
+		i := s.free[n-1]
+		s.free = s.free[:n-1]
+		s.sk[i].Reset()
+		s.owner[i] = owner
+		return i + 1
+	}
+	sk, _ := hyperloglog.NewSketch(hllPrecision, false)
+	s.sk = append(s.sk, sk)
+	s.owner = append(s.owner, owner)
+	return uint32(len(s.sk))
+}
+
+func (s *sketches) at(id uint32) *hyperloglog.Sketch { return s.sk[id-1] }
+
+// inUse reports how many sketches values refer to.
+func (s *sketches) inUse() int { return len(s.sk) - len(s.free) }
+
+// sweep frees every sketch whose owner's value (or absence) no longer
+// refers to it, as live reports.
+func (s *sketches) sweep(live func(owner uint64, id uint32) bool) {
+	for i, o := range s.owner {
+		if o != 0 && !live(o, uint32(i)+1) {
+			s.owner[i] = 0
+			s.free = append(s.free, uint32(i))
+		}
+	}
+}
+
+// sweepOnDrop makes m free the sketches of dropped values: wd returns where
+// a value keeps its windowed sketches.
+func sweepOnDrop[V any](m *genMap[V], s *sketches, wd func(*V) *windowDistinct) {
+	m.onDrop = func() {
+		if s.inUse() == 0 {
+			return
+		}
+		s.sweep(func(owner uint64, id uint32) bool {
+			v, ok := m.lookup(owner)
+			if !ok {
+				return false
+			}
+			w := wd(v)
+			return w.cur.sk == id || w.old.sk == id
+		})
+	}
+}
+
 // smallExact is how many distinct values a counter keeps exactly before it
 // switches to a sketch.
 const smallExact = 8
@@ -142,98 +243,106 @@ const smallExact = 8
 // hllPrecision gives 1024 one-byte registers, about 3.25% standard error.
 const hllPrecision = 10
 
-// distinct counts distinct 64-bit hashes: exactly up to smallExact, then with
-// a HyperLogLog sketch.
+// distinct counts distinct values: exactly up to smallExact (by 32-bit
+// fingerprint), then with a HyperLogLog sketch.
 type distinct struct {
-	small [smallExact]uint64
+	small [smallExact]uint32
 	n     uint8
-	sk    *hyperloglog.Sketch
-	est   uint64 // cached estimate of sk
-	since uint16 // inserts since est was computed
+	since uint8  // inserts since est was computed
+	sk    uint32 // index + 1 in the table's sketches; 0: none
+	est   uint32 // cached estimate of sk
 }
 
-func (d *distinct) reset() {
+// fingerprint is the 32 bits of a 64-bit hash that distinct keeps.
+func fingerprint(h uint64) uint32 { return uint32(h >> 32) }
+
+// sketchHash spreads a fingerprint over the 64 bits a sketch reads.
+func sketchHash(fp uint32) uint64 { return mix(uint64(fp)) }
+
+func (d *distinct) reset(s *sketches) {
 	d.n, d.est, d.since = 0, 0, 0
-	if d.sk != nil {
-		d.sk.Reset()
+	if d.sk != 0 {
+		s.at(d.sk).Reset()
 	}
 }
 
-// add inserts h.
-func (d *distinct) add(h uint64) {
-	if d.sk == nil {
+// add inserts h; owner is the key whose value holds d.
+func (d *distinct) add(h uint64, s *sketches, owner uint64) {
+	fp := fingerprint(h)
+	if d.sk == 0 {
 		for i := uint8(0); i < d.n; i++ {
-			if d.small[i] == h {
+			if d.small[i] == fp {
 				return
 			}
 		}
 		if d.n < smallExact {
-			d.small[d.n] = h
+			d.small[d.n] = fp
 			d.n++
 			return
 		}
-		d.sk, _ = hyperloglog.NewSketch(hllPrecision, false)
+		d.sk = s.take(owner)
 	}
+	sk := s.at(d.sk)
 	if d.n > 0 {
 		for i := uint8(0); i < d.n; i++ {
-			d.sk.InsertHash(d.small[i])
+			sk.InsertHash(sketchHash(d.small[i]))
 		}
 		d.n = 0
 	}
-	d.sk.InsertHash(h)
+	sk.InsertHash(sketchHash(fp))
 	d.since++
 }
 
 // count returns the estimate, recomputing the sketch's at most every 32 inserts.
-func (d *distinct) count() uint64 {
-	if d.sk == nil {
+func (d *distinct) count(s *sketches) uint64 {
+	if d.sk == 0 {
 		return uint64(d.n)
 	}
 	if d.since >= 32 || d.est == 0 {
-		d.est = d.sk.Estimate()
+		d.est = uint32(min(s.at(d.sk).Estimate(), 1<<32-1))
 		d.since = 0
 	}
-	return d.est
+	return uint64(d.est)
 }
 
 // windowDistinct counts distinct values over a sliding window kept as two
 // half-window buckets; the count covers between half and all of the window.
 type windowDistinct struct {
 	bucket   int64 // index of cur's half-window
-	cur, old distinct
 	fired    int64 // bucket in which this key last crossed the threshold
+	cur, old distinct
 }
 
 // add inserts h at half-window index b and returns the windowed count estimate.
 // The result is the sum of both buckets' counts, an upper bound of their
 // union: callers compute the costlier union only when the sum crosses their
 // threshold.
-func (w *windowDistinct) add(b int64, h uint64) uint64 {
-	w.roll(b)
-	w.cur.add(h)
-	return w.cur.count() + w.old.count()
+func (w *windowDistinct) add(b int64, h uint64, s *sketches, owner uint64) uint64 {
+	w.roll(b, s)
+	w.cur.add(h, s, owner)
+	return w.cur.count(s) + w.old.count(s)
 }
 
-func (w *windowDistinct) roll(b int64) {
+func (w *windowDistinct) roll(b int64, s *sketches) {
 	switch {
 	case b == w.bucket:
 	case b == w.bucket+1:
 		w.old, w.cur = w.cur, w.old
-		w.cur.reset()
+		w.cur.reset(s)
 		w.bucket = b
 	case b > w.bucket:
-		w.old.reset()
-		w.cur.reset()
+		w.old.reset(s)
+		w.cur.reset(s)
 		w.bucket = b
 	}
 }
 
 // union estimates the distinct count of both buckets together.
-func (w *windowDistinct) union(scratch *hyperloglog.Sketch) uint64 {
-	if w.old.count() == 0 {
-		return w.cur.count()
+func (w *windowDistinct) union(s *sketches, scratch *hyperloglog.Sketch) uint64 {
+	if w.old.count(s) == 0 {
+		return w.cur.count(s)
 	}
-	if w.cur.sk == nil && w.old.sk == nil {
+	if w.cur.sk == 0 && w.old.sk == 0 {
 		n := uint64(w.old.n)
 	outer:
 		for i := uint8(0); i < w.cur.n; i++ {
@@ -248,11 +357,11 @@ func (w *windowDistinct) union(scratch *hyperloglog.Sketch) uint64 {
 	}
 	scratch.Reset()
 	for _, d := range []*distinct{&w.cur, &w.old} {
-		if d.sk != nil {
-			_ = scratch.Merge(d.sk)
+		if d.sk != 0 {
+			_ = scratch.Merge(s.at(d.sk))
 		}
 		for i := uint8(0); i < d.n; i++ {
-			scratch.InsertHash(d.small[i])
+			scratch.InsertHash(sketchHash(d.small[i]))
 		}
 	}
 	return scratch.Estimate()
@@ -280,4 +389,33 @@ func (w *windowCount) add(t, h int64, n uint32) uint32 {
 	w.cur += n
 	frac := float64(h-(t-b*h)) / float64(h)
 	return w.cur + uint32(float64(w.old)*frac)
+}
+
+// ratioCount is unknown_subject_rate's state: two windowed counts that
+// always move together (not-found answers and all answers), sharing one
+// bucket index.
+type ratioCount struct {
+	bucket         int64
+	nfCur, nfOld   uint32
+	allCur, allOld uint32
+	fired          bool
+}
+
+// add counts one answer (nf: a not-found one) at time t with window h and
+// returns the estimates of not-found and all answers.
+func (w *ratioCount) add(t, h int64, nf bool) (n, all uint32) {
+	b := t / h
+	switch {
+	case b == w.bucket:
+	case b == w.bucket+1:
+		w.nfOld, w.nfCur, w.allOld, w.allCur, w.bucket = w.nfCur, 0, w.allCur, 0, b
+	case b > w.bucket:
+		w.nfOld, w.nfCur, w.allOld, w.allCur, w.bucket = 0, 0, 0, 0, b
+	}
+	if nf {
+		w.nfCur++
+	}
+	w.allCur++
+	frac := float64(h-(t-b*h)) / float64(h)
+	return w.nfCur + uint32(float64(w.nfOld)*frac), w.allCur + uint32(float64(w.allOld)*frac)
 }
