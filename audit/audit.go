@@ -21,7 +21,6 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -99,7 +98,6 @@ func (o Options) withDefaults() Options {
 type Log struct {
 	dir      string
 	now      func() time.Time
-	add      tessera.AddFn
 	reader   tessera.LogReader
 	shutdown func(context.Context) error
 	cancel   context.CancelFunc
@@ -140,14 +138,14 @@ func Open(ctx context.Context, dir string, signer note.Signer, opts Options) (*L
 		WithCheckpointSigner(signer).
 		WithBatching(opts.BatchMaxSize, opts.BatchMaxAge).
 		WithCheckpointInterval(opts.CheckpointInterval)
-	app, shutdown, reader, err := tessera.NewAppender(bg, store, ao)
+	_, shutdown, reader, err := tessera.NewAppender(bg, store, ao)
 	if err != nil {
 		cancel()
 		store.close()
 		return nil, fmt.Errorf("failed to open log appender: %w", err)
 	}
 	return &Log{
-		dir: dir, now: opts.Now, add: app.Add, reader: reader,
+		dir: dir, now: opts.Now, reader: reader,
 		shutdown: shutdown, cancel: cancel, store: store,
 	}, nil
 }
@@ -175,92 +173,55 @@ func (l *Log) AppendMany(ctx context.Context, kind string, vs []any) error {
 
 // appendMany is AppendMany that also returns the entries' indices.
 func (l *Log) appendMany(ctx context.Context, kind string, vs []any) ([]uint64, error) {
-	data := make([][]byte, len(vs))
-	now := l.now()
-	for i, v := range vs {
-		body, err := json.Marshal(v)
-		if err != nil {
-			return nil, fmt.Errorf("failed to encode %s entry body: %w", kind, err)
-		}
-		if data[i], err = marshalEntry(kind, now, body); err != nil {
-			return nil, err
-		}
+	if len(vs) == 0 {
+		return []uint64{}, nil
 	}
-	return l.appendRawMany(ctx, data)
-}
-
-func (l *Log) appendRawMany(ctx context.Context, data [][]byte) ([]uint64, error) {
-	l.mu.RLock()
-	if l.closed {
-		l.mu.RUnlock()
-		return nil, ErrClosed
+	data, leaves, err := encodeEntries(kind, l.now(), vs)
+	if err != nil {
+		return nil, err
 	}
-	futs := make([]tessera.IndexFuture, len(data))
-	for i, d := range data {
-		futs[i] = l.add(ctx, tessera.NewEntry(d))
+	first, err := l.appendEncoded(ctx, data, leaves)
+	if err != nil {
+		return nil, err
 	}
-	l.mu.RUnlock()
-	idx := make([]uint64, len(futs))
-	ch := make(chan error, 1)
-	go func() {
-		for i, f := range futs {
-			r, err := f()
-			if err != nil {
-				ch <- err
-				return
-			}
-			idx[i] = r.Index
-		}
-		ch <- nil
-	}()
-	select {
-	case err := <-ch:
-		if err != nil {
-			return nil, fmt.Errorf("failed to append to audit log: %w", err)
-		}
-		return idx, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("failed to append to audit log: %w", ctx.Err())
+	idx := make([]uint64, len(vs))
+	for i := range idx {
+		idx[i] = first + uint64(i)
 	}
+	return idx, nil
 }
 
 // append is Append that also returns the entry's index.
 func (l *Log) append(ctx context.Context, kind string, v any) (uint64, error) {
-	body, err := json.Marshal(v)
-	if err != nil {
-		return 0, fmt.Errorf("failed to encode %s entry body: %w", kind, err)
-	}
-	data, err := marshalEntry(kind, l.now(), body)
+	data, leaves, err := encodeEntries(kind, l.now(), []any{v})
 	if err != nil {
 		return 0, err
 	}
-	return l.appendRaw(ctx, data)
+	return l.appendEncoded(ctx, data, leaves)
 }
 
-func (l *Log) appendRaw(ctx context.Context, data []byte) (uint64, error) {
+// appendEncoded queues encoded entries, together and in order, for the
+// storage's next batch and waits until they are durable; it returns the
+// index of the first. The entries go to the driver directly rather than
+// through Tessera's Add, which wraps each one in a tracing span, metrics and
+// a future of its own.
+func (l *Log) appendEncoded(ctx context.Context, data [][]byte, leaves []node) (uint64, error) {
+	if len(data) == 0 {
+		return 0, nil
+	}
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
 		return 0, ErrClosed
 	}
-	fut := l.add(ctx, tessera.NewEntry(data))
+	b, pos := l.store.enqueue(data, leaves)
 	l.mu.RUnlock()
-
-	type res struct {
-		idx tessera.Index
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		i, err := fut()
-		ch <- res{i, err}
-	}()
 	select {
-	case r := <-ch:
-		if r.err != nil {
-			return 0, fmt.Errorf("failed to append to audit log: %w", r.err)
+	case <-b.done:
+		if b.err != nil {
+			return 0, fmt.Errorf("failed to append to audit log: %w", b.err)
 		}
-		return r.idx.Index, nil
+		return b.first + pos, nil
 	case <-ctx.Done():
 		return 0, fmt.Errorf("failed to append to audit log: %w", ctx.Err())
 	}
@@ -295,7 +256,10 @@ func (l *Log) Close(ctx context.Context) error {
 	}
 	l.closed = true
 	l.mu.Unlock()
-	err := l.shutdown(ctx)
+	// Every entry queued before closed was set is in the storage's queue:
+	// wait for it, then publish a checkpoint that covers it.
+	err := l.store.flush(ctx)
+	err = errors.Join(err, l.shutdown(ctx))
 	l.cancel()
 	err = errors.Join(err, l.store.close())
 	if err != nil {

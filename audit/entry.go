@@ -2,9 +2,11 @@ package audit
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -40,16 +42,29 @@ var entryPrefix = []byte(`{"v":`)
 // marshalEntry encodes an entry of the current version. body must be
 // compact JSON, as json.Marshal produces.
 func marshalEntry(kind string, t time.Time, body []byte) ([]byte, error) {
+	b, err := appendEntryHead(make([]byte, 0, len(`{"v":1,"kind":"","time":"","body":}`)+len(kind)+len(time.RFC3339Nano)+len(body)), kind, t)
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, body...)
+	b = append(b, '}')
+	if len(b) > MaxEntrySize {
+		return nil, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(b), MaxEntrySize)
+	}
+	return b, nil
+}
+
+// appendEntryHead appends an entry up to its body: byte for byte what
+// json.Marshal(Entry{...}) gives before a compact body, without
+// re-validating a body json.Marshal just produced.
+func appendEntryHead(b []byte, kind string, t time.Time) ([]byte, error) {
 	if kind == "" {
 		return nil, fmt.Errorf("%w: empty kind", ErrBadEntry)
 	}
-	// Byte for byte what json.Marshal(Entry{...}) gives for a compact body,
-	// without re-validating the body json.Marshal just produced.
 	k, err := json.Marshal(kind)
 	if err != nil {
 		return nil, fmt.Errorf("failed to encode entry: %w", err)
 	}
-	b := make([]byte, 0, len(`{"v":1,"kind":,"time":"","body":}`)+len(k)+len(time.RFC3339Nano)+len(body))
 	b = append(b, `{"v":`...)
 	b = strconv.AppendInt(b, Version, 10)
 	b = append(b, `,"kind":`...)
@@ -57,12 +72,56 @@ func marshalEntry(kind string, t time.Time, body []byte) ([]byte, error) {
 	b = append(b, `,"time":"`...)
 	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","body":`...)
-	b = append(b, body...)
-	b = append(b, '}')
-	if len(b) > MaxEntrySize {
-		return nil, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(b), MaxEntrySize)
-	}
 	return b, nil
+}
+
+// encodeEntries encodes one entry of kind at time t per body in vs, each as
+// json.Marshal would, and returns them with their RFC 6962 leaf hashes. The
+// head of the entries is built once; the bodies are encoded straight into
+// one buffer, each entry after a 0x00 byte so that its leaf hash
+// SHA-256(0x00 || entry) needs no copy.
+func encodeEntries(kind string, t time.Time, vs []any) ([][]byte, []node, error) {
+	head, err := appendEntryHead(nil, kind, t)
+	if err != nil {
+		return nil, nil, err
+	}
+	var w appendWriter
+	enc := json.NewEncoder(&w)
+	ends := make([]int, len(vs))
+	for i, v := range vs {
+		start := len(w.b)
+		w.b = append(w.b, 0)
+		w.b = append(w.b, head...)
+		if err := enc.Encode(v); err != nil {
+			return nil, nil, fmt.Errorf("failed to encode %s entry body: %w", kind, err)
+		}
+		w.b[len(w.b)-1] = '}' // in place of the encoder's newline
+		if n := len(w.b) - start - 1; n > MaxEntrySize {
+			return nil, nil, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, n, MaxEntrySize)
+		}
+		ends[i] = len(w.b)
+		if i == 0 && len(vs) > 1 {
+			// Most entries of one call are alike: size the buffer once.
+			w.b = slices.Grow(w.b, len(w.b)*(len(vs)-1)+len(w.b)*len(vs)/8)
+		}
+	}
+	data := make([][]byte, len(vs))
+	leaves := make([]node, len(vs))
+	start := 0
+	for i, end := range ends {
+		data[i] = w.b[start+1 : end : end]
+		leaves[i] = sha256.Sum256(w.b[start:end])
+		start = end
+	}
+	return data, leaves, nil
+}
+
+// appendWriter is an io.Writer that appends to b.
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
 }
 
 // ParseEntry decodes one entry. Unknown versions, unknown fields and missing

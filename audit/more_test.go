@@ -86,20 +86,38 @@ func crashChild(dir, round string) {
 	var mu sync.Mutex
 	var n int64
 	var wg sync.WaitGroup
-	for range 64 {
+	// Half the goroutines append one entry at a time, half in groups
+	// (AppendMany): both must be durable once acknowledged.
+	for g := range 64 {
+		group := 1
+		if g%2 == 1 {
+			group = 1 + g%37
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				mu.Lock()
-				n++
-				k := n
+				k := n + 1
+				n += int64(group)
 				mu.Unlock()
-				if err := l.Append(context.Background(), "test.crash", map[string]int64{"r": r, "n": k}); err != nil {
+				var err error
+				if group == 1 {
+					err = l.Append(context.Background(), "test.crash", map[string]int64{"r": r, "n": k})
+				} else {
+					vs := make([]any, group)
+					for i := range vs {
+						vs[i] = map[string]int64{"r": r, "n": k + int64(i)}
+					}
+					err = l.AppendMany(context.Background(), "test.crash", vs)
+				}
+				if err != nil {
 					os.Exit(4)
 				}
 				mu.Lock()
-				fmt.Fprintln(out, k)
+				for i := range int64(group) {
+					fmt.Fprintln(out, k+i)
+				}
 				out.Flush()
 				mu.Unlock()
 			}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -49,8 +50,11 @@ type fileStore struct {
 
 	qmu  sync.Mutex
 	cur  *batch
+	last int // entries in the last batch taken, to size the next
 	wake chan struct{}
 	full chan struct{}
+
+	pmu sync.Mutex // serialises publish
 
 	smu       sync.RWMutex // guards size and root for readers
 	size      uint64
@@ -68,13 +72,16 @@ type fileStore struct {
 // batch is the group of entries committed together; every caller in it
 // shares one result.
 type batch struct {
-	entries []*tessera.Entry
-	done    chan struct{}
-	first   uint64
-	err     error
+	data   [][]byte // encoded entries, in order
+	leaves []node   // their leaf hashes
+	done   chan struct{}
+	first  uint64
+	err    error
 }
 
-func newBatch() *batch { return &batch{done: make(chan struct{})} }
+func newBatch(size int) *batch {
+	return &batch{data: make([][]byte, 0, size), leaves: make([]node, 0, size), done: make(chan struct{})}
+}
 
 // openStore locks dir for writing and loads the tree state. It fails (and
 // never panics) if the directory cannot be written.
@@ -92,7 +99,7 @@ func openStore(dir string, opts Options) (*fileStore, error) {
 	}
 	s := &fileStore{
 		dir: dir, lock: lf, maxSize: int(opts.BatchMaxSize), maxAge: opts.BatchMaxAge,
-		interval: opts.CheckpointInterval, cur: newBatch(),
+		interval: opts.CheckpointInterval, cur: newBatch(0),
 		wake: make(chan struct{}, 1), full: make(chan struct{}, 1), grown: make(chan struct{}, 1),
 		dirs: map[string]bool{},
 	}
@@ -212,26 +219,13 @@ func (s *fileStore) Appender(ctx context.Context, opts *tessera.AppendOptions) (
 	return &tessera.Appender{Add: s.add}, s, nil
 }
 
-// add queues e for the next batch.
+// add queues e for the next batch: Tessera's Add, for callers of the
+// tessera.Appender. Log queues its entries with enqueue, bypassing the
+// tracing and metrics Tessera wraps around every single Add.
 func (s *fileStore) add(_ context.Context, e *tessera.Entry) tessera.IndexFuture {
-	s.qmu.Lock()
-	b := s.cur
-	pos := uint64(len(b.entries))
-	b.entries = append(b.entries, e)
-	n := len(b.entries)
-	s.qmu.Unlock()
-	if n == 1 {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
-	}
-	if n == s.maxSize {
-		select {
-		case s.full <- struct{}{}:
-		default:
-		}
-	}
+	var h node
+	copy(h[:], e.LeafHash())
+	b, pos := s.enqueue([][]byte{e.Data()}, []node{h})
 	return func() (tessera.Index, error) {
 		<-b.done
 		if b.err != nil {
@@ -239,6 +233,48 @@ func (s *fileStore) add(_ context.Context, e *tessera.Entry) tessera.IndexFuture
 		}
 		return tessera.Index{Index: b.first + pos}, nil
 	}
+}
+
+// enqueue queues entries (encoded, with their leaf hashes) for the next
+// batch, together and in order. Once the batch's done is closed, the
+// entries are durable at b.first+pos onwards unless b.err is set.
+func (s *fileStore) enqueue(data [][]byte, leaves []node) (b *batch, pos uint64) {
+	s.qmu.Lock()
+	b = s.cur
+	pos = uint64(len(b.data))
+	b.data = append(b.data, data...)
+	b.leaves = append(b.leaves, leaves...)
+	n := len(b.data)
+	s.qmu.Unlock()
+	if pos == 0 {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	if n >= s.maxSize && int(pos) < s.maxSize {
+		select {
+		case s.full <- struct{}{}:
+		default:
+		}
+	}
+	return b, pos
+}
+
+// flush waits until every entry queued so far is committed (or failed),
+// then publishes a checkpoint covering the tree.
+func (s *fileStore) flush(ctx context.Context) error {
+	s.qmu.Lock()
+	b := s.cur
+	s.qmu.Unlock()
+	if len(b.data) > 0 {
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return s.publish(ctx)
 }
 
 // sequencer commits batches until ctx ends. While one batch is being
@@ -250,7 +286,7 @@ func (s *fileStore) sequencer(ctx context.Context) {
 		case <-ctx.Done():
 			s.qmu.Lock()
 			b := s.cur
-			s.cur = newBatch()
+			s.cur = newBatch(0)
 			s.qmu.Unlock()
 			b.err = ErrClosed
 			close(b.done)
@@ -266,16 +302,17 @@ func (s *fileStore) sequencer(ctx context.Context) {
 			t.Stop()
 		}
 		s.qmu.Lock()
-		b := s.cur
-		s.cur = newBatch()
-		s.qmu.Unlock()
 		select {
-		case <-s.full: // drop a stale "full" signal for the batch just taken
+		case <-s.full: // drop a stale "full" signal for the batch taken
 		default:
 		}
-		if len(b.entries) > 0 {
+		b := s.cur
+		s.cur = newBatch(s.last)
+		s.last = len(b.data)
+		s.qmu.Unlock()
+		if len(b.data) > 0 {
 			var stale []string
-			b.first, stale, b.err = s.sequence(b.entries)
+			b.first, stale, b.err = s.sequence(b.data, b.leaves)
 			close(b.done)
 			// Partial files of what is now full are no longer needed:
 			// readers of an older checkpoint fall back to the full file.
@@ -297,30 +334,38 @@ type fileWrite struct {
 // sequence assigns indices to entries, writes their bundles and the tiles
 // they change, and commits the new tree state. On failure the in-memory
 // state is reloaded from disk and nothing is acknowledged.
-func (s *fileStore) sequence(entries []*tessera.Entry) (first uint64, stale []string, err error) {
+func (s *fileStore) sequence(data [][]byte, leaves []node) (first uint64, stale []string, err error) {
 	first = s.size
+	size := first + uint64(len(data))
 	var writes []fileWrite
-	touched := map[int]bool{}
-	bundle := s.bundle
-	for i, e := range entries {
-		idx := first + uint64(i)
-		bundle = append(bundle, e.MarshalBundleData(idx)...)
-		if (idx+1)%layout.EntryBundleWidth == 0 {
-			writes = append(writes, fileWrite{layout.EntriesPath(idx/layout.EntryBundleWidth, 0), bundle})
-			bundle = nil
-		}
-		var h node
-		copy(h[:], e.LeafHash())
-		s.addLeaf(idx, h, &writes, touched)
+	var touched [8]bool // tile levels with a new right edge (8 levels hold 2^64 leaves)
+
+	// Every bundle of the batch is a slice of one buffer.
+	n := len(s.bundle)
+	for _, d := range data {
+		n += 2 + len(d)
 	}
-	size := first + uint64(len(entries))
+	buf := make([]byte, 0, n)
+	buf = append(buf, s.bundle...)
+	start := 0
+	for i, d := range data {
+		idx := first + uint64(i)
+		buf = append(buf, byte(len(d)>>8), byte(len(d)))
+		buf = append(buf, d...)
+		if (idx+1)%layout.EntryBundleWidth == 0 {
+			writes = append(writes, fileWrite{layout.EntriesPath(idx/layout.EntryBundleWidth, 0), buf[start:len(buf):len(buf)]})
+			start = len(buf)
+		}
+		s.addLeaf(idx, leaves[i], &writes, &touched)
+	}
+	bundle := buf[start:]
 	if k := size % layout.EntryBundleWidth; k > 0 {
 		writes = append(writes, fileWrite{layout.EntriesPath(size/layout.EntryBundleWidth, uint8(k)), bundle})
 	}
-	for L := range touched {
-		if e := s.edges[L]; len(e) > 0 {
+	for L, t := range touched {
+		if e := s.edges; t && len(e[L]) > 0 {
 			c := size >> (uint64(L) * layout.TileHeight)
-			writes = append(writes, fileWrite{layout.TilePath(uint64(L), c/layout.TileWidth, uint8(c%layout.TileWidth)), nodeBytes(e)})
+			writes = append(writes, fileWrite{layout.TilePath(uint64(L), c/layout.TileWidth, uint8(c%layout.TileWidth)), nodeBytes(e[L])})
 		}
 	}
 	root := rootFromEdges(s.edges)
@@ -351,7 +396,7 @@ func (s *fileStore) sequence(entries []*tessera.Entry) (first uint64, stale []st
 
 // addLeaf appends leaf hash h (entry idx) to the right edge of the tree,
 // queuing every tile it completes.
-func (s *fileStore) addLeaf(idx uint64, h node, writes *[]fileWrite, touched map[int]bool) {
+func (s *fileStore) addLeaf(idx uint64, h node, writes *[]fileWrite, touched *[8]bool) {
 	for L := 0; ; L++ {
 		if len(s.edges) <= L {
 			s.edges = append(s.edges, make([]node, 0, layout.TileWidth))
@@ -363,7 +408,7 @@ func (s *fileStore) addLeaf(idx uint64, h node, writes *[]fileWrite, touched map
 		}
 		c := (idx + 1) >> (uint64(L) * layout.TileHeight)
 		*writes = append(*writes, fileWrite{layout.TilePath(uint64(L), c/layout.TileWidth-1, 0), nodeBytes(s.edges[L])})
-		h = subtreeRoot(s.edges[L])
+		h = reduce(s.edges[L]) // the edge is emptied next
 		s.edges[L] = s.edges[L][:0]
 	}
 }
@@ -411,19 +456,44 @@ func (s *fileStore) commit(writes []fileWrite) error {
 		syncDirs[d] = true
 	}
 	// Creating files in one directory from many threads only contends on
-	// the directory; syncing them is what gains from running in parallel.
-	files := make([]*pendingFile, 0, len(writes))
-	for _, w := range writes {
-		pf, err := openWrite(filepath.Join(s.dir, filepath.FromSlash(w.path)), w.data)
-		if err != nil {
-			for _, f := range files {
+	// the directory: each directory's files are created by one goroutine.
+	// Syncing them is what gains from running in parallel.
+	files := make([]*pendingFile, len(writes))
+	var groups [][]int
+	at := map[string]int{}
+	for i, w := range writes {
+		d := path.Dir(w.path)
+		g, ok := at[d]
+		if !ok {
+			g = len(groups)
+			at[d] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], i)
+	}
+	err := parallel(len(groups), func(g int) error {
+		for _, i := range groups[g] {
+			pf, err := openWrite(filepath.Join(s.dir, filepath.FromSlash(writes[i].path)), writes[i].data)
+			if err != nil {
+				return err
+			}
+			files[i] = pf
+		}
+		return nil
+	})
+	if err == nil {
+		err = parallel(len(files), func(i int) error {
+			err := files[i].finish()
+			files[i] = nil
+			return err
+		})
+	}
+	if err != nil {
+		for _, f := range files {
+			if f != nil {
 				f.abort()
 			}
-			return err
 		}
-		files = append(files, pf)
-	}
-	if err := parallel(len(files), func(i int) error { return files[i].finish() }); err != nil {
 		return err
 	}
 	dirs := make([]string, 0, len(syncDirs))
@@ -470,38 +540,54 @@ func (s *fileStore) ensureDir(d string, changed map[string]bool) error {
 // path is written once, beyond the committed tree, so no reader looks at it
 // until the tree state names it: the file is written in place. A path that
 // exists (left by a batch that crashed before its commit) is replaced
-// through a temporary file, renamed by finishWrite.
+// through a temporary file, renamed by finish. Plain system calls: an
+// os.File adds a poller registration attempt and a finalizer to each of
+// the hundreds of files of a batch.
 func openWrite(path string, b []byte) (*pendingFile, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o644)
 	pf := &pendingFile{path: path}
-	if errors.Is(err, fs.ErrExist) {
-		f, err = os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-		if err == nil {
+	fd, err := retryEINTR(func() (int, error) {
+		return syscall.Open(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_CLOEXEC, 0o644)
+	})
+	if err == syscall.EEXIST {
+		var f *os.File
+		if f, err = os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*"); err == nil {
 			pf.tmp = f.Name()
+			fd, err = retryEINTR(func() (int, error) { return syscall.Dup(int(f.Fd())) })
+			f.Close()
+			if err != nil {
+				os.Remove(pf.tmp)
+			}
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "create", Path: path, Err: err}
 	}
-	pf.f = f
-	if _, err := f.Write(b); err != nil {
-		pf.abort()
-		return nil, err
+	pf.fd = fd
+	for len(b) > 0 {
+		n, err := retryEINTR(func() (int, error) { return syscall.Write(fd, b) })
+		if err != nil {
+			pf.abort()
+			return nil, &fs.PathError{Op: "write", Path: path, Err: err}
+		}
+		b = b[n:]
 	}
 	return pf, nil
 }
 
 type pendingFile struct {
-	f         *os.File
+	fd        int
 	path, tmp string
 }
 
 // finish syncs and closes the file and moves a temporary into place;
 // the caller syncs the directory.
 func (p *pendingFile) finish() error {
-	err := p.f.Sync()
-	if cerr := p.f.Close(); err == nil {
+	_, err := retryEINTR(func() (int, error) { return 0, syscall.Fsync(p.fd) })
+	if cerr := syscall.Close(p.fd); err == nil {
 		err = cerr
+	}
+	if err != nil {
+		err = &fs.PathError{Op: "sync", Path: p.path, Err: err}
 	}
 	if err == nil && p.tmp != "" {
 		err = os.Rename(p.tmp, p.path)
@@ -513,7 +599,7 @@ func (p *pendingFile) finish() error {
 }
 
 func (p *pendingFile) abort() {
-	p.f.Close()
+	syscall.Close(p.fd)
 	if p.tmp != "" {
 		os.Remove(p.tmp)
 	}
@@ -579,6 +665,8 @@ func (s *fileStore) publisher(ctx context.Context) {
 // publish signs the current tree if it grew since the last checkpoint and
 // writes it to the checkpoint history, then as the latest checkpoint.
 func (s *fileStore) publish(ctx context.Context) error {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
 	s.smu.RLock()
 	size, root := s.size, s.root
 	s.smu.RUnlock()

@@ -2,11 +2,14 @@ package audit
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -35,6 +38,58 @@ func TestMarshalEntryMatchesJSON(t *testing.T) {
 	}
 	if _, err := entryKind([]byte(`{"v":2,"kind":"x","time":"2025-01-01T00:00:00Z","body":{}}`)); err == nil {
 		t.Fatal("fail/v2: accepted")
+	}
+}
+
+// TestEncodeEntries: the batched encoder gives byte for byte what
+// marshalEntry gives for a json.Marshal'ed body, and the entries' leaf hashes.
+func TestEncodeEntries(t *testing.T) {
+	at := time.Date(2025, 11, 29, 8, 0, 0, 5, time.UTC)
+	vs := []any{
+		map[string]any{"b": "<&>", "a": []int{1, 2}, "c": nil},
+		json.RawMessage(` { "x" : 1 } `),
+		"plain",
+		struct {
+			K string `json:"k"`
+			N int    `json:"n,omitempty"`
+		}{K: "\u2028 \"q\""},
+		time.Unix(0, 0).UTC(),
+	}
+	data, leaves, err := encodeEntries(`k"<`, at, vs)
+	if err != nil || len(data) != len(vs) || len(leaves) != len(vs) {
+		t.Fatalf("ok/many: %v %d %d", err, len(data), len(leaves))
+	}
+	for i, v := range vs {
+		body, _ := json.Marshal(v)
+		want, _ := marshalEntry(`k"<`, at, body)
+		if string(data[i]) != string(want) {
+			t.Fatalf("ok/%d: %s, want %s", i, data[i], want)
+		}
+		if leaves[i] != sha256.Sum256(append([]byte{0}, want...)) {
+			t.Fatalf("ok/%d: wrong leaf hash", i)
+		}
+		if _, err := ParseEntry(data[i]); err != nil {
+			t.Fatalf("ok/%d: %v", i, err)
+		}
+	}
+	data[0] = append(data[0], 'x') // each entry has its own capacity
+	if data[1][0] != '{' {
+		t.Fatal("ok/cap: appending to one entry overwrote the next")
+	}
+	for name, tc := range map[string]struct {
+		kind string
+		vs   []any
+		want error
+	}{
+		"fail/empty-kind":  {"", []any{1}, ErrBadEntry},
+		"fail/too-large":   {"k", []any{1, strings.Repeat("x", MaxEntrySize)}, ErrTooLarge},
+		"fail/bad-raw":     {"k", []any{json.RawMessage(`{`)}, nil},
+		"fail/unsupported": {"k", []any{func() {}}, nil},
+	} {
+		_, _, err := encodeEntries(tc.kind, at, tc.vs)
+		if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+			t.Errorf("%s: %v, want %v", name, err, tc.want)
+		}
 	}
 }
 
