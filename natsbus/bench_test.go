@@ -84,8 +84,8 @@ func BenchmarkInProcessBus(b *testing.B) {
 	done := make(chan struct{})
 	go func() {
 		n := 0
-		for range sub.C {
-			if n++; n == b.N {
+		for batch := range sub.C {
+			if n += len(batch); n == b.N {
 				close(done)
 			}
 		}

@@ -35,8 +35,10 @@ func (s *Server) startAudit(ctx context.Context) error {
 	go d.Run(ctx)
 	evs := s.Bus.Subscribe(1<<14, true)
 	go func() {
-		for ev := range evs.C {
-			d.Add(ev)
+		for batch := range evs.C {
+			for _, ev := range batch {
+				d.Add(ev)
+			}
 		}
 	}()
 	stop := s.Ledger.Subscribe(func(r ledger.Record) {

@@ -27,8 +27,10 @@ func (s *Server) mountConsole(mux *http.ServeMux) {
 	stopIssued := s.Ledger.Subscribe(func(r ledger.Record) { c.Issued(r) })
 	sub := s.Bus.Subscribe(1<<12, false)
 	go func() {
-		for ev := range sub.C {
-			c.Access(ev)
+		for batch := range sub.C {
+			for _, ev := range batch {
+				c.Access(ev)
+			}
 		}
 	}()
 	s.closers = append(s.closers, func() error {

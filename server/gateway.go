@@ -65,7 +65,32 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	go led.Run(ctx)
 
 	bus := event.NewBus()
-	if cfg.Scale.NATS != "" {
+	if cfg.Scale.NATS == "" {
+		// No bus between processes: the events go to the authority's
+		// POST /v1/events, which feeds its detection, forensics and audit.
+		fw := &gateway.Forwarder{URL: base, Client: hc, OnError: func(err error) { log.Warn("access events not forwarded yet", "err", err) }}
+		sub := bus.Subscribe(1<<16, false)
+		fctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { fw.Run(fctx, sub.C); close(done) }()
+		defer func() {
+			// After the last request: hand over what is pending, give the
+			// forwarder ten seconds to deliver it, and report any loss.
+			dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			sub.Drain(dctx)
+			select {
+			case <-done:
+			case <-dctx.Done():
+			}
+			stop()
+			<-done
+			if d, r := sub.Dropped(), fw.Rejected(); d+r > 0 {
+				log.Error("access events lost", "dropped_while_authority_unreachable", d, "rejected_by_authority", r)
+			}
+			log.Info("access events forwarded", "events", fw.Sent())
+		}()
+	} else {
 		b, err := openBus(ctx, cfg, log)
 		if err != nil {
 			return err
@@ -74,8 +99,10 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		sink := b.Sink(ctx)
 		sub := bus.Subscribe(1<<14, true)
 		go func() {
-			for ev := range sub.C {
-				sink.Publish(ev)
+			for batch := range sub.C {
+				for _, ev := range batch {
+					sink.Publish(ev)
+				}
 			}
 		}()
 		defer sub.Close()
@@ -85,20 +112,24 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
+	defer g.Close()
 	ln, err := net.Listen("tcp", cfg.Gateway.Listen)
 	if err != nil {
 		return fmt.Errorf("failed to listen on %s: %w", cfg.Gateway.Listen, err)
 	}
 	srv := &http.Server{Handler: gateway.NewProxy(up, g), ReadHeaderTimeout: 10 * time.Second}
+	shut := make(chan struct{})
 	go func() {
+		defer close(shut)
 		<-ctx.Done()
 		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
 		defer c()
 		srv.Shutdown(sctx)
 	}()
 	log.Info("custos gateway serving", "listen", "http://"+ln.Addr().String(), "upstream", up.String(), "authority", base)
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	<-shut // the last requests have had their answers, and their events
 	return nil
 }

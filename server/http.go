@@ -14,6 +14,7 @@ import (
 
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/detect/ingest"
+	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
 )
 
@@ -205,14 +206,37 @@ func (s *Server) startLoops(ctx context.Context) {
 	every(15*time.Second, func(context.Context) error { return s.Forensics.Tick() }, "event store tick")
 
 	det := s.Bus.Subscribe(1<<16, false)
-	go s.Detect.Run(ctx, det.C)
+	go s.detectLoop(ctx, det.C)
 	fw := s.Bus.Subscribe(1<<14, true)
 	go func() {
-		for ev := range fw.C {
-			if err := s.Forensics.Write(ev); err != nil {
-				s.Log.Error("forensics write failed", "err", err)
+		for batch := range fw.C {
+			for _, ev := range batch {
+				if err := s.Forensics.Write(ev); err != nil {
+					s.Log.Error("forensics write failed", "err", err)
+				}
 			}
 		}
 	}()
 	go func() { <-ctx.Done(); det.Close(); fw.Close() }()
+}
+
+// detectLoop feeds the bus's batches to detection and flushes its alerts and
+// incidents to the store every second, and once more at the end.
+func (s *Server) detectLoop(ctx context.Context, batches <-chan []event.Access) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	defer s.Detect.Flush(context.Background())
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case b, ok := <-batches:
+			if !ok {
+				return
+			}
+			s.Detect.ProcessBatch(b)
+		case <-tick.C:
+			_ = s.Detect.Flush(ctx)
+		}
+	}
 }

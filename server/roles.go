@@ -36,8 +36,10 @@ func (s *Server) bridge(ctx context.Context, b *natsbus.Bus) {
 	sink := b.Sink(ctx)
 	sub := s.Bus.Subscribe(1<<14, true)
 	go func() {
-		for ev := range sub.C {
-			sink.Publish(ev)
+		for batch := range sub.C {
+			for _, ev := range batch {
+				sink.Publish(ev)
+			}
 		}
 	}()
 	// On the commit path: hand off without blocking. A record that does not

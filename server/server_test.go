@@ -140,8 +140,8 @@ func TestEndToEnd(t *testing.T) {
 	deadline := time.After(5 * time.Second)
 	for len(evs) < 8 {
 		select {
-		case ev := <-sub.C:
-			evs = append(evs, ev)
+		case b := <-sub.C:
+			evs = append(evs, b...)
 		case <-deadline:
 			t.Fatalf("got %d access events, want 8", len(evs))
 		}
@@ -161,11 +161,15 @@ func TestEndToEnd(t *testing.T) {
 
 // `custos gateway` as its own process follows the authority over HTTP: issued
 // tokens pass, forged ones are refused, and a key revocation reaches it within 5 s.
+// Without NATS its access events reach the authority's detection over
+// POST /v1/events, and a graceful stop delivers the last of them.
 func TestStandaloneGateway(t *testing.T) {
 	e := start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	secret := e.Client(t)
+	arrived := e.S.Bus.Subscribe(1<<12, true)
+	defer arrived.Close()
 
 	gl := servertest.Listen(t)
 	addr := gl.Addr().String()
@@ -173,7 +177,9 @@ func TestStandaloneGateway(t *testing.T) {
 	cfg := e.Cfg
 	cfg.Gateway.Listen = addr
 	cfg.Gateway.Authority = e.APIURL
-	go server.RunGateway(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg.Gateway.Name = "edge-standalone"
+	stopped := make(chan error, 1)
+	go func() { stopped <- server.RunGateway(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
 	servertest.WaitListening(t, addr)
 	gw := "http://" + addr
 	m1 := e.Member(3)
@@ -194,6 +200,23 @@ func TestStandaloneGateway(t *testing.T) {
 	if st, reason := servertest.Get(t, gw, forged, "/api/members/"+m1+"/profile"); st != 401 || reason != string(event.ReasonNotIssued) {
 		t.Fatalf("forged via standalone gateway: %d %q", st, reason)
 	}
+	// The refusal reaches the authority as an access event and raises the
+	// not_issued alert there.
+	waitEvent(t, arrived, func(ev event.Access) bool {
+		return ev.Gateway == "edge-standalone" && ev.Reason == event.ReasonNotIssued && ev.Token.JTI == "forged-2"
+	})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		found := false
+		for _, a := range e.S.Detect.Alerts() {
+			found = found || a.Rule == "not_issued"
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no not_issued alert at the authority for a refusal at the standalone gateway")
+		}
+	}
 	if err := e.S.Keys.Revoke(ctx, k.KID, "test", "custodian left"); err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +232,41 @@ func TestStandaloneGateway(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("key revocation reached the standalone gateway in %s", time.Since(revokedAt).Round(time.Millisecond))
+
+	// The last request before a graceful stop is not lost.
+	if st, _ := servertest.Get(t, gw, tok, "/api/members/"+m1+"/addresses"); st != 401 {
+		t.Fatalf("revoked key after stop request: %d", st)
+	}
+	cancel()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("gateway stopped with %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("gateway did not stop")
+	}
+	waitEvent(t, arrived, func(ev event.Access) bool {
+		return ev.Gateway == "edge-standalone" && strings.HasSuffix(ev.Path, "/addresses")
+	})
+}
+
+// waitEvent reads sub until an event matches, for up to five seconds.
+func waitEvent(t *testing.T, sub *event.Subscription, match func(event.Access) bool) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case b := <-sub.C:
+			for _, ev := range b {
+				if match(ev) {
+					return
+				}
+			}
+		case <-deadline:
+			t.Fatal("expected access event did not arrive at the authority")
+		}
+	}
 }
 
 // A second start reuses the keyring; a wrong KEK or a damaged keyring stops
