@@ -4,17 +4,19 @@ import (
 	"github.com/axiomhq/hyperloglog"
 )
 
-// genMap is a bounded map from 64-bit hashed keys to inline values: two
-// generations of at most half entries each, each an open-addressing table
-// (linear probing, load at most 1/2) that grows on demand. Looking a key up in
-// the old generation moves it to the young one, so keys in use survive and
-// idle ones are dropped wholesale when the young generation fills. Keys sit
-// apart from values so that probing stays within a few cache lines; values
-// live inside the table: no allocation and no pointer to chase per lookup.
-// Values hold no pointers (sketches are referred to by index, see
-// [sketches]), so the tables are never scanned by the garbage collector and
-// a dropped generation's values need not be cleared: a slot's value is
-// written whole when a key takes the slot.
+// genMap is a bounded map from 64-bit hashed keys to values: two
+// generations of at most half entries each. Looking a key up in the old
+// generation moves it to the young one, so keys in use survive and idle ones
+// are dropped wholesale when the young generation fills. Each generation is an
+// open-addressing index (linear probing, load at most 1/2, growing on demand)
+// of keys and value positions, and a dense array of values in the order the
+// keys arrived: probing stays within a few cache lines, and a stream of new
+// keys writes its values one after the other (which the processor's
+// prefetchers handle well) instead of at random. No allocation and no pointer
+// to chase per lookup. Values hold no pointers (sketches are referred to by
+// index, see [sketches]), so the garbage collector never scans the tables
+// and a dropped generation's values need not be cleared: a value is written
+// whole when its key arrives.
 type genMap[V any] struct {
 	cur, old   table[V]
 	ncur, nold int
@@ -25,8 +27,14 @@ type genMap[V any] struct {
 }
 
 type table[V any] struct {
-	keys []uint64 // 0: empty; moved: taken to the young generation
-	vals []V
+	slots []slot
+	vals  []V
+}
+
+// slot is a key and the position of its value.
+type slot struct {
+	key uint64 // 0: empty; moved: taken to the young generation
+	idx uint32
 }
 
 const (
@@ -50,11 +58,11 @@ func norm(k uint64) uint64 {
 	return k
 }
 
-// find returns k's slot in keys, or the empty slot where it would go.
-func find(keys []uint64, k uint64) (int, bool) {
-	mask := uint64(len(keys) - 1)
+// find returns k's slot, or the empty slot where it would go.
+func find(slots []slot, k uint64) (int, bool) {
+	mask := uint64(len(slots) - 1)
 	for i := k & mask; ; i = (i + 1) & mask {
-		switch keys[i] {
+		switch slots[i].key {
 		case k:
 			return int(i), true
 		case 0:
@@ -67,20 +75,14 @@ func find(keys []uint64, k uint64) (int, bool) {
 // is valid until the next get or peek.
 func (m *genMap[V]) get(k uint64) *V {
 	k = norm(k)
-	if len(m.cur.keys) > 0 {
-		if i, ok := find(m.cur.keys, k); ok {
-			return &m.cur.vals[i]
+	if len(m.cur.slots) > 0 {
+		if i, ok := find(m.cur.slots, k); ok {
+			return &m.cur.vals[m.cur.slots[i].idx]
 		}
 	}
-	if len(m.old.keys) > 0 {
-		if i, ok := find(m.old.keys, k); ok {
-			v := m.old.vals[i]
-			m.old.keys[i] = moved
-			m.nold--
-			p, dropped := m.put(k)
-			*p = v
-			m.dropped(dropped)
-			return p
+	if len(m.old.slots) > 0 {
+		if i, ok := find(m.old.slots, k); ok {
+			return m.move(k, i)
 		}
 	}
 	p, dropped := m.put(k)
@@ -90,23 +92,28 @@ func (m *genMap[V]) get(k uint64) *V {
 	return p
 }
 
+// move takes k, at slot i of the old generation, to the young one.
+func (m *genMap[V]) move(k uint64, i int) *V {
+	v := m.old.vals[m.old.slots[i].idx] // a copy: put may reuse old's storage
+	m.old.slots[i].key = moved
+	m.nold--
+	p, dropped := m.put(k)
+	*p = v
+	m.dropped(dropped)
+	return p
+}
+
 // peek returns the entry for k without creating it.
 func (m *genMap[V]) peek(k uint64) (*V, bool) {
 	k = norm(k)
-	if len(m.cur.keys) > 0 {
-		if i, ok := find(m.cur.keys, k); ok {
-			return &m.cur.vals[i], true
+	if len(m.cur.slots) > 0 {
+		if i, ok := find(m.cur.slots, k); ok {
+			return &m.cur.vals[m.cur.slots[i].idx], true
 		}
 	}
-	if len(m.old.keys) > 0 {
-		if i, ok := find(m.old.keys, k); ok {
-			v := m.old.vals[i]
-			m.old.keys[i] = moved
-			m.nold--
-			p, dropped := m.put(k)
-			*p = v
-			m.dropped(dropped)
-			return p, true
+	if len(m.old.slots) > 0 {
+		if i, ok := find(m.old.slots, k); ok {
+			return m.move(k, i), true
 		}
 	}
 	return nil, false
@@ -116,9 +123,9 @@ func (m *genMap[V]) peek(k uint64) (*V, bool) {
 func (m *genMap[V]) lookup(k uint64) (*V, bool) {
 	k = norm(k)
 	for _, t := range [2]*table[V]{&m.cur, &m.old} {
-		if len(t.keys) > 0 {
-			if i, ok := find(t.keys, k); ok {
-				return &t.vals[i], true
+		if len(t.slots) > 0 {
+			if i, ok := find(t.slots, k); ok {
+				return &t.vals[t.slots[i].idx], true
 			}
 		}
 	}
@@ -131,19 +138,28 @@ func (m *genMap[V]) lookup(k uint64) (*V, bool) {
 func (m *genMap[V]) put(k uint64) (v *V, dropped bool) {
 	if m.ncur >= m.half {
 		// The young generation is full: drop the old one, keeping its
-		// storage. Only its keys are cleared.
-		clear(m.old.keys)
+		// storage. Its values are left as they are: each is written
+		// whole when a key takes it.
+		clear(m.old.slots)
 		m.old, m.cur = m.cur, m.old
+		m.cur.vals = m.cur.vals[:0]
 		m.nold, m.ncur = m.ncur, 0
 		dropped = true
 	}
-	if 2*(m.ncur+1) > len(m.cur.keys) {
+	if 2*(m.ncur+1) > len(m.cur.slots) {
 		m.grow()
 	}
-	i, _ := find(m.cur.keys, k)
-	m.cur.keys[i] = k
+	i, _ := find(m.cur.slots, k)
+	n := len(m.cur.vals)
+	if n < cap(m.cur.vals) {
+		m.cur.vals = m.cur.vals[:n+1]
+	} else {
+		var zero V
+		m.cur.vals = append(m.cur.vals, zero)
+	}
+	m.cur.slots[i] = slot{key: k, idx: uint32(n)}
 	m.ncur++
-	return &m.cur.vals[i], dropped
+	return &m.cur.vals[n], dropped
 }
 
 // dropped runs onDrop if put dropped a generation, once the new value is
@@ -154,23 +170,23 @@ func (m *genMap[V]) dropped(d bool) {
 	}
 }
 
-// grow doubles the young table.
+// grow doubles the young index; values stay where they are.
 func (m *genMap[V]) grow() {
 	n := minSlots
 	for n < 2*(m.ncur+1) {
 		n *= 2
 	}
-	if n <= len(m.cur.keys) {
+	if n <= len(m.cur.slots) {
 		return
 	}
-	t := table[V]{keys: make([]uint64, n), vals: make([]V, n)}
-	for i, k := range m.cur.keys {
-		if k != 0 && k != moved {
-			j, _ := find(t.keys, k)
-			t.keys[j], t.vals[j] = k, m.cur.vals[i]
+	slots := make([]slot, n)
+	for _, s := range m.cur.slots {
+		if s.key != 0 && s.key != moved {
+			j, _ := find(slots, s.key)
+			slots[j] = s
 		}
 	}
-	m.cur = t
+	m.cur.slots = slots
 }
 
 func (m *genMap[V]) len() int { return m.ncur + m.nold }

@@ -1,0 +1,55 @@
+package detect
+
+import "testing"
+
+// TestSketchReuse checks that the sketches of dropped keys are freed and
+// reused, never while a live key still refers to them: a key kept alive
+// through many generation drops keeps its own count.
+func TestSketchReuse(t *testing.T) {
+	m := newGenMap[rotState](64)
+	var s sketches
+	sweepOnDrop(m, &s, func(v *rotState) *windowDistinct { return &v.wd })
+	const hot = 7777
+	for k := uint64(1); k <= 2000; k++ {
+		v := m.get(k * 0x9e3779b97f4a7c15)
+		for j := uint64(0); j < 40; j++ {
+			v.wd.add(1, mix(k<<20|j), &s, k*0x9e3779b97f4a7c15)
+		}
+		h := m.get(hot)
+		h.wd.add(1, mix(k%50), &s, hot)
+	}
+	h, ok := m.lookup(hot)
+	if !ok {
+		t.Fatal("hot key dropped")
+	}
+	if n := h.wd.cur.count(&s); n < 45 || n > 55 {
+		t.Fatalf("hot key counts %d distinct values, want about 50", n)
+	}
+	// Every live sketch is referred to by exactly one live value.
+	refs := map[uint32]int{}
+	for _, tb := range []*table[rotState]{&m.cur, &m.old} {
+		for _, sl := range tb.slots {
+			if sl.key == 0 || sl.key == moved {
+				continue
+			}
+			v := &tb.vals[sl.idx]
+			for _, id := range []uint32{v.wd.cur.sk, v.wd.old.sk} {
+				if id != 0 {
+					refs[id]++
+				}
+			}
+		}
+	}
+	for id, n := range refs {
+		if n != 1 || s.owner[id-1] == 0 {
+			t.Fatalf("sketch %d referred to %d times, owner %x", id, n, s.owner[id-1])
+		}
+	}
+	// At most the keys of two generations hold sketches.
+	if len(s.sk) > 2*m.half+2 {
+		t.Fatalf("%d sketches for at most %d live keys", len(s.sk), 2*m.half)
+	}
+	if s.inUse() < len(refs) {
+		t.Fatalf("%d sketches in use, %d referred to", s.inUse(), len(refs))
+	}
+}
