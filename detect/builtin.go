@@ -108,8 +108,8 @@ type builtins struct {
 	enumHalf   int64
 	enumThr    [numDims]uint64
 	unkRoutes  map[string]bool
-	allowed    map[string]bool
-	routeAllow map[string]map[string]bool
+	allowed    *countrySet
+	routeAllow map[string]*countrySet
 	rotHalf    int64
 	firstLogin int64
 	sessionOf  func(*event.Access) string
@@ -191,8 +191,8 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 		enumHalf:   int64(cfg.Enumeration.Window / 2),
 		rotHalf:    int64(cfg.IPRotation.Window / 2),
 		unkRoutes:  make(map[string]bool),
-		allowed:    make(map[string]bool),
-		routeAllow: make(map[string]map[string]bool),
+		allowed:    newCountrySet(cfg.ForeignOrigin.Allowed),
+		routeAllow: make(map[string]*countrySet),
 	}
 	keys := perShard(cfg.MaxKeys)
 	for i := range b.shards {
@@ -222,15 +222,8 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 	for _, r := range cfg.UnknownSubject.Routes {
 		b.unkRoutes[r] = true
 	}
-	for _, c := range cfg.ForeignOrigin.Allowed {
-		b.allowed[c] = true
-	}
 	for r, cs := range cfg.ForeignOrigin.Routes {
-		m := make(map[string]bool, len(cs))
-		for _, c := range cs {
-			m[c] = true
-		}
-		b.routeAllow[r] = m
+		b.routeAllow[r] = newCountrySet(cs)
 	}
 	return b
 }
@@ -416,7 +409,7 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 				allowed = m
 			}
 		}
-		if !allowed[ev.Country] {
+		if !allowed.has(ev.Country) {
 			if stateless {
 				sh.ord = 40
 				sh.fire(RuleForeignOrigin, c.ForeignOrigin.Severity, "country", ev.Country, ev.Route, "customer data requested from outside the allowed countries", 1)
@@ -472,6 +465,34 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 		sh.ord = 70
 		b.checkLogin(sh, ev, p)
 	}
+}
+
+// countrySet is a set of country codes: a bit per two-byte code (ISO 3166
+// alpha-2), so that the check costs no hashing; other codes in a map.
+type countrySet struct {
+	two   [1 << 16 / 64]uint64
+	other map[string]bool
+}
+
+func newCountrySet(codes []string) *countrySet {
+	s := &countrySet{other: make(map[string]bool)}
+	for _, c := range codes {
+		if len(c) == 2 {
+			x := uint16(c[0])<<8 | uint16(c[1])
+			s.two[x>>6] |= 1 << (x & 63)
+		} else {
+			s.other[c] = true
+		}
+	}
+	return s
+}
+
+func (s *countrySet) has(c string) bool {
+	if len(c) == 2 {
+		x := uint16(c[0])<<8 | uint16(c[1])
+		return s.two[x>>6]&(1<<(x&63)) != 0
+	}
+	return len(s.other) > 0 && s.other[c]
 }
 
 func dimValue(d int, ev *event.Access, network netip.Prefix) string {

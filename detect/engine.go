@@ -31,6 +31,7 @@ type Engine struct {
 	pending []pendingAlert
 
 	open      map[uint64]*Alert // rule+entity → alert in its dedup window
+	last      lastFire          // the previous match, for runs of matches of one alert
 	alerts    []*Alert          // ring, oldest first after wrap
 	alertNext int
 	byID      map[string]*Alert
@@ -50,6 +51,14 @@ type Engine struct {
 	db      *store.DB
 	stream  broker
 	events  atomic.Uint64
+}
+
+// lastFire remembers the key and open alert of the previous match: a burst
+// of matches for one rule and entity then skips hashing and the map.
+type lastFire struct {
+	rule, kind, val, val2 string
+	k                     uint64
+	a                     *Alert // e.open[k] when set; nil when not known
 }
 
 type pendingAlert struct {
@@ -338,18 +347,29 @@ func (e *Engine) Raise(f Finding) {
 // fireAttrs reports a match of rule for entity kind:val (and @val2 when set)
 // at ev, adding n to its count. It allocates only when it raises a new alert.
 func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *event.Access, f *fireRec, n int64, attrs map[string]string) {
-	var h maphash.Hash
-	h.SetSeed(e.seed)
-	h.WriteString(rule)
-	h.WriteByte(0)
-	h.WriteString(kind)
-	h.WriteByte(0)
-	h.WriteString(val)
-	h.WriteByte(0)
-	h.WriteString(val2)
-	k := h.Sum64()
+	var k uint64
+	var a *Alert
+	if l := &e.last; l.rule == rule && l.kind == kind && l.val == val && l.val2 == val2 {
+		k, a = l.k, l.a
+	} else {
+		var h maphash.Hash
+		h.SetSeed(e.seed)
+		h.WriteString(rule)
+		h.WriteByte(0)
+		h.WriteString(kind)
+		h.WriteByte(0)
+		h.WriteString(val)
+		h.WriteByte(0)
+		h.WriteString(val2)
+		k = h.Sum64()
+		*l = lastFire{rule: rule, kind: kind, val: val, val2: val2, k: k}
+	}
+	if a == nil {
+		a = e.open[k]
+		e.last.a = a
+	}
 	t := ev.Time
-	if a, ok := e.open[k]; ok && t.Before(a.Raised.Add(e.cfg.DedupWindow)) {
+	if a != nil && t.Before(a.Raised.Add(e.cfg.DedupWindow)) {
 		a.Count += n
 		if t.After(a.LastSeen) {
 			a.LastSeen = t
@@ -381,7 +401,7 @@ func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *
 	}
 	var idb [8]byte
 	binary.BigEndian.PutUint64(idb[:], fnv(rule+"\x00"+entity+"\x00"+t.UTC().Format(time.RFC3339Nano)))
-	a := &Alert{
+	a = &Alert{
 		ID: "al-" + hex.EncodeToString(idb[:]), Rule: rule, Severity: s, Entity: entity,
 		Summary: summary, FirstSeen: t, LastSeen: t, Raised: t, Count: n,
 		Attrs: attrs,
@@ -397,6 +417,7 @@ func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *
 	}
 	e.open[k] = a
 	e.storeAlert(a)
+	e.last.a = e.open[k]
 	e.group(a)
 	p := e.policy(rule)
 	c := *a
@@ -452,6 +473,7 @@ func (e *Engine) storeAlert(a *Alert) {
 	} else {
 		old := e.alerts[e.alertNext]
 		delete(e.byID, old.ID)
+		e.last.a = nil
 		for k, v := range e.open { // rare: only when the ring is full
 			if v == old {
 				delete(e.open, k)
@@ -466,6 +488,7 @@ func (e *Engine) storeAlert(a *Alert) {
 		e.dirtyA[a] = struct{}{}
 	}
 	if len(e.open) > 2*e.cfg.MaxAlerts { // drop dedup entries of closed windows
+		e.last.a = nil
 		for k, v := range e.open {
 			if _, ok := e.byID[v.ID]; !ok {
 				delete(e.open, k)

@@ -27,14 +27,9 @@ type genMap[V any] struct {
 }
 
 type table[V any] struct {
-	slots []slot
-	vals  []V
-}
-
-// slot is a key and the position of its value.
-type slot struct {
-	key uint64 // 0: empty; moved: taken to the young generation
-	idx uint32
+	keys []uint64 // 0: empty; moved: taken to the young generation
+	idx  []uint32 // position in vals of keys[i]'s value
+	vals []V
 }
 
 const (
@@ -58,11 +53,11 @@ func norm(k uint64) uint64 {
 	return k
 }
 
-// find returns k's slot, or the empty slot where it would go.
-func find(slots []slot, k uint64) (int, bool) {
-	mask := uint64(len(slots) - 1)
+// find returns k's slot in keys, or the empty slot where it would go.
+func find(keys []uint64, k uint64) (int, bool) {
+	mask := uint64(len(keys) - 1)
 	for i := k & mask; ; i = (i + 1) & mask {
-		switch slots[i].key {
+		switch keys[i] {
 		case k:
 			return int(i), true
 		case 0:
@@ -75,13 +70,13 @@ func find(slots []slot, k uint64) (int, bool) {
 // is valid until the next get or peek.
 func (m *genMap[V]) get(k uint64) *V {
 	k = norm(k)
-	if len(m.cur.slots) > 0 {
-		if i, ok := find(m.cur.slots, k); ok {
-			return &m.cur.vals[m.cur.slots[i].idx]
+	if len(m.cur.keys) > 0 {
+		if i, ok := find(m.cur.keys, k); ok {
+			return &m.cur.vals[m.cur.idx[i]]
 		}
 	}
-	if len(m.old.slots) > 0 {
-		if i, ok := find(m.old.slots, k); ok {
+	if len(m.old.keys) > 0 {
+		if i, ok := find(m.old.keys, k); ok {
 			return m.move(k, i)
 		}
 	}
@@ -94,8 +89,8 @@ func (m *genMap[V]) get(k uint64) *V {
 
 // move takes k, at slot i of the old generation, to the young one.
 func (m *genMap[V]) move(k uint64, i int) *V {
-	v := m.old.vals[m.old.slots[i].idx] // a copy: put may reuse old's storage
-	m.old.slots[i].key = moved
+	v := m.old.vals[m.old.idx[i]] // a copy: put may reuse old's storage
+	m.old.keys[i] = moved
 	m.nold--
 	p, dropped := m.put(k)
 	*p = v
@@ -106,13 +101,13 @@ func (m *genMap[V]) move(k uint64, i int) *V {
 // peek returns the entry for k without creating it.
 func (m *genMap[V]) peek(k uint64) (*V, bool) {
 	k = norm(k)
-	if len(m.cur.slots) > 0 {
-		if i, ok := find(m.cur.slots, k); ok {
-			return &m.cur.vals[m.cur.slots[i].idx], true
+	if len(m.cur.keys) > 0 {
+		if i, ok := find(m.cur.keys, k); ok {
+			return &m.cur.vals[m.cur.idx[i]], true
 		}
 	}
-	if len(m.old.slots) > 0 {
-		if i, ok := find(m.old.slots, k); ok {
+	if len(m.old.keys) > 0 {
+		if i, ok := find(m.old.keys, k); ok {
 			return m.move(k, i), true
 		}
 	}
@@ -123,9 +118,9 @@ func (m *genMap[V]) peek(k uint64) (*V, bool) {
 func (m *genMap[V]) lookup(k uint64) (*V, bool) {
 	k = norm(k)
 	for _, t := range [2]*table[V]{&m.cur, &m.old} {
-		if len(t.slots) > 0 {
-			if i, ok := find(t.slots, k); ok {
-				return &t.vals[t.slots[i].idx], true
+		if len(t.keys) > 0 {
+			if i, ok := find(t.keys, k); ok {
+				return &t.vals[t.idx[i]], true
 			}
 		}
 	}
@@ -140,16 +135,16 @@ func (m *genMap[V]) put(k uint64) (v *V, dropped bool) {
 		// The young generation is full: drop the old one, keeping its
 		// storage. Its values are left as they are: each is written
 		// whole when a key takes it.
-		clear(m.old.slots)
+		clear(m.old.keys)
 		m.old, m.cur = m.cur, m.old
 		m.cur.vals = m.cur.vals[:0]
 		m.nold, m.ncur = m.ncur, 0
 		dropped = true
 	}
-	if 2*(m.ncur+1) > len(m.cur.slots) {
+	if 2*(m.ncur+1) > len(m.cur.keys) {
 		m.grow()
 	}
-	i, _ := find(m.cur.slots, k)
+	i, _ := find(m.cur.keys, k)
 	n := len(m.cur.vals)
 	if n < cap(m.cur.vals) {
 		m.cur.vals = m.cur.vals[:n+1]
@@ -157,7 +152,7 @@ func (m *genMap[V]) put(k uint64) (v *V, dropped bool) {
 		var zero V
 		m.cur.vals = append(m.cur.vals, zero)
 	}
-	m.cur.slots[i] = slot{key: k, idx: uint32(n)}
+	m.cur.keys[i], m.cur.idx[i] = k, uint32(n)
 	m.ncur++
 	return &m.cur.vals[n], dropped
 }
@@ -176,17 +171,17 @@ func (m *genMap[V]) grow() {
 	for n < 2*(m.ncur+1) {
 		n *= 2
 	}
-	if n <= len(m.cur.slots) {
+	if n <= len(m.cur.keys) {
 		return
 	}
-	slots := make([]slot, n)
-	for _, s := range m.cur.slots {
-		if s.key != 0 && s.key != moved {
-			j, _ := find(slots, s.key)
-			slots[j] = s
+	keys, idx := make([]uint64, n), make([]uint32, n)
+	for i, k := range m.cur.keys {
+		if k != 0 && k != moved {
+			j, _ := find(keys, k)
+			keys[j], idx[j] = k, m.cur.idx[i]
 		}
 	}
-	m.cur.slots = slots
+	m.cur.keys, m.cur.idx = keys, idx
 }
 
 func (m *genMap[V]) len() int { return m.ncur + m.nold }

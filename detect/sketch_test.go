@@ -28,11 +28,11 @@ func TestSketchReuse(t *testing.T) {
 	// Every live sketch is referred to by exactly one live value.
 	refs := map[uint32]int{}
 	for _, tb := range []*table[rotState]{&m.cur, &m.old} {
-		for _, sl := range tb.slots {
-			if sl.key == 0 || sl.key == moved {
+		for i, k := range tb.keys {
+			if k == 0 || k == moved {
 				continue
 			}
-			v := &tb.vals[sl.idx]
+			v := &tb.vals[tb.idx[i]]
 			for _, id := range []uint32{v.wd.cur.sk, v.wd.old.sk} {
 				if id != 0 {
 					refs[id]++
@@ -51,5 +51,15 @@ func TestSketchReuse(t *testing.T) {
 	}
 	if s.inUse() < len(refs) {
 		t.Fatalf("%d sketches in use, %d referred to", s.inUse(), len(refs))
+	}
+}
+
+func TestCountrySet(t *testing.T) {
+	s := newCountrySet([]string{"KR", "JP", "XKX"})
+	for c, want := range map[string]bool{"KR": true, "JP": true, "XKX": true, "KP": false, "RK": false,
+		"K": false, "": false, "KRX": false, "kr": false} {
+		if s.has(c) != want {
+			t.Errorf("has(%q) = %v, want %v", c, !want, want)
+		}
 	}
 }
