@@ -386,8 +386,21 @@ func (s *fileStore) sequence(data [][]byte, leaves []node) (first uint64, stale 
 	case s.grown <- struct{}{}:
 	default:
 	}
+	// Partial versions were published only for the right edge of the tree
+	// before this batch: the first full bundle and the first full tile of
+	// each level written now. (Partial files a crashed batch left beyond the
+	// tree are never named by a checkpoint; one the tree reaches is replaced.)
+	var seen [1 + 8]bool // bundles, then tiles per level
 	for _, w := range writes {
-		if !strings.Contains(w.path, ".p/") {
+		if strings.Contains(w.path, ".p/") {
+			continue
+		}
+		k := 0
+		if rest, ok := strings.CutPrefix(w.path, "tile/"); ok && !strings.HasPrefix(rest, "entries/") {
+			k = 1 + int(rest[0]-'0')
+		}
+		if !seen[k] {
+			seen[k] = true
 			stale = append(stale, filepath.Join(s.dir, filepath.FromSlash(w.path))+".p")
 		}
 	}

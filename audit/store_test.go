@@ -132,6 +132,35 @@ func TestAppendManyAndHistory(t *testing.T) {
 	}
 }
 
+// TestStalePartialsRemoved: once a bundle or tile is full, its partial
+// versions are deleted; those of the new right edge stay.
+func TestStalePartialsRemoved(t *testing.T) {
+	k := newTestKey(t)
+	dir := t.TempDir()
+	l := openTestLog(t, dir, k)
+	for _, n := range []int{100, 50, 300} {
+		vs := make([]any, n)
+		for i := range vs {
+			vs[i] = i
+		}
+		if err := l.AppendMany(context.Background(), "test.stale", vs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close(context.Background()) // waits for the clean-up after the last batch
+	for p, want := range map[string]bool{
+		"tile/entries/000.p": false, "tile/0/000.p": false,
+		"tile/entries/001.p": true, "tile/0/001.p": true,
+	} {
+		if _, err := os.Stat(filepath.Join(dir, p)); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", p, err == nil, want)
+		}
+	}
+	if res, err := Verify(context.Background(), dir, k.verifier, nil); err != nil || res.Size != 450 {
+		t.Fatalf("Verify: %v size %d", err, res.Size)
+	}
+}
+
 // TestReadOnlyFailsClosed: with the log's state unwritable, Open and Append
 // return errors (Tessera's POSIX driver panicked on its lock file here).
 func TestReadOnlyFailsClosed(t *testing.T) {
