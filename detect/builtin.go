@@ -130,6 +130,7 @@ type shard struct {
 	volume   *genMap[volState]
 	sessions *genMap[int64]
 	scratch  *hyperloglog.Sketch
+	ck       clocks
 	act      activation
 	p        prep      // the event being processed, kept here so that it does not escape
 	idx      int32     // index of the event in its batch
@@ -178,6 +179,33 @@ type prep struct {
 	dimKeys   [numDims]uint64
 	dimOK     [numDims]bool
 	own       uint64 // decides the shard of checks without per-key state
+	enumB     int64  // half-window of enumeration
+	rotB      int64  // half-window of ip_rotation
+	unkB      int64  // window of unknown_subject_rate
+	unkFrac   float64
+}
+
+// bucketer divides event times by a window length, remembering the last
+// quotient: events arrive in time order, so most need no division.
+type bucketer struct {
+	h, start, b int64
+	ok          bool // b is t/h for every t in [start, start+h)
+}
+
+func newBucketer(h int64) bucketer { return bucketer{h: h} }
+
+func (k *bucketer) of(t int64) int64 {
+	if k.ok && t >= k.start && t-k.start < k.h {
+		return k.b
+	}
+	k.b = t / k.h
+	k.start, k.ok = k.b*k.h, t >= 0 // below zero, / truncates toward zero
+	return k.b
+}
+
+// clocks are the bucketers of a shard's prepare.
+type clocks struct {
+	enum, rot, unk bucketer
 }
 
 func perShard(max int) int { return (max + numShards - 1) / numShards }
@@ -203,6 +231,7 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 			sessions: newGenMap[int64](keys * 64),
 		}
 		sh.scratch, _ = hyperloglog.NewSketch(hllPrecision, false)
+		sh.ck = clocks{enum: newBucketer(b.enumHalf), rot: newBucketer(b.rotHalf), unk: newBucketer(int64(cfg.UnknownSubject.Window))}
 		for d := range sh.src {
 			sh.src[d] = newGenMap[srcState](keys)
 			sweepOnDrop(sh.src[d], &sh.srcSk[d], func(v *srcState) *windowDistinct { return &v.enum.wd })
@@ -240,8 +269,11 @@ func mix(x uint64) uint64 {
 }
 
 // prepare computes what the detectors share for ev.
-func (b *builtins) prepare(ev *event.Access, p *prep) {
+func (b *builtins) prepare(ev *event.Access, p *prep, ck *clocks) {
 	*p = prep{t: ev.Time.UnixNano(), subject: ev.Subject, ipHash: b.hs(ev.SrcIP)}
+	p.enumB, p.rotB, p.unkB = ck.enum.of(p.t), ck.rot.of(p.t), ck.unk.of(p.t)
+	h := ck.unk.h
+	p.unkFrac = float64(h-(p.t-p.unkB*h)) / float64(h)
 	if p.subject == "" {
 		p.subject = ev.Token.Sub
 	}
@@ -341,16 +373,19 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 		}
 	}
 
+	var srcv [numDims]*srcState // looked up already (valid until the next get of its dimension)
 	// 5. enumeration
 	if !c.Enumeration.Disabled && subject != "" {
-		bucket := t / b.enumHalf
+		bucket := p.enumB
 		for d := 0; d < numDims; d++ {
 			thr := b.enumThr[d]
 			if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != me || (thr == 0 && (c.Enumeration.NoWalk || d == dimKID)) {
 				continue
 			}
 			sh.ord = 10 + 2*uint32(d)
-			s := &sh.src[d].get(p.dimKeys[d]).enum
+			v := sh.src[d].get(p.dimKeys[d])
+			srcv[d] = v
+			s := &v.enum
 			var sum uint64
 			if thr > 0 {
 				sum = s.wd.add(bucket, p.subjHash, &sh.srcSk[d], p.dimKeys[d])
@@ -378,15 +413,18 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 	subjectBound := ev.Subject != "" && (len(b.unkRoutes) == 0 || b.unkRoutes[ev.Route])
 	// 6. unknown_subject_rate
 	if !c.UnknownSubject.Disabled && subjectBound {
-		h := int64(c.UnknownSubject.Window)
 		nf := ev.Status == 404
 		for _, d := range [...]int{dimNet, dimASN, dimKID} {
 			if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != me {
 				continue
 			}
 			sh.ord = 30 + uint32(d)
-			s := &sh.src[d].get(p.dimKeys[d]).unk
-			n, all := s.add(t, h, nf)
+			v := srcv[d]
+			if v == nil {
+				v = sh.src[d].get(p.dimKeys[d])
+			}
+			s := &v.unk
+			n, all := s.add(p.unkB, p.unkFrac, nf)
 			if nf && n >= c.UnknownSubject.MinCount && float64(n) >= c.UnknownSubject.MinRatio*float64(all) {
 				if !s.fired {
 					s.fired = true
@@ -401,6 +439,7 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 		}
 	}
 
+	var subjv *subjState // sh.subj's entry for p.subjHash, once looked up
 	// 7. foreign_origin (customer-data requests only)
 	if !c.ForeignOrigin.Disabled && ev.Country != "" && (ev.Subject != "" || len(ev.DataClasses) > 0) {
 		allowed := b.allowed
@@ -416,7 +455,8 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 			}
 		} else if !c.ForeignOrigin.NoHistory && subject != "" && len(ev.Country) == 2 && ownerOf(p.subjHash) == me {
 			sh.ord = 41
-			h := &sh.subj.get(p.subjHash).hist
+			subjv = sh.subj.get(p.subjHash)
+			h := &subjv.hist
 			cc := [2]byte{ev.Country[0], ev.Country[1]}
 			known := false
 			for i := uint8(0); i < h.n; i++ {
@@ -440,15 +480,18 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 
 	// 8. ip_rotation
 	if !c.IPRotation.Disabled && p.hasIP {
-		bucket := t / b.rotHalf
+		bucket := p.rotB
 		if ev.Token.JTI != "" {
-			b.rotate(sh, 0, "jti", ev.Token.JTI, p.jtiHash, c.IPRotation.PerToken, bucket, p.netKey)
+			b.rotate(sh, 0, "jti", ev.Token.JTI, p.jtiHash, c.IPRotation.PerToken, bucket, p.netKey, nil)
 		}
 		if ev.Token.Sub != "" {
-			b.rotate(sh, 1, "subject", ev.Token.Sub, p.subHash, c.IPRotation.PerSubject, bucket, p.netKey)
+			if p.subHash != p.subjHash {
+				subjv = nil
+			}
+			b.rotate(sh, 1, "subject", ev.Token.Sub, p.subHash, c.IPRotation.PerSubject, bucket, p.netKey, subjv)
 		}
 		if c.IPRotation.PerFingerprint > 0 && ev.UserAgent != "" {
-			b.rotate(sh, 2, "fingerprint", ev.UserAgent, p.dimKeys[dimUA], c.IPRotation.PerFingerprint, bucket, p.netKey)
+			b.rotate(sh, 2, "fingerprint", ev.UserAgent, p.dimKeys[dimUA], c.IPRotation.PerFingerprint, bucket, p.netKey, nil)
 		}
 	}
 
@@ -552,7 +595,9 @@ func (b *builtins) walk(sh *shard, s *enumState, d int, id int64, ev *event.Acce
 	}
 }
 
-func (b *builtins) rotate(sh *shard, i int, kind, val string, k, thr uint64, bucket int64, netKey uint64) {
+// rotate runs ip_rotation for key k of kind i; subj, when not nil, is
+// sh.subj's entry for k.
+func (b *builtins) rotate(sh *shard, i int, kind, val string, k, thr uint64, bucket int64, netKey uint64, subj *subjState) {
 	if ownerOf(k) != sh.id {
 		return
 	}
@@ -560,7 +605,10 @@ func (b *builtins) rotate(sh *shard, i int, kind, val string, k, thr uint64, buc
 	var s *rotState
 	sk := &sh.rotSk[i]
 	if i == 1 {
-		s, sk = &sh.subj.get(k).rot, &sh.subjSk
+		if subj == nil {
+			subj = sh.subj.get(k)
+		}
+		s, sk = &subj.rot, &sh.subjSk
 	} else {
 		s = sh.rot[i].get(k)
 	}

@@ -126,7 +126,7 @@ func (e *Engine) Process(ev event.Access) {
 	rs := e.rules.Load()
 	e.one[0] = ev
 	x, p := &e.one[0], &e.b.shards[0].p
-	e.b.prepare(x, p)
+	e.b.prepare(x, p, &e.b.shards[0].ck)
 	for _, sh := range e.b.shards {
 		sh.idx = 0
 		e.b.process(sh, x, p)
@@ -158,7 +158,7 @@ func (e *Engine) ProcessBatch(evs []event.Access) {
 	if len(evs) < minParallel {
 		p := &e.b.shards[0].p
 		for i := range evs {
-			e.b.prepare(&evs[i], p)
+			e.b.prepare(&evs[i], p, &e.b.shards[0].ck)
 			for _, sh := range e.b.shards {
 				sh.idx = int32(i)
 				e.b.process(sh, &evs[i], p)
@@ -192,7 +192,7 @@ func (e *Engine) ProcessBatch(evs []event.Access) {
 func (b *builtins) runShard(rs *ruleSet, sh *shard, evs []event.Access, preps []prep, ready *sync.WaitGroup) {
 	n := len(evs)
 	for i := sh.id * n / numShards; i < (sh.id+1)*n/numShards; i++ {
-		b.prepare(&evs[i], &preps[i])
+		b.prepare(&evs[i], &preps[i], &sh.ck)
 	}
 	ready.Done()
 	ready.Wait()

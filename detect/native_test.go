@@ -30,6 +30,11 @@ var nativeExprs = []string{
 	`ok/(status == 404 ? country == "CN" : asn == 4766) == true`,
 	`ok/token.iat < token.exp && token.kid == "k1"`,
 	`ok/subject in data_classes`,
+	`ok/"KR" == country || "allow" != verdict`,
+	`ok/5000 < latency_us || 404 >= status || 4766 == asn || 100 <= bytes || 0 > token.iat || 1 != token.exp`,
+	`ok/route.endsWith("addresses") && token.kid.startsWith("k") && !src_ip.contains("203.")`,
+	`ok/"address" in data_classes && reason != "not_issued" && token.jti != "" && token.aud == ""`,
+	`ok/gateway == "" && request_id != "" && method == "GET" && path != "" && user_agent != ""`,
 	`cel/time > timestamp("2025-06-24T03:00:00.5Z")`,
 	`cel/string(status) == "404"`,
 	`cel/user_agent.matches(country)`,
@@ -112,6 +117,26 @@ func TestBenchRulesNative(t *testing.T) {
 	for _, r := range rs.rules {
 		if r.native == nil {
 			t.Errorf("rule %s (%s) runs in CEL", r.Name, r.Expr)
+		}
+	}
+}
+
+// TestFieldOffsets: every field with a getter has an offset that reads the same value.
+func TestFieldOffsets(t *testing.T) {
+	if len(strFields) != len(strOffsets) || len(intFields) != len(intOffsets) {
+		t.Fatalf("getters %d+%d, offsets %d+%d", len(strFields), len(intFields), len(strOffsets), len(intOffsets))
+	}
+	a := ev(1)
+	a.Gateway, a.Path, a.Token.Aud, a.Reason = "gw", "/p", "aud", event.ReasonNotIssued
+	a.Bytes, a.LatencyUS, a.Token.EXP = 7, 9, 11
+	for name, f := range strFields {
+		if got := strAt(&a, strOffsets[name]); got != f(&a) {
+			t.Errorf("%s: %q at offset, %q from getter", name, got, f(&a))
+		}
+	}
+	for name, f := range intFields {
+		if got := intAt(&a, intOffsets[name]); got != f(&a) {
+			t.Errorf("%s: %d at offset, %d from getter", name, got, f(&a))
 		}
 	}
 }

@@ -412,10 +412,9 @@ type ratioCount struct {
 	fired          bool
 }
 
-// add counts one answer (nf: a not-found one) at time t with window h and
-// returns the estimates of not-found and all answers.
-func (w *ratioCount) add(t, h int64, nf bool) (n, all uint32) {
-	b := t / h
+// add counts one answer (nf: a not-found one) in window b, frac of which
+// is still ahead, and returns the estimates of not-found and all answers.
+func (w *ratioCount) add(b int64, frac float64, nf bool) (n, all uint32) {
 	switch {
 	case b == w.bucket:
 	case b == w.bucket+1:
@@ -427,6 +426,5 @@ func (w *ratioCount) add(t, h int64, nf bool) (n, all uint32) {
 		w.nfCur++
 	}
 	w.allCur++
-	frac := float64(h-(t-b*h)) / float64(h)
 	return w.nfCur + uint32(float64(w.nfOld)*frac), w.allCur + uint32(float64(w.allOld)*frac)
 }

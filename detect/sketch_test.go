@@ -63,3 +63,12 @@ func TestCountrySet(t *testing.T) {
 		}
 	}
 }
+
+func TestBucketer(t *testing.T) {
+	k := newBucketer(7)
+	for _, x := range []int64{0, 1, 6, 7, 8, 13, 14, 100, 99, 3, -1, -7, -8, -14, -13, -6, 0, 6, 7, -20, 21} {
+		if got := k.of(x); got != x/7 {
+			t.Fatalf("of(%d) = %d, want %d", x, got, x/7)
+		}
+	}
+}
