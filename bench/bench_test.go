@@ -36,6 +36,14 @@ func TestRunIssuance(t *testing.T) {
 	if r.Met != (r.TokensPerS >= IssuanceTarget) {
 		t.Fatalf("met %v for %v tokens/s", r.Met, r.TokensPerS)
 	}
+	// Both sides of the loopback burn CPU, and the split accounts for all of it.
+	c := r.CPU
+	if c.Samples == 0 || c.Generator <= 0 || c.Server <= 0 || c.Server+c.Generator != c.Total || r.Load.Completed < r.Load.Requests {
+		t.Fatalf("CPU split %+v over %d completed", c, r.Load.Completed)
+	}
+	if r.ServerCPUPerToken <= 0 || r.ServerCapacity <= 0 {
+		t.Fatalf("server CPU per token %v, capacity %v", r.ServerCPUPerToken, r.ServerCapacity)
+	}
 }
 
 func TestRunGateway(t *testing.T) {

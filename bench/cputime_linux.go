@@ -27,3 +27,12 @@ func threadClock() (clock func() time.Duration, unpin func(), ok bool) {
 	}
 	return clock, runtime.UnlockOSThread, true
 }
+
+// processCPU is the process's user plus system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

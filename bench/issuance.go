@@ -28,6 +28,16 @@ type Issuance struct {
 	Ratio      float64 `json:"ratio"`      // TokensPerS / SignPerS
 	Target     float64 `json:"target"`     // tokens/s asked for
 	Met        bool    `json:"met"`
+
+	// CPU of the load phase (warm-up included) per token answered, split by
+	// profiler labels into the server's part and the load generator's.
+	CPU                CPUSplit      `json:"cpu"`
+	ServerCPUPerToken  time.Duration `json:"server_cpu_per_token_ns"`
+	GeneratorCPUPerTok time.Duration `json:"generator_cpu_per_token_ns"`
+	// ServerCapacity is computed, not measured: the tokens/s the server's
+	// CPU per token allows on all of this machine's cores, as if the
+	// clients ran elsewhere.
+	ServerCapacity float64 `json:"server_capacity_per_s"`
 }
 
 // IssuanceTarget is the issue's end-to-end issuance target on the 2-core machine.
@@ -66,7 +76,7 @@ func RunIssuance(ctx context.Context, o Options) (Issuance, error) {
 	}
 	workers := o.concurrency(256)
 	var l Load
-	err = o.profiled(func() (err error) {
+	split, err := measureSplit(o.CPUProfile, func() (err error) {
 		l, err = ClosedLoop(ctx, workers, o.duration(), next)
 		return err
 	})
@@ -76,7 +86,12 @@ func RunIssuance(ctx context.Context, o Options) (Issuance, error) {
 	procs := runtime.GOMAXPROCS(0)
 	msg := []byte(first[:strings.LastIndexByte(first, '.')])
 	sign := SignRate(ctx, procs, min(o.duration(), 3*time.Second), msg)
-	out := Issuance{Load: l, TokensPerS: l.PerSec, SignPerS: sign, SignProcs: procs, Target: IssuanceTarget}
+	out := Issuance{Load: l, TokensPerS: l.PerSec, SignPerS: sign, SignProcs: procs, Target: IssuanceTarget, CPU: split}
+	if n := l.Completed; n > 0 && split.Total > 0 {
+		out.ServerCPUPerToken = split.Server / time.Duration(n)
+		out.GeneratorCPUPerTok = split.Generator / time.Duration(n)
+		out.ServerCapacity = float64(procs) * float64(time.Second) / float64(out.ServerCPUPerToken)
+	}
 	if sign > 0 {
 		out.Ratio = l.PerSec / sign
 	}

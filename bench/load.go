@@ -28,12 +28,15 @@ type Load struct {
 	Rate     float64       `json:"target_rate,omitempty"` // open loop only: requests/s asked for
 	Elapsed  time.Duration `json:"elapsed_ns"`
 	Requests int64         `json:"requests"` // completed with a 2xx answer
-	Errors   int64         `json:"errors"`
-	Late     int64         `json:"late,omitempty"` // open loop: sent over 1 ms after due
-	PerSec   float64       `json:"per_sec"`
-	P50      time.Duration `json:"p50_ns"`
-	P99      time.Duration `json:"p99_ns"`
-	FirstErr string        `json:"first_error,omitempty"`
+	// Completed also counts the uncounted warm-up's answers: all the work
+	// done while the run's CPU was measured.
+	Completed int64         `json:"completed"`
+	Errors    int64         `json:"errors"`
+	Late      int64         `json:"late,omitempty"` // open loop: sent over 1 ms after due
+	PerSec    float64       `json:"per_sec"`
+	P50       time.Duration `json:"p50_ns"`
+	P99       time.Duration `json:"p99_ns"`
+	FirstErr  string        `json:"first_error,omitempty"`
 
 	lat []time.Duration // every latency, sorted
 }
@@ -72,6 +75,7 @@ func newClient(workers int) *http.Client {
 // recorder collects latencies and counts from many workers.
 type recorder struct {
 	ok, errs atomic.Int64
+	all      atomic.Int64 // 2xx answers, warm-up included
 	late     atomic.Int64
 	mu       sync.Mutex
 	lat      []time.Duration
@@ -94,7 +98,7 @@ func (r *recorder) fail(err error) {
 }
 
 func (r *recorder) result(workers int, elapsed time.Duration) Load {
-	l := Load{Workers: workers, Elapsed: elapsed, Requests: r.ok.Load(), Errors: r.errs.Load(), Late: r.late.Load()}
+	l := Load{Workers: workers, Elapsed: elapsed, Requests: r.ok.Load(), Completed: r.all.Load(), Errors: r.errs.Load(), Late: r.late.Load()}
 	if elapsed > 0 {
 		l.PerSec = float64(l.Requests) / elapsed.Seconds()
 	}
@@ -150,39 +154,12 @@ func ClosedLoop(ctx context.Context, workers int, d time.Duration, next RequestF
 	var counting atomic.Bool
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			lat := make([]time.Duration, 0, 4096)
-			defer func() { rec.add(lat) }()
-			for seq := 0; ; seq++ {
-				select {
-				case <-stop:
-					return
-				case <-ctx.Done():
-					return
-				default:
-				}
-				req, err := next(w, seq)
-				if err != nil {
-					rec.fail(err)
-					return
-				}
-				t0 := time.Now()
-				err = send(c, req)
-				if !counting.Load() {
-					continue
-				}
-				if err != nil {
-					rec.fail(err)
-					continue
-				}
-				rec.ok.Add(1)
-				lat = append(lat, time.Since(t0))
-			}
-		}()
-	}
+	asGenerator(ctx, func(context.Context) {
+		for w := range workers {
+			wg.Add(1)
+			go closedWorker(ctx, w, c, next, &rec, &counting, stop, &wg)
+		}
+	})
 	sleep(ctx, warm)
 	start := time.Now()
 	counting.Store(true)
@@ -196,6 +173,42 @@ func ClosedLoop(ctx context.Context, workers int, d time.Duration, next RequestF
 		return l, fmt.Errorf("%w (first error: %s)", ErrNoRequests, l.FirstErr)
 	}
 	return l, ctx.Err()
+}
+
+// closedWorker is one closed-loop worker: the next request as soon as the
+// previous one is answered.
+func closedWorker(ctx context.Context, w int, c *http.Client, next RequestFunc, rec *recorder, counting *atomic.Bool, stop chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	lat := make([]time.Duration, 0, 4096)
+	defer func() { rec.add(lat) }()
+	for seq := 0; ; seq++ {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		default:
+		}
+		req, err := next(w, seq)
+		if err != nil {
+			rec.fail(err)
+			return
+		}
+		t0 := time.Now()
+		err = send(c, req)
+		if err == nil {
+			rec.all.Add(1)
+		}
+		if !counting.Load() {
+			continue
+		}
+		if err != nil {
+			rec.fail(err)
+			continue
+		}
+		rec.ok.Add(1)
+		lat = append(lat, time.Since(t0))
+	}
 }
 
 // OpenLoop offers requests at a fixed rate for d, whatever the answers' pace,

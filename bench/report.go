@@ -60,6 +60,11 @@ func (r Report) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "  raw ed25519.Sign%10.0f/s on %d goroutines (ceiling, same run)\n", i.SignPerS, i.SignProcs)
 		fmt.Fprintf(w, "  ratio           %10.2f   of the signing ceiling\n", i.Ratio)
 		fmt.Fprintf(w, "  target          %10.0f tokens/s: %s\n", i.Target, metText(i.Met))
+		if i.ServerCPUPerToken > 0 {
+			fmt.Fprintf(w, "  CPU per token   server %s, load generator %s (process %s over %d tokens; split by %d profile samples)\n",
+				us(i.ServerCPUPerToken), us(i.GeneratorCPUPerTok), i.CPU.Total.Round(time.Millisecond), i.Load.Completed, i.CPU.Samples)
+			fmt.Fprintf(w, "  server alone   %10.0f tokens/s on %d cores (computed from the server's CPU per token, clients elsewhere)\n", i.ServerCapacity, m.GOMAXPROCS)
+		}
 	}
 	if g := r.Gateway; g != nil {
 		fmt.Fprintf(w, "\ngateway (in-process gateway vs bare httputil.ReverseProxy, same sample-shop upstream, loopback):\n")
