@@ -103,12 +103,21 @@ type bufSource interface {
 	readInto(ctx context.Context, path string, buf []byte) ([]byte, error)
 }
 
-// readBuf reads path from s, into buf if s can.
+// readBuf reads path from s into buf (grown as needed), so the caller owns
+// what it gets and may change it; with a nil buf, it returns what s.read
+// returns.
 func readBuf(ctx context.Context, s source, path string, buf []byte) ([]byte, error) {
-	if bs, ok := s.(bufSource); ok && buf != nil {
+	if buf == nil {
+		return s.read(ctx, path)
+	}
+	if bs, ok := s.(bufSource); ok {
 		return bs.readInto(ctx, path, buf)
 	}
-	return s.read(ctx, path)
+	b, err := s.read(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	return append(buf[:0], b...), nil
 }
 
 type httpSource struct {

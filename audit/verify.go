@@ -304,7 +304,6 @@ type bundleWorker struct {
 	bundle, tile []byte // file contents
 	entries      [][]byte
 	leaves       []node
-	leafIn       []byte // 0x00 || entry
 }
 
 func newBundleWorker() *bundleWorker {
@@ -349,6 +348,7 @@ func (w *bundleWorker) check(ctx context.Context, src source, i, n uint64, kinds
 	// map (and a string for its key) is touched once per run.
 	var run []byte
 	var count uint64
+	off := 0 // of entry k's length in raw
 	for k, e := range entries[:want] {
 		kind, err := entryKind(e)
 		if err != nil {
@@ -361,8 +361,13 @@ func (w *bundleWorker) check(ctx context.Context, src source, i, n uint64, kinds
 			run, count = kind, 0
 		}
 		count++
-		w.leafIn = append(append(w.leafIn[:0], 0), e...)
-		leaves = append(leaves, sha256.Sum256(w.leafIn))
+		// The leaf hash is SHA-256(0x00 || entry). The byte before the
+		// entry in the bundle is the low byte of its length, already read
+		// and no longer needed: zero it and hash in place, without a copy.
+		in := raw[off+1 : off+2+len(e)]
+		in[0] = 0
+		leaves = append(leaves, sha256.Sum256(in))
+		off += 2 + len(e)
 	}
 	if count > 0 {
 		kinds[string(run)] += count
