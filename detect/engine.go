@@ -59,6 +59,12 @@ type lastFire struct {
 	rule, kind, val, val2 string
 	k                     uint64
 	a                     *Alert // e.open[k] when set; nil when not known
+
+	// Of alert memo: the end of its dedup window and its incident
+	// (memo is reset whenever incidents change).
+	memo  *Alert
+	until time.Time
+	inc   *Incident
 }
 
 type pendingAlert struct {
@@ -369,7 +375,11 @@ func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *
 		e.last.a = a
 	}
 	t := ev.Time
-	if a != nil && t.Before(a.Raised.Add(e.cfg.DedupWindow)) {
+	l := &e.last
+	if a != nil && l.memo != a {
+		l.memo, l.until, l.inc = a, a.Raised.Add(e.cfg.DedupWindow), e.incByID[a.Incident]
+	}
+	if a != nil && t.Before(l.until) {
 		a.Count += n
 		if t.After(a.LastSeen) {
 			a.LastSeen = t
@@ -383,7 +393,7 @@ func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *
 		if e.persist {
 			e.dirtyA[a] = struct{}{}
 		}
-		if inc := e.incByID[a.Incident]; inc != nil && t.After(inc.LastSeen) {
+		if inc := l.inc; inc != nil && t.After(inc.LastSeen) {
 			inc.LastSeen = t
 			if e.persist {
 				e.dirtyI[inc] = struct{}{}
@@ -504,6 +514,7 @@ const (
 
 // group puts a into the open incident sharing its rule or entity, or a new one.
 func (e *Engine) group(a *Alert) {
+	e.last.memo = nil
 	var inc *Incident
 	for _, key := range []string{"r\x00" + a.Rule, "e\x00" + a.Entity} {
 		if c := e.incByKey[key]; c != nil && !a.Raised.After(c.LastSeen.Add(e.cfg.IncidentWindow)) {
