@@ -21,13 +21,24 @@ var (
 
 // Backend is the durable store behind the index (ledger/sqlite embedded,
 // ledger/redis for scale-out). PutBatch must be atomic: all entries durable, or
-// an error and none.
+// an error and none; it may set each entry's Ref. LoadLive may yield a hash
+// more than once (an issuance and a later revocation record); a revoked
+// record wins.
 type Backend interface {
 	PutBatch(ctx context.Context, entries []Entry) error
 	Revoke(ctx context.Context, h Hash, exp time.Time) error
 	Get(ctx context.Context, h Hash) (Entry, error) // ErrNotFound when absent
 	LoadLive(ctx context.Context, now time.Time, fn func(Entry) error) error
 	DeleteExpired(ctx context.Context, now time.Time) (int, error)
+}
+
+// RefBackend is a backend that reads a record by the Ref it gave it, which
+// the index keeps beside the hash. Such a backend needs no index of its own
+// on the hash (ledger/sqlite: rows are appended in issuance order, and a
+// random-keyed B-tree was most of the cost of a put).
+type RefBackend interface {
+	Backend
+	GetRef(ctx context.Context, ref uint64, h Hash) (Entry, error) // ErrNotFound when absent
 }
 
 // SharedBackend is implemented by backends that other authority replicas also
@@ -103,7 +114,7 @@ func New(ctx context.Context, b Backend, now func() time.Time) (*Ledger, error) 
 		if e.Revoked {
 			l.ix.Revoke(e.Hash, e.ExpiresAt)
 		} else {
-			l.ix.Add(e.Hash, e.ExpiresAt)
+			l.ix.AddRef(e.Hash, e.ExpiresAt, e.Ref)
 		}
 		return nil
 	})
@@ -203,7 +214,7 @@ func (l *Ledger) commitLoop() {
 			continue
 		}
 		for _, e := range entries {
-			l.ix.Add(e.Hash, e.ExpiresAt)
+			l.ix.AddRef(e.Hash, e.ExpiresAt, e.Ref)
 		}
 		l.publish(entries)
 		for _, r := range live {
@@ -324,6 +335,25 @@ func (l *Ledger) lookup(ctx context.Context, h Hash) (Status, time.Time, error) 
 
 // Get returns the full record of h, or ErrNotFound.
 func (l *Ledger) Get(ctx context.Context, h Hash) (Entry, error) {
+	if rb, ok := l.b.(RefBackend); ok && !l.shared {
+		// The index holds every live entry of an unshared backend: what it
+		// does not know has expired or was never issued.
+		st, _, ref := l.ix.LookupRef(h, l.now().Add(-ExpiryGrace))
+		if st == Unknown {
+			return Entry{}, ErrNotFound
+		}
+		if ref != 0 {
+			e, err := rb.GetRef(ctx, ref, h)
+			if err != nil {
+				if errors.Is(err, ErrNotFound) {
+					return Entry{}, err
+				}
+				return Entry{}, fmt.Errorf("failed to read ledger entry: %w", err)
+			}
+			e.Revoked = e.Revoked || st == Revoked
+			return e, nil
+		}
+	}
 	e, err := l.b.Get(ctx, h)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {

@@ -19,7 +19,7 @@ import (
 // issuance volume.
 //
 // The table is sharded 256 ways by the first hash byte; each shard is an
-// open-addressing (linear probing, backward-shift deletion) array of 24-byte
+// open-addressing (linear probing, backward-shift deletion) array of 32-byte
 // slots under its own RWMutex, so readers on different cores rarely meet and a
 // growing shard pauses only its own 1/256th of the keys. Probe sequences
 // cannot be lengthened from outside: keys are hashes of tokens the authority
@@ -42,6 +42,7 @@ const (
 
 type slot struct {
 	k0, k1 uint64 // first 16 bytes of the hash
+	ref    uint64 // the backend's row for the entry, 0 if none (see AddRef)
 	exp    uint32 // unix seconds; the token is void from this second on
 	state  uint8
 }
@@ -105,13 +106,19 @@ func nowSeconds(t time.Time) uint32 {
 
 // Add records h as issued and live until exp. Adding a hash that is already
 // revoked keeps it revoked: revocation is never undone by a late or repeated Add.
-func (ix *Index) Add(h Hash, exp time.Time) { ix.put(h, expSeconds(exp), slotLive) }
+func (ix *Index) Add(h Hash, exp time.Time) { ix.put(h, expSeconds(exp), slotLive, 0) }
+
+// AddRef is Add that also remembers where the backend keeps the entry
+// (a row id), so reading the full record needs no index on disk.
+func (ix *Index) AddRef(h Hash, exp time.Time, ref uint64) {
+	ix.put(h, expSeconds(exp), slotLive, ref)
+}
 
 // Revoke records h as revoked until exp, whether or not it was seen before, so
 // a revocation that overtakes its issuance is not lost.
-func (ix *Index) Revoke(h Hash, exp time.Time) { ix.put(h, expSeconds(exp), slotRevoked) }
+func (ix *Index) Revoke(h Hash, exp time.Time) { ix.put(h, expSeconds(exp), slotRevoked, 0) }
 
-func (ix *Index) put(h Hash, exp uint32, state uint8) {
+func (ix *Index) put(h Hash, exp uint32, state uint8, ref uint64) {
 	k0, k1 := split(h)
 	s := ix.shardOf(k0)
 	s.mu.Lock()
@@ -124,12 +131,15 @@ func (ix *Index) put(h Hash, exp uint32, state uint8) {
 		if exp > sl.exp {
 			sl.exp = exp
 		}
+		if sl.ref == 0 {
+			sl.ref = ref
+		}
 		return
 	}
 	if (s.n+1)*4 > len(s.slots)*3 {
 		s.resize(len(s.slots) * 2)
 	}
-	s.insert(slot{k0: k0, k1: k1, exp: exp, state: state})
+	s.insert(slot{k0: k0, k1: k1, ref: ref, exp: exp, state: state})
 	s.n++
 }
 
@@ -143,6 +153,12 @@ func (ix *Index) Status(h Hash, now time.Time) Status {
 
 // Lookup is Status plus the entry's expiry (zero when Unknown).
 func (ix *Index) Lookup(h Hash, now time.Time) (Status, time.Time) {
+	st, exp, _ := ix.LookupRef(h, now)
+	return st, exp
+}
+
+// LookupRef is Lookup plus the backend reference given to AddRef (0 if none).
+func (ix *Index) LookupRef(h Hash, now time.Time) (Status, time.Time, uint64) {
 	k0, k1 := split(h)
 	s := ix.shardOf(k0)
 	s.mu.RLock()
@@ -153,13 +169,13 @@ func (ix *Index) Lookup(h Hash, now time.Time) (Status, time.Time) {
 	}
 	s.mu.RUnlock()
 	if !ok || nowSeconds(now) >= sl.exp {
-		return Unknown, time.Time{}
+		return Unknown, time.Time{}, 0
 	}
 	exp := time.Unix(int64(sl.exp), 0)
 	if sl.state == slotRevoked {
-		return Revoked, exp
+		return Revoked, exp, sl.ref
 	}
-	return Live, exp
+	return Live, exp, sl.ref
 }
 
 // Len is the number of entries held, including expired ones not yet swept.

@@ -53,4 +53,7 @@ type Entry struct {
 	IssuedAt  time.Time `json:"iat"`
 	ExpiresAt time.Time `json:"exp"`
 	Revoked   bool      `json:"revoked,omitempty"`
+	// Ref is where the backend keeps the record (ledger/sqlite: its row id),
+	// set by PutBatch and LoadLive; 0 when the backend has no such thing.
+	Ref uint64 `json:"-"`
 }

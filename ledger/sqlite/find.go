@@ -13,11 +13,13 @@ import (
 // (revoke one token, or force a subject to log in again): rare, so it scans
 // the live rows rather than keeping two more indexes on the issuance path.
 func (b *Backend) Find(ctx context.Context, jti, sub string, now time.Time) ([]ledger.Hash, error) {
-	q, arg := `SELECT hash FROM ledger_tokens WHERE jti=? AND exp>? AND revoked=0`, jti
+	col, arg := "jti", jti
 	if jti == "" {
-		q, arg = `SELECT hash FROM ledger_tokens WHERE sub=? AND exp>? AND revoked=0`, sub
+		col, arg = "sub", sub
 	}
-	rows, err := b.db.QueryContext(ctx, q, arg, now.Unix())
+	q := `SELECT hash FROM ledger_records WHERE ` + col + `=? AND exp>? AND revoked=0
+		AND hash NOT IN (SELECT hash FROM ledger_records WHERE revoked=1 AND exp>?)`
+	rows, err := b.db.QueryContext(ctx, q, arg, now.Unix(), now.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("failed to search the ledger: %w", err)
 	}
