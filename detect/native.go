@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"math"
 	"regexp"
 	"strings"
 	"unicode/utf8"
@@ -37,6 +38,105 @@ type (
 func nativeOf(ast *cel.Ast) boolFn {
 	f, _ := compileBool(ast.NativeRep().Expr())
 	return f
+}
+
+// guard is a necessary condition of a native rule, checked before the
+// rule's closures run: the first comparison of a field with a literal among
+// the operands of its top-level &&. Most events fail a rule's guard, and the
+// check is a load and a comparison.
+type guard struct {
+	kind   uint8 // 0: none, 1: string field, 2: integer field
+	neg    bool  // the field must not equal s (not be within [lo, hi])
+	off    uintptr
+	s      string
+	f      intField
+	lo, hi int64
+}
+
+// fails reports whether ev fails the guard, and so the rule.
+func (g *guard) fails(ev *event.Access) bool {
+	switch g.kind {
+	case 1:
+		return (strAt(ev, g.off) == g.s) == g.neg
+	case 2:
+		v := intAt(ev, g.f)
+		return (v >= g.lo && v <= g.hi) == g.neg
+	}
+	return false
+}
+
+// guardOf returns the guard of a checked expression of the native subset.
+func guardOf(e celast.Expr) guard {
+	fn, args, ok := call(e)
+	if !ok {
+		return guard{}
+	}
+	if fn == "_&&_" && len(args) == 2 {
+		if g := guardOf(args[0]); g.kind != 0 {
+			return g
+		}
+		return guardOf(args[1])
+	}
+	if len(args) != 2 || !isCompare(fn) {
+		return guard{}
+	}
+	field, litExpr, flipped, ok := fieldAndLiteral(args[0], args[1])
+	if !ok {
+		return guard{}
+	}
+	if off, ok := strOffsets[field]; ok && (fn == "_==_" || fn == "_!=_") {
+		lit, ok := litExpr.AsLiteral().(types.String)
+		if !ok {
+			return guard{}
+		}
+		return guard{kind: 1, off: off, s: string(lit), neg: fn == "_!=_"}
+	}
+	f, ok := intOffsets[field]
+	lit, isInt := litExpr.AsLiteral().(types.Int)
+	if !ok || !isInt {
+		return guard{}
+	}
+	n := int64(lit)
+	if flipped {
+		fn = flip(fn)
+	}
+	g := guard{kind: 2, f: f, lo: math.MinInt64, hi: math.MaxInt64}
+	switch fn {
+	case "_==_":
+		g.lo, g.hi = n, n
+	case "_!=_":
+		g.lo, g.hi, g.neg = n, n, true
+	case "_<_":
+		if n == math.MinInt64 {
+			return guard{}
+		}
+		g.hi = n - 1
+	case "_<=_":
+		g.hi = n
+	case "_>_":
+		if n == math.MaxInt64 {
+			return guard{}
+		}
+		g.lo = n + 1
+	case "_>=_":
+		g.lo = n
+	}
+	return g
+}
+
+// flip returns op' such that (a op b) == (b op' a).
+func flip(fn string) string {
+	switch fn {
+	case "_<_":
+		return "_>_"
+	case "_<=_":
+		return "_>=_"
+	case "_>_":
+		return "_<_"
+	case "_>=_":
+		return "_<=_"
+	}
+	return fn
 }
 
 func call(e celast.Expr) (string, []celast.Expr, bool) {
@@ -252,16 +352,7 @@ func compileFieldCompare(fn string, l, r celast.Expr) (boolFn, bool) {
 	}
 	v := int64(lit)
 	if flipped { // lit op field is field op' lit
-		switch fn {
-		case "_<_":
-			fn = "_>_"
-		case "_<=_":
-			fn = "_>=_"
-		case "_>_":
-			fn = "_<_"
-		case "_>=_":
-			fn = "_<=_"
-		}
+		fn = flip(fn)
 	}
 	switch fn {
 	case "_==_":

@@ -35,6 +35,10 @@ var nativeExprs = []string{
 	`ok/route.endsWith("addresses") && token.kid.startsWith("k") && !src_ip.contains("203.")`,
 	`ok/"address" in data_classes && reason != "not_issued" && token.jti != "" && token.aud == ""`,
 	`ok/gateway == "" && request_id != "" && method == "GET" && path != "" && user_agent != ""`,
+	`ok/size(user_agent) > 3 && (status < 404 && 1500 >= bytes)`,
+	`ok/country == "KR" || (asn != 4766 && bytes > 100)`,
+	`ok/!(status == 404) && 10 < latency_us`,
+	`ok/status <= 9223372036854775807 && asn > -9223372036854775808`,
 	`cel/time > timestamp("2025-06-24T03:00:00.5Z")`,
 	`cel/string(status) == "404"`,
 	`cel/user_agent.matches(country)`,
@@ -87,8 +91,9 @@ func TestNativeMatchesCEL(t *testing.T) {
 			if fn == nil {
 				return
 			}
+			g := guardOf(ast.NativeRep().Expr())
 			var act activation
-			trues := 0
+			trues, guarded := 0, 0
 			for i := range evs {
 				act.reset(&evs[i])
 				out, _, err := prg.Eval(&act)
@@ -96,12 +101,21 @@ func TestNativeMatchesCEL(t *testing.T) {
 				if got := fn(&evs[i]); got != want {
 					t.Fatalf("event %d: native %v, CEL %v (err %v) for %+v", i, got, want, err, evs[i])
 				}
+				if g.fails(&evs[i]) {
+					guarded++
+					if want {
+						t.Fatalf("event %d: fails the guard %+v but matches", i, g)
+					}
+				}
 				if want {
 					trues++
 				}
 			}
 			if trues == 0 || trues == len(evs) {
 				t.Logf("note: %s is %v on every event", expr, trues > 0)
+			}
+			if g.kind != 0 && guarded == 0 {
+				t.Logf("note: no event fails the guard of %s", expr)
 			}
 		})
 	}
@@ -114,10 +128,17 @@ func TestBenchRulesNative(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	guarded := 0
 	for _, r := range rs.rules {
 		if r.native == nil {
 			t.Errorf("rule %s (%s) runs in CEL", r.Name, r.Expr)
 		}
+		if r.guard.kind != 0 {
+			guarded++
+		}
+	}
+	if guarded < 14 {
+		t.Errorf("%d of the benchmark's rules have a guard, want at least 14", guarded)
 	}
 }
 

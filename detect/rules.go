@@ -230,6 +230,7 @@ type compiled struct {
 	Rule
 	prg     cel.Program
 	native  boolFn // nil: the expression runs in CEL
+	guard   guard  // of native
 	gkey    func(seed maphash.Seed, ev *event.Access, p *prep) uint64
 	gval    func(ev *event.Access) string
 	said    string // summary of a match of a rule without threshold
@@ -318,7 +319,7 @@ func (rs *ruleSet) eval(b *builtins, sh *shard, ev *event.Access, p *prep) {
 			}
 		}
 		if r.native != nil {
-			if !r.native(ev) {
+			if r.guard.fails(ev) || !r.native(ev) {
 				continue
 			}
 		} else {
@@ -503,6 +504,9 @@ func parseRules(name string, data []byte, maxKeys int) (*ruleSet, error) {
 		cr := &compiled{Rule: r, prg: prg, native: nativeOf(ast), gkey: groupKey(r.GroupBy), contain: r.Contain,
 			said: "rule " + r.Name + " matched"}
 		gf := r.GroupBy
+		if cr.native != nil {
+			cr.guard = guardOf(ast.NativeRep().Expr())
+		}
 		cr.gval = func(ev *event.Access) string { return groupValue(gf, ev) }
 		if f, ok := strFields[gf]; ok {
 			cr.gval = f
