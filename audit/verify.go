@@ -156,7 +156,10 @@ func rebuild(ctx context.Context, src source, n uint64) (node, map[string]uint64
 		mu       sync.Mutex
 		firstBad = nb // lowest bundle index with an error
 	)
-	workers := runtime.GOMAXPROCS(0)
+	// More workers than cores: one waiting for a file that is not in the
+	// page cache leaves its core to the others (Go runs at most GOMAXPROCS
+	// of them at once, so this does not take more CPU).
+	workers := 4 * runtime.GOMAXPROCS(0)
 	for range workers {
 		wg.Add(1)
 		go func() {
