@@ -20,13 +20,19 @@
 //
 // [Engine.ProcessBatch] (and [Engine.Run], which batches what is queued)
 // splits the per-key state between two shards by the top bit of each key's
-// hash and runs them on two goroutines; alerts are then applied in event
-// order, so the result equals feeding the events one by one to
-// [Engine.Process]. Each event's keys are hashed once and shared by all
-// detectors. Rules whose expression stays within an error-free subset of CEL
-// (field comparisons, &&, ||, !, ?:, in, size, startsWith, endsWith,
-// contains, matches with a literal pattern) run as plain Go functions; the
-// rest run in CEL. See docs/bench/detect.md.
+// hash and runs them on two goroutines, each of which first prepares half of
+// the batch (hashes, network, window indexes, computed once per event);
+// alerts are then applied in event order, so the result equals feeding the
+// events one by one to [Engine.Process]. Per-key state lives in hand-written
+// two-generation tables (see genMap): a general-purpose map or cache would
+// allocate per key, hold pointers the garbage collector scans, and could not
+// drop idle keys wholesale. Values are stored densely in arrival order and
+// hold no pointers (sketches are pooled per table and referred to by index).
+// Rules whose expression stays within an error-free subset of CEL (field
+// comparisons, &&, ||, !, ?:, in, size, startsWith, endsWith, contains,
+// matches with a literal pattern) run as plain Go functions, reading fields
+// at their offsets and checked first against a guard; the rest run in CEL.
+// See docs/bench/detect.md.
 //
 // # Memory
 //
@@ -34,15 +40,17 @@
 // two-generation tables ([Config.MaxKeys] live keys per dimension, split
 // between the shards: once the young generation holds MaxKeys/4 keys in a
 // shard the old one is dropped, so a key survives while it is used at least
-// once per MaxKeys/4 new keys of its shard). Tables are open-addressing with
-// values inline and at most half full, so a dimension takes up to
-// 2 × MaxKeys slots. Distinct subjects (or networks) per key are counted
-// exactly up to 8, then with a HyperLogLog sketch of 2^10 registers
-// (about 1.1 KiB, 3% error), two per key (half-window buckets), and only
-// live keys hold sketches. With the defaults the worst case, every tracked
-// key heavy, is about 125 MiB: 30 MiB of source slots, 34 MiB of sketches for
-// addresses and networks, 21 MiB each for subjects and tokens, 16 MiB of
-// login sessions (once logins are fed), 2 MiB of routes; plus 0.5 MiB per
-// threshold rule and 20 MiB if ip_rotation.per_fingerprint is set. Alerts
-// (MaxAlerts), incidents (MaxIncidents) and actions are capped the same way.
+// once per MaxKeys/4 new keys of its shard). A generation is an index of at
+// most 2 × its keys' slots (12 bytes each), a filter of 16 bits per key
+// and an array of its values.
+// Distinct subjects (or networks) per key are counted exactly up to 8, then
+// with a HyperLogLog sketch of 2^10 registers (about 1.1 KiB, 3% error), two
+// per key (half-window buckets); only live keys hold sketches, and those of
+// dropped keys are reused. With the defaults the worst case, every tracked
+// key heavy, is about 110 MiB: 12 MiB of source values (216 bytes each),
+// 36 MiB of sketches for addresses and networks, 18 MiB each for subjects
+// and tokens, 3 MiB of subject and token values, 17 MiB of login sessions
+// (once logins are fed), 2 MiB of routes; plus 0.5 MiB per threshold rule
+// and 20 MiB if ip_rotation.per_fingerprint is set. Alerts (MaxAlerts),
+// incidents (MaxIncidents) and actions are capped the same way.
 package detect

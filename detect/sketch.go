@@ -1,6 +1,8 @@
 package detect
 
 import (
+	"math/bits"
+
 	"github.com/axiomhq/hyperloglog"
 )
 
@@ -30,6 +32,24 @@ type table[V any] struct {
 	keys []uint64 // 0: empty; moved: taken to the young generation
 	idx  []uint32 // position in vals of keys[i]'s value
 	vals []V
+	// bits has a bit set for every key taken (by its top bits): most
+	// absent keys are known absent from it, a sixteenth of keys' size,
+	// without probing keys.
+	bits  []uint64
+	shift uint8
+}
+
+func (t *table[V]) maybe(k uint64) bool {
+	if len(t.bits) == 0 {
+		return false
+	}
+	b := k >> t.shift
+	return t.bits[b>>6]&(1<<(b&63)) != 0
+}
+
+func (t *table[V]) mark(k uint64) {
+	b := k >> t.shift
+	t.bits[b>>6] |= 1 << (b & 63)
 }
 
 const (
@@ -70,12 +90,12 @@ func find(keys []uint64, k uint64) (int, bool) {
 // is valid until the next get or peek.
 func (m *genMap[V]) get(k uint64) *V {
 	k = norm(k)
-	if len(m.cur.keys) > 0 {
+	if m.cur.maybe(k) {
 		if i, ok := find(m.cur.keys, k); ok {
 			return &m.cur.vals[m.cur.idx[i]]
 		}
 	}
-	if len(m.old.keys) > 0 {
+	if m.old.maybe(k) {
 		if i, ok := find(m.old.keys, k); ok {
 			return m.move(k, i)
 		}
@@ -101,12 +121,12 @@ func (m *genMap[V]) move(k uint64, i int) *V {
 // peek returns the entry for k without creating it.
 func (m *genMap[V]) peek(k uint64) (*V, bool) {
 	k = norm(k)
-	if len(m.cur.keys) > 0 {
+	if m.cur.maybe(k) {
 		if i, ok := find(m.cur.keys, k); ok {
 			return &m.cur.vals[m.cur.idx[i]], true
 		}
 	}
-	if len(m.old.keys) > 0 {
+	if m.old.maybe(k) {
 		if i, ok := find(m.old.keys, k); ok {
 			return m.move(k, i), true
 		}
@@ -118,7 +138,7 @@ func (m *genMap[V]) peek(k uint64) (*V, bool) {
 func (m *genMap[V]) lookup(k uint64) (*V, bool) {
 	k = norm(k)
 	for _, t := range [2]*table[V]{&m.cur, &m.old} {
-		if len(t.keys) > 0 {
+		if t.maybe(k) {
 			if i, ok := find(t.keys, k); ok {
 				return &t.vals[t.idx[i]], true
 			}
@@ -136,6 +156,7 @@ func (m *genMap[V]) put(k uint64) (v *V, dropped bool) {
 		// storage. Its values are left as they are: each is written
 		// whole when a key takes it.
 		clear(m.old.keys)
+		clear(m.old.bits)
 		m.old, m.cur = m.cur, m.old
 		m.cur.vals = m.cur.vals[:0]
 		m.nold, m.ncur = m.ncur, 0
@@ -153,6 +174,7 @@ func (m *genMap[V]) put(k uint64) (v *V, dropped bool) {
 		m.cur.vals = append(m.cur.vals, zero)
 	}
 	m.cur.keys[i], m.cur.idx[i] = k, uint32(n)
+	m.cur.mark(k)
 	m.ncur++
 	return &m.cur.vals[n], dropped
 }
@@ -173,6 +195,14 @@ func (m *genMap[V]) grow() {
 	}
 	if n <= len(m.cur.keys) {
 		return
+	}
+	if len(m.cur.bits) == 0 { // 16 bits per key of a full generation
+		nb := 64
+		for nb < 16*m.half {
+			nb *= 2
+		}
+		m.cur.bits = make([]uint64, nb/64)
+		m.cur.shift = uint8(64 - bits.TrailingZeros(uint(nb)))
 	}
 	keys, idx := make([]uint64, n), make([]uint32, n)
 	for i, k := range m.cur.keys {

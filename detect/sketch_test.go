@@ -72,3 +72,36 @@ func TestBucketer(t *testing.T) {
 		}
 	}
 }
+
+// TestGenMap: a key stays found (with its value) while it is used at least
+// once per half new keys, and a key not used for two generations is gone.
+func TestGenMap(t *testing.T) {
+	m := newGenMap[uint64](200) // generations of 100 keys
+	const hot = 12345
+	*m.get(hot) = 7
+	for i := uint64(1); i <= 5000; i++ {
+		k := mix(i)
+		*m.get(k) = i
+		if v, ok := m.peek(k); !ok || *v != i {
+			t.Fatalf("key %d: %v %v", i, ok, v)
+		}
+		if i%50 == 0 {
+			if v, ok := m.peek(hot); !ok || *v != 7 {
+				t.Fatalf("hot key lost after %d keys", i)
+			}
+		}
+		if i > 250 {
+			if _, ok := m.lookup(mix(i - 250)); ok {
+				t.Fatalf("key %d kept after 250 newer keys", i-250)
+			}
+		}
+		if i > 50 {
+			if v, ok := m.lookup(mix(i - 50)); !ok || *v != i-50 {
+				t.Fatalf("key %d lost after 50 newer keys", i-50)
+			}
+		}
+	}
+	if m.len() > 200 {
+		t.Fatalf("%d keys live, at most 200", m.len())
+	}
+}
