@@ -17,6 +17,17 @@
 // published checkpoint for rollback and forks. [Export] writes a
 // self-contained copy that public tools can check. FORMAT.md documents the
 // entry and sidecar formats.
+//
+// # Hand-written parts, and why
+//
+// The storage is a Tessera driver of this package (store.go), not Tessera's
+// POSIX driver: that one syncs every bundle, tile and directory in turn, and
+// no option batches them. Entries reach the driver as whole groups rather
+// than through Tessera's per-entry Add (a tracing span, metrics and a future
+// per entry), and are encoded with their common head built once. Log files
+// are written and read with plain system calls, as an os.File costs a poller
+// registration attempt and a finalizer per file; Verify reads hundreds of
+// thousands of small files. docs/bench/audit.md has the measurements.
 package audit
 
 import (

@@ -35,8 +35,8 @@ var ErrLocked = errors.New("audit: log is locked by another writer")
 
 // fileStore is a Tessera storage driver that writes the same C2SP tlog-tiles
 // layout and tree state as Tessera's POSIX driver, but commits each batch as
-// a group: every file of the batch is written and synced in parallel, then
-// the tree state is replaced once. Tessera's POSIX driver syncs each bundle,
+// a group: the files of the batch are written (one goroutine per directory)
+// and synced in parallel, then the tree state is replaced once. Tessera's POSIX driver syncs each bundle,
 // tile and directory in turn, so its cost grows with the files per batch;
 // here it grows with the bytes. A batch is acknowledged only after the tree
 // state naming it is durable.
