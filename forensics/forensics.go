@@ -8,6 +8,11 @@
 // atomically (written under a temporary name, then linked into place), so a
 // reader never sees half a file. [Store.Compact] merges an hour's parts into one
 // and [Store.Retain] deletes old hours unless an evidence hold covers them.
+// Besides the contract fields, each part carries derived columns (numeric
+// subject and IPv4 source, whether the request exposed data) and, in its
+// footer, its events counted by the small keys (route, country, ASN, key id,
+// reason, data classes, hour), so that a scope over those keys groups only
+// the per-subject and per-source figures.
 //
 // # Scoping
 //

@@ -2,6 +2,7 @@ package forensics
 
 import (
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -88,13 +89,23 @@ func TestParseIndicatorsJSON(t *testing.T) {
 	}
 }
 
-func TestExpandSources(t *testing.T) {
-	exact, pfx := expandSources([]string{"203.0.113.128/25", "10.0.0.0/8", "172.16.0.0/12", "1.2.3.4"})
-	if len(exact) != 129 || exact[0] != "203.0.113.128" || exact[127] != "203.0.113.255" || exact[128] != "1.2.3.4" {
-		t.Fatalf("exact: %d %v", len(exact), exact[:2])
+func TestSplitSources(t *testing.T) {
+	exact, ranges := splitSources([]string{"203.0.113.128/25", "10.0.0.0/8", "172.16.0.0/12", "1.2.3.4",
+		"10.1.0.0/16", "203.0.114.0/24", "2001:db8::1", "0.0.0.0/0"})
+	if !slices.Equal(exact, []string{"1.2.3.4", "2001:db8::1"}) {
+		t.Fatalf("exact: %v", exact)
 	}
-	if len(pfx[8]) != 1 || pfx[8][0] != "10." || len(pfx[16]) != 16 || pfx[16][0] != "172.16." || pfx[16][15] != "172.31." {
-		t.Fatalf("prefixes: %v", pfx)
+	if want := [][2]uint32{{0, 1<<32 - 1}}; !slices.Equal(ranges, want) {
+		t.Fatalf("ranges with /0: %v", ranges)
+	}
+	_, ranges = splitSources([]string{"203.0.113.128/25", "10.0.0.0/8", "172.16.0.0/12", "10.1.0.0/16", "203.0.114.0/24"})
+	want := [][2]uint32{
+		{10 << 24, 11<<24 - 1},                           // 10.0.0.0/8 swallows 10.1.0.0/16
+		{172<<24 | 16<<16, 172<<24 | 32<<16 - 1},         // 172.16.0.0/12
+		{203<<24 | 113<<8 | 128, 203<<24 | 114<<8 | 255}, // adjacent /25 and /24 merge
+	}
+	if !slices.Equal(ranges, want) {
+		t.Fatalf("ranges: %v, want %v", ranges, want)
 	}
 }
 
@@ -112,8 +123,8 @@ func FuzzParseIndicators(f *testing.F) {
 			if verr := ind.Validate(); verr != nil {
 				t.Fatalf("parsed indicators do not validate: %v", verr)
 			}
-			if _, p := expandSources(ind.Sources); len(p[8])+len(p[16])+len(p[24]) > 256*len(ind.Sources) {
-				t.Fatal("source expansion unbounded")
+			if _, r := splitSources(ind.Sources); len(r) > len(ind.Sources) {
+				t.Fatal("more source ranges than sources")
 			}
 		} else if !errors.Is(err, ErrBadIndicator) && !errors.Is(err, ErrNoIndicators) {
 			t.Fatalf("untyped error %v", err)

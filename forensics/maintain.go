@@ -45,7 +45,7 @@ func (s *Store) Compact(ctx context.Context, before time.Time) ([]time.Time, err
 // linked in), then removes the merged parts under the store's write lock.
 func (s *Store) compactHour(ctx context.Context, h hourPartition) error {
 	for _, p := range h.Parts {
-		if err := checkFile(p.Path); err != nil {
+		if _, err := checkFile(p.Path); err != nil {
 			return err // never compact away a file we cannot read
 		}
 	}
@@ -56,16 +56,18 @@ func (s *Store) compactHour(ctx context.Context, h hourPartition) error {
 	tmp := f.Name()
 	defer os.Remove(tmp)
 	pw := newParquetWriter(f)
+	tot := totals{}
 	for _, p := range h.Parts {
 		if err := ctx.Err(); err != nil {
 			f.Close()
 			return err
 		}
-		if err := copyRows(pw, p.Path); err != nil {
+		if err := copyRows(pw, p.Path, tot); err != nil {
 			f.Close()
 			return err
 		}
 	}
+	pw.SetKeyValueMetadata(totalsKey, tot.encode())
 	if err := pw.Close(); err != nil {
 		f.Close()
 		return err
@@ -90,8 +92,9 @@ func (s *Store) compactHour(ctx context.Context, h hourPartition) error {
 	return errors.Join(errs...)
 }
 
-// copyRows streams one part into pw, a row group at a time.
-func copyRows(pw *parquet.GenericWriter[row], path string) error {
+// copyRows streams one part into pw, a row group at a time, counting the
+// rows into tot.
+func copyRows(pw *parquet.GenericWriter[row], path string, tot totals) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -106,6 +109,7 @@ func copyRows(pw *parquet.GenericWriter[row], path string) error {
 		if n > 0 {
 			for i := range buf[:n] {
 				buf[i].derive() // parts from before a derived column get it
+				tot.add(&buf[i])
 			}
 			if _, werr := pw.Write(buf[:n]); werr != nil {
 				return werr

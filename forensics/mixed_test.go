@@ -2,6 +2,7 @@ package forensics
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -49,6 +50,10 @@ func TestScopeMixedSubjectsAndSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := openStore(t, dir, Options{})
+	var manyPrefixes []string
+	for i := range inlineLimit + 44 {
+		manyPrefixes = append(manyPrefixes, fmt.Sprintf("ip:10.%d.%d.0/24", i/128, i%128*2))
+	}
 	tests := []struct {
 		name  string
 		specs []string
@@ -57,6 +62,17 @@ func TestScopeMixedSubjectsAndSources(t *testing.T) {
 		{"ok/stolen-key", []string{"kid:k-stolen"}, func(e *event.Access) bool { return e.Token.KID == "k-stolen" }},
 		{"ok/v6-source", []string{"ip:2001:db8::1", "kid:k-live"}, func(e *event.Access) bool {
 			return e.SrcIP == "2001:db8::1" || e.Token.KID == "k-live"
+		}},
+		// A prefix from 0.0.0.0: that address has no src_ip4 and must still match.
+		{"ok/prefix-from-zero", []string{"ip:0.0.0.0/1"}, func(e *event.Access) bool { return inPrefix("0.0.0.0/1")(e.SrcIP) }},
+		// More ranges than are inlined: they are joined from a table.
+		{"ok/many-prefixes", manyPrefixes, func(e *event.Access) bool {
+			for _, p := range manyPrefixes {
+				if inPrefix(strings.TrimPrefix(p, "ip:"))(e.SrcIP) {
+					return true
+				}
+			}
+			return false
 		}},
 	}
 	for _, tc := range tests {

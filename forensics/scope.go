@@ -1,6 +1,7 @@
 package forensics
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -61,6 +62,8 @@ type Scope struct {
 	where  string
 	args   []any
 	closed bool
+	// fromTotals is how many files' key counts came from footer totals.
+	fromTotals int
 }
 
 // ClassCount is how many data subjects had a data class exposed.
@@ -111,8 +114,9 @@ type Exposure struct {
 	Last        time.Time `json:"last_exposure"`
 }
 
-// okExpr is true for a request that exposed a subject's data.
-const okExpr = `(verdict = 'allow' AND status BETWEEN 200 AND 299 AND coalesce(subject, '') <> '' AND coalesce(data_class_set, '') <> '')`
+// okExpr is true for a request that exposed a subject's data: allowed,
+// answered 2xx, with a subject and data classes (the writer derives it).
+const okExpr = `exposed`
 
 // Scope reads the event files that may hold the incident and computes its
 // scope. Indicators are validated before any file is read. progress, if not
@@ -161,9 +165,10 @@ func cloneIndicators(ind Indicators) Indicators {
 	return ind
 }
 
-// scan selects the files, checks their footers, reads the dictionaries of
-// data-class sets and routes a batch of files at a time (which also finds
-// unreadable files early), then aggregates every matching event in one query.
+// scan selects the files, checks their footers, counts the matching events
+// by the small keys (from footer totals where the indicators allow, else a
+// batch of files at a time, which also finds unreadable files early), then
+// aggregates every matching event per subject and per source.
 func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total int)) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -173,6 +178,9 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 	}
 	ind := &sc.Indicators
 	var files []string
+	// Footer totals of the files, when the indicators allow using them.
+	foot := map[string][]totalRow{}
+	useFooters := footerKeys(ind) && !s.opts.ignoreTotals
 	for _, h := range hours {
 		if !ind.From.IsZero() && !h.Hour.Add(time.Hour).After(ind.From) {
 			continue
@@ -181,7 +189,8 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 			continue
 		}
 		for _, p := range h.Parts {
-			if err := checkFile(p.Path); err != nil {
+			tot, err := checkFile(p.Path)
+			if err != nil {
 				if !s.opts.AllowPartial {
 					return err
 				}
@@ -189,6 +198,13 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 				continue
 			}
 			files = append(files, p.Path)
+			if useFooters && tot != "" {
+				// Totals that do not decode are ignored: the file is counted
+				// from its rows instead.
+				if rows, err := decodeTotals(tot); err == nil {
+					foot[p.Path] = rows
+				}
+			}
 		}
 	}
 	where, args, err := s.matchClause(ctx, sc)
@@ -198,18 +214,31 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 	total := len(files)
 	sc.Files = total
 	progress(0, total)
-	// First pass, a batch of files at a time (for progress, and to name an
-	// unreadable file): counts by all the small keys together, which have
-	// few combinations. It also yields the data-class sets and routes that
-	// exposed data, which the second pass turns into bits.
+	// First pass: counts by all the small keys together, which have few
+	// combinations. They come from the footer totals where the indicators
+	// allow it, else from the rows, a batch of files at a time (for
+	// progress, and to name an unreadable file). They also yield the
+	// data-class sets and routes that exposed data, which the second pass
+	// turns into bits.
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE `+sc.table+`_keys (route VARCHAR, country VARCHAR, asn UINTEGER,
 		kid VARCHAR, reason VARCHAR, hr TIMESTAMP, cls VARCHAR, e BIGINT, a BIGINT, first TIMESTAMP, last TIMESTAMP)`); err != nil {
 		return fmt.Errorf("failed to create scope table: %w", err)
 	}
-	per := max(1, (total+19)/20)
-	var good []string
-	for done := 0; done < total; {
-		batch := files[done:min(total, done+per)]
+	var good, fromRows []string
+	for _, f := range files {
+		if _, ok := foot[f]; ok {
+			good = append(good, f)
+		} else {
+			fromRows = append(fromRows, f)
+		}
+	}
+	if err := s.footerKeys(ctx, sc, good, foot, where, args); err != nil {
+		return err
+	}
+	sc.fromTotals = len(good)
+	per := max(1, (len(fromRows)+19)/20)
+	for done := 0; done < len(fromRows); {
+		batch := fromRows[done:min(len(fromRows), done+per)]
 		keys := func(fs []string) error {
 			// A statement that fails inserts nothing, so counts stay exact.
 			_, err := s.db.ExecContext(ctx, `INSERT INTO `+sc.table+`_keys `+sc.keysQuery(fs, where), args...)
@@ -236,14 +265,18 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 			good = append(good, batch...)
 		}
 		done += len(batch)
-		// The bar stops short of the end until the second pass is done.
+		// Files counted from rows move the bar over their share of it.
 		progress(min(done, total-1), total)
 	}
 	if err := sc.readDictionaries(ctx); err != nil {
 		return err
 	}
 	for {
-		err := s.aggregate(ctx, sc, good, where, args)
+		// The second pass moves the bar over the rest, a statement at a
+		// time; it stops short of the end until the scope is complete.
+		start := len(fromRows)
+		step := func(i, n int) { progress(min(start+(total-start)*i/n, total-1), total) }
+		err := s.aggregate(ctx, sc, good, where, args, step)
 		if err == nil {
 			break
 		}
@@ -253,7 +286,7 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 		// Damage the dictionary pass did not read: find the file at fault.
 		var bad []string
 		for _, f := range good {
-			if err := s.aggregate(ctx, sc, []string{f}, where, args); err != nil {
+			if err := s.aggregate(ctx, sc, []string{f}, where, args, func(int, int) {}); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -272,8 +305,17 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 		if _, err := s.db.ExecContext(ctx, `DELETE FROM `+sc.table+`_keys`); err != nil {
 			return fmt.Errorf("failed to scope: %w", err)
 		}
-		if len(good) > 0 {
-			if _, err := s.db.ExecContext(ctx, `INSERT INTO `+sc.table+`_keys `+sc.keysQuery(good, where), args...); err != nil {
+		var rest []string
+		for _, f := range good {
+			if _, ok := foot[f]; !ok {
+				rest = append(rest, f)
+			}
+		}
+		if err := s.footerKeys(ctx, sc, good, foot, where, args); err != nil {
+			return err
+		}
+		if len(rest) > 0 {
+			if _, err := s.db.ExecContext(ctx, `INSERT INTO `+sc.table+`_keys `+sc.keysQuery(rest, where), args...); err != nil {
 				return fmt.Errorf("failed to scope: %w", err)
 			}
 		}
@@ -285,6 +327,39 @@ func (s *Store) scan(ctx context.Context, sc *Scope, progress func(done, total i
 	sc.good, sc.where, sc.args = good, where, args
 	progress(total, total)
 	sc.Partial = len(sc.SkippedFiles) > 0
+	return nil
+}
+
+// footerKeys adds the footer totals of those files that have them to the
+// scope's key counts: loaded into a table named like the event columns, so
+// the scope's WHERE clause selects the groups it would select events.
+func (s *Store) footerKeys(ctx context.Context, sc *Scope, files []string, foot map[string][]totalRow, where string, args []any) error {
+	var rows []totalRow
+	for _, f := range files {
+		rows = append(rows, foot[f]...)
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	t := sc.table + "_totals"
+	if _, err := s.db.ExecContext(ctx, `CREATE OR REPLACE TABLE `+t+` `+totalsColumns); err != nil {
+		return fmt.Errorf("failed to load footer totals: %w", err)
+	}
+	for i := 0; i < len(rows); i += 1000 {
+		if _, err := s.db.ExecContext(ctx, `INSERT INTO `+t+` VALUES `+totalsValues(rows[i:min(len(rows), i+1000)])); err != nil {
+			return fmt.Errorf("failed to load footer totals: %w", err)
+		}
+	}
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO `+sc.table+`_keys SELECT coalesce(route, ''), coalesce(country, ''),
+		coalesce(asn, 0), coalesce(token_kid, ''), coalesce(reason, ''), time, coalesce(data_class_set, ''),
+		CASE WHEN exposed THEN n ELSE 0 END, CASE WHEN exposed THEN 0 ELSE n END,
+		CASE WHEN exposed THEN first END, CASE WHEN exposed THEN last END
+		FROM `+t+` WHERE (`+where+`)`, args...); err != nil {
+		return fmt.Errorf("failed to count footer totals: %w", err)
+	}
+	if _, err := s.db.ExecContext(ctx, `DROP TABLE `+t); err != nil {
+		return fmt.Errorf("failed to load footer totals: %w", err)
+	}
 	return nil
 }
 
@@ -317,34 +392,31 @@ func fileList(files []string) string {
 	return "[" + strings.Join(quoted, ", ") + "]"
 }
 
-// baseExpr is okExpr without the subject test.
-const baseExpr = `(verdict = 'allow' AND status BETWEEN 200 AND 299 AND coalesce(data_class_set, '') <> '')`
-
-// fastOKExpr is okExpr on the derived columns: a subject is set when it is
-// numeric (subject_id) or text (subject_text), so the text is not read.
-const fastOKExpr = `(` + baseExpr + ` AND (subject_id IS NOT NULL OR subject_text))`
-
 // aggregate runs the scope's queries over files: the per-subject list, then
-// the grouped counts. Each statement reads only the columns it needs.
-func (s *Store) aggregate(ctx context.Context, sc *Scope, files []string, where string, args []any) error {
-	for _, q := range sc.aggregateQueries(files, where) {
+// the grouped counts. Each statement reads only the columns it needs; step
+// is called after each with the number done and the number of statements.
+func (s *Store) aggregate(ctx context.Context, sc *Scope, files []string, where string, args []any, step func(i, n int)) error {
+	qs := sc.aggregateQueries(files, where)
+	for i, q := range qs {
 		if _, err := s.db.ExecContext(ctx, q, args...); err != nil {
 			return err
 		}
+		step(i+1, len(qs))
 	}
 	return nil
 }
 
-// keysQuery counts the matching events of files by the small keys and
-// data-class set.
+// keysQuery counts the matching events of files by the small keys, the
+// data-class set and whether they exposed data. It groups the raw columns
+// and coalesces the few groups afterwards.
 func (sc *Scope) keysQuery(files []string, where string) string {
-	return `SELECT route, country, asn, kid, reason, hr, cls,
-		count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok), min(time) FILTER (WHERE ok), max(time) FILTER (WHERE ok)
-	FROM (SELECT coalesce(route, '') AS route, coalesce(country, '') AS country, coalesce(asn, 0) AS asn,
-		coalesce(token_kid, '') AS kid, coalesce(reason, '') AS reason, date_trunc('hour', time) AS hr,
-		coalesce(data_class_set, '') AS cls, time, ` + fastOKExpr + ` AS ok
-		FROM read_parquet(` + fileList(files) + `) WHERE (` + where + `))
-	GROUP BY ALL`
+	return `SELECT coalesce(route, ''), coalesce(country, ''), coalesce(asn, 0), coalesce(token_kid, ''),
+		coalesce(reason, ''), hr, coalesce(data_class_set, ''),
+		CASE WHEN ok THEN n ELSE 0 END, CASE WHEN ok THEN 0 ELSE n END,
+		CASE WHEN ok THEN first END, CASE WHEN ok THEN last END
+	FROM (SELECT route, country, asn, token_kid, reason, date_trunc('hour', time) AS hr, data_class_set,
+		coalesce(` + okExpr + `, false) AS ok, count(*) AS n, min(time) AS first, max(time) AS last
+		FROM read_parquet(` + fileList(files) + `) WHERE (` + where + `) GROUP BY ALL)`
 }
 
 // aggregateQueries are the statements of [Store.aggregate].
@@ -356,46 +428,47 @@ func (sc *Scope) aggregateQueries(files []string, where string) []string {
 	}
 	cm := sc.maskCase("data_class_set", sc.comboMask)
 	rb := sc.maskCase("coalesce(route, '')", sc.routeBit)
+	// Class and route bits share one aggregate when both fit in 32 bits.
+	aggs, masks := `bit_or(`+cm+`) AS m, bit_or(`+rb+`) AS r`, `m AS cmask, r AS rmask`
+	if len(sc.classIndex) <= 32 && len(sc.routeBit) <= 32 {
+		aggs = `bit_or((` + cm + `) | ((` + rb + `) << 32)) AS m`
+		masks = `m & 4294967295 AS cmask, m >> 32 AS rmask`
+	}
 	perSubject := func(key, cond string) string {
-		return `SELECT ` + key + `, true AS member, bit_or(` + cm + `) AS cmask, bit_or(` + rb + `) AS rmask,
-			min(time) AS first, max(time) AS last
-		FROM ` + src + ` WHERE (` + where + `) AND ` + baseExpr + ` AND ` + cond + ` GROUP BY ALL`
+		return `SELECT ` + key + `, ` + aggs + `, min(time) AS first, max(time) AS last
+		FROM ` + src + ` WHERE (` + where + `) AND ` + okExpr + ` AND ` + cond + ` GROUP BY ALL`
 	}
-	rows := func(cols string) string {
-		return `SELECT ` + cols + `, ` + fastOKExpr + ` AS ok FROM ` + src + ` WHERE (` + where + `)`
-	}
+	counts := `count(*) FILTER (WHERE ` + okExpr + `) AS e, count(*) FILTER (WHERE NOT coalesce(` + okExpr + `, false)) AS a`
 	return []string{
-		`CREATE OR REPLACE TABLE ` + t + `_notify AS
+		`CREATE OR REPLACE TABLE ` + t + `_notify AS SELECT sid, stext, true AS member, ` + masks + `, first, last FROM (
 		` + perSubject(`subject_id AS sid, NULL::VARCHAR AS stext`, `subject_id IS NOT NULL`) + `
 		UNION ALL
-		` + perSubject(`NULL::UBIGINT AS sid, subject AS stext`, `subject_text`),
-		`CREATE OR REPLACE TABLE ` + t + ` AS SELECT src_ip4 AS n, count(*) FILTER (WHERE ok) AS e, count(*) FILTER (WHERE NOT ok) AS a
-		FROM (` + rows(`src_ip4`) + `) WHERE src_ip4 IS NOT NULL GROUP BY ALL`,
+		` + perSubject(`NULL::UBIGINT AS sid, subject AS stext`, `subject_text`) + `)`,
+		// IPv4 sources can number as many as requests: only their total is
+		// kept; exposures and attempts are counted for the top ones after.
+		`CREATE OR REPLACE TABLE ` + t + ` AS SELECT src_ip4 AS n, count(*) AS c
+		FROM ` + src + ` WHERE (` + where + `) AND src_ip4 IS NOT NULL GROUP BY ALL`,
 		// Sources that are not IPv4 are grouped by their text.
-		`CREATE OR REPLACE TABLE ` + t + `_ip AS SELECT src_ip, count(*) FILTER (WHERE ok) AS e, count(*) FILTER (WHERE NOT ok) AS a
-		FROM (SELECT coalesce(src_ip, '') AS src_ip, ` + fastOKExpr + ` AS ok FROM ` + src + `
-			WHERE (` + where + `) AND src_ip4 IS NULL) GROUP BY src_ip`,
+		`CREATE OR REPLACE TABLE ` + t + `_ip AS SELECT coalesce(src_ip, '') AS src_ip, ` + counts + `
+		FROM ` + src + ` WHERE (` + where + `) AND src_ip4 IS NULL GROUP BY 1`,
 	}
 }
 
-// maskCase maps a column's values to their bits with a CASE over the
-// dictionary (values not in it map to 0).
+// maskCase maps a column's values to their bits with a MAP lookup over the
+// dictionary (values not in it map to 0); DuckDB evaluates the lookup
+// faster than a CASE over strings.
 func (sc *Scope) maskCase(col string, dict map[string]uint64) string {
-	var b strings.Builder
-	b.WriteString("CASE " + col)
-	n := 0
+	var entries []string
 	for _, k := range slices.Sorted(maps.Keys(dict)) {
 		if dict[k] == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, " WHEN %s THEN %d::UBIGINT", sqlQuote(k), dict[k])
-		n++
+		entries = append(entries, fmt.Sprintf("%s: %d::UBIGINT", sqlQuote(k), dict[k]))
 	}
-	if n == 0 {
+	if len(entries) == 0 {
 		return "0::UBIGINT"
 	}
-	b.WriteString(" ELSE 0::UBIGINT END")
-	return b.String()
+	return "coalesce(MAP {" + strings.Join(entries, ", ") + "}[" + col + "], 0::UBIGINT)"
 }
 
 // inlineLimit is the most values an indicator list passes as parameters;
@@ -457,7 +530,7 @@ func (s *Store) matchClause(ctx context.Context, sc *Scope) (string, []any, erro
 	for i, a := range ind.ASNs {
 		asns[i] = strconv.FormatUint(uint64(a), 10)
 	}
-	exact, prefixes := expandSources(ind.Sources)
+	exact, ranges := splitSources(ind.Sources)
 	for _, l := range []struct {
 		col  string
 		vals []string
@@ -468,11 +541,12 @@ func (s *Store) matchClause(ctx context.Context, sc *Scope) (string, []any, erro
 			return "", nil, err
 		}
 	}
-	for _, lvl := range []int{8, 16, 24} {
-		pat := `'^` + strings.Repeat(`[0-9]+\.`, lvl/8) + `'`
-		if err := add(&sel, "regexp_extract(src_ip, "+pat+")", prefixes[lvl]); err != nil {
+	if len(ranges) > 0 {
+		c, err := s.rangeClause(ctx, sc, ranges)
+		if err != nil {
 			return "", nil, err
 		}
+		sel = append(sel, c)
 	}
 	if err := add(&filt, "route", ind.Routes); err != nil {
 		return "", nil, err
@@ -500,42 +574,61 @@ func tsLiteral(t time.Time) string {
 	return "TIMESTAMP '" + t.UTC().Format("2006-01-02 15:04:05.999999") + "'"
 }
 
-// expandSources splits validated sources into exact addresses and IPv4
-// prefixes on octet boundaries (keyed 8, 16, 24, as text ending in "."), so a
-// plain string comparison matches canonical addresses. A prefix between
-// octet boundaries becomes at most 128 (256 for /0) aligned prefixes.
-func expandSources(srcs []string) (exact []string, prefixes map[int][]string) {
-	prefixes = map[int][]string{}
+// splitSources splits validated sources into exact addresses (matched as
+// text) and IPv4 prefixes as sorted, merged ranges of src_ip4.
+func splitSources(srcs []string) (exact []string, ranges [][2]uint32) {
 	for _, s := range srcs {
 		p, err := netip.ParsePrefix(s)
-		if err != nil {
+		if err != nil || !p.Addr().Is4() {
 			exact = append(exact, s)
 			continue
 		}
-		bits := p.Bits()
-		target := (bits + 7) / 8 * 8
-		if target == 0 {
-			target = 8
+		b := p.Masked().Addr().As4()
+		lo := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+		hi := lo | uint32(uint64(1)<<(32-p.Bits())-1)
+		ranges = append(ranges, [2]uint32{lo, hi})
+	}
+	slices.SortFunc(ranges, func(a, b [2]uint32) int { return cmp.Compare(a[0], b[0]) })
+	var merged [][2]uint32
+	for _, r := range ranges {
+		if n := len(merged); n > 0 && uint64(r[0]) <= uint64(merged[n-1][1])+1 {
+			merged[n-1][1] = max(merged[n-1][1], r[1])
+			continue
 		}
-		base := p.Addr().As4()
-		n := uint32(1) << (target - bits)
-		start := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-		for i := range n {
-			v := start + i<<(32-target)
-			a := [4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
-			if target == 32 {
-				exact = append(exact, netip.AddrFrom4(a).String())
-				continue
-			}
-			var sb strings.Builder
-			for o := range target / 8 {
-				sb.WriteString(strconv.Itoa(int(a[o])))
-				sb.WriteByte('.')
-			}
-			prefixes[target] = append(prefixes[target], sb.String())
+		merged = append(merged, r)
+	}
+	return exact, merged
+}
+
+// rangeClause matches sources in IPv4 ranges by src_ip4, an integer compare
+// that row-group statistics can skip. 0.0.0.0 has no src_ip4 and is matched
+// by its text.
+func (s *Store) rangeClause(ctx context.Context, sc *Scope, ranges [][2]uint32) (string, error) {
+	var terms []string
+	if ranges[0][0] == 0 {
+		terms = append(terms, "src_ip = '0.0.0.0'")
+	}
+	if len(ranges) <= inlineLimit {
+		for _, r := range ranges {
+			terms = append(terms, fmt.Sprintf("src_ip4 BETWEEN %d AND %d", r[0], r[1]))
+		}
+		return "(" + strings.Join(terms, " OR ") + ")", nil
+	}
+	t := sc.table + "_ranges"
+	if _, err := s.db.ExecContext(ctx, "CREATE TABLE "+t+" (lo UINTEGER, hi UINTEGER)"); err != nil {
+		return "", fmt.Errorf("failed to load indicators: %w", err)
+	}
+	for i := 0; i < len(ranges); i += 1000 {
+		var vals []string
+		for _, r := range ranges[i:min(len(ranges), i+1000)] {
+			vals = append(vals, fmt.Sprintf("(%d, %d)", r[0], r[1]))
+		}
+		if _, err := s.db.ExecContext(ctx, "INSERT INTO "+t+" VALUES "+strings.Join(vals, ", ")); err != nil {
+			return "", fmt.Errorf("failed to load indicators: %w", err)
 		}
 	}
-	return exact, prefixes
+	terms = append(terms, "EXISTS (SELECT 1 FROM "+t+" WHERE src_ip4 BETWEEN lo AND hi)")
+	return "(" + strings.Join(terms, " OR ") + ")", nil
 }
 
 // MaxDataClasses is how many distinct data classes one scope can tell apart
@@ -771,13 +864,17 @@ func (sc *Scope) topIPs(ctx context.Context) error {
 		})
 	}
 	lim := strconv.Itoa(TopSources)
-	if err := add(`SELECT n, e, a FROM ` + t + `
-		ORDER BY e + a DESC, ` + key + ` LIMIT ` + lim); err != nil {
+	// The busiest IPv4 sources by total (kept in Attempts until split), the
+	// rank key only over those at or above the TopSources-th total.
+	if err := add(`SELECT n, 0, c FROM ` + t + ` WHERE c >= (SELECT coalesce(min(c), 0) FROM (SELECT c FROM ` + t + ` ORDER BY c DESC LIMIT ` + lim + `))
+		ORDER BY c DESC, ` + key + ` LIMIT ` + lim); err != nil {
 		return err
 	}
+	v4 := map[string]uint32{}
 	for i := range cand {
 		v, _ := strconv.ParseUint(cand[i].Key, 10, 32)
 		cand[i].Key = netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
+		v4[cand[i].Key] = uint32(v)
 	}
 	if err := add(`SELECT src_ip, e, a FROM ` + t + `_ip ORDER BY e + a DESC, src_ip LIMIT ` + lim); err != nil {
 		return err
@@ -788,7 +885,41 @@ func (sc *Scope) topIPs(ctx context.Context) error {
 		}
 		return strings.Compare(a.Key, b.Key)
 	})
-	sc.Sources.IPs = append([]Count{}, cand[:min(len(cand), TopSources)]...)
+	top := append([]Count{}, cand[:min(len(cand), TopSources)]...)
+	// Split the chosen IPv4 totals into exposures and attempts.
+	var nums []string
+	for _, c := range top {
+		if n, ok := v4[c.Key]; ok {
+			nums = append(nums, strconv.FormatUint(uint64(n), 10))
+		}
+	}
+	if len(nums) > 0 && len(sc.good) > 0 {
+		split := map[uint32][2]int64{}
+		rows, err := db.QueryContext(ctx, `SELECT src_ip4, count(*) FILTER (WHERE `+okExpr+`), count(*) FILTER (WHERE NOT coalesce(`+okExpr+`, false))
+			FROM read_parquet(`+fileList(sc.good)+`) WHERE (`+sc.where+`) AND src_ip4 IN (`+strings.Join(nums, ", ")+`) GROUP BY 1`, sc.args...)
+		if err != nil {
+			return err
+		}
+		if err := scanAll(rows, func(r *sql.Rows) error {
+			var n uint32
+			var ea [2]int64
+			err := r.Scan(&n, &ea[0], &ea[1])
+			split[n] = ea
+			return err
+		}); err != nil {
+			return err
+		}
+		for i, c := range top {
+			if n, ok := v4[c.Key]; ok {
+				ea := split[n]
+				if ea[0]+ea[1] != c.Attempts {
+					return fmt.Errorf("source %s: %d requests counted, then %d", c.Key, c.Attempts, ea[0]+ea[1])
+				}
+				top[i].Exposures, top[i].Attempts = ea[0], ea[1]
+			}
+		}
+	}
+	sc.Sources.IPs = top
 	return nil
 }
 

@@ -42,6 +42,8 @@ type Options struct {
 	Expander Expander
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// ignoreTotals counts every scope from the rows (tests compare the two).
+	ignoreTotals bool
 }
 
 // Expander adds data subjects that events alone cannot name: people whose
@@ -162,7 +164,7 @@ const emptyEvents = `SELECT NULL::TIMESTAMP AS time, NULL::VARCHAR AS gateway, N
  NULL::VARCHAR AS token_sub, NULL::VARCHAR AS token_aud, NULL::BIGINT AS token_iat, NULL::BIGINT AS token_exp,
  NULL::VARCHAR AS verdict, NULL::VARCHAR AS reason, NULL::VARCHAR AS subject, NULL::VARCHAR[] AS data_classes,
  NULL::VARCHAR AS data_class_set, NULL::UBIGINT AS subject_id, NULL::BOOLEAN AS subject_text,
- NULL::UINTEGER AS src_ip4,
+ NULL::UINTEGER AS src_ip4, NULL::BOOLEAN AS exposed,
  NULL::VARCHAR AS hour WHERE false`
 
 // SQL runs one read-only statement for an investigator over the view events

@@ -77,6 +77,7 @@ type openPart struct {
 	f        *os.File
 	pw       *parquet.GenericWriter[row]
 	pending  []row
+	totals   totals
 	inGroup  int
 	rows     int
 	opened   time.Time
@@ -120,6 +121,7 @@ func (w *Writer) Write(ev event.Access) error {
 	}
 	p.lastUsed = now
 	p.pending = append(p.pending, toRow(&ev))
+	p.totals.add(&p.pending[len(p.pending)-1])
 	p.rows++
 	p.inGroup++
 	if len(p.pending) >= batchRows {
@@ -212,7 +214,7 @@ func (w *Writer) openPart(hour, now time.Time) (*openPart, error) {
 	}
 	pw := newParquetWriter(f)
 	return &openPart{hour: hour, f: f, pw: pw, opened: now, lastUsed: now,
-		pending: make([]row, 0, batchRows)}, nil
+		pending: make([]row, 0, batchRows), totals: totals{}}, nil
 }
 
 func newParquetWriter(f *os.File) *parquet.GenericWriter[row] {
@@ -247,6 +249,7 @@ func (w *Writer) seal(p *openPart) error {
 	if err := p.drain(); err != nil {
 		return w.abandon(p, err)
 	}
+	p.pw.SetKeyValueMetadata(totalsKey, p.totals.encode())
 	if err := p.pw.Close(); err != nil {
 		return w.abandon(p, fmt.Errorf("failed to finish part: %w", err))
 	}
