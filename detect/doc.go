@@ -41,8 +41,8 @@
 // between the shards: once the young generation holds MaxKeys/4 keys in a
 // shard the old one is dropped, so a key survives while it is used at least
 // once per MaxKeys/4 new keys of its shard). A generation is an index of at
-// most 2 × its keys' slots (12 bytes each), a filter of 16 bits per key
-// and an array of its values.
+// most 2 × its keys' slots (12 bytes and 8 filter bits each) and an array
+// of its values.
 // Distinct subjects (or networks) per key are counted exactly up to 8, then
 // with a HyperLogLog sketch of 2^10 registers (about 1.1 KiB, 3% error), two
 // per key (half-window buckets); only live keys hold sketches, and those of

@@ -33,7 +33,7 @@ type table[V any] struct {
 	idx  []uint32 // position in vals of keys[i]'s value
 	vals []V
 	// bits has a bit set for every key taken (by its top bits): most
-	// absent keys are known absent from it, a sixteenth of keys' size,
+	// absent keys are known absent from it, an eighth of keys' size,
 	// without probing keys.
 	bits  []uint64
 	shift uint8
@@ -196,19 +196,16 @@ func (m *genMap[V]) grow() {
 	if n <= len(m.cur.keys) {
 		return
 	}
-	if len(m.cur.bits) == 0 { // 16 bits per key of a full generation
-		nb := 64
-		for nb < 16*m.half {
-			nb *= 2
-		}
-		m.cur.bits = make([]uint64, nb/64)
-		m.cur.shift = uint8(64 - bits.TrailingZeros(uint(nb)))
-	}
+	// 8 filter bits per slot (at least 16 per key), sized with the index so
+	// that a small table's filter stays small.
+	m.cur.bits = make([]uint64, n/8)
+	m.cur.shift = uint8(64 - bits.TrailingZeros(uint(8*n)))
 	keys, idx := make([]uint64, n), make([]uint32, n)
 	for i, k := range m.cur.keys {
 		if k != 0 && k != moved {
 			j, _ := find(keys, k)
 			keys[j], idx[j] = k, m.cur.idx[i]
+			m.cur.mark(k)
 		}
 	}
 	m.cur.keys, m.cur.idx = keys, idx
