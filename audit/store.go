@@ -265,9 +265,9 @@ func (s *fileStore) enqueue(data [][]byte, leaves []node) (b *batch, pos uint64)
 // then publishes a checkpoint covering the tree.
 func (s *fileStore) flush(ctx context.Context) error {
 	s.qmu.Lock()
-	b := s.cur
+	b, queued := s.cur, len(s.cur.data) > 0
 	s.qmu.Unlock()
-	if len(b.data) > 0 {
+	if queued {
 		select {
 		case <-b.done:
 		case <-ctx.Done():
