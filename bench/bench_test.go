@@ -17,9 +17,21 @@ import (
 var short = Options{Duration: time.Second, Concurrency: 16}
 
 func TestRunIssuance(t *testing.T) {
-	r, err := RunIssuance(context.Background(), Options{Duration: time.Second, Concurrency: 32, Dir: t.TempDir()})
+	for _, client := range []string{ClientLean, ClientNetHTTP} {
+		t.Run(client, func(t *testing.T) { testRunIssuance(t, client) })
+	}
+	if _, err := RunIssuance(context.Background(), Options{Duration: time.Second, Client: "curl", Dir: t.TempDir()}); err == nil {
+		t.Fatal("unknown client accepted")
+	}
+}
+
+func testRunIssuance(t *testing.T, client string) {
+	r, err := RunIssuance(context.Background(), Options{Duration: time.Second, Concurrency: 32, Dir: t.TempDir(), Client: client})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if r.Client != client {
+		t.Fatalf("ran with client %q, asked for %q", r.Client, client)
 	}
 	if r.Load.Requests == 0 || r.TokensPerS <= 0 || r.SignPerS <= 0 || r.SignProcs < 1 {
 		t.Fatalf("no rate measured: %+v", r)

@@ -21,7 +21,8 @@ import (
 
 // Issuance is what the issuance benchmark measured.
 type Issuance struct {
-	Load       Load    `json:"load"` // POST /v1/tokens, closed loop
+	Client     string  `json:"client"` // the load generator's HTTP client
+	Load       Load    `json:"load"`   // POST /v1/tokens, closed loop
 	TokensPerS float64 `json:"tokens_per_s"`
 	SignPerS   float64 `json:"sign_per_s"` // raw ed25519.Sign, one goroutine per core, same run
 	SignProcs  int     `json:"sign_procs"` // goroutines signing
@@ -42,6 +43,12 @@ type Issuance struct {
 
 // IssuanceTarget is the issue's end-to-end issuance target on the 2-core machine.
 const IssuanceTarget = 20000
+
+// The issuance load generator's clients.
+const (
+	ClientLean    = "lean"     // rawConn: prebuilt requests, minimal answer parser
+	ClientNetHTTP = "net/http" // the standard library's client
+)
 
 // RunIssuance starts a full server (sealed keyring, durable SQLite ledger),
 // registers a client and drives POST /v1/tokens over loopback with
@@ -74,10 +81,36 @@ func RunIssuance(ctx context.Context, o Options) (Issuance, error) {
 		req.Header.Set("Content-Type", "application/json")
 		return req, nil
 	}
+	host := strings.TrimPrefix(r.apiURL, "http://")
+	head := "POST /v1/tokens HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: " + auth +
+		"\r\nContent-Type: application/json\r\nContent-Length: "
+	rawNext := func(w, seq int, buf []byte) []byte {
+		var body [96]byte
+		b := append(body[:0], `{"subject":"m-`...)
+		b = strconv.AppendInt(b, int64(w), 10)
+		b = append(b, '-')
+		b = strconv.AppendInt(b, int64(seq), 10)
+		b = append(b, `","audience":"`+config.DefaultAudience+`"}`...)
+		buf = append(buf, head...)
+		buf = strconv.AppendInt(buf, int64(len(b)), 10)
+		buf = append(buf, "\r\n\r\n"...)
+		return append(buf, b...)
+	}
 	workers := o.concurrency(256)
+	client := o.Client
+	if client == "" {
+		client = ClientLean
+	}
 	var l Load
 	split, err := measureSplit(o.CPUProfile, func() (err error) {
-		l, err = ClosedLoop(ctx, workers, o.duration(), next)
+		switch client {
+		case ClientLean:
+			l, err = ClosedLoopRaw(ctx, host, workers, o.duration(), rawNext)
+		case ClientNetHTTP:
+			l, err = ClosedLoop(ctx, workers, o.duration(), next)
+		default:
+			err = fmt.Errorf("bench: unknown client %q (%s or %s)", client, ClientLean, ClientNetHTTP)
+		}
 		return err
 	})
 	if err != nil {
@@ -86,7 +119,7 @@ func RunIssuance(ctx context.Context, o Options) (Issuance, error) {
 	procs := runtime.GOMAXPROCS(0)
 	msg := []byte(first[:strings.LastIndexByte(first, '.')])
 	sign := SignRate(ctx, procs, min(o.duration(), 3*time.Second), msg)
-	out := Issuance{Load: l, TokensPerS: l.PerSec, SignPerS: sign, SignProcs: procs, Target: IssuanceTarget, CPU: split}
+	out := Issuance{Client: client, Load: l, TokensPerS: l.PerSec, SignPerS: sign, SignProcs: procs, Target: IssuanceTarget, CPU: split}
 	if n := l.Completed; n > 0 && split.Total > 0 {
 		out.ServerCPUPerToken = split.Server / time.Duration(n)
 		out.GeneratorCPUPerTok = split.Generator / time.Duration(n)

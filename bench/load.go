@@ -144,11 +144,44 @@ func send(c *http.Client, req *http.Request) error {
 // short warm-up that is not counted). It gives the peak rate the target
 // sustains at that concurrency.
 func ClosedLoop(ctx context.Context, workers int, d time.Duration, next RequestFunc) (Load, error) {
+	c := newClient(workers)
+	defer c.CloseIdleConnections()
+	return closedLoop(ctx, workers, d, func(w int) (func(seq int) error, func()) {
+		return func(seq int) error {
+			req, err := next(w, seq)
+			if err != nil {
+				return &buildError{err}
+			}
+			return send(c, req)
+		}, func() {}
+	})
+}
+
+// RawRequestFunc appends the bytes of the request a worker sends next to buf.
+type RawRequestFunc func(worker, seq int, buf []byte) []byte
+
+// ClosedLoopRaw is ClosedLoop with the lean client (rawConn): one keep-alive
+// connection to addr per worker, requests serialised by next.
+func ClosedLoopRaw(ctx context.Context, addr string, workers int, d time.Duration, next RawRequestFunc) (Load, error) {
+	return closedLoop(ctx, workers, d, func(w int) (func(seq int) error, func()) {
+		rc := &rawConn{addr: addr}
+		var buf []byte
+		return func(seq int) error {
+			buf = next(w, seq, buf[:0])
+			return rc.do(buf)
+		}, func() { rc.Close() }
+	})
+}
+
+// buildError is a request that could not be made: the worker stops.
+type buildError struct{ error }
+
+// closedLoop runs the workers that mk makes (a function sending one request,
+// and one closing the worker's connections) for a warm-up and then d.
+func closedLoop(ctx context.Context, workers int, d time.Duration, mk func(w int) (do func(seq int) error, done func())) (Load, error) {
 	if workers < 1 {
 		return Load{}, errors.New("bench: workers must be at least 1")
 	}
-	c := newClient(workers)
-	defer c.CloseIdleConnections()
 	warm := min(d/5, 500*time.Millisecond)
 	var rec recorder
 	var counting atomic.Bool
@@ -157,7 +190,12 @@ func ClosedLoop(ctx context.Context, workers int, d time.Duration, next RequestF
 	asGenerator(ctx, func(context.Context) {
 		for w := range workers {
 			wg.Add(1)
-			go closedWorker(ctx, w, c, next, &rec, &counting, stop, &wg)
+			do, done := mk(w)
+			go func() {
+				defer wg.Done()
+				defer done()
+				closedWorker(ctx, do, &rec, &counting, stop)
+			}()
 		}
 	})
 	sleep(ctx, warm)
@@ -177,8 +215,7 @@ func ClosedLoop(ctx context.Context, workers int, d time.Duration, next RequestF
 
 // closedWorker is one closed-loop worker: the next request as soon as the
 // previous one is answered.
-func closedWorker(ctx context.Context, w int, c *http.Client, next RequestFunc, rec *recorder, counting *atomic.Bool, stop chan struct{}, wg *sync.WaitGroup) {
-	defer wg.Done()
+func closedWorker(ctx context.Context, do func(seq int) error, rec *recorder, counting *atomic.Bool, stop chan struct{}) {
 	lat := make([]time.Duration, 0, 4096)
 	defer func() { rec.add(lat) }()
 	for seq := 0; ; seq++ {
@@ -189,13 +226,13 @@ func closedWorker(ctx context.Context, w int, c *http.Client, next RequestFunc, 
 			return
 		default:
 		}
-		req, err := next(w, seq)
-		if err != nil {
-			rec.fail(err)
+		t0 := time.Now()
+		err := do(seq)
+		var be *buildError
+		if errors.As(err, &be) {
+			rec.fail(be.error)
 			return
 		}
-		t0 := time.Now()
-		err = send(c, req)
 		if err == nil {
 			rec.all.Add(1)
 		}

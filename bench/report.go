@@ -54,7 +54,7 @@ func (r Report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "machine: %d CPUs, GOMAXPROCS %d, %s, load average %s (after: %s); phase duration %s\n",
 		m.CPUs, m.GOMAXPROCS, m.GoVersion, m.LoadAvg, r.LoadAfter, r.Duration)
 	if i := r.Issuance; i != nil {
-		fmt.Fprintf(w, "\nissuance (POST /v1/tokens, loopback HTTP, sealed keyring, durable SQLite ledger, %d keep-alive workers):\n", i.Load.Workers)
+		fmt.Fprintf(w, "\nissuance (POST /v1/tokens, loopback HTTP, sealed keyring, durable SQLite ledger, %d keep-alive workers, %s client):\n", i.Load.Workers, i.Client)
 		fmt.Fprintf(w, "  tokens/s        %10.0f   (%d tokens, %d errors in %s)\n", i.TokensPerS, i.Load.Requests, i.Load.Errors, i.Load.Elapsed.Round(time.Millisecond))
 		fmt.Fprintf(w, "  latency         p50 %s, p99 %s\n", ms(i.Load.P50), ms(i.Load.P99))
 		fmt.Fprintf(w, "  raw ed25519.Sign%10.0f/s on %d goroutines (ceiling, same run)\n", i.SignPerS, i.SignProcs)

@@ -26,6 +26,9 @@ type Options struct {
 	// CPUProfile, when set, receives a CPU profile of the main measured phase
 	// only (issuance load; the gateway's peak phase, both proxies).
 	CPUProfile io.Writer
+	// Client is the issuance load generator's HTTP client: "lean" (the
+	// default, rawConn) or "net/http".
+	Client string
 	// Redis, when set (redis://host:port/db), puts the server's issuance
 	// ledger on Redis instead of the embedded SQLite one.
 	Redis string

@@ -67,6 +67,7 @@ func init() {
 	cmd.PersistentFlags().IntVar(&o.Concurrency, "concurrency", 0, "closed-loop workers (0: 256 for issuance, 64 for the gateway)")
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print the results as JSON")
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the main measured phase (server and load generator: issuance load, gateway peak) to this file")
+	cmd.PersistentFlags().StringVar(&o.Client, "client", "lean", "issuance load generator's HTTP client: lean (prebuilt requests, minimal parser) or net/http")
 	cmd.PersistentFlags().StringVar(&o.Redis, "redis", "", "put the issuance ledger on this Redis (redis://host:port/db) instead of the embedded SQLite")
 	cmd.PersistentFlags().StringVar(&o.Dir, "tmp", "", "directory for the temporary data directories (default: the system's)")
 	cmd.AddCommand(
