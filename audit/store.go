@@ -36,9 +36,9 @@ var ErrLocked = errors.New("audit: log is locked by another writer")
 // fileStore is a Tessera storage driver that writes the same C2SP tlog-tiles
 // layout and tree state as Tessera's POSIX driver, but commits each batch as
 // a group: the files of the batch are written (one goroutine per directory)
-// and synced in parallel, then the tree state is replaced once. Tessera's POSIX driver syncs each bundle,
-// tile and directory in turn, so its cost grows with the files per batch;
-// here it grows with the bytes. A batch is acknowledged only after the tree
+// and synced in parallel, then the tree state is replaced once. Tessera's
+// POSIX driver syncs each bundle, tile and directory in turn, so its cost
+// grows with the files per batch; here it grows with the bytes. A batch is acknowledged only after the tree
 // state naming it is durable.
 type fileStore struct {
 	dir      string
@@ -48,11 +48,12 @@ type fileStore struct {
 	interval time.Duration
 	newCP    func(context.Context, uint64, []byte) ([]byte, error)
 
-	qmu  sync.Mutex
-	cur  *batch
-	last int // entries in the last batch taken, to size the next
-	wake chan struct{}
-	full chan struct{}
+	qmu      sync.Mutex
+	cur      *batch // collecting entries
+	inflight *batch // being committed, or done
+	last     int    // entries in the last batch taken, to size the next
+	wake     chan struct{}
+	full     chan struct{}
 
 	pmu sync.Mutex // serialises publish
 
@@ -265,9 +266,15 @@ func (s *fileStore) enqueue(data [][]byte, leaves []node) (b *batch, pos uint64)
 // then publishes a checkpoint covering the tree.
 func (s *fileStore) flush(ctx context.Context) error {
 	s.qmu.Lock()
-	b, queued := s.cur, len(s.cur.data) > 0
+	wait := []*batch{s.inflight}
+	if len(s.cur.data) > 0 {
+		wait = append(wait, s.cur)
+	}
 	s.qmu.Unlock()
-	if queued {
+	for _, b := range wait {
+		if b == nil {
+			continue
+		}
 		select {
 		case <-b.done:
 		case <-ctx.Done():
@@ -309,6 +316,7 @@ func (s *fileStore) sequencer(ctx context.Context) {
 		b := s.cur
 		s.cur = newBatch(s.last)
 		s.last = len(b.data)
+		s.inflight = b
 		s.qmu.Unlock()
 		if len(b.data) > 0 {
 			var stale []string

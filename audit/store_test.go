@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -240,6 +241,54 @@ func TestVerifyLeavesSourceUnchanged(t *testing.T) {
 	for p, b := range src {
 		if disk, _ := os.ReadFile(filepath.Join(dir, filepath.FromSlash(p))); string(disk) != string(b) {
 			t.Fatalf("%s changed in the source", p)
+		}
+	}
+}
+
+// TestCloseCoversAcknowledged: Close, while appenders are busy, publishes a
+// checkpoint that covers every entry acknowledged to them.
+func TestCloseCoversAcknowledged(t *testing.T) {
+	k := newTestKey(t)
+	for round := range 5 {
+		dir := t.TempDir()
+		l, err := Open(context.Background(), dir, k.signer, fastOpts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var maxIdx int64 = -1
+		var wg sync.WaitGroup
+		for g := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				vs := make([]any, 1+g*7)
+				for i := range vs {
+					vs[i] = i
+				}
+				for {
+					idx, err := l.appendMany(context.Background(), "test.close", vs)
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					maxIdx = max(maxIdx, int64(idx[len(idx)-1]))
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(time.Duration(20+10*round) * time.Millisecond)
+		if err := l.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		cp, _ := os.ReadFile(filepath.Join(dir, "checkpoint"))
+		size, ok := checkpointSize(cp)
+		if !ok || int64(size) <= maxIdx {
+			t.Fatalf("round %d: checkpoint size %d, highest acknowledged index %d", round, size, maxIdx)
+		}
+		if res, err := Verify(context.Background(), dir, k.verifier, nil); err != nil || res.Size != size {
+			t.Fatalf("round %d: Verify: %v size %d", round, err, res.Size)
 		}
 	}
 }
