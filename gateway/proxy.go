@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"time"
 )
 
@@ -23,6 +24,7 @@ func NewProxy(upstream *url.URL, g *Gateway) http.Handler {
 			MaxIdleConnsPerHost: 512,
 			IdleConnTimeout:     90 * time.Second,
 		},
+		BufferPool: &copyBuffers{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusBadGateway)
@@ -31,3 +33,16 @@ func NewProxy(upstream *url.URL, g *Gateway) http.Handler {
 	}
 	return g.Middleware(rp)
 }
+
+// copyBuffers reuses the proxy's 32 KiB body-copy buffers, which
+// httputil.ReverseProxy otherwise allocates for every request.
+type copyBuffers struct{ p sync.Pool }
+
+func (c *copyBuffers) Get() []byte {
+	if b, ok := c.p.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 32<<10)
+}
+
+func (c *copyBuffers) Put(b []byte) { c.p.Put(&b) }
