@@ -2,11 +2,13 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-dev/custos/detect"
@@ -52,15 +54,21 @@ type CustosOptions struct {
 
 // Custos is a world with custos in front of the shop.
 type Custos struct {
-	o        CustosOptions
-	tl       scenario.Timeline
-	pop      shop.Population
-	engine   *detect.Engine
-	writer   *forensics.Writer
+	o      CustosOptions
+	tl     scenario.Timeline
+	pop    shop.Population
+	engine *detect.Engine
+	// writers write the event store, two at once: writers[h%2] takes the
+	// events of hour h (hours since the epoch), so each hour partition has
+	// one writer and both cores can encode.
+	writers  []*forensics.Writer
 	exposure *Exposure
 
+	// now is the simulated time (Unix nanoseconds) of the request detection
+	// is processing: the engine's clock and containment's.
+	now atomic.Int64
+
 	mu          sync.Mutex
-	cur         time.Time
 	keyDied     time.Time
 	killedBy    string
 	blocks      []block
@@ -73,13 +81,22 @@ type Custos struct {
 	sent, served, normal int64
 	writeErr             error
 
-	// batch holds events for detection. Worlds without containment hand
-	// detection batches (both cores); with containment each event goes alone,
-	// so an action takes effect before the next request.
+	// batch holds events for detection when requests come one at a time
+	// (Observe). Worlds without containment hand detection batches (both
+	// cores); with containment each event goes alone, so an action takes
+	// effect before the next request.
 	batch []event.Access
 }
 
-// batchSize is how many events a world without containment hands detection at once.
+// numWriters is how many event store writers a world runs at once.
+const numWriters = 2
+
+// writerOf returns which writer stores ev: by its hour.
+func writerOf(ev *event.Access) int {
+	return int(uint64(ev.Time.Unix()/3600) % numWriters)
+}
+
+// batchSize is how many events Observe gathers before handing them to detection.
 const batchSize = 256
 
 type block struct {
@@ -107,7 +124,7 @@ func NewCustos(s *scenario.Scenario, o CustosOptions) (*Custos, error) {
 	}
 	c := &Custos{o: o, tl: s.Timeline(), pop: s.Population(), exposure: NewExposure(s.Population()),
 		attackSeqs: newBitset(s.Expected() + 1), maxSeq: s.Expected()}
-	eng, err := detect.New(cfg, func() time.Time { return c.cur })
+	eng, err := detect.New(cfg, func() time.Time { return time.Unix(0, c.now.Load()).UTC() })
 	if err != nil {
 		return nil, err
 	}
@@ -128,8 +145,12 @@ func NewCustos(s *scenario.Scenario, o CustosOptions) (*Custos, error) {
 		}
 	}
 	if o.EventsDir != "" {
-		if c.writer, err = forensics.NewWriter(o.EventsDir, forensics.WriterOptions{}); err != nil {
-			return nil, err
+		for range numWriters {
+			w, err := forensics.NewWriter(o.EventsDir, forensics.WriterOptions{})
+			if err != nil {
+				return nil, err
+			}
+			c.writers = append(c.writers, w)
 		}
 	}
 	return c, nil
@@ -140,28 +161,12 @@ func (c *Custos) Engine() *detect.Engine { return c.engine }
 
 // Observe runs r through custos's gateway checks, detection and forensics.
 func (c *Custos) Observe(r *scenario.Request) {
-	c.cur = r.Time
-	ev := r.Access("custos-gw")
+	var ev event.Access
+	c.decide(r, &ev)
+	c.now.Store(r.Time.UnixNano())
+	c.mark(r.Seq, &ev)
 	if r.Login {
 		c.engine.Login(r.TokenID, r.Time)
-	}
-	if r.Token != scenario.Forged {
-		c.normal++
-		ev.Token.KID = liveKID
-		ev.Verdict = event.Allow
-	} else {
-		c.sent++
-		if r.Seq <= c.maxSeq {
-			c.attackSeqs.add(r.Seq)
-		}
-		ev.Token.KID = stolenKID
-		if reason, deny := c.verdict(r); deny {
-			ev.Verdict, ev.Reason, ev.Status = event.Deny, reason, 401
-		} else {
-			ev.Verdict, ev.Reason = event.Allow, reason
-			c.served++
-			c.exposure.Add(r)
-		}
 	}
 	if c.o.Contain {
 		c.engine.Process(ev)
@@ -171,8 +176,171 @@ func (c *Custos) Observe(r *scenario.Request) {
 			c.flush()
 		}
 	}
-	if c.writer != nil && c.writeErr == nil {
-		c.writeErr = c.writer.Write(ev)
+	if c.writers != nil && c.writeErr == nil {
+		c.writeErr = c.writers[writerOf(&ev)].Write(ev)
+	}
+}
+
+// evBatch is one chunk's events on their way through a world's stages.
+type evBatch struct {
+	evs   []event.Access
+	seqs  []uint64
+	login []bool
+	refs  atomic.Int32 // writers yet to finish with it
+}
+
+// writeQueue is how many batches each writer may have queued.
+const writeQueue = 48
+
+// consume runs every chunk from in through the world: the gateway's
+// decision on this goroutine, then detection (in batches, on both cores;
+// event by event with containment, here, so that an action takes effect
+// before the next request) and the event store, each on a goroutine of its
+// own. It hands each chunk back with release and adds the requests that
+// went through every stage to done.
+func (c *Custos) consume(in <-chan *chunk, release func(*chunk), done *atomic.Uint64) {
+	free := make(chan *evBatch, writeQueue+8)
+	toDetect := make(chan *evBatch, 2)
+	toWrite := make(chan *evBatch, 4)
+	var wg sync.WaitGroup
+	finish := func(b *evBatch) {
+		if b.refs.Add(-1) == 0 {
+			done.Add(uint64(len(b.evs)))
+			select {
+			case free <- b:
+			default:
+			}
+		}
+	}
+	if c.writers == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range toWrite {
+				b.refs.Store(1)
+				finish(b)
+			}
+		}()
+	} else {
+		// Each writer sees every batch and writes its own hours; the deep
+		// queues let the writer of the next hour run ahead of the one
+		// still finishing the last.
+		qs := make([]chan *evBatch, numWriters)
+		errs := make([]error, numWriters)
+		var ww sync.WaitGroup
+		for k := range qs {
+			qs[k] = make(chan *evBatch, writeQueue)
+			ww.Add(1)
+			go func() {
+				defer ww.Done()
+				w := c.writers[k]
+				for b := range qs[k] {
+					for i := range b.evs {
+						if errs[k] == nil && writerOf(&b.evs[i]) == k {
+							errs[k] = w.Write(b.evs[i])
+						}
+					}
+					finish(b)
+				}
+			}()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range toWrite {
+				b.refs.Store(numWriters)
+				for _, q := range qs {
+					q <- b
+				}
+			}
+			for _, q := range qs {
+				close(q)
+			}
+			ww.Wait()
+			c.writeErr = errors.Join(errs...)
+		}()
+	}
+	if !c.o.Contain {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(toWrite)
+			for b := range toDetect {
+				for i := range b.evs {
+					c.mark(b.seqs[i], &b.evs[i])
+					if b.login[i] {
+						c.engine.Login(b.evs[i].Token.JTI, b.evs[i].Time)
+					}
+				}
+				c.now.Store(b.evs[len(b.evs)-1].Time.UnixNano())
+				c.engine.ProcessBatch(b.evs)
+				toWrite <- b
+			}
+		}()
+	}
+	for ch := range in {
+		var b *evBatch
+		select {
+		case b = <-free:
+		default:
+			b = &evBatch{evs: make([]event.Access, chunkSize), seqs: make([]uint64, chunkSize), login: make([]bool, chunkSize)}
+		}
+		n := len(ch.reqs)
+		b.evs, b.seqs, b.login = b.evs[:n], b.seqs[:n], b.login[:n]
+		for i := range ch.reqs {
+			r := &ch.reqs[i]
+			c.decide(r, &b.evs[i])
+			b.seqs[i], b.login[i] = r.Seq, r.Login
+			if c.o.Contain {
+				c.now.Store(r.Time.UnixNano())
+				c.mark(r.Seq, &b.evs[i])
+				if r.Login {
+					c.engine.Login(r.TokenID, r.Time)
+				}
+				c.engine.Process(b.evs[i])
+			}
+		}
+		release(ch)
+		if c.o.Contain {
+			toWrite <- b
+		} else {
+			toDetect <- b
+		}
+	}
+	if c.o.Contain {
+		close(toWrite)
+	} else {
+		close(toDetect)
+	}
+	wg.Wait()
+}
+
+// decide fills ev with the access event custos's gateway emits for r, and
+// counts what was sent and served.
+func (c *Custos) decide(r *scenario.Request, ev *event.Access) {
+	r.AccessInto("custos-gw", ev)
+	if r.Token != scenario.Forged {
+		c.normal++
+		ev.Token.KID = liveKID
+		ev.Verdict = event.Allow
+		return
+	}
+	c.sent++
+	ev.Token.KID = stolenKID
+	if reason, deny := c.verdict(r); deny {
+		ev.Verdict, ev.Reason, ev.Status = event.Deny, reason, 401
+	} else {
+		ev.Verdict, ev.Reason = event.Allow, reason
+		c.served++
+		c.exposure.Add(r)
+	}
+}
+
+// mark records that request seq, about to reach detection, was forged, so
+// that alerts can be told apart from false alarms.
+func (c *Custos) mark(seq uint64, ev *event.Access) {
+	if ev.Token.KID == stolenKID && seq <= c.maxSeq {
+		c.attackSeqs.add(seq)
 	}
 }
 
@@ -204,6 +372,8 @@ func (c *Custos) flush() {
 	}
 }
 
+func (c *Custos) simNow() time.Time { return time.Unix(0, c.now.Load()).UTC() }
+
 func (c *Custos) onAlert(a detect.Alert) {
 	attack := false
 	for _, id := range a.Samples {
@@ -220,7 +390,7 @@ func (c *Custos) onAlert(a detect.Alert) {
 	}
 	at := a.Raised // the event time of the request that raised it
 	if at.IsZero() {
-		at = c.cur
+		at = c.simNow()
 	}
 	if c.firstAlert.IsZero() || at.Before(c.firstAlert) {
 		c.firstAlert = at
@@ -231,11 +401,11 @@ func (c *Custos) onAlert(a detect.Alert) {
 func (c *Custos) RevokeKey(ctx context.Context, kid, reason string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if kid == stolenKID && (c.keyDied.IsZero() || c.cur.Before(c.keyDied)) {
-		c.keyDied = c.cur
+	if now := c.simNow(); kid == stolenKID && (c.keyDied.IsZero() || now.Before(c.keyDied)) {
+		c.keyDied = now
 		c.killedBy = "automatic containment (" + reason + ")"
 		if c.containment.IsZero() {
-			c.containment = c.cur
+			c.containment = now
 		}
 	}
 	return nil
@@ -277,11 +447,13 @@ func (c *Custos) World(ctx context.Context) (World, error) {
 	if c.killedBy != "" {
 		w.Notes = append(w.Notes, "key died by "+c.killedBy)
 	}
-	if c.writer != nil {
+	if c.writers != nil {
 		// The store is written as events arrive; the clock starts when the
 		// investigator asks.
-		if err := c.writer.Close(); err != nil {
-			return w, fmt.Errorf("failed to close the event store: %w", err)
+		for _, wr := range c.writers {
+			if err := wr.Close(); err != nil {
+				return w, fmt.Errorf("failed to close the event store: %w", err)
+			}
 		}
 		if c.writeErr != nil {
 			return w, fmt.Errorf("failed to write events: %w", c.writeErr)

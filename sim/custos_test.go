@@ -2,9 +2,13 @@ package sim
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/custos-dev/custos/sim/scenario"
 	"github.com/custos-dev/custos/staff"
 )
 
@@ -12,7 +16,12 @@ import (
 // custos worlds.
 func runWorlds(t *testing.T, opts ...CustosOptions) (World, []World) {
 	t.Helper()
-	s := tinyScenario(t, nil)
+	return runWorldsWith(t, nil, opts...)
+}
+
+func runWorldsWith(t *testing.T, edit func(*scenario.Config), opts ...CustosOptions) (World, []World) {
+	t.Helper()
+	s := tinyScenario(t, edit)
 	base := NewBaseline(s)
 	obs := []Observer{base}
 	var cs []*Custos
@@ -90,6 +99,65 @@ func TestCustosWorlds(t *testing.T) {
 		}
 		if w.NormalRequests == 0 {
 			t.Fatalf("%s saw no normal traffic", w.Name)
+		}
+	}
+}
+
+// TestRunEventsMatchesObserve checks that the events-mode pipeline (one
+// shared stream, batches, concurrent stages, two store writers) decides and
+// counts every request exactly as feeding the worlds one request at a time
+// does, and that the store it writes scopes to the same refusals.
+func TestRunEventsMatchesObserve(t *testing.T) {
+	// Eleven days around the start of the crawl: every kind of request, and
+	// few enough hour partitions for the store to be scoped quickly.
+	short := func(c *scenario.Config) {
+		c.TestsStart = time.Date(2025, 6, 20, 0, 0, 0, 0, scenario.KST)
+		c.CrawlStart = time.Date(2025, 6, 24, 0, 0, 0, 0, scenario.KST)
+		c.CrawlEnd = time.Date(2025, 6, 30, 0, 0, 0, 0, scenario.KST)
+		c.NormalStart, c.NormalEnd = c.TestsStart, time.Date(2025, 7, 1, 0, 0, 0, 0, scenario.KST)
+	}
+	cfg := scenario.DefaultConfig()
+	cfg.Scale = 0.0001
+	short(&cfg)
+	var last, calls uint64
+	rep, err := RunEvents(context.Background(), EventsOptions{Scenario: cfg, Worlds: DefaultWorlds(), ScopeDir: t.TempDir()},
+		func(done, _ uint64) { last = done; calls++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, ws := runWorldsWith(t, short, DefaultWorlds()...)
+	want := append([]World{base}, ws...)
+	if len(rep.Worlds) != len(want) {
+		t.Fatalf("%d worlds, want %d", len(rep.Worlds), len(want))
+	}
+	if rep.Worlds[0].ForgedServed == 0 || rep.Worlds[2].FirstAlert.IsZero() || rep.Worlds[3].ForgedServed == 0 {
+		t.Fatalf("replay too short to compare: %+v", rep.Worlds)
+	}
+	if calls == 0 || last != rep.Requests {
+		t.Fatalf("progress called %d times, last at %d of %d requests", calls, last, rep.Requests)
+	}
+	for i, got := range rep.Worlds {
+		w := want[i]
+		if got.Name != w.Name || !got.KeyDied.Equal(w.KeyDied) || !got.FirstAlert.Equal(w.FirstAlert) || got.AlertDelay != w.AlertDelay ||
+			!got.Containment.Equal(w.Containment) || got.ForgedSent != w.ForgedSent || got.ForgedServed != w.ForgedServed ||
+			got.SubjectsExposed != w.SubjectsExposed || got.MembersExposed != w.MembersExposed || got.NonMembersExposed != w.NonMembersExposed ||
+			got.FalseAlarmsPer10M != w.FalseAlarmsPer10M || got.NormalRequests != w.NormalRequests {
+			t.Errorf("world %d:\n got  %+v\n want %+v", i, got, w)
+		}
+		for _, c := range Classes {
+			if got.Records[c] != w.Records[c] {
+				t.Errorf("%s: %s records %d, want %d", got.Name, c, got.Records[c], w.Records[c])
+			}
+		}
+		if i == 0 {
+			continue
+		}
+		if got.TimeToScope <= 0 {
+			t.Errorf("%s: no time to scope", got.Name)
+		}
+		refused := fmt.Sprintf(", %d refused attempts", got.ForgedSent-got.ForgedServed)
+		if !slices.ContainsFunc(got.Notes, func(n string) bool { return strings.HasSuffix(n, refused) }) {
+			t.Errorf("%s: scope does not count %d refused attempts: %q", got.Name, got.ForgedSent-got.ForgedServed, got.Notes)
 		}
 	}
 }

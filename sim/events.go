@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/custos-dev/custos/sim/scenario"
 )
@@ -52,80 +54,166 @@ type EventsOptions struct {
 	ScopeDir string
 }
 
+// chunkSize is how many consecutive requests the stream hands every world at once.
+const chunkSize = 4096
+
+// chunk is a run of consecutive requests of the stream, shared read-only by
+// every world; the last world done with it hands it back for reuse.
+type chunk struct {
+	reqs []scenario.Request
+	refs atomic.Int32
+}
+
+// chunks recycles chunks between the stream and the worlds.
+type chunks struct{ free chan *chunk }
+
+func (f *chunks) get() *chunk {
+	select {
+	case c := <-f.free:
+		return c
+	default:
+		return &chunk{reqs: make([]scenario.Request, chunkSize)}
+	}
+}
+
+func (f *chunks) release(c *chunk) {
+	if c.refs.Add(-1) == 0 {
+		select {
+		case f.free <- c:
+		default:
+		}
+	}
+}
+
+// stream generates s once, in chunks, and hands every chunk to every world
+// (outs) in order; it closes outs at the end.
+func stream(ctx context.Context, s *scenario.Scenario, f *chunks, outs []chan *chunk) error {
+	defer func() {
+		for _, o := range outs {
+			close(o)
+		}
+	}()
+	for {
+		c := f.get()
+		c.reqs = c.reqs[:chunkSize]
+		n := 0
+		for n < chunkSize && s.NextInto(&c.reqs[n]) {
+			n++
+		}
+		if n == 0 {
+			return nil
+		}
+		c.reqs = c.reqs[:n]
+		c.refs.Store(int32(len(outs)))
+		for _, o := range outs {
+			select {
+			case o <- c:
+			case <-ctx.Done():
+				return fmt.Errorf("failed to finish the replay: %w", ctx.Err())
+			}
+		}
+		if n < chunkSize {
+			return nil
+		}
+	}
+}
+
 // RunEvents replays the scenario straight into detection and forensics for
-// the baseline and every custos world. Each world replays its own copy of the
-// (deterministic) stream in its own goroutine, so the worlds use every core.
+// the baseline and every custos world. The stream is generated once and
+// shared; each world decides every request itself, then hands its events to
+// detection in batches and to its event store, each stage on its own
+// goroutine, so the worlds and their stages use every core.
 func RunEvents(ctx context.Context, o EventsOptions, progress func(done, expected uint64)) (Report, error) {
 	if o.Worlds == nil {
 		o.Worlds = DefaultWorlds()
 	}
-	head, err := scenario.New(o.Scenario)
+	s, err := scenario.New(o.Scenario)
 	if err != nil {
 		return Report{}, err
 	}
 	n := len(o.Worlds) + 1
+	cws := make([]*Custos, len(o.Worlds))
+	for i, wo := range o.Worlds {
+		if o.ScopeDir != "" {
+			wo.EventsDir = filepath.Join(o.ScopeDir, "world"+strconv.Itoa(i+1))
+			if err := os.MkdirAll(wo.EventsDir, 0o750); err != nil {
+				return Report{}, err
+			}
+		}
+		if cws[i], err = NewCustos(s, wo); err != nil {
+			return Report{}, err
+		}
+	}
+	base := NewBaseline(s)
+
+	f := &chunks{free: make(chan *chunk, 8*n)}
+	outs := make([]chan *chunk, n)
+	for i := range outs {
+		outs[i] = make(chan *chunk, 4)
+	}
 	counts := make([]atomic.Uint64, n)
-	expected := head.Expected() * uint64(n)
-	report := func() {
-		if progress == nil {
-			return
-		}
-		var done uint64
-		for i := range counts {
-			done += counts[i].Load()
-		}
-		progress(done, expected)
-	}
-	var progMu sync.Mutex
 	worlds := make([]World, n)
-	var first *scenario.Scenario
-	errs := make([]error, n)
+	errs := make([]error, n+1)
 	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
+	wg.Add(n)
+	go func() {
+		defer wg.Done()
+		for c := range outs[0] {
+			for i := range c.reqs {
+				base.Observe(&c.reqs[i])
+			}
+			counts[0].Add(uint64(len(c.reqs)))
+			f.release(c)
+		}
+		worlds[0] = base.World()
+	}()
+	for i, c := range cws {
+		go func() {
 			defer wg.Done()
-			s, err := scenario.New(o.Scenario)
-			if err != nil {
-				errs[i] = err
-				return
+			c.consume(outs[i+1], f.release, &counts[i+1])
+			if ctx.Err() == nil {
+				worlds[i+1], errs[i+1] = c.World(ctx)
 			}
-			prog := func(done, _ uint64) {
-				counts[i].Store(done)
-				progMu.Lock()
-				report()
-				progMu.Unlock()
-			}
-			if i == 0 {
-				first = s
-				b := NewBaseline(s)
-				if errs[i] = Run(ctx, s, prog, b); errs[i] == nil {
-					worlds[i] = b.World()
-				}
-				return
-			}
-			wo := o.Worlds[i-1]
-			if o.ScopeDir != "" {
-				wo.EventsDir = filepath.Join(o.ScopeDir, "world"+string(rune('0'+i)))
-				if errs[i] = os.MkdirAll(wo.EventsDir, 0o750); errs[i] != nil {
-					return
-				}
-			}
-			c, err := NewCustos(s, wo)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			if errs[i] = Run(ctx, s, prog, c); errs[i] == nil {
-				worlds[i], errs[i] = c.World(ctx)
-			}
-		}(i)
+		}()
 	}
+	stop := make(chan struct{})
+	var ticker sync.WaitGroup
+	if progress != nil {
+		ticker.Add(1)
+		go func() {
+			defer ticker.Done()
+			t := time.NewTicker(250 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					progress(slowest(counts), s.Expected())
+				}
+			}
+		}()
+	}
+	errs[n] = stream(ctx, s, f, outs)
 	wg.Wait()
+	close(stop)
+	ticker.Wait()
+	if progress != nil {
+		progress(slowest(counts), s.Expected())
+	}
 	for _, err := range errs {
 		if err != nil {
 			return Report{}, err
 		}
 	}
-	return NewReport(first, "events", worlds...), nil
+	return NewReport(s, "events", worlds...), nil
+}
+
+// slowest returns the requests done by the world furthest behind.
+func slowest(counts []atomic.Uint64) uint64 {
+	m := counts[0].Load()
+	for i := range counts[1:] {
+		m = min(m, counts[i+1].Load())
+	}
+	return m
 }

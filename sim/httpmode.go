@@ -550,9 +550,10 @@ type tokenCache struct {
 }
 
 type tokenEntry struct {
-	once sync.Once
-	tok  string
-	err  error
+	once   sync.Once
+	tok    string
+	err    error
+	minted atomic.Bool // tok is set (read without waiting on once)
 }
 
 func newTokenCache() *tokenCache { return &tokenCache{m: map[string]*tokenEntry{}} }
@@ -560,12 +561,15 @@ func newTokenCache() *tokenCache { return &tokenCache{m: map[string]*tokenEntry{
 func (c *tokenCache) get(id string, fresh bool, mint func() (string, error)) (string, error) {
 	c.mu.Lock()
 	e := c.m[id]
-	if e == nil || (fresh && e.tok != "") {
+	if e == nil || (fresh && e.minted.Load()) {
 		e = &tokenEntry{}
 		c.m[id] = e
 	}
 	c.mu.Unlock()
-	e.once.Do(func() { e.tok, e.err = mint() })
+	e.once.Do(func() {
+		e.tok, e.err = mint()
+		e.minted.Store(e.tok != "")
+	})
 	return e.tok, e.err
 }
 

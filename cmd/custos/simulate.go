@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -38,7 +39,7 @@ func progress(w io.Writer, what string, quiet bool) (func(done, total uint64), f
 func init() {
 	var scale float64
 	var seed, normalPerDay uint64
-	var mode, scopeDir string
+	var mode, scopeDir, cpuProfile string
 	var worlds []string
 	var asJSON, quiet, noScope bool
 	simulate := &cobra.Command{Use: "simulate", Short: "Replay a breach against custos and a signature-only baseline"}
@@ -57,6 +58,17 @@ func init() {
 			}
 			ctx, cancel := signalContext()
 			defer cancel()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			bar, done := progress(cmd.ErrOrStderr(), mode+" replay", quiet)
 			var rep sim.Report
 			var err error
@@ -103,6 +115,7 @@ func init() {
 	coupang.Flags().BoolVar(&noScope, "no-scope", false, "events mode: do not write events for scoping (faster at large scale; no time-to-scope figure)")
 	coupang.Flags().StringSliceVar(&worlds, "worlds", []string{"all"}, "events mode: custos worlds to replay: custos, copied, observe, nolifecycle or all (default all up to --scale 0.01, custos above)")
 	coupang.Flags().StringVar(&scopeDir, "scope-dir", "", "events mode: where worlds write their access events (default a temp dir, removed at the end)")
+	coupang.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the replay to this file")
 	simulate.AddCommand(coupang)
 	root.AddCommand(simulate)
 }

@@ -23,15 +23,31 @@ var routeClasses = func() map[string][]string {
 // data_classes) and the decision left to the caller: Verdict, Reason, and
 // Status if the gateway refused. DataClasses is shared: do not modify it.
 func (r *Request) Access(gateway string) event.Access {
-	return event.Access{
+	var ev event.Access
+	r.AccessInto(gateway, &ev)
+	return ev
+}
+
+// AccessInto is Access writing into ev (every field is set). Requests from
+// [Scenario.NextInto] carry their ID and address as text, so it allocates
+// nothing.
+func (r *Request) AccessInto(gateway string, ev *event.Access) {
+	id, addr := r.ID, r.Addr
+	if id == "" {
+		id = "r" + strconv.FormatUint(r.Seq, 10)
+	}
+	if addr == "" {
+		addr = r.SrcIP.String()
+	}
+	*ev = event.Access{
 		Time:        r.Time,
 		Gateway:     gateway,
-		RequestID:   "r" + strconv.FormatUint(r.Seq, 10),
+		RequestID:   id,
 		Method:      r.Method,
 		Route:       r.Route,
 		Path:        r.Path,
 		Status:      r.Status,
-		SrcIP:       r.SrcIP.String(),
+		SrcIP:       addr,
 		Country:     r.Country,
 		ASN:         r.ASN,
 		UserAgent:   r.UserAgent,

@@ -90,6 +90,7 @@ func newAttacker(cfg Config) attacker {
 // origin is where one block of a crawler's requests comes from.
 type origin struct {
 	ip      netip.Addr
+	addr    string // ip as text
 	country string
 	asn     uint32
 	ua      string
@@ -102,7 +103,8 @@ func (a attacker) origin(tag, block uint64, uas []string) origin {
 	base, b := attacker24(int(h % uint64(a.nets)))
 	ip := base.As4()
 	ip[3] = byte(1 + (h>>32)%254)
-	return origin{ip: netip.AddrFrom4(ip), country: b.country, asn: b.asn, ua: uas[(h>>48)%uint64(len(uas))]}
+	a4 := netip.AddrFrom4(ip)
+	return origin{ip: a4, addr: a4.String(), country: b.country, asn: b.asn, ua: uas[(h>>48)%uint64(len(uas))]}
 }
 
 // arena hands out immutable strings carved from large blocks, so a request's
@@ -261,7 +263,7 @@ func (c *crawler) fill(r *Request) {
 	if b := c.k / c.atk.rotate; b != c.block {
 		c.block, c.org = b, c.atk.origin(c.tag, b, c.uas)
 	}
-	r.SrcIP, r.Country, r.ASN, r.UserAgent = c.org.ip, c.org.country, c.org.asn, c.org.ua
+	r.SrcIP, r.Addr, r.Country, r.ASN, r.UserAgent = c.org.ip, c.org.addr, c.org.country, c.org.asn, c.org.ua
 	r.SessionID, r.Login = "", false
 	c.k++
 	c.schedule()
@@ -305,6 +307,7 @@ type session struct {
 	tid     string
 	ua      string
 	ip      netip.Addr
+	addr    string // ip as text
 	country string
 	asn     uint32
 	book    int
@@ -403,6 +406,7 @@ func (g *normal) start() *session {
 		ip = [4]byte{b.a, b.b, byte(h >> 24), byte(1 + (h>>32)%254)}
 	}
 	s.ip, s.country, s.asn = netip.AddrFrom4(ip), b.country, b.asn
+	s.addr = s.ip.String()
 	s.book = g.pop.BookSize(id)
 	g.arrival = g.advance(g.arrival)
 	return s
@@ -416,7 +420,7 @@ func (g *normal) fill(r *Request) {
 		s = g.start()
 	}
 	r.Time = time.Unix(0, s.t).UTC()
-	r.SrcIP, r.Country, r.ASN, r.UserAgent = s.ip, s.country, s.asn, s.ua
+	r.SrcIP, r.Addr, r.Country, r.ASN, r.UserAgent = s.ip, s.addr, s.country, s.asn, s.ua
 	r.Method, r.Kind, r.Token = "GET", Normal, IssuedByLogin
 	r.TokenID, r.SessionID, r.Login = s.tid, s.sid, s.login
 	r.Member, r.MemberID, r.Exists, r.Decoy, r.Status = s.mstr, s.member, s.exists, false, 200

@@ -5,6 +5,7 @@ package scenario
 import (
 	"math"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/custos-dev/custos/shop"
@@ -50,8 +51,10 @@ func (t TokenKind) String() string {
 // Request is one request of the stream. All strings are safe to keep.
 type Request struct {
 	Seq       uint64 // 1-based position in the stream
+	ID        string // the request ID: "r" and Seq in decimal
 	Time      time.Time
 	SrcIP     netip.Addr
+	Addr      string // SrcIP as text
 	Country   string // ISO 3166 alpha-2 of SrcIP
 	ASN       uint32 // autonomous system of SrcIP
 	UserAgent string
@@ -105,6 +108,7 @@ type Scenario struct {
 	times   []int64 // srcs[i].next(), cached
 	heap    []int
 	emitted uint64
+	ids     arena // request IDs
 }
 
 // source generates one time-ordered sub-stream.
@@ -251,6 +255,8 @@ func (s *Scenario) NextInto(r *Request) bool {
 	s.times[i] = src.next()
 	s.emitted++
 	r.Seq = s.emitted
+	var b [24]byte
+	r.ID = s.ids.str(strconv.AppendUint(append(b[:0], 'r'), r.Seq, 10))
 	s.down(0)
 	return true
 }
