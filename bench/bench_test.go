@@ -82,6 +82,11 @@ func TestRunGateway(t *testing.T) {
 	if g.ColdTokens == 0 || g.ColdPerReq <= 0 || g.VerifyPerOp <= 0 || g.ColdOverhead == 0 {
 		t.Fatalf("cold path not measured: %+v", g)
 	}
+	// Every gateway request of the half-rate phase (warm-up included) was
+	// timed inside the gateway.
+	if g.OverheadN < uint64(g.GatewayHalf.Requests) || g.OverheadP50 <= 0 || g.OverheadP99 < g.OverheadP50 {
+		t.Fatalf("gateway overhead: %d requests, p50 %v, p99 %v (half-rate requests %d)", g.OverheadN, g.OverheadP50, g.OverheadP99, g.GatewayHalf.Requests)
+	}
 	var buf bytes.Buffer
 	Report{Machine: ThisMachine(), Gateway: &g}.WriteText(&buf)
 	for _, want := range []string{"ratio", "added p99", "ed25519.Verify"} {
@@ -150,5 +155,24 @@ func TestMerge(t *testing.T) {
 	m := Load{}.merge(a).merge(b)
 	if m.Requests != 4 || m.Errors != 1 || m.FirstErr != "x" || m.PerSec != 2 || m.P50 != 3 || m.P99 != 100 {
 		t.Fatalf("merged %+v", m)
+	}
+}
+
+func TestQuantileBound(t *testing.T) {
+	bounds := []float64{0.001, 0.002, 0.004}
+	before := []uint64{5, 5, 5, 5} // cumulative per bucket, then the total
+	// 100 new observations: 90 ≤ 1 ms, 9 in (1, 2] ms, 1 past 4 ms.
+	after := []uint64{95, 104, 104, 105}
+	if got := quantileBound(before, after, bounds, 0.5); got != time.Millisecond {
+		t.Fatalf("p50 bound %v", got)
+	}
+	if got := quantileBound(before, after, bounds, 0.99); got != 2*time.Millisecond {
+		t.Fatalf("p99 bound %v", got)
+	}
+	if got := quantileBound(before, after, bounds, 1); got != -1 {
+		t.Fatalf("max past the last bound: %v", got)
+	}
+	if got := quantileBound(after, after, bounds, 0.99); got != 0 {
+		t.Fatalf("nothing observed: %v", got)
 	}
 }

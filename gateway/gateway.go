@@ -84,6 +84,7 @@ type Gateway struct {
 
 	requests  *prometheus.CounterVec
 	cacheHits prometheus.Counter
+	overhead  prometheus.Histogram
 }
 
 type route struct {
@@ -119,6 +120,11 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "custos_gateway_verified_cache_hits_total",
 			Help: "Requests whose token signature was already verified.",
+		}),
+		overhead: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "custos_gateway_overhead_seconds",
+			Help:    "Time the gateway adds to a request: its checks before the upstream and the access event after, upstream time excluded.",
+			Buckets: OverheadBuckets,
 		}),
 	}
 	var rnd [6]byte
@@ -190,8 +196,15 @@ func (g *Gateway) addRoutes() (err error) {
 
 // Collectors returns the gateway's Prometheus metrics for registration.
 func (g *Gateway) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{g.requests, g.cacheHits}
+	return []prometheus.Collector{g.requests, g.cacheHits, g.overhead}
 }
+
+// OverheadBuckets are the bounds of custos_gateway_overhead_seconds: 2 µs to
+// about 100 ms, each 1.5 times the one before.
+var OverheadBuckets = prometheus.ExponentialBucketsRange(2e-6, 0.1, 28)
+
+// Overhead is the histogram of the time the gateway adds per request.
+func (g *Gateway) Overhead() prometheus.Histogram { return g.overhead }
 
 // Close releases the events file and GeoIP databases.
 func (g *Gateway) Close() error {
@@ -312,6 +325,7 @@ func (g *Gateway) Middleware(next http.Handler) http.Handler {
 		d := g.check(r, src, now)
 
 		rw := &recorder{ResponseWriter: w}
+		var upstream time.Duration
 		if d.deny != "" {
 			refuse(rw, d.deny)
 		} else {
@@ -319,9 +333,12 @@ func (g *Gateway) Middleware(next http.Handler) http.Handler {
 				r.Header.Set(g.cfg.SubjectHeader, d.claims.Subject)
 				r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, d.claims))
 			}
+			t := time.Now()
 			next.ServeHTTP(rw, r)
+			upstream = time.Since(t)
 		}
 		g.emit(r, rw, start, now, src, &d)
+		g.overhead.Observe((time.Since(start) - upstream).Seconds())
 	})
 }
 
