@@ -53,6 +53,13 @@ type Provenance interface {
 	Status(ctx context.Context, h ledger.Hash) (ledger.Status, error)
 }
 
+// localProvenance is a Provenance that can often answer from memory; the
+// gateway then skips setting up the deadline that a remote lookup needs.
+type localProvenance interface {
+	// LocalStatus answers from memory, or says it cannot (ok false).
+	LocalStatus(h ledger.Hash) (st ledger.Status, ok bool)
+}
+
 // Publisher receives every access event (event.Bus satisfies it).
 type Publisher interface {
 	Publish(event.Access)
@@ -463,9 +470,19 @@ func (g *Gateway) claimsCheck(d *decision, now time.Time) bool {
 // provenance asks the ledger about the token; it reports a refusal. Any
 // error fails closed.
 func (g *Gateway) provenance(ctx context.Context, d *decision, h ledger.Hash) bool {
-	ctx, cancel := context.WithTimeout(ctx, g.cfg.ProvenanceTimeout)
-	st, err := g.prov.Status(ctx, h)
-	cancel()
+	var (
+		st  ledger.Status
+		err error
+		ok  bool
+	)
+	if lp, can := g.prov.(localProvenance); can {
+		st, ok = lp.LocalStatus(h)
+	}
+	if !ok {
+		ctx, cancel := context.WithTimeout(ctx, g.cfg.ProvenanceTimeout)
+		st, err = g.prov.Status(ctx, h)
+		cancel()
+	}
 	switch {
 	case err != nil:
 		return g.fail(d, event.ReasonLedgerUnavailable)

@@ -309,6 +309,13 @@ func (l *Ledger) Status(ctx context.Context, h Hash) (Status, error) {
 	return st, err
 }
 
+// LocalStatus is Status when the index can answer alone: always for a
+// backend of its own, and for a shared one when the index knows h.
+func (l *Ledger) LocalStatus(h Hash) (Status, bool) {
+	st, _ := l.ix.Lookup(h, l.now().Add(-ExpiryGrace))
+	return st, st != Unknown || !l.shared
+}
+
 func (l *Ledger) lookup(ctx context.Context, h Hash) (Status, time.Time, error) {
 	now := l.now().Add(-ExpiryGrace)
 	st, exp := l.ix.Lookup(h, now)

@@ -276,6 +276,26 @@ func TestLedgerSharedBackendMiss(t *testing.T) {
 	if st, err := l.Status(ctx, testHash(7)); err != nil || st != Live {
 		t.Fatalf("cached Status = %v, %v", st, err)
 	}
+	// With peers writing too, only what the index holds is answered locally.
+	if st, ok := l.LocalStatus(testHash(7)); !ok || st != Live {
+		t.Fatalf("LocalStatus of a held hash = %v, %v", st, ok)
+	}
+	if _, ok := l.LocalStatus(testHash(9)); ok {
+		t.Fatal("a miss on a shared backend was answered locally")
+	}
+}
+
+// A ledger with a backend of its own answers every hash from its index.
+func TestLedgerLocalStatus(t *testing.T) {
+	ctx := context.Background()
+	l := newLedger(t, newMem())
+	l.Put(ctx, entry(1, t0.Add(time.Minute)))
+	if st, ok := l.LocalStatus(testHash(1)); !ok || st != Live {
+		t.Fatalf("held: %v %v", st, ok)
+	}
+	if st, ok := l.LocalStatus(testHash(2)); !ok || st != Unknown {
+		t.Fatalf("never issued: %v %v", st, ok)
+	}
 }
 
 func TestLookupHandler(t *testing.T) {

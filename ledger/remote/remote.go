@@ -160,6 +160,19 @@ func (c *Client) Status(ctx context.Context, h ledger.Hash) (ledger.Status, erro
 	return c.lookup(ctx, h)
 }
 
+// LocalStatus is Status when the local index can answer alone: a revoked
+// hash, or a live one while the issuance stream is fresh.
+func (c *Client) LocalStatus(h ledger.Hash) (ledger.Status, bool) {
+	now := c.now()
+	switch c.ix.Status(h, now.Add(-ledger.ExpiryGrace)) {
+	case ledger.Revoked:
+		return ledger.Revoked, true
+	case ledger.Live:
+		return ledger.Live, c.fresh(now)
+	}
+	return ledger.Unknown, false
+}
+
 func (c *Client) lookup(ctx context.Context, h ledger.Hash) (ledger.Status, error) {
 	body := []byte(`{"hash":"` + h.String() + `"}`)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+ledger.LookupPath, bytes.NewReader(body))

@@ -265,3 +265,33 @@ func FuzzParseLookupResponse(f *testing.F) {
 		}
 	})
 }
+
+// LocalStatus answers only what the index may answer alone: a revocation at
+// any time, a live hash while the stream is fresh; never a miss.
+func TestLocalStatus(t *testing.T) {
+	a := startAuthority(t, nil)
+	idle := New(a.srv.URL, a.srv.Client(), time.Now) // never synced
+	h := a.put(t)
+	if _, err := idle.Status(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	if st, ok := idle.LocalStatus(h); ok {
+		t.Fatalf("unsynced client answered %v locally for a held hash", st)
+	}
+	c := runClient(t, a)
+	waitSynced(t, c)
+	waitIndex(t, c, h, ledger.Live, time.Second)
+	if st, ok := c.LocalStatus(h); !ok || st != ledger.Live {
+		t.Fatalf("fresh hit: %v %v", st, ok)
+	}
+	if _, ok := c.LocalStatus(ledger.HashToken("never issued")); ok {
+		t.Fatal("a miss was answered locally")
+	}
+	if err := a.l.Revoke(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	waitIndex(t, c, h, ledger.Revoked, time.Second)
+	if st, ok := c.LocalStatus(h); !ok || st != ledger.Revoked {
+		t.Fatalf("revoked: %v %v", st, ok)
+	}
+}
