@@ -2,6 +2,9 @@ package forensics
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -128,6 +131,9 @@ func benchScope(b *testing.B, specs ...string) {
 		}
 		events = sc.Exposures + sc.Attempts
 		b.ReportMetric(float64(sc.Subjects), "subjects")
+		if path := os.Getenv("CUSTOS_FORENSICS_BENCH_DUMP"); path != "" {
+			dumpScope(b, sc, path)
+		}
 		sc.Close()
 	}
 	b.ReportMetric(float64(events), "matched-events")
@@ -177,4 +183,24 @@ func BenchmarkFullScan(b *testing.B) {
 		}
 	}
 	b.ReportMetric(peakRSS(), "peak-rss-MiB")
+}
+
+// dumpScope writes the scope's JSON and a SHA-256 over its whole notification
+// list, so that two builds' answers on the same files can be compared.
+func dumpScope(b *testing.B, sc *Scope, path string) {
+	js, err := json.Marshal(sc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := sha256.New()
+	if err := sc.Each(context.Background(), func(e Exposure) error {
+		fmt.Fprintf(h, "%s %t %v %d %d\n", e.Subject, e.Member, e.DataClasses, e.First.UnixMicro(), e.Last.UnixMicro())
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	out := fmt.Sprintf("%s\nnotification-list-sha256 %x\n", js, h.Sum(nil))
+	if err := os.WriteFile(path, []byte(out), 0o600); err != nil {
+		b.Fatal(err)
+	}
 }
