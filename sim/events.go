@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -156,7 +157,9 @@ func RunEvents(ctx context.Context, o EventsOptions, progress func(done, expecte
 	errs := make([]error, n+1)
 	var wg sync.WaitGroup
 	wg.Add(n)
-	go func() {
+	// Each world's goroutines carry its name as a profiler label ("world"),
+	// so a CPU profile splits the cost per world.
+	go pprof.Do(ctx, pprof.Labels("world", "baseline"), func(context.Context) {
 		defer wg.Done()
 		for c := range outs[0] {
 			for i := range c.reqs {
@@ -166,15 +169,15 @@ func RunEvents(ctx context.Context, o EventsOptions, progress func(done, expecte
 			f.release(c)
 		}
 		worlds[0] = base.World()
-	}()
+	})
 	for i, c := range cws {
-		go func() {
+		go pprof.Do(ctx, pprof.Labels("world", c.o.Name), func(ctx context.Context) {
 			defer wg.Done()
 			c.consume(outs[i+1], f.release, &counts[i+1])
 			if ctx.Err() == nil {
 				worlds[i+1], errs[i+1] = c.World(ctx)
 			}
-		}()
+		})
 	}
 	stop := make(chan struct{})
 	var ticker sync.WaitGroup
@@ -194,7 +197,7 @@ func RunEvents(ctx context.Context, o EventsOptions, progress func(done, expecte
 			}
 		}()
 	}
-	errs[n] = stream(ctx, s, f, outs)
+	pprof.Do(ctx, pprof.Labels("world", "stream"), func(ctx context.Context) { errs[n] = stream(ctx, s, f, outs) })
 	wg.Wait()
 	close(stop)
 	ticker.Wait()
