@@ -77,6 +77,7 @@ type Custos struct {
 	falseAlarms int64
 	attackSeqs  bitset
 	maxSeq      uint64
+	attackHours attackHours
 
 	sent, served, normal int64
 	writeErr             error
@@ -341,7 +342,44 @@ func (c *Custos) decide(r *scenario.Request, ev *event.Access) {
 func (c *Custos) mark(seq uint64, ev *event.Access) {
 	if ev.Token.KID == stolenKID && seq <= c.maxSeq {
 		c.attackSeqs.add(seq)
+		c.attackHours.mark(ev.Route, ev.Time)
 	}
+}
+
+// attackHours remembers, per route, the hours in which forged requests were
+// made. An alert on a route's volume is raised by whichever request crosses
+// the threshold, often an ordinary one, so its samples cannot tell whether
+// the attack caused it; the hour can. mark is called by one goroutine at a
+// time (the stage feeding detection); had may be called from any.
+type attackHours struct {
+	lastRoute string
+	lastHour  int64
+
+	mu    sync.Mutex
+	hours map[string]map[int64]bool
+}
+
+func (a *attackHours) mark(route string, t time.Time) {
+	h := t.Unix() / 3600
+	if route == a.lastRoute && h == a.lastHour {
+		return
+	}
+	a.lastRoute, a.lastHour = route, h
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.hours == nil {
+		a.hours = map[string]map[int64]bool{}
+	}
+	if a.hours[route] == nil {
+		a.hours[route] = map[int64]bool{}
+	}
+	a.hours[route][h] = true
+}
+
+func (a *attackHours) had(route string, t time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.hours[route][t.Unix()/3600]
 }
 
 // verdict applies the gateway's checks, in its order, to a forged token.
@@ -381,6 +419,13 @@ func (c *Custos) onAlert(a detect.Alert) {
 			attack = true
 			break
 		}
+	}
+	if !attack && a.Rule == detect.RuleRouteVolume {
+		at := a.Raised
+		if at.IsZero() {
+			at = a.FirstSeen
+		}
+		attack = c.attackHours.had(strings.TrimPrefix(a.Entity, "route:"), at)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

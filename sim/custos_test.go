@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/sim/scenario"
 	"github.com/custos-dev/custos/staff"
 )
@@ -159,5 +161,32 @@ func TestRunEventsMatchesObserve(t *testing.T) {
 		if !slices.ContainsFunc(got.Notes, func(n string) bool { return strings.HasSuffix(n, refused) }) {
 			t.Errorf("%s: scope does not count %d refused attempts: %q", got.Name, got.ForgedSent-got.ForgedServed, got.Notes)
 		}
+	}
+}
+
+// A route-volume alert raised in an hour with forged requests on its route
+// is the attack's even when its only sample is an ordinary request; the same
+// alert in an hour without them is a false alarm.
+func TestRouteVolumeAlertAttribution(t *testing.T) {
+	s := tinyScenario(t, nil)
+	c, err := NewCustos(s, CustosOptions{Name: "custos"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const route = "/api/members/{member}/addresses"
+	crawl := time.Date(2025, 6, 24, 10, 20, 0, 0, time.UTC)
+	forged := event.Access{Route: route, Time: crawl}
+	forged.Token.KID = stolenKID
+	c.mark(1, &forged)
+	ordinary := []string{"r2"} // request 2 was not marked as forged
+	c.onAlert(detect.Alert{Rule: detect.RuleRouteVolume, Entity: "route:" + route, Raised: crawl.Add(30 * time.Minute), Samples: ordinary})
+	if c.falseAlarms != 0 {
+		t.Fatal("a route-volume alert in an hour of the crawl counted as a false alarm")
+	}
+	c.onAlert(detect.Alert{Rule: detect.RuleRouteVolume, Entity: "route:" + route, Raised: crawl.Add(3 * time.Hour), Samples: ordinary})
+	c.onAlert(detect.Alert{Rule: detect.RuleRouteVolume, Entity: "route:/api/members/{member}/orders", Raised: crawl, Samples: ordinary})
+	c.onAlert(detect.Alert{Rule: detect.RuleEnumeration, Entity: "ip:10.0.0.1", Raised: crawl, Samples: ordinary})
+	if c.falseAlarms != 3 {
+		t.Fatalf("false alarms %d, want 3 (other hour, other route, other rule with ordinary samples)", c.falseAlarms)
 	}
 }
