@@ -121,6 +121,7 @@ type builtins struct {
 // its index in the top bit.
 type shard struct {
 	id       int
+	seed     maphash.Seed               // of dedup keys (alertKey)
 	src      [numDims]*genMap[srcState] // enumeration and unknown_subject_rate
 	subj     *genMap[subjState]         // foreign_origin history and ip_rotation per subject
 	rot      [3]*genMap[rotState]       // ip_rotation per token and fingerprint ([1] unused)
@@ -142,6 +143,7 @@ type shard struct {
 type fireRec struct {
 	idx                      int32
 	ord                      uint32 // position of the check in the sequential order
+	k                        uint64 // alertKey of rule, kind, val, val2, computed by the shard
 	rule                     string
 	sev                      Severity
 	kind, val, val2, summary string
@@ -159,7 +161,7 @@ func (f *fireRec) text() string {
 }
 
 func (sh *shard) fire(rule string, s Severity, kind, val, val2 string, summary string, n int64) {
-	sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, rule: rule, sev: s, kind: kind, val: val, val2: val2, summary: summary, n: n})
+	sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, k: alertKey(sh.seed, rule, kind, val, val2), rule: rule, sev: s, kind: kind, val: val, val2: val2, summary: summary, n: n})
 }
 
 // prep is what every detector needs from an event, computed once per event.
@@ -226,6 +228,7 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 	for i := range b.shards {
 		sh := &shard{
 			id:       i,
+			seed:     seed,
 			subj:     newGenMap[subjState](keys),
 			volume:   newGenMap[volState](perShard(cfg.RouteVolume.MaxRoutes)),
 			sessions: newGenMap[int64](keys * 64),

@@ -31,8 +31,11 @@ type Engine struct {
 	pending []pendingAlert
 
 	open      map[uint64]*Alert // rule+entity → alert in its dedup window
-	last      lastFire          // the previous match, for runs of matches of one alert
-	alerts    []*Alert          // ring, oldest first after wrap
+	slots     *[numSlots]openSlot
+	incGen    uint64   // bumped whenever incByID changes; see openSlot
+	flushGen  uint64   // bumped whenever the dirty sets are emptied
+	alerts    []*Alert // ring, oldest first after wrap
+	alertKeys []uint64 // dedup key of alerts[i]
 	alertNext int
 	byID      map[string]*Alert
 	incidents []*Incident
@@ -53,18 +56,25 @@ type Engine struct {
 	events  atomic.Uint64
 }
 
-// lastFire remembers the key and open alert of the previous match: a burst
-// of matches for one rule and entity then skips hashing and the map.
-type lastFire struct {
-	rule, kind, val, val2 string
-	k                     uint64
-	a                     *Alert // e.open[k] when set; nil when not known
+// numSlots is the size of the cache of open alerts (a power of two).
+const numSlots = 1024
 
-	// Of alert memo: the end of its dedup window and its incident
-	// (memo is reset whenever incidents change).
-	memo  *Alert
-	until time.Time
-	inc   *Incident
+// openSlot caches, for dedup key k, what a match of an open alert needs:
+// the alert (e.open[k]), the end of its dedup window and its incident. The
+// slots are a direct-mapped cache over e.open: a match that updates an open
+// alert costs one comparison instead of a map lookup by key and one by
+// incident ID. A slot is rewritten whenever e.open[k] changes; inc is
+// valid while incGen equals the engine's (which changes with incByID), and
+// dirtyGen/incDirty record that a and inc are in the dirty sets of flush
+// generation e.flushGen, so that a burst of matches inserts them once.
+type openSlot struct {
+	k        uint64
+	a        *Alert // nil: empty slot
+	until    time.Time
+	inc      *Incident
+	incGen   uint64
+	dirtyGen uint64
+	incDirty uint64
 }
 
 type pendingAlert struct {
@@ -84,7 +94,8 @@ func New(cfg Config, now func() time.Time) (*Engine, error) {
 	}
 	e := &Engine{
 		cfg: cfg, now: now, seed: maphash.MakeSeed(),
-		open: make(map[uint64]*Alert), byID: make(map[string]*Alert),
+		open: make(map[uint64]*Alert), slots: new([numSlots]openSlot), incGen: 1, flushGen: 1,
+		byID:     make(map[string]*Alert),
 		incByKey: make(map[string]*Incident), incByID: make(map[string]*Incident),
 		dirtyA: make(map[*Alert]struct{}), dirtyI: make(map[*Incident]struct{}),
 	}
@@ -226,7 +237,7 @@ func (e *Engine) applyFires(evs []event.Access) {
 		}
 		f := &e.b.shards[best].fires[pos[best]]
 		pos[best]++
-		e.fireAttrs(f.rule, f.sev, f.kind, f.val, f.val2, &evs[f.idx], f, f.n, nil)
+		e.fireAttrs(f.k, f.rule, f.sev, f.kind, f.val, f.val2, &evs[f.idx], f, f.n, nil)
 	}
 	for _, sh := range e.b.shards {
 		clear(sh.fires) // drop the strings they hold
@@ -343,43 +354,41 @@ func (e *Engine) Raise(f Finding) {
 	}
 	ev := event.Access{Time: f.Time, RequestID: f.EventID}
 	e.mu.Lock()
-	e.fireAttrs(f.Rule, f.Severity, f.Entity, "", "", &ev, &fireRec{summary: f.Summary}, 1, f.Attrs)
+	e.fireAttrs(alertKey(e.seed, f.Rule, f.Entity, "", ""), f.Rule, f.Severity, f.Entity, "", "", &ev, &fireRec{summary: f.Summary}, 1, f.Attrs)
 	out := append([]pendingAlert(nil), e.pending...)
 	e.pending = e.pending[:0]
 	e.mu.Unlock()
 	e.deliver(out)
 }
 
+// alertKey is the dedup key of a match of rule for entity kind:val@val2:
+// the strings' hashes chained through mix (cheaper than streaming them
+// through one maphash.Hash; shards compute it for their own matches).
+func alertKey(seed maphash.Seed, rule, kind, val, val2 string) uint64 {
+	k := mix(maphash.String(seed, rule))
+	k = mix(k ^ maphash.String(seed, kind))
+	k = mix(k ^ maphash.String(seed, val))
+	return mix(k ^ maphash.String(seed, val2))
+}
+
 // fireAttrs reports a match of rule for entity kind:val (and @val2 when set)
-// at ev, adding n to its count. It allocates only when it raises a new alert.
-func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *event.Access, f *fireRec, n int64, attrs map[string]string) {
-	var k uint64
-	var a *Alert
-	if l := &e.last; l.rule == rule && l.kind == kind && l.val == val && l.val2 == val2 {
-		k, a = l.k, l.a
-	} else {
-		var h maphash.Hash
-		h.SetSeed(e.seed)
-		h.WriteString(rule)
-		h.WriteByte(0)
-		h.WriteString(kind)
-		h.WriteByte(0)
-		h.WriteString(val)
-		h.WriteByte(0)
-		h.WriteString(val2)
-		k = h.Sum64()
-		*l = lastFire{rule: rule, kind: kind, val: val, val2: val2, k: k}
-	}
-	if a == nil {
-		a = e.open[k]
-		e.last.a = a
+// at ev, adding n to its count; k is the match's [alertKey]. It allocates
+// only when it raises a new alert.
+func (e *Engine) fireAttrs(k uint64, rule string, s Severity, kind, val, val2 string, ev *event.Access, f *fireRec, n int64, attrs map[string]string) {
+	sl := &e.slots[k&(numSlots-1)]
+	if sl.a == nil || sl.k != k {
+		a := e.open[k]
+		if a == nil {
+			*sl = openSlot{}
+		} else {
+			*sl = openSlot{k: k, a: a, until: a.Raised.Add(e.cfg.DedupWindow)}
+		}
 	}
 	t := ev.Time
-	l := &e.last
-	if a != nil && l.memo != a {
-		l.memo, l.until, l.inc = a, a.Raised.Add(e.cfg.DedupWindow), e.incByID[a.Incident]
-	}
-	if a != nil && t.Before(l.until) {
+	if a := sl.a; a != nil && t.Before(sl.until) {
+		if sl.incGen != e.incGen {
+			sl.inc, sl.incGen = e.incByID[a.Incident], e.incGen
+		}
 		a.Count += n
 		if t.After(a.LastSeen) {
 			a.LastSeen = t
@@ -390,13 +399,15 @@ func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *
 		if len(a.Samples) < e.cfg.SampleIDs && ev.RequestID != "" {
 			a.Samples = append(a.Samples, ev.RequestID)
 		}
-		if e.persist {
+		if e.persist && sl.dirtyGen != e.flushGen {
 			e.dirtyA[a] = struct{}{}
+			sl.dirtyGen = e.flushGen
 		}
-		if inc := l.inc; inc != nil && t.After(inc.LastSeen) {
+		if inc := sl.inc; inc != nil && t.After(inc.LastSeen) {
 			inc.LastSeen = t
-			if e.persist {
+			if e.persist && sl.incDirty != e.flushGen {
 				e.dirtyI[inc] = struct{}{}
+				sl.incDirty = e.flushGen
 			}
 		}
 		return
@@ -411,7 +422,7 @@ func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *
 	}
 	var idb [8]byte
 	binary.BigEndian.PutUint64(idb[:], fnv(rule+"\x00"+entity+"\x00"+t.UTC().Format(time.RFC3339Nano)))
-	a = &Alert{
+	a := &Alert{
 		ID: "al-" + hex.EncodeToString(idb[:]), Rule: rule, Severity: s, Entity: entity,
 		Summary: summary, FirstSeen: t, LastSeen: t, Raised: t, Count: n,
 		Attrs: attrs,
@@ -426,9 +437,9 @@ func (e *Engine) fireAttrs(rule string, s Severity, kind, val, val2 string, ev *
 		a.Attrs["network"] = val
 	}
 	e.open[k] = a
-	e.storeAlert(a)
-	e.last.a = e.open[k]
+	e.storeAlert(k, a)
 	e.group(a)
+	*sl = openSlot{k: k, a: a, until: a.Raised.Add(e.cfg.DedupWindow)}
 	p := e.policy(rule)
 	c := *a
 	c.Samples = append([]string(nil), a.Samples...)
@@ -476,21 +487,22 @@ func (e *Engine) policy(rule string) *ContainPolicy {
 	return nil
 }
 
-// storeAlert puts a into the bounded ring, evicting the oldest.
-func (e *Engine) storeAlert(a *Alert) {
+// storeAlert puts a, of dedup key k, into the bounded ring, evicting the
+// oldest (and its dedup entry, unless a newer alert took the key).
+func (e *Engine) storeAlert(k uint64, a *Alert) {
 	if len(e.alerts) < e.cfg.MaxAlerts {
 		e.alerts = append(e.alerts, a)
+		e.alertKeys = append(e.alertKeys, k)
 	} else {
-		old := e.alerts[e.alertNext]
+		old, ok := e.alerts[e.alertNext], e.alertKeys[e.alertNext]
 		delete(e.byID, old.ID)
-		e.last.a = nil
-		for k, v := range e.open { // rare: only when the ring is full
-			if v == old {
-				delete(e.open, k)
-				break
+		if e.open[ok] == old {
+			delete(e.open, ok)
+			if sl := &e.slots[ok&(numSlots-1)]; sl.a == old {
+				*sl = openSlot{}
 			}
 		}
-		e.alerts[e.alertNext] = a
+		e.alerts[e.alertNext], e.alertKeys[e.alertNext] = a, k
 		e.alertNext = (e.alertNext + 1) % e.cfg.MaxAlerts
 	}
 	e.byID[a.ID] = a
@@ -498,7 +510,7 @@ func (e *Engine) storeAlert(a *Alert) {
 		e.dirtyA[a] = struct{}{}
 	}
 	if len(e.open) > 2*e.cfg.MaxAlerts { // drop dedup entries of closed windows
-		e.last.a = nil
+		clear(e.slots[:])
 		for k, v := range e.open {
 			if _, ok := e.byID[v.ID]; !ok {
 				delete(e.open, k)
@@ -514,7 +526,6 @@ const (
 
 // group puts a into the open incident sharing its rule or entity, or a new one.
 func (e *Engine) group(a *Alert) {
-	e.last.memo = nil
 	var inc *Incident
 	for _, key := range []string{"r\x00" + a.Rule, "e\x00" + a.Entity} {
 		if c := e.incByKey[key]; c != nil && !a.Raised.After(c.LastSeen.Add(e.cfg.IncidentWindow)) {
@@ -524,6 +535,7 @@ func (e *Engine) group(a *Alert) {
 	}
 	if inc == nil {
 		inc = &Incident{ID: "inc-" + a.ID[3:], Awareness: a.Raised, LastSeen: a.Raised, Severity: a.Severity}
+		e.incGen++ // incByID changes
 		if len(e.incidents) < e.cfg.MaxIncidents {
 			e.incidents = append(e.incidents, inc)
 		} else {

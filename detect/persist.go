@@ -72,6 +72,7 @@ func (e *Engine) Flush(ctx context.Context) error {
 	xs := e.dirtyX
 	clear(e.dirtyA)
 	clear(e.dirtyI)
+	e.flushGen++ // what the open-alert slots marked dirty is now written
 	e.dirtyX = nil
 	e.mu.Unlock()
 	if len(as)+len(is)+len(xs) == 0 {
