@@ -133,10 +133,41 @@ type shard struct {
 	scratch  *hyperloglog.Sketch
 	ck       clocks
 	act      activation
-	p        prep      // the event being processed, kept here so that it does not escape
-	idx      int32     // index of the event in its batch
-	ord      uint32    // position of the running check; see fireRec
-	fires    []fireRec // matches of the current batch, in order
+	p        prep         // the event being processed, kept here so that it does not escape
+	idx      int32        // index of the event in its batch
+	ord      uint32       // position of the running check; see fireRec
+	fires    []fireRec    // matches of the current batch, in order
+	keys     [128]keyMemo // the last dedup key computed per check (ord % 128)
+	nets     [16]netText  // text of networks named in matches, by hash
+	asns     [16]asnText  // likewise for ASNs, by number
+}
+
+type netText struct {
+	p netip.Prefix
+	s string
+}
+
+type asnText struct {
+	n uint32
+	s string
+}
+
+// keyMemo is a dedup key and what it was computed from: a check that keeps
+// matching one entity (an address walking IDs, a key on every request)
+// hashes its strings once.
+type keyMemo struct {
+	rule, kind, val, val2 string
+	k                     uint64
+}
+
+// key returns the alertKey of a match of the running check.
+func (sh *shard) key(rule, kind, val, val2 string) uint64 {
+	m := &sh.keys[sh.ord%uint32(len(sh.keys))]
+	if m.rule == rule && m.val == val && m.kind == kind && m.val2 == val2 && m.rule != "" {
+		return m.k
+	}
+	*m = keyMemo{rule: rule, kind: kind, val: val, val2: val2, k: alertKey(sh.seed, rule, kind, val, val2)}
+	return m.k
 }
 
 // fireRec is a match waiting to be applied to the alerts, in event order.
@@ -161,7 +192,7 @@ func (f *fireRec) text() string {
 }
 
 func (sh *shard) fire(rule string, s Severity, kind, val, val2 string, summary string, n int64) {
-	sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, k: alertKey(sh.seed, rule, kind, val, val2), rule: rule, sev: s, kind: kind, val: val, val2: val2, summary: summary, n: n})
+	sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, k: sh.key(rule, kind, val, val2), rule: rule, sev: s, kind: kind, val: val, val2: val2, summary: summary, n: n})
 }
 
 // prep is what every detector needs from an event, computed once per event.
@@ -395,11 +426,11 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 			}
 			if thr > 0 && sum >= thr {
 				if s.wd.fired >= bucket-1 && s.wd.fired != 0 {
-					sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], dimValue(d, ev, p.network), "", "one source touching many distinct subjects", 1)
+					sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "", "one source touching many distinct subjects", 1)
 				} else if sum >= s.next {
 					if u := s.wd.union(&sh.srcSk[d], sh.scratch); u >= thr {
 						s.wd.fired = bucket
-						sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], dimValue(d, ev, p.network), "",
+						sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "",
 							"one source touched "+strconv.FormatUint(u, 10)+" distinct subjects within "+c.Enumeration.Window.String(), int64(u))
 					} else {
 						s.next = sum + thr/32 + 1
@@ -431,10 +462,10 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 			if nf && n >= c.UnknownSubject.MinCount && float64(n) >= c.UnknownSubject.MinRatio*float64(all) {
 				if !s.fired {
 					s.fired = true
-					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], dimValue(d, ev, p.network), "",
+					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "",
 						"burst of not-found answers on subject-bound routes: "+strconv.FormatUint(uint64(n), 10)+" of "+strconv.FormatUint(uint64(all), 10), int64(n))
 				} else {
-					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], dimValue(d, ev, p.network), "", "", 1)
+					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "", "", 1)
 				}
 			} else if n < c.UnknownSubject.MinCount/2 {
 				s.fired = false
@@ -541,6 +572,28 @@ func (s *countrySet) has(c string) bool {
 	return len(s.other) > 0 && s.other[c]
 }
 
+// dimValue is [dimValue], remembering the text of recent networks and
+// ASNs, so that sources that keep matching are not formatted again.
+func (sh *shard) dimValue(d int, ev *event.Access, network netip.Prefix) string {
+	switch d {
+	case dimNet:
+		a := network.Addr().As16()
+		c := &sh.nets[(a[12]^a[13]^a[14]^a[7])%uint8(len(sh.nets))]
+		if c.p != network || c.s == "" {
+			c.p, c.s = network, network.String()
+		}
+		return c.s
+	case dimASN:
+		c := &sh.asns[ev.ASN%uint32(len(sh.asns))]
+		if c.n != ev.ASN || c.s == "" {
+			c.n, c.s = ev.ASN, strconv.FormatUint(uint64(ev.ASN), 10)
+		}
+		return c.s
+	}
+	return dimValue(d, ev, network)
+}
+
+// dimValue returns the text of ev's source in dimension d.
 func dimValue(d int, ev *event.Access, network netip.Prefix) string {
 	switch d {
 	case dimIP:
@@ -594,7 +647,7 @@ func (b *builtins) walk(sh *shard, s *enumState, d int, id int64, ev *event.Acce
 			s.fired |= bit
 			summary = "walk through " + strconv.FormatUint(uint64(l.run), 10) + " near-sequential member ids"
 		}
-		sh.fire(RuleSequentialWalk, c.Severity, dimKind[d], dimValue(d, ev, network), "", summary, 1)
+		sh.fire(RuleSequentialWalk, c.Severity, dimKind[d], sh.dimValue(d, ev, network), "", summary, 1)
 	}
 }
 

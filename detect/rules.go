@@ -343,7 +343,7 @@ func (rs *ruleSet) eval(b *builtins, sh *shard, ev *event.Access, p *prep) {
 		n := w.add(p.t, int64(r.Window), 1)
 		if n >= r.Threshold {
 			// The summary is written only if the match raises a new alert.
-			sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, k: alertKey(sh.seed, r.Name, kind, val, ""), rule: r.Name, sev: r.Severity, kind: kind, val: val, n: 1, r: r, cnt: n})
+			sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, k: sh.key(r.Name, kind, val, ""), rule: r.Name, sev: r.Severity, kind: kind, val: val, n: 1, r: r, cnt: n})
 		}
 	}
 }
