@@ -18,7 +18,7 @@ It follows the authority over HTTP (keys, issuance stream, ledger lookups on a
 miss) with the credential in --token-file or DATA/admin-token. Its access
 events go to the authority's POST /v1/events in batches (or to NATS when
 scale.nats is set), and to gateway.events_file when that is configured.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := config.Load(cfgPath, lookupEnv)
 			if err != nil {
