@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"cmp"
 	"math"
 	"regexp"
 	"strings"
@@ -387,38 +388,14 @@ func compileCompare(fn string, l, r celast.Expr) (boolFn, bool) {
 			}
 			return func(ev *event.Access) bool { return a(ev) != lit }, true
 		}
-		switch fn {
-		case "_==_":
-			return func(ev *event.Access) bool { return a(ev) == b(ev) }, true
-		case "_!=_":
-			return func(ev *event.Access) bool { return a(ev) != b(ev) }, true
-		case "_<_":
-			return func(ev *event.Access) bool { return a(ev) < b(ev) }, true
-		case "_<=_":
-			return func(ev *event.Access) bool { return a(ev) <= b(ev) }, true
-		case "_>_":
-			return func(ev *event.Access) bool { return a(ev) > b(ev) }, true
-		}
-		return func(ev *event.Access) bool { return a(ev) >= b(ev) }, true
+		return compareFields(fn, a, b), true
 	}
 	if a, ok := compileInt(l); ok {
 		b, ok := compileInt(r)
 		if !ok {
 			return nil, false
 		}
-		switch fn {
-		case "_==_":
-			return func(ev *event.Access) bool { return a(ev) == b(ev) }, true
-		case "_!=_":
-			return func(ev *event.Access) bool { return a(ev) != b(ev) }, true
-		case "_<_":
-			return func(ev *event.Access) bool { return a(ev) < b(ev) }, true
-		case "_<=_":
-			return func(ev *event.Access) bool { return a(ev) <= b(ev) }, true
-		case "_>_":
-			return func(ev *event.Access) bool { return a(ev) > b(ev) }, true
-		}
-		return func(ev *event.Access) bool { return a(ev) >= b(ev) }, true
+		return compareFields(fn, a, b), true
 	}
 	if a, ok := compileBool(l); ok && (fn == "_==_" || fn == "_!=_") {
 		b, ok := compileBool(r)
@@ -569,4 +546,22 @@ func inList[T comparable](elem func(*event.Access) T, xs []celast.Expr, compile 
 		}
 		return false
 	}, true
+}
+
+// compareFields is the comparison fn ("_==_", "_<_", …, "_>=_") of two
+// compiled operands.
+func compareFields[T cmp.Ordered](fn string, a, b func(*event.Access) T) func(*event.Access) bool {
+	switch fn {
+	case "_==_":
+		return func(ev *event.Access) bool { return a(ev) == b(ev) }
+	case "_!=_":
+		return func(ev *event.Access) bool { return a(ev) != b(ev) }
+	case "_<_":
+		return func(ev *event.Access) bool { return a(ev) < b(ev) }
+	case "_<=_":
+		return func(ev *event.Access) bool { return a(ev) <= b(ev) }
+	case "_>_":
+		return func(ev *event.Access) bool { return a(ev) > b(ev) }
+	}
+	return func(ev *event.Access) bool { return a(ev) >= b(ev) }
 }
