@@ -177,6 +177,32 @@ func TestVerifyTampering(t *testing.T) {
 	}
 }
 
+// TestVerifyRootAgainstCheckpoint rewrites an entry together with its hash
+// tile, so every tile agrees with the entries, under the old signed
+// checkpoint: only comparing the recomputed root with the signed one can
+// catch it.
+func TestVerifyRootAgainstCheckpoint(t *testing.T) {
+	k := newTestKey(t)
+	for _, n := range []int{1, 10, 200} {
+		t.Run(fmt.Sprintf("fail/%d", n), func(t *testing.T) {
+			dir := buildLog(t, k, n)
+			before, err := os.ReadFile(filepath.Join(dir, "checkpoint"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rewriteEntryTiles(t, k, dir, n-1, []byte(`{"v":1,"kind":"test.entry","time":"2025-01-01T00:00:00Z","body":{"n":-1}}`), false)
+			after, _ := os.ReadFile(filepath.Join(dir, "checkpoint"))
+			if string(after) != string(before) {
+				t.Fatal("checkpoint changed; the test must keep the old one")
+			}
+			_, err = Verify(context.Background(), dir, k.verifier, nil)
+			if !errors.Is(err, ErrTampered) {
+				t.Fatalf("Verify: %v, want ErrTampered", err)
+			}
+		})
+	}
+}
+
 func writeFile(t *testing.T, p string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(p, b, 0o644); err != nil {
@@ -231,6 +257,14 @@ func flipInEntry(t *testing.T, p string, k int) {
 // the entry check can catch it.
 func rewriteEntry(t *testing.T, k testKey, dir string, idx int, data []byte) {
 	t.Helper()
+	rewriteEntryTiles(t, k, dir, idx, data, true)
+}
+
+// rewriteEntryTiles replaces entry idx of the first (partial) bundle and its
+// level-0 hash tile consistently; with resign it also signs a new checkpoint
+// over the new root, without it the old signed checkpoint stays.
+func rewriteEntryTiles(t *testing.T, k testKey, dir string, idx int, data []byte, resign bool) {
+	t.Helper()
 	ctx := context.Background()
 	res, err := Verify(ctx, dir, k.verifier, nil)
 	if err != nil {
@@ -259,6 +293,9 @@ func rewriteEntry(t *testing.T, k testKey, dir string, idx int, data []byte) {
 	}
 	writeFile(t, p, out)
 	writeFile(t, filepath.Join(dir, fmt.Sprintf("tile/0/000.p/%d", res.Size)), tile)
+	if !resign {
+		return
+	}
 	root := rootOf(leaves)
 	cp, err := note.Sign(&note.Note{Text: fmt.Sprintf("%s\n%d\n%s\n", testOrigin, res.Size, b64(root[:]))}, k.signer)
 	if err != nil {
