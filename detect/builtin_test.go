@@ -346,3 +346,55 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestEnumerationThresholdBoundary: up to smallExact distinct subjects a
+// source's count is exact, so enumeration fires at exactly the threshold and
+// not one below, however often the source repeats the subjects it has. Above
+// that the count is a HyperLogLog estimate (precision 10, about 3.25 %
+// standard error), which cannot promise the exact boundary: there the test
+// holds it to a band of 4 standard errors on each side, on several subject
+// sets.
+func TestEnumerationThresholdBoundary(t *testing.T) {
+	run := func(t *testing.T, thr uint64, base, distinct int) int {
+		e := newEngine(t, func(c *Config) {
+			c.Enumeration.NoWalk = true
+			c.Enumeration.Threshold = thr
+		})
+		i := 0
+		for pass := 0; pass < 2; pass++ { // the second pass repeats: it adds nothing
+			for m := 0; m < distinct; m++ {
+				a := ev(i)
+				i++
+				a.Subject = strconv.Itoa(base + m*7919)
+				a.Token.Sub, a.Token.JTI = a.Subject, "jti-"+a.Subject
+				e.Process(a)
+			}
+		}
+		return rulesOf(e)[RuleEnumeration]
+	}
+	for thr := uint64(1); thr <= smallExact; thr++ {
+		t.Run("exact/"+strconv.FormatUint(thr, 10), func(t *testing.T) {
+			if n := run(t, thr, 3000000, int(thr)-1); n != 0 {
+				t.Fatalf("%d distinct subjects, threshold %d: %d alerts, want 0", thr-1, thr, n)
+			}
+			if n := run(t, thr, 3000000, int(thr)); n != 1 {
+				t.Fatalf("%d distinct subjects, threshold %d: %d alerts, want 1", thr, thr, n)
+			}
+		})
+	}
+	const band = 4 * 0.0325
+	for _, thr := range []uint64{50, 200, 1000} {
+		for _, base := range []int{3000000, 7000001, 12345678} {
+			t.Run(fmt.Sprintf("sketch/%d/%d", thr, base), func(t *testing.T) {
+				below := int(float64(thr) * (1 - band))
+				above := int(float64(thr)*(1+band)) + 1
+				if n := run(t, thr, base, below); n != 0 {
+					t.Fatalf("%d distinct subjects, threshold %d: %d alerts, want 0", below, thr, n)
+				}
+				if n := run(t, thr, base, above); n == 0 {
+					t.Fatalf("%d distinct subjects, threshold %d: no alert", above, thr)
+				}
+			})
+		}
+	}
+}
