@@ -1,6 +1,7 @@
 package token
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -11,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -376,5 +378,66 @@ func BenchmarkSignEd25519(b *testing.B) {
 		if _, err := Sign(priv, keys.EdDSA, "k1", c); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestES256Negative attacks ES256 verification directly, without the
+// Wycheproof files: the "psychic signature" zero values, r and s at and
+// beyond the group order, flipped and swapped halves, wrong lengths, another
+// key, another curve and a changed payload.
+func TestES256Negative(t *testing.T) {
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	tok, err := Sign(priv, keys.ES256, "k1", testClaims())
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := Parse(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifySignature(good, keys.ES256, priv.Public()); err != nil {
+		t.Fatalf("the untouched token does not verify: %v", err)
+	}
+	n := elliptic.P256().Params().N
+	be := func(v *big.Int) []byte { return v.FillBytes(make([]byte, 32)) }
+	r, s := good.Signature[:32], good.Signature[32:]
+	cat := func(a, b []byte) []byte { return append(append([]byte{}, a...), b...) }
+	flip := func(b []byte, i int) []byte { c := append([]byte{}, b...); c[i] ^= 0x01; return c }
+	sPlusN := new(big.Int).Add(new(big.Int).SetBytes(s), n)
+	for _, tc := range []struct {
+		name string
+		sig  []byte
+		pub  crypto.PublicKey
+		msg  []byte
+	}{
+		{"fail/zero-r-zero-s", make([]byte, 64), priv.Public(), nil},
+		{"fail/zero-r", cat(make([]byte, 32), s), priv.Public(), nil},
+		{"fail/zero-s", cat(r, make([]byte, 32)), priv.Public(), nil},
+		{"fail/r-is-n", cat(be(n), s), priv.Public(), nil},
+		{"fail/s-is-n", cat(r, be(n)), priv.Public(), nil},
+		{"fail/all-ff", bytes.Repeat([]byte{0xff}, 64), priv.Public(), nil},
+		{"fail/flip-r", cat(flip(r, 31), s), priv.Public(), nil},
+		{"fail/flip-s", cat(r, flip(s, 0)), priv.Public(), nil},
+		{"fail/swapped", cat(s, r), priv.Public(), nil},
+		{"fail/short", good.Signature[:63], priv.Public(), nil},
+		{"fail/leading-zero", cat([]byte{0}, good.Signature), priv.Public(), nil},
+		{"fail/s-plus-n", cat(r, sPlusN.Bytes()), priv.Public(), nil},
+		{"fail/other-key", good.Signature, other.Public(), nil},
+		{"fail/p384-key", good.Signature, p384.Public(), nil},
+		{"fail/ed25519-key", good.Signature, ed25519.PublicKey(make([]byte, 32)), nil},
+		{"fail/changed-payload", good.Signature, priv.Public(), append(append([]byte{}, good.SigningInput...), 'A')},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := *good
+			p.Signature = tc.sig
+			if tc.msg != nil {
+				p.SigningInput = tc.msg
+			}
+			if err := VerifySignature(&p, keys.ES256, tc.pub); !errors.Is(err, ErrBadSignature) {
+				t.Fatalf("VerifySignature = %v, want ErrBadSignature", err)
+			}
+		})
 	}
 }
