@@ -87,18 +87,29 @@ func decode(h ledger.Hash, b []byte) (ledger.Entry, error) {
 }
 
 // PutBatch writes entries in one MULTI/EXEC, each expiring with its token.
+// A hash that already has a record keeps it (SET NX): a retried put, or one
+// that arrives after a revocation of the same token, never undoes the
+// revocation.
 func (b *Backend) PutBatch(ctx context.Context, entries []ledger.Entry) error {
-	_, err := b.c.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+	cmds, err := b.c.TxPipelined(ctx, func(p goredis.Pipeliner) error {
 		for _, e := range entries {
 			v, err := encode(e)
 			if err != nil {
 				return err
 			}
-			p.Set(ctx, key(e.Hash), v, ttl(e.ExpiresAt))
+			p.SetArgs(ctx, key(e.Hash), v, goredis.SetArgs{Mode: "NX", TTL: ttl(e.ExpiresAt)})
 		}
 		return nil
 	})
-	return err
+	if !errors.Is(err, goredis.Nil) {
+		return err
+	}
+	for _, c := range cmds { // Nil: NX found a record and kept it
+		if err := c.Err(); err != nil && !errors.Is(err, goredis.Nil) {
+			return err
+		}
+	}
+	return nil
 }
 
 func ttl(exp time.Time) time.Duration {
@@ -109,23 +120,51 @@ func ttl(exp time.Time) time.Duration {
 	return d
 }
 
-// Revoke marks h revoked, keeping its expiry.
+// revokeTries bounds how often Revoke retries when a concurrent write to the
+// same key aborts its transaction.
+const revokeTries = 32
+
+// Revoke marks h revoked, keeping its record, or writes a revocation record
+// valid until exp when h has none yet (the put may still be on its way from
+// another replica), so that a revocation is never lost. The read and the
+// write are one optimistic transaction (WATCH): a put racing it makes it
+// start again.
 func (b *Backend) Revoke(ctx context.Context, h ledger.Hash, exp time.Time) error {
-	e, err := b.Get(ctx, h)
-	if err != nil {
-		return err
+	k := key(h)
+	for range revokeTries {
+		err := b.c.Watch(ctx, func(tx *goredis.Tx) error {
+			e, err := get(ctx, tx, h)
+			switch {
+			case errors.Is(err, ledger.ErrNotFound):
+				e = ledger.Entry{Hash: h, ExpiresAt: exp.UTC().Truncate(time.Second)}
+			case err != nil:
+				return err
+			}
+			e.Revoked = true
+			v, err := encode(e)
+			if err != nil {
+				return err
+			}
+			_, err = tx.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+				p.Set(ctx, k, v, ttl(e.ExpiresAt.Add(time.Second)))
+				return nil
+			})
+			return err
+		}, k)
+		if !errors.Is(err, goredis.TxFailedErr) {
+			return err
+		}
 	}
-	e.Revoked = true
-	v, err := encode(e)
-	if err != nil {
-		return err
-	}
-	return b.c.Set(ctx, key(h), v, ttl(exp)).Err()
+	return fmt.Errorf("failed to revoke %s: the record kept changing", h)
 }
 
 // Get reads h's record.
 func (b *Backend) Get(ctx context.Context, h ledger.Hash) (ledger.Entry, error) {
-	v, err := b.c.Get(ctx, key(h)).Bytes()
+	return get(ctx, b.c, h)
+}
+
+func get(ctx context.Context, c goredis.Cmdable, h ledger.Hash) (ledger.Entry, error) {
+	v, err := c.Get(ctx, key(h)).Bytes()
 	if errors.Is(err, goredis.Nil) {
 		return ledger.Entry{}, ledger.ErrNotFound
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/ledger/ledgertest"
 )
 
 // server is a redis-server of the test's own, on a free loopback port, with
@@ -79,41 +80,19 @@ func entry(exp time.Time) ledger.Entry {
 		ExpiresAt: exp.UTC().Truncate(time.Second)}
 }
 
-func TestBackend(t *testing.T) {
+func TestConformance(t *testing.T) {
 	s := startServer(t)
-	ctx := context.Background()
-	b, err := Open(ctx, s.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	live, gone := entry(time.Now().Add(time.Hour)), entry(time.Now().Add(-time.Hour))
-	if err := b.PutBatch(ctx, []ledger.Entry{live, gone}); err != nil {
-		t.Fatal(err)
-	}
-	got, err := b.Get(ctx, live.Hash)
-	if err != nil || got != live {
-		t.Fatalf("Get = %+v, %v; want %+v", got, err, live)
-	}
-	if _, err := b.Get(ctx, ledger.HashToken("never")); !errors.Is(err, ledger.ErrNotFound) {
-		t.Fatalf("unknown: %v", err)
-	}
-	if err := b.Revoke(ctx, live.Hash, live.ExpiresAt); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := b.Get(ctx, live.Hash); !got.Revoked {
-		t.Fatal("revocation not stored")
-	}
-	n := 0
-	if err := b.LoadLive(ctx, time.Now(), func(e ledger.Entry) error {
-		if e.Hash == gone.Hash {
-			t.Fatal("expired entry loaded as live")
+	ledgertest.Run(t, func(t *testing.T) ledger.Backend {
+		b, err := Open(context.Background(), s.url())
+		if err != nil {
+			t.Fatal(err)
 		}
-		n++
-		return nil
-	}); err != nil || n != 1 {
-		t.Fatalf("LoadLive: %d, %v", n, err)
-	}
+		t.Cleanup(func() {
+			b.c.FlushDB(context.Background())
+			b.Close()
+		})
+		return b
+	})
 }
 
 // Redis restarted mid-load: while it is down a miss is ledger_unavailable

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/ledger/ledgertest"
 )
 
 var t0 = time.Unix(1_760_000_000, 0).UTC()
@@ -38,6 +39,10 @@ func open(t testing.TB) *Backend {
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
+}
+
+func TestConformance(t *testing.T) {
+	ledgertest.Run(t, func(t *testing.T) ledger.Backend { return open(t) })
 }
 
 func TestBackend(t *testing.T) {
