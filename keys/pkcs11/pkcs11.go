@@ -109,6 +109,9 @@ func (t *Token) find(id string) (crypto11.Signer, error) {
 	if s, ok := t.signers[id]; ok {
 		return s, nil
 	}
+	if id == "" || len(id) > MaxIDLen {
+		return nil, nil // no key can have it
+	}
 	found, err := t.ctx.FindKeyPairs([]byte(id), nil)
 	if err != nil {
 		return nil, fmt.Errorf("failed to look up key %q in token: %w", id, err)

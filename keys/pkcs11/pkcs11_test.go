@@ -18,6 +18,7 @@ import (
 
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/keys/custodytest"
 )
 
 const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so"
@@ -197,5 +198,25 @@ func BenchmarkSignES256PKCS11Parallel(b *testing.B) {
 				return
 			}
 		}
+	})
+}
+
+func TestConformance(t *testing.T) {
+	custodytest.Run(t, custodytest.Backend{
+		Open: func(t *testing.T) (keys.Custody, func() keys.Custody) {
+			label := nextLabel("custos-conf")
+			tok := newSoftHSM(t, label)
+			return tok, func() keys.Custody {
+				tok2, err := Open(Config{Module: softhsmModule, TokenLabel: label, PIN: "1234"})
+				if err != nil {
+					t.Fatalf("reopen: %v", err)
+				}
+				t.Cleanup(func() { tok2.Close() })
+				return tok2
+			}
+		},
+		Algs:      []keys.Alg{keys.ES256},
+		Refused:   []keys.Alg{keys.EdDSA},
+		ErrExists: ErrExists, ErrBadID: ErrBadID, ErrUnsupported: ErrUnsupported,
 	})
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/keys/custodytest"
 )
 
 func init() {
@@ -390,5 +391,25 @@ func FuzzOpen(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
+	})
+}
+
+func TestConformance(t *testing.T) {
+	kek := rawKEK(t, 9)
+	custodytest.Run(t, custodytest.Backend{
+		Open: func(t *testing.T) (keys.Custody, func() keys.Custody) {
+			k, path := newRing(t, kek)
+			t.Cleanup(func() { k.Close() })
+			return k, func() keys.Custody {
+				k2, err := Open(path, kek)
+				if err != nil {
+					t.Fatalf("reopen: %v", err)
+				}
+				t.Cleanup(func() { k2.Close() })
+				return k2
+			}
+		},
+		Algs:      []keys.Alg{keys.EdDSA, keys.ES256},
+		ErrExists: ErrExists, ErrBadID: ErrBadID, ErrUnsupported: ErrUnsupported,
 	})
 }
