@@ -152,49 +152,6 @@ type asnText struct {
 	s string
 }
 
-// keyMemo is a dedup key and what it was computed from: a check that keeps
-// matching one entity (an address walking IDs, a key on every request)
-// hashes its strings once.
-type keyMemo struct {
-	rule, kind, val, val2 string
-	k                     uint64
-}
-
-// key returns the alertKey of a match of the running check.
-func (sh *shard) key(rule, kind, val, val2 string) uint64 {
-	m := &sh.keys[sh.ord%uint32(len(sh.keys))]
-	if m.rule == rule && m.val == val && m.kind == kind && m.val2 == val2 && m.rule != "" {
-		return m.k
-	}
-	*m = keyMemo{rule: rule, kind: kind, val: val, val2: val2, k: alertKey(sh.seed, rule, kind, val, val2)}
-	return m.k
-}
-
-// fireRec is a match waiting to be applied to the alerts, in event order.
-type fireRec struct {
-	idx                      int32
-	ord                      uint32 // position of the check in the sequential order
-	k                        uint64 // alertKey of rule, kind, val, val2, computed by the shard
-	rule                     string
-	sev                      Severity
-	kind, val, val2, summary string
-	n                        int64
-	r                        *compiled // with cnt: a threshold rule's summary, written when needed
-	cnt                      uint32
-}
-
-// text returns the alert summary of f.
-func (f *fireRec) text() string {
-	if f.r == nil {
-		return f.summary
-	}
-	return "rule " + f.r.Name + " matched " + strconv.FormatUint(uint64(f.cnt), 10) + " times within " + f.r.Window.String()
-}
-
-func (sh *shard) fire(rule string, s Severity, kind, val, val2 string, summary string, n int64) {
-	sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, k: sh.key(rule, kind, val, val2), rule: rule, sev: s, kind: kind, val: val, val2: val2, summary: summary, n: n})
-}
-
 // prep is what every detector needs from an event, computed once per event.
 type prep struct {
 	t         int64
@@ -293,15 +250,6 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 
 func (b *builtins) hs(s string) uint64 { return maphash.String(b.seed, s) }
 
-// mix is splitmix64's finaliser: it spreads integer keys over 64 bits.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	return x ^ (x >> 31)
-}
-
 // prepare computes what the detectors share for ev.
 func (b *builtins) prepare(ev *event.Access, p *prep, ck *clocks) {
 	*p = prep{t: ev.Time.UnixNano(), subject: ev.Subject, ipHash: b.hs(ev.SrcIP)}
@@ -347,200 +295,241 @@ func (b *builtins) prepare(ev *event.Access, p *prep, ck *clocks) {
 	p.own = mix(p.dimKeys[dimIP] ^ p.subjHash ^ uint64(p.t))
 }
 
-// process runs the built-in detectors over ev for the keys shard sh owns.
+// process runs the built-in detectors over ev for the keys shard sh owns,
+// in their fixed order (sh.ord numbers each check, so that matches of a
+// batch apply in the order one-at-a-time processing would give them).
+// Checks without per-key state run on the shard that owns p.own; the others
+// on the shard that owns their key.
 func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 	c := b.cfg
-	t := p.t
-	kid := ev.Token.KID
-	subject := p.subject
-	me := sh.id
-	stateless := ownerOf(p.own) == me
-
+	stateless := ownerOf(p.own) == sh.id
 	if stateless {
-		// 1. not_issued
 		if !c.NotIssued.Disabled && ev.Reason == event.ReasonNotIssued {
-			k, v := "kid", kid
-			if v == "" {
-				k, v = "ip", ev.SrcIP
-			}
-			sh.ord = 1
-			sh.fire(RuleNotIssued, c.NotIssued.Severity, k, v, "", "validly signed token that the authority never issued", 1)
+			b.notIssued(sh, ev)
 		}
-		// 2. decoy_subject
-		if !c.DecoySubject.Disabled && (ev.Reason == event.ReasonDecoySubject || (len(b.decoys) > 0 && b.decoys[subject])) {
-			k, v := "kid", kid
-			if v == "" {
-				k, v = "ip", ev.SrcIP
-			}
-			sh.ord = 2
-			sh.fire(RuleDecoySubject, c.DecoySubject.Severity, k, v, "", "request for a decoy member", 1)
+		if !c.DecoySubject.Disabled && (ev.Reason == event.ReasonDecoySubject || (len(b.decoys) > 0 && b.decoys[p.subject])) {
+			b.decoySubject(sh, ev)
 		}
-		// 3. revoked_or_retired_key
-		if !c.RevokedKey.Disabled && kid != "" {
-			bad := ev.Reason == event.ReasonRevokedKey
-			if !bad && len(b.keyStates) > 0 {
-				if ks, ok := b.keyStates[kid]; ok {
-					switch ks.state {
-					case keys.Revoked, keys.Retired:
-						bad = ev.Time.Unix() >= ks.since
-					case keys.VerifyOnly:
-						bad = ev.Token.IAT > ks.since
-					}
-				}
-			}
-			if bad {
-				sh.ord = 3
-				sh.fire(RuleRevokedKey, c.RevokedKey.Severity, "kid", kid, "", "token signed by a key that should no longer sign", 1)
-			}
+		if !c.RevokedKey.Disabled && ev.Token.KID != "" {
+			b.revokedKey(sh, ev)
 		}
-		// 4. departed_credential_use
 		if !c.DepartedCred.Disabled && len(b.departed) > 0 {
-			for j, cred := range [2]string{kid, ev.Token.Sub} {
-				sh.ord = 4 + uint32(j)
-				if cred == "" {
-					continue
-				}
-				if d, ok := b.departed[b.hs(cred)]; ok && d.name == cred && t >= d.at {
-					sh.fire(RuleDepartedCred, c.DepartedCred.Severity, "credential", cred, "", "credential of someone who has left used", 1)
-				}
-			}
+			b.departedCred(sh, ev, p)
 		}
 	}
-
 	var srcv [numDims]*srcState // looked up already (valid until the next get of its dimension)
-	// 5. enumeration
-	if !c.Enumeration.Disabled && subject != "" {
-		bucket := p.enumB
-		for d := 0; d < numDims; d++ {
-			thr := b.enumThr[d]
-			if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != me || (thr == 0 && (c.Enumeration.NoWalk || d == dimKID)) {
-				continue
-			}
-			sh.ord = 10 + 2*uint32(d)
-			v := sh.src[d].get(p.dimKeys[d])
-			srcv[d] = v
-			s := &v.enum
-			var sum uint64
-			if thr > 0 {
-				sum = s.wd.add(bucket, p.subjHash, &sh.srcSk[d], p.dimKeys[d])
-			}
-			if thr > 0 && sum >= thr {
-				if s.wd.fired >= bucket-1 && s.wd.fired != 0 {
-					sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "", "one source touching many distinct subjects", 1)
-				} else if sum >= s.next {
-					if u := s.wd.union(&sh.srcSk[d], sh.scratch); u >= thr {
-						s.wd.fired = bucket
-						sh.fire(RuleEnumeration, c.Enumeration.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "",
-							"one source touched "+strconv.FormatUint(u, 10)+" distinct subjects within "+c.Enumeration.Window.String(), int64(u))
-					} else {
-						s.next = sum + thr/32 + 1
-					}
-				}
-			}
-			if p.subjIsNum && !c.Enumeration.NoWalk && d != dimKID {
-				sh.ord = 11 + 2*uint32(d)
-				b.walk(sh, s, d, p.subjNum, ev, p.network)
-			}
-		}
+	if !c.Enumeration.Disabled && p.subject != "" {
+		b.enumeration(sh, ev, p, &srcv)
 	}
-
-	subjectBound := ev.Subject != "" && (len(b.unkRoutes) == 0 || b.unkRoutes[ev.Route])
-	// 6. unknown_subject_rate
-	if !c.UnknownSubject.Disabled && subjectBound {
-		nf := ev.Status == 404
-		for _, d := range [...]int{dimNet, dimASN, dimKID} {
-			if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != me {
-				continue
-			}
-			sh.ord = 30 + uint32(d)
-			v := srcv[d]
-			if v == nil {
-				v = sh.src[d].get(p.dimKeys[d])
-			}
-			s := &v.unk
-			n, all := s.add(p.unkB, p.unkFrac, nf)
-			if nf && n >= c.UnknownSubject.MinCount && float64(n) >= c.UnknownSubject.MinRatio*float64(all) {
-				if !s.fired {
-					s.fired = true
-					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "",
-						"burst of not-found answers on subject-bound routes: "+strconv.FormatUint(uint64(n), 10)+" of "+strconv.FormatUint(uint64(all), 10), int64(n))
-				} else {
-					sh.fire(RuleUnknownSubject, c.UnknownSubject.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "", "", 1)
-				}
-			} else if n < c.UnknownSubject.MinCount/2 {
-				s.fired = false
-			}
-		}
+	if !c.UnknownSubject.Disabled && ev.Subject != "" && (len(b.unkRoutes) == 0 || b.unkRoutes[ev.Route]) {
+		b.unknownSubject(sh, ev, p, &srcv)
 	}
-
 	var subjv *subjState // sh.subj's entry for p.subjHash, once looked up
-	// 7. foreign_origin (customer-data requests only)
 	if !c.ForeignOrigin.Disabled && ev.Country != "" && (ev.Subject != "" || len(ev.DataClasses) > 0) {
-		allowed := b.allowed
-		if len(b.routeAllow) > 0 {
-			if m, ok := b.routeAllow[ev.Route]; ok {
-				allowed = m
-			}
-		}
-		if !allowed.has(ev.Country) {
-			if stateless {
-				sh.ord = 40
-				sh.fire(RuleForeignOrigin, c.ForeignOrigin.Severity, "country", ev.Country, ev.Route, "customer data requested from outside the allowed countries", 1)
-			}
-		} else if !c.ForeignOrigin.NoHistory && subject != "" && len(ev.Country) == 2 && ownerOf(p.subjHash) == me {
-			sh.ord = 41
-			subjv = sh.subj.get(p.subjHash)
-			h := &subjv.hist
-			cc := [2]byte{ev.Country[0], ev.Country[1]}
-			known := false
-			for i := uint8(0); i < h.n; i++ {
-				if h.countries[i] == cc {
-					known = true
-					break
-				}
-			}
-			if !known {
-				if h.total >= c.ForeignOrigin.HistoryMin {
-					sh.fire(RuleForeignOrigin, c.ForeignOrigin.Severity, "subject", subject, ev.Country, "subject accessed from a country outside its own history", 1)
-				}
-				if h.n < uint8(len(h.countries)) {
-					h.countries[h.n] = cc
-					h.n++
-				}
-			}
-			h.total++
-		}
+		subjv = b.foreignOrigin(sh, ev, p, stateless)
 	}
-
-	// 8. ip_rotation
 	if !c.IPRotation.Disabled && p.hasIP {
-		bucket := p.rotB
-		if ev.Token.JTI != "" {
-			b.rotate(sh, 0, "jti", ev.Token.JTI, p.jtiHash, c.IPRotation.PerToken, bucket, p.netKey, nil)
-		}
-		if ev.Token.Sub != "" {
-			if p.subHash != p.subjHash {
-				subjv = nil
-			}
-			b.rotate(sh, 1, "subject", ev.Token.Sub, p.subHash, c.IPRotation.PerSubject, bucket, p.netKey, subjv)
-		}
-		if c.IPRotation.PerFingerprint > 0 && ev.UserAgent != "" {
-			b.rotate(sh, 2, "fingerprint", ev.UserAgent, p.dimKeys[dimUA], c.IPRotation.PerFingerprint, bucket, p.netKey, nil)
-		}
+		b.ipRotation(sh, ev, p, subjv)
 	}
-
-	// 9. route_volume
 	if !c.RouteVolume.Disabled && ev.Route != "" {
-		if k := p.routeHash; ownerOf(k) == me {
+		if k := p.routeHash; ownerOf(k) == sh.id {
 			sh.ord = 60
-			b.volumeOf(sh, k, ev, t)
+			b.volumeOf(sh, k, ev, p.t)
 		}
 	}
-
-	// 10. token_without_login
 	if !c.TokenWithoutLogin.Disabled && b.firstLogin != 0 {
 		sh.ord = 70
 		b.checkLogin(sh, ev, p)
+	}
+}
+
+// entity is what a match without per-key state is about: the signing key,
+// or the source address when the token named none.
+func entity(ev *event.Access) (kind, val string) {
+	if ev.Token.KID == "" {
+		return "ip", ev.SrcIP
+	}
+	return "kid", ev.Token.KID
+}
+
+// notIssued (check 1): a validly signed token that the authority never issued.
+func (b *builtins) notIssued(sh *shard, ev *event.Access) {
+	k, v := entity(ev)
+	sh.ord = 1
+	sh.fire(RuleNotIssued, b.cfg.NotIssued.Severity, k, v, "", "validly signed token that the authority never issued", 1)
+}
+
+// decoySubject (check 2): a request for a member ID no real customer has.
+func (b *builtins) decoySubject(sh *shard, ev *event.Access) {
+	k, v := entity(ev)
+	sh.ord = 2
+	sh.fire(RuleDecoySubject, b.cfg.DecoySubject.Severity, k, v, "", "request for a decoy member", 1)
+}
+
+// revokedKey (check 3): a token signed by a key that should no longer sign,
+// by the gateway's reason or by the key's state as detection knows it.
+func (b *builtins) revokedKey(sh *shard, ev *event.Access) {
+	kid := ev.Token.KID
+	bad := ev.Reason == event.ReasonRevokedKey
+	if !bad && len(b.keyStates) > 0 {
+		if ks, ok := b.keyStates[kid]; ok {
+			switch ks.state {
+			case keys.Revoked, keys.Retired:
+				bad = ev.Time.Unix() >= ks.since
+			case keys.VerifyOnly:
+				bad = ev.Token.IAT > ks.since
+			}
+		}
+	}
+	if bad {
+		sh.ord = 3
+		sh.fire(RuleRevokedKey, b.cfg.RevokedKey.Severity, "kid", kid, "", "token signed by a key that should no longer sign", 1)
+	}
+}
+
+// departedCred (check 4): a key or token subject of someone who has left.
+func (b *builtins) departedCred(sh *shard, ev *event.Access, p *prep) {
+	for j, cred := range [2]string{ev.Token.KID, ev.Token.Sub} {
+		sh.ord = 4 + uint32(j)
+		if cred == "" {
+			continue
+		}
+		if d, ok := b.departed[b.hs(cred)]; ok && d.name == cred && p.t >= d.at {
+			sh.fire(RuleDepartedCred, b.cfg.DepartedCred.Severity, "credential", cred, "", "credential of someone who has left used", 1)
+		}
+	}
+}
+
+// enumeration (check 5): one source, in each dimension, touching many
+// distinct subjects within the window, or walking near-sequential IDs.
+func (b *builtins) enumeration(sh *shard, ev *event.Access, p *prep, srcv *[numDims]*srcState) {
+	c := &b.cfg.Enumeration
+	bucket := p.enumB
+	for d := 0; d < numDims; d++ {
+		thr := b.enumThr[d]
+		if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != sh.id || (thr == 0 && (c.NoWalk || d == dimKID)) {
+			continue
+		}
+		sh.ord = 10 + 2*uint32(d)
+		v := sh.src[d].get(p.dimKeys[d])
+		srcv[d] = v
+		s := &v.enum
+		var sum uint64
+		if thr > 0 {
+			sum = s.wd.add(bucket, p.subjHash, &sh.srcSk[d], p.dimKeys[d])
+		}
+		if thr > 0 && sum >= thr {
+			if s.wd.fired >= bucket-1 && s.wd.fired != 0 {
+				sh.fire(RuleEnumeration, c.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "", "one source touching many distinct subjects", 1)
+			} else if sum >= s.next {
+				if u := s.wd.union(&sh.srcSk[d], sh.scratch); u >= thr {
+					s.wd.fired = bucket
+					sh.fire(RuleEnumeration, c.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "",
+						"one source touched "+strconv.FormatUint(u, 10)+" distinct subjects within "+c.Window.String(), int64(u))
+				} else {
+					s.next = sum + thr/32 + 1
+				}
+			}
+		}
+		if p.subjIsNum && !c.NoWalk && d != dimKID {
+			sh.ord = 11 + 2*uint32(d)
+			b.walk(sh, s, d, p.subjNum, ev, p.network)
+		}
+	}
+}
+
+// unknownSubject (check 6): a burst of not-found answers on subject-bound
+// routes from one network, ASN or key.
+func (b *builtins) unknownSubject(sh *shard, ev *event.Access, p *prep, srcv *[numDims]*srcState) {
+	c := &b.cfg.UnknownSubject
+	nf := ev.Status == 404
+	for _, d := range [...]int{dimNet, dimASN, dimKID} {
+		if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != sh.id {
+			continue
+		}
+		sh.ord = 30 + uint32(d)
+		v := srcv[d]
+		if v == nil {
+			v = sh.src[d].get(p.dimKeys[d])
+		}
+		s := &v.unk
+		n, all := s.add(p.unkB, p.unkFrac, nf)
+		if nf && n >= c.MinCount && float64(n) >= c.MinRatio*float64(all) {
+			if !s.fired {
+				s.fired = true
+				sh.fire(RuleUnknownSubject, c.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "",
+					"burst of not-found answers on subject-bound routes: "+strconv.FormatUint(uint64(n), 10)+" of "+strconv.FormatUint(uint64(all), 10), int64(n))
+			} else {
+				sh.fire(RuleUnknownSubject, c.Severity, dimKind[d], sh.dimValue(d, ev, p.network), "", "", 1)
+			}
+		} else if n < c.MinCount/2 {
+			s.fired = false
+		}
+	}
+}
+
+// foreignOrigin (check 7): customer data requested from outside the allowed
+// countries, or from a country outside the subject's own history. It returns
+// the subject's state when it looked it up, for ipRotation to reuse.
+func (b *builtins) foreignOrigin(sh *shard, ev *event.Access, p *prep, stateless bool) *subjState {
+	c := &b.cfg.ForeignOrigin
+	allowed := b.allowed
+	if len(b.routeAllow) > 0 {
+		if m, ok := b.routeAllow[ev.Route]; ok {
+			allowed = m
+		}
+	}
+	if !allowed.has(ev.Country) {
+		if stateless {
+			sh.ord = 40
+			sh.fire(RuleForeignOrigin, c.Severity, "country", ev.Country, ev.Route, "customer data requested from outside the allowed countries", 1)
+		}
+		return nil
+	}
+	if c.NoHistory || p.subject == "" || len(ev.Country) != 2 || ownerOf(p.subjHash) != sh.id {
+		return nil
+	}
+	sh.ord = 41
+	subjv := sh.subj.get(p.subjHash)
+	h := &subjv.hist
+	cc := [2]byte{ev.Country[0], ev.Country[1]}
+	known := false
+	for i := uint8(0); i < h.n; i++ {
+		if h.countries[i] == cc {
+			known = true
+			break
+		}
+	}
+	if !known {
+		if h.total >= c.HistoryMin {
+			sh.fire(RuleForeignOrigin, c.Severity, "subject", p.subject, ev.Country, "subject accessed from a country outside its own history", 1)
+		}
+		if h.n < uint8(len(h.countries)) {
+			h.countries[h.n] = cc
+			h.n++
+		}
+	}
+	h.total++
+	return subjv
+}
+
+// ipRotation (check 8): one token, subject or client fingerprint seen from
+// many networks within the window. subjv is the subject's state if
+// foreignOrigin looked it up.
+func (b *builtins) ipRotation(sh *shard, ev *event.Access, p *prep, subjv *subjState) {
+	c := &b.cfg.IPRotation
+	bucket := p.rotB
+	if ev.Token.JTI != "" {
+		b.rotate(sh, 0, "jti", ev.Token.JTI, p.jtiHash, c.PerToken, bucket, p.netKey, nil)
+	}
+	if ev.Token.Sub != "" {
+		if p.subHash != p.subjHash {
+			subjv = nil
+		}
+		b.rotate(sh, 1, "subject", ev.Token.Sub, p.subHash, c.PerSubject, bucket, p.netKey, subjv)
+	}
+	if c.PerFingerprint > 0 && ev.UserAgent != "" {
+		b.rotate(sh, 2, "fingerprint", ev.UserAgent, p.dimKeys[dimUA], c.PerFingerprint, bucket, p.netKey, nil)
 	}
 }
 

@@ -361,16 +361,6 @@ func (e *Engine) Raise(f Finding) {
 	e.deliver(out)
 }
 
-// alertKey is the dedup key of a match of rule for entity kind:val@val2:
-// the strings' hashes chained through mix (cheaper than streaming them
-// through one maphash.Hash; shards compute it for their own matches).
-func alertKey(seed maphash.Seed, rule, kind, val, val2 string) uint64 {
-	k := mix(maphash.String(seed, rule))
-	k = mix(k ^ maphash.String(seed, kind))
-	k = mix(k ^ maphash.String(seed, val))
-	return mix(k ^ maphash.String(seed, val2))
-}
-
 // fireAttrs reports a match of rule for entity kind:val (and @val2 when set)
 // at ev, adding n to its count; k is the match's [alertKey]. It allocates
 // only when it raises a new alert.
