@@ -482,9 +482,7 @@ func (c *Custos) World(ctx context.Context) (World, error) {
 	if !w.FirstAlert.IsZero() {
 		w.AlertDelay = w.FirstAlert.Sub(c.tl.FirstForged)
 	}
-	if c.normal > 0 {
-		w.FalseAlarmsPer10M = float64(c.falseAlarms) * 1e7 / float64(c.normal)
-	}
+	w.FalseAlarms = c.falseAlarms
 	if w.Containment.IsZero() && !c.keyDied.IsZero() && !c.keyDied.After(c.tl.FirstForged) {
 		w.Containment = c.keyDied
 	}

@@ -96,8 +96,8 @@ func TestCustosWorlds(t *testing.T) {
 		t.Fatalf("no lifecycle: key died %s, served %d", nolife.KeyDied, nolife.ForgedServed)
 	}
 	for _, w := range ws {
-		if w.FalseAlarmsPer10M > 0 {
-			t.Logf("%s: %.1f false alarms per 10M normal requests", w.Name, w.FalseAlarmsPer10M)
+		if w.FalseAlarms > 0 {
+			t.Logf("%s: %d false alarms in %d normal requests", w.Name, w.FalseAlarms, w.NormalRequests)
 		}
 		if w.NormalRequests == 0 {
 			t.Fatalf("%s saw no normal traffic", w.Name)
@@ -143,7 +143,7 @@ func TestRunEventsMatchesObserve(t *testing.T) {
 		if got.Name != w.Name || !got.KeyDied.Equal(w.KeyDied) || !got.FirstAlert.Equal(w.FirstAlert) || got.AlertDelay != w.AlertDelay ||
 			!got.Containment.Equal(w.Containment) || got.ForgedSent != w.ForgedSent || got.ForgedServed != w.ForgedServed ||
 			got.SubjectsExposed != w.SubjectsExposed || got.MembersExposed != w.MembersExposed || got.NonMembersExposed != w.NonMembersExposed ||
-			got.FalseAlarmsPer10M != w.FalseAlarmsPer10M || got.NormalRequests != w.NormalRequests {
+			got.FalseAlarms != w.FalseAlarms || got.NormalRequests != w.NormalRequests {
 			t.Errorf("world %d:\n got  %+v\n want %+v", i, got, w)
 		}
 		for _, c := range Classes {

@@ -370,7 +370,7 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		c.Containment = keyDied
 	}
 	if c.NormalRequests > 0 {
-		c.FalseAlarmsPer10M = float64(h.falseAl.Load()) * 1e7 / float64(c.NormalRequests)
+		c.FalseAlarms = h.falseAl.Load()
 		h.falseRules.Range(func(k, _ any) bool {
 			c.Notes = append(c.Notes, "alert on normal traffic: "+k.(string))
 			return true

@@ -116,8 +116,10 @@ func (r Report) WriteMarkdown(w io.Writer) error {
 			cells = append(cells, count(wd.Records[c]))
 		}
 		fa := "—"
-		if wd.NormalRequests > 0 {
-			fa = strconv.FormatFloat(wd.FalseAlarmsPer10M, 'f', 2, 64)
+		if rate, ok := wd.FalseAlarmRate(); ok {
+			fa = strconv.FormatFloat(rate, 'f', 2, 64) + " (over " + count(wd.NormalRequests) + ")"
+		} else if wd.NormalRequests > 0 {
+			fa = count(wd.FalseAlarms) + " in " + count(wd.NormalRequests) + " (too few for a rate)"
 		}
 		scope := "—"
 		if wd.TimeToScope != 0 {

@@ -216,3 +216,47 @@ func TestFormat(t *testing.T) {
 		}
 	}
 }
+
+// TestFalseAlarmRateNeedsEnoughNormalTraffic: a false-alarm rate per 10 M
+// normal requests is given only when it rests on at least 10 M of them;
+// below that the report and the JSON give the count and what it rests on.
+func TestFalseAlarmRateNeedsEnoughNormalTraffic(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		alarms, nreqs int64
+		rate          bool
+		want          string
+	}{
+		{"count/few", 0, 2381, false, "0 in 2,381 (too few for a rate)"},
+		{"count/just-below", 3, MinNormalForRate - 1, false, "3 in 9,999,999 (too few for a rate)"},
+		{"rate/at", 1, MinNormalForRate, true, "1.00 (over 10,000,000)"},
+		{"rate/above", 3, 60_000_000, true, "0.50 (over 60,000,000)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := World{Name: "custos", FalseAlarms: tc.alarms, NormalRequests: tc.nreqs}
+			if _, ok := w.FalseAlarmRate(); ok != tc.rate {
+				t.Fatalf("FalseAlarmRate ok = %v, want %v", ok, tc.rate)
+			}
+			var md bytes.Buffer
+			if err := (Report{Worlds: []World{w}}).WriteMarkdown(&md); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(md.String(), "| "+tc.want+" |") {
+				t.Fatalf("report lacks %q:\n%s", tc.want, md.String())
+			}
+			b, err := json.Marshal(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				FalseAlarms    int64    `json:"false_alarms"`
+				Per10M         *float64 `json:"false_alarms_per_10m"`
+				NormalRequests int64    `json:"normal_requests"`
+			}
+			json.Unmarshal(b, &got)
+			if got.FalseAlarms != tc.alarms || got.NormalRequests != tc.nreqs || (got.Per10M != nil) != tc.rate {
+				t.Fatalf("JSON %s", b)
+			}
+		})
+	}
+}

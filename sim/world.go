@@ -39,10 +39,10 @@ type World struct {
 	// Records per data class: one record is one person's value of the class
 	// in one answer (repeated reads count again, as page accesses do).
 	Records map[string]int64
-	// FalseAlarmsPer10M is alerts raised on normal traffic per 10 million
-	// normal requests.
-	FalseAlarmsPer10M float64
-	NormalRequests    int64
+	// FalseAlarms is alerts raised on normal traffic, over NormalRequests
+	// normal requests; see [World.FalseAlarmRate].
+	FalseAlarms    int64
+	NormalRequests int64
 	// TimeToScope is from the first alert to a complete scope report (who,
 	// which data classes, when, from where); zero if none was produced.
 	TimeToScope time.Duration
@@ -61,10 +61,32 @@ type worldJSON struct {
 	MembersExposed    int64            `json:"members_exposed"`
 	NonMembersExposed int64            `json:"non_members_exposed"`
 	Records           map[string]int64 `json:"records"`
-	FalseAlarmsPer10M float64          `json:"false_alarms_per_10m"`
+	FalseAlarms       int64            `json:"false_alarms"`
+	FalseAlarmsPer10M *float64         `json:"false_alarms_per_10m"` // null below MinNormalForRate
 	NormalRequests    int64            `json:"normal_requests"`
 	TimeToScopeSecs   *float64         `json:"time_to_scope_seconds"`
 	Notes             []string         `json:"notes"`
+}
+
+// MinNormalForRate is how many normal requests a false-alarm rate per 10
+// million must rest on: below it, one alert more or less would move the rate
+// by more than the rate itself says, so only the count is given.
+const MinNormalForRate = 10_000_000
+
+// FalseAlarmRate is false alarms per 10 million normal requests, when the run
+// had at least MinNormalForRate of them (ok false otherwise).
+func (w World) FalseAlarmRate() (per10M float64, ok bool) {
+	if w.NormalRequests < MinNormalForRate {
+		return 0, false
+	}
+	return float64(w.FalseAlarms) * 1e7 / float64(w.NormalRequests), true
+}
+
+func ratePtr(r float64, ok bool) *float64 {
+	if !ok {
+		return nil
+	}
+	return &r
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -101,7 +123,7 @@ func (w World) MarshalJSON() ([]byte, error) {
 		Containment:       timePtr(w.Containment),
 		ForgedSent:        w.ForgedSent, ForgedServed: w.ForgedServed,
 		SubjectsExposed: w.SubjectsExposed, MembersExposed: w.MembersExposed, NonMembersExposed: w.NonMembersExposed,
-		Records: rec, FalseAlarmsPer10M: w.FalseAlarmsPer10M, NormalRequests: w.NormalRequests,
+		Records: rec, FalseAlarms: w.FalseAlarms, FalseAlarmsPer10M: ratePtr(w.FalseAlarmRate()), NormalRequests: w.NormalRequests,
 		TimeToScopeSecs: secsPtr(w.TimeToScope, w.TimeToScope != 0), Notes: notes,
 	})
 }
