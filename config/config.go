@@ -131,6 +131,9 @@ type Gateway struct {
 	Audience  []string      `yaml:"audience"`
 	Leeway    time.Duration `yaml:"leeway" env:"CUSTOS_GATEWAY_LEEWAY"`
 	Routes    []Route       `yaml:"routes"`
+	// Unmatched is what happens to a path that matches no route when routes
+	// are configured: deny (default, reason unknown_route) or forward.
+	Unmatched string `yaml:"unmatched" env:"CUSTOS_GATEWAY_UNMATCHED"`
 	// Observe lists checks (reasons) that only report instead of refusing.
 	Observe []string `yaml:"observe"`
 	// GeoIP lists MaxMind-format databases (country and ASN).
@@ -295,6 +298,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Tokens.DefaultTTL <= 0 || c.Tokens.DefaultTTL > c.Tokens.MaxTTL {
 		return bad("tokens.default_ttl", "must be in (0, tokens.max_ttl]")
+	}
+	switch c.Gateway.Unmatched {
+	case "", "deny", "forward":
+	default:
+		return bad("gateway.unmatched", "must be deny or forward, not %q", c.Gateway.Unmatched)
 	}
 	for i, r := range c.Gateway.Routes {
 		if r.Pattern == "" {

@@ -36,6 +36,7 @@ const (
 	ReasonDecoySubject      Reason = "decoy_subject"
 	ReasonLedgerUnavailable Reason = "ledger_unavailable"
 	ReasonBlockedSource     Reason = "blocked_source"
+	ReasonUnknownRoute      Reason = "unknown_route"
 )
 
 // Reasons lists every refusal reason, in the gateway's check order.
@@ -43,7 +44,7 @@ var Reasons = []Reason{
 	ReasonMissingToken, ReasonMalformed, ReasonUnknownKey, ReasonRevokedKey,
 	ReasonBadSignature, ReasonExpired, ReasonNotYetValid, ReasonWrongIssuer,
 	ReasonWrongAudience, ReasonNotIssued, ReasonRevokedToken, ReasonSubjectMismatch,
-	ReasonDecoySubject, ReasonLedgerUnavailable, ReasonBlockedSource,
+	ReasonDecoySubject, ReasonLedgerUnavailable, ReasonBlockedSource, ReasonUnknownRoute,
 }
 
 // Token is the part of a token's claims an access event carries. The token

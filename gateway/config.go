@@ -35,6 +35,18 @@ const (
 	Observe Mode = "observe" // allow it; the event records what enforce would have done
 )
 
+// Unmatched is what the gateway does with a request whose path matches no
+// route, when routes are configured.
+type Unmatched string
+
+const (
+	// Deny refuses it as unknown_route (the default).
+	Deny Unmatched = "deny"
+	// Forward lets it through unbound: its token is checked, no subject
+	// is. A path with no canonical form is still refused.
+	Forward Unmatched = "forward"
+)
+
 // Route tells the gateway what a path carries and whose data it is.
 type Route struct {
 	// Pattern is a net/http ServeMux pattern, e.g.
@@ -74,6 +86,10 @@ type Config struct {
 	Audience    Audiences     `yaml:"audience"` // required: accepted aud values
 	Leeway      time.Duration `yaml:"leeway"`   // clock skew allowed on exp, nbf, iat
 	Routes      []Route       `yaml:"routes"`
+	// Unmatched is deny (default) or forward; it matters only when Routes
+	// is not empty. With no routes every path goes through and no subject
+	// is bound (see [Gateway.Warnings]).
+	Unmatched Unmatched `yaml:"unmatched"`
 	// Modes per check, keyed by the reason the check produces
 	// (e.g. "not_issued": observe). Unlisted checks enforce.
 	Modes         map[event.Reason]Mode `yaml:"modes"`
@@ -112,6 +128,9 @@ func (c *Config) setDefaults() {
 	if c.GatewayName == "" {
 		c.GatewayName = DefaultGatewayName
 	}
+	if c.Unmatched == "" {
+		c.Unmatched = Deny
+	}
 }
 
 // validate checks the config as a whole, naming the field at fault.
@@ -130,6 +149,9 @@ func (c *Config) validate() error {
 	}
 	if c.CacheSize < 0 {
 		return fmt.Errorf("%w: cache_size is negative", ErrConfig)
+	}
+	if c.Unmatched != Deny && c.Unmatched != Forward {
+		return fmt.Errorf("%w: unmatched %q is not deny or forward", ErrConfig, c.Unmatched)
 	}
 	for r, m := range c.Modes {
 		if !slices.Contains(event.Reasons, r) {

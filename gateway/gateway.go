@@ -25,7 +25,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -163,7 +162,6 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 // addRoutes registers each route's pattern, plus its method-less form so the
 // same path under another method is bound too.
 func (g *Gateway) addRoutes() (err error) {
-	noop := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
 	register := func(pattern string, rt *route, explicit bool) (err error) {
 		defer func() {
 			if p := recover(); p != nil {
@@ -178,7 +176,7 @@ func (g *Gateway) addRoutes() (err error) {
 			}
 			return nil
 		}
-		g.mux.Handle(pattern, noop)
+		g.mux.Handle(pattern, routeHandler{rt})
 		g.routes[pattern] = rt
 		return nil
 	}
@@ -279,31 +277,18 @@ func (g *Gateway) blocked(ip netip.Addr, now time.Time) bool {
 	return false
 }
 
-type ctxKey struct{}
-
 // ClaimsFromContext returns the claims of the token the gateway verified for
 // this request, for handlers behind [Gateway.Middleware].
 func ClaimsFromContext(ctx context.Context) (token.Claims, bool) {
-	c, ok := ctx.Value(ctxKey{}).(*token.Claims)
-	if !ok {
+	d, ok := DecisionFromContext(ctx)
+	if !ok || !d.Verified || d.Claims == nil {
 		return token.Claims{}, false
 	}
-	return *c, true
-}
-
-// decision is what the checks concluded about one request.
-type decision struct {
-	deny      event.Reason // enforced refusal, or ""
-	observed  event.Reason // first failure of a check in observe mode
-	claims    *token.Claims
-	kid       string
-	verified  bool // signature verified (fresh or remembered)
-	rt        *route
-	routeSubj string
+	return *d.Claims, true
 }
 
 // fail records a failed check; it reports whether the request is refused.
-func (g *Gateway) fail(d *decision, r event.Reason) bool {
+func (g *Gateway) fail(d *Decision, r event.Reason) bool {
 	if g.cfg.Modes[r] == Observe {
 		if d.observed == "" {
 			d.observed = r
@@ -314,84 +299,98 @@ func (g *Gateway) fail(d *decision, r event.Reason) bool {
 	return true
 }
 
-// Middleware runs the checks before next. Refused requests never reach next.
+// Middleware runs the checks before next. Refused requests never reach
+// next. An allowed request reaches next with the header rule applied, its
+// path in canonical form and the identity headers set.
 func (g *Gateway) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		now := g.now()
-		// Headers the gateway owns are never taken from the client.
-		for k := range r.Header {
-			if strings.HasPrefix(k, HeaderPrefix) || k == g.cfg.SubjectHeader {
-				delete(r.Header, k)
-			}
+		g.stripClientHeaders(r.Header, g.trustedPeer(r.RemoteAddr))
+		target := r.RequestURI
+		if target == "" || target == "*" {
+			target = r.URL.RequestURI()
 		}
-		if p := cleanPath(r.URL.Path); p != r.URL.Path {
-			r.URL.Path, r.URL.RawPath = p, ""
-		}
-		src := g.source(r)
-		d := g.check(r, src, now)
+		d := g.Decide(r.Context(), Request{Method: r.Method, Host: r.Host, Target: target, Header: r.Header, Peer: r.RemoteAddr})
 
 		rw := &recorder{ResponseWriter: w}
 		var upstream time.Duration
-		if d.deny != "" {
-			refuse(rw, d.deny)
+		if !d.Allowed() {
+			refuse(rw, d.Reason)
 		} else {
-			if d.verified && d.claims != nil {
-				r.Header.Set(g.cfg.SubjectHeader, d.claims.Subject)
-				r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, d.claims))
+			if d.Path != "" && d.Path != r.URL.Path {
+				r.URL.Path, r.URL.RawPath = d.Path, d.Path
 			}
+			g.SetIdentity(r.Header, d)
+			r = r.WithContext(context.WithValue(r.Context(), decisionKey{}, d))
 			t := time.Now()
 			next.ServeHTTP(rw, r)
 			upstream = time.Since(t)
 		}
-		g.emit(r, rw, start, now, src, &d)
-		g.overhead.Observe((time.Since(start) - upstream).Seconds())
+		g.Emit(d, Outcome{Status: rw.status, Bytes: rw.bytes, Upstream: upstream})
 	})
 }
 
 // check runs every check in order.
-func (g *Gateway) check(r *http.Request, src netip.Addr, now time.Time) decision {
-	var d decision
-	if _, pattern := g.mux.Handler(r); pattern != "" {
-		if rt := g.routes[pattern]; rt != nil {
-			d.rt = rt
-			d.routeSubj = routeSubject(rt, r.URL.Path)
+func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
+	now := d.now
+	escaped, query, ok := splitTarget(r.Target)
+	d.Query = query
+	if len(escaped) > MaxPathBytes {
+		d.rawPath = escaped[:MaxPathBytes]
+	} else {
+		d.rawPath = escaped
+	}
+	if ok {
+		if p, canon := canonicalPath(escaped); canon {
+			d.Path = p
 		}
 	}
-	if g.blocked(src, now) && g.fail(&d, event.ReasonBlockedSource) {
-		return d
+	if d.Path != "" && len(g.routes) > 0 {
+		if d.rt = g.match(r.Method, r.Host, d.Path); d.rt != nil {
+			d.routeSubj = routeSubject(d.rt, d.Path)
+		}
+	} else if d.Path == "" && ok && len(g.routes) == 0 {
+		// No routes to match: the path is only cleaned, as ServeMux does.
+		if p, err := url.PathUnescape(escaped); err == nil && strings.HasPrefix(p, "/") {
+			d.Path = cleanPath(p)
+		}
 	}
-	raw, reason := bearer(r)
+	if g.blocked(d.Source, now) && g.fail(d, event.ReasonBlockedSource) {
+		return
+	}
+	if len(g.routes) > 0 && d.rt == nil && (d.Path == "" || g.cfg.Unmatched != Forward) &&
+		g.fail(d, event.ReasonUnknownRoute) {
+		return
+	}
+	raw, reason := bearer(r.Header)
 	if reason != "" {
-		g.fail(&d, reason)
-		return d
+		g.fail(d, reason)
+		return
 	}
 	h := ledger.HashToken(raw)
 	c, kid, reason := g.verify(raw, h)
-	d.claims, d.kid = c, kid
+	d.Claims, d.KID = c, kid
 	if reason != "" {
-		if g.fail(&d, reason) || c == nil {
-			return d
+		if g.fail(d, reason) || c == nil {
+			return
 		}
 	} else {
-		d.verified = true
+		d.Verified = true
 	}
-	if g.claimsCheck(&d, now) {
-		return d
+	if g.claimsCheck(d, now) {
+		return
 	}
-	if g.provenance(r.Context(), &d, h) {
-		return d
+	if g.provenance(ctx, d, h) {
+		return
 	}
-	if _, ok := g.decoys[d.claims.Subject]; ok && g.fail(&d, event.ReasonDecoySubject) {
-		return d
+	if _, ok := g.decoys[d.Claims.Subject]; ok && g.fail(d, event.ReasonDecoySubject) {
+		return
 	}
-	if _, ok := g.decoys[d.routeSubj]; ok && d.routeSubj != "" && g.fail(&d, event.ReasonDecoySubject) {
-		return d
+	if _, ok := g.decoys[d.routeSubj]; ok && d.routeSubj != "" && g.fail(d, event.ReasonDecoySubject) {
+		return
 	}
-	if d.rt != nil && d.rt.seg >= 0 && d.routeSubj != d.claims.Subject && g.fail(&d, event.ReasonSubjectMismatch) {
-		return d
+	if d.rt != nil && d.rt.seg >= 0 && d.routeSubj != d.Claims.Subject && g.fail(d, event.ReasonSubjectMismatch) {
+		return
 	}
-	return d
 }
 
 // verify parses and verifies raw, or finds it among tokens already verified.
@@ -448,8 +447,8 @@ func samePublic(a, b crypto.PublicKey) bool {
 }
 
 // claimsCheck checks times, issuer and audience; it reports a refusal.
-func (g *Gateway) claimsCheck(d *decision, now time.Time) bool {
-	c := d.claims
+func (g *Gateway) claimsCheck(d *Decision, now time.Time) bool {
+	c := d.Claims
 	t := now.Unix()
 	lw := int64(g.cfg.Leeway / time.Second)
 	if t-lw >= c.ExpiresAt && g.fail(d, event.ReasonExpired) {
@@ -469,7 +468,7 @@ func (g *Gateway) claimsCheck(d *decision, now time.Time) bool {
 
 // provenance asks the ledger about the token; it reports a refusal. Any
 // error fails closed.
-func (g *Gateway) provenance(ctx context.Context, d *decision, h ledger.Hash) bool {
+func (g *Gateway) provenance(ctx context.Context, d *Decision, h ledger.Hash) bool {
 	var (
 		st  ledger.Status
 		err error
@@ -496,8 +495,8 @@ func (g *Gateway) provenance(ctx context.Context, d *decision, h ledger.Hash) bo
 
 // bearer extracts the token from the one Authorization header (RFC 6750
 // section 2.1). Other ways of sending a token are not accepted.
-func bearer(r *http.Request) (string, event.Reason) {
-	vals := r.Header.Values("Authorization")
+func bearer(h http.Header) (string, event.Reason) {
+	vals := h.Values("Authorization")
 	if len(vals) == 0 {
 		return "", event.ReasonMissingToken
 	}
@@ -514,60 +513,14 @@ func bearer(r *http.Request) (string, event.Reason) {
 	return tok, ""
 }
 
-// routeSubject reads the subject wildcard's value from a clean path.
-func routeSubject(rt *route, p string) string {
-	if rt.seg < 0 {
-		return ""
-	}
-	rest := strings.TrimPrefix(p, "/")
-	for i := 0; i < rt.seg; i++ {
-		j := strings.IndexByte(rest, '/')
-		if j < 0 {
-			return ""
-		}
-		rest = rest[j+1:]
-	}
-	if !rt.rest {
-		if j := strings.IndexByte(rest, '/'); j >= 0 {
-			rest = rest[:j]
-		}
-	}
-	if s, err := url.PathUnescape(rest); err == nil {
-		return s
-	}
-	return rest
-}
-
-// cleanPath is path.Clean keeping a trailing slash, as ServeMux does.
-func cleanPath(p string) string {
-	if p == "" {
-		return "/"
-	}
-	if p[0] != '/' {
-		p = "/" + p
-	}
-	np := path.Clean(p)
-	if p[len(p)-1] == '/' && np != "/" {
-		np += "/"
-	}
-	return np
-}
-
 // source is the client address: the peer, or with trusted proxies the
 // right-most X-Forwarded-For hop that is not a trusted proxy.
-func (g *Gateway) source(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	var ip netip.Addr
-	if err == nil {
-		ip = ap.Addr().Unmap()
-	} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		ip, _ = netip.ParseAddr(host)
-		ip = ip.Unmap()
-	}
+func (g *Gateway) source(peer string, h http.Header) netip.Addr {
+	ip := peerAddr(peer)
 	if len(g.trusted) == 0 || !g.isTrusted(ip) {
 		return ip
 	}
-	xff := r.Header.Values("X-Forwarded-For")
+	xff := h.Values("X-Forwarded-For")
 	for i := len(xff) - 1; i >= 0; i-- {
 		hops := strings.Split(xff[i], ",")
 		for j := len(hops) - 1; j >= 0; j-- {
@@ -582,6 +535,23 @@ func (g *Gateway) source(r *http.Request) netip.Addr {
 		}
 	}
 	return ip
+}
+
+// peerAddr parses a connection's address, "ip:port" or "ip".
+func peerAddr(peer string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(peer); err == nil {
+		return ap.Addr().Unmap()
+	}
+	if host, _, err := net.SplitHostPort(peer); err == nil {
+		peer = host
+	}
+	ip, _ := netip.ParseAddr(peer)
+	return ip.Unmap()
+}
+
+// trustedPeer reports whether the connection comes from a trusted proxy.
+func (g *Gateway) trustedPeer(peer string) bool {
+	return len(g.trusted) > 0 && g.isTrusted(peerAddr(peer))
 }
 
 func (g *Gateway) isTrusted(ip netip.Addr) bool {
@@ -647,41 +617,35 @@ func (r *recorder) Flush() {
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // emit builds the request's access event and sends it out.
-func (g *Gateway) emit(r *http.Request, rw *recorder, start, now time.Time, src netip.Addr, d *decision) {
+func (g *Gateway) emit(d *Decision, o Outcome) {
 	ev := event.Access{
-		Time:        now.UTC(),
+		Time:        d.now.UTC(),
 		Gateway:     g.cfg.GatewayName,
 		RequestID:   g.requestID(),
-		Method:      r.Method,
-		Path:        r.URL.Path,
-		Status:      rw.status,
-		Bytes:       rw.bytes,
-		LatencyUS:   time.Since(start).Microseconds(),
-		UserAgent:   r.UserAgent(),
-		Verdict:     event.Allow,
-		Reason:      d.observed,
-		DataClasses: []string{},
+		Method:      d.method,
+		Route:       d.Route,
+		Path:        d.Path,
+		Status:      o.Status,
+		Bytes:       o.Bytes,
+		LatencyUS:   time.Since(d.start).Microseconds(),
+		UserAgent:   d.userAgent,
+		Verdict:     d.Verdict,
+		Reason:      d.Reason,
+		Subject:     d.Subject,
+		DataClasses: d.DataClasses,
 	}
 	if ev.Status == 0 {
 		ev.Status = http.StatusOK
 	}
-	if src.IsValid() {
-		ev.SrcIP = src.String()
-		ev.Country, ev.ASN = g.geo.lookup(src)
+	if ev.Path == "" {
+		ev.Path = d.rawPath
 	}
-	if d.deny != "" {
-		ev.Verdict, ev.Reason = event.Deny, d.deny
+	if d.Source.IsValid() {
+		ev.SrcIP = d.Source.String()
+		ev.Country, ev.ASN = g.geo.lookup(d.Source)
 	}
-	if d.rt != nil {
-		ev.Route = d.rt.Pattern
-		ev.DataClasses = d.rt.DataClasses
-	}
-	if c := d.claims; c != nil {
-		ev.Token = event.Token{JTI: c.JTI, KID: d.kid, Sub: c.Subject, Aud: c.Audience, IAT: c.IssuedAt, EXP: c.ExpiresAt}
-		ev.Subject = c.Subject
-	}
-	if d.routeSubj != "" {
-		ev.Subject = d.routeSubj
+	if c := d.Claims; c != nil {
+		ev.Token = event.Token{JTI: c.JTI, KID: d.KID, Sub: c.Subject, Aud: c.Audience, IAT: c.IssuedAt, EXP: c.ExpiresAt}
 	}
 	g.requests.WithLabelValues(string(ev.Verdict), string(ev.Reason)).Inc()
 	if g.pub != nil {

@@ -329,11 +329,23 @@ func TestAttackSuite(t *testing.T) {
 			t.Fatalf("status %d %s", w.Code, w.Body)
 		}
 	})
-	t.Run("ok/unrouted-path-still-needs-token", func(t *testing.T) {
+	t.Run("fail/unrouted-path-refused", func(t *testing.T) {
+		before := e.upstream.Load()
+		assertRefused(t, e, e.do("GET", "/other", ""), before, event.ReasonUnknownRoute)
+		assertRefused(t, e, e.do("GET", "/other", good), before, event.ReasonUnknownRoute)
+	})
+	t.Run("ok/unmatched-forward-still-needs-token", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.Unmatched = Forward
+		e := newEnv(t, cfg)
+		good := e.issue(t, claimsFor("m-1"))
 		before := e.upstream.Load()
 		assertRefused(t, e, e.do("GET", "/other", ""), before, event.ReasonMissingToken)
 		if w := e.do("GET", "/other", good); w.Code != 200 {
 			t.Fatalf("status %d", w.Code)
+		}
+		if ev := e.pub.last(t); ev.Route != "" || ev.Subject != "m-1" {
+			t.Errorf("event route %q subject %q", ev.Route, ev.Subject)
 		}
 	})
 }

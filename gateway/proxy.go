@@ -10,12 +10,29 @@ import (
 )
 
 // NewProxy returns a reverse proxy to upstream behind g's checks. The
-// upstream receives the verified subject in Config.SubjectHeader.
+// upstream receives the canonical path the route was matched on (under
+// upstream's own path, if it has one), the headers the header rule leaves,
+// X-Forwarded-For, -Host and -Proto, and the identity headers
+// (Config.SubjectHeader, X-Custos-Jti, X-Custos-Kid) set last.
 func NewProxy(upstream *url.URL, g *Gateway) http.Handler {
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			d, ok := DecisionFromContext(pr.In.Context())
+			if !ok || !d.Allowed() {
+				panic(http.ErrAbortHandler) // only decided, allowed requests come here
+			}
+			if d.Path != "" {
+				pr.Out.URL.Path, pr.Out.URL.RawPath = d.Path, d.Path
+			}
+			pr.Out.URL.RawQuery = d.Query
 			pr.SetURL(upstream)
+			if g.trustedPeer(pr.In.RemoteAddr) {
+				pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+			}
 			pr.SetXForwarded()
+			// After the proxy's own hop-by-hop removal, so that no header the
+			// client named in Connection can take them away.
+			g.SetIdentity(pr.Out.Header, d)
 		},
 		Transport: &http.Transport{
 			Proxy:               nil, // never send customer traffic through an environment proxy

@@ -113,6 +113,9 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		return err
 	}
 	defer g.Close()
+	for _, w := range g.Warnings() {
+		log.Warn("WARNING: " + w)
+	}
 	ln, err := net.Listen("tcp", cfg.Gateway.Listen)
 	if err != nil {
 		return fmt.Errorf("failed to listen on %s: %w", cfg.Gateway.Listen, err)

@@ -279,6 +279,11 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		if err == nil {
 			s.closers = append(s.closers, s.Gateway.Close)
 			s.Registry.MustRegister(s.Gateway.Collectors()...)
+			for _, w := range s.Gateway.Warnings() {
+				if log != nil {
+					log.Warn("WARNING: " + w)
+				}
+			}
 		}
 		if err != nil {
 			return nil, err
@@ -307,7 +312,7 @@ func GatewayConfig(cfg config.Config) gateway.Config {
 	g := gateway.Config{
 		GatewayName: cfg.Gateway.Name, Issuer: cfg.Issuer, Audience: cfg.Gateway.Audience, Leeway: cfg.Gateway.Leeway,
 		Decoys: cfg.Decoys, GeoIP: cfg.Gateway.GeoIP, EventsFile: cfg.Gateway.EventsFile,
-		TrustedProxies: cfg.Gateway.TrustedProxies,
+		TrustedProxies: cfg.Gateway.TrustedProxies, Unmatched: gateway.Unmatched(cfg.Gateway.Unmatched),
 	}
 	if len(cfg.Gateway.Observe) > 0 {
 		g.Modes = map[event.Reason]gateway.Mode{}
