@@ -16,9 +16,11 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger"
 	"github.com/custos-dev/custos/token"
+	"github.com/custos-dev/custos/verdict"
 )
 
 // Defaults of the token policy.
@@ -30,9 +32,11 @@ const (
 	SecurityDecoyIssue = "authority.decoy_issue"
 )
 
-// Signer gives the key that signs now (keys.Manager).
+// Signer gives the key that signs now, and finds the key a kid names in
+// whatever state it is, for introspection (keys.Manager).
 type Signer interface {
 	Signer(ctx context.Context) (keys.Key, crypto.Signer, error)
+	Lookup(kid string) (keys.Key, bool)
 }
 
 // Ledger records issued tokens durably and answers what it knows of one.
@@ -98,6 +102,8 @@ type Authority struct {
 	signer  Signer
 	ledger  Ledger
 	decoys  map[string]bool
+	checker verdict.Checker
+	leeway  time.Duration
 	alerter Alerter
 	journal Journal
 	now     func() time.Time
@@ -112,6 +118,10 @@ type Config struct {
 	DefaultTTL time.Duration `yaml:"default_ttl"`
 	MaxTTL     time.Duration `yaml:"max_ttl"`
 	Decoys     []string      `yaml:"decoys"`
+	// Leeway is the clock skew introspection allows on exp, nbf and iat;
+	// give it the gateways' leeway so both answer alike (0:
+	// verdict.DefaultLeeway).
+	Leeway time.Duration `yaml:"leeway"`
 }
 
 // New returns an authority. alerter and journal may be nil.
@@ -128,12 +138,19 @@ func New(cfg Config, s Signer, l Ledger, alerter Alerter, journal Journal, now f
 	if cfg.DefaultTTL > cfg.MaxTTL {
 		return nil, fmt.Errorf("authority: default_ttl %s exceeds max_ttl %s", cfg.DefaultTTL, cfg.MaxTTL)
 	}
+	if cfg.Leeway == 0 {
+		cfg.Leeway = verdict.DefaultLeeway
+	}
+	if cfg.Leeway < 0 || cfg.Leeway > verdict.MaxLeeway {
+		return nil, fmt.Errorf("authority: leeway %s outside 0..%s", cfg.Leeway, verdict.MaxLeeway)
+	}
 	d := make(map[string]bool, len(cfg.Decoys))
 	for _, s := range cfg.Decoys {
 		d[s] = true
 	}
 	return &Authority{Issuer: cfg.Issuer, MaxTTL: cfg.MaxTTL, DefaultTTL: cfg.DefaultTTL,
-		signer: s, ledger: l, decoys: d, alerter: alerter, journal: journal, now: now}, nil
+		signer: s, ledger: l, decoys: d, alerter: alerter, journal: journal, now: now,
+		checker: verdict.Checker{Keys: s, Ledger: provenanceOf(l)}, leeway: cfg.Leeway}, nil
 }
 
 // IsDecoy reports whether sub is a configured decoy member.
@@ -234,27 +251,56 @@ type Introspection struct {
 	JTI       string `json:"jti,omitempty"`
 }
 
-// Introspect answers whether raw is a live token this authority issued. A token
-// whose signature verifies but that is not in the ledger is not active.
-func (a *Authority) Introspect(ctx context.Context, raw string) (Introspection, error) {
-	e, err := a.ledger.Get(ctx, ledger.HashToken(raw))
-	if errors.Is(err, ledger.ErrNotFound) {
+// Verdict decides on raw for the resource server c, through the same
+// function as the gateway (verdict.Checker): signature, key state (a revoked
+// key's tokens are refused), times with the configured leeway, issuer, an
+// audience registered for c, and provenance in the ledger.
+func (a *Authority) Verdict(ctx context.Context, c *Client, raw string) verdict.Result {
+	pol := verdict.Policy{Issuer: a.Issuer, Audience: c.Audiences, Leeway: a.leeway}
+	return a.checker.Check(ctx, raw, &pol, a.now(), nil)
+}
+
+// Introspect answers RFC 7662 introspection by client c: active when
+// [Authority.Verdict] finds the token good. Section 4 of the RFC lets the
+// server decide that a token not meant for the caller is not active; custos
+// does so for audiences not registered for c, as a gateway for other
+// audiences would refuse it. The error is a ledger that could not answer.
+func (a *Authority) Introspect(ctx context.Context, c *Client, raw string) (Introspection, error) {
+	v := a.Verdict(ctx, c, raw)
+	if v.Reason == event.ReasonLedgerUnavailable {
+		return Introspection{}, fmt.Errorf("failed to check the token's provenance: %w", ledger.ErrUnavailable)
+	}
+	if !v.Good() {
 		return Introspection{Active: false}, nil
 	}
-	if err != nil {
-		return Introspection{}, err
+	cl := v.Claims
+	return Introspection{Active: true, Scope: cl.Scope, ClientID: cl.ClientID, TokenType: "Bearer",
+		Exp: cl.ExpiresAt, Iat: cl.IssuedAt, Nbf: cl.NotBefore, Sub: cl.Subject, Aud: cl.Audience, Iss: cl.Issuer, JTI: cl.JTI}, nil
+}
+
+// provenanceOf is the ledger's own Status when it has one (ledger.Ledger:
+// the same answer the in-process gateway gets), else its records.
+func provenanceOf(l Ledger) verdict.Provenance {
+	if p, ok := l.(verdict.Provenance); ok {
+		return p
 	}
-	now := a.now()
-	if e.Revoked || !now.Before(e.ExpiresAt) {
-		return Introspection{Active: false}, nil
+	return ledgerStatus{l}
+}
+
+// ledgerStatus answers provenance from the authority's own ledger record.
+type ledgerStatus struct{ l Ledger }
+
+func (s ledgerStatus) Status(ctx context.Context, h ledger.Hash) (ledger.Status, error) {
+	e, err := s.l.Get(ctx, h)
+	switch {
+	case errors.Is(err, ledger.ErrNotFound):
+		return ledger.Unknown, nil
+	case err != nil:
+		return ledger.Unknown, err
+	case e.Revoked:
+		return ledger.Revoked, nil
 	}
-	p, err := token.Parse(raw)
-	if err != nil {
-		return Introspection{Active: false}, nil
-	}
-	c := p.Claims
-	return Introspection{Active: true, Scope: c.Scope, ClientID: c.ClientID, TokenType: "Bearer",
-		Exp: c.ExpiresAt, Iat: c.IssuedAt, Nbf: c.NotBefore, Sub: c.Subject, Aud: c.Audience, Iss: c.Issuer, JTI: c.JTI}, nil
+	return ledger.Live, nil
 }
 
 // Revoke revokes raw if this authority issued it to client c (RFC 7009: an

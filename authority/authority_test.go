@@ -17,6 +17,7 @@ import (
 	"github.com/custos-dev/custos/ledger"
 	"github.com/custos-dev/custos/store"
 	"github.com/custos-dev/custos/token"
+	"github.com/custos-dev/custos/verdict"
 )
 
 type fakeSigner struct {
@@ -32,6 +33,10 @@ func newFakeSigner() *fakeSigner {
 
 func (f *fakeSigner) Signer(ctx context.Context) (keys.Key, crypto.Signer, error) {
 	return f.key, f.priv, f.err
+}
+
+func (f *fakeSigner) Lookup(kid string) (keys.Key, bool) {
+	return f.key, kid == f.key.KID
 }
 
 type fakeLedger struct {
@@ -199,25 +204,25 @@ func TestIntrospectForgedTokenIsInactive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := f.auth.Introspect(ctx, forged)
+	in, err := f.auth.Introspect(ctx, f.client, forged)
 	if err != nil || in.Active {
 		t.Fatalf("forged token introspects active=%v err=%v", in.Active, err)
 	}
 	out, _ := f.auth.Issue(ctx, f.client, Request{Subject: "42", Audience: "shop-api"})
-	in, err = f.auth.Introspect(ctx, out.AccessToken)
+	in, err = f.auth.Introspect(ctx, f.client, out.AccessToken)
 	if err != nil || !in.Active || in.Sub != "42" {
 		t.Fatalf("issued token introspects %+v err=%v", in, err)
 	}
 	if err := f.auth.Revoke(ctx, f.client, out.AccessToken); err != nil {
 		t.Fatal(err)
 	}
-	if in, _ := f.auth.Introspect(ctx, out.AccessToken); in.Active {
+	if in, _ := f.auth.Introspect(ctx, f.client, out.AccessToken); in.Active {
 		t.Fatal("revoked token still active")
 	}
 	f.now = f.now.Add(time.Hour)
 	out2, _ := f.auth.Issue(ctx, f.client, Request{Subject: "43", Audience: "shop-api", TTL: 60})
-	f.now = f.now.Add(61 * time.Second)
-	if in, _ := f.auth.Introspect(ctx, out2.AccessToken); in.Active {
+	f.now = f.now.Add(60*time.Second + verdict.DefaultLeeway)
+	if in, _ := f.auth.Introspect(ctx, f.client, out2.AccessToken); in.Active {
 		t.Fatal("expired token still active")
 	}
 }

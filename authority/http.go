@@ -175,7 +175,8 @@ func tokenParam(r *http.Request) (string, error) {
 }
 
 func (h *Handler) introspect(w http.ResponseWriter, r *http.Request) {
-	if _, err := h.clientOf(r); err != nil {
+	c, err := h.clientOf(r)
+	if err != nil {
 		WriteError(w, http.StatusUnauthorized, "invalid_client", "unknown or revoked client credential")
 		return
 	}
@@ -184,7 +185,7 @@ func (h *Handler) introspect(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	out, err := h.Auth.Introspect(r.Context(), t)
+	out, err := h.Auth.Introspect(r.Context(), c, t)
 	if err != nil {
 		h.writeErr(w, err)
 		return

@@ -11,14 +11,15 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/verdict"
 )
 
 // Defaults applied by [New] to zero fields of [Config].
 const (
-	DefaultLeeway            = 30 * time.Second
-	MaxLeeway                = 5 * time.Minute
+	DefaultLeeway            = verdict.DefaultLeeway
+	MaxLeeway                = verdict.MaxLeeway
 	DefaultSubjectHeader     = "X-Custos-Subject"
-	DefaultProvenanceTimeout = 2 * time.Second
+	DefaultProvenanceTimeout = verdict.DefaultProvenanceTimeout
 	DefaultCacheSize         = 100_000
 	DefaultGatewayName       = "custos-gateway"
 )

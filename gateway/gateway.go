@@ -14,7 +14,6 @@ package gateway
 
 import (
 	"context"
-	"crypto"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -25,7 +24,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,29 +33,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/custos-dev/custos/event"
-	"github.com/custos-dev/custos/keys"
-	"github.com/custos-dev/custos/ledger"
 	"github.com/custos-dev/custos/token"
+	"github.com/custos-dev/custos/verdict"
 )
 
 // KeySet finds the verification key a token's kid names.
-type KeySet interface {
-	Lookup(kid string) (keys.Key, bool)
-}
+type KeySet = verdict.KeySet
 
 // Provenance tells whether the issuance ledger knows a token. Any error
 // (ledger.ErrUnavailable in particular) refuses the request as
 // ledger_unavailable.
-type Provenance interface {
-	Status(ctx context.Context, h ledger.Hash) (ledger.Status, error)
-}
-
-// localProvenance is a Provenance that can often answer from memory; the
-// gateway then skips setting up the deadline that a remote lookup needs.
-type localProvenance interface {
-	// LocalStatus answers from memory, or says it cannot (ok false).
-	LocalStatus(h ledger.Hash) (st ledger.Status, ok bool)
-}
+type Provenance = verdict.Provenance
 
 // Publisher receives every access event (event.Bus satisfies it).
 type Publisher interface {
@@ -76,7 +62,8 @@ type Gateway struct {
 	decoys  map[string]struct{}
 	trusted []netip.Prefix
 	geo     *geoDB
-	cache   *verifiedCache
+	checker verdict.Checker
+	policy  verdict.Policy
 
 	evMu   sync.Mutex
 	evFile *os.File
@@ -114,11 +101,13 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 	}
 	g := &Gateway{
 		cfg: cfg, ks: ks, prov: prov, pub: pub, now: now,
-		mux:    http.NewServeMux(),
-		routes: map[string]*route{},
-		decoys: map[string]struct{}{},
-		blocks: map[netip.Prefix]Block{},
-		cache:  newVerifiedCache(cfg.CacheSize),
+		mux:     http.NewServeMux(),
+		routes:  map[string]*route{},
+		decoys:  map[string]struct{}{},
+		blocks:  map[netip.Prefix]Block{},
+		checker: verdict.Checker{Keys: ks, Ledger: prov, Cache: verdict.NewCache(cfg.CacheSize)},
+		policy: verdict.Policy{Issuer: cfg.Issuer, Audience: cfg.Audience, Leeway: cfg.Leeway,
+			ProvenanceTimeout: cfg.ProvenanceTimeout},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "custos_gateway_requests_total",
 			Help: "Requests seen by the gateway, by verdict and reason (reason is empty for a clean allow).",
@@ -366,21 +355,24 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 		g.fail(d, reason)
 		return
 	}
-	h := ledger.HashToken(raw)
-	c, kid, reason := g.verify(raw, h)
-	d.Claims, d.KID = c, kid
-	if reason != "" {
-		if g.fail(d, reason) || c == nil {
-			return
-		}
-	} else {
-		d.Verified = true
+	var observe func(event.Reason) bool
+	if len(g.cfg.Modes) > 0 {
+		observe = func(r event.Reason) bool { return g.cfg.Modes[r] == Observe }
 	}
-	if g.claimsCheck(d, now) {
+	v := g.checker.Check(ctx, raw, &g.policy, now, observe)
+	d.Claims, d.KID, d.Verified = v.Claims, v.KID, v.Verified
+	if v.Cached {
+		g.cacheHits.Inc()
+	}
+	if v.Observed != "" && d.observed == "" {
+		d.observed = v.Observed
+	}
+	if v.Reason != "" {
+		d.deny = v.Reason
 		return
 	}
-	if g.provenance(ctx, d, h) {
-		return
+	if d.Claims == nil {
+		return // unreadable, and malformed is only observed
 	}
 	if _, ok := g.decoys[d.Claims.Subject]; ok && g.fail(d, event.ReasonDecoySubject) {
 		return
@@ -391,106 +383,6 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 	if d.rt != nil && d.rt.seg >= 0 && d.routeSubj != d.Claims.Subject && g.fail(d, event.ReasonSubjectMismatch) {
 		return
 	}
-}
-
-// verify parses and verifies raw, or finds it among tokens already verified.
-// It returns the claims (nil when unparsable), the kid and the failure reason,
-// empty when the signature is good. Key state is checked on every call.
-func (g *Gateway) verify(raw string, h ledger.Hash) (*token.Claims, string, event.Reason) {
-	if e, ok := g.cache.get(h); ok {
-		k, found := g.ks.Lookup(e.kid)
-		if found && k.Alg == e.alg && samePublic(k.Public, e.pub) {
-			g.cacheHits.Inc()
-			if reason := keyStateReason(k.State); reason != "" {
-				return &e.claims, e.kid, reason
-			}
-			return &e.claims, e.kid, ""
-		}
-	}
-	if len(raw) > token.MaxSize {
-		return nil, "", event.ReasonMalformed
-	}
-	p, err := token.Parse(raw)
-	if err != nil {
-		return nil, "", event.ReasonMalformed
-	}
-	c := &p.Claims
-	k, found := g.ks.Lookup(p.Header.KID)
-	if !found || p.Header.KID == "" {
-		return c, p.Header.KID, event.ReasonUnknownKey
-	}
-	stateReason := keyStateReason(k.State)
-	if err := token.VerifySignature(p, k.Alg, k.Public); err != nil {
-		if stateReason != "" {
-			return c, k.KID, stateReason
-		}
-		return c, k.KID, event.ReasonBadSignature
-	}
-	g.cache.put(h, cached{claims: *c, kid: k.KID, alg: k.Alg, pub: k.Public})
-	return c, k.KID, stateReason
-}
-
-func keyStateReason(s keys.State) event.Reason {
-	switch s {
-	case keys.Active, keys.VerifyOnly:
-		return ""
-	}
-	// Revoked, retired, or a state this gateway does not know: refuse.
-	return event.ReasonRevokedKey
-}
-
-type equaler interface{ Equal(crypto.PublicKey) bool }
-
-func samePublic(a, b crypto.PublicKey) bool {
-	e, ok := a.(equaler)
-	return ok && e.Equal(b)
-}
-
-// claimsCheck checks times, issuer and audience; it reports a refusal.
-func (g *Gateway) claimsCheck(d *Decision, now time.Time) bool {
-	c := d.Claims
-	t := now.Unix()
-	lw := int64(g.cfg.Leeway / time.Second)
-	if t-lw >= c.ExpiresAt && g.fail(d, event.ReasonExpired) {
-		return true
-	}
-	if (c.NotBefore > t+lw || c.IssuedAt > t+lw) && g.fail(d, event.ReasonNotYetValid) {
-		return true
-	}
-	if c.Issuer != g.cfg.Issuer && g.fail(d, event.ReasonWrongIssuer) {
-		return true
-	}
-	if !slices.Contains(g.cfg.Audience, c.Audience) && g.fail(d, event.ReasonWrongAudience) {
-		return true
-	}
-	return false
-}
-
-// provenance asks the ledger about the token; it reports a refusal. Any
-// error fails closed.
-func (g *Gateway) provenance(ctx context.Context, d *Decision, h ledger.Hash) bool {
-	var (
-		st  ledger.Status
-		err error
-		ok  bool
-	)
-	if lp, can := g.prov.(localProvenance); can {
-		st, ok = lp.LocalStatus(h)
-	}
-	if !ok {
-		ctx, cancel := context.WithTimeout(ctx, g.cfg.ProvenanceTimeout)
-		st, err = g.prov.Status(ctx, h)
-		cancel()
-	}
-	switch {
-	case err != nil:
-		return g.fail(d, event.ReasonLedgerUnavailable)
-	case st == ledger.Live:
-		return false
-	case st == ledger.Revoked:
-		return g.fail(d, event.ReasonRevokedToken)
-	}
-	return g.fail(d, event.ReasonNotIssued)
 }
 
 // bearer extracts the token from the one Authorization header (RFC 6750

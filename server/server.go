@@ -231,6 +231,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 	s.Authority, err = authority.New(authority.Config{
 		Issuer: cfg.Issuer, DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL, Decoys: cfg.Decoys,
+		Leeway: cfg.Gateway.Leeway,
 	}, s.Keys, s.Ledger, alerter{s.Detect}, s.Audit, now)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package gateway
+package verdict
 
 import (
 	"crypto"
@@ -18,22 +18,24 @@ type cached struct {
 	pub    crypto.PublicKey
 }
 
-// verifiedCache remembers verified tokens by hash, bounded in size. Only
+// Cache remembers verified tokens by hash, bounded in size, so a token
+// seen again skips parsing and signature verification. Only
 // tokens whose signature verified are stored, so a flood of forgeries cannot
 // fill it. Entries leave when their token expires; when the cache is full of
 // live tokens it is emptied and refills from traffic.
-type verifiedCache struct {
+type Cache struct {
 	mu  sync.RWMutex
 	m   map[ledger.Hash]cached
 	max int
 }
 
-func newVerifiedCache(max int) *verifiedCache {
-	return &verifiedCache{m: make(map[ledger.Hash]cached), max: max}
+// NewCache returns a cache of at most max tokens; 0 caches nothing.
+func NewCache(max int) *Cache {
+	return &Cache{m: make(map[ledger.Hash]cached), max: max}
 }
 
-func (c *verifiedCache) get(h ledger.Hash) (cached, bool) {
-	if c.max == 0 {
+func (c *Cache) get(h ledger.Hash) (cached, bool) {
+	if c == nil || c.max == 0 {
 		return cached{}, false
 	}
 	c.mu.RLock()
@@ -42,8 +44,8 @@ func (c *verifiedCache) get(h ledger.Hash) (cached, bool) {
 	return e, ok
 }
 
-func (c *verifiedCache) put(h ledger.Hash, e cached) {
-	if c.max == 0 {
+func (c *Cache) put(h ledger.Hash, e cached) {
+	if c == nil || c.max == 0 {
 		return
 	}
 	c.mu.Lock()
@@ -60,4 +62,14 @@ func (c *verifiedCache) put(h ledger.Hash, e cached) {
 		}
 	}
 	c.m[h] = e
+}
+
+// Clear forgets every token.
+func (c *Cache) Clear() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	clear(c.m)
+	c.mu.Unlock()
 }
