@@ -58,6 +58,7 @@ type Gateway struct {
 	pub     Publisher
 	now     func() time.Time
 	mux     *http.ServeMux
+	lenient *http.ServeMux    // routes as a case-folding, trailing-slash-tolerant router reads them
 	routes  map[string]*route // by registered pattern
 	decoys  map[string]struct{}
 	trusted []netip.Prefix
@@ -102,6 +103,7 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 	g := &Gateway{
 		cfg: cfg, ks: ks, prov: prov, pub: pub, now: now,
 		mux:     http.NewServeMux(),
+		lenient: http.NewServeMux(),
 		routes:  map[string]*route{},
 		decoys:  map[string]struct{}{},
 		blocks:  map[netip.Prefix]Block{},
@@ -184,6 +186,9 @@ func (g *Gateway) addRoutes() (err error) {
 		if i := strings.IndexAny(r.Pattern, " \t"); i >= 0 && !strings.HasPrefix(r.Pattern, "/") {
 			_ = register(strings.TrimLeft(r.Pattern[i:], " \t"), g.routes[r.Pattern], false)
 		}
+	}
+	for _, r := range g.cfg.Routes {
+		g.addLenient(r.Pattern, g.routes[r.Pattern])
 	}
 	return nil
 }
@@ -346,7 +351,8 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 	if g.blocked(d.Source, now) && g.fail(d, event.ReasonBlockedSource) {
 		return
 	}
-	if len(g.routes) > 0 && d.rt == nil && (d.Path == "" || g.cfg.Unmatched != Forward) &&
+	if len(g.routes) > 0 && d.rt == nil &&
+		(d.Path == "" || g.cfg.Unmatched != Forward || g.lenientMatch(r.Host, d.Path)) &&
 		g.fail(d, event.ReasonUnknownRoute) {
 		return
 	}

@@ -148,6 +148,36 @@ func (g *Gateway) match(method, host, canonical string) *route {
 	return nil
 }
 
+// addLenient registers pattern, method-less and in lower case, in the
+// lenient mux. Patterns that fold to the same form keep the first.
+func (g *Gateway) addLenient(pattern string, rt *route) {
+	if i := strings.IndexAny(pattern, " \t"); i >= 0 && !strings.HasPrefix(pattern, "/") {
+		pattern = strings.TrimLeft(pattern[i:], " \t")
+	}
+	defer func() { _ = recover() }() // a folded duplicate
+	g.lenient.Handle(strings.ToLower(pattern), routeHandler{rt})
+}
+
+// lenientMatch reports whether a router that folds letter case and ignores
+// a trailing slash would serve a canonical path from one of the routes. A
+// forwarded unmatched path must not be one: it would be served as a route
+// without having been checked as one.
+func (g *Gateway) lenientMatch(host, canonical string) bool {
+	p := strings.ToLower(canonical)
+	for _, q := range []string{p, strings.TrimRight(p, "/")} {
+		if q == "" {
+			continue
+		}
+		req := http.Request{Method: http.MethodGet, Host: strings.ToLower(host), URL: &url.URL{Path: q}}
+		if h, _ := g.lenient.Handler(&req); h != nil {
+			if _, ok := h.(routeHandler); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // routeSubject reads the subject wildcard's value from a canonical path.
 func routeSubject(rt *route, p string) string {
 	if rt.seg < 0 {
