@@ -200,6 +200,41 @@ func upstreamRouters(routes []Route) []upstreamRouter {
 	return []upstreamRouter{{"go-servemux", goMux}, {"lenient", lenient}}
 }
 
+// attackTargets are request targets by which member 1020 might reach
+// member 1021's data.
+var attackTargets = []string{
+	// trailing slash, dot and empty segments
+	"/api/members/1021/", "/api/members/1021/profile/", "/api/members/1021/profile/.",
+	"/api/members/1021/./profile", "/api//members/1021/profile", "//api/members/1021/profile",
+	"/api/members/1020/../1021/profile", "/api/members/1020/%2e%2e/1021/profile",
+	"/api/members/1020/%2E%2E/1021", "/api/members/1020/.%2e/1021/addresses",
+	"/api/members/1021/profile/..", "/api/members/x/../../members/1021",
+	// ';' path parameters
+	"/api/members/1021;x=1/profile", "/api/members/1021/profile;jsessionid=1", "/api/members;a/1021",
+	"/api/members/1021;", "/api/members/1020;/../1021/profile", "/api/members/1021%3B/profile",
+	// letter case
+	"/API/members/1021/profile", "/api/Members/1021", "/api/members/1021/PROFILE", "/Api/Members/1021/Addresses/",
+	// encoded slash and backslash
+	"/api/members/1021%2Fprofile", "/api/members/1021%2fprofile", "/api%2Fmembers%2F1021",
+	"/api/members/1020%2F..%2F1021/profile", "/api/members/1021%5Cprofile", "/api/members/1021%5cprofile",
+	"/api/members/1021\\profile", "/api\\members\\1021",
+	// other percent-encodings
+	"/api/members/%31%30%32%31/profile", "/api/members/1021%2F", "/api/members/%2531021/profile",
+	"/api/members/1021%00/profile", "/api/members/1021%00", "/api/members/1021%0a",
+	"/api/members/1021%C0%AFprofile", "/api/members/1021%c0%ae%c0%ae/profile", "/api/members/1021%E2%80%AE",
+	"/api/members/1021%", "/api/members/1021%2", "/api/members/1021%zz",
+	// trailing or encoded white space
+	"/api/members/1021%20", "/api/members/1021/profile%20", "/api/members/1021%09/profile",
+	"/api/members/1021+/profile",
+	// unlisted sub-paths and neighbours
+	"/api/members/1021/profile/extra", "/api/members/1021/profile.json", "/api/members/1021/orders",
+	"/api/members/1021/orders/9/items", "/api/members", "/api/members/", "/api/members-1021",
+	// query, fragment, absolute form, overlong
+	"/api/members/1021/profile?memberId=1020", "/api/members/1021?x=/api/members/1020",
+	"http://upstream.test/api/members/1021/profile",
+	"/static/../api/members/1021", "/static/%2e%2e/api/members/1021",
+}
+
 // The attack seen in the field: member 1020's real token reads member
 // 1021's data through a path an upstream router takes for 1021's route. Each
 // variant is sent byte for byte through the reverse proxy to a recording
@@ -216,38 +251,7 @@ func TestRoutesCanonicalPath(t *testing.T) {
 			tok := p.issue(t, claimsFor("1020"))
 			routers := upstreamRouters(cfg.Routes)
 			long := "/api/members/1021/profile" + strings.Repeat("/.", MaxPathBytes)
-			for _, target := range []string{
-				// trailing slash, dot and empty segments
-				"/api/members/1021/", "/api/members/1021/profile/", "/api/members/1021/profile/.",
-				"/api/members/1021/./profile", "/api//members/1021/profile", "//api/members/1021/profile",
-				"/api/members/1020/../1021/profile", "/api/members/1020/%2e%2e/1021/profile",
-				"/api/members/1020/%2E%2E/1021", "/api/members/1020/.%2e/1021/addresses",
-				"/api/members/1021/profile/..", "/api/members/x/../../members/1021",
-				// ';' path parameters
-				"/api/members/1021;x=1/profile", "/api/members/1021/profile;jsessionid=1", "/api/members;a/1021",
-				"/api/members/1021;", "/api/members/1020;/../1021/profile", "/api/members/1021%3B/profile",
-				// letter case
-				"/API/members/1021/profile", "/api/Members/1021", "/api/members/1021/PROFILE", "/Api/Members/1021/Addresses/",
-				// encoded slash and backslash
-				"/api/members/1021%2Fprofile", "/api/members/1021%2fprofile", "/api%2Fmembers%2F1021",
-				"/api/members/1020%2F..%2F1021/profile", "/api/members/1021%5Cprofile", "/api/members/1021%5cprofile",
-				"/api/members/1021\\profile", "/api\\members\\1021",
-				// other percent-encodings
-				"/api/members/%31%30%32%31/profile", "/api/members/1021%2F", "/api/members/%2531021/profile",
-				"/api/members/1021%00/profile", "/api/members/1021%00", "/api/members/1021%0a",
-				"/api/members/1021%C0%AFprofile", "/api/members/1021%c0%ae%c0%ae/profile", "/api/members/1021%E2%80%AE",
-				"/api/members/1021%", "/api/members/1021%2", "/api/members/1021%zz",
-				// trailing or encoded white space
-				"/api/members/1021%20", "/api/members/1021/profile%20", "/api/members/1021%09/profile",
-				"/api/members/1021+/profile",
-				// unlisted sub-paths and neighbours
-				"/api/members/1021/profile/extra", "/api/members/1021/profile.json", "/api/members/1021/orders",
-				"/api/members/1021/orders/9/items", "/api/members", "/api/members/", "/api/members-1021",
-				// query, fragment, absolute form, overlong
-				"/api/members/1021/profile?memberId=1020", "/api/members/1021?x=/api/members/1020",
-				"http://" + "upstream.test" + "/api/members/1021/profile", long,
-				"/static/../api/members/1021", "/static/%2e%2e/api/members/1021",
-			} {
+			for _, target := range append(attackTargets, long) {
 				before := p.count()
 				st, reason := p.raw(t, "GET", target, "Authorization", "Bearer "+tok)
 				got, reached := p.since(before)
