@@ -1,15 +1,19 @@
 // Package gateway verifies custos access tokens in front of customer-data
-// APIs, as net/http middleware or a reverse proxy, and emits one access event per request.
+// APIs, as net/http middleware, a reverse proxy, or a decision entry point
+// ([Gateway.Decide]) for a proxy the shop already runs, and emits one access
+// event per request.
 //
 // Checks run in this order, each producing its contract reason (see
-// event.Reason): blocked_source; missing_token, malformed; unknown_key,
+// event.Reason): blocked_source; unknown_route; missing_token; then the token
+// verdict shared with introspection (package verdict: malformed; unknown_key,
 // revoked_key; bad_signature; expired, not_yet_valid, wrong_issuer,
-// wrong_audience; provenance (not_issued, revoked_token, ledger_unavailable);
+// wrong_audience; not_issued, revoked_token, ledger_unavailable); then
 // decoy_subject, subject_mismatch. A refused request gets 401 with
 // WWW-Authenticate: Bearer error="invalid_token" (RFC 6750) and never reaches
-// the upstream. A token whose signature verified once is remembered (by its
-// SHA-256) so later requests skip parsing and signature verification; key
-// state, claims, provenance and subject are checked on every request.
+// the upstream. Routes are matched on one canonical form of the path, which
+// is what the upstream receives (see route.go); client headers an upstream
+// could take for the gateway's identity headers or the client's address are
+// removed (see header.go).
 package gateway
 
 import (
