@@ -1,9 +1,13 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +15,8 @@ import (
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/token"
 )
 
@@ -111,4 +117,104 @@ func TestIntrospectionAgreesWithGateway(t *testing.T) {
 	t.Run("fail/revoked_key", func(t *testing.T) { agree(t, issued, event.ReasonRevokedKey) })
 	t.Run("fail/revoked_key-forged", func(t *testing.T) { agree(t, forged, event.ReasonRevokedKey) })
 	t.Run("ok/new-key", func(t *testing.T) { agree(t, e.Issue(t, secret, m), "") })
+}
+
+// syncBuffer is a log destination safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// runGateway starts `custos gateway` (server.RunGateway) against e and
+// returns its base URL and its log.
+func runGateway(t *testing.T, e *env, edit func(*config.Config)) (string, *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	gl := servertest.Listen(t)
+	addr := gl.Addr().String()
+	gl.Close()
+	cfg := e.Cfg
+	cfg.Gateway.Listen = addr
+	cfg.Gateway.Authority = e.APIURL
+	if edit != nil {
+		edit(&cfg)
+	}
+	logs := &syncBuffer{}
+	stopped := make(chan error, 1)
+	go func() { stopped <- server.RunGateway(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil))) }()
+	t.Cleanup(func() { cancel(); <-stopped })
+	servertest.WaitListening(t, addr)
+	return "http://" + addr, logs
+}
+
+// A standalone gateway agrees with introspection too, including after a
+// key revocation reaches it, refuses unrouted paths as unknown_route, and
+// one with no routes says loudly at start that it binds no subject.
+func TestStandaloneGatewayAgreesWithIntrospection(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	secret := e.Client(t)
+	gw, logs := runGateway(t, e, nil)
+	m := e.Member(4)
+	tok := e.Issue(t, secret, m)
+	eventually := func(what string, f func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !f(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("never: %s", what)
+			}
+		}
+	}
+	eventually("issued token allowed", func() bool {
+		st, _ := servertest.Get(t, gw, tok, "/api/members/"+m+"/profile")
+		return st == 200
+	})
+	if strings.Contains(logs.String(), "WARNING") {
+		t.Errorf("a gateway with routes warned: %s", logs)
+	}
+	for _, p := range []string{"/admin", "/api/members/" + m + "/profile/", "/API/members/" + m + "/profile", "/api/members/" + m + "%2Fprofile"} {
+		if st, reason := servertest.Get(t, gw, tok, p); st != 401 || reason != string(event.ReasonUnknownRoute) {
+			t.Errorf("%s: %d %q", p, st, reason)
+		}
+	}
+	introspect := func() bool {
+		var in struct {
+			Active bool `json:"active"`
+		}
+		if err := e.API.DoAuth(ctx, "POST", "/v1/tokens/introspect", secret, map[string]string{"token": tok}, &in); err != nil {
+			t.Fatal(err)
+		}
+		return in.Active
+	}
+	if !introspect() {
+		t.Fatal("issued token introspects inactive")
+	}
+	k, _, _ := e.S.Keys.Signer(ctx)
+	if err := e.API.Do(ctx, "POST", "/v1/keys/"+k.KID+"/revoke", map[string]string{"reason": "test"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if introspect() {
+		t.Fatal("introspection active after the key was revoked")
+	}
+	eventually("standalone gateway refuses revoked_key", func() bool {
+		st, reason := servertest.Get(t, gw, tok, "/api/members/"+m+"/profile")
+		return st == 401 && reason == string(event.ReasonRevokedKey)
+	})
+
+	_, bare := runGateway(t, e, func(c *config.Config) { c.Gateway.Routes = nil })
+	eventually("no-routes warning", func() bool {
+		return strings.Contains(bare.String(), "WARNING") && strings.Contains(bare.String(), "no routes")
+	})
 }
