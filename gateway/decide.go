@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"time"
 
 	"github.com/custos-dev/custos/event"
@@ -63,9 +64,16 @@ type Decision struct {
 	rt                *route
 	routeSubj         string
 	rawPath           string
-	observed          event.Reason
-	deny              event.Reason
+	u                 url.URL   // scratch for matching
+	identity          [3]string // values of the identity headers
+
+	observed event.Reason
+	deny     event.Reason
 }
+
+// noDataClasses is the data classes of a request that matched no route:
+// an empty list, not null, in events.
+var noDataClasses = []string{}
 
 // Allowed reports whether the request may go to the upstream.
 func (d *Decision) Allowed() bool { return d.Verdict == event.Allow }
@@ -84,7 +92,7 @@ type Outcome struct {
 // the request is answered. The reverse proxy, the middleware and the
 // decision API all decide through it.
 func (g *Gateway) Decide(ctx context.Context, r Request) *Decision {
-	d := &Decision{start: time.Now(), now: g.now(), method: r.Method, DataClasses: []string{}}
+	d := &Decision{start: time.Now(), now: g.now(), method: r.Method, DataClasses: noDataClasses}
 	if r.Header != nil {
 		d.userAgent = r.Header.Get("User-Agent")
 	}
@@ -122,9 +130,11 @@ func (g *Gateway) SetIdentity(h http.Header, d *Decision) {
 	if !d.Allowed() || !d.Verified || d.Claims == nil {
 		return
 	}
-	h.Set(g.cfg.SubjectHeader, d.Claims.Subject)
-	h.Set(HeaderJTI, d.Claims.JTI)
-	h.Set(HeaderKID, d.KID)
+	// One backing array for the three values.
+	d.identity = [3]string{d.Claims.Subject, d.Claims.JTI, d.KID}
+	h[g.subjKey] = d.identity[0:1:1]
+	h[HeaderJTI] = d.identity[1:2:2]
+	h[HeaderKID] = d.identity[2:3:3]
 }
 
 // Refuse writes the RFC 6750 refusal (401, WWW-Authenticate: Bearer

@@ -26,6 +26,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/textproto"
 	"net/url"
 	"os"
 	"strconv"
@@ -62,13 +63,16 @@ type Gateway struct {
 	pub     Publisher
 	now     func() time.Time
 	mux     *http.ServeMux
-	lenient *http.ServeMux    // routes as a case-folding, trailing-slash-tolerant router reads them
-	routes  map[string]*route // by registered pattern
-	decoys  map[string]struct{}
-	trusted []netip.Prefix
-	geo     *geoDB
-	checker verdict.Checker
-	policy  verdict.Policy
+	lenient *http.ServeMux // routes as a case-folding, trailing-slash-tolerant router reads them
+	// subjFolded is the subject header's folded name (see foldName).
+	subjFolded string
+	subjKey    string            // canonical form of Config.SubjectHeader
+	routes     map[string]*route // by registered pattern
+	decoys     map[string]struct{}
+	trusted    []netip.Prefix
+	geo        *geoDB
+	checker    verdict.Checker
+	policy     verdict.Policy
 
 	evMu   sync.Mutex
 	evFile *os.File
@@ -131,6 +135,8 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	g.reqPrefix = hex.EncodeToString(rnd[:]) + "-"
+	g.subjFolded = foldName(cfg.SubjectHeader)
+	g.subjKey = textproto.CanonicalMIMEHeaderKey(cfg.SubjectHeader)
 	for _, d := range cfg.Decoys {
 		g.decoys[d] = struct{}{}
 	}
@@ -343,7 +349,7 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 		}
 	}
 	if d.Path != "" && len(g.routes) > 0 {
-		if d.rt = g.match(r.Method, r.Host, d.Path); d.rt != nil {
+		if d.rt = g.match(r.Method, r.Host, d.Path, &d.u); d.rt != nil {
 			d.routeSubj = routeSubject(d.rt, d.Path)
 		}
 	} else if d.Path == "" && ok && len(g.routes) == 0 {

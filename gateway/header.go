@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -23,6 +24,8 @@ const (
 // client's address, or for the path or method it serves. Headers the client
 // names in Connection are hop-by-hop and removed too. The identity headers
 // are set only after all of that ([Gateway.SetIdentity]).
+
+var custosPrefix = []byte("x-custos-")
 
 // spoofable are folded names no client may send upstream.
 var spoofable = map[string]bool{
@@ -47,7 +50,23 @@ var hopByHop = []string{"Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", 
 
 // foldName is a header name as an upstream that folds case and '_' reads it.
 func foldName(k string) string {
-	return strings.ReplaceAll(strings.ToLower(k), "_", "-")
+	var buf [64]byte
+	return string(foldInto(buf[:0], k))
+}
+
+// foldInto appends k folded to b.
+func foldInto(b []byte, k string) []byte {
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '_':
+			c = '-'
+		}
+		b = append(b, c)
+	}
+	return b
 }
 
 // stripClientHeaders applies the header rule to the headers of a request
@@ -73,14 +92,14 @@ func (g *Gateway) stripClientHeaders(h http.Header, trusted bool) {
 	for _, k := range hopByHop {
 		delete(h, k)
 	}
-	subj := foldName(g.cfg.SubjectHeader)
+	var buf [64]byte
 	for k := range h {
-		f := foldName(k)
+		f := foldInto(buf[:0], k)
 		switch {
-		case strings.HasPrefix(f, "x-custos-"), f == subj:
+		case bytes.HasPrefix(f, custosPrefix), string(f) == g.subjFolded:
 			delete(h, k)
 		case trusted && k == "X-Forwarded-For":
-		case spoofable[f]:
+		case spoofable[string(f)]:
 			delete(h, k)
 		}
 	}

@@ -138,9 +138,10 @@ type routeHandler struct{ rt *route }
 
 func (routeHandler) ServeHTTP(http.ResponseWriter, *http.Request) {}
 
-// match finds the route of a canonical path.
-func (g *Gateway) match(method, host, canonical string) *route {
-	req := http.Request{Method: method, Host: host, URL: &url.URL{Path: canonical}}
+// match finds the route of a canonical path; u is scratch space.
+func (g *Gateway) match(method, host, canonical string, u *url.URL) *route {
+	*u = url.URL{Path: canonical}
+	req := http.Request{Method: method, Host: host, URL: u}
 	h, _ := g.mux.Handler(&req)
 	if rh, ok := h.(routeHandler); ok {
 		return rh.rt
