@@ -418,3 +418,25 @@ func TestRoutesConfig(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// unknown_route in observe mode lets the request through unbound and the
+// event says what enforcing would have done.
+func TestRoutesUnknownRouteObserved(t *testing.T) {
+	cfg := testConfig()
+	cfg.Routes = routeTestRoutes()
+	cfg.Modes = map[event.Reason]Mode{event.ReasonUnknownRoute: Observe}
+	p := newProxyEnv(t, cfg, nil)
+	tok := p.issue(t, claimsFor("1020"))
+	st, _ := p.raw(t, "GET", "/api/members/1021/profile/", "Authorization", "Bearer "+tok)
+	got, reached := p.since(0)
+	if st != 200 || !reached || got.requestURI != "/api/members/1021/profile/" {
+		t.Fatalf("%d reached=%v %q", st, reached, got.requestURI)
+	}
+	if ev := p.pub.last(t); ev.Verdict != event.Allow || ev.Reason != event.ReasonUnknownRoute || ev.Route != "" {
+		t.Errorf("event %s %s route %q", ev.Verdict, ev.Reason, ev.Route)
+	}
+	// Observing routes does not observe the token checks.
+	if st, reason := p.raw(t, "GET", "/api/members/1021/profile", "Authorization", "Bearer nope.nope.nope"); st != 401 || reason != string(event.ReasonMalformed) {
+		t.Errorf("bad token on an observed route: %d %q", st, reason)
+	}
+}
