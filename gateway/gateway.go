@@ -320,8 +320,10 @@ func (g *Gateway) Middleware(next http.Handler) http.Handler {
 		if !d.Allowed() {
 			refuse(rw, d.Reason)
 		} else {
-			if d.Path != "" && d.Path != r.URL.Path {
+			if d.Path != "" {
+				// Next serves exactly the path that was checked.
 				r.URL.Path, r.URL.RawPath = d.Path, d.Path
+				r.RequestURI = r.URL.RequestURI()
 			}
 			g.SetIdentity(r.Header, d)
 			r = r.WithContext(context.WithValue(r.Context(), decisionKey{}, d))

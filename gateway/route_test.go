@@ -440,3 +440,37 @@ func TestRoutesUnknownRouteObserved(t *testing.T) {
 		t.Errorf("bad token on an observed route: %d %q", st, reason)
 	}
 }
+
+// Behind the middleware, a Go handler serves exactly the canonical path:
+// URL.Path, the escaped path and RequestURI agree with the event.
+func TestRoutesMiddlewareServesCanonical(t *testing.T) {
+	cfg := testConfig()
+	cfg.Routes = routeTestRoutes()
+	e := newEnv(t, cfg)
+	var got []string
+	h := e.g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = []string{r.URL.Path, r.URL.EscapedPath(), r.RequestURI}
+	}))
+	tok := e.issue(t, claimsFor("1020"))
+	for target, want := range map[string]string{
+		"/api/members/%31%30%32%30/./profile":    "/api/members/1020/profile",
+		"/api//members/1021/../1020/profile?a=b": "/api/members/1020/profile",
+		"/static/%7Euser/../x":                   "/static/x",
+	} {
+		got = nil
+		r := httptest.NewRequest("GET", target, nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		h.ServeHTTP(httptest.NewRecorder(), r)
+		_, q, _ := strings.Cut(target, "?")
+		wantURI := want
+		if q != "" {
+			wantURI += "?" + q
+		}
+		if len(got) != 3 || got[0] != want || got[1] != want || got[2] != wantURI {
+			t.Errorf("%q: handler saw %q, want %q", target, got, want)
+		}
+		if ev := e.pub.last(t); ev.Path != want {
+			t.Errorf("%q: event path %q", target, ev.Path)
+		}
+	}
+}
