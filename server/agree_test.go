@@ -218,3 +218,26 @@ func TestStandaloneGatewayAgreesWithIntrospection(t *testing.T) {
 		return strings.Contains(bare.String(), "WARNING") && strings.Contains(bare.String(), "no routes")
 	})
 }
+
+// `custos serve` with an in-process gateway and no routes warns at start.
+func TestInProcessGatewayWarnsWithoutRoutes(t *testing.T) {
+	for _, routes := range []bool{false, true} {
+		logs := &syncBuffer{}
+		cfg := config.Default()
+		cfg.Data = t.TempDir() + "/data"
+		cfg.Issuer = "http://127.0.0.1:1"
+		cfg.Gateway.Upstream = "http://127.0.0.1:2"
+		if routes {
+			cfg.Gateway.Routes = []config.Route{{Pattern: "GET /api/members/{id}", SubjectParam: "id"}}
+		}
+		s, err := server.Open(context.Background(), cfg, slog.New(slog.NewTextHandler(logs, nil)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		warned := strings.Contains(logs.String(), "WARNING") && strings.Contains(logs.String(), "no routes")
+		if warned == routes {
+			t.Errorf("routes=%v: warned=%v\n%s", routes, warned, logs)
+		}
+	}
+}

@@ -236,6 +236,31 @@ func TestGatewayProcesses(t *testing.T) {
 		}
 	}
 
+	// Token revocation (RFC 7009): both refuse.
+	var tok2 struct {
+		AccessToken string `json:"access_token"`
+	}
+	if st := call("/v1/tokens", cl.Secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok2); st != 200 {
+		t.Fatalf("issue: %d", st)
+	}
+	waitFor(t, "the second token allowed", func() bool {
+		st, _ := rawGet(t, gw, "/api/members/1020/profile", tok2.AccessToken)
+		return st == 200
+	})
+	if st := call("/v1/tokens/revoke", cl.Secret, map[string]string{"token": tok2.AccessToken}, nil); st != 200 {
+		t.Fatalf("revoke token: %d", st)
+	}
+	var in2 struct {
+		Active bool `json:"active"`
+	}
+	if call("/v1/tokens/introspect", cl.Secret, map[string]string{"token": tok2.AccessToken}, &in2); in2.Active {
+		t.Error("revoked token introspects active")
+	}
+	waitFor(t, "the standalone gateway to refuse revoked_token", func() bool {
+		st, reason := rawGet(t, gw, "/api/members/1020/profile", tok2.AccessToken)
+		return st == 401 && reason == "revoked_token"
+	})
+
 	if st := call("/v1/keys/"+tok.KID+"/revoke", string(admin), map[string]string{"reason": "test"}, nil); st != 200 {
 		t.Fatalf("revoke key: %d", st)
 	}
