@@ -1,6 +1,10 @@
 package gateway
 
 import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/cgi"
 	"net/http/httptest"
@@ -269,5 +273,38 @@ func TestHeadersMiddleware(t *testing.T) {
 				t.Errorf("Connection %q: handler reads %s", conn, k)
 			}
 		}
+	}
+}
+
+// A trailer of a chunked request body can name any header; none reaches
+// the upstream.
+func TestHeadersRequestTrailersDropped(t *testing.T) {
+	cfg := testConfig()
+	cfg.Routes = routeTestRoutes()
+	var trailer http.Header
+	var body string
+	p := newProxyEnv(t, cfg, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		body, trailer = string(b), r.Trailer.Clone()
+	})
+	tok := p.issue(t, claimsFor("1020"))
+	c, err := net.Dial("tcp", p.front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /api/members/1020/profile HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"+
+		"Transfer-Encoding: chunked\r\nTrailer: X-Custos-Subject, X_Custos_Subject, X-Real-IP\r\nConnection: close\r\n\r\n"+
+		"5\r\nhello\r\n0\r\nX-Custos-Subject: 1021\r\nX_Custos_Subject: 1021\r\nX-Real-IP: 6.6.6.6\r\n\r\n", tok)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || body != "hello" {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+	if len(trailer) != 0 {
+		t.Errorf("upstream received trailers %v", trailer)
 	}
 }

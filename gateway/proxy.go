@@ -25,6 +25,9 @@ func NewProxy(upstream *url.URL, g *Gateway) http.Handler {
 				pr.Out.URL.Path, pr.Out.URL.RawPath = d.Path, d.Path
 			}
 			pr.Out.URL.RawQuery = d.Query
+			// Request trailers are headers the checks never saw, and may
+			// name anything: none is forwarded.
+			pr.Out.Trailer = nil
 			pr.SetURL(upstream)
 			if g.trustedPeer(pr.In.RemoteAddr) {
 				pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
