@@ -474,3 +474,23 @@ func TestRoutesMiddlewareServesCanonical(t *testing.T) {
 		}
 	}
 }
+
+// When a member's data is served under another member's token (subject
+// binding observed only), the access event names the member read, so
+// breach scoping finds that member; the token's subject stays in token.sub.
+func TestRoutesEventNamesMemberRead(t *testing.T) {
+	cfg := testConfig()
+	cfg.Routes = routeTestRoutes()
+	cfg.Modes = map[event.Reason]Mode{event.ReasonSubjectMismatch: Observe}
+	p := newProxyEnv(t, cfg, nil)
+	tok := p.issue(t, claimsFor("1020"))
+	for _, target := range []string{"/api/members/1021/profile", "/api/members/%31%30%32%31/./profile", "/api/members/1020/../1021/addresses"} {
+		if st, _ := p.raw(t, "GET", target, "Authorization", "Bearer "+tok); st != 200 {
+			t.Fatalf("%q: %d", target, st)
+		}
+		ev := p.pub.last(t)
+		if ev.Subject != "1021" || ev.Token.Sub != "1020" || ev.Reason != event.ReasonSubjectMismatch || len(ev.DataClasses) == 0 {
+			t.Errorf("%q: subject %q token.sub %q reason %q classes %v", target, ev.Subject, ev.Token.Sub, ev.Reason, ev.DataClasses)
+		}
+	}
+}
