@@ -111,6 +111,7 @@ type builtins struct {
 	allowed    *countrySet
 	routeAllow map[string]*countrySet
 	rotHalf    int64
+	covHalf    int64
 	firstLogin int64
 	sessionOf  func(*event.Access) string
 	shards     [numShards]*shard
@@ -129,6 +130,8 @@ type shard struct {
 	subjSk   sketches
 	rotSk    [3]sketches
 	volume   *genMap[volState]
+	cov      *genMap[rotState] // id_coverage per block of the member-ID space
+	covSk    sketches
 	sessions *genMap[int64]
 	scratch  *hyperloglog.Sketch
 	ck       clocks
@@ -172,6 +175,7 @@ type prep struct {
 	enumB     int64  // half-window of enumeration
 	rotB      int64  // half-window of ip_rotation
 	unkB      int64  // window of unknown_subject_rate
+	covB      int64  // half-window of id_coverage
 	unkFrac   float64
 }
 
@@ -195,7 +199,7 @@ func (k *bucketer) of(t int64) int64 {
 
 // clocks are the bucketers of a shard's prepare.
 type clocks struct {
-	enum, rot, unk bucketer
+	enum, rot, unk, cov bucketer
 }
 
 func perShard(max int) int { return (max + numShards - 1) / numShards }
@@ -208,6 +212,7 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 		departed:   make(map[uint64]departedCred),
 		enumHalf:   int64(cfg.Enumeration.Window / 2),
 		rotHalf:    int64(cfg.IPRotation.Window / 2),
+		covHalf:    int64(cfg.IDCoverage.Window / 2),
 		unkRoutes:  make(map[string]bool),
 		allowed:    newCountrySet(cfg.ForeignOrigin.Allowed),
 		routeAllow: make(map[string]*countrySet),
@@ -222,12 +227,14 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 			sessions: newGenMap[int64](keys * 64),
 		}
 		sh.scratch, _ = hyperloglog.NewSketch(hllPrecision, false)
-		sh.ck = clocks{enum: newBucketer(b.enumHalf), rot: newBucketer(b.rotHalf), unk: newBucketer(int64(cfg.UnknownSubject.Window))}
+		sh.ck = clocks{enum: newBucketer(b.enumHalf), rot: newBucketer(b.rotHalf), unk: newBucketer(int64(cfg.UnknownSubject.Window)), cov: newBucketer(b.covHalf)}
 		for d := range sh.src {
 			sh.src[d] = newGenMap[srcState](keys)
 			sweepOnDrop(sh.src[d], &sh.srcSk[d], func(v *srcState) *windowDistinct { return &v.enum.wd })
 		}
 		sweepOnDrop(sh.subj, &sh.subjSk, func(v *subjState) *windowDistinct { return &v.rot.wd })
+		sh.cov = newGenMap[rotState](keys)
+		sweepOnDrop(sh.cov, &sh.covSk, func(v *rotState) *windowDistinct { return &v.wd })
 		for _, i := range []int{0, 2} {
 			sh.rot[i] = newGenMap[rotState](keys)
 			sweepOnDrop(sh.rot[i], &sh.rotSk[i], func(v *rotState) *windowDistinct { return &v.wd })
@@ -253,7 +260,7 @@ func (b *builtins) hs(s string) uint64 { return maphash.String(b.seed, s) }
 // prepare computes what the detectors share for ev.
 func (b *builtins) prepare(ev *event.Access, p *prep, ck *clocks) {
 	*p = prep{t: ev.Time.UnixNano(), subject: ev.Subject, ipHash: b.hs(ev.SrcIP)}
-	p.enumB, p.rotB, p.unkB = ck.enum.of(p.t), ck.rot.of(p.t), ck.unk.of(p.t)
+	p.enumB, p.rotB, p.unkB, p.covB = ck.enum.of(p.t), ck.rot.of(p.t), ck.unk.of(p.t), ck.cov.of(p.t)
 	h := ck.unk.h
 	p.unkFrac = float64(h-(p.t-p.unkB*h)) / float64(h)
 	if p.subject == "" {
@@ -340,6 +347,43 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 	if !c.TokenWithoutLogin.Disabled && b.firstLogin != 0 {
 		sh.ord = 70
 		b.checkLogin(sh, ev, p)
+	}
+	if !c.IDCoverage.Disabled && p.subjIsNum && p.subjNum >= 0 {
+		b.idCoverage(sh, p)
+	}
+}
+
+// idCoverage (check 11): one block of the member-ID space read widely within
+// the window, whoever reads it. Requests count whatever their verdict: a
+// refused crawl is still a crawl.
+func (b *builtins) idCoverage(sh *shard, p *prep) {
+	c := &b.cfg.IDCoverage
+	block := uint64(p.subjNum) / c.Block
+	k := mix(block ^ 0x636f766572616765) // "coverage": apart from other integer keys
+	if ownerOf(k) != sh.id {
+		return
+	}
+	sh.ord = 80
+	s := sh.cov.get(k)
+	sum := s.wd.add(p.covB, p.subjHash, &sh.covSk, k)
+	if sum < c.Threshold {
+		return
+	}
+	lo := block * c.Block
+	val := strconv.FormatUint(lo, 10) + "-" + strconv.FormatUint(lo+c.Block-1, 10)
+	if s.wd.fired != 0 && s.wd.fired >= p.covB-1 {
+		sh.fire(RuleIDCoverage, c.Severity, "id_block", val, "", "", 1)
+		return
+	}
+	if sum < s.next {
+		return
+	}
+	if u := s.wd.union(&sh.covSk, sh.scratch); u >= c.Threshold {
+		s.wd.fired = p.covB
+		sh.fire(RuleIDCoverage, c.Severity, "id_block", val, "",
+			strconv.FormatUint(u, 10)+" distinct member IDs of one block read within "+c.Window.String()+", by any source", int64(u))
+	} else {
+		s.next = sum + c.Threshold/32 + 1
 	}
 }
 

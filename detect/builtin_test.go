@@ -398,3 +398,107 @@ func TestEnumerationThresholdBoundary(t *testing.T) {
 		}
 	}
 }
+
+// TestIDCoverage: a sequential crawl is seen by the block of member IDs it
+// covers, however it spreads its sources or slows them down; customers
+// reading their own data across the ID space are not.
+func TestIDCoverage(t *testing.T) {
+	crawl := func(n int, gap time.Duration, src func(i int, a *event.Access)) []event.Access {
+		out := make([]event.Access, n)
+		for i := range out {
+			a := ev(0)
+			a.Time = t0.Add(time.Duration(i) * gap)
+			a.RequestID = "c" + strconv.Itoa(i)
+			a.Subject = strconv.Itoa(4_000_000 + i) // a block boundary: 4,000,000
+			a.Token.Sub, a.Token.JTI = a.Subject, "jti-"+a.Subject
+			src(i, &a)
+			out[i] = a
+		}
+		return out
+	}
+	// Every request from its own network and ASN, 50 user agents, all in
+	// the shop's country: no per-source count grows.
+	distributed := func(i int, a *event.Access) {
+		a.SrcIP = fmt.Sprintf("10.%d.%d.%d", i/250%250, i%250, 1+i%200)
+		a.ASN = uint32(64512 + i)
+		a.UserAgent = "Mozilla/5.0 variant " + strconv.Itoa(i%50)
+	}
+	// Three sources, one request each every 3 s.
+	slow := func(i int, a *event.Access) { a.SrcIP = fmt.Sprintf("10.9.9.%d", 1+i%3) }
+	noEnum := func(c *Config) { c.Enumeration.Disabled = true; c.IPRotation.Disabled = true }
+
+	t.Run("ok/distributed", func(t *testing.T) {
+		e := newEngine(t, noEnum)
+		for _, a := range crawl(2000, 10*time.Millisecond, distributed) {
+			e.Process(a)
+		}
+		got := alertsOf(e, RuleIDCoverage)
+		if len(got) == 0 {
+			t.Fatal("a sequential crawl over 2,000 networks raised no id_coverage alert")
+		}
+		if got[0].Entity != "id_block:4000000-4000999" {
+			t.Fatalf("entity %q", got[0].Entity)
+		}
+	})
+	t.Run("ok/low-and-slow", func(t *testing.T) {
+		e := newEngine(t, noEnum)
+		evs := crawl(400, time.Second, slow) // 3 sources at one request per 3 s each
+		for _, a := range evs {
+			e.Process(a)
+		}
+		got := alertsOf(e, RuleIDCoverage)
+		if len(got) == 0 {
+			t.Fatal("a slow sequential crawl raised no id_coverage alert")
+		}
+		if d := got[0].FirstSeen.Sub(evs[0].Time); d > 5*time.Minute {
+			t.Fatalf("first alert %s after the crawl began, want within 5 min", d)
+		}
+	})
+	t.Run("fail/below-threshold", func(t *testing.T) {
+		e := newEngine(t, func(c *Config) { noEnum(c); c.IDCoverage.Threshold = 300 })
+		for _, a := range crawl(280, time.Second, slow) {
+			e.Process(a)
+		}
+		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
+			t.Fatalf("%d id_coverage alerts for 280 IDs under a threshold of 300", n)
+		}
+	})
+	t.Run("fail/window-passes", func(t *testing.T) {
+		e := newEngine(t, noEnum)
+		// 400 IDs of one block, one every 30 s: 120 an hour, under 250 in any window.
+		for _, a := range crawl(400, 30*time.Second, slow) {
+			e.Process(a)
+		}
+		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
+			t.Fatalf("%d id_coverage alerts for a block read over 3 h 20 min", n)
+		}
+	})
+	t.Run("fail/customers", func(t *testing.T) {
+		e := newEngine(t, noEnum)
+		for _, a := range users(50000, nil) {
+			e.Process(a)
+		}
+		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
+			t.Fatalf("%d id_coverage alerts on ordinary traffic", n)
+		}
+	})
+	t.Run("fail/disabled", func(t *testing.T) {
+		e := newEngine(t, func(c *Config) { noEnum(c); c.IDCoverage.Disabled = true })
+		for _, a := range crawl(2000, 10*time.Millisecond, distributed) {
+			e.Process(a)
+		}
+		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
+			t.Fatalf("%d id_coverage alerts while disabled", n)
+		}
+	})
+}
+
+func alertsOf(e *Engine, rule string) []Alert {
+	var out []Alert
+	for _, a := range e.Alerts() {
+		if a.Rule == rule {
+			out = append(out, a)
+		}
+	}
+	return out
+}

@@ -39,6 +39,7 @@ const (
 	RuleIPRotation        = "ip_rotation"
 	RuleRouteVolume       = "route_volume"
 	RuleTokenWithoutLogin = "token_without_login"
+	RuleIDCoverage        = "id_coverage"
 )
 
 // Defaults. Thresholds are chosen so that ordinary shop traffic (a member
@@ -74,6 +75,13 @@ const (
 	DefaultVolumeMaxRoute = 1024
 
 	DefaultLoginGrace = 30 * time.Second
+
+	// A block of the member-ID space is a few hundred customers; each reads
+	// their own data a few times a day, so a block sees a handful of
+	// distinct IDs an hour. A crawl reads the whole block.
+	DefaultCoverageWindow    = time.Hour
+	DefaultCoverageBlock     = 1000 // member IDs per block
+	DefaultCoverageThreshold = 250  // distinct IDs of one block read within the window
 )
 
 // Config configures the engine. The zero value of any field means its default.
@@ -96,6 +104,7 @@ type Config struct {
 	IPRotation        IPRotationConfig        `yaml:"ip_rotation"`
 	RouteVolume       RouteVolumeConfig       `yaml:"route_volume"`
 	TokenWithoutLogin TokenWithoutLoginConfig `yaml:"token_without_login"`
+	IDCoverage        IDCoverageConfig        `yaml:"id_coverage"`
 
 	// Containment maps a rule name to what to do when it raises a new alert.
 	Containment map[string]ContainPolicy `yaml:"containment"`
@@ -127,6 +136,18 @@ type EnumerationConfig struct {
 	WalkGap      int64  `yaml:"walk_gap"`
 	WalkRun      uint32 `yaml:"walk_run"` // 0 means default; negative not possible
 	NoWalk       bool   `yaml:"no_walk"`
+}
+
+// IDCoverageConfig configures id_coverage: how much of one block of the
+// numeric member-ID space is read within a window, by any source. Its state
+// is keyed by the data read, which an attacker cannot multiply: spreading a
+// crawl over more networks, ASNs, user agents, keys or clients, or slowing
+// each source down, does not lower the coverage of the blocks it walks.
+type IDCoverageConfig struct {
+	Toggle    `yaml:",inline"`
+	Window    time.Duration `yaml:"window"`
+	Block     uint64        `yaml:"block"`     // member IDs per block
+	Threshold uint64        `yaml:"threshold"` // distinct IDs of one block per window
 }
 
 // UnknownSubjectConfig configures unknown_subject_rate.
@@ -233,6 +254,15 @@ func (c *Config) fill() {
 	if e.WalkRun == 0 {
 		e.WalkRun = DefaultWalkRun
 	}
+	cv := &c.IDCoverage
+	sev(&cv.Severity, High)
+	dur(&cv.Window, DefaultCoverageWindow)
+	if cv.Block == 0 {
+		cv.Block = DefaultCoverageBlock
+	}
+	if cv.Threshold == 0 {
+		cv.Threshold = DefaultCoverageThreshold
+	}
 	u := &c.UnknownSubject
 	sev(&u.Severity, High)
 	dur(&u.Window, DefaultUnknownWindow)
@@ -292,6 +322,7 @@ func (c *Config) Validate() error {
 	pos("enumeration.window", c.Enumeration.Window)
 	pos("unknown_subject_rate.window", c.UnknownSubject.Window)
 	pos("ip_rotation.window", c.IPRotation.Window)
+	pos("id_coverage.window", c.IDCoverage.Window)
 	for name, n := range map[string]int{"max_alerts": c.MaxAlerts, "max_incidents": c.MaxIncidents,
 		"max_actions": c.MaxActions, "sample_ids": c.SampleIDs, "max_keys": c.MaxKeys,
 		"route_volume.max_routes": c.RouteVolume.MaxRoutes} {
@@ -303,7 +334,8 @@ func (c *Config) Validate() error {
 		"revoked_or_retired_key": c.RevokedKey.Severity, "departed_credential_use": c.DepartedCred.Severity,
 		"enumeration": c.Enumeration.Severity, "unknown_subject_rate": c.UnknownSubject.Severity,
 		"foreign_origin": c.ForeignOrigin.Severity, "ip_rotation": c.IPRotation.Severity,
-		"route_volume": c.RouteVolume.Severity, "token_without_login": c.TokenWithoutLogin.Severity} {
+		"route_volume": c.RouteVolume.Severity, "token_without_login": c.TokenWithoutLogin.Severity,
+		"id_coverage": c.IDCoverage.Severity} {
 		if !s.valid() {
 			bad(name+".severity", "unknown severity %q", s)
 		}
@@ -316,6 +348,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RouteVolume.Alpha <= 0 || c.RouteVolume.Alpha > 1 {
 		bad("route_volume.alpha", "must be within (0,1], got %v", c.RouteVolume.Alpha)
+	}
+	if c.IDCoverage.Threshold > c.IDCoverage.Block {
+		bad("id_coverage.threshold", "must be at most the block (%d IDs), got %d", c.IDCoverage.Block, c.IDCoverage.Threshold)
 	}
 	if c.Enumeration.WalkGap < 1 {
 		bad("enumeration.walk_gap", "must be positive, got %d", c.Enumeration.WalkGap)

@@ -1,4 +1,4 @@
-// Package detect turns the stream of access events into alerts: ten built-in
+// Package detect turns the stream of access events into alerts: eleven built-in
 // detectors and custom CEL rules, alerts grouped into incidents, and opt-in containment.
 //
 // # Use
@@ -9,6 +9,19 @@
 // [Engine.SetStore] and [Engine.Flush]. Custom rules come from YAML with
 // [Engine.LoadRules]; [TestRules] runs a rules file over an events file.
 // Sinks live in detect/sink, log ingestion in detect/ingest.
+//
+// # What an attacker cannot multiply
+//
+// Per-source counts are beaten by spreading a crawl over residential proxies,
+// ASNs and user agents, or by slowing each source down. id_coverage keys its
+// state by the data read instead: blocks of the numeric member-ID space
+// ([IDCoverageConfig.Block] IDs) and the distinct IDs of each read within
+// [IDCoverageConfig.Window], by any source and whatever the verdict. A
+// crawl in ID order covers its blocks whatever it does with its sources.
+// Its blind spots: a crawl in random ID order (each block then fills no
+// faster than the crawl's share of the whole space), and a block whose
+// customers are nearly all active within one window (say the newest block
+// during a sign-up burst): raise the threshold where that happens.
 //
 // # Time
 //
@@ -51,6 +64,7 @@
 // 36 MiB of sketches for addresses and networks, 18 MiB each for subjects
 // and tokens, 3 MiB of subject and token values, 17 MiB of login sessions
 // (once logins are fed), 2 MiB of routes; plus 0.5 MiB per threshold rule
-// and 20 MiB if ip_rotation.per_fingerprint is set. Alerts (MaxAlerts),
+// and 20 MiB if ip_rotation.per_fingerprint is set; id_coverage adds 18 MiB of
+// sketches and 1 MiB of block values. Alerts (MaxAlerts),
 // incidents (MaxIncidents) and actions are capped the same way.
 package detect

@@ -19,12 +19,20 @@ import (
 func crawlConfig(c *Config) {
 	c.MaxAlerts, c.MaxIncidents = 300, 2
 	c.DedupWindow, c.IncidentWindow = 2*time.Minute, 10*time.Minute
+	c.IDCoverage.Disabled = true // the digests predate it; crawlCoverage has it on
+}
+
+// crawlCoverage is crawlConfig with id_coverage on.
+func crawlCoverage(c *Config) {
+	crawlConfig(c)
+	c.IDCoverage.Disabled = false
 }
 
 // crawlTinyRing evicts alerts while their dedup window is still open.
 func crawlTinyRing(c *Config) {
 	c.MaxAlerts, c.MaxIncidents = 30, 2
 	c.DedupWindow, c.IncidentWindow = time.Hour, 10*time.Minute
+	c.IDCoverage.Disabled = true
 }
 
 // crawlRun feeds a crawl to a fresh engine that tracks what a store
@@ -83,6 +91,10 @@ func TestCrawlBatchEqualsProcess(t *testing.T) {
 	}{
 		{"ring300", crawlConfig, "adbdaa03e175e867"},
 		{"ring30", crawlTinyRing, "a71effedcb128a70"},
+		// No digest: id_coverage's summaries carry sketch estimates, which
+		// follow the per-process hash seed; batches must still equal
+		// one-at-a-time processing.
+		{"ring300_coverage", crawlCoverage, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) { crawlEquals(t, c.cfg, c.want) })
 	}
@@ -107,7 +119,10 @@ func crawlEquals(t *testing.T, cfg func(*Config), want string) {
 		t.Fatalf("%d alerts raised, %d incidents, %d matches: the stream must evict alerts and incidents and match often",
 			len(seqIDs), len(incs), total)
 	}
-	if got := digest(t, seq, seqIDs); got != want {
+	if want == "" && !rules[RuleIDCoverage] {
+		t.Errorf("no id_coverage alert in the crawl (rules %v)", rules)
+	}
+	if got := digest(t, seq, seqIDs); want != "" && got != want {
 		t.Errorf("digest %s, want %s", got, want)
 	}
 	for _, size := range []int{minParallel, 1000, 4096} {
