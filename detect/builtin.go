@@ -132,6 +132,8 @@ type shard struct {
 	volume   *genMap[volState]
 	cov      *genMap[rotState] // id_coverage per block of the member-ID space
 	covSk    sketches
+	covBase  float64 // id_coverage: EWMA of a block's distinct IDs per half-window
+	covN     uint32  // samples in covBase, while fewer than 1/covAlpha
 	sessions *genMap[int64]
 	scratch  *hyperloglog.Sketch
 	ck       clocks
@@ -365,8 +367,21 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 	}
 	sh.ord = 80
 	s := sh.cov.get(k)
+	if s.wd.bucket != p.covB && s.wd.bucket != 0 {
+		// The block's half-window closes: its count is one sample of how
+		// widely customers read a block. Capped, so that crawled blocks
+		// cannot lift the baseline far.
+		n := float64(min(s.wd.cur.count(&sh.covSk), c.Threshold/4))
+		a := covAlpha
+		if sh.covN < 1/covAlpha { // the plain mean of the first samples
+			sh.covN++
+			a = 1 / float64(sh.covN)
+		}
+		sh.covBase += a * (n - sh.covBase)
+	}
 	sum := s.wd.add(p.covB, p.subjHash, &sh.covSk, k)
-	if sum < c.Threshold {
+	thr := max(c.Threshold, uint64(covFactor*2*sh.covBase))
+	if sum < thr {
 		return
 	}
 	lo := block * c.Block
@@ -378,14 +393,23 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 	if sum < s.next {
 		return
 	}
-	if u := s.wd.union(&sh.covSk, sh.scratch); u >= c.Threshold {
+	if u := s.wd.union(&sh.covSk, sh.scratch); u >= thr {
 		s.wd.fired = p.covB
 		sh.fire(RuleIDCoverage, c.Severity, "id_block", val, "",
 			strconv.FormatUint(u, 10)+" distinct member IDs of one block read within "+c.Window.String()+", by any source", int64(u))
 	} else {
-		s.next = sum + c.Threshold/32 + 1
+		s.next = sum + thr/32 + 1
 	}
 }
+
+// id_coverage's baseline: a block must be read covFactor times as widely as
+// blocks are in a window (two half-windows) before it counts, and never
+// less than the configured threshold. Samples are capped at a quarter of the
+// threshold, so the bar rises to at most twice the threshold.
+const (
+	covFactor = 4.0
+	covAlpha  = 0.01
+)
 
 // entity is what a match without per-key state is about: the signing key,
 // or the source address when the token named none.

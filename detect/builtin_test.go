@@ -2,6 +2,7 @@ package detect
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -480,6 +481,52 @@ func TestIDCoverage(t *testing.T) {
 		}
 		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
 			t.Fatalf("%d id_coverage alerts on ordinary traffic", n)
+		}
+	})
+	// 20 blocks of 434 customers each (the scenario's density), every one
+	// reading their own data about once an hour (280 distinct IDs per block
+	// and window, above the configured threshold of 250); the baseline
+	// learnt from the blocks keeps them quiet, and a crawl of every ID of
+	// another block still alerts.
+	t.Run("ok/dense-customers-then-crawl", func(t *testing.T) {
+		e := newEngine(t, noEnum)
+		var evs []event.Access
+		i := 0
+		for round := 0; round < 6; round++ {
+			for blk := 0; blk < 20; blk++ {
+				for m := 0; m < 434; m++ {
+					if (round*7+m*13+blk)%10 < 6 { // 40 % of them each half hour
+						continue
+					}
+					a := ev(0)
+					a.Time = t0.Add(time.Duration(round)*30*time.Minute + time.Duration((m*29+blk*97)%1800)*time.Second)
+					a.Subject = strconv.Itoa(7_000_000 + blk*1000 + m*2)
+					a.Token.Sub, a.Token.JTI = a.Subject, "jti-"+a.Subject
+					a.SrcIP = fmt.Sprintf("10.%d.%d.1", blk, m%250)
+					a.RequestID = "n" + strconv.Itoa(i)
+					i++
+					evs = append(evs, a)
+				}
+			}
+		}
+		slices.SortStableFunc(evs, func(a, b event.Access) int { return a.Time.Compare(b.Time) })
+		for _, a := range evs {
+			e.Process(a)
+		}
+		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
+			t.Fatalf("%d id_coverage alerts on dense customer traffic", n)
+		}
+		end := evs[len(evs)-1].Time
+		for j := 0; j < 1000; j++ {
+			a := ev(0)
+			a.Time = end.Add(time.Duration(j) * 100 * time.Millisecond)
+			a.Subject = strconv.Itoa(9_000_000 + j)
+			a.Token.Sub, a.Token.JTI = a.Subject, "c-"+a.Subject
+			a.SrcIP = fmt.Sprintf("10.200.%d.%d", j/250, 1+j%250)
+			e.Process(a)
+		}
+		if len(alertsOf(e, RuleIDCoverage)) == 0 {
+			t.Fatal("a crawl of every ID of a block raised no id_coverage alert after dense traffic")
 		}
 	})
 	t.Run("fail/disabled", func(t *testing.T) {

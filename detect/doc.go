@@ -18,10 +18,15 @@
 // ([IDCoverageConfig.Block] IDs) and the distinct IDs of each read within
 // [IDCoverageConfig.Window], by any source and whatever the verdict. A
 // crawl in ID order covers its blocks whatever it does with its sources.
-// Its blind spots: a crawl in random ID order (each block then fills no
-// faster than the crawl's share of the whole space), and a block whose
-// customers are nearly all active within one window (say the newest block
-// during a sign-up burst): raise the threshold where that happens.
+// The bar is the configured threshold or four times how widely blocks are
+// read in a window (learnt from the blocks as their half-windows close, each
+// sample capped at a quarter of the threshold, so the bar stays at most
+// twice the threshold), whichever is higher. Its blind spots: a crawl in
+// random ID order (each block then fills no faster than the crawl's share
+// of the whole space), a crawl of existing IDs only where customers are
+// dense and active enough to lift the bar, and a block whose customers are
+// nearly all active within one window (say the newest block during a
+// sign-up burst): raise the threshold where that happens.
 //
 // # Time
 //
