@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -39,6 +40,9 @@ type Admin struct {
 var (
 	ErrBadCredential = errors.New("authority: unknown or revoked credential")
 	ErrBadName       = errors.New("authority: name must be 1-64 characters of [A-Za-z0-9._-]")
+	ErrNotFound      = errors.New("authority: no such credential")
+	// ErrLastAdmin refuses a change that would leave no living admin credential.
+	ErrLastAdmin = errors.New("authority: refused: it would leave custos without a living admin credential")
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -51,61 +55,46 @@ var credentialMigrations = []string{
 	CREATE TABLE authority_admins (
 		id TEXT PRIMARY KEY, staff_id TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
 		created_at BIGINT NOT NULL, revoked_at BIGINT)`,
+	// Credentials of every role; admin credentials move here.
+	`CREATE TABLE authority_credentials (
+		id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,
+		person TEXT NOT NULL DEFAULT '', provider TEXT NOT NULL DEFAULT '',
+		token_hash TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL, created_by TEXT NOT NULL DEFAULT '',
+		revoked_at BIGINT, revoked_by TEXT NOT NULL DEFAULT '', revoke_reason TEXT NOT NULL DEFAULT '');
+	CREATE UNIQUE INDEX authority_credentials_live_name ON authority_credentials(name) WHERE revoked_at IS NULL;
+	CREATE INDEX authority_credentials_person ON authority_credentials(person);
+	INSERT INTO authority_credentials(id, name, role, person, token_hash, created_at, created_by, revoked_at)
+		SELECT id, 'admin-' || id, 'admin', staff_id, token_hash, created_at, 'custos/migration', revoked_at FROM authority_admins`,
 }
 
-// Credentials is the registry of client secrets and admin credentials. Lookups
-// are served from memory; every change is written to the store first.
+// CacheTTL bounds how long a positive lookup of a client secret or a
+// credential is served from memory. Every replica reads the shared store, so
+// a revocation made at any replica is refused everywhere within CacheTTL.
+const CacheTTL = time.Second
+
+// Credentials is the registry of client secrets and of the control plane's
+// credentials, kept in the shared store. Lookups are answered from the store,
+// or from a positive cache entry younger than CacheTTL.
 type Credentials struct {
 	db  *store.DB
 	now func() time.Time
 
-	mu      sync.RWMutex
-	clients map[string]*Client // by secret hash
-	admins  map[string]*Admin  // by token hash
+	mu    sync.Mutex
+	cache map[string]cached // by secret hash
 }
 
-// OpenCredentials migrates the tables and loads the live credentials.
+type cached struct {
+	at     time.Time // monotonic wall clock of the lookup
+	client *Client
+	cred   *Credential
+}
+
+// OpenCredentials migrates the tables.
 func OpenCredentials(ctx context.Context, db *store.DB, now func() time.Time) (*Credentials, error) {
 	if err := db.Migrate(ctx, "authority", credentialMigrations); err != nil {
 		return nil, err
 	}
-	c := &Credentials{db: db, now: now, clients: map[string]*Client{}, admins: map[string]*Admin{}}
-	rows, err := db.QueryContext(ctx, `SELECT id, name, audiences, secret_hash, held_by, created_at FROM authority_clients WHERE revoked_at IS NULL`)
-	if err != nil {
-		return nil, fmt.Errorf("failed to load clients: %w", err)
-	}
-	for rows.Next() {
-		var cl Client
-		var auds, h string
-		var created int64
-		if err := rows.Scan(&cl.ID, &cl.Name, &auds, &h, &cl.HeldBy, &created); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		if err := json.Unmarshal([]byte(auds), &cl.Audiences); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("failed to load client %s: %w", cl.ID, err)
-		}
-		cl.CreatedAt = time.Unix(created, 0).UTC()
-		c.clients[h] = &cl
-	}
-	rows.Close()
-	rows, err = db.QueryContext(ctx, `SELECT id, staff_id, token_hash, created_at FROM authority_admins WHERE revoked_at IS NULL`)
-	if err != nil {
-		return nil, fmt.Errorf("failed to load admin credentials: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var a Admin
-		var h string
-		var created int64
-		if err := rows.Scan(&a.ID, &a.StaffID, &h, &created); err != nil {
-			return nil, err
-		}
-		a.CreatedAt = time.Unix(created, 0).UTC()
-		c.admins[h] = &a
-	}
-	return c, rows.Err()
+	return &Credentials{db: db, now: now, cache: map[string]cached{}}, nil
 }
 
 // secret returns a fresh 256-bit secret with a readable prefix, and its hash.
@@ -130,6 +119,38 @@ func newID(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])
 }
 
+// fromCache returns the entry for h if it is younger than CacheTTL.
+func (c *Credentials) fromCache(h string) (cached, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.cache[h]
+	if !ok {
+		return cached{}, false
+	}
+	if time.Since(e.at) >= CacheTTL {
+		delete(c.cache, h)
+		return cached{}, false
+	}
+	return e, true
+}
+
+func (c *Credentials) remember(h string, e cached) {
+	e.at = time.Now()
+	c.mu.Lock()
+	if len(c.cache) > 1<<16 {
+		clear(c.cache)
+	}
+	c.cache[h] = e
+	c.mu.Unlock()
+}
+
+// forget drops every cached lookup, after a local revocation.
+func (c *Credentials) forget() {
+	c.mu.Lock()
+	clear(c.cache)
+	c.mu.Unlock()
+}
+
 // AddClient registers a client for audiences and returns it with its secret,
 // which is not kept anywhere.
 func (c *Credentials) AddClient(ctx context.Context, name string, audiences []string, heldBy string) (Client, string, error) {
@@ -151,30 +172,82 @@ func (c *Credentials) AddClient(ctx context.Context, name string, audiences []st
 		cl.ID, name, string(auds), h, heldBy, cl.CreatedAt.Unix()); err != nil {
 		return Client{}, "", fmt.Errorf("failed to add client %s: %w", name, err)
 	}
-	c.mu.Lock()
-	c.clients[h] = &cl
-	c.mu.Unlock()
 	return cl, sec, nil
 }
 
-// Client authenticates a client secret.
+const clientCols = `id, name, audiences, held_by, created_at, revoked_at`
+
+func scanClient(sc interface{ Scan(...any) error }) (*Client, error) {
+	var cl Client
+	var auds string
+	var created int64
+	var revoked sql.NullInt64
+	if err := sc.Scan(&cl.ID, &cl.Name, &auds, &cl.HeldBy, &created, &revoked); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(auds), &cl.Audiences); err != nil {
+		return nil, fmt.Errorf("failed to read client %s: %w", cl.ID, err)
+	}
+	cl.CreatedAt = time.Unix(created, 0).UTC()
+	if revoked.Valid {
+		t := time.Unix(revoked.Int64, 0).UTC()
+		cl.RevokedAt = &t
+	}
+	return &cl, nil
+}
+
+// Client authenticates a client secret against the shared store. A store
+// that cannot answer refuses (fail closed).
 func (c *Credentials) Client(secret string) (*Client, error) {
-	c.mu.RLock()
-	cl := c.clients[hashSecret(secret)]
-	c.mu.RUnlock()
-	if cl == nil {
+	if secret == "" {
 		return nil, ErrBadCredential
 	}
+	h := hashSecret(secret)
+	if e, ok := c.fromCache(h); ok && e.client != nil {
+		return e.client, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cl, err := scanClient(c.db.QueryRowContext(ctx, `SELECT `+clientCols+` FROM authority_clients WHERE secret_hash=$1 AND revoked_at IS NULL`, h))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrBadCredential
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: the store did not answer: %v", ErrBadCredential, err)
+	}
+	c.remember(h, cached{client: cl})
 	return cl, nil
 }
 
-// Clients lists live clients.
-func (c *Credentials) Clients() []Client {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make([]Client, 0, len(c.clients))
-	for _, cl := range c.clients {
+// ListClients lists every client, revoked ones included, oldest first.
+func (c *Credentials) ListClients(ctx context.Context) ([]Client, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT `+clientCols+` FROM authority_clients ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("failed to list clients: %w", err)
+	}
+	defer rows.Close()
+	out := []Client{}
+	for rows.Next() {
+		cl, err := scanClient(rows)
+		if err != nil {
+			return nil, err
+		}
 		out = append(out, *cl)
+	}
+	return out, rows.Err()
+}
+
+// Clients lists live clients (nil when the store cannot answer).
+func (c *Credentials) Clients() []Client {
+	all, err := c.ListClients(context.Background())
+	if err != nil {
+		return nil
+	}
+	out := make([]Client, 0, len(all))
+	for _, cl := range all {
+		if cl.RevokedAt == nil {
+			out = append(out, cl)
+		}
 	}
 	return out
 }
@@ -184,31 +257,27 @@ func (c *Credentials) AddAdmin(ctx context.Context, staffID string) (Admin, stri
 	if staffID == "" {
 		return Admin{}, "", errors.New("authority: an admin credential needs a staff identity")
 	}
-	tok, h := secret("ca_")
-	a := Admin{ID: newID("ad_"), StaffID: staffID, CreatedAt: c.now().UTC().Truncate(time.Second)}
-	if _, err := c.db.ExecContext(ctx, `INSERT INTO authority_admins(id,staff_id,token_hash,created_at) VALUES ($1,$2,$3,$4)`,
-		a.ID, staffID, h, a.CreatedAt.Unix()); err != nil {
-		return Admin{}, "", fmt.Errorf("failed to add admin credential: %w", err)
+	cr, tok, err := c.Add(ctx, NewCredential{Name: "admin-" + newID(""), Role: RoleAdmin, Person: staffID}, "custos")
+	if err != nil {
+		return Admin{}, "", err
 	}
-	c.mu.Lock()
-	c.admins[h] = &a
-	c.mu.Unlock()
-	return a, tok, nil
+	return Admin{ID: cr.ID, StaffID: staffID, CreatedAt: cr.CreatedAt}, tok, nil
 }
 
-// Admin authenticates an admin token.
+// Admin authenticates an admin token: a live credential of role admin.
 func (c *Credentials) Admin(token string) (*Admin, error) {
-	c.mu.RLock()
-	a := c.admins[hashSecret(token)]
-	c.mu.RUnlock()
-	if a == nil {
+	cr, err := c.Authenticate(context.Background(), token)
+	if err != nil {
 		return nil, ErrBadCredential
 	}
-	return a, nil
+	if cr.Role != RoleAdmin {
+		return nil, ErrBadCredential
+	}
+	return &Admin{ID: cr.ID, StaffID: cr.Actor(), CreatedAt: cr.CreatedAt}, nil
 }
 
-// RevokeHeldBy revokes every client secret held by, and every admin credential
-// of, staffID. It is what offboarding calls.
+// RevokeHeldBy revokes every client secret held by, and every credential
+// bound to, staffID. It is what offboarding calls.
 func (c *Credentials) RevokeHeldBy(ctx context.Context, staffID, actor, reason string) (int, error) {
 	if staffID == "" {
 		return 0, nil
@@ -223,27 +292,17 @@ func (c *Credentials) RevokeHeldBy(ctx context.Context, staffID, actor, reason s
 	if err != nil {
 		return 0, fmt.Errorf("failed to revoke clients of %s: %w", staffID, err)
 	}
-	r2, err := tx.ExecContext(ctx, `UPDATE authority_admins SET revoked_at=$1 WHERE staff_id=$2 AND revoked_at IS NULL`, now, staffID)
+	r2, err := tx.ExecContext(ctx, `UPDATE authority_credentials SET revoked_at=$1, revoked_by=$3, revoke_reason=$4 WHERE person=$2 AND revoked_at IS NULL`,
+		now, staffID, actor, reason)
 	if err != nil {
-		return 0, fmt.Errorf("failed to revoke admin credentials of %s: %w", staffID, err)
+		return 0, fmt.Errorf("failed to revoke credentials of %s: %w", staffID, err)
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, err
 	}
+	c.forget()
 	n1, _ := r1.RowsAffected()
 	n2, _ := r2.RowsAffected()
-	c.mu.Lock()
-	for h, cl := range c.clients {
-		if cl.HeldBy == staffID {
-			delete(c.clients, h)
-		}
-	}
-	for h, a := range c.admins {
-		if a.StaffID == staffID {
-			delete(c.admins, h)
-		}
-	}
-	c.mu.Unlock()
 	return int(n1 + n2), nil
 }
 
@@ -263,12 +322,6 @@ func (c *Credentials) RevokeClientSecret(ctx context.Context, clientID, actor, r
 	if _, err := c.db.ExecContext(ctx, `UPDATE authority_clients SET revoked_at=$1 WHERE id=$2 AND revoked_at IS NULL`, c.now().Unix(), clientID); err != nil {
 		return fmt.Errorf("failed to revoke client %s: %w", clientID, err)
 	}
-	c.mu.Lock()
-	for h, cl := range c.clients {
-		if cl.ID == clientID {
-			delete(c.clients, h)
-		}
-	}
-	c.mu.Unlock()
+	c.forget()
 	return nil
 }

@@ -78,18 +78,18 @@ func TestRevokeHeldByPostgresConnectionLoss(t *testing.T) {
 		var n int
 		if err := k.Admin.QueryRowContext(ctx, `SELECT
 			(SELECT COUNT(*) FROM authority_clients WHERE revoked_at IS NOT NULL) +
-			(SELECT COUNT(*) FROM authority_admins WHERE revoked_at IS NOT NULL)`).Scan(&n); err != nil {
+			(SELECT COUNT(*) FROM authority_credentials WHERE revoked_at IS NOT NULL)`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n
 	}
-	k.Slow(t, "authority_admins", "UPDATE", 3) // the second statement
+	k.Slow(t, "authority_credentials", "UPDATE", 3) // the second statement
 	killed := k.TerminateSleeping(5 * time.Second)
 	_, err = creds.RevokeHeldBy(ctx, "alice", "custos/offboarding", "left")
 	if kerr := <-killed; kerr != nil {
 		t.Fatal(kerr)
 	}
-	if err == nil || !strings.Contains(err.Error(), "failed to revoke admin credentials of alice") {
+	if err == nil || !strings.Contains(err.Error(), "failed to revoke credentials of alice") {
 		t.Fatalf("err %v, want a clear failure", err)
 	}
 	if n := revoked(); n != 0 {
@@ -102,7 +102,7 @@ func TestRevokeHeldByPostgresConnectionLoss(t *testing.T) {
 		t.Fatalf("admin dropped from memory though the revocation failed: %v", err)
 	}
 	// Retried once the connection is back, it completes.
-	k.Unslow(t, "authority_admins", "UPDATE")
+	k.Unslow(t, "authority_credentials", "UPDATE")
 	if n, err := creds.RevokeHeldBy(ctx, "alice", "custos/offboarding", "left"); err != nil || n != 2 {
 		t.Fatalf("retry revoked %d, %v", n, err)
 	}

@@ -3,50 +3,131 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/staff"
 )
 
 type actorKey struct{}
 
-// actorOf returns the staff identity an admin request was authenticated as.
+// actorOf returns who an authenticated request acts as: the staff identity
+// of its credential, or "credential:NAME" for one bound to nobody.
 func actorOf(ctx context.Context) string {
 	s, _ := ctx.Value(actorKey{}).(string)
 	return s
 }
 
-// admin wraps h so that only a live admin credential of a staff member who has
-// not left may call it. The staff identity becomes the action's actor.
-func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
+// Endpoint classes: which roles may call what. Everything not named here
+// that needs a credential is admin only; /scim/v2 takes scim credentials
+// only (staff.SCIMHandler through scimAuth).
+var (
+	// rolesFollow may follow the ledger and post access events: what a
+	// standalone gateway does.
+	rolesFollow = []authority.Role{authority.RoleAdmin, authority.RoleGateway, authority.RoleDetector}
+	// rolesAlerts may read alerts and incidents: what a detector needs besides.
+	rolesAlerts = []authority.Role{authority.RoleAdmin, authority.RoleDetector}
+	rolesAdmin  = []authority.Role{authority.RoleAdmin}
+)
+
+// admin wraps h so that only a live admin credential (or a console session
+// of one) of a staff member who has not left may call it.
+func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc { return s.allow(rolesAdmin, h) }
+
+// allow wraps h so that only a live credential of one of roles may call it:
+// 401 for a missing, unknown or revoked credential (and a
+// departed_credential_use alert when it was a departed person's), 403 for a
+// live credential of another role. The credential's actor becomes the
+// action's actor.
+func (s *Server) allow(roles []authority.Role, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var staffID string
-		if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
-			if adm, err := s.Creds.Admin(strings.TrimSpace(a[7:])); err == nil {
-				staffID = adm.StaffID
+		unauthorized := func(desc string) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="custos", error="invalid_token"`)
+			authority.WriteError(w, http.StatusUnauthorized, "invalid_token", desc)
+		}
+		var actor, person string
+		if a := r.Header.Get("Authorization"); a != "" {
+			tok, ok := bearerToken(a)
+			if !ok {
+				unauthorized("a bearer credential is required")
+				return
 			}
-		} else if s.Console != nil {
-			// A console session (cookie, with its CSRF token on writes).
+			cr, err := s.Creds.Authenticate(r.Context(), tok)
+			if err != nil {
+				if errors.Is(err, authority.ErrRevoked) && cr.Person != "" && s.Staff != nil {
+					// Raises departed_credential_use when its person has left.
+					_ = s.Staff.CheckActor(r.Context(), cr.Person)
+				}
+				unauthorized("unknown or revoked credential")
+				return
+			}
+			if !slices.Contains(roles, cr.Role) {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="custos", error="insufficient_scope"`)
+				authority.WriteError(w, http.StatusForbidden, "insufficient_scope",
+					fmt.Sprintf("a %s credential may not call this endpoint (it needs %s)", cr.Role, roleList(roles)))
+				return
+			}
+			actor, person = cr.Actor(), cr.Person
+		} else if s.Console != nil && slices.Contains(roles, authority.RoleAdmin) {
+			// A console session (cookie, with its CSRF token on writes),
+			// as long as the admin credential it logged in with lives.
 			if sess, ok := s.Console.Sessions().FromRequest(r); ok {
-				staffID = sess.StaffID
+				if cr, err := s.Creds.Get(r.Context(), sess.AdminID); err == nil && cr.RevokedAt == nil {
+					actor, person = sess.StaffID, sess.StaffID
+				}
 			}
 		}
-		if staffID == "" {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="custos-admin"`)
-			authority.WriteError(w, http.StatusUnauthorized, "invalid_token", "admin credential required")
+		if actor == "" {
+			unauthorized("a credential is required")
 			return
 		}
-		if s.Staff != nil {
-			if err := s.Staff.CheckActor(r.Context(), staffID); err != nil {
-				authority.WriteError(w, http.StatusForbidden, "access_denied", "credential belongs to a departed staff member")
+		if s.Staff != nil && person != "" {
+			if err := s.Staff.CheckActor(r.Context(), person); err != nil {
+				unauthorized("credential belongs to a departed staff member")
 				return
 			}
 		}
-		h(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, staffID)))
+		h(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, actor)))
 	}
 }
+
+// bearerToken reads "Bearer TOKEN" in any letter case of the scheme.
+func bearerToken(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	tok = strings.TrimSpace(tok)
+	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
+		return "", false
+	}
+	return tok, true
+}
+
+func roleList(roles []authority.Role) string {
+	out := make([]string, len(roles))
+	for i, r := range roles {
+		out[i] = string(r)
+	}
+	return strings.Join(out, " or ")
+}
+
+// scimAuth lets scim credentials call /scim/v2 as their identity provider.
+type scimAuth struct{ c *authority.Credentials }
+
+func (a scimAuth) SCIMProvider(ctx context.Context, tok string) (string, error) {
+	cr, err := a.c.Authenticate(ctx, tok)
+	if err != nil {
+		return "", staff.ErrUnauthorized
+	}
+	if cr.Role != authority.RoleSCIM {
+		return "", staff.ErrForbidden
+	}
+	return cr.Provider, nil
+}
+
+var _ staff.SCIMAuthenticator = scimAuth{}
 
 type keyView struct {
 	keys.Key
@@ -151,29 +232,37 @@ func (s *Server) addClient(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listClients(w http.ResponseWriter, r *http.Request) {
-	authority.WriteJSON(w, http.StatusOK, map[string]any{"clients": s.Creds.Clients()})
+	cs, err := s.Creds.ListClients(r.Context())
+	if err != nil {
+		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
+		return
+	}
+	live := []authority.Client{}
+	for _, c := range cs {
+		if c.RevokedAt == nil {
+			live = append(live, c)
+		}
+	}
+	authority.WriteJSON(w, http.StatusOK, map[string]any{"clients": live})
 }
 
 type addSCIMTokenBody struct {
 	Name string `json:"name"`
 }
 
+// addSCIMToken serves POST /v1/scim/tokens (custos scim tokens add): a
+// scim credential named, and provisioning as, the identity provider.
 func (s *Server) addSCIMToken(w http.ResponseWriter, r *http.Request) {
 	var b addSCIMTokenBody
 	if err := authority.DecodeJSON(r.Body, &b); err != nil {
 		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	if err := s.journal(r.Context(), "scim.token.add", map[string]any{"name": b.Name, "actor": actorOf(r.Context())}); err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
+	cr, tok, ok := s.addCredential(w, r, addCredentialBody{Name: b.Name, Role: string(authority.RoleSCIM)})
+	if !ok {
 		return
 	}
-	tok, err := s.Staff.AddSCIMToken(r.Context(), b.Name, actorOf(r.Context()))
-	if err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
-		return
-	}
-	authority.WriteJSON(w, http.StatusCreated, map[string]string{"token": tok})
+	authority.WriteJSON(w, http.StatusCreated, map[string]string{"token": tok, "id": cr.ID})
 }
 
 func (s *Server) journal(ctx context.Context, kind string, v any) error {

@@ -39,20 +39,23 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /v1/clients", s.admin(s.listClients))
 	mux.HandleFunc("POST /v1/clients", s.admin(s.addClient))
 	mux.HandleFunc("POST /v1/scim/tokens", s.admin(s.addSCIMToken))
+	mux.HandleFunc("GET /v1/credentials", s.admin(s.listCredentials))
+	mux.HandleFunc("POST /v1/credentials", s.admin(s.addCredentialHandler))
+	mux.HandleFunc("POST /v1/credentials/{id}/revoke", s.admin(s.revokeCredential))
 
-	// Gateways in their own processes follow the ledger with an admin credential.
-	mux.Handle("GET /v1/ledger/stream", s.admin(s.Ledger.StreamHandler().ServeHTTP))
-	mux.Handle("POST /v1/ledger/lookup", s.admin(s.Ledger.LookupHandler().ServeHTTP))
+	// Gateways in their own processes follow the ledger with a gateway credential.
+	mux.Handle("GET /v1/ledger/stream", s.allow(rolesFollow, s.Ledger.StreamHandler().ServeHTTP))
+	mux.Handle("POST /v1/ledger/lookup", s.allow(rolesFollow, s.Ledger.LookupHandler().ServeHTTP))
 
 	mux.Handle("/scim/v2/", http.StripPrefix("/scim/v2", s.Staff.SCIMHandler()))
 
 	dh := s.Detect.Handler()
-	mux.Handle("GET /v1/alerts", s.admin(dh.ServeHTTP))
-	mux.Handle("GET /v1/alerts/stream", s.admin(dh.ServeHTTP))
-	mux.Handle("GET /v1/incidents", s.admin(dh.ServeHTTP))
-	mux.Handle("GET /v1/incidents/{id}", s.admin(dh.ServeHTTP))
+	mux.Handle("GET /v1/alerts", s.allow(rolesAlerts, dh.ServeHTTP))
+	mux.Handle("GET /v1/alerts/stream", s.allow(rolesAlerts, dh.ServeHTTP))
+	mux.Handle("GET /v1/incidents", s.allow(rolesAlerts, dh.ServeHTTP))
+	mux.Handle("GET /v1/incidents/{id}", s.allow(rolesAlerts, dh.ServeHTTP))
 	mux.HandleFunc("POST /v1/incidents/{id}/scope", s.admin(s.scopeIncident))
-	mux.Handle("POST /v1/events", s.admin(ingest.Handler(s.Ledger, s.Bus.Publish).ServeHTTP))
+	mux.Handle("POST /v1/events", s.allow(rolesFollow, ingest.Handler(s.Ledger, s.Bus.Publish).ServeHTTP))
 
 	mux.Handle("/audit/", http.StripPrefix("/audit", s.Audit.Handler()))
 	mux.HandleFunc("POST /v1/incidents/{id}/hold", s.admin(s.holdIncident))

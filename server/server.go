@@ -246,6 +246,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 	s.Staff, err = staff.New(ctx, s.DB, staff.Config{
 		Keys: s.Keys, Credentials: []staff.CredentialRevoker{s.Creds}, Clients: s.Creds,
+		SCIMAuth: scimAuth{s.Creds}, Guard: s.Creds,
 		Alerts: alerter{s.Detect}, Policy: policy2, MaxTokenTTL: cfg.Tokens.MaxTTL, Now: now, Log: log,
 	})
 	if err != nil {
@@ -254,6 +255,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	if err := s.bootstrapAdmin(ctx); err != nil {
 		return nil, err
 	}
+	s.Keys.OnChange(s.inheritCustodians)
 
 	// Forensics store.
 	s.Forensics, err = forensics.NewWriter(filepath.Join(dir, EventsDir), forensics.WriterOptions{})
@@ -391,7 +393,37 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The holder of the bootstrap credential administers the first key until
+	// people are named; rotations carry custodians over (inheritCustodians).
+	if k, _, err := s.Keys.Signer(ctx); err == nil {
+		if err := s.Staff.AddCustodian(ctx, staff.SigningKey, k.KID, p.ID, staff.Administer, "custos/bootstrap"); err != nil {
+			return fmt.Errorf("failed to record the first key's custodian: %w", err)
+		}
+	}
 	return writeFileExcl(path, []byte(tok+"\n"))
+}
+
+// inheritCustodians runs after every key change: a key demoted by a rotation
+// hands its living custodians to the key that replaced it.
+func (s *Server) inheritCustodians(k keys.Key) {
+	if k.State != keys.VerifyOnly || k.DemotedAt == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ks, err := s.Keys.List(ctx)
+	if err != nil {
+		s.Log.Error("custodians not carried over to the new key", "from", k.KID, "err", err)
+		return
+	}
+	for _, n := range ks {
+		if n.State == keys.Active && n.CreatedAt.Equal(*k.DemotedAt) {
+			if err := s.Staff.Inherit(ctx, k.KID, n.KID); err != nil {
+				s.Log.Error("custodians not carried over to the new key", "from", k.KID, "to", n.KID, "err", err)
+			}
+			return
+		}
+	}
 }
 
 func writeFileExcl(path string, b []byte) error {

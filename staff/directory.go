@@ -47,7 +47,7 @@ type personRow struct {
 	status                                Status
 	active, deleted                       bool
 	start, end, departed                  *time.Time
-	reason                                string
+	reason, provider                      string
 	attrs                                 map[string]any
 	created, modified                     time.Time
 }
@@ -169,7 +169,7 @@ func (d *Directory) Changes(ctx context.Context, after int64, limit int) ([]Chan
 	return out, rows.Err()
 }
 
-const personCols = `id, user_name, external_id, display_name, kind, status, active, deleted, start_at, end_at, departed_at, departure_reason, attrs, created_at, modified_at`
+const personCols = `id, user_name, external_id, display_name, kind, status, active, deleted, start_at, end_at, departed_at, departure_reason, attrs, created_at, modified_at, provider`
 
 func scanPerson(sc interface{ Scan(...any) error }) (*personRow, error) {
 	var p personRow
@@ -178,7 +178,7 @@ func scanPerson(sc interface{ Scan(...any) error }) (*personRow, error) {
 	var start, end, departed sql.NullInt64
 	var created, modified int64
 	if err := sc.Scan(&p.id, &p.userName, &p.externalID, &p.displayName, &kind, &status, &active, &deleted,
-		&start, &end, &departed, &p.reason, &attrs, &created, &modified); err != nil {
+		&start, &end, &departed, &p.reason, &attrs, &created, &modified, &p.provider); err != nil {
 		return nil, err
 	}
 	p.kind, p.status, p.active, p.deleted = Kind(kind), Status(status), active != 0, deleted != 0
@@ -288,6 +288,14 @@ func (d *Directory) People(ctx context.Context) ([]Person, error) {
 		out = append(out, p.person(names(gs)))
 	}
 	return out, nil
+}
+
+// providerOf is the identity provider an actor "scim:NAME" speaks for, or "".
+func providerOf(actor string) string {
+	if p, ok := strings.CutPrefix(actor, "scim:"); ok {
+		return p
+	}
+	return ""
 }
 
 func nameKey(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
@@ -605,10 +613,10 @@ func (d *Directory) savePerson(ctx context.Context, tx *sql.Tx, st *txState, old
 	if old == nil {
 		action = "person.create"
 		_, err = tx.ExecContext(ctx, `INSERT INTO staff_people(id, user_name, user_name_key, external_id, display_name, kind, status, active, deleted,
-			start_at, end_at, departed_at, departure_reason, attrs, created_at, modified_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)`,
+			start_at, end_at, departed_at, departure_reason, attrs, created_at, modified_at, provider) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)`,
 			row.id, row.userName, nameKey(row.userName), row.externalID, row.displayName, string(row.kind), string(row.status),
 			boolInt(row.active), boolInt(row.deleted), nullTime(row.start), nullTime(row.end), nullTime(row.departed),
-			row.reason, string(raw), nanos(row.created), nanos(row.modified))
+			row.reason, string(raw), nanos(row.created), nanos(row.modified), providerOf(actor))
 	} else {
 		_, err = tx.ExecContext(ctx, `UPDATE staff_people SET user_name=$2, user_name_key=$3, external_id=$4, display_name=$5, kind=$6,
 			status=$7, active=$8, start_at=$9, end_at=$10, departed_at=$11, departure_reason=$12, attrs=$13, modified_at=$14 WHERE id=$1`,
@@ -645,6 +653,11 @@ func (d *Directory) savePerson(ctx context.Context, tx *sql.Tx, st *txState, old
 // depart marks p departed at `at`, ends their memberships and custodianships
 // and queues their offboarding, inside tx.
 func (d *Directory) depart(ctx context.Context, tx *sql.Tx, st *txState, p *personRow, at time.Time, reason, actor string) error {
+	if d.cfg.Guard != nil && actor != OffboardingActor {
+		if err := d.cfg.Guard.CheckDeparture(ctx, p.id); err != nil {
+			return fmt.Errorf("failed to depart %s: %w: %v", p.id, ErrLastAdmin, err)
+		}
+	}
 	p.status, p.departed, p.reason = Departed, &at, reason
 	if _, err := tx.ExecContext(ctx, `UPDATE staff_people SET status=$2, departed_at=$3, departure_reason=$4, modified_at=$5 WHERE id=$1`,
 		p.id, string(Departed), nanos(at), reason, nanos(d.now())); err != nil {

@@ -10,7 +10,7 @@ import (
 )
 
 type groupRow struct {
-	id, name, externalID string
+	id, name, externalID, provider string
 	deleted              bool
 	created, modified    time.Time
 }
@@ -21,14 +21,14 @@ func scanGroup(sc interface{ Scan(...any) error }) (*groupRow, error) {
 	var g groupRow
 	var deleted int
 	var created, modified int64
-	if err := sc.Scan(&g.id, &g.name, &g.externalID, &deleted, &created, &modified); err != nil {
+	if err := sc.Scan(&g.id, &g.name, &g.externalID, &deleted, &created, &modified, &g.provider); err != nil {
 		return nil, err
 	}
 	g.deleted, g.created, g.modified = deleted != 0, fromNanos(created), fromNanos(modified)
 	return &g, nil
 }
 
-const groupCols = `id, name, external_id, deleted, created_at, modified_at`
+const groupCols = `id, name, external_id, deleted, created_at, modified_at, provider`
 
 func (d *Directory) loadGroup(ctx context.Context, q querier, id string) (*groupRow, error) {
 	g, err := scanGroup(q.QueryRowContext(ctx, `SELECT `+groupCols+` FROM staff_groups WHERE id=$1 AND deleted=0`, id))
@@ -99,9 +99,9 @@ func (d *Directory) createGroup(ctx context.Context, tx *sql.Tx, name, externalI
 		return nil, err
 	}
 	now := d.now()
-	g := &groupRow{id: newID(), name: name, externalID: externalID, created: now, modified: now}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO staff_groups(`+groupCols+`, name_key) VALUES ($1,$2,$3,0,$4,$5,$6)`,
-		g.id, g.name, g.externalID, nanos(now), nanos(now), nameKey(name)); err != nil {
+	g := &groupRow{id: newID(), name: name, externalID: externalID, provider: providerOf(actor), created: now, modified: now}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO staff_groups(`+groupCols+`, name_key) VALUES ($1,$2,$3,0,$4,$5,$6,$7)`,
+		g.id, g.name, g.externalID, nanos(now), nanos(now), g.provider, nameKey(name)); err != nil {
 		return nil, fmt.Errorf("failed to create group %q: %w", name, err)
 	}
 	return g, d.record(ctx, tx, actor, "group.create", g.id, map[string]any{"name": name})
@@ -191,6 +191,27 @@ func (d *Directory) setMembers(ctx context.Context, tx *sql.Tx, gid string, ids 
 	for _, id := range ids {
 		want[id] = true
 	}
+	// An identity provider adds and removes only identities it provisioned.
+	if prov := providerOf(actor); prov != "" {
+		had := map[string]bool{}
+		for _, m := range cur {
+			had[m.id] = true
+		}
+		for _, m := range cur {
+			if !want[m.id] {
+				if err := d.ownedBy(ctx, tx, m.id, prov); err != nil {
+					return err
+				}
+			}
+		}
+		for _, id := range ids {
+			if !had[id] {
+				if err := d.ownedBy(ctx, tx, id, prov); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	for _, m := range cur {
 		if !want[m.id] {
 			if err := d.removeMember(ctx, tx, gid, m.id, actor); err != nil {
@@ -219,4 +240,20 @@ func (d *Directory) deleteGroup(ctx context.Context, tx *sql.Tx, g *groupRow, ac
 		return fmt.Errorf("failed to delete group %s: %w", g.id, err)
 	}
 	return d.record(ctx, tx, actor, "group.delete", g.id, map[string]any{"name": g.name})
+}
+
+// ownedBy returns ErrForbidden unless staff identity id was provisioned by
+// the identity provider prov (ErrNotFound for no such identity).
+func (d *Directory) ownedBy(ctx context.Context, q querier, id, prov string) error {
+	p, err := d.loadPerson(ctx, q, id)
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: member %q is no user", ErrInvalid, id)
+	}
+	if err != nil {
+		return err
+	}
+	if p.provider != prov {
+		return fmt.Errorf("identity %s: %w %q", id, ErrForbidden, prov)
+	}
+	return nil
 }

@@ -218,12 +218,17 @@ func (d *Directory) offboard(ctx context.Context, o offboarding) error {
 
 // inheritCustody makes the living explicit custodians of the rotated-out keys
 // custodians of the key that replaced them, so the new key is not orphaned.
+// departed is never carried over, nor anyone who has left.
 func (d *Directory) inheritCustody(ctx context.Context, from []keys.Key, kid, departed string) error {
 	return d.withTx(ctx, func(tx *sql.Tx, st *txState) error {
 		for _, k := range from {
-			rows, err := tx.QueryContext(ctx, `SELECT c.staff_id, c.role FROM staff_custodians c JOIN staff_people p ON p.id = c.staff_id
-				WHERE c.resource_kind=$1 AND c.resource_id=$2 AND c.removed_at IS NULL AND p.status=$3 AND p.deleted=0 AND c.staff_id<>$4`,
-				string(SigningKey), k.KID, string(Active), departed)
+			if k.KID == kid {
+				continue
+			}
+			rows, err := tx.QueryContext(ctx, `SELECT DISTINCT c.staff_id, c.role FROM staff_custodians c JOIN staff_people p ON p.id = c.staff_id
+				WHERE c.resource_kind=$1 AND c.resource_id=$2 AND c.removed_at IS NULL AND p.status=$3 AND p.deleted=0 AND p.active=1
+				AND (p.end_at IS NULL OR p.end_at > $5) AND c.staff_id<>$4`,
+				string(SigningKey), k.KID, string(Active), departed, nanos(d.now()))
 			if err != nil {
 				return fmt.Errorf("failed to read custodians of %s: %w", k.KID, err)
 			}
@@ -238,12 +243,23 @@ func (d *Directory) inheritCustody(ctx context.Context, from []keys.Key, kid, de
 				heirs = append(heirs, h)
 			}
 			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
 			for _, h := range heirs {
+				var n int
+				if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM staff_custodians WHERE resource_kind=$1 AND resource_id=$2
+					AND staff_id=$3 AND role=$4 AND removed_at IS NULL`, string(SigningKey), kid, h.id, h.role).Scan(&n); err != nil {
+					return fmt.Errorf("failed to read custodians of %s: %w", kid, err)
+				}
+				if n > 0 {
+					continue
+				}
 				if _, err := tx.ExecContext(ctx, `INSERT INTO staff_custodians(resource_kind, resource_id, staff_id, role, granted_at, granted_by)
-					VALUES ($1,$2,$3,$4,$5,$6)`, string(SigningKey), kid, h.id, h.role, nanos(d.now()), OffboardingActor); err != nil {
+					VALUES ($1,$2,$3,$4,$5,$6)`, string(SigningKey), kid, h.id, h.role, nanos(d.now()), InheritActor); err != nil {
 					return fmt.Errorf("failed to carry custodian over to %s: %w", kid, err)
 				}
-				if err := d.record(ctx, tx, OffboardingActor, "custodian.add", string(SigningKey)+":"+kid,
+				if err := d.record(ctx, tx, InheritActor, "custodian.add", string(SigningKey)+":"+kid,
 					map[string]any{"staff_id": h.id, "role": h.role, "from": k.KID}); err != nil {
 					return err
 				}
@@ -251,6 +267,16 @@ func (d *Directory) inheritCustody(ctx context.Context, from []keys.Key, kid, de
 		}
 		return nil
 	})
+}
+
+// InheritActor attributes custodianships carried over to a rotated key.
+const InheritActor = "system:rotation"
+
+// Inherit makes the living explicit custodians of key from custodians of
+// key to, which replaced it in a rotation (any rotation: scheduled, manual,
+// offboarding). Someone who has departed is never carried over.
+func (d *Directory) Inherit(ctx context.Context, from, to string) error {
+	return d.inheritCustody(ctx, []keys.Key{{KID: from}}, to, "")
 }
 
 // revokeDue revokes keys whose PolicyGrace period has ended.

@@ -123,6 +123,22 @@ func (d *Directory) scimTokenName(ctx context.Context, header string) (string, e
 	return name, nil
 }
 
+// scimProvider authenticates a SCIM request: through Config.SCIMAuth when
+// set, then against the tokens made with AddSCIMToken.
+func (d *Directory) scimProvider(ctx context.Context, header string) (string, error) {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
+		return "", ErrUnauthorized
+	}
+	if d.cfg.SCIMAuth != nil {
+		name, err := d.cfg.SCIMAuth.SCIMProvider(ctx, strings.TrimSpace(token))
+		if !errors.Is(err, ErrUnauthorized) {
+			return name, err
+		}
+	}
+	return d.scimTokenName(ctx, header)
+}
+
 // SCIMHandler serves SCIM 2.0 Users and Groups for identity providers. Mount
 // it at /scim/v2/ (with or without stripping the prefix). Every request needs
 // a bearer token from AddSCIMToken; changes are attributed to "scim:NAME".
@@ -165,7 +181,12 @@ func (d *Directory) SCIMHandler() http.Handler {
 				writeSCIMError(w, scimerr.ScimError{Status: http.StatusInternalServerError, Detail: "internal error"})
 			}
 		}()
-		name, err := d.scimTokenName(r.Context(), r.Header.Get("Authorization"))
+		name, err := d.scimProvider(r.Context(), r.Header.Get("Authorization"))
+		if errors.Is(err, ErrForbidden) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="custos-scim", error="insufficient_scope"`)
+			writeSCIMError(w, scimerr.ScimError{Status: http.StatusForbidden, Detail: "this credential may not call SCIM; a scim credential is required"})
+			return
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="custos-scim"`)
 			status := http.StatusUnauthorized
@@ -306,6 +327,10 @@ func toSCIMError(err error, id string) error {
 		return e
 	case errors.Is(err, ErrInvalid):
 		return scimerr.ScimError{ScimType: scimerr.ScimTypeInvalidValue, Detail: err.Error(), Status: http.StatusBadRequest}
+	case errors.Is(err, ErrForbidden):
+		return scimerr.ScimError{Detail: err.Error(), Status: http.StatusForbidden}
+	case errors.Is(err, ErrLastAdmin):
+		return scimerr.ScimError{ScimType: scimerr.ScimTypeMutability, Detail: err.Error(), Status: http.StatusConflict}
 	case errors.Is(err, ErrDeparted):
 		return scimerr.ScimError{ScimType: scimerr.ScimTypeMutability, Detail: err.Error(), Status: http.StatusBadRequest}
 	}
@@ -404,10 +429,21 @@ func (h userHandler) Create(r *http.Request, attrs scim.ResourceAttributes) (sci
 	return res, nil
 }
 
+// own refuses an identity or group the caller's provider did not provision.
+func own(r *http.Request, provider string) error {
+	if prov := providerOf(actorOf(r)); provider != prov {
+		return fmt.Errorf("%w %q", ErrForbidden, prov)
+	}
+	return nil
+}
+
 func (h userHandler) Get(r *http.Request, id string) (scim.Resource, error) {
 	p, err := h.d.loadPerson(r.Context(), h.d.db, id)
 	if err == nil && p.deleted {
 		err = ErrNotFound
+	}
+	if err == nil {
+		err = own(r, p.provider)
 	}
 	if err != nil {
 		return scim.Resource{}, toSCIMError(err, id)
@@ -423,10 +459,11 @@ func (h userHandler) GetAll(r *http.Request, params scim.ListRequestParams) (sci
 	ctx := r.Context()
 	var ps []*personRow
 	var err error
+	prov := providerOf(actorOf(r))
 	if name, ok := userNameEq(params); ok {
-		ps, err = h.d.queryPeople(ctx, h.d.db, `deleted=0 AND user_name_key=$1`, nameKey(name))
+		ps, err = h.d.queryPeople(ctx, h.d.db, `deleted=0 AND provider=$1 AND user_name_key=$2`, prov, nameKey(name))
 	} else {
-		ps, err = h.d.queryPeople(ctx, h.d.db, `deleted=0`)
+		ps, err = h.d.queryPeople(ctx, h.d.db, `deleted=0 AND provider=$1`, prov)
 	}
 	if err != nil {
 		return scim.Page{}, toSCIMError(err, "")
@@ -485,6 +522,9 @@ func (h userHandler) update(r *http.Request, id string, change func(map[string]a
 		if p.deleted {
 			return ErrNotFound
 		}
+		if err := own(r, p.provider); err != nil {
+			return err
+		}
 		attrs, err := change(p.attrs)
 		if err != nil {
 			return err
@@ -510,6 +550,9 @@ func (h userHandler) Delete(r *http.Request, id string) error {
 		}
 		if p.deleted {
 			return ErrNotFound
+		}
+		if err := own(r, p.provider); err != nil {
+			return err
 		}
 		return h.d.deletePerson(ctx, tx, st, p, actorOf(r))
 	})
@@ -596,6 +639,9 @@ func (h groupHandler) Create(r *http.Request, attrs scim.ResourceAttributes) (sc
 
 func (h groupHandler) Get(r *http.Request, id string) (scim.Resource, error) {
 	g, err := h.d.loadGroup(r.Context(), h.d.db, id)
+	if err == nil {
+		err = own(r, g.provider)
+	}
 	if err != nil {
 		return scim.Resource{}, toSCIMError(err, id)
 	}
@@ -608,9 +654,15 @@ func (h groupHandler) Get(r *http.Request, id string) (scim.Resource, error) {
 
 func (h groupHandler) GetAll(r *http.Request, params scim.ListRequestParams) (scim.Page, error) {
 	ctx := r.Context()
-	gs, err := h.d.listGroups(ctx, h.d.db)
+	all, err := h.d.listGroups(ctx, h.d.db)
 	if err != nil {
 		return scim.Page{}, toSCIMError(err, "")
+	}
+	var gs []*groupRow
+	for _, g := range all {
+		if own(r, g.provider) == nil {
+			gs = append(gs, g)
+		}
 	}
 	return pageOf(params, len(gs), func(i int) (scim.Resource, string, string, error) {
 		res, err := h.resource(ctx, h.d.db, gs[i])
@@ -654,6 +706,9 @@ func (h groupHandler) update(r *http.Request, id string, change func(*groupState
 		if err != nil {
 			return err
 		}
+		if err := own(r, g.provider); err != nil {
+			return err
+		}
 		ms, err := h.d.members(ctx, tx, g.id)
 		if err != nil {
 			return err
@@ -692,6 +747,9 @@ func (h groupHandler) Delete(r *http.Request, id string) error {
 	err := h.d.withTx(ctx, func(tx *sql.Tx, st *txState) error {
 		g, err := h.d.loadGroup(ctx, tx, id)
 		if err != nil {
+			return err
+		}
+		if err := own(r, g.provider); err != nil {
 			return err
 		}
 		return h.d.deleteGroup(ctx, tx, g, actorOf(r))

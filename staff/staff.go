@@ -105,6 +105,11 @@ var (
 	ErrInvalid      = errors.New("staff: invalid value")
 	ErrNoKeyOps     = errors.New("staff: no key operations configured")
 	ErrUnauthorized = errors.New("staff: bad or missing SCIM token")
+	// ErrForbidden refuses a SCIM caller an identity or group its identity
+	// provider did not provision, or a credential that is not a SCIM one.
+	ErrForbidden = errors.New("staff: not provisioned by this identity provider")
+	// ErrLastAdmin refuses a departure that would leave no admin credential.
+	ErrLastAdmin = errors.New("staff: refused: it would leave custos without a living admin credential")
 )
 
 // KeyOps are the key operations offboarding needs; keys.Manager provides them.
@@ -124,6 +129,19 @@ type CredentialRevoker interface {
 // client secret the departed person was a custodian of.
 type ClientRevoker interface {
 	RevokeClientSecret(ctx context.Context, clientID, actor, reason string) error
+}
+
+// SCIMAuthenticator resolves the bearer token of a SCIM request to the name
+// of its identity provider. It returns ErrUnauthorized for an unknown or
+// revoked token and ErrForbidden for a live credential that is not a SCIM one.
+type SCIMAuthenticator interface {
+	SCIMProvider(ctx context.Context, token string) (string, error)
+}
+
+// DepartureGuard is asked before an identity departs (other than by the
+// end-date sweep); an error refuses the departure.
+type DepartureGuard interface {
+	CheckDeparture(ctx context.Context, staffID string) error
 }
 
 // Alerter raises a security alert. Severity is "low", "medium", "high" or
@@ -154,6 +172,11 @@ type Config struct {
 	Credentials []CredentialRevoker
 	// Clients, if set, revokes the secrets of clients the person was custodian of.
 	Clients ClientRevoker
+	// SCIMAuth, if set, authenticates SCIM requests; tokens made with
+	// AddSCIMToken keep working beside it.
+	SCIMAuth SCIMAuthenticator
+	// Guard, if set, may refuse a departure (the last admin's).
+	Guard DepartureGuard
 	// Alerts receives departures, failures and use of departed credentials.
 	Alerts Alerter
 	// Policy for the old key: PolicyRevoke (default) or PolicyGrace.
@@ -264,6 +287,14 @@ var migrations = []string{
 		entity TEXT NOT NULL,
 		detail TEXT NOT NULL
 	)`,
+	// The identity provider that provisioned each identity and group ('' for
+	// one made by custos or an administrator), back-filled from the change log.
+	`ALTER TABLE staff_people ADD COLUMN provider TEXT NOT NULL DEFAULT '';
+	ALTER TABLE staff_groups ADD COLUMN provider TEXT NOT NULL DEFAULT '';
+	UPDATE staff_people SET provider = COALESCE((SELECT substr(c.actor, 6) FROM staff_changes c
+		WHERE c.entity = staff_people.id AND c.action = 'person.create' AND c.actor LIKE 'scim:%' ORDER BY c.seq LIMIT 1), '');
+	UPDATE staff_groups SET provider = COALESCE((SELECT substr(c.actor, 6) FROM staff_changes c
+		WHERE c.entity = staff_groups.id AND c.action = 'group.create' AND c.actor LIKE 'scim:%' ORDER BY c.seq LIMIT 1), '')`,
 }
 
 // New migrates the staff tables in db and returns the directory.

@@ -1,0 +1,133 @@
+package server
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/custos-dev/custos/authority"
+	"github.com/custos-dev/custos/staff"
+)
+
+// addCredentialBody is the body of POST /v1/credentials.
+type addCredentialBody struct {
+	Name     string `json:"name"`
+	Role     string `json:"role"`
+	Person   string `json:"person"`
+	Provider string `json:"provider"`
+}
+
+// CredentialAnswer is the answer of POST /v1/credentials: the credential and
+// its token, shown this once.
+type CredentialAnswer struct {
+	authority.Credential
+	Token string `json:"token"`
+}
+
+func (s *Server) addCredentialHandler(w http.ResponseWriter, r *http.Request) {
+	var b addCredentialBody
+	if err := authority.DecodeJSON(r.Body, &b); err != nil {
+		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
+	cr, tok, ok := s.addCredential(w, r, b)
+	if !ok {
+		return
+	}
+	authority.WriteJSON(w, http.StatusCreated, CredentialAnswer{Credential: cr, Token: tok})
+}
+
+// addCredential checks b, resolves its person (a staff id in any letter
+// case, or a userName) to a living identity, journals, and adds. On failure
+// it has written the answer.
+func (s *Server) addCredential(w http.ResponseWriter, r *http.Request, b addCredentialBody) (authority.Credential, string, bool) {
+	ctx := r.Context()
+	role, err := authority.ParseRole(b.Role)
+	if err != nil {
+		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return authority.Credential{}, "", false
+	}
+	person := strings.TrimSpace(b.Person)
+	if person != "" {
+		p, err := s.Staff.Person(ctx, strings.ToLower(person))
+		if errors.Is(err, staff.ErrNotFound) {
+			p, err = s.Staff.PersonByUserName(ctx, person)
+		}
+		switch {
+		case errors.Is(err, staff.ErrNotFound):
+			authority.WriteError(w, http.StatusNotFound, "not_found", "no staff identity "+person)
+			return authority.Credential{}, "", false
+		case err != nil:
+			authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "the staff directory did not answer")
+			return authority.Credential{}, "", false
+		case s.Staff.CheckActor(ctx, p.ID) != nil:
+			authority.WriteError(w, http.StatusConflict, "departed", "a credential cannot be bound to a departed staff member")
+			return authority.Credential{}, "", false
+		}
+		person = p.ID
+	}
+	actor := actorOf(ctx)
+	if err := s.journal(ctx, "credential.add", map[string]any{"name": b.Name, "role": role, "person": person, "provider": b.Provider, "actor": actor}); err != nil {
+		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
+		return authority.Credential{}, "", false
+	}
+	cr, tok, err := s.Creds.Add(ctx, authority.NewCredential{Name: b.Name, Role: role, Person: person, Provider: b.Provider}, actor)
+	if err != nil {
+		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return authority.Credential{}, "", false
+	}
+	return cr, tok, true
+}
+
+func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) {
+	cs, err := s.Creds.List(r.Context())
+	if err != nil {
+		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
+		return
+	}
+	authority.WriteJSON(w, http.StatusOK, map[string]any{"credentials": cs})
+}
+
+// revokeCredential serves POST /v1/credentials/{id}/revoke; the body, if
+// any, is {"reason"}. The last live admin credential is not revoked (409).
+func (s *Server) revokeCredential(w http.ResponseWriter, r *http.Request) {
+	var b reasonBody
+	if r.ContentLength != 0 {
+		if err := authority.DecodeJSON(r.Body, &b); err != nil {
+			authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+			return
+		}
+	}
+	if b.Reason == "" {
+		b.Reason = "revoked by an administrator"
+	}
+	ctx := r.Context()
+	id := strings.ToLower(strings.TrimSpace(r.PathValue("id")))
+	cur, err := s.Creds.Get(ctx, id)
+	if errors.Is(err, authority.ErrNotFound) || (err == nil && cur.RevokedAt != nil) {
+		authority.WriteError(w, http.StatusNotFound, "not_found", "no live credential "+id)
+		return
+	}
+	if err != nil {
+		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
+		return
+	}
+	actor := actorOf(ctx)
+	if err := s.journal(ctx, "credential.revoke", map[string]any{"id": id, "name": cur.Name, "role": cur.Role, "reason": b.Reason, "actor": actor}); err != nil {
+		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
+		return
+	}
+	cr, err := s.Creds.Revoke(ctx, id, actor, b.Reason)
+	switch {
+	case errors.Is(err, authority.ErrLastAdmin):
+		authority.WriteError(w, http.StatusConflict, "last_admin", err.Error()+"; add another admin credential first")
+		return
+	case errors.Is(err, authority.ErrNotFound):
+		authority.WriteError(w, http.StatusNotFound, "not_found", "no live credential "+id)
+		return
+	case err != nil:
+		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", err.Error())
+		return
+	}
+	authority.WriteJSON(w, http.StatusOK, cr)
+}
