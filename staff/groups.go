@@ -11,8 +11,8 @@ import (
 
 type groupRow struct {
 	id, name, externalID, provider string
-	deleted              bool
-	created, modified    time.Time
+	deleted                        bool
+	created, modified              time.Time
 }
 
 type member struct{ id, userName string }
