@@ -141,9 +141,14 @@ type Gateway struct {
 	// TrustedProxies are CIDRs whose X-Forwarded-For is believed.
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	EventsFile     string   `yaml:"events_file" env:"CUSTOS_EVENTS_FILE"`
-	// AuthorityToken is the credential the gateway uses on the authority's
-	// ledger and key streams (default: DATA/admin-token when present).
+	// AuthorityTokenFile holds the gateway credential (custos credentials add
+	// NAME --role gateway) the gateway uses on the authority's ledger stream,
+	// lookups and POST /v1/events (default: DATA/gateway-token, then
+	// DATA/admin-token, with a warning, when present).
 	AuthorityTokenFile string `yaml:"authority_token_file" env:"CUSTOS_AUTHORITY_TOKEN_FILE"`
+	// AuthorityToken is that credential itself, from the environment only
+	// (never from the YAML file); it wins over AuthorityTokenFile.
+	AuthorityToken string `yaml:"-" env:"CUSTOS_GATEWAY_TOKEN"`
 }
 
 // Staff configures the workforce lifecycle.

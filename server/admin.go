@@ -32,6 +32,8 @@ var (
 	// rolesAlerts may read alerts and incidents: what a detector needs besides.
 	rolesAlerts = []authority.Role{authority.RoleAdmin, authority.RoleDetector}
 	rolesAdmin  = []authority.Role{authority.RoleAdmin}
+	// rolesAny may ask which credential they hold.
+	rolesAny = []authority.Role{authority.RoleAdmin, authority.RoleGateway, authority.RoleDetector, authority.RoleSCIM}
 )
 
 // admin wraps h so that only a live admin credential (or a console session

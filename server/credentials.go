@@ -131,3 +131,19 @@ func (s *Server) revokeCredential(w http.ResponseWriter, r *http.Request) {
 	}
 	authority.WriteJSON(w, http.StatusOK, cr)
 }
+
+// credentialSelf serves GET /v1/credentials/self: the caller's own
+// credential, for a process to check what it holds.
+func (s *Server) credentialSelf(w http.ResponseWriter, r *http.Request) {
+	tok, ok := bearerToken(r.Header.Get("Authorization"))
+	if !ok {
+		authority.WriteError(w, http.StatusBadRequest, "invalid_request", "a bearer credential is required (a console session has none)")
+		return
+	}
+	cr, err := s.Creds.Authenticate(r.Context(), tok)
+	if err != nil {
+		authority.WriteError(w, http.StatusUnauthorized, "invalid_token", "unknown or revoked credential")
+		return
+	}
+	authority.WriteJSON(w, http.StatusOK, cr)
+}

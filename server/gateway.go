@@ -2,8 +2,10 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -32,6 +34,73 @@ func (a authHeader) RoundTrip(r *http.Request) (*http.Response, error) {
 	return a.next.RoundTrip(r)
 }
 
+// GatewayTokenFile is where a standalone gateway looks for its credential in
+// the data directory before falling back to the admin credential.
+const GatewayTokenFile = "gateway-token"
+
+// gatewayCredential finds the standalone gateway's credential for the
+// authority: CUSTOS_GATEWAY_TOKEN, gateway.authority_token_file
+// (--token-file), DATA/gateway-token, then DATA/admin-token. It returns the
+// token and where it came from.
+func gatewayCredential(cfg config.Config) (string, string, error) {
+	if t := strings.TrimSpace(cfg.Gateway.AuthorityToken); t != "" {
+		return t, "CUSTOS_GATEWAY_TOKEN", nil
+	}
+	files := []string{cfg.Gateway.AuthorityTokenFile}
+	if cfg.Gateway.AuthorityTokenFile == "" {
+		files = nil
+		if cfg.Data != "" {
+			files = []string{filepath.Join(cfg.Data, GatewayTokenFile), filepath.Join(cfg.Data, AdminTokenFile)}
+		}
+	}
+	if len(files) == 0 {
+		return "", "", errors.New("gateway: a gateway credential for the authority is needed (custos credentials add NAME --role gateway; then --token-file, CUSTOS_GATEWAY_TOKEN or DATA/gateway-token)")
+	}
+	var errs []error
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.TrimSpace(string(b)) != "" {
+			return strings.TrimSpace(string(b)), f, nil
+		}
+		if err == nil {
+			err = errors.New("empty")
+		}
+		errs = append(errs, err)
+	}
+	return "", "", fmt.Errorf("failed to read the gateway credential: %w", errors.Join(errs...))
+}
+
+// checkGatewayCredential asks the authority which credential the gateway
+// holds and warns when it is more than a gateway needs.
+func checkGatewayCredential(ctx context.Context, hc *http.Client, base, src string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/credentials/self", nil)
+	if err != nil {
+		return
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		log.Warn("could not check the gateway credential", "from", src, "err", err)
+		return
+	}
+	defer resp.Body.Close()
+	var cr struct {
+		Name string `json:"name"`
+		Role string `json:"role"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&cr) != nil {
+		log.Warn("the authority does not accept the gateway credential", "from", src, "status", resp.StatusCode)
+		return
+	}
+	if cr.Role != "gateway" {
+		log.Warn("the gateway runs with a credential that can do more than a gateway needs; make one with: custos credentials add NAME --role gateway",
+			"from", src, "credential", cr.Name, "role", cr.Role)
+		return
+	}
+	log.Info("gateway credential", "from", src, "credential", cr.Name)
+}
+
 // RunGateway runs `custos gateway`: the verifying reverse proxy as its own
 // process, following the authority's keys and issuance ledger over HTTP.
 func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error {
@@ -39,19 +108,13 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	if err != nil || up.Scheme == "" || up.Host == "" {
 		return fmt.Errorf("gateway.upstream: %q is not an absolute URL", cfg.Gateway.Upstream)
 	}
-	tf := cfg.Gateway.AuthorityTokenFile
-	if tf == "" && cfg.Data != "" {
-		tf = filepath.Join(cfg.Data, AdminTokenFile)
-	}
-	if tf == "" {
-		return errors.New("gateway: a credential for the authority is needed (--token-file or --data)")
-	}
-	b, err := os.ReadFile(tf)
+	tok, src, err := gatewayCredential(cfg)
 	if err != nil {
-		return fmt.Errorf("failed to read the authority credential: %w", err)
+		return err
 	}
-	hc := &http.Client{Transport: authHeader{strings.TrimSpace(string(b)), http.DefaultTransport}}
+	hc := &http.Client{Transport: authHeader{tok, http.DefaultTransport}}
 	base := strings.TrimSuffix(cfg.Gateway.Authority, "/")
+	checkGatewayCredential(ctx, hc, base, src, log)
 
 	ks, err := gateway.NewRemoteKeys(base, 2*time.Second, hc)
 	if err != nil {

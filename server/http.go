@@ -42,6 +42,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /v1/credentials", s.admin(s.listCredentials))
 	mux.HandleFunc("POST /v1/credentials", s.admin(s.addCredentialHandler))
 	mux.HandleFunc("POST /v1/credentials/{id}/revoke", s.admin(s.revokeCredential))
+	mux.HandleFunc("GET /v1/credentials/self", s.allow(rolesAny, s.credentialSelf))
 
 	// Gateways in their own processes follow the ledger with a gateway credential.
 	mux.Handle("GET /v1/ledger/stream", s.allow(rolesFollow, s.Ledger.StreamHandler().ServeHTTP))

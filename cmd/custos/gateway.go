@@ -15,7 +15,9 @@ func init() {
 		Long: `Run the verifying gateway as its own process in front of a customer-data API.
 
 It follows the authority over HTTP (keys, issuance stream, ledger lookups on a
-miss) with the credential in --token-file or DATA/admin-token. Its access
+miss) with a gateway credential (custos credentials add NAME --role gateway),
+taken from CUSTOS_GATEWAY_TOKEN, --token-file, or DATA/gateway-token; it falls
+back to DATA/admin-token with a warning. Its access
 events go to the authority's POST /v1/events in batches (or to NATS when
 scale.nats is set), and to gateway.events_file when that is configured.`,
 		Args: cobra.NoArgs,
@@ -55,7 +57,7 @@ scale.nats is set), and to gateway.events_file when that is configured.`,
 	cmd.Flags().StringVar(&upstream, "upstream", "", "URL of the customer-data API to protect")
 	cmd.Flags().StringVar(&listen, "listen", config.DefaultGatewayListen, "gateway address")
 	cmd.Flags().StringVar(&authorityURL, "authority", "", "URL of the custos authority (default: the issuer)")
-	cmd.Flags().StringVar(&tokenFile, "token-file", "", "credential for the authority's ledger stream (default DATA/admin-token)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the gateway credential (default DATA/gateway-token)")
 	cmd.Flags().StringVar(&data, "data", "", "data directory of the authority, to find its credential")
 	root.AddCommand(cmd)
 }
