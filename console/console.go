@@ -27,6 +27,7 @@ import (
 	"github.com/custos-dev/custos/forensics"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/staff"
+	"github.com/custos-dev/custos/store"
 )
 
 // Prefix is where the console is served.
@@ -92,6 +93,9 @@ type Config struct {
 	Organization, Contact string
 	Log                   *slog.Logger
 	Now                   func() time.Time
+	// Store, if set, keeps login sessions in the shared control-plane store
+	// so that every replica honours and ends them alike.
+	Store *store.DB
 }
 
 // Sentinel errors.
@@ -136,6 +140,13 @@ func New(cfg Config) (*Console, error) {
 	}
 	c.cfg.Policy = cfg.Policy.WithDefaults()
 	c.sessions = NewSessions(c.now)
+	if cfg.Store != nil {
+		ss, err := NewStoreSessions(context.Background(), cfg.Store, c.now)
+		if err != nil {
+			return nil, err
+		}
+		c.sessions = ss
+	}
 	c.traffic = newTraffic(c.now)
 	pages, err := parsePages()
 	if err != nil {

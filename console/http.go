@@ -11,6 +11,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/custos-dev/custos/authority"
 )
 
 // MaxFormBytes bounds a console form body.
@@ -82,6 +84,12 @@ func (c *Console) auth(h http.HandlerFunc) http.HandlerFunc {
 				n := c.sessions.EndFor(sess.StaffID)
 				c.log.Warn("console session of a departed or unknown staff member ended", "staff_id", sess.StaffID, "sessions", n, "err", err)
 				ok = false
+			} else if !c.credentialLive(r.Context(), sess.AdminID) {
+				if ck, err := r.Cookie(SessionCookie); err == nil {
+					c.sessions.End(ck.Value)
+				}
+				c.log.Warn("console session of a revoked admin credential ended", "staff_id", sess.StaffID, "credential", sess.AdminID)
+				ok = false
 			}
 		}
 		if !ok {
@@ -145,7 +153,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the login could not be recorded in the audit log", http.StatusServiceUnavailable)
 		return
 	}
-	id, _ := c.sessions.Create(a.StaffID, a.ID)
+	id, _, err := c.sessions.Create(a.StaffID, a.ID)
+	if err != nil {
+		c.log.Error("console session not stored; login refused", "err", err)
+		http.Error(w, "the session could not be stored", http.StatusServiceUnavailable)
+		return
+	}
 	setCookie(w, r, loginCookie, "", -1)
 	setCookie(w, r, SessionCookie, id, int(SessionMax/time.Second))
 	http.Redirect(w, r, next, http.StatusSeeOther)
@@ -240,4 +253,21 @@ func parsePages() (map[string]*template.Template, error) {
 		pages[base] = t
 	}
 	return pages, nil
+}
+
+// credentialChecker is the optional capability of Credentials to say whether
+// the admin credential a session logged in with is still live.
+type credentialChecker interface {
+	Get(ctx context.Context, id string) (authority.Credential, error)
+}
+
+// credentialLive reports whether the admin credential id is live; without
+// the capability every session's credential counts as live.
+func (c *Console) credentialLive(ctx context.Context, id string) bool {
+	cc, ok := c.cfg.Credentials.(credentialChecker)
+	if !ok {
+		return true
+	}
+	cr, err := cc.Get(ctx, id)
+	return err == nil && cr.RevokedAt == nil
 }

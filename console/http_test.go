@@ -231,7 +231,7 @@ func mustURL(s string) *url.URL {
 func TestSessionsExpire(t *testing.T) {
 	now := time.Date(2025, 11, 1, 0, 0, 0, 0, time.UTC)
 	s := console.NewSessions(func() time.Time { return now })
-	id, _ := s.Create("staff-1", "adm-1")
+	id, _, _ := s.Create("staff-1", "adm-1")
 	for _, tc := range []struct {
 		name    string
 		advance time.Duration
@@ -247,7 +247,7 @@ func TestSessionsExpire(t *testing.T) {
 			t.Fatalf("%s: lookup %v, want %v", tc.name, ok, tc.ok)
 		}
 	}
-	id2, _ := s.Create("staff-2", "adm-2")
+	id2, _, _ := s.Create("staff-2", "adm-2")
 	if n := s.EndFor("staff-2"); n != 1 {
 		t.Fatalf("EndFor ended %d", n)
 	}

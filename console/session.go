@@ -1,13 +1,18 @@
 package console
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/custos-dev/custos/store"
 )
 
 // Session cookie and lifetimes.
@@ -36,15 +41,46 @@ type Session struct {
 
 // Sessions is the server-side session table. The cookie carries a random
 // 256-bit id; only its SHA-256 is kept, so the table cannot be replayed.
+// With a store (NewStoreSessions) the table is shared by every replica: a
+// session made at one is honoured, and ended, at all of them.
 type Sessions struct {
 	mu  sync.Mutex
 	m   map[[32]byte]*Session
 	now func() time.Time
+	db  *store.DB
 }
 
-// NewSessions returns an empty table on clock now.
+// NewSessions returns an empty in-memory table on clock now.
 func NewSessions(now func() time.Time) *Sessions {
 	return &Sessions{m: map[[32]byte]*Session{}, now: now}
+}
+
+var sessionMigrations = []string{
+	`CREATE TABLE console_sessions (
+		id_hash TEXT PRIMARY KEY, staff_id TEXT NOT NULL, admin_id TEXT NOT NULL, csrf TEXT NOT NULL,
+		created_at BIGINT NOT NULL, seen_at BIGINT NOT NULL);
+	CREATE INDEX console_sessions_staff ON console_sessions(staff_id)`,
+}
+
+// seenEvery is how stale a session's last-use time may get in the store
+// before a lookup writes it again (idle expiry is that much coarser).
+const seenEvery = 10 * time.Second
+
+// NewStoreSessions returns the session table kept in db.
+func NewStoreSessions(ctx context.Context, db *store.DB, now func() time.Time) (*Sessions, error) {
+	if err := db.Migrate(ctx, "console", sessionMigrations); err != nil {
+		return nil, fmt.Errorf("failed to migrate console sessions: %w", err)
+	}
+	return &Sessions{now: now, db: db}, nil
+}
+
+func hashID(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(h[:])
+}
+
+func dbCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 5*time.Second)
 }
 
 func randomToken() string {
@@ -54,17 +90,31 @@ func randomToken() string {
 }
 
 // Create starts a session for staffID and returns its id (the cookie value).
-func (s *Sessions) Create(staffID, adminID string) (string, *Session) {
+func (s *Sessions) Create(staffID, adminID string) (string, *Session, error) {
 	id := randomToken()
 	now := s.now()
 	sess := &Session{StaffID: staffID, AdminID: adminID, CSRF: randomToken(), Created: now, seen: now}
+	if s.db != nil {
+		ctx, cancel := dbCtx()
+		defer cancel()
+		// Expired sessions go first, so the table stays bounded.
+		if _, err := s.db.ExecContext(ctx, `DELETE FROM console_sessions WHERE seen_at < $1 OR created_at < $2`,
+			now.Add(-SessionIdle).UnixNano(), now.Add(-SessionMax).UnixNano()); err != nil {
+			return "", nil, fmt.Errorf("failed to store the session: %w", err)
+		}
+		if _, err := s.db.ExecContext(ctx, `INSERT INTO console_sessions(id_hash, staff_id, admin_id, csrf, created_at, seen_at) VALUES ($1,$2,$3,$4,$5,$6)`,
+			hashID(id), staffID, adminID, sess.CSRF, now.UnixNano(), now.UnixNano()); err != nil {
+			return "", nil, fmt.Errorf("failed to store the session: %w", err)
+		}
+		return id, sess, nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.m) >= MaxSessions {
 		s.evictLocked(now)
 	}
 	s.m[sha256.Sum256([]byte(id))] = sess
-	return id, sess
+	return id, sess, nil
 }
 
 // evictLocked drops expired sessions, and the least recently used if none expired.
@@ -96,6 +146,9 @@ func (s *Sessions) Lookup(id string) (Session, bool) {
 	if id == "" {
 		return Session{}, false
 	}
+	if s.db != nil {
+		return s.lookupStore(id)
+	}
 	k := sha256.Sum256([]byte(id))
 	now := s.now()
 	s.mu.Lock()
@@ -112,8 +165,42 @@ func (s *Sessions) Lookup(id string) (Session, bool) {
 	return *v, true
 }
 
+// lookupStore is Lookup on the shared table; a store that cannot answer
+// gives no session (fail closed).
+func (s *Sessions) lookupStore(id string) (Session, bool) {
+	ctx, cancel := dbCtx()
+	defer cancel()
+	h := hashID(id)
+	var v Session
+	var created, seen int64
+	err := s.db.QueryRowContext(ctx, `SELECT staff_id, admin_id, csrf, created_at, seen_at FROM console_sessions WHERE id_hash=$1`, h).
+		Scan(&v.StaffID, &v.AdminID, &v.CSRF, &created, &seen)
+	if err != nil {
+		return Session{}, false
+	}
+	v.Created, v.seen = time.Unix(0, created), time.Unix(0, seen)
+	now := s.now()
+	if s.expired(&v, now) {
+		s.db.ExecContext(ctx, `DELETE FROM console_sessions WHERE id_hash=$1`, h)
+		return Session{}, false
+	}
+	if now.Sub(v.seen) >= seenEvery {
+		if _, err := s.db.ExecContext(ctx, `UPDATE console_sessions SET seen_at=$2 WHERE id_hash=$1`, h, now.UnixNano()); err != nil {
+			return Session{}, false
+		}
+		v.seen = now
+	}
+	return v, true
+}
+
 // End ends the session with id.
 func (s *Sessions) End(id string) {
+	if s.db != nil {
+		ctx, cancel := dbCtx()
+		defer cancel()
+		s.db.ExecContext(ctx, `DELETE FROM console_sessions WHERE id_hash=$1`, hashID(id))
+		return
+	}
 	k := sha256.Sum256([]byte(id))
 	s.mu.Lock()
 	delete(s.m, k)
@@ -122,6 +209,16 @@ func (s *Sessions) End(id string) {
 
 // EndFor ends every session of staffID and returns how many it ended.
 func (s *Sessions) EndFor(staffID string) int {
+	if s.db != nil {
+		ctx, cancel := dbCtx()
+		defer cancel()
+		res, err := s.db.ExecContext(ctx, `DELETE FROM console_sessions WHERE staff_id=$1`, staffID)
+		if err != nil {
+			return 0
+		}
+		n, _ := res.RowsAffected()
+		return int(n)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
