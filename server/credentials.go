@@ -1,7 +1,11 @@
 package server
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 
@@ -26,7 +30,7 @@ type CredentialAnswer struct {
 
 func (s *Server) addCredentialHandler(w http.ResponseWriter, r *http.Request) {
 	var b addCredentialBody
-	if err := authority.DecodeJSON(r.Body, &b); err != nil {
+	if err := decodeExact(r, &b, "name", "role", "person", "provider"); err != nil {
 		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
@@ -146,4 +150,51 @@ func (s *Server) credentialSelf(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	authority.WriteJSON(w, http.StatusOK, cr)
+}
+
+// decodeExact is authority.DecodeJSON for a body whose top-level keys must
+// be exactly names: encoding/json matches keys in any letter case, so
+// {"role":"gateway","ROLE":"admin"} would otherwise ask for an admin.
+func decodeExact(r *http.Request, v any, names ...string) error {
+	b, err := io.ReadAll(io.LimitReader(r.Body, authority.MaxBodyBytes+1))
+	if err != nil {
+		return fmt.Errorf("failed to read body: %w", err)
+	}
+	if err := checkKeys(b, names); err != nil {
+		return err
+	}
+	return authority.ParseJSON(b, v)
+}
+
+// checkKeys refuses a JSON object with a key that is not one of names
+// exactly, or with a key twice.
+func checkKeys(b []byte, names []string) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return errors.New("bad JSON body: want an object")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("bad JSON body: %v", err)
+		}
+		k, _ := t.(string)
+		known := false
+		for _, n := range names {
+			known = known || n == k
+		}
+		if !known {
+			return fmt.Errorf("bad JSON body: unknown field %q", k)
+		}
+		if seen[strings.ToLower(k)] {
+			return fmt.Errorf("bad JSON body: field %q given twice", k)
+		}
+		seen[strings.ToLower(k)] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return fmt.Errorf("bad JSON body: %v", err)
+		}
+	}
+	return nil
 }
