@@ -331,7 +331,7 @@ func TestPersonAdminRevokedAtDeparture(t *testing.T) {
 		"end_date": func(id string) {
 			end := time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)
 			if st, m := raw(t, e, "PATCH", "/scim/v2/Users/"+id, "Bearer "+idp, map[string]any{
-				"schemas": []string{"urn:ietf:params:scim:api:messages:2.0:PatchOp"},
+				"schemas":    []string{"urn:ietf:params:scim:api:messages:2.0:PatchOp"},
 				"Operations": []map[string]any{{"op": "add", "path": staff.StaffSchema + ":endDate", "value": end}},
 			}); st != 200 {
 				t.Fatalf("end date %d %v", st, m)
