@@ -69,8 +69,9 @@ var credentialMigrations = []string{
 
 // CacheTTL bounds how long a positive lookup of a client secret or a
 // credential is served from memory. Every replica reads the shared store, so
-// a revocation made at any replica is refused everywhere within CacheTTL.
-const CacheTTL = time.Second
+// a revocation made at any replica is refused everywhere within CacheTTL
+// (the contract is 1 s).
+const CacheTTL = 500 * time.Millisecond
 
 // Credentials is the registry of client secrets and of the control plane's
 // credentials, kept in the shared store. Lookups are answered from the store,
