@@ -24,6 +24,7 @@ import (
 	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/shop"
+	"github.com/custos-dev/custos/staff"
 	"github.com/custos-dev/custos/token"
 )
 
@@ -298,27 +299,48 @@ func TestScopeSQLAndIncidents(t *testing.T) {
 	}
 }
 
-// A fresh server's key has no living custodian: hygiene exits 1; recording
-// the admin as custodian makes it exit 0.
+// A fresh install passes hygiene, and so does every rotation after it (the
+// new key inherits its custodians); a key left without a living custodian
+// fails, with one line saying how to name one.
 func TestKeysHygieneCommand(t *testing.T) {
 	ls := startServer(t)
-	o, e, code := cli(t, ls.admin("keys", "hygiene", "--json")...)
-	if code != 1 || !strings.Contains(o, `"no_living_custodian"`) {
-		t.Fatalf("fresh server: exit %d %q %s", code, o, e)
+	ctx := context.Background()
+	if o, e, code := cli(t, ls.admin("keys", "hygiene")...); code != 0 || !strings.Contains(o, "no findings") {
+		t.Fatalf("fresh install: exit %d %q %s", code, o, e)
 	}
-	admin, err := ls.s.Staff.PersonByUserName(context.Background(), "bootstrap-admin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ks, err := ls.s.Keys.List(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range ks {
-		o, e, code := cli(t, ls.admin("keys", "custodians", k.KID, "--add", admin.ID, "--role", "administer")...)
-		if code != 0 || !strings.Contains(o, admin.ID) || !strings.Contains(o, "administer") {
-			t.Fatalf("custodians --add: %d %q %s", code, o, e)
+	for i := 0; i < 2; i++ {
+		if o, e, code := cli(t, ls.admin("keys", "rotate", "--reason", "test")...); code != 0 {
+			t.Fatalf("rotate: %d %s %s", code, o, e)
 		}
+		if o, e, code := cli(t, ls.admin("keys", "hygiene")...); code != 0 || !strings.Contains(o, "no findings") {
+			t.Fatalf("after rotation %d: exit %d %q %s", i, code, o, e)
+		}
+	}
+	admin, err := ls.s.Staff.PersonByUserName(ctx, "bootstrap-admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _, err := ls.s.Keys.Signer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.s.Staff.RemoveCustodian(ctx, staff.SigningKey, k.KID, admin.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	o, e, code := cli(t, ls.admin("keys", "hygiene")...)
+	if code != 1 || !strings.Contains(o, "no_living_custodian") || !strings.Contains(o, "name a custodian: custos keys custodians "+k.KID+" --add STAFF_ID") {
+		t.Fatalf("orphaned key: exit %d %q %s", code, o, e)
+	}
+	if o, e, code := cli(t, ls.admin("keys", "hygiene", "--json")...); code != 1 || !strings.Contains(o, `"no_living_custodian"`) {
+		t.Fatalf("orphaned key --json: exit %d %q %s", code, o, e)
+	}
+	ks, err := ls.s.Keys.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, e, code = cli(t, ls.admin("keys", "custodians", k.KID, "--add", admin.ID, "--role", "administer")...)
+	if code != 0 || !strings.Contains(o, admin.ID) || !strings.Contains(o, "administer") {
+		t.Fatalf("custodians --add: %d %q %s", code, o, e)
 	}
 	if o, e, code := cli(t, ls.admin("keys", "hygiene")...); code != 0 || !strings.Contains(o, "no findings") {
 		t.Fatalf("after custodians: exit %d %q %s", code, o, e)
@@ -455,5 +477,53 @@ func TestAdminCommands(t *testing.T) {
 	}
 	if _, errs, code := cli(t, "keys", "list", "--server", ls.apiURL, "--token-file", "/nonexistent"); code == 0 || !strings.Contains(errs, "admin credential") {
 		t.Fatalf("keys list with a missing credential file: %d %s", code, errs)
+	}
+}
+
+// custos credentials add, list and revoke: tokens shown once, IDs in any
+// letter case, bad roles and the last admin refused with exit 2.
+func TestCredentialsCommand(t *testing.T) {
+	ls := startServer(t)
+	out, errs, code := cli(t, ls.admin("credentials", "add", "edge-1", "--role", "gateway", "--json")...)
+	var gw struct {
+		ID    string `json:"id"`
+		Token string `json:"token"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &gw) != nil || !strings.HasPrefix(gw.Token, "cg_") || gw.ID == "" {
+		t.Fatalf("credentials add: %d %s %s", code, out, errs)
+	}
+	out, _, code = cli(t, ls.admin("credentials", "list")...)
+	if code != 0 || !strings.Contains(out, gw.ID) || !strings.Contains(out, "gateway") || strings.Contains(out, gw.Token) {
+		t.Fatalf("credentials list: %d %s", code, out)
+	}
+	out, _, code = cli(t, ls.admin("credentials", "list", "--json")...)
+	var list struct {
+		Credentials []map[string]any `json:"credentials"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list.Credentials) != 2 || strings.Contains(out, gw.Token) {
+		t.Fatalf("credentials list --json: %d %s", code, out)
+	}
+	if out, errs, code := cli(t, ls.admin("credentials", "revoke", strings.ToUpper(gw.ID), "--reason", "moved")...); code != 0 || !strings.Contains(out, "revoked") {
+		t.Fatalf("credentials revoke: %d %s %s", code, out, errs)
+	}
+	for name, args := range map[string][]string{
+		"fail/revoked_again": ls.admin("credentials", "revoke", gw.ID),
+		"fail/unknown_id":    ls.admin("credentials", "revoke", "cr_0000000000000000"),
+		"fail/no_role":       ls.admin("credentials", "add", "x"),
+		"fail/bad_role":      ls.admin("credentials", "add", "x", "--role", "root"),
+		"fail/bad_name":      ls.admin("credentials", "add", "a/b", "--role", "gateway"),
+		"fail/no_person":     ls.admin("credentials", "add", "x", "--role", "admin", "--person", "nobody"),
+		"fail/last_admin":    ls.admin("credentials", "revoke", list.Credentials[0]["id"].(string)),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, e, code := cli(t, args...); code != 2 {
+				t.Fatalf("exit %d: %s", code, e)
+			}
+		})
+	}
+	// The gateway credential was refused after its revocation; the admin
+	// credential still works.
+	if _, _, code := cli(t, ls.admin("keys", "list")...); code != 0 {
+		t.Fatal("admin credential lost")
 	}
 }

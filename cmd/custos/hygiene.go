@@ -82,6 +82,12 @@ Exit status 1 when anything is found, 0 when clean.`,
 				if err := tw.Flush(); err != nil {
 					return err
 				}
+				for _, f := range out.Findings {
+					if f.Kind == staff.FindingNoLivingCustodian {
+						fmt.Fprintf(w, "name a custodian: custos keys custodians %s --add STAFF_ID --role administer (staff ids: GET /v1/staff)\n", f.KID)
+						break
+					}
+				}
 			}
 			if n := len(out.Findings); n > 0 {
 				return &exitError{1, fmt.Errorf("%d key hygiene finding(s) over %d live keys", n, out.Keys)}
