@@ -221,6 +221,9 @@ func (c *Credentials) Revoke(ctx context.Context, id, actor, reason string) (Cre
 		return Credential{}, err
 	}
 	defer tx.Rollback()
+	if err := c.lockAdmins(ctx, tx); err != nil {
+		return Credential{}, err
+	}
 	res, err := tx.ExecContext(ctx, `UPDATE authority_credentials SET revoked_at=$2, revoked_by=$3, revoke_reason=$4 WHERE id=$1 AND revoked_at IS NULL`,
 		id, c.now().Unix(), actor, reason)
 	if err != nil {
@@ -228,9 +231,6 @@ func (c *Credentials) Revoke(ctx context.Context, id, actor, reason string) (Cre
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return Credential{}, ErrNotFound
-	}
-	if err := c.lockAdmins(ctx, tx); err != nil {
-		return Credential{}, err
 	}
 	cr, err := scanCredential(tx.QueryRowContext(ctx, `SELECT `+credCols+` FROM authority_credentials WHERE id=$1`, id))
 	if err != nil {
