@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/keys"
@@ -74,6 +75,14 @@ func (s *Server) allow(roles []authority.Role, h http.HandlerFunc) http.HandlerF
 				return
 			}
 			actor, person = cr.Actor(), cr.Person
+			if strings.HasSuffix(r.URL.Path, "/stream") {
+				// A stream outlives its authorisation check: it ends when
+				// its credential is revoked, at any replica.
+				ctx, cancel := context.WithCancel(r.Context())
+				defer cancel()
+				go s.watchCredential(ctx, cancel, tok)
+				r = r.WithContext(ctx)
+			}
 		} else if s.Console != nil && slices.Contains(roles, authority.RoleAdmin) {
 			// A console session (cookie, with its CSRF token on writes),
 			// as long as the admin credential it logged in with lives.
@@ -94,6 +103,24 @@ func (s *Server) allow(roles []authority.Role, h http.HandlerFunc) http.HandlerF
 			}
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, actor)))
+	}
+}
+
+// watchCredential calls cancel once tok no longer authenticates, checking
+// every authority.CacheTTL until ctx ends.
+func (s *Server) watchCredential(ctx context.Context, cancel context.CancelFunc, tok string) {
+	t := time.NewTicker(authority.CacheTTL)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.Creds.Authenticate(ctx, tok); err != nil && ctx.Err() == nil {
+				cancel()
+				return
+			}
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,8 +15,10 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/authority"
+	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/server"
+	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/staff"
 )
 
@@ -656,4 +659,73 @@ func TestConsoleSessionEndsWithCredential(t *testing.T) {
 	if st := get(); st != 401 {
 		t.Fatalf("session of a revoked credential: %d", st)
 	}
+}
+
+// `custos gateway` runs with a gateway credential alone (no admin-token in
+// its data directory): issued tokens pass, its events reach the authority;
+// once the credential is revoked, tokens it has not seen fail closed.
+func TestStandaloneGatewayWithGatewayCredential(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	secret := e.Client(t)
+	arrived := e.S.Bus.Subscribe(1<<12, true)
+	defer arrived.Close()
+	gc := addCred(t, e, "edge", authority.RoleGateway, "")
+	gl := servertest.Listen(t)
+	addr := gl.Addr().String()
+	gl.Close()
+	cfg := e.Cfg
+	cfg.Data = t.TempDir() // nothing of the authority's
+	cfg.Gateway.Listen, cfg.Gateway.Authority, cfg.Gateway.Name = addr, e.APIURL, "edge-gw-cred"
+	tf := filepath.Join(t.TempDir(), "gateway-token")
+	os.WriteFile(tf, []byte(gc.Token+"\n"), 0o600)
+	cfg.Gateway.AuthorityTokenFile = tf
+	stopped := make(chan error, 1)
+	go func() { stopped <- server.RunGateway(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	servertest.WaitListening(t, addr)
+	gw := "http://" + addr
+	m := e.Member(5)
+	tok := e.Issue(t, secret, m)
+	within := func(want int, reason string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, r := servertest.Get(t, gw, e.Issue(t, secret, m), "/api/members/"+m+"/profile")
+			if st == want && (reason == "" || r == reason) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("fresh token via the gateway: %d %q, want %d %q", st, r, want, reason)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	within(200, "")
+	if st, _ := servertest.Get(t, gw, tok, "/api/members/"+m+"/profile"); st != 200 {
+		t.Fatalf("issued token: %d", st)
+	}
+	waitEvent(t, arrived, func(ev event.Access) bool { return ev.Gateway == "edge-gw-cred" && ev.Verdict == event.Allow })
+	// A stream opened with the credential ends within 1 s of its revocation.
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.APIURL+"/v1/ledger/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+gc.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("ledger stream: %v %v", resp, err)
+	}
+	ended := make(chan struct{})
+	go func() { io.Copy(io.Discard, resp.Body); resp.Body.Close(); close(ended) }()
+	if _, err := e.S.Creds.Revoke(ctx, gc.ID, "test", "test"); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	select {
+	case <-ended:
+		t.Logf("stream ended %s after the revocation", time.Since(revoked).Round(time.Millisecond))
+	case <-time.After(time.Second):
+		t.Fatal("ledger stream of a revoked credential still open after 1 s")
+	}
+	within(401, string(event.ReasonLedgerUnavailable))
+	cancel()
+	<-stopped
 }
