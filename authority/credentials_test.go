@@ -184,3 +184,37 @@ func TestAdminCredentialsMigrate(t *testing.T) {
 		t.Fatalf("migrated revoked admin: %+v %v", cr, err)
 	}
 }
+
+// The cost of authenticating a client secret: from the cache (what a busy
+// client pays) and from the store (once per CacheTTL, or for each new secret).
+func BenchmarkClientSecret(b *testing.B) {
+	ctx := context.Background()
+	db, err := store.OpenSQLite(filepath.Join(b.TempDir(), "c.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	c, err := OpenCredentials(ctx, db, time.Now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, sec, err := c.AddClient(ctx, "login", []string{"shop-api"}, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("cached", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := c.Client(sec); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("sqlite", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			c.forget()
+			if _, err := c.Client(sec); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -338,7 +338,7 @@ func TestKeysHygieneCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, e, code = cli(t, ls.admin("keys", "custodians", k.KID, "--add", admin.ID, "--role", "administer")...)
+	o, e, code = cli(t, append(ls.admin("keys", "custodians", "--add", admin.ID, "--role", "administer"), "--", k.KID)...)
 	if code != 0 || !strings.Contains(o, admin.ID) || !strings.Contains(o, "administer") {
 		t.Fatalf("custodians --add: %d %q %s", code, o, e)
 	}
@@ -349,10 +349,10 @@ func TestKeysHygieneCommand(t *testing.T) {
 		t.Fatalf("--max-age 1ns: exit %d %q", code, o)
 	}
 	for name, args := range map[string][]string{
-		"fail/bad_role":      ls.admin("keys", "custodians", ks[0].KID, "--add", admin.ID, "--role", "owner"),
-		"fail/role_alone":    ls.admin("keys", "custodians", ks[0].KID, "--role", "operate"),
+		"fail/bad_role":      append(ls.admin("keys", "custodians", "--add", admin.ID, "--role", "owner"), "--", ks[0].KID),
+		"fail/role_alone":    append(ls.admin("keys", "custodians", "--role", "operate"), "--", ks[0].KID),
 		"fail/unknown_key":   ls.admin("keys", "custodians", "nope"),
-		"fail/unknown_staff": ls.admin("keys", "custodians", ks[0].KID, "--add", "nobody"),
+		"fail/unknown_staff": append(ls.admin("keys", "custodians", "--add", "nobody"), "--", ks[0].KID),
 		"fail/bad_max_age":   ls.admin("keys", "hygiene", "--max-age", "soon"),
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -462,10 +462,10 @@ func TestAdminCommands(t *testing.T) {
 	if out, errs, code := cli(t, ls.admin("keys", "rotate", "--reason", "test")...); code != 0 || !strings.Contains(out, "new active key") {
 		t.Fatalf("keys rotate: %d %s %s", code, out, errs)
 	}
-	if _, _, code := cli(t, ls.admin("keys", "revoke", old)...); code != 2 {
+	if _, _, code := cli(t, append(ls.admin("keys", "revoke"), "--", old)...); code != 2 {
 		t.Fatalf("keys revoke without --reason: exit %d, want 2", code)
 	}
-	if out, errs, code := cli(t, ls.admin("keys", "revoke", old, "--reason", "custodian left")...); code != 0 || !strings.Contains(out, "revoked") {
+	if out, errs, code := cli(t, append(ls.admin("keys", "revoke", "--reason", "custodian left"), "--", old)...); code != 0 || !strings.Contains(out, "revoked") {
 		t.Fatalf("keys revoke: %d %s %s", code, out, errs)
 	}
 	if k, _ := ls.s.Keys.Lookup(old); k.State != "revoked" {
