@@ -275,3 +275,28 @@ func (c *Credentials) CheckDeparture(ctx context.Context, staffID string) error 
 	}
 	return nil
 }
+
+// ImportSCIM records, as a scim credential of provider name, a token made
+// before credentials had roles, known by the SHA-256 (hex) of its token. A
+// hash already recorded is left as it is; it reports whether it added one.
+func (c *Credentials) ImportSCIM(ctx context.Context, name, tokenHash, createdBy string, created time.Time, revoked *time.Time) (bool, error) {
+	if len(tokenHash) != 64 {
+		return false, fmt.Errorf("authority: bad token hash for %q", name)
+	}
+	cname := "legacy-" + name
+	if !nameRE.MatchString(cname) {
+		cname = "legacy-" + newID("")
+	}
+	var rev any
+	if revoked != nil {
+		rev = revoked.Unix()
+	}
+	res, err := c.db.ExecContext(ctx, `INSERT INTO authority_credentials(id,name,role,person,provider,token_hash,created_at,created_by,revoked_at)
+		SELECT $1,$2,'scim','',$3,$4,$5,$6,$7 WHERE NOT EXISTS (SELECT 1 FROM authority_credentials WHERE token_hash=$4)`,
+		newID("cr_"), cname, name, tokenHash, created.Unix(), createdBy, rev)
+	if err != nil {
+		return false, fmt.Errorf("failed to import SCIM token %q: %w", name, err)
+	}
+	n, _ := res.RowsAffected()
+	return n > 0, nil
+}

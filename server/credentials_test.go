@@ -4,16 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/custos-dev/custos/api"
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
@@ -728,4 +731,76 @@ func TestStandaloneGatewayWithGatewayCredential(t *testing.T) {
 	within(401, string(event.ReasonLedgerUnavailable))
 	cancel()
 	<-stopped
+}
+
+// SCIM tokens made before credentials had roles become scim credentials at
+// the next start: they keep provisioning as their provider, are listed, and
+// are revoked like any credential.
+func TestLegacySCIMTokensCarriedOver(t *testing.T) {
+	ctx := context.Background()
+	e := start(t)
+	cfg := e.Cfg
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s1, err := server.Open(ctx, cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := s1.Staff.AddSCIMToken(ctx, "okta", "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1.Close()
+	s2, err := server.Open(ctx, cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	srv := httptest.NewServer(s2.Handler())
+	defer srv.Close()
+	e2 := &env{S: s2, APIURL: srv.URL, Cfg: cfg}
+	id := scimUser(t, e2, legacy, "erin@shop.example")
+	cs, err := s2.Creds.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var imported *authority.Credential
+	for i, c := range cs {
+		if c.Role == authority.RoleSCIM && c.Provider == "okta" {
+			imported = &cs[i]
+		}
+	}
+	if imported == nil {
+		t.Fatalf("legacy token not listed: %+v", cs)
+	}
+	// The provider's identity stays its own: another provider gets 403.
+	other := addCred(t, &env{S: s2, APIURL: srv.URL, Cfg: cfg, API: apiFor(t, srv.URL, cfg.Data)}, "azure", authority.RoleSCIM, "")
+	if st, _ := raw(t, e2, "GET", "/scim/v2/Users/"+id, "Bearer "+other.Token, nil); st != 403 {
+		t.Fatalf("azure on okta's user: %d", st)
+	}
+	if _, err := s2.Creds.Revoke(ctx, imported.ID, "test", "rotated"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := raw(t, e2, "GET", "/scim/v2/Users/"+id, "Bearer "+legacy, nil); st != 401 {
+		t.Fatalf("revoked legacy token: %d", st)
+	}
+	// A third start imports nothing again.
+	s2.Close()
+	s3, err := server.Open(ctx, cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close()
+	if _, err := s3.Creds.Authenticate(ctx, legacy); !errors.Is(err, authority.ErrRevoked) {
+		t.Fatalf("revoked legacy token after restart: %v", err)
+	}
+}
+
+func apiFor(t *testing.T, base, data string) *api.Client {
+	t.Helper()
+	c, err := api.New(base, filepath.Join(data, server.AdminTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

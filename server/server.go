@@ -252,6 +252,9 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	if err != nil {
 		return nil, err
 	}
+	if err := s.importSCIMTokens(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.bootstrapAdmin(ctx); err != nil {
 		return nil, err
 	}
@@ -401,6 +404,26 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 		}
 	}
 	return writeFileExcl(path, []byte(tok+"\n"))
+}
+
+// importSCIMTokens carries the identity providers' tokens made before
+// credentials had roles over to scim credentials (same hash, provider = the
+// token's name), so they are listed and revoked like any other.
+func (s *Server) importSCIMTokens(ctx context.Context) error {
+	ts, err := s.Staff.SCIMTokens(ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		added, err := s.Creds.ImportSCIM(ctx, t.Name, t.Hash, t.CreatedBy, t.CreatedAt, t.RevokedAt)
+		if err != nil {
+			return err
+		}
+		if added {
+			s.Log.Info("SCIM token carried over to a scim credential", "provider", t.Name)
+		}
+	}
+	return nil
 }
 
 // inheritCustodians runs after every key change: a key demoted by a rotation

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/elimity-com/scim"
 	scimerr "github.com/elimity-com/scim/errors"
@@ -101,6 +102,36 @@ func (d *Directory) RevokeSCIMToken(ctx context.Context, name, actor string) err
 	})
 }
 
+// LegacySCIMToken is a token made by AddSCIMToken, as stored: its name and
+// the SHA-256 (hex) of the token.
+type LegacySCIMToken struct {
+	Name, Hash, CreatedBy string
+	CreatedAt             time.Time
+	RevokedAt             *time.Time
+}
+
+// SCIMTokens lists the tokens made by AddSCIMToken, so that they can be
+// carried over to a credential registry.
+func (d *Directory) SCIMTokens(ctx context.Context) ([]LegacySCIMToken, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT name, hash, created_by, created_at, revoked_at FROM staff_scim_tokens ORDER BY created_at, name`)
+	if err != nil {
+		return nil, fmt.Errorf("failed to list SCIM tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []LegacySCIMToken
+	for rows.Next() {
+		var t LegacySCIMToken
+		var created int64
+		var revoked sql.NullInt64
+		if err := rows.Scan(&t.Name, &t.Hash, &t.CreatedBy, &created, &revoked); err != nil {
+			return nil, fmt.Errorf("failed to list SCIM tokens: %w", err)
+		}
+		t.CreatedAt, t.RevokedAt = fromNanos(created), timePtr(revoked)
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
 func tokenHash(token string) string {
 	h := sha256.Sum256([]byte(token))
 	return hex.EncodeToString(h[:])
@@ -124,17 +155,15 @@ func (d *Directory) scimTokenName(ctx context.Context, header string) (string, e
 }
 
 // scimProvider authenticates a SCIM request: through Config.SCIMAuth when
-// set, then against the tokens made with AddSCIMToken.
+// set (which then owns every SCIM token; see SCIMTokens), else against the
+// tokens made with AddSCIMToken.
 func (d *Directory) scimProvider(ctx context.Context, header string) (string, error) {
 	scheme, token, ok := strings.Cut(header, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
 		return "", ErrUnauthorized
 	}
 	if d.cfg.SCIMAuth != nil {
-		name, err := d.cfg.SCIMAuth.SCIMProvider(ctx, strings.TrimSpace(token))
-		if !errors.Is(err, ErrUnauthorized) {
-			return name, err
-		}
+		return d.cfg.SCIMAuth.SCIMProvider(ctx, strings.TrimSpace(token))
 	}
 	return d.scimTokenName(ctx, header)
 }

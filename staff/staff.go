@@ -172,8 +172,9 @@ type Config struct {
 	Credentials []CredentialRevoker
 	// Clients, if set, revokes the secrets of clients the person was custodian of.
 	Clients ClientRevoker
-	// SCIMAuth, if set, authenticates SCIM requests; tokens made with
-	// AddSCIMToken keep working beside it.
+	// SCIMAuth, if set, authenticates every SCIM request; tokens made with
+	// AddSCIMToken then count only if SCIMAuth knows them (SCIMTokens lists
+	// them for import).
 	SCIMAuth SCIMAuthenticator
 	// Guard, if set, may refuse a departure (the last admin's).
 	Guard DepartureGuard
