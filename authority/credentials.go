@@ -300,3 +300,8 @@ func (c *Credentials) ImportSCIM(ctx context.Context, name, tokenHash, createdBy
 	n, _ := res.RowsAffected()
 	return n > 0, nil
 }
+
+// LiveAdmins counts the live admin credentials.
+func (c *Credentials) LiveAdmins(ctx context.Context) (int, error) {
+	return liveAdminsExcept(ctx, c.db, "")
+}

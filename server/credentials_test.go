@@ -804,3 +804,67 @@ func apiFor(t *testing.T, base, data string) *api.Client {
 	}
 	return c
 }
+
+// The end of a contract is the one departure that is not refused: when it
+// revokes the last admin credential, a critical no_admin_credential alert
+// says how to make a new one, and doing so (remove DATA/admin-token,
+// restart) gives a working admin credential.
+func TestEndDateOfLastAdminAlertsAndRecovers(t *testing.T) {
+	ctx := context.Background()
+	e := start(t)
+	cfg := e.Cfg
+	cfg.Data = filepath.Join(t.TempDir(), "data")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s1, err := server.Open(ctx, cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s1.Handler())
+	e1 := &env{S: s1, APIURL: srv.URL, Cfg: cfg, API: apiFor(t, srv.URL, cfg.Data)}
+	idp := addCred(t, e1, "okta", authority.RoleSCIM, "").Token
+	id := scimUser(t, e1, idp, "lead@shop.example")
+	lead := addCred(t, e1, "lead", authority.RoleAdmin, id)
+	boot, err := s1.Creds.Authenticate(ctx, adminToken(t, e1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.Creds.Revoke(ctx, boot.ID, "test", "test"); err != nil {
+		t.Fatal(err)
+	}
+	end := time.Now().Add(time.Second).UTC().Format(time.RFC3339Nano)
+	if st, m := raw(t, e1, "PATCH", "/scim/v2/Users/"+id, "Bearer "+idp, map[string]any{
+		"schemas":    []string{"urn:ietf:params:scim:api:messages:2.0:PatchOp"},
+		"Operations": []map[string]any{{"op": "add", "path": staff.StaffSchema + ":endDate", "value": end}},
+	}); st != 200 {
+		t.Fatalf("future end date: %d %v", st, m)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if err := s1.Staff.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := raw(t, e1, "GET", "/v1/keys", "Bearer "+lead.Token, nil); st != 401 {
+		t.Fatalf("ended contract's admin credential: %d", st)
+	}
+	found := false
+	for _, a := range s1.Detect.Alerts() {
+		found = found || (a.Rule == staff.RuleNoAdminCredential && strings.Contains(a.Summary, "remove DATA/admin-token"))
+	}
+	if !found {
+		t.Fatal("no no_admin_credential alert")
+	}
+	srv.Close()
+	s1.Close()
+	if err := os.Remove(filepath.Join(cfg.Data, server.AdminTokenFile)); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := server.Open(ctx, cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	srv2 := httptest.NewServer(s2.Handler())
+	defer srv2.Close()
+	if st, _ := raw(t, &env{S: s2, APIURL: srv2.URL, Cfg: cfg}, "GET", "/v1/keys", "Bearer "+adminToken(t, e1), nil); st != 200 {
+		t.Fatalf("new bootstrap admin credential: %d", st)
+	}
+}

@@ -186,6 +186,12 @@ func (d *Directory) offboard(ctx context.Context, o offboarding) error {
 		}
 		n += c
 	}
+	if ac, ok := d.cfg.Guard.(adminCounter); ok && n > 0 {
+		if live, err := ac.LiveAdmins(ctx); err == nil && live == 0 {
+			d.alert(ctx, RuleNoAdminCredential, "critical", p.id, fmt.Sprintf(
+				"the departure of %s (%s) revoked the last admin credential; to make a new one, remove DATA/admin-token and restart custos serve", p.userName, o.reason))
+		}
+	}
 	if len(clients) > 0 {
 		if d.cfg.Clients == nil {
 			return fmt.Errorf("failed to offboard %s: no client revoker for secrets %s: %w", p.id, strings.Join(clients, ","), ErrInvalid)

@@ -95,6 +95,9 @@ const (
 	RuleStaffDeparted         = "staff_departed"
 	RuleOffboardingFailed     = "offboarding_failed"
 	RuleDepartedCredentialUse = "departed_credential_use"
+	// RuleNoAdminCredential: an end-date departure revoked the last admin
+	// credential (the one departure Guard cannot refuse).
+	RuleNoAdminCredential = "no_admin_credential"
 )
 
 // Sentinel errors callers branch on.
@@ -142,6 +145,12 @@ type SCIMAuthenticator interface {
 // end-date sweep); an error refuses the departure.
 type DepartureGuard interface {
 	CheckDeparture(ctx context.Context, staffID string) error
+}
+
+// adminCounter is the optional capability of a DepartureGuard to count the
+// live admin credentials left after an offboarding.
+type adminCounter interface {
+	LiveAdmins(ctx context.Context) (int, error)
 }
 
 // Alerter raises a security alert. Severity is "low", "medium", "high" or
