@@ -18,6 +18,7 @@ import (
 
 	"github.com/custos-dev/custos/api"
 	"github.com/custos-dev/custos/authority"
+	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/server"
@@ -866,5 +867,49 @@ func TestEndDateOfLastAdminAlertsAndRecovers(t *testing.T) {
 	defer srv2.Close()
 	if st, _ := raw(t, &env{S: s2, APIURL: srv2.URL, Cfg: cfg}, "GET", "/v1/keys", "Bearer "+adminToken(t, e1), nil); st != 200 {
 		t.Fatalf("new bootstrap admin credential: %d", st)
+	}
+}
+
+// Scheduled rotations, by the key schedule (Tick) and on the signing path,
+// carry custodians over too.
+func TestScheduledRotationInheritsCustodians(t *testing.T) {
+	e := startWith(t, func(c *config.Config) { c.Keys.RotateEvery = 300 * time.Millisecond })
+	ctx := context.Background()
+	alice, err := e.S.Staff.AddPerson(ctx, staff.Person{UserName: "alice"}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k0, _, err := e.S.Keys.Signer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.S.Staff.AddCustodian(ctx, staff.SigningKey, k0.KID, alice.ID, staff.Operate, "admin:test"); err != nil {
+		t.Fatal(err)
+	}
+	prev := k0.KID
+	for name, rotate := range map[string]func(){
+		"tick":   func() { e.S.Keys.Tick(ctx) },
+		"signer": func() { e.S.Keys.Signer(ctx) },
+	} {
+		time.Sleep(350 * time.Millisecond)
+		rotate()
+		k, _, err := e.S.Keys.Signer(ctx)
+		if err != nil || k.KID == prev {
+			t.Fatalf("%s: no rotation (%v)", name, err)
+		}
+		prev = k.KID
+		cs, err := e.S.Staff.Custodians(ctx, staff.SigningKey, k.KID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, c := range cs {
+			if c.Until == nil && c.Via == "explicit" {
+				got[c.StaffID] = true
+			}
+		}
+		if !got[alice.ID] || len(got) != 2 {
+			t.Fatalf("%s: custodians of the new key %v", name, got)
+		}
 	}
 }
