@@ -4,6 +4,16 @@
 //
 // It refuses to issue for decoy subjects (member IDs that belong to no real
 // customer) and records a critical security event when asked to.
+//
+// # Clients and credentials
+//
+// [Credentials] is the registry, in the shared control-plane store, of the
+// clients that may ask for tokens and of the control plane's own bearer
+// credentials, each with a [Role] (admin, gateway, detector, scim). Only
+// SHA-256 of a secret is stored; a replica answers a positive lookup from
+// memory for at most [CacheTTL], so a revocation anywhere holds everywhere
+// within a second, and the last admin credential is never revoked
+// ([ErrLastAdmin]).
 package authority
 
 import (
