@@ -11,6 +11,11 @@
 // it signed has expired and revoked then), the credentials they held are
 // revoked, and an alert is raised. Every change is attributed to an actor and
 // appended to the staff_changes table.
+//
+// Each identity and group remembers the identity provider that provisioned
+// it over SCIM; a SCIM caller reads, lists and changes only its provider's
+// (ErrForbidden otherwise), and a [DepartureGuard] may refuse a departure
+// that would leave custos without an admin credential.
 package staff
 
 import (
