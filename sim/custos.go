@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -78,6 +79,7 @@ type Custos struct {
 	attackSeqs  bitset
 	maxSeq      uint64
 	attackHours attackHours
+	attackIDs   attackBlocks
 
 	sent, served, normal int64
 	writeErr             error
@@ -125,6 +127,8 @@ func NewCustos(s *scenario.Scenario, o CustosOptions) (*Custos, error) {
 	}
 	c := &Custos{o: o, tl: s.Timeline(), pop: s.Population(), exposure: NewExposure(s.Population()),
 		attackSeqs: newBitset(s.Expected() + 1), maxSeq: s.Expected()}
+	c.attackIDs.block = cmp.Or(cfg.IDCoverage.Block, detect.DefaultCoverageBlock)
+	c.attackIDs.window = cmp.Or(cfg.IDCoverage.Window, detect.DefaultCoverageWindow)
 	eng, err := detect.New(cfg, func() time.Time { return time.Unix(0, c.now.Load()).UTC() })
 	if err != nil {
 		return nil, err
@@ -343,7 +347,47 @@ func (c *Custos) mark(seq uint64, ev *event.Access) {
 	if ev.Token.KID == stolenKID && seq <= c.maxSeq {
 		c.attackSeqs.add(seq)
 		c.attackHours.mark(ev.Route, ev.Time)
+		c.attackIDs.mark(ev.Subject, ev.Time)
 	}
+}
+
+// attackBlocks remembers, per block of the member-ID space (id_coverage's
+// blocks), when forged requests last read it: an id_coverage alert on a block
+// the attack read within the window is the attack's, whichever request in
+// the block (perhaps a customer's own) crossed the threshold.
+type attackBlocks struct {
+	block  uint64
+	window time.Duration
+
+	mu   sync.Mutex
+	last map[uint64]int64 // block → unix seconds
+}
+
+func (a *attackBlocks) mark(subject string, t time.Time) {
+	id, err := strconv.ParseUint(subject, 10, 64)
+	if err != nil || a.block == 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.last == nil {
+		a.last = map[uint64]int64{}
+	}
+	a.last[id/a.block] = t.Unix()
+}
+
+// had reports whether the attack read block lo's block within the window
+// before t.
+func (a *attackBlocks) had(entity string, t time.Time) bool {
+	lo, _, ok := strings.Cut(strings.TrimPrefix(entity, "id_block:"), "-")
+	id, err := strconv.ParseUint(lo, 10, 64)
+	if !ok || err != nil || a.block == 0 {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	last, seen := a.last[id/a.block]
+	return seen && last <= t.Unix() && t.Sub(time.Unix(last, 0)) <= a.window
 }
 
 // attackHours remembers, per route, the hours in which forged requests were
@@ -426,6 +470,13 @@ func (c *Custos) onAlert(a detect.Alert) {
 			at = a.FirstSeen
 		}
 		attack = c.attackHours.had(strings.TrimPrefix(a.Entity, "route:"), at)
+	}
+	if !attack && a.Rule == detect.RuleIDCoverage {
+		at := a.Raised
+		if at.IsZero() {
+			at = a.FirstSeen
+		}
+		attack = c.attackIDs.had(a.Entity, at)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
