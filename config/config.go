@@ -124,9 +124,14 @@ type Route struct {
 // Gateway configures the verifying gateway.
 type Gateway struct {
 	// Name identifies this gateway in access events.
-	Name      string        `yaml:"name" env:"CUSTOS_GATEWAY_NAME"`
-	Upstream  string        `yaml:"upstream" env:"CUSTOS_GATEWAY_UPSTREAM"`
-	Listen    string        `yaml:"listen" env:"CUSTOS_GATEWAY_LISTEN"`
+	Name     string `yaml:"name" env:"CUSTOS_GATEWAY_NAME"`
+	Upstream string `yaml:"upstream" env:"CUSTOS_GATEWAY_UPSTREAM"`
+	Listen   string `yaml:"listen" env:"CUSTOS_GATEWAY_LISTEN"`
+	// AdminListen is where a standalone gateway serves /healthz, /readyz
+	// and /metrics (never on Listen); empty means not served.
+	AdminListen string `yaml:"admin_listen" env:"CUSTOS_GATEWAY_ADMIN_LISTEN"`
+	// Authority is the authority's URL, or a comma-separated list of its
+	// replicas' URLs that a standalone gateway fails over between.
 	Authority string        `yaml:"authority" env:"CUSTOS_AUTHORITY"`
 	Audience  []string      `yaml:"audience"`
 	Leeway    time.Duration `yaml:"leeway" env:"CUSTOS_GATEWAY_LEEWAY"`

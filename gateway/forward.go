@@ -26,6 +26,9 @@ type Forwarder struct {
 	// URL is the authority's base URL; Client carries its credential.
 	URL    string
 	Client *http.Client
+	// Others are further authority replicas: a batch that one could not take
+	// is retried at the next, in turn.
+	Others []string
 	// MaxBatch and Window bound a batch; zero means 4096 events and 100 ms.
 	MaxBatch int
 	Window   time.Duration
@@ -33,6 +36,15 @@ type Forwarder struct {
 	OnError func(error)
 
 	sent, failed, rejected atomic.Uint64
+	cur                    int // the authority posted to now (Run's goroutine only)
+}
+
+// target is the authority posted to now.
+func (f *Forwarder) target() string {
+	if f.cur == 0 || len(f.Others) == 0 {
+		return f.URL
+	}
+	return f.Others[(f.cur-1)%len(f.Others)]
 }
 
 // Rejected is the number of events in batches the authority refused as bad.
@@ -128,6 +140,12 @@ func (f *Forwarder) deliver(ctx context.Context, body []byte, n int) {
 		if ctx.Err() != nil {
 			return
 		}
+		if len(f.Others) > 0 {
+			f.cur = (f.cur + 1) % (len(f.Others) + 1)
+			if f.cur != 0 {
+				continue // the next replica at once; back off after a whole round
+			}
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
@@ -137,7 +155,7 @@ func (f *Forwarder) deliver(ctx context.Context, body []byte, n int) {
 }
 
 func (f *Forwarder) post(ctx context.Context, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(f.URL, "/")+"/v1/events?format=custos", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(f.target(), "/")+"/v1/events?format=custos", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}

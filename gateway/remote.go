@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-dev/custos/keys"
@@ -39,7 +40,8 @@ type KeyChange struct {
 // the authority's key stream as they happen. A revoked kid stays revoked for
 // the life of the process. Until the first fetch succeeds every kid is unknown.
 type RemoteKeys struct {
-	base     *url.URL
+	bases    []*url.URL
+	cur      atomic.Int32 // the authority asked first now
 	client   *http.Client
 	interval time.Duration
 
@@ -55,9 +57,23 @@ var _ KeySet = (*RemoteKeys)(nil)
 // "http://127.0.0.1:7700"). interval 0 means DefaultRefresh; client nil
 // means a client with a 10 s timeout for fetches (the stream has none).
 func NewRemoteKeys(base string, interval time.Duration, client *http.Client) (*RemoteKeys, error) {
-	u, err := url.Parse(strings.TrimRight(base, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("%w: authority URL %q", ErrConfig, base)
+	return NewRemoteKeysFailover([]string{base}, interval, client)
+}
+
+// NewRemoteKeysFailover is NewRemoteKeys for several authority replicas: a
+// fetch that one cannot answer is asked of the next, and the key stream is
+// followed from one at a time, the next taking over when it fails.
+func NewRemoteKeysFailover(bases []string, interval time.Duration, client *http.Client) (*RemoteKeys, error) {
+	if len(bases) == 0 {
+		return nil, fmt.Errorf("%w: no authority URL", ErrConfig)
+	}
+	var us []*url.URL
+	for _, base := range bases {
+		u, err := url.Parse(strings.TrimRight(base, "/"))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%w: authority URL %q", ErrConfig, base)
+		}
+		us = append(us, u)
 	}
 	if interval <= 0 {
 		interval = DefaultRefresh
@@ -65,7 +81,7 @@ func NewRemoteKeys(base string, interval time.Duration, client *http.Client) (*R
 	if client == nil {
 		client = &http.Client{}
 	}
-	return &RemoteKeys{base: u, client: client, interval: interval,
+	return &RemoteKeys{bases: us, client: client, interval: interval,
 		keys: map[string]keys.Key{}, states: map[string]keys.State{}}, nil
 }
 
@@ -147,8 +163,31 @@ func parseRevoked(b []byte) ([]string, error) {
 	return out, nil
 }
 
+// base is the authority asked first now.
+func (rk *RemoteKeys) base() *url.URL { return rk.bases[int(rk.cur.Load())%len(rk.bases)] }
+
+// get fetches p from the authority asked first now, then from each other
+// one; the first to answer is asked first from then on.
 func (rk *RemoteKeys) get(ctx context.Context, p string, limit int64) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rk.base.String()+p, nil)
+	first := int(rk.cur.Load())
+	var errs []error
+	for i := range rk.bases {
+		n := (first + i) % len(rk.bases)
+		b, err := rk.getAt(ctx, rk.bases[n], p, limit)
+		if err == nil {
+			rk.cur.Store(int32(n))
+			return b, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (rk *RemoteKeys) getAt(ctx context.Context, base *url.URL, p string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.String()+p, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -214,6 +253,9 @@ func (rk *RemoteKeys) Run(ctx context.Context, errf func(error)) {
 				return
 			}
 			errf(fmt.Errorf("key stream: %w", err))
+			if len(rk.bases) > 1 {
+				rk.cur.Store((rk.cur.Load() + 1) % int32(len(rk.bases)))
+			}
 			if time.Since(start) > 10*time.Second {
 				backoff = 100 * time.Millisecond
 			}
@@ -247,7 +289,7 @@ func (rk *RemoteKeys) Run(ctx context.Context, errf func(error)) {
 // stream follows the key stream until it ends. Once connected it asks for a
 // full fetch, so nothing missed while disconnected is lost.
 func (rk *RemoteKeys) stream(ctx context.Context, refresh func()) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rk.base.String()+KeyStreamPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rk.base().String()+KeyStreamPath, nil)
 	if err != nil {
 		return err
 	}

@@ -61,6 +61,9 @@ type Record struct {
 	Hash    Hash
 	Exp     time.Time
 	Revoked bool
+	// Peer marks a record another authority replica committed, heard over
+	// the cross-replica feed (Apply); it is not announced again.
+	Peer bool
 }
 
 // Ledger is the issuance ledger: durable backend plus in-memory index, with
@@ -81,6 +84,10 @@ type Ledger struct {
 	subMu  sync.RWMutex
 	subs   map[int]func(Record)
 	nextID int
+
+	// The cross-replica feed (SetPeerFeed); nil without one.
+	peersFresh func() bool
+	announce   func(context.Context, Record) error
 }
 
 type putReq struct {
@@ -284,6 +291,53 @@ func (l *Ledger) publish(entries []Entry) {
 	}
 }
 
+// SetPeerFeed connects the ledger to the feed that carries every replica's
+// records to every other (scale-out, on a shared backend). fresh reports
+// whether this replica has applied everything the feed held a moment ago;
+// while it is false, a live hash in the index is confirmed with the shared
+// backend before it is answered, so a revocation made at a replica this one
+// has not heard from is still honoured. announce, when not nil, puts a
+// revocation on the feed; Revoke fails if it cannot, so a caller never
+// believes a revocation the other replicas may not enforce. Call it once,
+// before serving.
+func (l *Ledger) SetPeerFeed(fresh func() bool, announce func(context.Context, Record) error) {
+	l.peersFresh, l.announce = fresh, announce
+}
+
+// Fresh reports whether the index alone can be trusted with a live answer:
+// always for a backend of its own, and for a shared one while the peer feed
+// is caught up (or when there is no feed to wait for).
+func (l *Ledger) Fresh() bool {
+	return !l.shared || l.peersFresh == nil || l.peersFresh()
+}
+
+// Apply takes a record another replica committed, heard over the peer feed:
+// it enters the index and goes to subscribers (marked Peer) if it changes
+// what the index knows, so gateways following this replica hear every
+// replica's issuance and revocations. Records of expired tokens, repeats and
+// this replica's own records change nothing.
+func (l *Ledger) Apply(r Record) {
+	cut := l.now().Add(-ExpiryGrace)
+	if !cut.Before(r.Exp) {
+		return
+	}
+	st := l.ix.Status(r.Hash, cut)
+	switch {
+	case r.Revoked && st != Revoked:
+		l.ix.Revoke(r.Hash, r.Exp)
+	case !r.Revoked && st == Unknown:
+		l.ix.Add(r.Hash, r.Exp)
+	default:
+		return
+	}
+	r.Peer = true
+	l.subMu.Lock()
+	defer l.subMu.Unlock()
+	for _, fn := range l.subs {
+		fn(r)
+	}
+}
+
 // Subscribe calls fn with every record after it is durable, in commit order,
 // until the returned cancel is called. fn runs on the commit path: it must not
 // block (hand the record to a buffered channel and drop the consumer if it
@@ -313,13 +367,19 @@ func (l *Ledger) Status(ctx context.Context, h Hash) (Status, error) {
 // backend of its own, and for a shared one when the index knows h.
 func (l *Ledger) LocalStatus(h Hash) (Status, bool) {
 	st, _ := l.ix.Lookup(h, l.now().Add(-ExpiryGrace))
-	return st, st != Unknown || !l.shared
+	switch {
+	case !l.shared, st == Revoked:
+		return st, true
+	case st == Live:
+		return st, l.Fresh()
+	}
+	return st, false
 }
 
 func (l *Ledger) lookup(ctx context.Context, h Hash) (Status, time.Time, error) {
 	now := l.now().Add(-ExpiryGrace)
 	st, exp := l.ix.Lookup(h, now)
-	if st != Unknown || !l.shared {
+	if !l.shared || st == Revoked || (st == Live && l.Fresh()) {
 		return st, exp, nil
 	}
 	e, err := l.b.Get(ctx, h)
@@ -388,6 +448,14 @@ func (l *Ledger) Revoke(ctx context.Context, h Hash) error {
 	l.ix.Revoke(h, e.ExpiresAt)
 	e.Revoked = true
 	l.publish([]Entry{e})
+	if l.announce != nil {
+		// Durable here already: a replica that misses this message confirms
+		// live hashes with the backend until it has caught up, so the error
+		// only tells the caller to retry (a repeated revocation is harmless).
+		if err := l.announce(ctx, Record{Hash: h, Exp: e.ExpiresAt, Revoked: true}); err != nil {
+			return fmt.Errorf("%w: revocation stored but not announced to the other replicas: %v", ErrUnavailable, err)
+		}
+	}
 	return nil
 }
 

@@ -36,6 +36,10 @@ const (
 // client that hears nothing for a few intervals treats its view as stale.
 const HeartbeatInterval = 2 * time.Second
 
+// freshCheck is how often a stream checks that its replica is still caught
+// up with the other replicas.
+const freshCheck = 50 * time.Millisecond
+
 // streamBuffer is how many records a stream connection may fall behind before
 // it is cut; the client reconnects and starts again from a fresh snapshot.
 const streamBuffer = 1 << 16
@@ -57,6 +61,13 @@ func (l *Ledger) StreamHandler() http.Handler {
 		fl, ok := w.(http.Flusher)
 		if !ok {
 			writeError(w, http.StatusInternalServerError, "server_error", "streaming unsupported")
+			return
+		}
+		if !l.Fresh() {
+			// Behind the other replicas: a follower would trust a view that
+			// may miss their revocations. It asks another authority, or
+			// looks hashes up here (confirmed with the shared backend).
+			writeError(w, http.StatusServiceUnavailable, "ledger_unavailable", "this replica has not caught up with the other replicas")
 			return
 		}
 		// Subscribe before the snapshot so nothing committed in between is lost;
@@ -100,8 +111,21 @@ func (l *Ledger) StreamHandler() http.Handler {
 
 		tick := time.NewTicker(HeartbeatInterval)
 		defer tick.Stop()
+		// A replica that falls behind its peers ends its streams at once:
+		// the followers stop trusting their copy and ask instead.
+		var behind <-chan time.Time
+		if l.peersFresh != nil && l.shared {
+			ft := time.NewTicker(freshCheck)
+			defer ft.Stop()
+			behind = ft.C
+		}
 		for {
 			select {
+			case <-behind:
+				if !l.Fresh() {
+					return
+				}
+				continue
 			case rec := <-ch:
 				line = AppendRecordLine(line[:0], rec)
 				bw.Write(line)

@@ -145,7 +145,8 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	defs = append(defs,
 		streamDef{"ISSUANCE", []string{cfg.Prefix + ".issuance"}, 0},
 		streamDef{"KEYS", []string{cfg.Prefix + ".keys.>"}, 16},
-		streamDef{"ALERTS", []string{cfg.Prefix + ".alerts"}, 0})
+		streamDef{"ALERTS", []string{cfg.Prefix + ".alerts"}, 0},
+		streamDef{"CONTROL", []string{cfg.Prefix + ".control.>"}, 0})
 	for _, s := range defs {
 		b.streams = append(b.streams, streamName(cfg.Prefix, s.name))
 		err := retry(ctx, func(actx context.Context) error {

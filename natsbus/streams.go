@@ -150,6 +150,11 @@ func (b *Bus) ConsumeAlerts(ctx context.Context, group string, fn func(id string
 // client library re-creates it from the last sequence seen when it misses
 // heartbeats or its server goes away.
 func (b *Bus) ordered(ctx context.Context, stream, filter string, policy jetstream.DeliverPolicy, fn func([]byte) error) error {
+	return b.orderedMsgs(ctx, stream, filter, policy, func(m jetstream.Msg) error { return fn(m.Data()) })
+}
+
+// orderedMsgs is ordered with the whole message (its metadata too).
+func (b *Bus) orderedMsgs(ctx context.Context, stream, filter string, policy jetstream.DeliverPolicy, fn func(jetstream.Msg) error) error {
 	name := streamName(b.cfg.Prefix, stream)
 	var c jetstream.Consumer
 	err := retry(ctx, func(actx context.Context) error {
@@ -166,7 +171,7 @@ func (b *Bus) ordered(ctx context.Context, stream, filter string, policy jetstre
 	}
 	failed := make(chan error, 1)
 	cc, err := c.Consume(func(m jetstream.Msg) {
-		if err := fn(m.Data()); err != nil {
+		if err := fn(m); err != nil {
 			select {
 			case failed <- err:
 			default:

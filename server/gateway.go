@@ -13,7 +13,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
@@ -113,25 +118,43 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		return err
 	}
 	hc := &http.Client{Transport: authHeader{tok, http.DefaultTransport}}
-	base := strings.TrimSuffix(cfg.Gateway.Authority, "/")
+	bases, err := AuthorityURLs(cfg.Gateway.Authority)
+	if err != nil {
+		return err
+	}
+	base := bases[0]
 	checkGatewayCredential(ctx, hc, base, src, log)
 
-	ks, err := gateway.NewRemoteKeys(base, 2*time.Second, hc)
+	ks, err := gateway.NewRemoteKeysFailover(bases, 2*time.Second, hc)
 	if err != nil {
 		return err
 	}
 	if err := ks.Refresh(ctx); err != nil {
 		return fmt.Errorf("failed to fetch the authority's keys: %w", err)
 	}
-	led := remote.New(base, hc, time.Now)
+	led := remote.NewFailover(bases, hc, time.Now)
 	go ks.Run(ctx, func(err error) { log.Warn("key refresh failed", "err", err) })
 	go led.Run(ctx)
+	var ready []readiness
+	ready = append(ready,
+		readiness{"keys", func() error {
+			if since := time.Since(ks.LastSync()); since > keysStaleAfter {
+				return fmt.Errorf("keys last fetched %s ago", since.Round(time.Millisecond))
+			}
+			return nil
+		}},
+		readiness{"ledger", func() error {
+			if !led.Synced() {
+				return errors.New("not following any authority's ledger stream (unseen tokens are looked up, or refused)")
+			}
+			return nil
+		}})
 
 	bus := event.NewBus()
 	if cfg.Scale.NATS == "" {
 		// No bus between processes: the events go to the authority's
 		// POST /v1/events, which feeds its detection, forensics and audit.
-		fw := &gateway.Forwarder{URL: base, Client: hc, OnError: func(err error) { log.Warn("access events not forwarded yet", "err", err) }}
+		fw := &gateway.Forwarder{URL: base, Others: bases[1:], Client: hc, OnError: func(err error) { log.Warn("access events not forwarded yet", "err", err) }}
 		sub := bus.Subscribe(1<<16, false)
 		fctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})
@@ -159,6 +182,7 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 			return err
 		}
 		defer b.Close()
+		ready = append(ready, readiness{"bus", b.Ping})
 		sink := b.Sink(ctx)
 		sub := bus.Subscribe(1<<14, true)
 		go func() {
@@ -179,6 +203,16 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	for _, w := range g.Warnings() {
 		log.Warn("WARNING: " + w)
 	}
+	if cfg.Gateway.AdminListen != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(g.Collectors()...)
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		stop, err := serveAdmin(ctx, cfg.Gateway.AdminListen, reg, ready, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	ln, err := net.Listen("tcp", cfg.Gateway.Listen)
 	if err != nil {
 		return fmt.Errorf("failed to listen on %s: %w", cfg.Gateway.Listen, err)
@@ -192,10 +226,85 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		defer c()
 		srv.Shutdown(sctx)
 	}()
-	log.Info("custos gateway serving", "listen", "http://"+ln.Addr().String(), "upstream", up.String(), "authority", base)
+	log.Info("custos gateway serving", "listen", "http://"+ln.Addr().String(), "upstream", up.String(), "authority", strings.Join(bases, ","), "admin", cfg.Gateway.AdminListen)
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	<-shut // the last requests have had their answers, and their events
 	return nil
+}
+
+// keysStaleAfter: a standalone gateway whose key set has not been fetched
+// for this long is not ready (it still refuses revoked keys it has heard of).
+const keysStaleAfter = 10 * time.Second
+
+// AuthorityURLs parses gateway.authority: one URL or a comma-separated list
+// of the authority replicas' URLs, each absolute http(s) without a query.
+func AuthorityURLs(list string) ([]string, error) {
+	var out []string
+	for _, part := range strings.Split(list, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		u, err := url.Parse(part)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			return nil, fmt.Errorf("gateway.authority: %q is not an absolute http(s) URL", part)
+		}
+		out = append(out, strings.TrimSuffix(u.String(), "/"))
+	}
+	if len(out) == 0 {
+		return nil, errors.New("gateway.authority: no authority URL")
+	}
+	return out, nil
+}
+
+// readiness is one check of /readyz.
+type readiness struct {
+	name  string
+	check func() error
+}
+
+// readyHandler answers 200 when every check passes and 503 otherwise, with
+// each check's result by name.
+func readyHandler(checks []readiness) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		out := make(map[string]string, len(checks))
+		status := http.StatusOK
+		for _, c := range checks {
+			if err := c.check(); err != nil {
+				out[c.name], status = err.Error(), http.StatusServiceUnavailable
+			} else {
+				out[c.name] = "ok"
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(out)
+	}
+}
+
+// serveAdmin serves /healthz, /readyz and /metrics on addr until ctx ends
+// or stop is called.
+func serveAdmin(ctx context.Context, addr string, reg *prometheus.Registry, checks []readiness, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("failed to listen on the admin address %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", readyHandler(checks))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin listener failed", "err", err)
+		}
+	}()
+	log.Info("custos gateway admin endpoints", "listen", "http://"+ln.Addr().String())
+	var once sync.Once
+	stop = func() { once.Do(func() { srv.Close() }) }
+	go func() { <-ctx.Done(); stop() }()
+	return stop, nil
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -101,25 +100,28 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	checks := map[string]string{}
-	ok := true
-	if err := s.DB.PingContext(ctx); err != nil {
-		checks["store"], ok = err.Error(), false
-	} else {
-		checks["store"] = "ok"
+	checks := []readiness{
+		{"store", func() error { return s.DB.PingContext(ctx) }},
+		{"keys", func() error { _, _, err := s.Keys.Signer(ctx); return err }},
 	}
-	if _, _, err := s.Keys.Signer(ctx); err != nil {
-		checks["keys"], ok = err.Error(), false
-	} else {
-		checks["keys"] = "ok"
+	if p, ok := s.ledgerBackend.(interface{ Ping(context.Context) error }); ok {
+		checks = append(checks, readiness{"ledger", func() error { return p.Ping(ctx) }})
 	}
-	status := http.StatusOK
-	if !ok {
-		status = http.StatusServiceUnavailable
+	if s.bus != nil {
+		checks = append(checks, readiness{"bus", s.bus.Ping})
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(checks)
+	if s.peers != nil {
+		checks = append(checks, readiness{"replicas", func() error {
+			if !s.peers.CaughtUp() {
+				return errors.New("not caught up with the other replicas' ledger records")
+			}
+			return nil
+		}})
+	}
+	if p, ok := s.auditStore.(interface{ Ping(context.Context) error }); ok {
+		checks = append(checks, readiness{"audit", func() error { return p.Ping(ctx) }})
+	}
+	readyHandler(checks)(w, r)
 }
 
 // Run serves the API on ln (and, when gw is not nil, the in-process gateway
@@ -132,6 +134,7 @@ func (s *Server) Run(ctx context.Context, ln, gw net.Listener) error {
 		return fmt.Errorf("failed to start the audit feeds: %w", err)
 	}
 	s.startLoops(ctx)
+	s.followControl(ctx)
 	errc := make(chan error, 2)
 	serve := func(h http.Handler, l net.Listener) {
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
@@ -179,6 +182,9 @@ func (s *Server) GatewayHandler() (http.Handler, error) {
 	return gateway.NewProxy(up, s.Gateway), nil
 }
 
+// keySync is how often a replica on a shared store compares key states with it.
+const keySync = 500 * time.Millisecond
+
 func (s *Server) startLoops(ctx context.Context) {
 	every := func(d time.Duration, fn func(context.Context) error, what string) {
 		go func() {
@@ -197,6 +203,11 @@ func (s *Server) startLoops(ctx context.Context) {
 		}()
 	}
 	every(10*time.Second, s.Keys.Tick, "key schedule")
+	if s.Config.Scale.Store != "" {
+		// Replicas share the store: what another replica changed is read
+		// back within keySync even if its announcement on the bus is lost.
+		every(keySync, s.Keys.Sync, "key sync")
+	}
 	every(time.Minute, func(ctx context.Context) error { _, err := s.Ledger.Sweep(ctx); return err }, "ledger sweep")
 	every(time.Minute, s.Staff.Sweep, "offboarding sweep")
 	every(time.Hour, s.retainEvents, "event retention")

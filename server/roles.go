@@ -46,6 +46,9 @@ func (s *Server) bridge(ctx context.Context, b *natsbus.Bus) {
 	// fit is only a missed push; gateways ask the ledger on a miss.
 	issued := make(chan ledger.Record, 1<<14)
 	stop := s.Ledger.Subscribe(func(r ledger.Record) {
+		if r.Peer {
+			return // another replica's record, heard from the bus
+		}
 		select {
 		case issued <- r:
 		default:
@@ -80,7 +83,24 @@ func (s *Server) bridge(ctx context.Context, b *natsbus.Bus) {
 		return s.Keys.Reload(ctx)
 	})
 	go func() { <-ctx.Done(); sub.Close(); stop() }()
+
+	// Replicas on a shared ledger apply each other's records (issuance and
+	// revocations) and re-serve them on their gateway streams; until this
+	// replica has caught up with the stream, live answers are confirmed with
+	// the shared backend.
+	if s.Config.Scale.Redis != "" {
+		s.peers = b.FollowIssuance(ctx, 0, s.Ledger.Apply)
+		s.Ledger.SetPeerFeed(s.peers.CaughtUp, func(ctx context.Context, r ledger.Record) error {
+			ctx, cancel := context.WithTimeout(ctx, announceTimeout)
+			defer cancel()
+			return b.PublishIssuance(ctx, r)
+		})
+	}
 }
+
+// announceTimeout bounds how long a revocation waits for the bus to store
+// its announcement before the caller is told to retry.
+const announceTimeout = 2 * time.Second
 
 // RunRole runs one role of a scale-out deployment: detector or forensics,
 // each consuming access events from the bus, with health and readiness on

@@ -35,6 +35,7 @@ import (
 	"github.com/custos-dev/custos/ledger"
 	ledgerredis "github.com/custos-dev/custos/ledger/redis"
 	ledgersqlite "github.com/custos-dev/custos/ledger/sqlite"
+	"github.com/custos-dev/custos/natsbus"
 	"github.com/custos-dev/custos/staff"
 	"github.com/custos-dev/custos/store"
 )
@@ -76,6 +77,13 @@ type Server struct {
 	now        func() time.Time
 	closers    []func() error
 	keyChanges fanout
+
+	ledgerBackend ledgerBackend
+	auditStore    any               // the audit log's shared storage, when it has one (readiness)
+	peers         *natsbus.Follower // the cross-replica ledger feed, in scale-out
+	bus           *natsbus.Bus
+	// control carries changes every replica must enforce (peers.go).
+	control controlFeed
 
 	checkpointVerifier note.Verifier
 	finder             tokenFinder
@@ -186,6 +194,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 	s.closers = append(s.closers, lb.Close)
 	s.finder, _ = lb.(tokenFinder)
+	s.ledgerBackend = lb
 	s.Ledger, err = ledger.New(ctx, lb, now)
 	if err != nil {
 		return nil, err
@@ -274,6 +283,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 			return nil, err
 		}
 		s.closers = append(s.closers, b.Close)
+		s.bus = b
 		bctx, cancel := context.WithCancel(context.Background())
 		s.closers = append(s.closers, func() error { cancel(); return nil })
 		s.bridge(bctx, b)

@@ -8,7 +8,7 @@ import (
 )
 
 func init() {
-	var cfgPath, upstream, listen, authorityURL, tokenFile, data string
+	var cfgPath, upstream, listen, adminListen, authorityURL, tokenFile, data string
 	cmd := &cobra.Command{
 		Use:   "gateway --upstream URL",
 		Short: "Run the verifying gateway as its own process in front of a customer-data API",
@@ -17,7 +17,9 @@ func init() {
 It follows the authority over HTTP (keys, issuance stream, ledger lookups on a
 miss) with a gateway credential (custos credentials add NAME --role gateway),
 taken from CUSTOS_GATEWAY_TOKEN, --token-file, or DATA/gateway-token; it falls
-back to DATA/admin-token with a warning. Its access
+back to DATA/admin-token with a warning. With several --authority URLs it
+fails over between the replicas. --admin-listen serves /healthz, /readyz and
+/metrics apart from the proxied listener. Its access
 events go to the authority's POST /v1/events in batches (or to NATS when
 scale.nats is set), and to gateway.events_file when that is configured.`,
 		Args: cobra.NoArgs,
@@ -32,6 +34,9 @@ scale.nats is set), and to gateway.events_file when that is configured.`,
 			}
 			if set("listen") {
 				cfg.Gateway.Listen = listen
+			}
+			if set("admin-listen") {
+				cfg.Gateway.AdminListen = adminListen
 			}
 			if set("authority") {
 				cfg.Gateway.Authority = authorityURL
@@ -56,7 +61,8 @@ scale.nats is set), and to gateway.events_file when that is configured.`,
 	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file")
 	cmd.Flags().StringVar(&upstream, "upstream", "", "URL of the customer-data API to protect")
 	cmd.Flags().StringVar(&listen, "listen", config.DefaultGatewayListen, "gateway address")
-	cmd.Flags().StringVar(&authorityURL, "authority", "", "URL of the custos authority (default: the issuer)")
+	cmd.Flags().StringVar(&adminListen, "admin-listen", "", "address serving /healthz, /readyz and /metrics (never the proxied listener)")
+	cmd.Flags().StringVar(&authorityURL, "authority", "", "URL of the custos authority, or URL1,URL2,... of its replicas to fail over between (default: the issuer)")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the gateway credential (default DATA/gateway-token)")
 	cmd.Flags().StringVar(&data, "data", "", "data directory of the authority, to find its credential")
 	root.AddCommand(cmd)

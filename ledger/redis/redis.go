@@ -52,6 +52,9 @@ func Open(ctx context.Context, url string) (*Backend, error) {
 // Close closes the connection pool.
 func (b *Backend) Close() error { return b.c.Close() }
 
+// Ping reports whether Redis answers (for readiness checks).
+func (b *Backend) Ping(ctx context.Context) error { return b.c.Ping(ctx).Err() }
+
 // SharedWithPeers is true: other replicas write here too.
 func (b *Backend) SharedWithPeers() bool { return true }
 

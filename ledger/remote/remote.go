@@ -1,5 +1,6 @@
 // Package remote is the gateway's view of the issuance ledger when the gateway
-// runs as its own process: a local index fed by the authority's stream.
+// runs as its own process: a local index fed by an authority's stream, with
+// failover between the authority replicas it is given.
 package remote
 
 import (
@@ -34,10 +35,11 @@ const (
 // issued a moment ago is not refused; if the authority cannot be reached the
 // answer is ledger.ErrUnavailable (fail closed).
 type Client struct {
-	base string
-	hc   *http.Client
-	now  func() time.Time
-	ix   *ledger.Index
+	bases []string
+	cur   atomic.Int32 // the authority followed now (index into bases)
+	hc    *http.Client
+	now   func() time.Time
+	ix    *ledger.Index
 
 	lastHeard atomic.Int64 // unix nanoseconds of the last stream line
 	synced    atomic.Bool  // the current connection delivered its snapshot
@@ -48,11 +50,41 @@ type Client struct {
 // a transport adding a bearer token); nil means http.DefaultClient. Call Run
 // to start following the stream.
 func New(authorityURL string, client *http.Client, now func() time.Time) *Client {
+	return NewFailover([]string{authorityURL}, client, now)
+}
+
+// NewFailover is New for several authority replicas: the stream is followed
+// from one at a time, the next one taking over when it fails; a lookup that
+// one cannot answer is asked of the others in turn. Every replica re-serves
+// the others' records, so any one of them gives the whole ledger.
+func NewFailover(authorityURLs []string, client *http.Client, now func() time.Time) *Client {
 	if client == nil {
 		client = http.DefaultClient
 	}
-	return &Client{base: strings.TrimRight(authorityURL, "/"), hc: client, now: now, ix: ledger.NewIndex(0)}
+	c := &Client{hc: client, now: now, ix: ledger.NewIndex(0)}
+	for _, u := range authorityURLs {
+		c.bases = append(c.bases, strings.TrimRight(u, "/"))
+	}
+	return c
 }
+
+// base is the authority followed now.
+func (c *Client) base() string { return c.bases[int(c.cur.Load())%len(c.bases)] }
+
+// next moves on to the following authority, and reports whether a whole
+// round of them has been tried since start.
+func (c *Client) next(start int32) bool {
+	n := (c.cur.Load() + 1) % int32(len(c.bases))
+	c.cur.Store(n)
+	return n == start
+}
+
+// Synced reports whether the client follows a stream that has delivered its
+// snapshot and been heard from recently (it is ready to answer from its index).
+func (c *Client) Synced() bool { return c.fresh(c.now()) }
+
+// Following is the authority whose stream the client follows now.
+func (c *Client) Following() string { return c.base() }
 
 // Index is the client's local index (for tests and metrics).
 func (c *Client) Index() *ledger.Index { return c.ix }
@@ -63,6 +95,7 @@ func (c *Client) Index() *ledger.Index { return c.ix }
 func (c *Client) Run(ctx context.Context) error {
 	backoff := minBackoff
 	lastSweep := c.now()
+	round := c.cur.Load()
 	for {
 		start := time.Now()
 		err := c.follow(ctx)
@@ -70,9 +103,13 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		_ = err // a broken stream is expected; the backoff below handles it
+		_ = err // a broken stream is expected; the next authority or the backoff handles it
 		if time.Since(start) > 10*time.Second {
 			backoff = minBackoff
+			round = c.cur.Load()
+		}
+		if !c.next(round) {
+			continue // another replica may answer at once
 		}
 		if now := c.now(); now.Sub(lastSweep) > sweepEvery {
 			c.ix.Sweep(now.Add(-ledger.ExpiryGrace))
@@ -93,7 +130,7 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) follow(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+ledger.StreamPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base()+ledger.StreamPath, nil)
 	if err != nil {
 		return fmt.Errorf("failed to build stream request: %w", err)
 	}
@@ -173,9 +210,27 @@ func (c *Client) LocalStatus(h ledger.Hash) (ledger.Status, bool) {
 	return ledger.Unknown, false
 }
 
+// lookup asks the authority followed now, then each other one, until one
+// answers; ledger.ErrUnavailable if none does.
 func (c *Client) lookup(ctx context.Context, h ledger.Hash) (ledger.Status, error) {
+	first := int(c.cur.Load())
+	var errs []error
+	for i := range c.bases {
+		st, err := c.lookupAt(ctx, c.bases[(first+i)%len(c.bases)], h)
+		if err == nil {
+			return st, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return ledger.Unknown, errors.Join(errs...)
+}
+
+func (c *Client) lookupAt(ctx context.Context, base string, h ledger.Hash) (ledger.Status, error) {
 	body := []byte(`{"hash":"` + h.String() + `"}`)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+ledger.LookupPath, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+ledger.LookupPath, bytes.NewReader(body))
 	if err != nil {
 		return ledger.Unknown, fmt.Errorf("%w: %v", ledger.ErrUnavailable, err)
 	}
