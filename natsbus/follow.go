@@ -25,11 +25,16 @@ const DefaultCatchUpCheck = 200 * time.Millisecond
 // replica that reconnects after missing messages is therefore not caught up
 // until it has applied them from the stream's durable store.
 type Follower struct {
-	b       *Bus
-	applied atomic.Uint64 // stream sequence of the last record applied
-	caught  atomic.Bool
-	every   time.Duration
+	b        *Bus
+	applied  atomic.Uint64 // stream sequence of the last record applied
+	caughtAt atomic.Int64  // unix nanoseconds of the last check that found it caught up
+	every    time.Duration
 }
+
+// leaseChecks: a check that found the follower caught up vouches for it for
+// this many intervals. A check that hangs (a request stuck behind a
+// reconnect) lets the lease run out instead of leaving a stale yes.
+const leaseChecks = 4
 
 // FollowIssuance starts applying the issuance stream with fn (from its
 // oldest record, then each new one) until ctx ends, and checking every
@@ -54,7 +59,7 @@ func (b *Bus) FollowIssuance(ctx context.Context, interval time.Duration, fn fun
 				return nil
 			})
 			if err != nil && ctx.Err() == nil {
-				f.caught.Store(false)
+				f.caughtAt.Store(0)
 				b.report(err)
 				select {
 				case <-ctx.Done():
@@ -69,7 +74,10 @@ func (b *Bus) FollowIssuance(ctx context.Context, interval time.Duration, fn fun
 
 // CaughtUp reports whether the follower has applied everything the stream
 // held a moment ago, over a live connection.
-func (f *Follower) CaughtUp() bool { return f.caught.Load() && f.b.nc.Status() == nats.CONNECTED }
+func (f *Follower) CaughtUp() bool {
+	at := f.caughtAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < leaseChecks*f.every && f.b.nc.Status() == nats.CONNECTED
+}
 
 func (f *Follower) watch(ctx context.Context) {
 	t := time.NewTicker(f.every)
@@ -80,23 +88,28 @@ func (f *Follower) watch(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			f.caught.Store(false)
+			f.caughtAt.Store(0)
 			return
 		case <-t.C:
 		}
 		// Caught up if every record that existed at the last check has
 		// been applied; then remember what exists now for the next check.
+		checked := time.Now()
 		ok := known && f.applied.Load() >= target && f.b.nc.Status() == nats.CONNECTED
-		actx, cancel := context.WithTimeout(ctx, f.every*5)
+		actx, cancel := context.WithTimeout(ctx, f.every*leaseChecks)
 		s, err := f.b.js.Stream(actx, name)
 		cancel()
 		if err != nil {
-			f.caught.Store(false)
+			f.caughtAt.Store(0)
 			known = false
 			continue
 		}
 		st := s.CachedInfo().State
-		f.caught.Store(ok)
+		if ok {
+			f.caughtAt.Store(checked.UnixNano())
+		} else {
+			f.caughtAt.Store(0)
+		}
 		if st.Msgs == 0 {
 			target = 0 // everything expired: nothing to apply
 		} else {

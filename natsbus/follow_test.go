@@ -80,7 +80,7 @@ func TestFollowerCatchesUpBeforeItSaysSo(t *testing.T) {
 		for {
 			if f.CaughtUp() {
 				if got := count.Load(); got < want {
-					t.Fatalf("caught up after applying %d of %d records", got, want)
+					t.Fatalf("caught up after applying %d of %d records (stream sequence applied %d)", got, want, f.applied.Load())
 				}
 				return
 			}
