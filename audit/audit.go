@@ -32,6 +32,7 @@ package audit
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -113,6 +114,10 @@ type Log struct {
 	shutdown func(context.Context) error
 	cancel   context.CancelFunc
 	store    *fileStore
+	// The shared log (OpenMySQL) instead of store.
+	appender *tessera.Appender
+	db       *sql.DB
+	vkey     string
 
 	mu     sync.RWMutex // guards closed; held for reading while appending
 	closed bool
@@ -191,6 +196,14 @@ func (l *Log) appendMany(ctx context.Context, kind string, vs []any) ([]uint64, 
 	if err != nil {
 		return nil, err
 	}
+	if l.appender != nil {
+		l.mu.RLock()
+		defer l.mu.RUnlock()
+		if l.closed {
+			return nil, ErrClosed
+		}
+		return l.appendShared(ctx, data)
+	}
 	first, err := l.appendEncoded(ctx, data, leaves)
 	if err != nil {
 		return nil, err
@@ -219,6 +232,18 @@ func (l *Log) append(ctx context.Context, kind string, v any) (uint64, error) {
 func (l *Log) appendEncoded(ctx context.Context, data [][]byte, leaves []node) (uint64, error) {
 	if len(data) == 0 {
 		return 0, nil
+	}
+	if l.appender != nil {
+		l.mu.RLock()
+		defer l.mu.RUnlock()
+		if l.closed {
+			return 0, ErrClosed
+		}
+		idx, err := l.appendShared(ctx, data)
+		if err != nil {
+			return 0, err
+		}
+		return idx[0], nil
 	}
 	l.mu.RLock()
 	if l.closed {
@@ -269,10 +294,18 @@ func (l *Log) Close(ctx context.Context) error {
 	l.mu.Unlock()
 	// Every entry queued before closed was set is in the storage's queue:
 	// wait for it, then publish a checkpoint that covers it.
-	err := l.store.flush(ctx)
+	var err error
+	if l.store != nil {
+		err = l.store.flush(ctx)
+	}
 	err = errors.Join(err, l.shutdown(ctx))
 	l.cancel()
-	err = errors.Join(err, l.store.close())
+	if l.store != nil {
+		err = errors.Join(err, l.store.close())
+	}
+	if l.db != nil {
+		err = errors.Join(err, l.db.Close())
+	}
 	if err != nil {
 		return fmt.Errorf("failed to shut down audit log: %w", err)
 	}

@@ -29,6 +29,9 @@ type source interface {
 // newSource reads from a directory, or over HTTP when loc is an http(s) URL
 // (the base under which "checkpoint" and "tile/" are served).
 func newSource(loc string) source {
+	if strings.HasPrefix(loc, "mysql://") {
+		return &mysqlSource{url: loc}
+	}
 	if strings.HasPrefix(loc, "http://") || strings.HasPrefix(loc, "https://") {
 		return httpSource{base: strings.TrimSuffix(loc, "/") + "/", c: http.DefaultClient}
 	}
