@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -66,6 +67,11 @@ type Scale struct {
 	Store string `yaml:"store" env:"CUSTOS_STORE"`
 	// Redis is the issuance ledger's Redis URL, redis://host:port/db (default: SQLite in DATA).
 	Redis string `yaml:"redis" env:"CUSTOS_REDIS"`
+	// Audit is the deployment's one audit log, shared by every replica:
+	// mysql://user[:password]@host[:port]/database (MySQL or MariaDB,
+	// through Tessera's MySQL driver). Default: a log of its own in DATA/audit.
+	// It needs keys.keyring: store, so that replicas share the checkpoint key.
+	Audit string `yaml:"audit" env:"CUSTOS_AUDIT"`
 	// NATS is the event bus URL (default: in-process).
 	NATS string `yaml:"nats" env:"CUSTOS_NATS"`
 	// Partitions of the access-event stream (default 8).
@@ -81,6 +87,11 @@ type Scale struct {
 type Keys struct {
 	// Backend is "sealed" (default) or "pkcs11".
 	Backend string `yaml:"backend" env:"CUSTOS_KEYS_BACKEND"`
+	// Keyring is where the sealed keyring lives: "file" (default,
+	// DATA/keyring.sealed) or "store" (the control-plane PostgreSQL
+	// database, scale.store, shared by every authority replica; the KEK must
+	// then come from kek_env, passphrase_env or a kek_file outside DATA).
+	Keyring string `yaml:"keyring" env:"CUSTOS_KEYRING"`
 	// Alg is "EdDSA" (default) or "ES256".
 	Alg string `yaml:"alg" env:"CUSTOS_KEYS_ALG"`
 	// KEKFile is a file holding the 32-byte key-encryption key of the sealed
@@ -294,6 +305,29 @@ func (c *Config) Validate() error {
 	default:
 		return bad("keys.alg", "must be EdDSA or ES256, not %q", c.Keys.Alg)
 	}
+	switch c.Keys.Keyring {
+	case "", "file":
+	case "store":
+		if c.Scale.Store == "" {
+			return bad("keys.keyring", "store needs scale.store (PostgreSQL)")
+		}
+		if c.Keys.KEKEnv == "" && c.Keys.PassphraseEnv == "" && c.Keys.KEKFile == "" {
+			return bad("keys.kek_file", "a keyring in the shared store needs its KEK from kek_env, passphrase_env or a kek_file outside the data directory, never DATA/kek")
+		}
+		if c.Keys.KEKFile != "" && c.Data != "" && inside(c.Keys.KEKFile, c.Data) {
+			return bad("keys.kek_file", "%q is inside the data directory; keep the KEK of the shared keyring on another volume", c.Keys.KEKFile)
+		}
+	default:
+		return bad("keys.keyring", "must be file or store, not %q", c.Keys.Keyring)
+	}
+	if c.Scale.Audit != "" {
+		if !strings.HasPrefix(c.Scale.Audit, "mysql://") {
+			return bad("scale.audit", "must be a mysql:// URL")
+		}
+		if c.Keys.Keyring != "store" {
+			return bad("scale.audit", "a shared audit log needs keys.keyring: store, so every replica signs checkpoints with the one key")
+		}
+	}
 	if c.Keys.Backend == "pkcs11" && c.Keys.PKCS11.Module == "" {
 		return bad("keys.pkcs11.module", "required with the pkcs11 backend")
 	}
@@ -346,4 +380,15 @@ func (c *Config) Validate() error {
 		return bad("gateway.leeway", "must be in [0, 5m]")
 	}
 	return nil
+}
+
+// inside reports whether path lies in dir (both made absolute and clean).
+func inside(path, dir string) bool {
+	p, err1 := filepath.Abs(path)
+	d, err2 := filepath.Abs(dir)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	rel, err := filepath.Rel(d, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }

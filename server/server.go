@@ -111,16 +111,30 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		}
 	}()
 	dir := cfg.Data
-	if _, statErr := os.Stat(filepath.Join(dir, KeyringFile)); errors.Is(statErr, fs.ErrNotExist) {
+	first := filepath.Join(dir, KeyringFile)
+	if cfg.Keys.Keyring == "store" {
+		first = filepath.Join(dir, AdminTokenFile) // the keyring is in the store
+	}
+	if _, statErr := os.Stat(first); errors.Is(statErr, fs.ErrNotExist) {
 		s.FirstStart = true
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create data dir: %w", err)
 	}
 
+	if cfg.Scale.Store != "" {
+		s.DB, err = store.OpenPostgres(ctx, cfg.Scale.Store)
+	} else {
+		s.DB, err = store.OpenSQLite(filepath.Join(dir, StoreFile))
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.DB.Close)
+
 	// Key custody: the sealed keyring always holds the audit checkpoint key;
 	// token signing keys live in the configured backend.
-	keyring, err := s.openKeyring()
+	keyring, err := s.openKeyring(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -138,20 +152,12 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		custody = tok
 	}
 
-	if cfg.Scale.Store != "" {
-		s.DB, err = store.OpenPostgres(ctx, cfg.Scale.Store)
-	} else {
-		s.DB, err = store.OpenSQLite(filepath.Join(dir, StoreFile))
-	}
-	if err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, s.DB.Close)
-
 	// Audit log, checkpoint key held in custody.
 	cpSigner, err := keyring.Signer(checkpointKey)
 	if err != nil && !slices.Contains(keyring.IDs(), checkpointKey) {
-		if _, err = keyring.Generate(ctx, checkpointKey, keys.EdDSA); err == nil {
+		// Replicas on a shared keyring may race to make it: one wins, and
+		// every one signs with it.
+		if _, err = keyring.Generate(ctx, checkpointKey, keys.EdDSA); err == nil || errors.Is(err, sealed.ErrExists) {
 			cpSigner, err = keyring.Signer(checkpointKey)
 		}
 	}
@@ -168,7 +174,12 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	if s.checkpointVerifier, err = audit.NewNoteVerifier(logName(cfg.Issuer), cpSigner.Public().(ed25519.PublicKey)); err != nil {
 		return nil, err
 	}
-	s.Audit, err = audit.Open(ctx, filepath.Join(dir, AuditDir), noteSigner, audit.Options{})
+	if cfg.Scale.Audit != "" {
+		s.Audit, err = audit.OpenMySQL(ctx, cfg.Scale.Audit, filepath.Join(dir, AuditDir), noteSigner, audit.Options{})
+		s.auditStore = s.Audit
+	} else {
+		s.Audit, err = audit.Open(ctx, filepath.Join(dir, AuditDir), noteSigner, audit.Options{})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("failed to open the audit log: %w", err)
 	}
@@ -342,11 +353,20 @@ func GatewayConfig(cfg config.Config) gateway.Config {
 	return g
 }
 
-// openKeyring opens the sealed keyring, creating it on first start.
-func (s *Server) openKeyring() (*sealed.Keyring, error) {
+// openKeyring opens the sealed keyring, creating it on first start: the
+// file in the data directory, or the one in the shared store that every
+// authority replica signs with.
+func (s *Server) openKeyring(ctx context.Context) (*sealed.Keyring, error) {
 	kek, err := s.kek()
 	if err != nil {
 		return nil, err
+	}
+	if s.Config.Keys.Keyring == "store" {
+		kr, err := sealed.OpenPostgres(ctx, s.DB.DB, kek)
+		if err != nil {
+			return nil, fmt.Errorf("failed to open the shared keyring (custos never makes new keys over an unreadable keyring): %w", err)
+		}
+		return kr, nil
 	}
 	kr, err := sealed.Open(filepath.Join(s.Config.Data, KeyringFile), kek)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +51,11 @@ const MaxIDLen = 128
 // concurrent use.
 type Keyring struct {
 	path string
+	// A keyring kept in a database (OpenPostgres) instead of a file: the
+	// sealed image and its version, for compare-and-swap writes.
+	db      *sql.DB
+	version int64
+	kek     KEK
 
 	mu     sync.RWMutex
 	hdr    header // kdf, params and salt; a fresh nonce is drawn per write
@@ -109,6 +115,19 @@ func Open(path string, kek KEK) (*Keyring, error) {
 }
 
 func create(path string, kek KEK, kdf uint8) (*Keyring, error) {
+	k, err := newEmpty(kek, kdf)
+	if err != nil {
+		return nil, err
+	}
+	k.path = path
+	if err := k.writeLocked(k.keys); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// newEmpty is a keyring with no keys and a fresh header, not yet stored.
+func newEmpty(kek KEK, kdf uint8) (*Keyring, error) {
 	h := header{kdf: kdf}
 	if kdf == kdfArgon2id {
 		h.time, h.memory, h.threads = argonParams.time, argonParams.memory, argonParams.threads
@@ -123,11 +142,7 @@ func create(path string, kek KEK, kdf uint8) (*Keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &Keyring{path: path, hdr: h, aead: aead, keys: map[string]*entry{}}
-	if err := k.writeLocked(k.keys); err != nil {
-		return nil, err
-	}
-	return k, nil
+	return &Keyring{hdr: h, aead: aead, keys: map[string]*entry{}}, nil
 }
 
 // decode authenticates and decrypts a keyring file image.
@@ -213,6 +228,19 @@ func (k *Keyring) Generate(ctx context.Context, id string, alg keys.Alg) (crypto
 	if k.closed {
 		return nil, ErrClosed
 	}
+	for range casAttempts {
+		pub, err := k.generateLocked(id, alg, priv)
+		if !errors.Is(err, errConflict) {
+			return pub, err
+		}
+		if err := k.reloadLocked(); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("failed to add key %q: the shared keyring kept changing", id)
+}
+
+func (k *Keyring) generateLocked(id string, alg keys.Alg, priv crypto.Signer) (crypto.PublicKey, error) {
 	if _, ok := k.keys[id]; ok {
 		return nil, fmt.Errorf("%w: %q", ErrExists, id)
 	}
@@ -232,11 +260,22 @@ func (k *Keyring) Generate(ctx context.Context, id string, alg keys.Alg) (crypto
 // id is destroyed or the keyring is closed.
 func (k *Keyring) Signer(id string) (crypto.Signer, error) {
 	k.mu.RLock()
-	defer k.mu.RUnlock()
-	if k.closed {
+	e, ok := k.keys[id]
+	closed := k.closed
+	k.mu.RUnlock()
+	if closed {
 		return nil, ErrClosed
 	}
-	e, ok := k.keys[id]
+	if !ok && k.db != nil {
+		// Another replica may have made it: read the shared keyring again.
+		k.mu.Lock()
+		err := k.reloadLocked()
+		e, ok = k.keys[id]
+		k.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", keys.ErrNotFound, id)
 	}
@@ -250,6 +289,19 @@ func (k *Keyring) Destroy(ctx context.Context, id string) error {
 	if k.closed {
 		return ErrClosed
 	}
+	for range casAttempts {
+		err := k.destroyLocked(id)
+		if !errors.Is(err, errConflict) {
+			return err
+		}
+		if err := k.reloadLocked(); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("failed to destroy key %q: the shared keyring kept changing", id)
+}
+
+func (k *Keyring) destroyLocked(id string) error {
 	e, ok := k.keys[id]
 	if !ok {
 		return fmt.Errorf("%w: %q", keys.ErrNotFound, id)
@@ -270,6 +322,13 @@ func (k *Keyring) Destroy(ctx context.Context, id string) error {
 
 // IDs lists the key ids held, in no particular order.
 func (k *Keyring) IDs() []string {
+	if k.db != nil {
+		k.mu.Lock()
+		if !k.closed {
+			_ = k.reloadLocked() // on failure, the ids known here
+		}
+		k.mu.Unlock()
+	}
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	out := make([]string, 0, len(k.keys))
@@ -294,11 +353,29 @@ func (k *Keyring) Close() error {
 // writeLocked seals set and replaces the file atomically: temp file in the
 // same directory, fsync, rename, fsync of the directory.
 func (k *Keyring) writeLocked(set map[string]*entry) error {
+	out, h, err := k.sealLocked(set)
+	if err != nil {
+		return err
+	}
+	if k.db != nil {
+		if err := k.saveDB(out); err != nil {
+			return err
+		}
+	} else if err := writeAtomic(k.path, out); err != nil {
+		return fmt.Errorf("failed to write keyring %s: %w", k.path, err)
+	}
+	k.hdr = h
+	return nil
+}
+
+// sealLocked encrypts set into a keyring image under a fresh nonce, and
+// returns the image and its header.
+func (k *Keyring) sealLocked(set map[string]*entry) ([]byte, header, error) {
 	p := payload{V: 1, Keys: make([]payloadKey, 0, len(set))}
 	for _, e := range set {
 		pb := privateBytes(e.priv)
 		if len(pb) != 32 {
-			return fmt.Errorf("failed to encode key %q", e.id)
+			return nil, header{}, fmt.Errorf("failed to encode key %q", e.id)
 		}
 		p.Keys = append(p.Keys, payloadKey{ID: e.id, Alg: e.alg, Created: e.created, Private: pb})
 	}
@@ -307,20 +384,15 @@ func (k *Keyring) writeLocked(set map[string]*entry) error {
 		clear(pk.Private)
 	}
 	if err != nil {
-		return fmt.Errorf("failed to encode keyring: %w", err)
+		return nil, header{}, fmt.Errorf("failed to encode keyring: %w", err)
 	}
 	defer clear(plain)
 	h := k.hdr
 	if _, err := rand.Read(h.nonce[:]); err != nil {
-		return fmt.Errorf("failed to draw nonce: %w", err)
+		return nil, header{}, fmt.Errorf("failed to draw nonce: %w", err)
 	}
 	hb := h.marshal()
-	out := k.aead.Seal(hb, h.nonce[:], plain, hb)
-	if err := writeAtomic(k.path, out); err != nil {
-		return fmt.Errorf("failed to write keyring %s: %w", k.path, err)
-	}
-	k.hdr = h
-	return nil
+	return k.aead.Seal(hb, h.nonce[:], plain, hb), h, nil
 }
 
 func writeAtomic(path string, b []byte) error {
