@@ -100,7 +100,7 @@ func TestHighAvailability(t *testing.T) {
 
 	// issue at authority i, falling back to the other (the load balancer's job).
 	issue := func(i int) (*issued, error) {
-		member := fmt.Sprint(d.pop.MemberID(1+uint64(mrand.IntN(int(d.pop.Members)))))
+		member := fmt.Sprint(d.pop.MemberID(1 + uint64(mrand.IntN(int(d.pop.Members)))))
 		var out struct {
 			AccessToken string `json:"access_token"`
 			KID         string `json:"kid"`
