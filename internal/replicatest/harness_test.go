@@ -88,6 +88,10 @@ type deployment struct {
 	upstream string
 	pop      shop.Population
 	procs    map[string]*proc
+	// keys is added to the keys section of every configuration (a custody
+	// backend); env to every process's environment.
+	keys string
+	env  []string
 }
 
 // requireEngines skips (or fails under CUSTOS_REQUIRE_SERVICES=1) when an
@@ -204,7 +208,7 @@ func (d *deployment) config(name, gwExtra, scaleExtra string) string {
 keys:
   keyring: store
   kek_env: %s
-scale:
+%sscale:
   store: postgres://postgres@%s/test?sslmode=disable&search_path=%s
   redis: redis://%s/%d
   nats: nats://%s
@@ -212,7 +216,7 @@ scale:
   audit: mysql://root@%s/%s
 %sgateway:
   routes:
-%s%s`, d.issuer, d.kekEnv, d.eng.pg, d.schema, d.eng.redis, redisDB, d.eng.nats, d.prefix, d.eng.maria, d.auditDB, scaleExtra, routes.String(), gwExtra)
+%s%s`, d.issuer, d.kekEnv, d.keys, d.eng.pg, d.schema, d.eng.redis, redisDB, d.eng.nats, d.prefix, d.eng.maria, d.auditDB, scaleExtra, routes.String(), gwExtra)
 	p := filepath.Join(d.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
 		d.t.Fatal(err)
@@ -234,13 +238,14 @@ type proc struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
+	denv   []string // the deployment's environment
 }
 
 // authority starts an authority replica.
 func (d *deployment) authority(name string) *proc {
 	addr := freeAddr(d.t)
 	data := filepath.Join(d.dir, name)
-	p := &proc{t: d.t, name: name, role: "authority", bin: d.bin, addr: addr, ready: "http://" + addr + "/readyz",
+	p := &proc{t: d.t, name: name, role: "authority", bin: d.bin, denv: d.env, addr: addr, ready: "http://" + addr + "/readyz",
 		args: []string{"serve", "--role", "authority", "--config", d.config(name, "", ""), "--data", data, "--listen", addr},
 		env:  []string{d.kekEnv + "=" + d.kek}}
 	d.procs[name] = p
@@ -255,7 +260,7 @@ func (d *deployment) gateway(name, tokenFile string, authorities ...*proc) *proc
 	for _, a := range authorities {
 		urls = append(urls, a.url())
 	}
-	p := &proc{t: d.t, name: name, role: "gateway", bin: d.bin, addr: addr, ready: "http://" + admin + "/readyz",
+	p := &proc{t: d.t, name: name, role: "gateway", bin: d.bin, denv: d.env, addr: addr, ready: "http://" + admin + "/readyz",
 		args: []string{"gateway", "--config", d.config(name, "  name: "+name+"\n", ""), "--upstream", d.upstream, "--listen", addr,
 			"--admin-listen", admin, "--authority", strings.Join(urls, ","), "--token-file", tokenFile}}
 	d.procs[name] = p
@@ -266,7 +271,7 @@ func (d *deployment) gateway(name, tokenFile string, authorities ...*proc) *proc
 // detector starts detector instance i of n.
 func (d *deployment) detector(name string, i, n int) *proc {
 	addr := freeAddr(d.t)
-	p := &proc{t: d.t, name: name, role: "detector", bin: d.bin, addr: addr, ready: "http://" + addr + "/readyz",
+	p := &proc{t: d.t, name: name, role: "detector", bin: d.bin, denv: d.env, addr: addr, ready: "http://" + addr + "/readyz",
 		args: []string{"serve", "--role", "detector", "--config", d.config(name, "", fmt.Sprintf("  instance: %d\n  instances: %d\n", i, n)), "--data", filepath.Join(d.dir, name), "--listen", addr}}
 	d.procs[name] = p
 	p.start()
@@ -288,7 +293,7 @@ func (p *proc) start() {
 	}
 	fmt.Fprintf(p.log, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin, p.args...)
-	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Env = append(append(os.Environ(), p.env...), p.denv...)
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		p.t.Fatalf("start %s: %v", p.name, err)

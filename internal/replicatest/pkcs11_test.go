@@ -1,0 +1,106 @@
+package replicatest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/custos-dev/custos/internal/testenv"
+)
+
+const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so"
+
+// Two authority processes share one PKCS#11 token (SoftHSM2): the key one of
+// them makes inside the token signs at the other, a rotation at one is
+// signed with at the other, and either keeps issuing when the other is
+// killed. ES256: the PKCS#11 backend has no Ed25519 (see keys/pkcs11).
+func TestSharedPKCS11Token(t *testing.T) {
+	_, err := os.Stat(softhsmModule)
+	if err == nil {
+		_, err = exec.LookPath("softhsm2-util")
+	}
+	testenv.Require(t, "SoftHSM2 ("+softhsmModule+"; apt-get install softhsm2)", err)
+	hsm := t.TempDir()
+	conf := filepath.Join(hsm, "softhsm2.conf")
+	os.Mkdir(filepath.Join(hsm, "tokens"), 0o700)
+	os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(hsm, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600)
+	init := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "custos", "--pin", "1234", "--so-pin", "5678")
+	init.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
+	if out, err := init.CombinedOutput(); err != nil {
+		t.Fatalf("softhsm2-util: %v: %s", err, out)
+	}
+
+	d := newDeployment(t, direct)
+	d.keys = fmt.Sprintf("  backend: pkcs11\n  alg: ES256\n  pkcs11:\n    module: %s\n    token_label: custos\n    pin_env: CUSTOS_HA_HSM_PIN\n", softhsmModule)
+	d.env = []string{"SOFTHSM2_CONF=" + conf, "CUSTOS_HA_HSM_PIN=1234"}
+	a1 := d.authority("a1")
+	a1.waitReady(30 * time.Second)
+	admin := readToken(t, filepath.Join(d.dir, "a1", "admin-token"))
+	var cl struct {
+		Secret string `json:"client_secret"`
+	}
+	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "login", "audience": []string{"shop-api"}}, &cl); err != nil {
+		t.Fatal(err)
+	}
+	a2 := d.authority("a2")
+	a2.waitReady(30 * time.Second)
+	g := d.gateway("g1", filepath.Join(d.dir, "a1", "admin-token"), a1, a2)
+	g.waitReady(30 * time.Second)
+	member := fmt.Sprint(d.pop.MemberID(3))
+	issue := func(a *proc) (tok, kid string) {
+		t.Helper()
+		var out struct {
+			AccessToken string `json:"access_token"`
+			KID         string `json:"kid"`
+		}
+		if _, err := call("POST", a.url()+"/v1/tokens", cl.Secret, map[string]any{"subject": member, "audience": "shop-api"}, &out); err != nil {
+			t.Fatalf("issue at %s: %v", a.name, err)
+		}
+		return out.AccessToken, out.KID
+	}
+	servedWithin := func(tok string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			st, reason, err := access(g, tok, member)
+			if err == nil && st == 200 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("token refused: %d %s %v", st, reason, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	t1, k1 := issue(a1)
+	t2, k2 := issue(a2)
+	if k1 != k2 {
+		t.Fatalf("the replicas sign with %s and %s: not one key", k1, k2)
+	}
+	servedWithin(t1)
+	servedWithin(t2)
+	var rot struct {
+		KID string `json:"kid"`
+	}
+	if _, err := call("POST", a1.url()+"/v1/keys/rotate", admin, map[string]string{}, &rot); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		tok, kid := issue(a2)
+		if kid != k1 {
+			servedWithin(tok)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a2 still signs with the old key 3 s after a1 rotated")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	a1.kill()
+	t3, _ := issue(a2)
+	servedWithin(t3)
+}
