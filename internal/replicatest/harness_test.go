@@ -49,7 +49,7 @@ var (
 )
 
 // custosBinary builds cmd/custos once for the package's tests.
-func custosBinary(t *testing.T) string {
+func custosBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "custos-replicatest-")
@@ -76,7 +76,7 @@ type engines struct {
 // deployment is one scale-out deployment's private share of the engines (a
 // PostgreSQL schema, a MariaDB database, NATS stream names) and its processes.
 type deployment struct {
-	t        *testing.T
+	t        testing.TB
 	bin, dir string
 	eng      engines
 	schema   string
@@ -96,7 +96,7 @@ type deployment struct {
 
 // requireEngines skips (or fails under CUSTOS_REQUIRE_SERVICES=1) when an
 // engine is missing.
-func requireEngines(t *testing.T) {
+func requireEngines(t testing.TB) {
 	t.Helper()
 	db, err := sql.Open("pgx", pgBase)
 	if err == nil {
@@ -121,7 +121,7 @@ func requireEngines(t *testing.T) {
 	testenv.Require(t, "MariaDB at "+mariaAddr, err)
 }
 
-func newDeployment(t *testing.T, eng engines) *deployment {
+func newDeployment(t testing.TB, eng engines) *deployment {
 	t.Helper()
 	requireEngines(t)
 	d := &deployment{t: t, bin: custosBinary(t), dir: t.TempDir(), eng: eng, procs: map[string]*proc{},
@@ -187,7 +187,7 @@ func deleteStreams(prefix string) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +226,7 @@ keys:
 
 // proc is one custos process of the deployment.
 type proc struct {
-	t      *testing.T
+	t      testing.TB
 	name   string
 	role   string
 	bin    string
@@ -441,7 +441,7 @@ func access(gw *proc, tok, member string) (int, string, error) {
 	return resp.StatusCode, body.Desc, nil
 }
 
-func readToken(t *testing.T, p string) string {
+func readToken(t testing.TB, p string) string {
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -460,7 +460,7 @@ type tcpProxy struct {
 	down   bool
 }
 
-func newTCPProxy(t *testing.T, target string) *tcpProxy {
+func newTCPProxy(t testing.TB, target string) *tcpProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
