@@ -2,6 +2,7 @@ package replicatest
 
 import (
 	"fmt"
+	"strings"
 	"net/url"
 	"path/filepath"
 	"testing"
@@ -30,6 +31,16 @@ func TestEngineFaults(t *testing.T) {
 	a2.waitReady(30 * time.Second)
 	g := d.gateway("g1", filepath.Join(d.dir, "a1", "admin-token"), a1, a2)
 	g.waitReady(30 * time.Second)
+	// Health, readiness and metrics on the admin listener only: on the
+	// proxied listener the same paths are customer requests, refused.
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		if st, _ := call("GET", strings.TrimSuffix(g.ready, "/readyz")+path, "", nil, nil); st != 200 {
+			t.Fatalf("admin %s: %d", path, st)
+		}
+		if st, reason, err := access2(g, path); err != nil || st != 401 {
+			t.Fatalf("proxied %s answered %d %s %v; want a refusal", path, st, reason, err)
+		}
+	}
 	member := fmt.Sprint(d.pop.MemberID(7))
 	issue := func(a *proc) (string, error) {
 		var out struct {
