@@ -2,9 +2,9 @@ package replicatest
 
 import (
 	"fmt"
-	"strings"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
