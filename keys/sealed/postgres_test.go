@@ -17,6 +17,7 @@ import (
 
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/keys/custodytest"
 )
 
 // pgSchema opens PostgreSQL at 127.0.0.1:5432 on a schema of its own,
@@ -145,4 +146,30 @@ func TestSharedKeyringOnPostgres(t *testing.T) {
 	if _, err := a.Signer("token-1"); !errors.Is(err, keys.ErrNotFound) {
 		t.Fatalf("destroyed key at the other replica: %v", err)
 	}
+}
+
+// The keyring in PostgreSQL passes the behaviour every custody backend has;
+// its reopen is another replica's view of the same row.
+func TestConformancePostgres(t *testing.T) {
+	kek := testKEK(t)
+	custodytest.Run(t, custodytest.Backend{
+		Open: func(t *testing.T) (keys.Custody, func() keys.Custody) {
+			open := pgSchema(t)
+			k, err := OpenPostgres(context.Background(), open(), kek)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { k.Close() })
+			return k, func() keys.Custody {
+				k2, err := OpenPostgres(context.Background(), open(), kek)
+				if err != nil {
+					t.Fatalf("reopen: %v", err)
+				}
+				t.Cleanup(func() { k2.Close() })
+				return k2
+			}
+		},
+		Algs:      []keys.Alg{keys.EdDSA, keys.ES256},
+		ErrExists: ErrExists, ErrBadID: ErrBadID, ErrUnsupported: ErrUnsupported,
+	})
 }
