@@ -1,6 +1,8 @@
 // Package natsbus is the scale-out event bus on NATS JetStream: access events
 // partitioned by source so each detector instance owns a consistent slice of
-// state, plus streams for issuance, key changes and alerts.
+// state, plus streams for issuance, key changes, alerts and control changes.
+// Authority replicas follow the issuance stream ([Bus.FollowIssuance]) to
+// enforce each other's revocations, and know when they have caught up.
 //
 // Delivery is at least once: publishers set Nats-Msg-Id so JetStream drops
 // duplicate publishes within its window, and consumers skip redeliveries of

@@ -1,5 +1,6 @@
 // Package sealed is the embedded key custody: signing keys generated in-process
-// and kept in one file only as AES-256-GCM ciphertext under a key-encryption key.
+// and kept only as AES-256-GCM ciphertext under a key-encryption key, in one
+// file, or in one row of PostgreSQL shared by authority replicas ([OpenPostgres]).
 //
 // Use [Open] with a KEK from [KEKFromFile], [KEKFromEnv] or [KEKFromPassphrase].
 // Open creates the file only when it does not exist; a damaged file or a wrong
