@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"errors"
+	"github.com/custos-dev/custos/wire"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -261,7 +262,7 @@ func TestHTTPIssue(t *testing.T) {
 		"fail/unknown_field": {f.secret, `{"subject":"7","audience":"shop-api","admin":true}`, 400, `"invalid_request"`},
 		"fail/trailing":      {f.secret, `{"subject":"7","audience":"shop-api"} {}`, 400, `"invalid_request"`},
 		"fail/not_json":      {f.secret, `subject=7`, 400, `"invalid_request"`},
-		"fail/huge":          {f.secret, `{"subject":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, 400, `"invalid_request"`},
+		"fail/huge":          {f.secret, `{"subject":"` + strings.Repeat("x", wire.MaxBody) + `"}`, 400, `"invalid_request"`},
 		"fail/audience":      {f.secret, `{"subject":"7","audience":"other"}`, 403, `"unauthorized_client"`},
 		"fail/decoy":         {f.secret, `{"subject":"999999","audience":"shop-api"}`, 403, `"access_denied"`},
 	} {
@@ -315,7 +316,7 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r Request
-		if err := ParseJSON(b, &r); err != nil {
+		if err := wire.Unmarshal(b, &r); err != nil {
 			return
 		}
 		a := &Authority{MaxTTL: 15 * time.Minute}

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -207,11 +206,7 @@ func postEvents(ctx context.Context, c *api.Client, format string, body []byte, 
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		e := &api.Error{Status: resp.StatusCode}
-		if json.Unmarshal(b, e) != nil || e.Code == "" {
-			e.Code, e.Description = http.StatusText(resp.StatusCode), strings.TrimSpace(string(b))
-		}
-		return e
+		return api.ErrorOf(resp.StatusCode, b)
 	}
 	return json.Unmarshal(b, out)
 }

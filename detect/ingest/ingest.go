@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/custos-dev/custos/wire"
 	"io"
 	"net"
 	"net/http"
@@ -388,7 +389,7 @@ func Handler(prov Provenance, fn func(event.Access)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", "POST")
-			writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "invalid_request", "error_description": "POST only"})
+			wire.WriteError(w, http.StatusMethodNotAllowed, "invalid_request", "POST only")
 			return
 		}
 		f := r.URL.Query().Get("format")
@@ -396,20 +397,14 @@ func Handler(prov Provenance, fn func(event.Access)) http.Handler {
 			f = FormatCustos
 		}
 		if !validFormat(f) {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "unknown format"})
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", "unknown format")
 			return
 		}
 		st, err := ReadWith(r.Context(), http.MaxBytesReader(w, r.Body, 64<<20), Options{Format: f, Provenance: prov}, fn)
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_request", "error_description": err.Error(), "stats": st})
+			wire.WriteJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_request", "error_description": err.Error(), "stats": st})
 			return
 		}
-		writeJSON(w, http.StatusOK, st)
+		wire.WriteJSON(w, http.StatusOK, st)
 	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }
