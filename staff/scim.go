@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/custos-dev/custos/wire"
 	"io"
 	"log/slog"
 	"net/http"
@@ -269,6 +270,9 @@ func prepareBody(method, path string, body []byte) ([]byte, *scimerr.ScimError) 
 	groups := path == "/Groups" || strings.HasPrefix(path, "/Groups/")
 	if !users && !groups {
 		return body, nil
+	}
+	if err := wire.CheckKeys(body); err != nil {
+		return nil, invalid(scimerr.ScimTypeInvalidSyntax, "the body is not a strict JSON object: "+err.Error())
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
