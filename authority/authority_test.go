@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"errors"
-	"github.com/custos-dev/custos/wire"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/custos-dev/custos/store"
 	"github.com/custos-dev/custos/token"
 	"github.com/custos-dev/custos/verdict"
+	"github.com/custos-dev/custos/wire"
 )
 
 type fakeSigner struct {

@@ -3,12 +3,13 @@ package detect
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/custos-dev/custos/wire"
 	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/custos-dev/custos/wire"
 )
 
 // broker fans new alerts out to stream clients; a client too slow to keep

@@ -2,7 +2,6 @@ package forensics
 
 import (
 	"fmt"
-	"github.com/custos-dev/custos/wire"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/wire"
 )
 
 // MaxIndicatorValues bounds the number of values in one indicator set, so that

@@ -5,11 +5,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/custos-dev/custos/wire"
 	"io"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/custos-dev/custos/wire"
 )
 
 // The issuance stream, for gateways running as their own process

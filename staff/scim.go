@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/custos-dev/custos/wire"
 	"io"
 	"log/slog"
 	"net/http"
@@ -22,6 +21,8 @@ import (
 	"github.com/elimity-com/scim/optional"
 	"github.com/elimity-com/scim/schema"
 	fp "github.com/scim2/filter-parser/v2"
+
+	"github.com/custos-dev/custos/wire"
 )
 
 // StaffSchema is the SCIM extension carrying what the core User schema lacks:

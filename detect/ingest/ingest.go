@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/custos-dev/custos/wire"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/wire"
 )
 
 // Formats understood by Read.
