@@ -12,14 +12,17 @@
 //
 // [Decode] and [Unmarshal] read exactly one JSON value of bounded size into a
 // Go value and refuse, with an error that says why and before anything is
-// stored: unknown fields, trailing data, and duplicate object keys — also
-// keys that differ only in letter case (compared with Unicode simple case
-// folding, the folding encoding/json uses to match field names), at any depth.
-// Go's decoder keeps the last of two duplicates and matches field names
-// without regard to case, so {"subject":"1020","SUBJECT":"1021"} would
-// otherwise be read as subject 1021 while a case-sensitive reader in front of
-// custos saw 1020. The duplicate check is written here because no JSON
-// library in the Go standard library refuses duplicates across letter case.
+// stored: invalid UTF-8, unknown fields, a field named in another letter case
+// than its JSON name ({"Subject":…} for "subject"), trailing data, and
+// duplicate object keys — also keys that differ only in letter case
+// (compared with Unicode simple case folding, the folding encoding/json uses
+// to match field names), at any depth. Go's decoder keeps the last of two
+// duplicates and matches field names without regard to case, so
+// {"subject":"1020","SUBJECT":"1021"} would otherwise be read as subject 1021
+// while a case-sensitive reader in front of custos saw 1020. The checks are
+// written here because the standard library's decoder (encoding/json/v2 is
+// still an experiment) neither refuses duplicate keys nor matches names
+// exactly, and none refuses duplicates across letter case.
 package wire
 
 import (
@@ -29,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -98,6 +102,16 @@ func Unmarshal(b []byte, v any) error {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("bad JSON body: trailing data")
+	}
+	if t := reflect.TypeOf(v); t != nil && t.Kind() == reflect.Pointer {
+		var generic any
+		if err := json.Unmarshal(b, &generic); err != nil {
+			return fmt.Errorf("bad JSON body: %v", err)
+		}
+		if err := checkNames(generic, t.Elem(), ""); err != nil {
+			// v was filled; the caller must not use it, as with any error.
+			return err
+		}
 	}
 	return nil
 }

@@ -178,3 +178,54 @@ func foldDuplicate(b []byte) (string, bool) {
 	}
 	return walk()
 }
+
+type embedded struct {
+	Kind string `json:"kind"`
+}
+
+type outer struct {
+	embedded
+	Name    string            `json:"name"`
+	NoTag   string            // JSON name "NoTag"
+	Skip    string            `json:"-"`
+	Items   []item            `json:"items"`
+	ByKey   map[string]item   `json:"by_key"`
+	Raw     json.RawMessage   `json:"raw"`
+	Free    map[string]any    `json:"free"`
+	Ptr     *item             `json:"ptr"`
+	private string            //nolint:unused
+	Texts   map[string]string `json:"texts"`
+}
+
+type item struct {
+	ID string `json:"id"`
+}
+
+func TestUnmarshalExactNames(t *testing.T) {
+	cases := map[string]struct {
+		body string
+		ok   bool
+	}{
+		"ok/all":                {`{"kind":"k","name":"n","NoTag":"x","items":[{"id":"1"}],"by_key":{"A":{"id":"2"}},"raw":{"ANY":1,"Case":2},"free":{"Mixed":1},"ptr":{"id":"3"},"texts":{"K":"v"}}`, true},
+		"fail/title field":      {`{"Name":"n"}`, false},
+		"fail/upper field":      {`{"NAME":"n"}`, false},
+		"fail/embedded case":    {`{"Kind":"k"}`, false},
+		"fail/untagged case":    {`{"notag":"x"}`, false},
+		"fail/in slice":         {`{"items":[{"id":"1"},{"ID":"2"}]}`, false},
+		"fail/in map value":     {`{"by_key":{"a":{"Id":"2"}}}`, false},
+		"fail/in pointer":       {`{"ptr":{"iD":"3"}}`, false},
+		"fail/kelvin":           {"{\"\u212aind\":\"k\"}", false},
+		"fail/long s":           {"{\"na\u017fe\":\"n\"}", false},
+		"fail/skipped field":    {`{"Skip":"x"}`, false},
+		"fail/unexported field": {`{"private":"x"}`, false},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			var o outer
+			err := Unmarshal([]byte(c.body), &o)
+			if (err == nil) != c.ok {
+				t.Fatalf("Unmarshal(%s) = %v, want ok=%v", c.body, err, c.ok)
+			}
+		})
+	}
+}
