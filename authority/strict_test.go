@@ -42,7 +42,7 @@ func TestHTTPIssueStrict(t *testing.T) {
 		"case/title":         `{"Subject":"1021"` + aud + `}`,
 		"case/upper":         `{"SUBJECT":"1021"` + aud + `}`,
 		"case/audience":      `{"subject":"1020","Audience":"shop-api"}`,
-		"case/kelvin_s":       "{\"subject\":\"1020\",\"audience\":\"shop-api\",\"\u017fession_id\":\"s\"}",
+		"case/kelvin_s":      "{\"subject\":\"1020\",\"audience\":\"shop-api\",\"\u017fession_id\":\"s\"}",
 		"shape/trailing":     `{"subject":"1020"` + aud + `}{"subject":"1021"` + aud + `}`,
 		"shape/unknown":      `{"subject":"1020"` + aud + `,"sub":"1021"}`,
 		"shape/not_utf8":     "{\"subject\":\"10\xff20\"" + aud + "}",
