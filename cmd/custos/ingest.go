@@ -130,7 +130,9 @@ func init() {
 access logs from FILE (or standard input for -), reports each malformed line
 with its number on standard error and posts the good lines in batches to
 POST /v1/events on the running server, which checks bearer tokens the lines
-carry against its issuance ledger.
+carry against its issuance ledger. The server marks these events as reported
+by a log ("reported":"log"): their reasons are the log's claims, so a claimed
+not_issued raises reported_not_issued, never the critical not_issued alert.
 
 Exit status 0 when events were sent, even if some lines were malformed (they
 are counted); 2 when nothing could be read.`,

@@ -105,3 +105,36 @@ func TestHandlerBodies(t *testing.T) {
 		})
 	}
 }
+
+// FuzzHandler: whatever the body, POST /v1/events answers 200 with at least
+// one event stored, every one of them marked as reported by a log, or 400
+// with nothing stored.
+func FuzzHandler(f *testing.F) {
+	f.Add([]byte(custosLine + "\nx\n" + custosLine))
+	f.Add([]byte(""))
+	f.Add([]byte("garbage"))
+	f.Add([]byte(strings.Replace(custosLine, `"status":200`, `"status":200,"reported":""`, 1)))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var got []event.Access
+		h := Handler(nil, func(ev event.Access) { got = append(got, ev) })
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader(string(body))))
+		switch rec.Code {
+		case http.StatusOK:
+			if len(got) == 0 {
+				t.Fatal("200 with no event stored")
+			}
+		case http.StatusBadRequest:
+			if len(got) != 0 {
+				t.Fatalf("400 with %d events stored", len(got))
+			}
+		default:
+			t.Fatalf("status %d", rec.Code)
+		}
+		for _, ev := range got {
+			if ev.Reported != event.ReportedLog {
+				t.Fatalf("event stored with reported %q", ev.Reported)
+			}
+		}
+	})
+}
