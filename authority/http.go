@@ -119,6 +119,11 @@ func tokenParam(r *http.Request) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("bad form body: %v", err)
 	}
+	for k, vs := range q {
+		if len(vs) > 1 { // RFC 6749 §3.2: parameters MUST NOT repeat
+			return "", fmt.Errorf("parameter %q given %d times", k, len(vs))
+		}
+	}
 	t := q.Get("token")
 	if t == "" {
 		return "", errors.New("token is required")

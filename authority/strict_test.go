@@ -91,3 +91,48 @@ func TestHTTPIssueStrict(t *testing.T) {
 		})
 	}
 }
+
+// Introspection and revocation read their parameters as strictly: a
+// repeated form parameter, or a JSON body with a duplicate or miscased key,
+// is refused with 400 and the token stays as it was.
+func TestHTTPTokenParamStrict(t *testing.T) {
+	f := newFixture(t)
+	do := func(path, ct, body string) (int, string) {
+		req, _ := http.NewRequest("POST", f.srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+f.secret)
+		req.Header.Set("Content-Type", ct)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	st, ans := do("/v1/tokens", "application/json", `{"subject":"1020","audience":"shop-api"}`)
+	if st != 200 {
+		t.Fatalf("issue: %d %s", st, ans)
+	}
+	tok := ans[strings.Index(ans, `"access_token":"`)+len(`"access_token":"`):]
+	tok = tok[:strings.IndexByte(tok, '"')]
+	form, js := "application/x-www-form-urlencoded", "application/json"
+	for _, path := range []string{"/v1/tokens/introspect", "/v1/tokens/revoke"} {
+		for name, c := range map[string][2]string{
+			"form-repeated":       {form, "token=" + tok + "&token=other"},
+			"form-repeated-hint":  {form, "token=" + tok + "&token_type_hint=a&token_type_hint=b"},
+			"json-duplicate":      {js, `{"token":"` + tok + `","token":"other"}`},
+			"json-duplicate-case": {js, `{"token":"` + tok + `","TOKEN":"other"}`},
+			"json-miscased":       {js, `{"Token":"` + tok + `"}`},
+			"json-trailing":       {js, `{"token":"` + tok + `"}{}`},
+		} {
+			t.Run("fail"+path+"/"+name, func(t *testing.T) {
+				if st, ans := do(path, c[0], c[1]); st != 400 || !strings.Contains(ans, `"invalid_request"`) {
+					t.Fatalf("got %d %s, want 400 invalid_request", st, ans)
+				}
+			})
+		}
+	}
+	if st, ans := do("/v1/tokens/introspect", form, "token="+tok); st != 200 || !strings.Contains(ans, `"active":true`) {
+		t.Fatalf("refused revocations changed the token: %d %s", st, ans)
+	}
+}
