@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -67,5 +68,35 @@ func TestReportedClaims(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Custom rules see "reported": a rule can tell a log's claim from a
+// gateway's own check, natively compiled and through CEL alike.
+func TestRuleReported(t *testing.T) {
+	rules := "rules:\n" +
+		"  - name: own_not_issued\n    expr: 'reason == \"not_issued\" && reported == \"\"'\n" +
+		"  - name: log_not_issued\n    expr: 'reason == \"not_issued\" && reported == \"log\"'\n" +
+		"  - name: log_cel\n    expr: 'reported.startsWith(\"lo\") && size(reported) == 3'\n"
+	for _, tc := range []struct {
+		reported string
+		want     map[string]bool
+	}{
+		{"", map[string]bool{"own_not_issued": true}},
+		{event.ReportedLog, map[string]bool{"log_not_issued": true, "log_cel": true}},
+	} {
+		e := newEngine(t, func(c *Config) { c.NotIssued.Disabled, c.ReportedNotIssued.Disabled = true, true })
+		if err := e.LoadRulesFrom("r", strings.NewReader(rules)); err != nil {
+			t.Fatal(err)
+		}
+		a := ev(0)
+		a.Reason, a.Verdict, a.Reported = event.ReasonNotIssued, event.Deny, tc.reported
+		e.Process(a)
+		got := rulesOf(e)
+		for _, r := range []string{"own_not_issued", "log_not_issued", "log_cel"} {
+			if (got[r] > 0) != tc.want[r] {
+				t.Errorf("reported %q: rule %s fired=%v, want %v", tc.reported, r, got[r] > 0, tc.want[r])
+			}
+		}
 	}
 }
