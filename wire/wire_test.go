@@ -126,6 +126,16 @@ func FuzzUnmarshal(f *testing.F) {
 			t.Fatalf("CheckKeys accepted %q with duplicate key %q", b, k)
 		}
 		if err == nil {
+			var top map[string]json.RawMessage
+			if json.Unmarshal(b, &top) == nil {
+				for k := range top {
+					switch k {
+					case "subject", "scope", "attrs", "inner":
+					default:
+						t.Fatalf("Unmarshal accepted %q with key %q, not a field's exact name", b, k)
+					}
+				}
+			}
 			var plain request
 			if json.Unmarshal(b, &plain) != nil {
 				t.Fatalf("Unmarshal accepted %q that encoding/json refuses", b)
