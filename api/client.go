@@ -12,6 +12,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/custos-dev/custos/wire"
 )
 
 // Client talks to a running custos.
@@ -40,6 +42,15 @@ type Error struct {
 	Status      int
 	Code        string `json:"error"`
 	Description string `json:"error_description"`
+}
+
+// ErrorOf reads the error answer b of status: the wire error body, or, when
+// b is not one, the status text and b itself.
+func ErrorOf(status int, b []byte) *Error {
+	if we, ok := wire.ParseError(b); ok {
+		return &Error{Status: status, Code: we.Code, Description: we.Description}
+	}
+	return &Error{Status: status, Code: http.StatusText(status), Description: strings.TrimSpace(string(b))}
 }
 
 func (e *Error) Error() string {
@@ -82,11 +93,7 @@ func (c *Client) DoAuth(ctx context.Context, method, path, bearer string, body, 
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		e := &Error{Status: resp.StatusCode}
-		if json.Unmarshal(b, e) != nil || e.Code == "" {
-			e.Code, e.Description = http.StatusText(resp.StatusCode), strings.TrimSpace(string(b))
-		}
-		return e
+		return ErrorOf(resp.StatusCode, b)
 	}
 	if out != nil && len(b) > 0 {
 		if err := json.Unmarshal(b, out); err != nil {

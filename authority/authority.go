@@ -14,6 +14,16 @@
 // memory for at most [CacheTTL], so a revocation anywhere holds everywhere
 // within a second, and the last admin credential is never revoked
 // ([ErrLastAdmin]).
+//
+// # Subjects
+//
+// A subject must fit the subject grammar of [token.CheckSubject]: 1 to 256
+// bytes of ASCII letters, digits and - _ . @ + :, not "." and without "..".
+// Member IDs of digits, UUIDs and e-mail addresses fit; a subject with a
+// space, a slash, a percent sign, a control or bidirectional character, or
+// a dot segment is refused, because an upstream router or a person could
+// read it as another member. Request bodies are read by wire.Unmarshal, so a
+// subject named twice, in any letter case, is refused too.
 package authority
 
 import (
@@ -36,7 +46,7 @@ import (
 // Defaults of the token policy.
 const (
 	DefaultTTL         = 5 * time.Minute
-	MaxSubjectBytes    = 256
+	MaxSubjectBytes    = token.MaxSubjectBytes
 	MaxScopeBytes      = 1024
 	MaxSessionIDBytes  = 256
 	SecurityDecoyIssue = "authority.decoy_issue"
@@ -171,8 +181,8 @@ func (a *Authority) Validate(c *Client, r *Request) error {
 	if r.Subject == "" {
 		return badRequest("subject is required")
 	}
-	if len(r.Subject) > MaxSubjectBytes || !printable(r.Subject) {
-		return badRequest("subject must be at most %d bytes of printable characters", MaxSubjectBytes)
+	if err := token.CheckSubject(r.Subject); err != nil {
+		return badRequest("%v", err)
 	}
 	if len(r.Scope) > MaxScopeBytes || !printable(r.Scope) {
 		return badRequest("scope must be at most %d bytes of printable characters", MaxScopeBytes)

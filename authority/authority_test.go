@@ -18,6 +18,7 @@ import (
 	"github.com/custos-dev/custos/store"
 	"github.com/custos-dev/custos/token"
 	"github.com/custos-dev/custos/verdict"
+	"github.com/custos-dev/custos/wire"
 )
 
 type fakeSigner struct {
@@ -261,7 +262,7 @@ func TestHTTPIssue(t *testing.T) {
 		"fail/unknown_field": {f.secret, `{"subject":"7","audience":"shop-api","admin":true}`, 400, `"invalid_request"`},
 		"fail/trailing":      {f.secret, `{"subject":"7","audience":"shop-api"} {}`, 400, `"invalid_request"`},
 		"fail/not_json":      {f.secret, `subject=7`, 400, `"invalid_request"`},
-		"fail/huge":          {f.secret, `{"subject":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, 400, `"invalid_request"`},
+		"fail/huge":          {f.secret, `{"subject":"` + strings.Repeat("x", wire.MaxBody) + `"}`, 400, `"invalid_request"`},
 		"fail/audience":      {f.secret, `{"subject":"7","audience":"other"}`, 403, `"unauthorized_client"`},
 		"fail/decoy":         {f.secret, `{"subject":"999999","audience":"shop-api"}`, 403, `"access_denied"`},
 	} {
@@ -315,12 +316,12 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r Request
-		if err := ParseJSON(b, &r); err != nil {
+		if err := wire.Unmarshal(b, &r); err != nil {
 			return
 		}
 		a := &Authority{MaxTTL: 15 * time.Minute}
 		if err := a.Validate(&Client{Audiences: []string{"a"}}, &r); err == nil {
-			if r.Subject == "" || len(r.Subject) > MaxSubjectBytes || r.Audience != "a" || r.TTL < 0 || r.TTL > 900 {
+			if token.CheckSubject(r.Subject) != nil || r.Audience != "a" || r.TTL < 0 || r.TTL > 900 {
 				t.Fatalf("accepted invalid request %+v", r)
 			}
 		}

@@ -1,9 +1,7 @@
 package authority
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,55 +10,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/custos-dev/custos/wire"
 )
-
-// MaxBodyBytes bounds every request body the authority reads.
-const MaxBodyBytes = 16 << 10
-
-// WriteError writes the contract error body {"error","error_description"}.
-func WriteError(w http.ResponseWriter, status int, code, desc string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]string{"error": code, "error_description": desc})
-}
-
-// WriteJSON writes v with status 200 (or the given status).
-func WriteJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
-
-// DecodeJSON reads one JSON object of at most MaxBodyBytes into v, refusing
-// unknown fields and trailing data.
-func DecodeJSON(r io.Reader, v any) error {
-	b, err := io.ReadAll(io.LimitReader(r, MaxBodyBytes+1))
-	if err != nil {
-		return fmt.Errorf("failed to read body: %w", err)
-	}
-	return ParseJSON(b, v)
-}
-
-// ParseJSON is DecodeJSON over bytes.
-func ParseJSON(b []byte, v any) error {
-	if len(b) > MaxBodyBytes {
-		return fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("bad JSON body: %v", err)
-	}
-	if dec.More() {
-		return errors.New("bad JSON body: trailing data")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("bad JSON body: trailing data")
-	}
-	return nil
-}
 
 // bearer returns the bearer credential of r, or "".
 func bearer(r *http.Request) string {
@@ -101,12 +53,12 @@ func (h *Handler) issue(w http.ResponseWriter, r *http.Request) {
 	c, err := h.clientOf(r)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_client"`)
-		WriteError(w, http.StatusUnauthorized, "invalid_client", "unknown or revoked client credential")
+		wire.WriteError(w, http.StatusUnauthorized, "invalid_client", "unknown or revoked client credential")
 		return
 	}
 	var req Request
-	if err := DecodeJSON(r.Body, &req); err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+	if err := wire.Decode(r.Body, &req); err != nil {
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	out, err := h.Auth.Issue(r.Context(), c, req)
@@ -114,7 +66,7 @@ func (h *Handler) issue(w http.ResponseWriter, r *http.Request) {
 		h.writeErr(w, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, out)
+	wire.WriteJSON(w, http.StatusOK, out)
 }
 
 func (h *Handler) writeErr(w http.ResponseWriter, err error) {
@@ -127,7 +79,7 @@ func (h *Handler) writeErr(w http.ResponseWriter, err error) {
 		case "unauthorized_client", "access_denied":
 			status = http.StatusForbidden
 		}
-		WriteError(w, status, ae.Code, ae.Description)
+		wire.WriteError(w, status, ae.Code, ae.Description)
 		return
 	}
 	if errors.Is(err, context.Canceled) {
@@ -136,26 +88,26 @@ func (h *Handler) writeErr(w http.ResponseWriter, err error) {
 	if h.Log != nil {
 		h.Log.Error("token request failed", "err", err)
 	}
-	WriteError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "the token could not be issued")
+	wire.WriteError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "the token could not be issued")
 }
 
 // tokenParam reads the "token" parameter of an RFC 7662/7009 request
 // (application/x-www-form-urlencoded), or {"token": …} as JSON.
 func tokenParam(r *http.Request) (string, error) {
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	b, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
+	b, err := io.ReadAll(io.LimitReader(r.Body, wire.MaxBody+1))
 	if err != nil {
 		return "", err
 	}
-	if len(b) > MaxBodyBytes {
-		return "", fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
+	if len(b) > wire.MaxBody {
+		return "", fmt.Errorf("body larger than %d bytes", wire.MaxBody)
 	}
 	if ct == "application/json" {
 		var v struct {
 			Token         string `json:"token"`
 			TokenTypeHint string `json:"token_type_hint"`
 		}
-		if err := ParseJSON(b, &v); err != nil {
+		if err := wire.Unmarshal(b, &v); err != nil {
 			return "", err
 		}
 		if v.Token == "" {
@@ -167,6 +119,11 @@ func tokenParam(r *http.Request) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("bad form body: %v", err)
 	}
+	for k, vs := range q {
+		if len(vs) > 1 { // RFC 6749 §3.2: parameters MUST NOT repeat
+			return "", fmt.Errorf("parameter %q given %d times", k, len(vs))
+		}
+	}
 	t := q.Get("token")
 	if t == "" {
 		return "", errors.New("token is required")
@@ -177,12 +134,12 @@ func tokenParam(r *http.Request) (string, error) {
 func (h *Handler) introspect(w http.ResponseWriter, r *http.Request) {
 	c, err := h.clientOf(r)
 	if err != nil {
-		WriteError(w, http.StatusUnauthorized, "invalid_client", "unknown or revoked client credential")
+		wire.WriteError(w, http.StatusUnauthorized, "invalid_client", "unknown or revoked client credential")
 		return
 	}
 	t, err := tokenParam(r)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	out, err := h.Auth.Introspect(r.Context(), c, t)
@@ -190,18 +147,18 @@ func (h *Handler) introspect(w http.ResponseWriter, r *http.Request) {
 		h.writeErr(w, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, out)
+	wire.WriteJSON(w, http.StatusOK, out)
 }
 
 func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 	c, err := h.clientOf(r)
 	if err != nil {
-		WriteError(w, http.StatusUnauthorized, "invalid_client", "unknown or revoked client credential")
+		wire.WriteError(w, http.StatusUnauthorized, "invalid_client", "unknown or revoked client credential")
 		return
 	}
 	t, err := tokenParam(r)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	if err := h.Auth.Revoke(r.Context(), c, t); err != nil {

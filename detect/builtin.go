@@ -313,14 +313,24 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 	c := b.cfg
 	stateless := ownerOf(p.own) == sh.id
 	if stateless {
-		if !c.NotIssued.Disabled && ev.Reason == event.ReasonNotIssued {
-			b.notIssued(sh, ev)
+		// A reason in an event read from a log is the log's claim: custos
+		// did not check the signature, so a claimed not_issued is a lower
+		// finding of its own, and claimed key or decoy reasons count for
+		// nothing beyond what custos knows itself.
+		claimed := ev.Reported != ""
+		if ev.Reason == event.ReasonNotIssued {
+			switch {
+			case !claimed && !c.NotIssued.Disabled:
+				b.notIssued(sh, ev)
+			case claimed && !c.ReportedNotIssued.Disabled:
+				b.reportedNotIssued(sh, ev)
+			}
 		}
-		if !c.DecoySubject.Disabled && (ev.Reason == event.ReasonDecoySubject || (len(b.decoys) > 0 && b.decoys[p.subject])) {
+		if !c.DecoySubject.Disabled && ((!claimed && ev.Reason == event.ReasonDecoySubject) || (len(b.decoys) > 0 && b.decoys[p.subject])) {
 			b.decoySubject(sh, ev)
 		}
 		if !c.RevokedKey.Disabled && ev.Token.KID != "" {
-			b.revokedKey(sh, ev)
+			b.revokedKey(sh, ev, claimed)
 		}
 		if !c.DepartedCred.Disabled && len(b.departed) > 0 {
 			b.departedCred(sh, ev, p)
@@ -427,6 +437,15 @@ func (b *builtins) notIssued(sh *shard, ev *event.Access) {
 	sh.fire(RuleNotIssued, b.cfg.NotIssued.Severity, k, v, "", "validly signed token that the authority never issued", 1)
 }
 
+// reportedNotIssued (check 1, for an event read from a log): the log claims
+// not_issued; custos checked no signature, so it is a finding of its own,
+// never the critical not_issued one.
+func (b *builtins) reportedNotIssued(sh *shard, ev *event.Access) {
+	k, v := entity(ev)
+	sh.ord = 1
+	sh.fire(RuleReportedNotIssued, b.cfg.ReportedNotIssued.Severity, k, v, "", "a log reports a token the authority never issued; its signature was not checked by custos", 1)
+}
+
 // decoySubject (check 2): a request for a member ID no real customer has.
 func (b *builtins) decoySubject(sh *shard, ev *event.Access) {
 	k, v := entity(ev)
@@ -435,10 +454,11 @@ func (b *builtins) decoySubject(sh *shard, ev *event.Access) {
 }
 
 // revokedKey (check 3): a token signed by a key that should no longer sign,
-// by the gateway's reason or by the key's state as detection knows it.
-func (b *builtins) revokedKey(sh *shard, ev *event.Access) {
+// by the gateway's reason (not a log's claim) or by the key's state as
+// detection knows it.
+func (b *builtins) revokedKey(sh *shard, ev *event.Access, claimed bool) {
 	kid := ev.Token.KID
-	bad := ev.Reason == event.ReasonRevokedKey
+	bad := !claimed && ev.Reason == event.ReasonRevokedKey
 	if !bad && len(b.keyStates) > 0 {
 		if ks, ok := b.keyStates[kid]; ok {
 			switch ks.state {

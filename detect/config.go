@@ -29,6 +29,7 @@ func (s Severity) valid() bool {
 // Built-in rule names, as they appear in alerts.
 const (
 	RuleNotIssued         = "not_issued"
+	RuleReportedNotIssued = "reported_not_issued"
 	RuleDecoySubject      = "decoy_subject"
 	RuleRevokedKey        = "revoked_or_retired_key"
 	RuleDepartedCred      = "departed_credential_use"
@@ -95,6 +96,7 @@ type Config struct {
 	MaxKeys        int           `yaml:"max_keys"`   // tracked keys per detector dimension
 
 	NotIssued         Toggle                  `yaml:"not_issued"`
+	ReportedNotIssued Toggle                  `yaml:"reported_not_issued"` // a log's claim of not_issued
 	DecoySubject      DecoyConfig             `yaml:"decoy_subject"`
 	RevokedKey        Toggle                  `yaml:"revoked_or_retired_key"`
 	DepartedCred      Toggle                  `yaml:"departed_credential_use"`
@@ -235,6 +237,7 @@ func (c *Config) fill() {
 	num(&c.SampleIDs, DefaultSampleIDs)
 	num(&c.MaxKeys, DefaultMaxKeys)
 	sev(&c.NotIssued.Severity, Critical)
+	sev(&c.ReportedNotIssued.Severity, Medium)
 	sev(&c.DecoySubject.Severity, Critical)
 	sev(&c.RevokedKey.Severity, Critical)
 	sev(&c.DepartedCred.Severity, Critical)
@@ -330,7 +333,7 @@ func (c *Config) Validate() error {
 			bad(name, "must be positive, got %d", n)
 		}
 	}
-	for name, s := range map[string]Severity{"not_issued": c.NotIssued.Severity, "decoy_subject": c.DecoySubject.Severity,
+	for name, s := range map[string]Severity{"not_issued": c.NotIssued.Severity, "reported_not_issued": c.ReportedNotIssued.Severity, "decoy_subject": c.DecoySubject.Severity,
 		"revoked_or_retired_key": c.RevokedKey.Severity, "departed_credential_use": c.DepartedCred.Severity,
 		"enumeration": c.Enumeration.Severity, "unknown_subject_rate": c.UnknownSubject.Severity,
 		"foreign_origin": c.ForeignOrigin.Severity, "ip_rotation": c.IPRotation.Severity,

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/custos-dev/custos/wire"
 )
 
 // broker fans new alerts out to stream clients; a client too slow to keep
@@ -64,16 +66,6 @@ func (e *Engine) Handler() http.Handler {
 	return mux
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-func writeErr(w http.ResponseWriter, status int, code, desc string) {
-	writeJSON(w, status, map[string]string{"error": code, "error_description": desc})
-}
-
 func limitOf(r *http.Request) (int, bool) {
 	s := r.URL.Query().Get("limit")
 	if s == "" {
@@ -89,7 +81,7 @@ func limitOf(r *http.Request) (int, bool) {
 func (e *Engine) listAlerts(w http.ResponseWriter, r *http.Request) {
 	limit, ok := limitOf(r)
 	if !ok {
-		writeErr(w, http.StatusBadRequest, "invalid_request", "limit must be 1..10000")
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "limit must be 1..10000")
 		return
 	}
 	q := r.URL.Query()
@@ -102,13 +94,13 @@ func (e *Engine) listAlerts(w http.ResponseWriter, r *http.Request) {
 			out = append(out, a)
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"alerts": out})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"alerts": out})
 }
 
 func (e *Engine) listIncidents(w http.ResponseWriter, r *http.Request) {
 	limit, ok := limitOf(r)
 	if !ok {
-		writeErr(w, http.StatusBadRequest, "invalid_request", "limit must be 1..10000")
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "limit must be 1..10000")
 		return
 	}
 	all := e.Incidents()
@@ -116,13 +108,13 @@ func (e *Engine) listIncidents(w http.ResponseWriter, r *http.Request) {
 	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
 		out = append(out, all[i])
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"incidents": out})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"incidents": out})
 }
 
 func (e *Engine) getIncident(w http.ResponseWriter, r *http.Request) {
 	inc, ok := e.Incident(r.PathValue("id"))
 	if !ok {
-		writeErr(w, http.StatusNotFound, "not_found", "no such incident")
+		wire.WriteError(w, http.StatusNotFound, "not_found", "no such incident")
 		return
 	}
 	var alerts []Alert
@@ -133,13 +125,13 @@ func (e *Engine) getIncident(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	e.mu.Unlock()
-	writeJSON(w, http.StatusOK, map[string]any{"incident": inc, "alerts": alerts})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"incident": inc, "alerts": alerts})
 }
 
 func (e *Engine) streamAlerts(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
-		writeErr(w, http.StatusInternalServerError, "server_error", "streaming unsupported")
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", "streaming unsupported")
 		return
 	}
 	ch := e.stream.subscribe()

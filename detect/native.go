@@ -272,6 +272,7 @@ var strOffsets = map[string]uintptr{
 	"verdict":    unsafe.Offsetof(event.Access{}.Verdict),
 	"reason":     unsafe.Offsetof(event.Access{}.Reason),
 	"subject":    unsafe.Offsetof(event.Access{}.Subject),
+	"reported":   unsafe.Offsetof(event.Access{}.Reported),
 }
 
 // intField is where an integer field of event.Access is and its type.
@@ -476,6 +477,7 @@ var strFields = map[string]strFn{
 	"verdict":    func(ev *event.Access) string { return string(ev.Verdict) },
 	"reason":     func(ev *event.Access) string { return string(ev.Reason) },
 	"subject":    func(ev *event.Access) string { return ev.Subject },
+	"reported":   func(ev *event.Access) string { return ev.Reported },
 }
 
 var intFields = map[string]intFn{

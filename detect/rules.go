@@ -40,7 +40,9 @@ var ErrInvalidRules = errors.New("invalid rules")
 // Expressions see the event's fields: time (timestamp), gateway, request_id,
 // method, route, path, status, bytes, latency_us, src_ip, country, asn,
 // user_agent, token.jti, token.kid, token.sub, token.aud, token.iat,
-// token.exp, verdict, reason, subject, data_classes (list of strings).
+// token.exp, verdict, reason, subject, data_classes (list of strings), and
+// reported ("log" when the event was read from a log, whose reason is then
+// a claim custos did not check; "" when a custos gateway checked it).
 type Rule struct {
 	Name      string         `yaml:"name" json:"name"`
 	Severity  Severity       `yaml:"severity" json:"severity"`
@@ -76,6 +78,7 @@ const (
 	vReason
 	vSubject
 	vDataClasses
+	vReported
 	numVars
 )
 
@@ -85,6 +88,7 @@ var varNames = map[string]int{
 	"country": vCountry, "asn": vASN, "user_agent": vUserAgent, "token.jti": vJTI, "token.kid": vKID,
 	"token.sub": vSub, "token.aud": vAud, "token.iat": vIAT, "token.exp": vEXP, "verdict": vVerdict,
 	"reason": vReason, "subject": vSubject, "data_classes": vDataClasses,
+	"reported": vReported,
 }
 
 var (
@@ -180,6 +184,8 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		v = types.String(ev.Subject)
 	case vDataClasses:
 		v = types.NewStringList(types.DefaultTypeAdapter, ev.DataClasses)
+	case vReported:
+		v = types.String(ev.Reported)
 	}
 	a.cache[i] = v
 	a.have |= 1 << i

@@ -40,7 +40,7 @@ const maxLine = 1 << 20
 // only on invalid rules or an unreadable input.
 func TestRules(rulesFile, eventsFile io.Reader) (Report, error) {
 	var cfg Config
-	for _, t := range []*Toggle{&cfg.NotIssued, &cfg.DecoySubject.Toggle, &cfg.RevokedKey, &cfg.DepartedCred,
+	for _, t := range []*Toggle{&cfg.NotIssued, &cfg.ReportedNotIssued, &cfg.DecoySubject.Toggle, &cfg.RevokedKey, &cfg.DepartedCred,
 		&cfg.Enumeration.Toggle, &cfg.UnknownSubject.Toggle, &cfg.ForeignOrigin.Toggle, &cfg.IPRotation.Toggle,
 		&cfg.RouteVolume.Toggle, &cfg.TokenWithoutLogin.Toggle} {
 		t.Disabled = true

@@ -78,7 +78,16 @@ type Access struct {
 	Reason      Reason    `json:"reason"`
 	Subject     string    `json:"subject"`
 	DataClasses []string  `json:"data_classes"`
+	// Reported is empty when a custos gateway saw the request and made the
+	// checks itself, and ReportedLog when custos read the event from a log
+	// (POST /v1/events, custos ingest): its verdict, reason and token fields
+	// are then the log's claims, weaker evidence than a gateway's own check.
+	Reported string `json:"reported,omitempty"`
 }
+
+// ReportedLog marks an access event read from a log rather than seen by a
+// custos gateway.
+const ReportedLog = "log"
 
 // Data classes a route's answer can carry.
 const (

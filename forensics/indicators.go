@@ -1,8 +1,6 @@
 package forensics
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,6 +9,7 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/wire"
 )
 
 // MaxIndicatorValues bounds the number of values in one indicator set, so that
@@ -214,17 +213,13 @@ func parseRange(v string) (SubjectRange, error) {
 	return SubjectRange{From: from, To: to}, nil
 }
 
-// ParseIndicatorsJSON parses the JSON form of [Indicators] (unknown fields are
+// ParseIndicatorsJSON parses the JSON form of [Indicators] by the strict rule
+// of wire.Unmarshal (unknown fields, duplicate keys and trailing data are
 // refused) and validates it.
 func ParseIndicatorsJSON(data []byte) (Indicators, error) {
 	var ind Indicators
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ind); err != nil {
+	if err := wire.Unmarshal(data, &ind); err != nil {
 		return Indicators{}, fmt.Errorf("%w: %v", ErrBadIndicator, err)
-	}
-	if dec.More() {
-		return Indicators{}, fmt.Errorf("%w: trailing data after the JSON object", ErrBadIndicator)
 	}
 	if err := ind.Validate(); err != nil {
 		return Indicators{}, err

@@ -155,7 +155,7 @@ func (f *Forwarder) deliver(ctx context.Context, body []byte, n int) {
 }
 
 func (f *Forwarder) post(ctx context.Context, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(f.target(), "/")+"/v1/events?format=custos", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(f.target(), "/")+"/v1/events?format=custos&source=gateway", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}

@@ -398,7 +398,7 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 	if _, ok := g.decoys[d.routeSubj]; ok && d.routeSubj != "" && g.fail(d, event.ReasonDecoySubject) {
 		return
 	}
-	if d.rt != nil && d.rt.seg >= 0 && d.routeSubj != d.Claims.Subject && g.fail(d, event.ReasonSubjectMismatch) {
+	if d.rt != nil && d.rt.seg >= 0 && (d.routeSubj != d.Claims.Subject || token.CheckSubject(d.routeSubj) != nil) && g.fail(d, event.ReasonSubjectMismatch) {
 		return
 	}
 }

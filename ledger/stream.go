@@ -2,15 +2,15 @@ package ledger
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/custos-dev/custos/wire"
 )
 
 // The issuance stream, for gateways running as their own process
@@ -55,19 +55,19 @@ func (l *Ledger) StreamHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
-			writeError(w, http.StatusMethodNotAllowed, "invalid_request", "GET only")
+			wire.WriteError(w, http.StatusMethodNotAllowed, "invalid_request", "GET only")
 			return
 		}
 		fl, ok := w.(http.Flusher)
 		if !ok {
-			writeError(w, http.StatusInternalServerError, "server_error", "streaming unsupported")
+			wire.WriteError(w, http.StatusInternalServerError, "server_error", "streaming unsupported")
 			return
 		}
 		if !l.Fresh() {
 			// Behind the other replicas: a follower would trust a view that
 			// may miss their revocations. It asks another authority, or
 			// looks hashes up here (confirmed with the shared backend).
-			writeError(w, http.StatusServiceUnavailable, "ledger_unavailable", "this replica has not caught up with the other replicas")
+			wire.WriteError(w, http.StatusServiceUnavailable, "ledger_unavailable", "this replica has not caught up with the other replicas")
 			return
 		}
 		// Subscribe before the snapshot so nothing committed in between is lost;
@@ -194,31 +194,29 @@ func (l *Ledger) LookupHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
-			writeError(w, http.StatusMethodNotAllowed, "invalid_request", "POST only")
+			wire.WriteError(w, http.StatusMethodNotAllowed, "invalid_request", "POST only")
 			return
 		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxLookupBody+1))
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "invalid_request", "unreadable body")
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", "unreadable body")
 			return
 		}
 		h, err := ParseLookupRequest(body)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "invalid_request", err.Error())
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 			return
 		}
 		st, exp, err := l.lookup(r.Context(), h)
 		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, "ledger_unavailable", "ledger unavailable")
+			wire.WriteError(w, http.StatusServiceUnavailable, "ledger_unavailable", "ledger unavailable")
 			return
 		}
 		resp := LookupResponse{Status: st.String()}
 		if st != Unknown {
 			resp.Exp = exp.Unix()
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		json.NewEncoder(w).Encode(resp)
+		wire.WriteJSON(w, http.StatusOK, resp)
 	})
 }
 
@@ -232,13 +230,8 @@ func ParseLookupRequest(body []byte) (Hash, error) {
 	var req struct {
 		Hash *string `json:"hash"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return h, fmt.Errorf("%w: body is not a lookup object", ErrBadRequest)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return h, fmt.Errorf("%w: trailing data after object", ErrBadRequest)
+	if err := wire.Unmarshal(body, &req); err != nil {
+		return h, fmt.Errorf("%w: body is not a lookup object: %v", ErrBadRequest, err)
 	}
 	if req.Hash == nil {
 		return h, fmt.Errorf("%w: hash missing", ErrBadRequest)
@@ -256,11 +249,4 @@ func ParseHash(s string) (Hash, error) {
 		return Hash{}, fmt.Errorf("%w: hash must be 64 hex digits", ErrBadRequest)
 	}
 	return h, nil
-}
-
-func writeError(w http.ResponseWriter, code int, errCode, desc string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]string{"error": errCode, "error_description": desc})
 }

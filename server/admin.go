@@ -12,6 +12,7 @@ import (
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/staff"
+	"github.com/custos-dev/custos/wire"
 )
 
 type actorKey struct{}
@@ -50,7 +51,7 @@ func (s *Server) allow(roles []authority.Role, h http.HandlerFunc) http.HandlerF
 	return func(w http.ResponseWriter, r *http.Request) {
 		unauthorized := func(desc string) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="custos", error="invalid_token"`)
-			authority.WriteError(w, http.StatusUnauthorized, "invalid_token", desc)
+			wire.WriteError(w, http.StatusUnauthorized, "invalid_token", desc)
 		}
 		var actor, person string
 		if a := r.Header.Get("Authorization"); a != "" {
@@ -70,7 +71,7 @@ func (s *Server) allow(roles []authority.Role, h http.HandlerFunc) http.HandlerF
 			}
 			if !slices.Contains(roles, cr.Role) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="custos", error="insufficient_scope"`)
-				authority.WriteError(w, http.StatusForbidden, "insufficient_scope",
+				wire.WriteError(w, http.StatusForbidden, "insufficient_scope",
 					fmt.Sprintf("a %s credential may not call this endpoint (it needs %s)", cr.Role, roleList(roles)))
 				return
 			}
@@ -166,10 +167,10 @@ type keyView struct {
 func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) {
 	ks, err := s.Keys.List(r.Context())
 	if err != nil {
-		authority.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
-	authority.WriteJSON(w, http.StatusOK, map[string]any{"keys": ks})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"keys": ks})
 }
 
 type reasonBody struct {
@@ -179,8 +180,8 @@ type reasonBody struct {
 func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 	var b reasonBody
 	if r.ContentLength != 0 {
-		if err := authority.DecodeJSON(r.Body, &b); err != nil {
-			authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		if err := wire.Decode(r.Body, &b); err != nil {
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 			return
 		}
 	}
@@ -189,39 +190,39 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 	}
 	k, err := s.Keys.Rotate(r.Context(), actorOf(r.Context()), b.Reason)
 	if err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "rotation_failed", err.Error())
+		wire.WriteError(w, http.StatusServiceUnavailable, "rotation_failed", err.Error())
 		return
 	}
-	authority.WriteJSON(w, http.StatusOK, k)
+	wire.WriteJSON(w, http.StatusOK, k)
 }
 
 func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request) {
 	var b reasonBody
-	if err := authority.DecodeJSON(r.Body, &b); err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+	if err := wire.Decode(r.Body, &b); err != nil {
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	if strings.TrimSpace(b.Reason) == "" {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", "a reason is required")
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "a reason is required")
 		return
 	}
 	kid := r.PathValue("kid")
 	if err := s.Keys.Revoke(r.Context(), kid, actorOf(r.Context()), b.Reason); err != nil {
 		if errors.Is(err, keys.ErrNotFound) {
-			authority.WriteError(w, http.StatusNotFound, "not_found", "no such key")
+			wire.WriteError(w, http.StatusNotFound, "not_found", "no such key")
 			return
 		}
-		authority.WriteError(w, http.StatusServiceUnavailable, "revocation_failed", err.Error())
+		wire.WriteError(w, http.StatusServiceUnavailable, "revocation_failed", err.Error())
 		return
 	}
 	k, _ := s.Keys.Lookup(kid)
-	authority.WriteJSON(w, http.StatusOK, k)
+	wire.WriteJSON(w, http.StatusOK, k)
 }
 
 func (s *Server) revokedKeys(w http.ResponseWriter, r *http.Request) {
 	ks, err := s.Keys.List(r.Context())
 	if err != nil {
-		authority.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
 	out := []string{}
@@ -230,7 +231,7 @@ func (s *Server) revokedKeys(w http.ResponseWriter, r *http.Request) {
 			out = append(out, k.KID)
 		}
 	}
-	authority.WriteJSON(w, http.StatusOK, out)
+	wire.WriteJSON(w, http.StatusOK, out)
 }
 
 type addClientBody struct {
@@ -241,29 +242,29 @@ type addClientBody struct {
 
 func (s *Server) addClient(w http.ResponseWriter, r *http.Request) {
 	var b addClientBody
-	if err := authority.DecodeJSON(r.Body, &b); err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+	if err := wire.Decode(r.Body, &b); err != nil {
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	if b.HeldBy == "" {
 		b.HeldBy = actorOf(r.Context())
 	}
 	if err := s.journal(r.Context(), "client.add", map[string]any{"name": b.Name, "audience": b.Audience, "held_by": b.HeldBy, "actor": actorOf(r.Context())}); err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
+		wire.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
 		return
 	}
 	c, secret, err := s.Creds.AddClient(r.Context(), b.Name, b.Audience, b.HeldBy)
 	if err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	authority.WriteJSON(w, http.StatusCreated, map[string]any{"client_id": c.ID, "client_secret": secret, "name": c.Name, "audiences": c.Audiences})
+	wire.WriteJSON(w, http.StatusCreated, map[string]any{"client_id": c.ID, "client_secret": secret, "name": c.Name, "audiences": c.Audiences})
 }
 
 func (s *Server) listClients(w http.ResponseWriter, r *http.Request) {
 	cs, err := s.Creds.ListClients(r.Context())
 	if err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
+		wire.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
 		return
 	}
 	live := []authority.Client{}
@@ -272,7 +273,7 @@ func (s *Server) listClients(w http.ResponseWriter, r *http.Request) {
 			live = append(live, c)
 		}
 	}
-	authority.WriteJSON(w, http.StatusOK, map[string]any{"clients": live})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"clients": live})
 }
 
 type addSCIMTokenBody struct {
@@ -283,15 +284,15 @@ type addSCIMTokenBody struct {
 // scim credential named, and provisioning as, the identity provider.
 func (s *Server) addSCIMToken(w http.ResponseWriter, r *http.Request) {
 	var b addSCIMTokenBody
-	if err := authority.DecodeJSON(r.Body, &b); err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+	if err := wire.Decode(r.Body, &b); err != nil {
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	cr, tok, ok := s.addCredential(w, r, addCredentialBody{Name: b.Name, Role: string(authority.RoleSCIM)})
 	if !ok {
 		return
 	}
-	authority.WriteJSON(w, http.StatusCreated, map[string]string{"token": tok, "id": cr.ID})
+	wire.WriteJSON(w, http.StatusCreated, map[string]string{"token": tok, "id": cr.ID})
 }
 
 func (s *Server) journal(ctx context.Context, kind string, v any) error {

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/audit"
-	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/forensics"
 	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/wire"
 )
 
 // DefaultEventRetention is how long access events are kept for forensics
@@ -135,21 +135,21 @@ type holdBody struct {
 // retention deletes neither audit data nor event partitions.
 func (s *Server) holdIncident(w http.ResponseWriter, r *http.Request) {
 	var b holdBody
-	if err := authority.DecodeJSON(r.Body, &b); err != nil || strings.TrimSpace(b.Reason) == "" {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", "a JSON body with a reason is required")
+	if err := wire.Decode(r.Body, &b); err != nil || strings.TrimSpace(b.Reason) == "" {
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "a JSON body with a reason is required")
 		return
 	}
 	id := r.PathValue("id")
 	if _, ok := s.Detect.Incident(id); !ok {
-		authority.WriteError(w, http.StatusNotFound, "not_found", "no such incident")
+		wire.WriteError(w, http.StatusNotFound, "not_found", "no such incident")
 		return
 	}
 	if err := s.Audit.Hold(r.Context(), "incident:"+id, b.Reason+" (by "+actorOf(r.Context())+")"); err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", err.Error())
+		wire.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", err.Error())
 		return
 	}
 	holds, _ := s.Audit.Holds()
-	authority.WriteJSON(w, http.StatusOK, map[string]any{"holds": holds})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"holds": holds})
 }
 
 func (s *Server) releaseIncident(w http.ResponseWriter, r *http.Request) {
@@ -158,7 +158,7 @@ func (s *Server) releaseIncident(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, audit.ErrNotFound) {
 			status = http.StatusNotFound
 		}
-		authority.WriteError(w, status, "release_failed", err.Error())
+		wire.WriteError(w, status, "release_failed", err.Error())
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/staff"
+	"github.com/custos-dev/custos/wire"
 )
 
 // addCredentialBody is the body of POST /v1/credentials.
@@ -31,14 +32,14 @@ type CredentialAnswer struct {
 func (s *Server) addCredentialHandler(w http.ResponseWriter, r *http.Request) {
 	var b addCredentialBody
 	if err := decodeExact(r, &b, "name", "role", "person", "provider"); err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	cr, tok, ok := s.addCredential(w, r, b)
 	if !ok {
 		return
 	}
-	authority.WriteJSON(w, http.StatusCreated, CredentialAnswer{Credential: cr, Token: tok})
+	wire.WriteJSON(w, http.StatusCreated, CredentialAnswer{Credential: cr, Token: tok})
 }
 
 // addCredential checks b, resolves its person (a staff id in any letter
@@ -48,7 +49,7 @@ func (s *Server) addCredential(w http.ResponseWriter, r *http.Request, b addCred
 	ctx := r.Context()
 	role, err := authority.ParseRole(b.Role)
 	if err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return authority.Credential{}, "", false
 	}
 	person := strings.TrimSpace(b.Person)
@@ -59,25 +60,25 @@ func (s *Server) addCredential(w http.ResponseWriter, r *http.Request, b addCred
 		}
 		switch {
 		case errors.Is(err, staff.ErrNotFound):
-			authority.WriteError(w, http.StatusNotFound, "not_found", "no staff identity "+person)
+			wire.WriteError(w, http.StatusNotFound, "not_found", "no staff identity "+person)
 			return authority.Credential{}, "", false
 		case err != nil:
-			authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "the staff directory did not answer")
+			wire.WriteError(w, http.StatusServiceUnavailable, "server_error", "the staff directory did not answer")
 			return authority.Credential{}, "", false
 		case s.Staff.CheckActor(ctx, p.ID) != nil:
-			authority.WriteError(w, http.StatusConflict, "departed", "a credential cannot be bound to a departed staff member")
+			wire.WriteError(w, http.StatusConflict, "departed", "a credential cannot be bound to a departed staff member")
 			return authority.Credential{}, "", false
 		}
 		person = p.ID
 	}
 	actor := actorOf(ctx)
 	if err := s.journal(ctx, "credential.add", map[string]any{"name": b.Name, "role": role, "person": person, "provider": b.Provider, "actor": actor}); err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
+		wire.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
 		return authority.Credential{}, "", false
 	}
 	cr, tok, err := s.Creds.Add(ctx, authority.NewCredential{Name: b.Name, Role: role, Person: person, Provider: b.Provider}, actor)
 	if err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return authority.Credential{}, "", false
 	}
 	return cr, tok, true
@@ -86,10 +87,10 @@ func (s *Server) addCredential(w http.ResponseWriter, r *http.Request, b addCred
 func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) {
 	cs, err := s.Creds.List(r.Context())
 	if err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
+		wire.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
 		return
 	}
-	authority.WriteJSON(w, http.StatusOK, map[string]any{"credentials": cs})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"credentials": cs})
 }
 
 // revokeCredential serves POST /v1/credentials/{id}/revoke; the body, if
@@ -97,8 +98,8 @@ func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) {
 func (s *Server) revokeCredential(w http.ResponseWriter, r *http.Request) {
 	var b reasonBody
 	if r.ContentLength != 0 {
-		if err := authority.DecodeJSON(r.Body, &b); err != nil {
-			authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		if err := wire.Decode(r.Body, &b); err != nil {
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 			return
 		}
 	}
@@ -109,31 +110,31 @@ func (s *Server) revokeCredential(w http.ResponseWriter, r *http.Request) {
 	id := strings.ToLower(strings.TrimSpace(r.PathValue("id")))
 	cur, err := s.Creds.Get(ctx, id)
 	if errors.Is(err, authority.ErrNotFound) || (err == nil && cur.RevokedAt != nil) {
-		authority.WriteError(w, http.StatusNotFound, "not_found", "no live credential "+id)
+		wire.WriteError(w, http.StatusNotFound, "not_found", "no live credential "+id)
 		return
 	}
 	if err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
+		wire.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
 		return
 	}
 	actor := actorOf(ctx)
 	if err := s.journal(ctx, "credential.revoke", map[string]any{"id": id, "name": cur.Name, "role": cur.Role, "reason": b.Reason, "actor": actor}); err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
+		wire.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
 		return
 	}
 	cr, err := s.Creds.Revoke(ctx, id, actor, b.Reason)
 	switch {
 	case errors.Is(err, authority.ErrLastAdmin):
-		authority.WriteError(w, http.StatusConflict, "last_admin", err.Error()+"; add another admin credential first")
+		wire.WriteError(w, http.StatusConflict, "last_admin", err.Error()+"; add another admin credential first")
 		return
 	case errors.Is(err, authority.ErrNotFound):
-		authority.WriteError(w, http.StatusNotFound, "not_found", "no live credential "+id)
+		wire.WriteError(w, http.StatusNotFound, "not_found", "no live credential "+id)
 		return
 	case err != nil:
-		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", err.Error())
+		wire.WriteError(w, http.StatusServiceUnavailable, "server_error", err.Error())
 		return
 	}
-	authority.WriteJSON(w, http.StatusOK, cr)
+	wire.WriteJSON(w, http.StatusOK, cr)
 }
 
 // credentialSelf serves GET /v1/credentials/self: the caller's own
@@ -141,29 +142,29 @@ func (s *Server) revokeCredential(w http.ResponseWriter, r *http.Request) {
 func (s *Server) credentialSelf(w http.ResponseWriter, r *http.Request) {
 	tok, ok := bearerToken(r.Header.Get("Authorization"))
 	if !ok {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", "a bearer credential is required (a console session has none)")
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "a bearer credential is required (a console session has none)")
 		return
 	}
 	cr, err := s.Creds.Authenticate(r.Context(), tok)
 	if err != nil {
-		authority.WriteError(w, http.StatusUnauthorized, "invalid_token", "unknown or revoked credential")
+		wire.WriteError(w, http.StatusUnauthorized, "invalid_token", "unknown or revoked credential")
 		return
 	}
-	authority.WriteJSON(w, http.StatusOK, cr)
+	wire.WriteJSON(w, http.StatusOK, cr)
 }
 
 // decodeExact is authority.DecodeJSON for a body whose top-level keys must
 // be exactly names: encoding/json matches keys in any letter case, so
 // {"role":"gateway","ROLE":"admin"} would otherwise ask for an admin.
 func decodeExact(r *http.Request, v any, names ...string) error {
-	b, err := io.ReadAll(io.LimitReader(r.Body, authority.MaxBodyBytes+1))
+	b, err := io.ReadAll(io.LimitReader(r.Body, wire.MaxBody+1))
 	if err != nil {
 		return fmt.Errorf("failed to read body: %w", err)
 	}
 	if err := checkKeys(b, names); err != nil {
 		return err
 	}
-	return authority.ParseJSON(b, v)
+	return wire.Unmarshal(b, v)
 }
 
 // checkKeys refuses a JSON object with a key that is not one of names

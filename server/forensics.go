@@ -9,9 +9,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/forensics"
+	"github.com/custos-dev/custos/wire"
 )
 
 // maxIndicatorBody bounds the JSON indicators a scope request may carry.
@@ -101,12 +101,12 @@ func (s *Server) incidentAlerts(inc detect.Incident) []detect.Alert {
 func (s *Server) scopeIncident(w http.ResponseWriter, r *http.Request) {
 	inc, ok := s.Detect.Incident(r.PathValue("id"))
 	if !ok {
-		authority.WriteError(w, http.StatusNotFound, "not_found", "no such incident")
+		wire.WriteError(w, http.StatusNotFound, "not_found", "no such incident")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxIndicatorBody))
 	if err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", "failed to read the body: "+err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "failed to read the body: "+err.Error())
 		return
 	}
 	var ind forensics.Indicators
@@ -116,22 +116,22 @@ func (s *Server) scopeIncident(w http.ResponseWriter, r *http.Request) {
 		ind, err = forensics.ParseIndicators(IndicatorSpecs(s.incidentAlerts(inc)))
 	}
 	if err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	if err := s.journal(r.Context(), "incident.scope", map[string]any{"incident": inc.ID, "indicators": ind, "actor": actorOf(r.Context())}); err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the scope could not be recorded in the audit log")
+		wire.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the scope could not be recorded in the audit log")
 		return
 	}
 	if err := s.Forensics.Flush(); err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "server_error", "failed to flush access events: "+err.Error())
+		wire.WriteError(w, http.StatusServiceUnavailable, "server_error", "failed to flush access events: "+err.Error())
 		return
 	}
 	st, err := forensics.OpenWith(filepath.Join(s.Config.Data, EventsDir), forensics.Options{
 		AllowPartial: r.URL.Query().Get("allow_partial") == "true", Now: s.now,
 	})
 	if err != nil {
-		authority.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
 	defer st.Close()
@@ -141,9 +141,9 @@ func (s *Server) scopeIncident(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, forensics.ErrBadFile) {
 			status, code = http.StatusUnprocessableEntity, "unreadable_events"
 		}
-		authority.WriteError(w, status, code, err.Error())
+		wire.WriteError(w, status, code, err.Error())
 		return
 	}
 	defer sc.Close()
-	authority.WriteJSON(w, http.StatusOK, ScopeAnswer{Incident: inc, Scope: sc, Deadlines: forensics.Deadlines(inc.Awareness, s.now())})
+	wire.WriteJSON(w, http.StatusOK, ScopeAnswer{Incident: inc, Scope: sc, Deadlines: forensics.Deadlines(inc.Awareness, s.now())})
 }

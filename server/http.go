@@ -15,6 +15,7 @@ import (
 	"github.com/custos-dev/custos/detect/ingest"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/wire"
 )
 
 // Handler is the API.
@@ -72,7 +73,7 @@ func (s *Server) routes() *http.ServeMux {
 func (s *Server) jwks(w http.ResponseWriter, r *http.Request) {
 	b, err := s.Keys.JWKS()
 	if err != nil {
-		authority.WriteError(w, http.StatusInternalServerError, "server_error", "JWKS unavailable")
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", "JWKS unavailable")
 		return
 	}
 	w.Header().Set("Content-Type", "application/jwk-set+json")
@@ -82,7 +83,7 @@ func (s *Server) jwks(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	iss := s.Config.Issuer
-	authority.WriteJSON(w, http.StatusOK, map[string]any{
+	wire.WriteJSON(w, http.StatusOK, map[string]any{
 		"issuer":                                iss,
 		"jwks_uri":                              iss + "/.well-known/jwks.json",
 		"token_endpoint":                        iss + "/v1/tokens",

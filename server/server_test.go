@@ -203,7 +203,7 @@ func TestStandaloneGateway(t *testing.T) {
 	// The refusal reaches the authority as an access event and raises the
 	// not_issued alert there.
 	waitEvent(t, arrived, func(ev event.Access) bool {
-		return ev.Gateway == "edge-standalone" && ev.Reason == event.ReasonNotIssued && ev.Token.JTI == "forged-2"
+		return ev.Gateway == "edge-standalone" && ev.Reason == event.ReasonNotIssued && ev.Token.JTI == "forged-2" && ev.Reported == ""
 	})
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		found := false

@@ -6,9 +6,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/staff"
+	"github.com/custos-dev/custos/wire"
 )
 
 // HygieneAnswer is the answer of GET /v1/keys/hygiene.
@@ -44,17 +44,17 @@ func hygienePolicy(r *http.Request) (staff.HygienePolicy, error) {
 func (s *Server) keyHygiene(w http.ResponseWriter, r *http.Request) {
 	p, err := hygienePolicy(r)
 	if err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	ks, err := s.Keys.List(r.Context())
 	if err != nil {
-		authority.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
 	fs, err := s.Staff.Hygiene(r.Context(), ks, p)
 	if err != nil {
-		authority.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
 	live := 0
@@ -63,7 +63,7 @@ func (s *Server) keyHygiene(w http.ResponseWriter, r *http.Request) {
 			live++
 		}
 	}
-	authority.WriteJSON(w, http.StatusOK, HygieneAnswer{Policy: p, Keys: live, Findings: fs})
+	wire.WriteJSON(w, http.StatusOK, HygieneAnswer{Policy: p, Keys: live, Findings: fs})
 }
 
 // CustodiansAnswer is the answer of GET and POST /v1/keys/{kid}/custodians.
@@ -81,16 +81,16 @@ type AddCustodianBody struct {
 func (s *Server) writeCustodians(w http.ResponseWriter, r *http.Request, kid string, status int) {
 	cs, err := s.Staff.Custodians(r.Context(), staff.SigningKey, kid)
 	if err != nil {
-		authority.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
-	authority.WriteJSON(w, status, CustodiansAnswer{KID: kid, Custodians: cs})
+	wire.WriteJSON(w, status, CustodiansAnswer{KID: kid, Custodians: cs})
 }
 
 func (s *Server) listCustodians(w http.ResponseWriter, r *http.Request) {
 	kid := r.PathValue("kid")
 	if _, ok := s.Keys.Lookup(kid); !ok {
-		authority.WriteError(w, http.StatusNotFound, "not_found", "no such key")
+		wire.WriteError(w, http.StatusNotFound, "not_found", "no such key")
 		return
 	}
 	s.writeCustodians(w, r, kid, http.StatusOK)
@@ -100,16 +100,16 @@ func (s *Server) listCustodians(w http.ResponseWriter, r *http.Request) {
 func (s *Server) addCustodian(w http.ResponseWriter, r *http.Request) {
 	kid := r.PathValue("kid")
 	if _, ok := s.Keys.Lookup(kid); !ok {
-		authority.WriteError(w, http.StatusNotFound, "not_found", "no such key")
+		wire.WriteError(w, http.StatusNotFound, "not_found", "no such key")
 		return
 	}
 	var b AddCustodianBody
-	if err := authority.DecodeJSON(r.Body, &b); err != nil {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+	if err := wire.Decode(r.Body, &b); err != nil {
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
 	if b.StaffID == "" {
-		authority.WriteError(w, http.StatusBadRequest, "invalid_request", "staff_id is required")
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "staff_id is required")
 		return
 	}
 	if b.Role == "" {
@@ -117,19 +117,19 @@ func (s *Server) addCustodian(w http.ResponseWriter, r *http.Request) {
 	}
 	actor := actorOf(r.Context())
 	if err := s.journal(r.Context(), "custodian.add", map[string]any{"kid": kid, "staff_id": b.StaffID, "role": b.Role, "actor": actor}); err != nil {
-		authority.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
+		wire.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
 		return
 	}
 	if err := s.Staff.AddCustodian(r.Context(), staff.SigningKey, kid, b.StaffID, b.Role, actor); err != nil {
 		switch {
 		case errors.Is(err, staff.ErrNotFound):
-			authority.WriteError(w, http.StatusNotFound, "not_found", "no such staff identity")
+			wire.WriteError(w, http.StatusNotFound, "not_found", "no such staff identity")
 		case errors.Is(err, staff.ErrDeparted):
-			authority.WriteError(w, http.StatusConflict, "departed", "a departed staff member cannot become a custodian")
+			wire.WriteError(w, http.StatusConflict, "departed", "a departed staff member cannot become a custodian")
 		case errors.Is(err, staff.ErrInvalid):
-			authority.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		default:
-			authority.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+			wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		}
 		return
 	}
@@ -140,8 +140,8 @@ func (s *Server) addCustodian(w http.ResponseWriter, r *http.Request) {
 func (s *Server) listStaff(w http.ResponseWriter, r *http.Request) {
 	ps, err := s.Staff.People(r.Context())
 	if err != nil {
-		authority.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+		wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
-	authority.WriteJSON(w, http.StatusOK, map[string]any{"staff": ps})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"staff": ps})
 }

@@ -1,7 +1,7 @@
 package shop
 
 import (
-	"encoding/json"
+	"github.com/custos-dev/custos/wire"
 	"net/http"
 	"strconv"
 )
@@ -78,7 +78,7 @@ func (s *Shop) profile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, _ := s.pop.Profile(id)
-	writeJSON(w, profileAnswer{MemberID: strconv.FormatUint(id, 10), Name: p.Name, Email: p.Email})
+	wire.WriteJSON(w, http.StatusOK, profileAnswer{MemberID: strconv.FormatUint(id, 10), Name: p.Name, Email: p.Email})
 }
 
 func (s *Shop) addresses(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +91,7 @@ func (s *Shop) addresses(w http.ResponseWriter, r *http.Request) {
 	for i, p := range book {
 		a.Addresses[i] = addressEntry{ID: i, Name: p.Name, Phone: p.Phone, Address: p.Address}
 	}
-	writeJSON(w, a)
+	wire.WriteJSON(w, http.StatusOK, a)
 }
 
 func (s *Shop) addressEdit(w http.ResponseWriter, r *http.Request) {
@@ -106,7 +106,7 @@ func (s *Shop) addressEdit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := book[addr]
-	writeJSON(w, editAnswer{MemberID: strconv.FormatUint(id, 10), AddressID: int(addr), Name: p.Name, Phone: p.Phone, EntranceCode: p.EntranceCode})
+	wire.WriteJSON(w, http.StatusOK, editAnswer{MemberID: strconv.FormatUint(id, 10), AddressID: int(addr), Name: p.Name, Phone: p.Phone, EntranceCode: p.EntranceCode})
 }
 
 func (s *Shop) orders(w http.ResponseWriter, r *http.Request) {
@@ -115,16 +115,9 @@ func (s *Shop) orders(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o, _ := s.pop.Orders(id)
-	writeJSON(w, ordersAnswer{MemberID: strconv.FormatUint(id, 10), Orders: o})
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
+	wire.WriteJSON(w, http.StatusOK, ordersAnswer{MemberID: strconv.FormatUint(id, 10), Orders: o})
 }
 
 func notFound(w http.ResponseWriter) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusNotFound)
-	_, _ = w.Write([]byte(`{"error":"not_found","error_description":"no such member or address"}` + "\n"))
+	wire.WriteError(w, http.StatusNotFound, "not_found", "no such member or address")
 }

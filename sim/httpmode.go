@@ -499,7 +499,9 @@ func (h *HTTPReplay) Close() error {
 		h.Server.Close()
 	}
 	if h.ownData {
-		os.RemoveAll(h.opts.Data)
+		// h.Data, not h.opts.Data: the temporary directory is made after
+		// the options were copied.
+		return os.RemoveAll(h.Data)
 	}
 	return nil
 }

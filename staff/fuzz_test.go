@@ -15,6 +15,8 @@ func FuzzSCIMUserPOST(f *testing.F) {
 	f.Add(`{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"userName":1}`)
 	f.Add(`{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User","` + StaffSchema + `"],"userName":"x","` + StaffSchema + `":{"endDate":"2025-01-01T00:00:00"}}`)
 	f.Add(`[]`)
+	f.Add("{\"schemas\":[\"urn:ietf:params:scim:schemas:core:2.0:User\"],\"userName\":\"a\u202eb\"}")
+	f.Add("{\"schemas\":[\"urn:ietf:params:scim:schemas:core:2.0:User\"],\"userName\":\"a\",\"name\":{\"givenName\":\"\\u0000\"}}")
 	e := newEnv(f, nil)
 	f.Fuzz(func(t *testing.T, body string) {
 		before := countPeople(t, e)
@@ -24,6 +26,11 @@ func FuzzSCIMUserPOST(f *testing.F) {
 		}
 		if code != 201 && countPeople(t, e) != before {
 			t.Fatalf("refused body (%d) created a user", code)
+		}
+		if code == 201 {
+			if serr := checkStrings("", resp); serr != nil {
+				t.Fatalf("created a user from %q with %s", body, serr.Detail)
+			}
 		}
 	})
 }

@@ -21,6 +21,8 @@ import (
 	"github.com/elimity-com/scim/optional"
 	"github.com/elimity-com/scim/schema"
 	fp "github.com/scim2/filter-parser/v2"
+
+	"github.com/custos-dev/custos/wire"
 )
 
 // StaffSchema is the SCIM extension carrying what the core User schema lacks:
@@ -270,11 +272,17 @@ func prepareBody(method, path string, body []byte) ([]byte, *scimerr.ScimError) 
 	if !users && !groups {
 		return body, nil
 	}
+	if err := wire.CheckKeys(body); err != nil {
+		return nil, invalid(scimerr.ScimTypeInvalidSyntax, "the body is not a strict JSON object: "+err.Error())
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var doc map[string]any
 	if err := dec.Decode(&doc); err != nil || dec.More() {
 		return nil, invalid(scimerr.ScimTypeInvalidSyntax, "the body is not a JSON object")
+	}
+	if serr := checkStrings("", doc); serr != nil {
+		return nil, serr
 	}
 	if method == http.MethodPatch {
 		if !users {
@@ -323,6 +331,67 @@ func prepareBody(method, path string, body []byte) ([]byte, *scimerr.ScimError) 
 		}
 	}
 	return body, nil
+}
+
+// checkStrings refuses a control character (C0, DEL, C1), a bidirectional
+// formatting character, a zero-width character or a line separator in any
+// attribute name or string value of v, at any depth. An identity provider
+// has no reason to send one, and each can make a userName, a display name or
+// an audit line read as something else. The one exception is a line break
+// in a "formatted" value, which RFC 7643 §4.1.2 defines as multi-line.
+func checkStrings(at string, v any) *scimerr.ScimError {
+	switch v := v.(type) {
+	case string:
+		multiLine := strings.EqualFold(at[strings.LastIndexByte(at, '.')+1:], "formatted")
+		for i, r := range v {
+			if (r == '\n' || r == '\r') && multiLine {
+				continue
+			}
+			if forbiddenRune(r) {
+				return invalid(scimerr.ScimTypeInvalidValue, fmt.Sprintf("%s holds the control or formatting character %U at byte %d", orBody(at), r, i))
+			}
+		}
+	case map[string]any:
+		for k, x := range v {
+			for _, r := range k {
+				if forbiddenRune(r) {
+					return invalid(scimerr.ScimTypeInvalidValue, fmt.Sprintf("an attribute name in %s holds the control or formatting character %U", orBody(at), r))
+				}
+			}
+			if at != "" {
+				k = at + "." + k
+			}
+			if serr := checkStrings(k, x); serr != nil {
+				return serr
+			}
+		}
+	case []any:
+		for _, x := range v {
+			if serr := checkStrings(at, x); serr != nil {
+				return serr
+			}
+		}
+	}
+	return nil
+}
+
+func orBody(at string) string {
+	if at == "" {
+		return "the body"
+	}
+	return fmt.Sprintf("%q", at)
+}
+
+func forbiddenRune(r rune) bool {
+	switch {
+	case r < 0x20, r >= 0x7f && r <= 0x9f: // C0, DEL, C1
+		return true
+	case r == 0x061c, r == 0x200e, r == 0x200f, r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069: // bidi
+		return true
+	case r >= 0x200b && r <= 0x200d, r == 0x2060, r == 0xfeff, r == 0x2028, r == 0x2029: // zero width, separators
+		return true
+	}
+	return false
 }
 
 func stringBool(v any) (bool, bool) {

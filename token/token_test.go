@@ -276,19 +276,18 @@ func FuzzParse(f *testing.F) {
 	f.Add(craft(priv, `{"alg":"EdDSA","kid":"k1","typ":"at+jwt","crit":["x"]}`, `{}`))
 	f.Add("a.b.c")
 	f.Add("..")
-	if dir, err := findVectors(); err == nil {
-		for _, name := range []string{"json_web_signature_test.json", "json_web_key_test.json"} {
-			b, err := os.ReadFile(filepath.Join(dir, name))
-			if err != nil {
-				continue
-			}
-			var jf jwsFile
-			if json.Unmarshal(b, &jf) == nil {
-				for _, g := range jf.TestGroups {
-					for _, tc := range g.Tests {
-						f.Add(tc.JWS)
-					}
-				}
+	for _, name := range []string{"json_web_signature_test.json", "json_web_key_test.json"} {
+		b, err := os.ReadFile(filepath.Join(vectorsDir, name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		var jf jwsFile
+		if err := json.Unmarshal(b, &jf); err != nil {
+			f.Fatal(err)
+		}
+		for _, g := range jf.TestGroups {
+			for _, tc := range g.Tests {
+				f.Add(tc.JWS)
 			}
 		}
 	}
@@ -311,25 +310,6 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("fuzzer forged a signature: %q", raw)
 		}
 	})
-}
-
-func findVectors() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			v := filepath.Join(dir, "..", "shared", "vectors", "wycheproof")
-			_, err := os.Stat(v)
-			return v, err
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", os.ErrNotExist
-		}
-		dir = parent
-	}
 }
 
 func BenchmarkVerifyRawEd25519(b *testing.B) {

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -131,7 +130,9 @@ func init() {
 access logs from FILE (or standard input for -), reports each malformed line
 with its number on standard error and posts the good lines in batches to
 POST /v1/events on the running server, which checks bearer tokens the lines
-carry against its issuance ledger.
+carry against its issuance ledger. The server marks these events as reported
+by a log ("reported":"log"): their reasons are the log's claims, so a claimed
+not_issued raises reported_not_issued, never the critical not_issued alert.
 
 Exit status 0 when events were sent, even if some lines were malformed (they
 are counted); 2 when nothing could be read.`,
@@ -207,11 +208,7 @@ func postEvents(ctx context.Context, c *api.Client, format string, body []byte, 
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		e := &api.Error{Status: resp.StatusCode}
-		if json.Unmarshal(b, e) != nil || e.Code == "" {
-			e.Code, e.Description = http.StatusText(resp.StatusCode), strings.TrimSpace(string(b))
-		}
-		return e
+		return api.ErrorOf(resp.StatusCode, b)
 	}
 	return json.Unmarshal(b, out)
 }

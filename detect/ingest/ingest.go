@@ -18,6 +18,7 @@ import (
 
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/wire"
 )
 
 // Formats understood by Read.
@@ -29,6 +30,9 @@ const (
 
 // MaxLine bounds one input line; longer lines are counted as malformed.
 const MaxLine = 1 << 20
+
+// MaxBody bounds the body of POST /v1/events (64 MiB).
+const MaxBody = 64 << 20
 
 // maxErrors bounds the line errors a Stats keeps (all are counted).
 const maxErrors = 100
@@ -55,6 +59,10 @@ type Options struct {
 	Format     string
 	Provenance Provenance // optional
 	Gateway    string     // gateway name for foreign events; default the format
+	// Gateway's own: the lines are the access events of a custos gateway
+	// forwarding what it checked itself, and are not marked as reported by
+	// a log. Every other line gets Reported = event.ReportedLog.
+	GatewayOwn bool
 }
 
 // LineError is one malformed line.
@@ -100,6 +108,9 @@ func ReadWith(ctx context.Context, r io.Reader, o Options, fn func(event.Access)
 				} else {
 					if o.Gateway != "" && ev.Gateway == "" {
 						ev.Gateway = o.Gateway
+					}
+					if !o.GatewayOwn || o.Format != FormatCustos {
+						ev.Reported = event.ReportedLog
 					}
 					st.check(ctx, o.Provenance, &ev, tok)
 					st.Events++
@@ -190,7 +201,7 @@ func ParseLine(format string, line []byte) (event.Access, string, error) {
 	switch format {
 	case FormatCustos:
 		var ev event.Access
-		if err := json.Unmarshal(line, &ev); err != nil {
+		if err := wire.Unmarshal(line, &ev); err != nil {
 			return ev, "", fmt.Errorf("%w: %v", ErrLine, err)
 		}
 		if ev.Time.IsZero() {
@@ -198,6 +209,9 @@ func ParseLine(format string, line []byte) (event.Access, string, error) {
 		}
 		return ev, "", nil
 	case FormatNginx, FormatEnvoy:
+		if err := wire.CheckKeys(line); err != nil {
+			return event.Access{}, "", fmt.Errorf("%w: %v", ErrLine, err)
+		}
 		var m map[string]any
 		if err := json.Unmarshal(line, &m); err != nil {
 			return event.Access{}, "", fmt.Errorf("%w: %v", ErrLine, err)
@@ -381,14 +395,22 @@ func fill(ev *event.Access, m map[string]any, tok string) {
 	}
 }
 
+// SourceGateway is the value of POST /v1/events?source= with which a custos
+// gateway forwards its own access events (format custos).
+const SourceGateway = "gateway"
+
 // Handler serves POST /v1/events: a body of JSON lines in the format named
-// by ?format= (default custos). Each good line goes to fn; the answer counts
-// events and malformed lines. Authentication is the caller's to wrap.
+// by ?format= (default custos). The whole body is read first: a body that
+// cannot be read, or has no valid line, is refused with 400 and nothing goes
+// to fn; otherwise every good line goes to fn and the answer counts events
+// and malformed (rejected) lines, with the first line errors. Events are
+// marked as reported by a log unless ?source=gateway says a custos gateway
+// forwards its own. Authentication is the caller's to wrap.
 func Handler(prov Provenance, fn func(event.Access)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", "POST")
-			writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "invalid_request", "error_description": "POST only"})
+			wire.WriteError(w, http.StatusMethodNotAllowed, "invalid_request", "POST only")
 			return
 		}
 		f := r.URL.Query().Get("format")
@@ -396,20 +418,28 @@ func Handler(prov Provenance, fn func(event.Access)) http.Handler {
 			f = FormatCustos
 		}
 		if !validFormat(f) {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "unknown format"})
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", "unknown format")
 			return
 		}
-		st, err := ReadWith(r.Context(), http.MaxBytesReader(w, r.Body, 64<<20), Options{Format: f, Provenance: prov}, fn)
+		src := r.URL.Query().Get("source")
+		if src != "" && (src != SourceGateway || f != FormatCustos) {
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", "source=gateway is the only source, with format custos")
+			return
+		}
+		var evs []event.Access
+		st, err := ReadWith(r.Context(), http.MaxBytesReader(w, r.Body, MaxBody), Options{Format: f, Provenance: prov, GatewayOwn: src == SourceGateway}, func(ev event.Access) {
+			evs = append(evs, ev)
+		})
+		if err == nil && st.Events == 0 {
+			err = fmt.Errorf("no valid line among %d (%d malformed)", st.Lines, st.Malformed)
+		}
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_request", "error_description": err.Error(), "stats": st})
+			wire.WriteJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_request", "error_description": err.Error(), "stats": st})
 			return
 		}
-		writeJSON(w, http.StatusOK, st)
+		for _, ev := range evs {
+			fn(ev)
+		}
+		wire.WriteJSON(w, http.StatusOK, st)
 	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }

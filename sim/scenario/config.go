@@ -15,7 +15,7 @@ func kst(y int, m time.Month, d, hh, mm int) time.Time {
 	return time.Date(y, m, d, hh, mm, 0, 0, KST)
 }
 
-// Defaults at scale 1, from the scenario file (docs: ../shared/scenario/coupang-2025.md).
+// Defaults at scale 1, from the scenario file (scenario/coupang-2025.md, named in docs/DESIGN.md).
 const (
 	DefaultMembers     = 33_700_000  // accounts disclosed
 	DefaultMissingIDs  = 44_000_000  // tokens minted for member IDs that did not exist
