@@ -39,15 +39,15 @@ func progress(w io.Writer, what string, quiet bool) (func(done, total uint64), f
 
 // simFlags are the simulate coupang command's flags.
 type simFlags struct {
-	scale                      float64
-	seed, normalPerDay         uint64
-	mode, scopeDir, cpuProfile string
-	worlds, attackers          []string
-	asJSON, quiet, noScope     bool
-	attackRate                 float64
-	distSources, slowSources   int
-	perSource, replayed        uint64
-	slowEvery                  time.Duration
+	scale                            float64
+	seed, normalPerDay               uint64
+	mode, scopeDir, cpuProfile       string
+	worlds, attackers                []string
+	asJSON, quiet, noScope, domestic bool
+	attackRate                       float64
+	distSources, slowSources         int
+	perSource, replayed              uint64
+	slowEvery                        time.Duration
 }
 
 func init() {
@@ -66,6 +66,7 @@ func init() {
 			}
 			cfg.AttackRate, cfg.DistributedSources, cfg.MembersPerSource = f.attackRate, f.distSources, f.perSource
 			cfg.SlowSources, cfg.SlowEvery, cfg.ReplayedTokens = f.slowSources, f.slowEvery, f.replayed
+			cfg.AttackDomestic = f.domestic
 			variants, err := scenario.ParseVariants(f.attackers)
 			if err != nil {
 				return usageErr("--attacker: %v", err)
@@ -152,6 +153,7 @@ func init() {
 	fl.Uint64Var(&f.perSource, "members-per-source", def.MembersPerSource, "distributed: members read from one source before the next takes over")
 	fl.IntVar(&f.slowSources, "slow-sources", def.SlowSources, "low-and-slow: sources taking turns")
 	fl.DurationVar(&f.slowEvery, "slow-every", def.SlowEvery, "low-and-slow: time between two requests of one source")
+	fl.BoolVar(&f.domestic, "attack-domestic", false, "stolen-client-secret, replayed-tokens: send from domestic sources (as many as the crawler's networks) instead of abroad")
 	fl.Uint64Var(&f.replayed, "replayed-tokens", def.ReplayedTokens, "replayed-tokens: customer tokens replayed, at scale 1")
 	simulate.AddCommand(coupang)
 	root.AddCommand(simulate)

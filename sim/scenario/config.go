@@ -82,6 +82,9 @@ type Config struct {
 	SlowSources        int           `json:"slow_sources"`
 	SlowEvery          time.Duration `json:"slow_every"`
 	ReplayedTokens     uint64        `json:"replayed_tokens"`
+	// AttackDomestic: stolen-client-secret and replayed-tokens send from
+	// AttackNetworks domestic sources instead of overseas networks.
+	AttackDomestic bool `json:"attack_domestic"`
 }
 
 // DefaultConfig returns the scenario of the scenario file at scale 1, seed 1.

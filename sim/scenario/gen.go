@@ -84,6 +84,8 @@ type attacker struct {
 	rotate  uint64
 	variant Variant
 	sources int // distributed and low-and-slow: how many sources
+	// home: the fast variants send from AttackNetworks domestic sources
+	home bool
 }
 
 func newAttacker(cfg Config) attacker {
@@ -93,6 +95,8 @@ func newAttacker(cfg Config) attacker {
 		a.sources, a.rotate = cfg.DistributedSources, cfg.MembersPerSource
 	case LowAndSlow:
 		a.sources, a.rotate = cfg.SlowSources, 1
+	case StolenClientSecret, ReplayedTokens:
+		a.home, a.sources = cfg.AttackDomestic, cfg.AttackNetworks
 	}
 	return a
 }
@@ -109,6 +113,9 @@ type origin struct {
 // origin returns the address and user agent of a stream's k-th block of
 // requests: the crawler keeps one address for rotate requests, then moves on.
 func (a attacker) origin(tag, block uint64, uas []string) origin {
+	if a.home {
+		return a.domestic(tag, block%uint64(a.sources))
+	}
 	switch a.variant {
 	case Distributed:
 		return a.domestic(tag, block%uint64(a.sources))
@@ -131,7 +138,7 @@ func (a attacker) origin(tag, block uint64, uas []string) origin {
 func (a attacker) domestic(tag, j uint64) origin {
 	h := mix(a.seed ^ mix(tagVariant<<56^tag<<48^j))
 	b := domesticNets[h%uint64(len(domesticNets))]
-	ip := netip.AddrFrom4([4]byte{b.a, b.b, byte(j) ^ byte(h>>8), byte(1 + (h>>16)%254)})
+	ip := netip.AddrFrom4([4]byte{b.a, b.b + byte((h>>48)%8), byte(j) ^ byte(h>>8), byte(1 + (h>>16)%254)})
 	uas := mobileUAs
 	if (h>>24)%10 >= 7 {
 		uas = desktopUAs

@@ -32,7 +32,8 @@ const (
 	StolenKey Variant = "stolen-key"
 	// StolenClientSecret: the login service's client secret is stolen; the
 	// authority issues real, ledgered tokens for sequential members with no
-	// login session behind them, from an overseas network (AttackRate).
+	// login session behind them, from an overseas network (AttackRate; from
+	// AttackNetworks domestic sources with AttackDomestic).
 	StolenClientSecret Variant = "stolen-client-secret"
 	// Distributed: the crawl with forged tokens spread over DistributedSources
 	// domestic sources (their own /24, ASN and user agent each), each reading
@@ -42,7 +43,8 @@ const (
 	// sources taking turns, each sending one request every SlowEvery.
 	LowAndSlow Variant = "low-and-slow"
 	// ReplayedTokens: real customers' tokens (ReplayedTokens of them, random
-	// members) copied and replayed from abroad (AttackRate). With DPoP-bound
+	// members) copied and replayed from abroad (AttackRate; from home with
+	// AttackDomestic). With DPoP-bound
 	// tokens none would be served; the replay does not model binding yet.
 	ReplayedTokens Variant = "replayed-tokens"
 )
