@@ -42,7 +42,8 @@ type CustosOptions struct {
 	// departure does not rotate it; only the rotation schedule kills it.
 	NoLifecycle bool
 	// Contain turns on automatic containment: a not_issued or decoy_subject
-	// alert revokes the key that signed the token and blocks the source /24.
+	// alert revokes the key that signed the token; a foreign_origin alert
+	// blocks the source network for a day.
 	Contain bool
 	// Policy is the key policy (keys.DefaultPolicy() when zero).
 	Policy keys.Policy
@@ -78,6 +79,7 @@ type Custos struct {
 	firstBhv    time.Time
 	firstBhvRul string
 	forgedAtk   bool // the attacker's tokens are forged with the copied key
+	lastServed  time.Time // the last real-token attack request served
 	containment time.Time
 	falseAlarms int64
 	attackSeqs  bitset
@@ -128,6 +130,10 @@ func NewCustos(s *scenario.Scenario, o CustosOptions) (*Custos, error) {
 		}
 		cfg.Containment[detect.RuleNotIssued] = detect.ContainPolicy{Action: detect.ActionRevokeKey}
 		cfg.Containment[detect.RuleDecoySubject] = detect.ContainPolicy{Action: detect.ActionRevokeKey}
+		// A real token (the attacker's own, issued with a stolen client
+		// secret, or a customer's, replayed) used from abroad: the shop
+		// serves one country, so its network is cut off for a day.
+		cfg.Containment[detect.RuleForeignOrigin] = detect.ContainPolicy{Action: detect.ActionBlockSource, For: 24 * time.Hour}
 	}
 	c := &Custos{o: o, tl: s.Timeline(), pop: s.Population(), exposure: NewExposure(s.Population()),
 		attackSeqs: newBitset(s.Expected() + 1), maxSeq: s.Expected()}
@@ -352,6 +358,7 @@ func (c *Custos) decide(r *scenario.Request, ev *event.Access) {
 		}
 		ev.Verdict = event.Allow
 		c.served++
+		c.lastServed = r.Time
 		c.exposure.Add(r)
 		return
 	}
@@ -583,6 +590,11 @@ func (c *Custos) World(ctx context.Context) (World, error) {
 	w.FalseAlarms = c.falseAlarms
 	if c.forgedAtk && w.Containment.IsZero() && !c.keyDied.IsZero() && !c.keyDied.After(c.tl.FirstForged) {
 		w.Containment = c.keyDied
+	}
+	if !c.forgedAtk && !w.Containment.IsZero() && c.lastServed.After(w.Containment) {
+		// A block stopped one source, not the attack.
+		w.Containment = time.Time{}
+		w.Notes = append(w.Notes, "sources blocked, but the attack was served until "+c.lastServed.In(scenario.KST).Format(timeLayout))
 	}
 	c.exposure.Fill(&w)
 	if c.killedBy != "" {
