@@ -78,7 +78,7 @@ type Custos struct {
 	firstRule   string
 	firstBhv    time.Time
 	firstBhvRul string
-	forgedAtk   bool // the attacker's tokens are forged with the copied key
+	forgedAtk   bool      // the attacker's tokens are forged with the copied key
 	lastServed  time.Time // the last real-token attack request served
 	containment time.Time
 	falseAlarms int64
