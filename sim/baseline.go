@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"time"
+
 	"math/bits"
 
 	"github.com/custos-dev/custos/event"
@@ -144,6 +146,7 @@ type Baseline struct {
 	tl       scenario.Timeline
 	hist     scenario.Historical
 	exposure *Exposure
+	variant  scenario.Variant
 	sent     int64
 	served   int64
 	normal   int64
@@ -153,17 +156,17 @@ var _ Observer = (*Baseline)(nil)
 
 // NewBaseline returns the baseline world for s.
 func NewBaseline(s *scenario.Scenario) *Baseline {
-	return &Baseline{tl: s.Timeline(), hist: s.Historical(), exposure: NewExposure(s.Population())}
+	return &Baseline{tl: s.Timeline(), hist: s.Historical(), exposure: NewExposure(s.Population()), variant: s.Config().AttackerVariant()}
 }
 
 // Observe serves r as a signature-only gateway would.
 func (b *Baseline) Observe(r *scenario.Request) {
-	if r.Token != scenario.Forged {
+	if !r.Kind.Attack() {
 		b.normal++
 		return
 	}
 	b.sent++
-	if !r.Time.Before(b.tl.Revoked) {
+	if r.Token == scenario.Forged && !r.Time.Before(b.tl.Revoked) {
 		return // the key is revoked: the signature no longer verifies
 	}
 	b.served++
@@ -188,6 +191,12 @@ func (b *Baseline) World() World {
 			"key never rotated at the custodian's departure; revoked " + b.tl.Revoked.Format("2006-01-02") + " (historical)",
 			"time to scope: from awareness to the published investigation results (historical)",
 		},
+	}
+	if b.variant != scenario.StolenKey {
+		// The published timeline is the stolen-key attack's; another
+		// attacker meets a gateway without detection and is never stopped.
+		w.KeyDied, w.FirstAlert, w.AlertDelay, w.Containment, w.TimeToScope = time.Time{}, time.Time{}, 0, time.Time{}, 0
+		w.Notes = []string{"signature-only gateway, no detection: the " + string(b.variant) + " attacker is served throughout"}
 	}
 	b.exposure.Fill(&w)
 	return w

@@ -42,7 +42,8 @@ type CustosOptions struct {
 	// departure does not rotate it; only the rotation schedule kills it.
 	NoLifecycle bool
 	// Contain turns on automatic containment: a not_issued or decoy_subject
-	// alert revokes the key that signed the token and blocks the source /24.
+	// alert revokes the key that signed the token; a foreign_origin alert
+	// blocks the source network for a day.
 	Contain bool
 	// Policy is the key policy (keys.DefaultPolicy() when zero).
 	Policy keys.Policy
@@ -74,6 +75,11 @@ type Custos struct {
 	killedBy    string
 	blocks      []block
 	firstAlert  time.Time
+	firstRule   string
+	firstBhv    time.Time
+	firstBhvRul string
+	forgedAtk   bool      // the attacker's tokens are forged with the copied key
+	lastServed  time.Time // the last real-token attack request served
 	containment time.Time
 	falseAlarms int64
 	attackSeqs  bitset
@@ -124,11 +130,19 @@ func NewCustos(s *scenario.Scenario, o CustosOptions) (*Custos, error) {
 		}
 		cfg.Containment[detect.RuleNotIssued] = detect.ContainPolicy{Action: detect.ActionRevokeKey}
 		cfg.Containment[detect.RuleDecoySubject] = detect.ContainPolicy{Action: detect.ActionRevokeKey}
+		// A real token (the attacker's own, issued with a stolen client
+		// secret, or a customer's, replayed) used from abroad: the shop
+		// serves one country, so its network is cut off for a day.
+		cfg.Containment[detect.RuleForeignOrigin] = detect.ContainPolicy{Action: detect.ActionBlockSource, For: 24 * time.Hour}
 	}
 	c := &Custos{o: o, tl: s.Timeline(), pop: s.Population(), exposure: NewExposure(s.Population()),
 		attackSeqs: newBitset(s.Expected() + 1), maxSeq: s.Expected()}
 	c.attackIDs.block = cmp.Or(cfg.IDCoverage.Block, detect.DefaultCoverageBlock)
 	c.attackIDs.window = cmp.Or(cfg.IDCoverage.Window, detect.DefaultCoverageWindow)
+	switch s.Config().AttackerVariant() {
+	case scenario.StolenKey, scenario.Distributed, scenario.LowAndSlow:
+		c.forgedAtk = true
+	}
 	eng, err := detect.New(cfg, func() time.Time { return time.Unix(0, c.now.Load()).UTC() })
 	if err != nil {
 		return nil, err
@@ -169,7 +183,7 @@ func (c *Custos) Observe(r *scenario.Request) {
 	var ev event.Access
 	c.decide(r, &ev)
 	c.now.Store(r.Time.UnixNano())
-	c.mark(r.Seq, &ev)
+	c.mark(r.Seq, r.Kind.Attack(), &ev)
 	if r.Login {
 		c.engine.Login(r.TokenID, r.Time)
 	}
@@ -191,6 +205,7 @@ type evBatch struct {
 	evs   []event.Access
 	seqs  []uint64
 	login []bool
+	atk   []bool
 	refs  atomic.Int32 // writers yet to finish with it
 }
 
@@ -272,7 +287,7 @@ func (c *Custos) consume(in <-chan *chunk, release func(*chunk), done *atomic.Ui
 			defer close(toWrite)
 			for b := range toDetect {
 				for i := range b.evs {
-					c.mark(b.seqs[i], &b.evs[i])
+					c.mark(b.seqs[i], b.atk[i], &b.evs[i])
 					if b.login[i] {
 						c.engine.Login(b.evs[i].Token.JTI, b.evs[i].Time)
 					}
@@ -288,17 +303,17 @@ func (c *Custos) consume(in <-chan *chunk, release func(*chunk), done *atomic.Ui
 		select {
 		case b = <-free:
 		default:
-			b = &evBatch{evs: make([]event.Access, chunkSize), seqs: make([]uint64, chunkSize), login: make([]bool, chunkSize)}
+			b = &evBatch{evs: make([]event.Access, chunkSize), seqs: make([]uint64, chunkSize), login: make([]bool, chunkSize), atk: make([]bool, chunkSize)}
 		}
 		n := len(ch.reqs)
-		b.evs, b.seqs, b.login = b.evs[:n], b.seqs[:n], b.login[:n]
+		b.evs, b.seqs, b.login, b.atk = b.evs[:n], b.seqs[:n], b.login[:n], b.atk[:n]
 		for i := range ch.reqs {
 			r := &ch.reqs[i]
 			c.decide(r, &b.evs[i])
-			b.seqs[i], b.login[i] = r.Seq, r.Login
+			b.seqs[i], b.login[i], b.atk[i] = r.Seq, r.Login, r.Kind.Attack()
 			if c.o.Contain {
 				c.now.Store(r.Time.UnixNano())
-				c.mark(r.Seq, &b.evs[i])
+				c.mark(r.Seq, b.atk[i], &b.evs[i])
 				if r.Login {
 					c.engine.Login(r.TokenID, r.Time)
 				}
@@ -324,13 +339,29 @@ func (c *Custos) consume(in <-chan *chunk, release func(*chunk), done *atomic.Ui
 // counts what was sent and served.
 func (c *Custos) decide(r *scenario.Request, ev *event.Access) {
 	r.AccessInto("custos-gw", ev)
-	if r.Token != scenario.Forged {
+	if !r.Kind.Attack() {
 		c.normal++
 		ev.Token.KID = liveKID
 		ev.Verdict = event.Allow
 		return
 	}
 	c.sent++
+	if r.Token != scenario.Forged {
+		// A real token (issued with the stolen client secret, or a
+		// customer's, replayed): signature, ledger and subject binding pass;
+		// only a block of its source stops it. Bound (DPoP) tokens are not
+		// modelled.
+		ev.Token.KID = liveKID
+		if c.blocked(r) {
+			ev.Verdict, ev.Reason, ev.Status = event.Deny, event.ReasonBlockedSource, 403
+			return
+		}
+		ev.Verdict = event.Allow
+		c.served++
+		c.lastServed = r.Time
+		c.exposure.Add(r)
+		return
+	}
 	ev.Token.KID = stolenKID
 	if reason, deny := c.verdict(r); deny {
 		ev.Verdict, ev.Reason, ev.Status = event.Deny, reason, 401
@@ -341,10 +372,10 @@ func (c *Custos) decide(r *scenario.Request, ev *event.Access) {
 	}
 }
 
-// mark records that request seq, about to reach detection, was forged, so
-// that alerts can be told apart from false alarms.
-func (c *Custos) mark(seq uint64, ev *event.Access) {
-	if ev.Token.KID == stolenKID && seq <= c.maxSeq {
+// mark records that request seq, about to reach detection, was the
+// attacker's, so that alerts can be told apart from false alarms.
+func (c *Custos) mark(seq uint64, attack bool, ev *event.Access) {
+	if attack && seq <= c.maxSeq {
 		c.attackSeqs.add(seq)
 		c.attackHours.mark(ev.Route, ev.Time)
 		c.attackIDs.mark(ev.Subject, ev.Time)
@@ -426,6 +457,21 @@ func (a *attackHours) had(route string, t time.Time) bool {
 	return a.hours[route][t.Unix()/3600]
 }
 
+// blocked reports whether containment blocks r's source now.
+func (c *Custos) blocked(r *scenario.Request) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, b := range c.blocks {
+		if b.p.Contains(r.SrcIP) && r.Time.Before(b.until) {
+			if c.containment.IsZero() {
+				c.containment = r.Time
+			}
+			return true
+		}
+	}
+	return false
+}
+
 // verdict applies the gateway's checks, in its order, to a forged token.
 func (c *Custos) verdict(r *scenario.Request) (event.Reason, bool) {
 	c.mu.Lock()
@@ -489,7 +535,14 @@ func (c *Custos) onAlert(a detect.Alert) {
 		at = c.simNow()
 	}
 	if c.firstAlert.IsZero() || at.Before(c.firstAlert) {
-		c.firstAlert = at
+		c.firstAlert, c.firstRule = at, a.Rule
+	}
+	switch a.Rule {
+	case detect.RuleNotIssued, detect.RuleRevokedKey, detect.RuleDecoySubject, detect.RuleDepartedCred:
+	default:
+		if c.firstBhv.IsZero() || at.Before(c.firstBhv) {
+			c.firstBhv, c.firstBhvRul = at, a.Rule
+		}
 	}
 }
 
@@ -527,15 +580,21 @@ func (c *Custos) ForceRelogin(ctx context.Context, subject, reason string) error
 func (c *Custos) World(ctx context.Context) (World, error) {
 	c.flush()
 	w := World{
-		Name: c.o.Name, KeyDied: c.keyDied, FirstAlert: c.firstAlert, Containment: c.containment,
+		Name: c.o.Name, KeyDied: c.keyDied, FirstAlert: c.firstAlert, FirstAlertRule: c.firstRule,
+		FirstBehaviour: c.firstBhv, FirstBehaviourRule: c.firstBhvRul, Containment: c.containment,
 		ForgedSent: c.sent, ForgedServed: c.served, NormalRequests: c.normal,
 	}
 	if !w.FirstAlert.IsZero() {
 		w.AlertDelay = w.FirstAlert.Sub(c.tl.FirstForged)
 	}
 	w.FalseAlarms = c.falseAlarms
-	if w.Containment.IsZero() && !c.keyDied.IsZero() && !c.keyDied.After(c.tl.FirstForged) {
+	if c.forgedAtk && w.Containment.IsZero() && !c.keyDied.IsZero() && !c.keyDied.After(c.tl.FirstForged) {
 		w.Containment = c.keyDied
+	}
+	if !c.forgedAtk && !w.Containment.IsZero() && c.lastServed.After(w.Containment) {
+		// A block stopped one source, not the attack.
+		w.Containment = time.Time{}
+		w.Notes = append(w.Notes, "sources blocked, but the attack was served until "+c.lastServed.In(scenario.KST).Format(timeLayout))
 	}
 	c.exposure.Fill(&w)
 	if c.killedBy != "" {

@@ -177,7 +177,7 @@ func TestRouteVolumeAlertAttribution(t *testing.T) {
 	crawl := time.Date(2025, 6, 24, 10, 20, 0, 0, time.UTC)
 	forged := event.Access{Route: route, Time: crawl}
 	forged.Token.KID = stolenKID
-	c.mark(1, &forged)
+	c.mark(1, true, &forged)
 	ordinary := []string{"r2"} // request 2 was not marked as forged
 	c.onAlert(detect.Alert{Rule: detect.RuleRouteVolume, Entity: "route:" + route, Raised: crawl.Add(30 * time.Minute), Samples: ordinary})
 	if c.falseAlarms != 0 {

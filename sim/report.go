@@ -16,6 +16,7 @@ import (
 type Report struct {
 	Scenario   string              `json:"scenario"`
 	Mode       string              `json:"mode"`
+	Attacker   scenario.Variant    `json:"attacker"`
 	Seed       uint64              `json:"seed"`
 	Scale      float64             `json:"scale"`
 	Requests   uint64              `json:"requests"`
@@ -39,7 +40,7 @@ func NewReport(s *scenario.Scenario, mode string, worlds ...World) Report {
 		}
 	}
 	return Report{
-		Scenario: ScenarioName, Mode: mode, Seed: s.Config().Seed, Scale: s.Config().Scale,
+		Scenario: ScenarioName, Mode: mode, Attacker: s.Config().AttackerVariant(), Seed: s.Config().Seed, Scale: s.Config().Scale,
 		Requests: s.Emitted(), Volumes: s.Volumes(), Timeline: tl, Historical: s.Historical(), Worlds: worlds,
 	}
 }
@@ -132,8 +133,8 @@ func (r Report) WriteMarkdown(w io.Writer) error {
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "Replay %s, mode %s, seed %d, scale %g: %s requests (%s forged).\n\n",
-		r.Scenario, r.Mode, r.Seed, r.Scale, count(int64(r.Requests)), count(int64(r.Volumes.Attack())))
+	fmt.Fprintf(&b, "Replay %s, attacker %s, mode %s, seed %d, scale %g: %s requests (%s the attacker's).\n\n",
+		r.Scenario, r.Attacker, r.Mode, r.Seed, r.Scale, count(int64(r.Requests)), count(int64(r.Volumes.Attack())))
 	b.WriteString("| |")
 	for _, c := range cols {
 		b.WriteString(" " + escape(c.head) + " |")

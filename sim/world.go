@@ -26,6 +26,14 @@ type World struct {
 	KeyDied time.Time
 	// FirstAlert is the first alert on the attack; zero if none.
 	FirstAlert time.Time
+	// FirstAlertRule is the rule of the first alert; empty if none or unknown.
+	FirstAlertRule string
+	// FirstBehaviour is the first alert on the attack by a rule that does not
+	// look at the token's provenance (not not_issued, revoked_or_retired_key,
+	// decoy_subject or departed_credential_use): what a gateway in observe
+	// mode, or one that only ingests logs, would still see. Zero if none.
+	FirstBehaviour     time.Time
+	FirstBehaviourRule string
 	// AlertDelay is FirstAlert minus the first forged request.
 	AlertDelay time.Duration
 	// Containment is when the attack stopped being served; zero if never.
@@ -50,22 +58,25 @@ type World struct {
 }
 
 type worldJSON struct {
-	Name              string           `json:"name"`
-	KeyDied           *time.Time       `json:"key_died"`
-	FirstAlert        *time.Time       `json:"first_alert"`
-	AlertDelaySeconds *float64         `json:"alert_delay_seconds"`
-	Containment       *time.Time       `json:"containment"`
-	ForgedSent        int64            `json:"forged_sent"`
-	ForgedServed      int64            `json:"forged_served"`
-	SubjectsExposed   int64            `json:"subjects_exposed"`
-	MembersExposed    int64            `json:"members_exposed"`
-	NonMembersExposed int64            `json:"non_members_exposed"`
-	Records           map[string]int64 `json:"records"`
-	FalseAlarms       int64            `json:"false_alarms"`
-	FalseAlarmsPer10M *float64         `json:"false_alarms_per_10m"` // null below MinNormalForRate
-	NormalRequests    int64            `json:"normal_requests"`
-	TimeToScopeSecs   *float64         `json:"time_to_scope_seconds"`
-	Notes             []string         `json:"notes"`
+	Name               string           `json:"name"`
+	KeyDied            *time.Time       `json:"key_died"`
+	FirstAlert         *time.Time       `json:"first_alert"`
+	FirstAlertRule     string           `json:"first_alert_rule,omitempty"`
+	FirstBehaviour     *time.Time       `json:"first_behaviour_alert"`
+	FirstBehaviourRule string           `json:"first_behaviour_rule,omitempty"`
+	AlertDelaySeconds  *float64         `json:"alert_delay_seconds"`
+	Containment        *time.Time       `json:"containment"`
+	ForgedSent         int64            `json:"forged_sent"`
+	ForgedServed       int64            `json:"forged_served"`
+	SubjectsExposed    int64            `json:"subjects_exposed"`
+	MembersExposed     int64            `json:"members_exposed"`
+	NonMembersExposed  int64            `json:"non_members_exposed"`
+	Records            map[string]int64 `json:"records"`
+	FalseAlarms        int64            `json:"false_alarms"`
+	FalseAlarmsPer10M  *float64         `json:"false_alarms_per_10m"` // null below MinNormalForRate
+	NormalRequests     int64            `json:"normal_requests"`
+	TimeToScopeSecs    *float64         `json:"time_to_scope_seconds"`
+	Notes              []string         `json:"notes"`
 }
 
 // MinNormalForRate is how many normal requests a false-alarm rate per 10
@@ -118,7 +129,8 @@ func (w World) MarshalJSON() ([]byte, error) {
 		notes = []string{}
 	}
 	return json.Marshal(worldJSON{
-		Name: w.Name, KeyDied: timePtr(w.KeyDied), FirstAlert: timePtr(w.FirstAlert),
+		Name: w.Name, KeyDied: timePtr(w.KeyDied), FirstAlert: timePtr(w.FirstAlert), FirstAlertRule: w.FirstAlertRule,
+		FirstBehaviour: timePtr(w.FirstBehaviour), FirstBehaviourRule: w.FirstBehaviourRule,
 		AlertDelaySeconds: secsPtr(w.AlertDelay, !w.FirstAlert.IsZero()),
 		Containment:       timePtr(w.Containment),
 		ForgedSent:        w.ForgedSent, ForgedServed: w.ForgedServed,

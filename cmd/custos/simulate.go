@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"time"
 
@@ -36,12 +37,22 @@ func progress(w io.Writer, what string, quiet bool) (func(done, total uint64), f
 		}
 }
 
+// simFlags are the simulate coupang command's flags.
+type simFlags struct {
+	scale                            float64
+	seed, normalPerDay               uint64
+	mode, scopeDir, cpuProfile       string
+	worlds, attackers                []string
+	asJSON, quiet, noScope, domestic bool
+	attackRate                       float64
+	distSources, slowSources         int
+	perSource, replayed              uint64
+	slowEvery                        time.Duration
+}
+
 func init() {
-	var scale float64
-	var seed, normalPerDay uint64
-	var mode, scopeDir, cpuProfile string
-	var worlds []string
-	var asJSON, quiet, noScope bool
+	var f simFlags
+	def := scenario.DefaultConfig()
 	simulate := &cobra.Command{Use: "simulate", Short: "Replay a breach against custos and a signature-only baseline"}
 	coupang := &cobra.Command{
 		Use:   "coupang",
@@ -49,75 +60,123 @@ func init() {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg := scenario.DefaultConfig()
-			cfg.Scale, cfg.Seed = scale, seed
-			if normalPerDay > 0 {
-				cfg.NormalPerDay = normalPerDay
+			cfg.Scale, cfg.Seed = f.scale, f.seed
+			if f.normalPerDay > 0 {
+				cfg.NormalPerDay = f.normalPerDay
 			}
-			if err := cfg.Validate(); err != nil {
-				return usageErr("%v", err)
+			cfg.AttackRate, cfg.DistributedSources, cfg.MembersPerSource = f.attackRate, f.distSources, f.perSource
+			cfg.SlowSources, cfg.SlowEvery, cfg.ReplayedTokens = f.slowSources, f.slowEvery, f.replayed
+			cfg.AttackDomestic = f.domestic
+			variants, err := scenario.ParseVariants(f.attackers)
+			if err != nil {
+				return usageErr("--attacker: %v", err)
+			}
+			for _, v := range variants {
+				c := cfg
+				c.Attacker = v
+				if err := c.Validate(); err != nil {
+					return usageErr("%v", err)
+				}
+			}
+			if f.mode != "events" && f.mode != "http" {
+				return usageErr("--mode must be events or http, not %q", f.mode)
+			}
+			if !cmd.Flags().Changed("worlds") && f.scale > 0.01 {
+				f.worlds = []string{"custos"} // the variants cost a full replay each
+			}
+			worlds, err := sim.WorldsNamed(f.worlds)
+			if err != nil {
+				return usageErr("--worlds: %v", err)
+			}
+			matrix := cmd.Flags().Changed("attacker")
+			if matrix && f.mode != "events" {
+				return usageErr("--attacker: attacker variants are replayed in --mode events only")
 			}
 			ctx, cancel := signalContext()
 			defer cancel()
-			if cpuProfile != "" {
-				f, err := os.Create(cpuProfile)
+			if f.cpuProfile != "" {
+				pf, err := os.Create(f.cpuProfile)
 				if err != nil {
 					return err
 				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
+				defer pf.Close()
+				if err := pprof.StartCPUProfile(pf); err != nil {
 					return err
 				}
 				defer pprof.StopCPUProfile()
 			}
-			bar, done := progress(cmd.ErrOrStderr(), mode+" replay", quiet)
-			var rep sim.Report
-			var err error
-			switch mode {
-			case "events":
-				o := sim.EventsOptions{Scenario: cfg}
-				if !cmd.Flags().Changed("worlds") && scale > 0.01 {
-					worlds = []string{"custos"} // the variants cost a full replay each
+			var reps []sim.Report
+			for _, v := range variants {
+				c := cfg
+				c.Attacker = v
+				bar, done := progress(cmd.ErrOrStderr(), f.mode+" replay "+string(v), f.quiet)
+				var rep sim.Report
+				if f.mode == "http" {
+					rep, err = replayHTTP(ctx, c, bar, nil)
+				} else {
+					rep, err = replayEvents(ctx, c, worlds, f, bar)
 				}
-				if o.Worlds, err = sim.WorldsNamed(worlds); err != nil {
-					return usageErr("--worlds: %v", err)
+				done()
+				if err != nil {
+					return err
 				}
-				if !noScope {
-					if scopeDir == "" {
-						if scopeDir, err = os.MkdirTemp("", "custos-scope-"); err != nil {
-							return err
-						}
-						defer os.RemoveAll(scopeDir)
-					}
-					o.ScopeDir = scopeDir
+				reps = append(reps, rep)
+			}
+			out := cmd.OutOrStdout()
+			if !matrix {
+				if f.asJSON {
+					return reps[0].WriteJSON(out)
 				}
-				rep, err = sim.RunEvents(ctx, o, bar)
-			case "http":
-				rep, err = replayHTTP(ctx, cfg, bar, nil)
-			default:
-				return usageErr("--mode must be events or http, not %q", mode)
+				return reps[0].WriteMarkdown(out)
 			}
-			done()
-			if err != nil {
-				return err
+			m := sim.NewMatrix(reps...)
+			if f.asJSON {
+				return m.WriteJSON(out)
 			}
-			if asJSON {
-				return rep.WriteJSON(cmd.OutOrStdout())
-			}
-			return rep.WriteMarkdown(cmd.OutOrStdout())
+			return m.WriteMarkdown(out)
 		},
 	}
-	coupang.Flags().Float64Var(&scale, "scale", 0.001, "fraction of the real breach's size (1 = 33.7 million members)")
-	coupang.Flags().Uint64Var(&seed, "seed", scenario.DefaultConfig().Seed, "seed; the same seed gives the same replay")
-	coupang.Flags().Uint64Var(&normalPerDay, "normal-per-day", 0, "normal page views per simulated day at scale 1 (default 100,000); raise it to measure false alarms over more normal traffic")
-	coupang.Flags().StringVar(&mode, "mode", "events", "events (straight into detection and forensics) or http (through the real authority and gateway)")
-	coupang.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a Markdown table")
-	coupang.Flags().BoolVar(&quiet, "quiet", false, "no progress bar")
-	coupang.Flags().BoolVar(&noScope, "no-scope", false, "events mode: do not write events for scoping (faster at large scale; no time-to-scope figure)")
-	coupang.Flags().StringSliceVar(&worlds, "worlds", []string{"all"}, "events mode: custos worlds to replay: custos, copied, observe, nolifecycle or all (default all up to --scale 0.01, custos above)")
-	coupang.Flags().StringVar(&scopeDir, "scope-dir", "", "events mode: where worlds write their access events (default a temp dir, removed at the end)")
-	coupang.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the replay to this file")
+	fl := coupang.Flags()
+	fl.Float64Var(&f.scale, "scale", 0.001, "fraction of the real breach's size (1 = 33.7 million members)")
+	fl.Uint64Var(&f.seed, "seed", def.Seed, "seed; the same seed gives the same replay")
+	fl.Uint64Var(&f.normalPerDay, "normal-per-day", 0, "normal page views per simulated day at scale 1 (default 100,000); raise it to measure false alarms over more normal traffic")
+	fl.StringVar(&f.mode, "mode", "events", "events (straight into detection and forensics) or http (through the real authority and gateway)")
+	fl.BoolVar(&f.asJSON, "json", false, "print JSON instead of a Markdown table")
+	fl.BoolVar(&f.quiet, "quiet", false, "no progress bar")
+	fl.BoolVar(&f.noScope, "no-scope", false, "events mode: do not write events for scoping (faster at large scale; no time-to-scope figure)")
+	fl.StringSliceVar(&f.worlds, "worlds", []string{"all"}, "events mode: custos worlds to replay: custos, copied, observe, nolifecycle or all (default all up to --scale 0.01, custos above)")
+	fl.StringVar(&f.scopeDir, "scope-dir", "", "events mode: where worlds write their access events (default a temp dir, removed at the end)")
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the replay to this file")
+	fl.StringSliceVar(&f.attackers, "attacker", []string{string(scenario.StolenKey)}, "attacker variants, each replayed against the baseline and every world and printed as a detection matrix: stolen-key, stolen-client-secret, distributed, low-and-slow, replayed-tokens or all (events mode)")
+	fl.Float64Var(&f.attackRate, "attack-rate", def.AttackRate, "stolen-client-secret, distributed, replayed-tokens: attacker requests per second")
+	fl.IntVar(&f.distSources, "distributed-sources", def.DistributedSources, "distributed: domestic sources (own /24, ASN and user agent each)")
+	fl.Uint64Var(&f.perSource, "members-per-source", def.MembersPerSource, "distributed: members read from one source before the next takes over")
+	fl.IntVar(&f.slowSources, "slow-sources", def.SlowSources, "low-and-slow: sources taking turns")
+	fl.DurationVar(&f.slowEvery, "slow-every", def.SlowEvery, "low-and-slow: time between two requests of one source")
+	fl.BoolVar(&f.domestic, "attack-domestic", false, "stolen-client-secret, replayed-tokens: send from domestic sources (as many as the crawler's networks) instead of abroad")
+	fl.Uint64Var(&f.replayed, "replayed-tokens", def.ReplayedTokens, "replayed-tokens: customer tokens replayed, at scale 1")
 	simulate.AddCommand(coupang)
 	root.AddCommand(simulate)
+}
+
+// replayEvents runs one events-mode replay of cfg.
+func replayEvents(ctx context.Context, cfg scenario.Config, worlds []sim.CustosOptions, f simFlags, bar func(done, total uint64)) (sim.Report, error) {
+	o := sim.EventsOptions{Scenario: cfg, Worlds: worlds}
+	if !f.noScope {
+		dir := f.scopeDir
+		if dir == "" {
+			d, err := os.MkdirTemp("", "custos-scope-")
+			if err != nil {
+				return sim.Report{}, err
+			}
+			defer os.RemoveAll(d)
+			dir = d
+		} else {
+			dir = filepath.Join(dir, string(cfg.AttackerVariant()))
+		}
+		o.ScopeDir = dir
+	}
+	return sim.RunEvents(ctx, o, bar)
 }
 
 // replayHTTP runs the HTTP-mode replay; with keep set it leaves the servers

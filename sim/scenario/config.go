@@ -72,6 +72,19 @@ type Config struct {
 	NormalEnd      time.Time `json:"normal_end"`
 	NormalPerDay   uint64    `json:"normal_per_day"`
 	NormalNotFound float64   `json:"normal_not_found"`
+
+	// Attacker is the variant (empty: StolenKey); the fields after it are the
+	// variants' parameters (see [Variant]).
+	Attacker           Variant       `json:"attacker"`
+	AttackRate         float64       `json:"attack_rate"`
+	DistributedSources int           `json:"distributed_sources"`
+	MembersPerSource   uint64        `json:"members_per_source"`
+	SlowSources        int           `json:"slow_sources"`
+	SlowEvery          time.Duration `json:"slow_every"`
+	ReplayedTokens     uint64        `json:"replayed_tokens"`
+	// AttackDomestic: stolen-client-secret and replayed-tokens send from
+	// AttackNetworks domestic sources instead of overseas networks.
+	AttackDomestic bool `json:"attack_domestic"`
 }
 
 // DefaultConfig returns the scenario of the scenario file at scale 1, seed 1.
@@ -98,6 +111,14 @@ func DefaultConfig() Config {
 		NormalEnd:       kst(2025, time.November, 20, 0, 0),
 		NormalPerDay:    DefaultNormalPerDay,
 		NormalNotFound:  DefaultNormalNotFound,
+
+		Attacker:           StolenKey,
+		AttackRate:         DefaultAttackRate,
+		DistributedSources: DefaultDistributedSources,
+		MembersPerSource:   DefaultMembersPerSource,
+		SlowSources:        DefaultSlowSources,
+		SlowEvery:          DefaultSlowEvery,
+		ReplayedTokens:     DefaultReplayedTokens,
 	}
 }
 
@@ -130,7 +151,7 @@ func (c Config) Validate() error {
 	case c.RotateEvery == 0:
 		return bad("rotate_every", "must be positive")
 	}
-	return nil
+	return c.validateVariant()
 }
 
 // scaled multiplies a scale-1 count by Scale, rounding, and keeps a positive

@@ -20,6 +20,7 @@ const (
 	tagNormal
 	tagForge
 	tagHome
+	tagVariant
 )
 
 // Pages, in the order of shop.Routes.
@@ -78,13 +79,26 @@ func (r *rng) exp() float64 { return -math.Log(1 - r.float()) }
 
 // attacker is the crawler's rotating infrastructure.
 type attacker struct {
-	seed   uint64
-	nets   int
-	rotate uint64
+	seed    uint64
+	nets    int
+	rotate  uint64
+	variant Variant
+	sources int // distributed and low-and-slow: how many sources
+	// home: the fast variants send from AttackNetworks domestic sources
+	home bool
 }
 
 func newAttacker(cfg Config) attacker {
-	return attacker{seed: cfg.Seed, nets: cfg.AttackNetworks, rotate: cfg.RotateEvery}
+	a := attacker{seed: cfg.Seed, nets: cfg.AttackNetworks, rotate: cfg.RotateEvery, variant: cfg.AttackerVariant()}
+	switch a.variant {
+	case Distributed:
+		a.sources, a.rotate = cfg.DistributedSources, cfg.MembersPerSource
+	case LowAndSlow:
+		a.sources, a.rotate = cfg.SlowSources, 1
+	case StolenClientSecret, ReplayedTokens:
+		a.home, a.sources = cfg.AttackDomestic, cfg.AttackNetworks
+	}
+	return a
 }
 
 // origin is where one block of a crawler's requests comes from.
@@ -99,12 +113,37 @@ type origin struct {
 // origin returns the address and user agent of a stream's k-th block of
 // requests: the crawler keeps one address for rotate requests, then moves on.
 func (a attacker) origin(tag, block uint64, uas []string) origin {
+	if a.home {
+		return a.domestic(tag, block%uint64(a.sources))
+	}
+	switch a.variant {
+	case Distributed:
+		return a.domestic(tag, block%uint64(a.sources))
+	case LowAndSlow:
+		// A few fixed sources taking turns: request k comes from source k mod n.
+		return a.domestic(tag, block%uint64(a.sources))
+	}
 	h := mix(a.seed ^ mix(tag<<56^block))
 	base, b := attacker24(int(h % uint64(a.nets)))
 	ip := base.As4()
 	ip[3] = byte(1 + (h>>32)%254)
 	a4 := netip.AddrFrom4(ip)
 	return origin{ip: a4, addr: a4.String(), country: b.country, asn: b.asn, ua: uas[(h>>48)%uint64(len(uas))]}
+}
+
+// domestic returns the j-th source of a crawl spread over the shop's own
+// country: a residential proxy or a hired phone, each with its own /24, its
+// own autonomous system (KR has over 1,000; the synthetic numbers stand for
+// them) and a customer's user agent.
+func (a attacker) domestic(tag, j uint64) origin {
+	h := mix(a.seed ^ mix(tagVariant<<56^tag<<48^j))
+	b := domesticNets[h%uint64(len(domesticNets))]
+	ip := netip.AddrFrom4([4]byte{b.a, b.b + byte((h>>48)%8), byte(j) ^ byte(h>>8), byte(1 + (h>>16)%254)})
+	uas := mobileUAs
+	if (h>>24)%10 >= 7 {
+		uas = desktopUAs
+	}
+	return origin{ip: ip, addr: ip.String(), country: "KR", asn: 38000 + uint32((h>>32)%2000), ua: uas[(h>>40)%uint64(len(uas))]}
 }
 
 // arena hands out immutable strings carved from large blocks, so a request's
@@ -130,6 +169,12 @@ func (a *arena) str(b []byte) string {
 // forgedPath builds the path and the forged token's ID in one string: the
 // crawler mints one token per member ID and reuses it on every page.
 func forgedPath(r *Request, a *arena, seed uint64, page, addr int) {
+	tokenPath(r, a, seed, page, addr, 'f')
+}
+
+// tokenPath is forgedPath with the token ID's first letter: f forged, i
+// issued with the stolen client secret, t a customer's token.
+func tokenPath(r *Request, a *arena, seed uint64, page, addr int, prefix byte) {
 	var buf [96]byte
 	b := append(buf[:0], membersPath...)
 	b = strconv.AppendUint(b, r.MemberID, 10)
@@ -147,7 +192,7 @@ func forgedPath(r *Request, a *arena, seed uint64, page, addr int) {
 		b = append(b, "/orders"...)
 	}
 	pe := len(b)
-	b = append(b, 'f')
+	b = append(b, prefix)
 	b = appendHex(b, mix(seed^mix(tagForge<<56^r.MemberID)))
 	s := a.str(b)
 	r.Path, r.Member, r.TokenID = s[:pe], s[len(membersPath):me], s[pe:]
@@ -195,6 +240,8 @@ type crawler struct {
 	t      int64
 	rng    rng
 	kind   Kind
+	tok    TokenKind
+	prefix byte
 	uas    []string
 	block  uint64 // k / rotate of org, or MaxUint64
 	org    origin
@@ -205,7 +252,7 @@ type crawler struct {
 func newCrawler(cfg Config, pop shop.Population, a attacker, tag uint64, page int, mode walk, start, end time.Time, total uint64) *crawler {
 	c := &crawler{
 		pop: pop, atk: a, seed: cfg.Seed, tag: tag, page: page, mode: mode,
-		start: start.UnixNano(), total: total, rng: newRNG(cfg.Seed, tag), kind: AttackCrawl, uas: crawlerUAs,
+		start: start.UnixNano(), total: total, rng: newRNG(cfg.Seed, tag), kind: AttackCrawl, tok: Forged, prefix: 'f', uas: crawlerUAs,
 		block: math.MaxUint64, walker: pop.Walk(),
 	}
 	if total > 0 {
@@ -252,19 +299,20 @@ func (c *crawler) target() uint64 {
 
 func (c *crawler) fill(r *Request) {
 	r.Time = time.Unix(0, c.t).UTC()
-	r.Kind, r.Token, r.Method = c.kind, Forged, "GET"
+	r.Kind, r.Token, r.Method = c.kind, c.tok, "GET"
 	r.Route = pageRoute[c.page]
 	setTarget(r, c.pop, c.target())
 	r.Address = -1
 	if c.page == pageEdit {
 		r.Address = int(c.rng.n(uint64(max(1, c.pop.BookSize(r.MemberID)))))
 	}
-	forgedPath(r, &c.arena, c.seed, c.page, r.Address)
+	tokenPath(r, &c.arena, c.seed, c.page, r.Address, c.prefix)
 	if b := c.k / c.atk.rotate; b != c.block {
 		c.block, c.org = b, c.atk.origin(c.tag, b, c.uas)
 	}
 	r.SrcIP, r.Addr, r.Country, r.ASN, r.UserAgent = c.org.ip, c.org.addr, c.org.country, c.org.asn, c.org.ua
-	r.SessionID, r.Login = "", false
+	// A replayed token is a customer's: a login preceded it (the customer's).
+	r.SessionID, r.Login = "", c.tok == Replayed
 	c.k++
 	c.schedule()
 }

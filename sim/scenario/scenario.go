@@ -39,11 +39,22 @@ type TokenKind uint8
 const (
 	IssuedByLogin TokenKind = iota // issued by the authority after a login
 	Forged                         // signed with the stolen key, never issued
+	// IssuedStolenSecret is a real, ledgered token the authority issued to
+	// whoever presented the login service's stolen client secret: no login
+	// session behind it.
+	IssuedStolenSecret
+	// Replayed is a customer's real token, copied and replayed by someone else.
+	Replayed
 )
 
 func (t TokenKind) String() string {
-	if t == Forged {
+	switch t {
+	case Forged:
 		return "forged"
+	case IssuedStolenSecret:
+		return "issued_stolen_secret"
+	case Replayed:
+		return "replayed"
 	}
 	return "issued_by_login"
 }
@@ -158,16 +169,25 @@ func New(cfg Config) (*Scenario, error) {
 	crawl := func(tag uint64, page int, mode walk, total uint64) *crawler {
 		return newCrawler(cfg, s.pop, a, tag, page, mode, cfg.CrawlStart, cfg.CrawlEnd, total)
 	}
-	s.srcs = []source{
-		newTests(cfg, s.pop, a),
-		crawl(tagProfile, pageProfile, walkAll, s.vol.ProfileTotal),
-		crawl(tagAddresses, pageAddresses, walkExisting, s.vol.AddressList),
-		crawl(tagEdit, pageEdit, randomExisting, s.vol.AddressEdit),
-		crawl(tagOrders, pageOrders, randomExisting, s.vol.Orders),
-		newNormal(cfg, s.pop, s.vol.NormalPerDay),
+	if v := cfg.AttackerVariant(); v != StolenKey {
+		s.vol.Tests, s.vol.AddressList, s.vol.AddressEdit, s.vol.Orders = 0, 0, 0, 0
+		if v == ReplayedTokens {
+			s.vol.Profile = cfg.scaled(cfg.ReplayedTokens)
+			s.vol.ProfileTotal = s.vol.Profile
+		}
+		s.srcs = []source{newVariant(cfg, s.pop, a, v, s.vol.ProfileTotal), newNormal(cfg, s.pop, s.vol.NormalPerDay)}
+	} else {
+		s.srcs = []source{
+			newTests(cfg, s.pop, a),
+			crawl(tagProfile, pageProfile, walkAll, s.vol.ProfileTotal),
+			crawl(tagAddresses, pageAddresses, walkExisting, s.vol.AddressList),
+			crawl(tagEdit, pageEdit, randomExisting, s.vol.AddressEdit),
+			crawl(tagOrders, pageOrders, randomExisting, s.vol.Orders),
+			newNormal(cfg, s.pop, s.vol.NormalPerDay),
+		}
 	}
 	first := int64(math.MaxInt64)
-	for _, src := range s.srcs[:5] {
+	for _, src := range s.srcs[:len(s.srcs)-1] {
 		first = min(first, src.next())
 	}
 	s.tl = Timeline{
