@@ -19,7 +19,7 @@ import (
 )
 
 // Handler is the API.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
@@ -157,7 +157,7 @@ func (s *Server) Run(ctx context.Context, ln, gw net.Listener) error {
 		n++
 		go serve(h, gw)
 	}
-	go serve(s.mux, ln)
+	go serve(s.handler, ln)
 	var first error
 	for i := 0; i < n; i++ {
 		if err := <-errc; err != nil && first == nil {
@@ -239,6 +239,9 @@ func (s *Server) detectLoop(ctx context.Context, batches <-chan []event.Access) 
 				return
 			}
 			s.Detect.ProcessBatch(b)
+			if len(b) > 0 {
+				s.metrics.detectLag.Observe(s.now().Sub(b[len(b)-1].Time).Seconds())
+			}
 		case <-tick.C:
 			_ = s.Detect.Flush(ctx)
 		}

@@ -77,6 +77,10 @@ type Server struct {
 	closers    []func() error
 	keyChanges fanout
 
+	metrics       *serverMetrics
+	ledgerBackend ledgerBackend
+	handler       http.Handler
+
 	checkpointVerifier note.Verifier
 	finder             tokenFinder
 	mux                *http.ServeMux
@@ -96,7 +100,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	if now == nil {
 		now = time.Now
 	}
-	s := &Server{Config: cfg, Log: log, now: now, Bus: event.NewBus(), Registry: prometheus.NewRegistry()}
+	s := &Server{Config: cfg, Log: log, now: now, Bus: event.NewBus(), Registry: NewRegistry(), metrics: newServerMetrics()}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -185,6 +189,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		return nil, err
 	}
 	s.closers = append(s.closers, lb.Close)
+	s.ledgerBackend = lb
 	s.finder, _ = lb.(tokenFinder)
 	s.Ledger, err = ledger.New(ctx, lb, now)
 	if err != nil {
@@ -232,7 +237,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	s.Authority, err = authority.New(authority.Config{
 		Issuer: cfg.Issuer, DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL, Decoys: cfg.Decoys,
 		Leeway: cfg.Gateway.Leeway,
-	}, s.Keys, s.Ledger, alerter{s.Detect}, s.Audit, now)
+	}, s.Keys, meteredLedger{s.Ledger, s.metrics}, alerter{s.Detect}, s.Audit, now)
 	if err != nil {
 		return nil, err
 	}
@@ -274,6 +279,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 			return nil, err
 		}
 		s.closers = append(s.closers, b.Close)
+		RegisterBus(s.Registry, b)
 		bctx, cancel := context.WithCancel(context.Background())
 		s.closers = append(s.closers, func() error { cancel(); return nil })
 		s.bridge(bctx, b)
@@ -296,6 +302,8 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		}
 	}
 	s.mux = s.routes()
+	s.registerMetrics()
+	s.handler = s.metrics.instrument(s.mux)
 	return s, nil
 }
 
