@@ -119,7 +119,16 @@ func newServerMetrics() *serverMetrics {
 	}
 }
 
+// refusalCodes are the error codes an issuance refusal can carry (RFC 6749
+// §5.2, RFC 8693, RFC 9449); their series exist from the start at zero.
+var refusalCodes = []string{"invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+	"unsupported_grant_type", "invalid_scope", "invalid_target", "invalid_dpop_proof", "access_denied",
+	"server_error", "temporarily_unavailable", "other"}
+
 func (m *serverMetrics) collectors() []prometheus.Collector {
+	for _, c := range refusalCodes {
+		m.refusals.WithLabelValues(c)
+	}
 	return []prometheus.Collector{m.httpRequests, m.httpDuration, m.issued, m.issueLatency, m.refusals,
 		m.commit, m.commitErrors, m.alerts, m.detectLag}
 }

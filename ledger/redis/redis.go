@@ -48,7 +48,7 @@ func (h *errorHook) DialHook(next goredis.DialHook) goredis.DialHook {
 func (h *errorHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 	return func(ctx context.Context, cmd goredis.Cmder) error {
 		err := next(ctx, cmd)
-		if err != nil && !errors.Is(err, goredis.Nil) {
+		if err != nil && !errors.Is(err, goredis.Nil) && !connSetup(cmd) {
 			h.n.Add(1)
 		}
 		return err
@@ -58,11 +58,18 @@ func (h *errorHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 func (h *errorHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []goredis.Cmder) error {
 		err := next(ctx, cmds)
-		if err != nil && !errors.Is(err, goredis.Nil) {
+		if err != nil && !errors.Is(err, goredis.Nil) && !(len(cmds) > 0 && connSetup(cmds[0])) {
 			h.n.Add(1)
 		}
 		return err
 	}
+}
+
+// connSetup is a command the client sends when it connects, whose refusal by
+// an older server it ignores (CLIENT SETINFO, HELLO).
+func connSetup(c goredis.Cmder) bool {
+	n := c.Name()
+	return n == "client" || n == "hello"
 }
 
 // Errors is how many Redis commands, pipelines and dials have failed since
