@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/codes"
 
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/detect"
@@ -39,9 +40,9 @@ func NewRegistry() *prometheus.Registry {
 
 // buildInfo is custos_build_info{version,revision,goversion} 1.
 func buildInfo() prometheus.Collector {
-	version, revision, gover := "(unknown)", "", ""
+	version, revision, gover := readVersion(), "", ""
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		version, gover = bi.Main.Version, bi.GoVersion
+		gover = bi.GoVersion
 		for _, s := range bi.Settings {
 			if s.Key == "vcs.revision" {
 				revision = s.Value
@@ -55,6 +56,14 @@ func buildInfo() prometheus.Collector {
 	})
 	g.Set(1)
 	return g
+}
+
+// readVersion is the module version the build recorded.
+func readVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(unknown)"
 }
 
 // issuanceEndpoints are the routes that issue tokens; their answers feed the
@@ -272,7 +281,14 @@ type meteredLedger struct {
 
 func (l meteredLedger) Put(ctx context.Context, e ledger.Entry) error {
 	t := time.Now()
+	ctx, span := traceChild(ctx, "ledger.put")
 	err := l.Ledger.Put(ctx, e)
+	if span != nil {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}
 	l.m.commit.Observe(time.Since(t).Seconds())
 	if err != nil {
 		l.m.commitErrors.Inc()
@@ -284,18 +300,21 @@ var _ authority.Ledger = meteredLedger{}
 
 // instrument counts and times every request of the API by its route pattern;
 // the answers of the issuance routes also feed the issuance metrics.
-func (m *serverMetrics) instrument(mux *http.ServeMux) http.Handler {
+func (s *Server) instrument(mux *http.ServeMux) http.Handler {
+	m := s.metrics
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		t := time.Now()
 		_, pattern := mux.Handler(r)
-		issue := issuanceEndpoints[pattern]
-		rw := &statusWriter{ResponseWriter: w, code: http.StatusOK, keep: issue}
-		mux.ServeHTTP(rw, r)
-		d := time.Since(t).Seconds()
 		handler := pattern
 		if handler == "" {
 			handler = "unmatched"
 		}
+		issue := issuanceEndpoints[pattern]
+		rw := &statusWriter{ResponseWriter: w, code: http.StatusOK, keep: issue}
+		r, span := s.traceRequest(r, handler)
+		mux.ServeHTTP(rw, r)
+		endRequestSpan(span, rw.code)
+		d := time.Since(t).Seconds()
 		m.httpRequests.WithLabelValues(handler, methodLabel(r.Method), strconv.Itoa(rw.code)).Inc()
 		m.httpDuration.WithLabelValues(handler).Observe(d)
 		if issue {

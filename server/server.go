@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -80,6 +81,7 @@ type Server struct {
 	metrics       *serverMetrics
 	ledgerBackend ledgerBackend
 	handler       http.Handler
+	tracer        atomic.Pointer[tracerRef]
 
 	checkpointVerifier note.Verifier
 	finder             tokenFinder
@@ -303,7 +305,19 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 	s.mux = s.routes()
 	s.registerMetrics()
-	s.handler = s.metrics.instrument(s.mux)
+	s.handler = s.instrument(s.mux)
+	tp, err := NewTracerProvider(ctx, cfg, "custos")
+	if err != nil {
+		return nil, err
+	}
+	if tp != nil {
+		s.SetTracerProvider(tp)
+		s.closers = append(s.closers, func() error {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return tp.Shutdown(sctx)
+		})
+	}
 	return s, nil
 }
 

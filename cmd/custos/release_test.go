@@ -134,3 +134,39 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("version with an argument: exit %d, want 2", code)
 	}
 }
+
+// --log-format json gives one JSON object a line; text is the default; any
+// other value is bad usage.
+func TestLogFormat(t *testing.T) {
+	defer func() { logFormatFlag = "text" }()
+	for _, c := range []struct {
+		format string
+		json   bool
+	}{{"text", false}, {"json", true}, {"JSON", false}} {
+		t.Run(c.format, func(t *testing.T) {
+			err := root.PersistentFlags().Set("log-format", c.format)
+			if c.format == "JSON" {
+				if err == nil {
+					t.Fatal("log format JSON (upper case) accepted")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b strings.Builder
+			newLoggerTo(&b).Info("custos serving", "listen", "http://127.0.0.1:7700")
+			var v map[string]any
+			isJSON := json.Unmarshal([]byte(b.String()), &v) == nil
+			if isJSON != c.json || !strings.Contains(b.String(), "custos serving") {
+				t.Fatalf("%s log line %q", c.format, b.String())
+			}
+			if c.json && (v["msg"] != "custos serving" || v["listen"] != "http://127.0.0.1:7700" || v["level"] != "INFO") {
+				t.Fatalf("json log line %v", v)
+			}
+		})
+	}
+	if _, _, code := cli(t, "version", "--log-format", "xml"); code != 2 {
+		t.Fatalf("--log-format xml: exit %d, want 2", code)
+	}
+}
