@@ -59,6 +59,18 @@ type Config struct {
 	// Scale names the existing engines of a scale-out deployment. Each is
 	// optional; empty means the embedded default.
 	Scale Scale `yaml:"scale"`
+	// Telemetry: traces (off by default).
+	Telemetry Telemetry `yaml:"telemetry"`
+}
+
+// Telemetry configures OpenTelemetry traces of issuance and the gateway.
+type Telemetry struct {
+	// OTLPEndpoint is the OTLP/HTTP collector traces go to, such as
+	// http://127.0.0.1:4318 (empty: no traces).
+	OTLPEndpoint string `yaml:"otlp_endpoint" env:"CUSTOS_OTLP_ENDPOINT"`
+	// SampleRatio is the share of new traces recorded, 0 to 1 (default 1);
+	// a request that arrives with a sampled trace parent is always recorded.
+	SampleRatio float64 `yaml:"sample_ratio"`
 }
 
 // Scale configures the scale-out backends.
@@ -207,6 +219,8 @@ func Default() Config {
 		Staff:   Staff{KeyAdminGroup: "auth-key-admins"},
 		Detect:  Detect{AllowedCountries: []string{"KR"}},
 		Role:    "all",
+
+		Telemetry: Telemetry{SampleRatio: 1},
 	}
 }
 
@@ -378,6 +392,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Gateway.Leeway < 0 || c.Gateway.Leeway > 5*time.Minute {
 		return bad("gateway.leeway", "must be in [0, 5m]")
+	}
+	if e := c.Telemetry.OTLPEndpoint; e != "" && !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
+		return bad("telemetry.otlp_endpoint", "must be an http:// or https:// URL, not %q", e)
+	}
+	if r := c.Telemetry.SampleRatio; r < 0 || r > 1 || r != r {
+		return bad("telemetry.sample_ratio", "must be in [0, 1]")
 	}
 	return nil
 }

@@ -3,10 +3,7 @@ package forensics
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
-	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -15,8 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/duckdb/duckdb-go/v2"
 )
 
 // Store defaults.
@@ -111,12 +106,12 @@ func OpenWith(dir string, opts Options) (*Store, error) {
 	q.Set("temp_directory", s.tempDir)
 	q.Set("autoinstall_known_extensions", "false")
 	q.Set("autoload_known_extensions", "false")
-	c, err := duckdb.NewConnector("?"+q.Encode(), nil)
+	db, err := openDuckDB("?" + q.Encode())
 	if err != nil {
 		s.cleanup()
-		return nil, fmt.Errorf("failed to open duckdb: %w", err)
+		return nil, err
 	}
-	s.db = sql.OpenDB(c)
+	s.db = db
 	// Investigator SQL may read only the event files and the spill directory.
 	lock := []string{
 		fmt.Sprintf("SET allowed_directories = [%s, %s]", sqlQuote(s.dir+"/"), sqlQuote(s.tempDir+"/")),
@@ -196,48 +191,7 @@ func (s *Store) SQL(ctx context.Context, query string) (columns []string, rows [
 	if _, err := conn.ExecContext(ctx, "CREATE OR REPLACE TEMP VIEW events AS "+view); err != nil {
 		return nil, nil, fmt.Errorf("failed to define events: %w", err)
 	}
-	err = conn.Raw(func(dc any) error {
-		c, ok := dc.(*duckdb.Conn)
-		if !ok {
-			return fmt.Errorf("unexpected driver connection %T", dc)
-		}
-		st, err := c.Prepare(query) // refuses more than one statement
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrNotReadOnly, err)
-		}
-		defer st.Close()
-		stmt := st.(*duckdb.Stmt)
-		typ, err := stmt.StatementType()
-		if err != nil {
-			return fmt.Errorf("failed to inspect query: %w", err)
-		}
-		if typ != duckdb.STATEMENT_TYPE_SELECT {
-			return ErrNotReadOnly
-		}
-		r, err := stmt.QueryContext(ctx, nil)
-		if err != nil {
-			return fmt.Errorf("failed to run query: %w", err)
-		}
-		defer r.Close()
-		columns = r.Columns()
-		for {
-			dest := make([]driver.Value, len(columns))
-			if err := r.Next(dest); err != nil {
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				return fmt.Errorf("failed to read result: %w", err)
-			}
-			if len(rows) == MaxSQLRows {
-				return fmt.Errorf("failed to run query: more than %d rows; add a LIMIT", MaxSQLRows)
-			}
-			row := make([]any, len(dest))
-			for i, v := range dest {
-				row[i] = v
-			}
-			rows = append(rows, row)
-		}
-	})
+	columns, rows, err = selectRows(ctx, conn, query)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-dev/custos/event"
@@ -69,6 +70,31 @@ type Writer struct {
 	mu     sync.Mutex
 	open   map[time.Time]*openPart
 	closed bool
+
+	written atomic.Uint64 // rows accepted by Write
+	sealed  atomic.Uint64 // rows in sealed parts
+}
+
+// WriterStats is what a writer has done, for metrics.
+type WriterStats struct {
+	Written uint64 // rows accepted since the writer was made
+	Sealed  uint64 // of those, rows in sealed (readable) parts
+	// OldestOpen is when the oldest part not yet sealed was opened (zero when
+	// none is open): its events are not yet visible to readers.
+	OldestOpen time.Time
+}
+
+// Stats reports the writer's counts and the age of its oldest open part.
+func (w *Writer) Stats() WriterStats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := WriterStats{Written: w.written.Load(), Sealed: w.sealed.Load()}
+	for _, p := range w.open {
+		if st.OldestOpen.IsZero() || p.opened.Before(st.OldestOpen) {
+			st.OldestOpen = p.opened
+		}
+	}
+	return st
 }
 
 // openPart is a part being written under a temporary name.
@@ -124,6 +150,7 @@ func (w *Writer) Write(ev event.Access) error {
 	p.totals.add(&p.pending[len(p.pending)-1])
 	p.rows++
 	p.inGroup++
+	w.written.Add(1)
 	if len(p.pending) >= batchRows {
 		if err := p.drain(); err != nil {
 			return w.abandon(p, err)
@@ -261,6 +288,9 @@ func (w *Writer) seal(p *openPart) error {
 		return fmt.Errorf("failed to close part: %w", err)
 	}
 	_, err := publish(p.f.Name(), filepath.Dir(p.f.Name()))
+	if err == nil {
+		w.sealed.Add(uint64(p.rows))
+	}
 	return err
 }
 

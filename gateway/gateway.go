@@ -36,6 +36,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/token"
@@ -87,7 +90,25 @@ type Gateway struct {
 	requests  *prometheus.CounterVec
 	cacheHits prometheus.Counter
 	overhead  prometheus.Histogram
+
+	tracer atomic.Pointer[tracer] // nil: no traces
 }
+
+type tracer struct{ trace.Tracer }
+
+// SetTracerProvider traces each request's checks with tp (nil: none). The
+// span continues the caller's W3C trace context, and the upstream receives
+// the gateway's.
+func (g *Gateway) SetTracerProvider(tp trace.TracerProvider) {
+	if tp == nil {
+		g.tracer.Store(nil)
+		return
+	}
+	g.tracer.Store(&tracer{tp.Tracer("github.com/custos-dev/custos/gateway")})
+}
+
+// traceContext is the W3C trace context the gateway reads and passes on.
+var traceContext = propagation.TraceContext{}
 
 type route struct {
 	Route
@@ -313,7 +334,25 @@ func (g *Gateway) Middleware(next http.Handler) http.Handler {
 		if target == "" || target == "*" {
 			target = r.URL.RequestURI()
 		}
+		var span trace.Span
+		if tr := g.tracer.Load(); tr != nil {
+			ctx := traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+			ctx, span = tr.Start(ctx, "gateway.request", trace.WithSpanKind(trace.SpanKindServer),
+				trace.WithAttributes(attribute.String("http.request.method", r.Method)))
+			r = r.WithContext(ctx)
+		}
 		d := g.Decide(r.Context(), Request{Method: r.Method, Host: r.Host, Target: target, Header: r.Header, Peer: r.RemoteAddr})
+		if span != nil {
+			span.SetAttributes(attribute.String("custos.verdict", string(d.Verdict)), attribute.String("custos.reason", string(d.Reason)))
+			if d.Route != "" {
+				span.SetAttributes(attribute.String("http.route", d.Route))
+			}
+			// The upstream continues this trace, whatever the client sent.
+			r.Header.Del("Traceparent")
+			r.Header.Del("Tracestate")
+			traceContext.Inject(r.Context(), propagation.HeaderCarrier(r.Header))
+			defer span.End()
+		}
 
 		rw := &recorder{ResponseWriter: w}
 		var upstream time.Duration

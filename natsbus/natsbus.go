@@ -86,6 +86,20 @@ type Bus struct {
 	failed   atomic.Int64 // async publishes given up on since the last Flush
 	resent   atomic.Int64 // async publishes re-sent, ever
 	done     chan struct{}
+
+	pending sync.Map // durable consumer name → messages still to deliver (uint64)
+}
+
+// Pending reports, for each durable consumer this process runs, how many
+// messages were still waiting behind the last one delivered: the consumer's
+// lag, as JetStream's delivery metadata states it.
+func (b *Bus) Pending() map[string]uint64 {
+	out := map[string]uint64{}
+	b.pending.Range(func(k, v any) bool {
+		out[k.(string)] = v.(uint64)
+		return true
+	})
+	return out
 }
 
 // Open connects and creates (or updates) the streams.
@@ -527,7 +541,13 @@ func (b *Bus) durable(ctx context.Context, stream, name, subject string, handler
 			return fmt.Errorf("failed to create consumer %s: %w", name, err)
 		}
 		lost := make(chan struct{}, 1)
-		cc, err := c.Consume(handler, jetstream.PullMaxMessages(1024), jetstream.PullHeartbeat(2*time.Second),
+		metered := func(m jetstream.Msg) {
+			if md, err := m.Metadata(); err == nil {
+				b.pending.Store(name, md.NumPending)
+			}
+			handler(m)
+		}
+		cc, err := c.Consume(metered, jetstream.PullMaxMessages(1024), jetstream.PullHeartbeat(2*time.Second),
 			jetstream.ConsumeErrHandler(func(cc jetstream.ConsumeContext, err error) {
 				b.report(fmt.Errorf("consumer %s: %w", name, err))
 				if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {

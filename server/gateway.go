@@ -200,6 +200,14 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		return err
 	}
 	defer g.Close()
+	tp, err := NewTracerProvider(ctx, cfg, "custos-gateway")
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		g.SetTracerProvider(tp)
+		defer tp.Shutdown(context.WithoutCancel(ctx))
+	}
 	for _, w := range g.Warnings() {
 		log.Warn("WARNING: " + w)
 	}

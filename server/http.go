@@ -19,7 +19,7 @@ import (
 )
 
 // Handler is the API.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
@@ -67,6 +67,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
+	mux.HandleFunc("GET /openapi.json", s.openAPI)
 	return mux
 }
 
@@ -161,7 +162,7 @@ func (s *Server) Run(ctx context.Context, ln, gw net.Listener) error {
 		n++
 		go serve(h, gw)
 	}
-	go serve(s.mux, ln)
+	go serve(s.handler, ln)
 	var first error
 	for i := 0; i < n; i++ {
 		if err := <-errc; err != nil && first == nil {
@@ -251,6 +252,9 @@ func (s *Server) detectLoop(ctx context.Context, batches <-chan []event.Access) 
 				return
 			}
 			s.Detect.ProcessBatch(b)
+			if len(b) > 0 {
+				s.metrics.detectLag.Observe(s.now().Sub(b[len(b)-1].Time).Seconds())
+			}
 		case <-tick.C:
 			_ = s.Detect.Flush(ctx)
 		}

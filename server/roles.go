@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/event"
@@ -112,6 +114,9 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	defer b.Close()
 	mux := http.NewServeMux()
+	reg := NewRegistry()
+	RegisterBus(reg, b)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	ready := func(extra func() error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -146,6 +151,7 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 				return err
 			}
 		}
+		registerDetection(reg, e)
 		e.OnAlert(func(a detect.Alert) {
 			if err := b.PublishAlert(ctx, a.ID, a); err != nil {
 				log.Warn("failed to publish alert", "err", err)
@@ -170,6 +176,7 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			return err
 		}
 		defer w.Close()
+		reg.MustRegister(&forensicsCollector{w: w})
 		mux.HandleFunc("GET /readyz", ready(nil))
 		consume = func(ctx context.Context) error {
 			return b.Consume(ctx, "forensics", b.Partitions(0, 1), w.Write)

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,6 +85,9 @@ type Server struct {
 	bus           *natsbus.Bus
 	// control carries changes every replica must enforce (peers.go).
 	control controlFeed
+	metrics *serverMetrics
+	handler http.Handler
+	tracer  atomic.Pointer[tracerRef]
 
 	checkpointVerifier note.Verifier
 	finder             tokenFinder
@@ -104,7 +108,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	if now == nil {
 		now = time.Now
 	}
-	s := &Server{Config: cfg, Log: log, now: now, Bus: event.NewBus(), Registry: prometheus.NewRegistry()}
+	s := &Server{Config: cfg, Log: log, now: now, Bus: event.NewBus(), Registry: NewRegistry(), metrics: newServerMetrics()}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -252,7 +256,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	s.Authority, err = authority.New(authority.Config{
 		Issuer: cfg.Issuer, DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL, Decoys: cfg.Decoys,
 		Leeway: cfg.Gateway.Leeway,
-	}, s.Keys, s.Ledger, alerter{s.Detect}, s.Audit, now)
+	}, s.Keys, meteredLedger{s.Ledger, s.metrics}, alerter{s.Detect}, s.Audit, now)
 	if err != nil {
 		return nil, err
 	}
@@ -295,6 +299,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		}
 		s.closers = append(s.closers, b.Close)
 		s.bus = b
+		RegisterBus(s.Registry, b)
 		bctx, cancel := context.WithCancel(context.Background())
 		s.closers = append(s.closers, func() error { cancel(); return nil })
 		s.bridge(bctx, b)
@@ -317,6 +322,20 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		}
 	}
 	s.mux = s.routes()
+	s.registerMetrics()
+	s.handler = s.instrument(s.mux)
+	tp, err := NewTracerProvider(ctx, cfg, "custos")
+	if err != nil {
+		return nil, err
+	}
+	if tp != nil {
+		s.SetTracerProvider(tp)
+		s.closers = append(s.closers, func() error {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return tp.Shutdown(sctx)
+		})
+	}
 	return s, nil
 }
 

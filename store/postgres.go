@@ -2,19 +2,38 @@ package store
 
 import (
 	"context"
-	"database/sql"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // the scale-out driver
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib" // the scale-out driver
 )
+
+// errorTracer counts statements that PostgreSQL or the connection failed
+// (a query without rows is not a failure).
+type errorTracer struct{ n atomic.Uint64 }
+
+func (t *errorTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+
+func (t *errorTracer) TraceQueryEnd(_ context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
+	if d.Err != nil && !errors.Is(d.Err, pgx.ErrNoRows) {
+		t.n.Add(1)
+	}
+}
 
 // OpenPostgres opens the control-plane database on PostgreSQL (a pgx DSN or URL).
 func OpenPostgres(ctx context.Context, dsn string) (*DB, error) {
-	db, err := sql.Open("pgx", dsn)
+	cc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("failed to open postgres: %w", err)
 	}
+	tr := &errorTracer{}
+	cc.Tracer = tr
+	db := stdlib.OpenDB(*cc)
 	db.SetMaxOpenConns(16)
 	db.SetConnMaxIdleTime(time.Minute)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -23,7 +42,7 @@ func OpenPostgres(ctx context.Context, dsn string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("failed to reach postgres: %w", err)
 	}
-	return &DB{DB: db, Dialect: "postgres"}, nil
+	return &DB{DB: db, Dialect: "postgres", errs: &tr.n}, nil
 }
 
 // Open opens the database a DSN names: "postgres://…" or "postgresql://…" is

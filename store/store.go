@@ -11,6 +11,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	_ "modernc.org/sqlite" // the embedded default driver
 )
@@ -19,6 +20,17 @@ import (
 type DB struct {
 	*sql.DB
 	Dialect string // "sqlite" or "postgres"
+
+	errs *atomic.Uint64 // failed statements (PostgreSQL only)
+}
+
+// Errors is how many statements have failed on PostgreSQL since Open, for
+// metrics; 0 on SQLite, where a failure is local and logged by its caller.
+func (d *DB) Errors() uint64 {
+	if d.errs == nil {
+		return 0
+	}
+	return d.errs.Load()
 }
 
 // OpenSQLite opens (creating if needed) the SQLite database at path with WAL and

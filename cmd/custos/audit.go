@@ -202,6 +202,10 @@ func init() {
 				url = strings.TrimSuffix(url, "/") + "/checkpoint"
 			}
 			w := &audit.Witness{URL: url, Verifier: v, StateFile: state}
+			if !once {
+				log := newLogger()
+				w.OnAlarm = func(err error) { log.Error("audit log alarm", "checkpoint", url, "err", err) }
+			}
 			if once {
 				cp, err := w.Check(cmdCtx(cmd))
 				if err != nil {

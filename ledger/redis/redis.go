@@ -14,6 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -26,8 +28,53 @@ const Prefix = "custos:ledger:"
 
 // Backend is a ledger.Backend on Redis.
 type Backend struct {
-	c *goredis.Client
+	c    *goredis.Client
+	errs *errorHook
 }
+
+// errorHook counts commands that failed (a missing key is not a failure).
+type errorHook struct{ n atomic.Uint64 }
+
+func (h *errorHook) DialHook(next goredis.DialHook) goredis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil {
+			h.n.Add(1)
+		}
+		return c, err
+	}
+}
+
+func (h *errorHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		err := next(ctx, cmd)
+		if err != nil && !errors.Is(err, goredis.Nil) && !connSetup(cmd) {
+			h.n.Add(1)
+		}
+		return err
+	}
+}
+
+func (h *errorHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		err := next(ctx, cmds)
+		if err != nil && !errors.Is(err, goredis.Nil) && !(len(cmds) > 0 && connSetup(cmds[0])) {
+			h.n.Add(1)
+		}
+		return err
+	}
+}
+
+// connSetup is a command the client sends when it connects, whose refusal by
+// an older server it ignores (CLIENT SETINFO, HELLO).
+func connSetup(c goredis.Cmder) bool {
+	n := c.Name()
+	return n == "client" || n == "hello"
+}
+
+// Errors is how many Redis commands, pipelines and dials have failed since
+// Open (for metrics).
+func (b *Backend) Errors() uint64 { return b.errs.n.Load() }
 
 var _ ledger.SharedBackend = (*Backend)(nil)
 
@@ -42,11 +89,13 @@ func Open(ctx context.Context, url string) (*Backend, error) {
 	opt.WriteTimeout = 2 * time.Second
 	opt.MaxRetries = 1
 	c := goredis.NewClient(opt)
+	h := &errorHook{}
+	c.AddHook(h)
 	if err := c.Ping(ctx).Err(); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("failed to reach redis: %w", err)
 	}
-	return &Backend{c: c}, nil
+	return &Backend{c: c, errs: h}, nil
 }
 
 // Close closes the connection pool.

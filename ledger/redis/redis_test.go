@@ -121,6 +121,15 @@ func TestRestartFailsClosedAndRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	if n := b.Errors(); n != 0 {
+		t.Fatalf("%d errors counted while redis was up (a miss is not one)", n)
+	}
+	if _, err := b.Get(ctx, ledger.HashToken("never-issued")); !errors.Is(err, ledger.ErrNotFound) {
+		t.Fatalf("miss: %v", err)
+	}
+	if n := b.Errors(); n != 0 {
+		t.Fatalf("a miss counted as %d errors", n)
+	}
 	s.stop()
 	if st, err := l.Status(ctx, ledger.HashToken("forged")); !errors.Is(err, ledger.ErrUnavailable) {
 		t.Fatalf("miss while redis down: %v %v, want ErrUnavailable", st, err)
@@ -132,6 +141,9 @@ func TestRestartFailsClosedAndRecovers(t *testing.T) {
 	cancel()
 	if st, err := l.Status(ctx, before.Hash); err != nil || st != ledger.Live {
 		t.Fatalf("token issued before the outage: %v %v", st, err)
+	}
+	if b.Errors() == 0 {
+		t.Fatal("no Redis error counted during the outage")
 	}
 
 	s.start()

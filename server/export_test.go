@@ -1,0 +1,7 @@
+package server
+
+import "net/http"
+
+// MuxOf is the router of s, for the tests that compare it with the OpenAPI
+// document.
+func MuxOf(s *Server) *http.ServeMux { return s.mux }
