@@ -124,19 +124,19 @@ type Route struct {
 // Gateway configures the verifying gateway.
 type Gateway struct {
 	// Name identifies this gateway in access events.
-	Name      string        `yaml:"name" env:"CUSTOS_GATEWAY_NAME"`
-	Upstream  string        `yaml:"upstream" env:"CUSTOS_GATEWAY_UPSTREAM"`
+	Name     string `yaml:"name" env:"CUSTOS_GATEWAY_NAME"`
+	Upstream string `yaml:"upstream" env:"CUSTOS_GATEWAY_UPSTREAM"`
 	// Decide serves the decision API (GET /v1/decide, ANY /ext_authz/...)
 	// on Listen instead of proxying: the shop's own proxy forwards.
 	Decide bool `yaml:"decide" env:"CUSTOS_GATEWAY_DECIDE"`
 	// GRPCListen, with Decide, serves Envoy's ext_authz gRPC service
 	// (envoy.service.auth.v3.Authorization) on this address.
-	GRPCListen string `yaml:"grpc_listen" env:"CUSTOS_GATEWAY_GRPC_LISTEN"`
-	Listen    string        `yaml:"listen" env:"CUSTOS_GATEWAY_LISTEN"`
-	Authority string        `yaml:"authority" env:"CUSTOS_AUTHORITY"`
-	Audience  []string      `yaml:"audience"`
-	Leeway    time.Duration `yaml:"leeway" env:"CUSTOS_GATEWAY_LEEWAY"`
-	Routes    []Route       `yaml:"routes"`
+	GRPCListen string        `yaml:"grpc_listen" env:"CUSTOS_GATEWAY_GRPC_LISTEN"`
+	Listen     string        `yaml:"listen" env:"CUSTOS_GATEWAY_LISTEN"`
+	Authority  string        `yaml:"authority" env:"CUSTOS_AUTHORITY"`
+	Audience   []string      `yaml:"audience"`
+	Leeway     time.Duration `yaml:"leeway" env:"CUSTOS_GATEWAY_LEEWAY"`
+	Routes     []Route       `yaml:"routes"`
 	// Unmatched is what happens to a path that matches no route when routes
 	// are configured: deny (default, reason unknown_route) or forward.
 	Unmatched string `yaml:"unmatched" env:"CUSTOS_GATEWAY_UNMATCHED"`
