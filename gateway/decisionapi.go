@@ -43,6 +43,9 @@ type Query struct {
 	// Envoy's source.address). It is believed only when Peer is a trusted
 	// proxy; the X-Forwarded-For rule then applies from it.
 	ReportedSource string
+	// ListRemoved asks for Verdict.Remove, for a proxy that can remove
+	// headers from the request it forwards (Envoy).
+	ListRemoved bool
 
 	err error // why ForwardAuth or ExtAuthz could not read the request
 }
@@ -53,14 +56,23 @@ type Verdict struct {
 	Status int
 	// Reason is the refusal reason; empty on allow.
 	Reason event.Reason
-	// Identity holds the identity headers for the upstream (the subject
-	// header, X-Custos-Jti, X-Custos-Kid) of an allowed request whose token
-	// verified; empty otherwise.
-	Identity http.Header
-	// Remove names the original request's headers that must not reach the
-	// upstream under the gateway's header rule (identity spellings, address
-	// and path headers), for a proxy that can remove them (Envoy).
+	// Remove names, on allow and when the Query asked (ListRemoved), the
+	// original request's headers that must not reach the upstream under
+	// the gateway's header rule (identity spellings, address and path
+	// headers), and the identity headers not set.
 	Remove []string
+
+	g *Gateway
+	d *Decision
+}
+
+// SetIdentity sets on h the identity headers the upstream may trust (the
+// subject header, X-Custos-Jti, X-Custos-Kid) of an allowed decision whose
+// token verified, with [Gateway.SetIdentity]; otherwise it sets nothing.
+func (v Verdict) SetIdentity(h http.Header) {
+	if v.g != nil && v.d != nil {
+		v.g.SetIdentity(h, v.d)
+	}
 }
 
 // Allowed reports whether the original request may go upstream.
@@ -99,16 +111,16 @@ func (g *Gateway) Answer(ctx context.Context, q Query) Verdict {
 	case d.Allowed() && !asSent(r.Target, d.Path):
 		d.Verdict, d.Reason = event.Deny, event.ReasonUnknownRoute
 	}
-	v := Verdict{Status: http.StatusOK}
+	v := Verdict{Status: http.StatusOK, g: g, d: d}
 	if !d.Allowed() {
 		v.Status, v.Reason = http.StatusUnauthorized, d.Reason
 		if d.Reason == event.ReasonBlockedSource {
 			v.Status = http.StatusForbidden
 		}
-	} else {
-		v.Identity = http.Header{}
-		g.SetIdentity(v.Identity, d)
-		v.Remove = g.removed(r.Header, v.Identity)
+	} else if q.ListRemoved {
+		set := http.Header{}
+		g.SetIdentity(set, d)
+		v.Remove = g.removed(r.Header, set)
 	}
 	g.Emit(d, Outcome{Status: v.Status})
 	return v
@@ -265,9 +277,7 @@ func writeVerdict(w http.ResponseWriter, v Verdict) {
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
 	if v.Allowed() {
-		for k, vs := range v.Identity {
-			h[k] = vs
-		}
+		v.SetIdentity(h)
 		h.Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
 		return

@@ -62,7 +62,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 func Query(ctx context.Context, req *authv3.CheckRequest) gateway.Query {
 	a := req.GetAttributes()
 	h := a.GetRequest().GetHttp()
-	q := gateway.Query{Request: gateway.Request{Method: h.GetMethod(), Host: h.GetHost(), Target: h.GetPath(), Header: http.Header{}}}
+	q := gateway.Query{Request: gateway.Request{Method: h.GetMethod(), Host: h.GetHost(), Target: h.GetPath(), Header: http.Header{}}, ListRemoved: true}
 	n := 0
 	add := func(k, v string) {
 		if n >= MaxHeaders || k == "" || k[0] == ':' {
@@ -96,7 +96,9 @@ func Query(ctx context.Context, req *authv3.CheckRequest) gateway.Query {
 func Response(v gateway.Verdict) *authv3.CheckResponse {
 	if v.Allowed() {
 		ok := &authv3.OkHttpResponse{}
-		for k, vs := range v.Identity {
+		id := http.Header{}
+		v.SetIdentity(id)
+		for k, vs := range id {
 			for _, val := range vs {
 				ok.Headers = append(ok.Headers, header(strings.ToLower(k), val))
 			}
