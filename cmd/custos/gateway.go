@@ -53,6 +53,9 @@ examples/ for nginx, Envoy, Traefik and Caddy configurations.`,
 			}
 			if set("decide") {
 				cfg.Gateway.Decide = decide
+				if decide && !set("upstream") {
+					cfg.Gateway.Upstream = "" // a config file shared with the proxy mode
+				}
 			}
 			if set("grpc-listen") {
 				cfg.Gateway.GRPCListen = grpcListen
