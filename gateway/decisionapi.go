@@ -84,7 +84,8 @@ var errOriginal = errors.New("gateway: unusable original request")
 // Answer decides q with [Gateway.Decide] and emits its one access event,
 // whose status is the decision's (200, 401 or 403). Beyond the checks of
 // the proxy mode it refuses, as malformed, an original request the proxy
-// did not describe readably (see [ForwardAuth]); and, as unknown_route, a
+// did not describe readably (see [ForwardAuth]), whatever the modes; and,
+// as unknown_route (observed only when that check is in observe mode), a
 // target whose path is not already in the canonical form routes are matched
 // on: the proxy mode forwards the canonical path, but the decision API
 // cannot change what the upstream receives, so it allows only a path that
@@ -109,7 +110,12 @@ func (g *Gateway) Answer(ctx context.Context, q Query) Verdict {
 	case q.err != nil && d.Reason != event.ReasonBlockedSource:
 		d.Verdict, d.Reason = event.Deny, event.ReasonMalformed
 	case d.Allowed() && !asSent(r.Target, d.Path):
-		d.Verdict, d.Reason = event.Deny, event.ReasonUnknownRoute
+		// As the route check it is: observe mode only records it.
+		if g.cfg.Modes[event.ReasonUnknownRoute] != Observe {
+			d.Verdict, d.Reason = event.Deny, event.ReasonUnknownRoute
+		} else if d.Reason == "" {
+			d.Reason = event.ReasonUnknownRoute
+		}
 	}
 	v := Verdict{Status: http.StatusOK, g: g, d: d}
 	if !d.Allowed() {

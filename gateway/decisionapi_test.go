@@ -396,6 +396,17 @@ func TestDecideObserve(t *testing.T) {
 	if w.Header().Get(DefaultSubjectHeader) != "m-1" {
 		t.Errorf("verified but not issued: subject %q", w.Header().Get(DefaultSubjectHeader))
 	}
+	// The decision API's own route rule follows the route check's mode.
+	ocfg := testConfig()
+	ocfg.Modes = map[event.Reason]Mode{event.ReasonUnknownRoute: Observe}
+	o := newEnv(t, ocfg)
+	otok := o.issue(t, claimsFor("m-1"))
+	before = o.pub.n()
+	if w := o.decide(spellings[0].req("GET", "/api/members/m-1/./addresses", otok)); w.Code != 200 || o.pub.last(t).Reason != event.ReasonUnknownRoute || o.pub.n() != before+1 {
+		t.Errorf("observed unknown_route: %d %+v", w.Code, o.pub.last(t))
+	}
+	before = o.pub.n()
+	assertDecision(t, o, o.decide(spellings[0].req("GET", "/api/members/m-2/./addresses", otok)), before, event.ReasonSubjectMismatch, "")
 	c := claimsFor("m-1")
 	bad := token.Claims(c)
 	tok := e.mint(t, bad)
