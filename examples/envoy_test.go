@@ -35,12 +35,19 @@ func parseEnvoy(t *testing.T, src []byte) (*bootstrapv3.Bootstrap, error) {
 	return &b, b.ValidateAll()
 }
 
-// examples/envoy/envoy.yaml is a bootstrap Envoy accepts: it parses into the
-// Bootstrap message with every typed_config resolved, passes the protos'
-// validation, and its ext_authz filter asks custos over gRPC, fails closed,
-// and sits before the router.
+// examples/envoy/envoy.yaml and envoy-http.yaml are bootstraps Envoy
+// accepts: each parses into the Bootstrap message with every typed_config
+// resolved, passes the protos' validation, and its ext_authz filter asks
+// custos (over gRPC on --grpc-listen, or HTTP on /ext_authz of --listen),
+// fails closed, and sits before the router.
 func TestEnvoyConfig(t *testing.T) {
-	src, err := os.ReadFile("envoy/envoy.yaml")
+	for _, file := range []string{"envoy/envoy.yaml", "envoy/envoy-http.yaml"} {
+		t.Run(file, func(t *testing.T) { testEnvoyConfig(t, file) })
+	}
+}
+
+func testEnvoyConfig(t *testing.T, file string) {
+	src, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,9 +85,25 @@ func TestEnvoyConfig(t *testing.T) {
 	if az.GetFailureModeAllow() {
 		t.Error("ext_authz fails open")
 	}
-	gc := az.GetGrpcService().GetEnvoyGrpc().GetClusterName()
-	if port, ok := clusters[gc]; !ok || port != 7781 {
-		t.Errorf("ext_authz cluster %q (port %d) is not custos's --grpc-listen", gc, port)
+	if hs := az.GetHttpService(); hs != nil {
+		c := hs.GetServerUri().GetCluster()
+		if port, ok := clusters[c]; !ok || port != 7780 || hs.GetPathPrefix() != "/ext_authz" {
+			t.Errorf("HTTP ext_authz to cluster %q (port %d) under %q, not custos's /ext_authz on --listen", c, port, hs.GetPathPrefix())
+		}
+		allowed := map[string]bool{}
+		for _, m := range hs.GetAuthorizationResponse().GetAllowedUpstreamHeaders().GetPatterns() {
+			allowed[m.GetExact()] = true
+		}
+		for _, h := range []string{"x-custos-subject", "x-custos-jti", "x-custos-kid"} {
+			if !allowed[h] {
+				t.Errorf("%s does not reach the upstream", h)
+			}
+		}
+	} else {
+		gc := az.GetGrpcService().GetEnvoyGrpc().GetClusterName()
+		if port, ok := clusters[gc]; !ok || port != 7781 {
+			t.Errorf("ext_authz cluster %q (port %d) is not custos's --grpc-listen", gc, port)
+		}
 	}
 	for _, r := range hcm.GetRouteConfig().GetVirtualHosts()[0].GetRoutes() {
 		if c := r.GetRoute().GetCluster(); clusters[c] != 8080 {
@@ -92,7 +115,7 @@ func TestEnvoyConfig(t *testing.T) {
 	for _, bad := range []string{
 		strings.Replace(string(src), "failure_mode_allow", "failure_mode_alow", 1),
 		strings.Replace(string(src), "v3.ExtAuthz", "v3.ExtAuth", 1),
-		strings.Replace(string(src), "port_value: 7781", "port_value: -1", 1),
+		strings.Replace(string(src), "port_value: 8080", "port_value: -1", 1),
 		strings.Replace(string(src), "timeout: 0.5s", "timeout: soon", 1),
 	} {
 		if _, err := parseEnvoy(t, []byte(bad)); err == nil {
