@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -96,6 +97,47 @@ func TestRunGateway(t *testing.T) {
 	}
 	if err := json.NewEncoder(io.Discard).Encode(Report{Gateway: &g}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The decision benchmark measures every phase with no error: every one of
+// its distinct tokens is allowed through nginx and both endpoints, and each
+// endpoint's decisions were all timed inside the gateway.
+func TestRunDecide(t *testing.T) {
+	o := short
+	o.Dir = t.TempDir()
+	dc, err := RunDecide(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loads := map[string]Load{"http": dc.HTTP.Load, "grpc": dc.GRPC.Load}
+	if dc.NginxAlone != nil {
+		loads["nginx alone"], loads["nginx auth"] = *dc.NginxAlone, *dc.NginxAuth
+		if dc.NginxRatio != dc.NginxAuth.PerSec/dc.NginxAlone.PerSec {
+			t.Fatalf("nginx ratio %v", dc.NginxRatio)
+		}
+	} else if _, err := exec.LookPath("nginx"); err == nil {
+		t.Fatal("nginx is installed but was not measured")
+	}
+	for name, l := range loads {
+		if l.Requests == 0 || l.PerSec <= 0 || l.Errors != 0 {
+			t.Fatalf("%s: %+v (first error %s)", name, l, l.FirstErr)
+		}
+	}
+	for name, ep := range map[string]Endpoint{"http": dc.HTTP, "grpc": dc.GRPC} {
+		if ep.OverheadN < uint64(ep.Load.Requests) || ep.ServerCPUPerDecision <= 0 || ep.OverheadP99 < ep.OverheadP50 {
+			t.Fatalf("%s: %+v", name, ep)
+		}
+	}
+	if dc.Tokens != decideTokens || dc.OwnN == 0 || dc.OwnP50 <= 0 || dc.OwnP99 < dc.OwnP50 {
+		t.Fatalf("%+v", dc)
+	}
+	var buf bytes.Buffer
+	Report{Machine: ThisMachine(), Decide: &dc}.WriteText(&buf)
+	for _, want := range []string{"decisions/s", "CPU per decision", "own time"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Fatalf("report lacks %q:\n%s", want, buf.String())
+		}
 	}
 }
 

@@ -36,6 +36,7 @@ type Report struct {
 	Duration  string    `json:"duration"`
 	Issuance  *Issuance `json:"issuance,omitempty"`
 	Gateway   *Gateway  `json:"gateway,omitempty"`
+	Decide    *Decide   `json:"decide,omitempty"`
 }
 
 func metText(ok bool) string {
@@ -87,5 +88,29 @@ func (r Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "    thread CPU    gateway %s, ed25519.Verify %s: overhead %+.0f %%\n", us(g.ColdCPUPerReq), us(g.VerifyCPUPerOp), g.ColdCPUOverhead*100)
 		}
 		fmt.Fprintf(w, "    target        overhead ≤ +%.0f %% (on thread CPU where measured): %s\n", GatewayColdOverTarget*100, metText(g.ColdMet))
+	}
+	if dc := r.Decide; dc != nil {
+		fmt.Fprintf(w, "\ndecision API (in-process gateway's GET /v1/decide and ext_authz gRPC Check, loopback, %d distinct tokens on subject-bound routes):\n", dc.Tokens)
+		if dc.NginxAlone != nil {
+			a, b := dc.NginxAlone, dc.NginxAuth
+			fmt.Fprintf(w, "  nginx in front of the sample shop, closed loop, %d workers, side by side:\n", a.Workers)
+			fmt.Fprintf(w, "    nginx alone        %10.0f req/s  p50 %s p99 %s (%d errors)\n", a.PerSec, ms(a.P50), ms(a.P99), a.Errors)
+			fmt.Fprintf(w, "    nginx+auth_request %10.0f req/s  p50 %s p99 %s (%d errors)\n", b.PerSec, ms(b.P50), ms(b.P99), b.Errors)
+			fmt.Fprintf(w, "    ratio              %10.2f   target ≥ %.2f: %s\n", dc.NginxRatio, DecideNginxRatioTarget, metText(dc.NginxMet))
+		} else {
+			fmt.Fprintf(w, "  nginx: skipped (%s)\n", dc.NginxSkip)
+		}
+		for _, e := range []struct {
+			name string
+			ep   Endpoint
+		}{{"HTTP /v1/decide", dc.HTTP}, {"gRPC Check", dc.GRPC}} {
+			l := e.ep.Load
+			fmt.Fprintf(w, "  %-16s %10.0f decisions/s, %d workers, client p50 %s p99 %s (%d errors)\n", e.name, l.PerSec, l.Workers, ms(l.P50), ms(l.P99), l.Errors)
+			fmt.Fprintf(w, "    CPU per decision  server %s (process %s over %d decisions, %d profile samples; load generator %s)\n",
+				us(e.ep.ServerCPUPerDecision), e.ep.CPU.Total.Round(time.Millisecond), l.Completed, e.ep.CPU.Samples, e.ep.CPU.Generator.Round(time.Millisecond))
+			fmt.Fprintf(w, "    decision's own time under this load (%d decisions, histogram bucket bounds): p50 ≤ %s, p99 ≤ %s\n", e.ep.OverheadN, us(e.ep.OverheadP50), us(e.ep.OverheadP99))
+		}
+		fmt.Fprintf(w, "  decision's own time, in process, one at a time, warm tokens (%d decisions): p50 %s, p99 %s   target p99 ≤ %s: %s\n",
+			dc.OwnN, us(dc.OwnP50), us(dc.OwnP99), us(DecideOwnP99Target), metText(dc.OwnMet))
 	}
 }

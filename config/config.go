@@ -153,6 +153,12 @@ type Gateway struct {
 	// AdminListen is where a standalone gateway serves /healthz, /readyz
 	// and /metrics (never on Listen); empty means not served.
 	AdminListen string `yaml:"admin_listen" env:"CUSTOS_GATEWAY_ADMIN_LISTEN"`
+	// Decide serves the decision API (GET /v1/decide, ANY /ext_authz/...)
+	// on Listen instead of proxying: the shop's own proxy forwards.
+	Decide bool `yaml:"decide" env:"CUSTOS_GATEWAY_DECIDE"`
+	// GRPCListen, with Decide, serves Envoy's ext_authz gRPC service
+	// (envoy.service.auth.v3.Authorization) on this address.
+	GRPCListen string `yaml:"grpc_listen" env:"CUSTOS_GATEWAY_GRPC_LISTEN"`
 	// Authority is the authority's URL, or a comma-separated list of its
 	// replicas' URLs that a standalone gateway fails over between.
 	Authority string        `yaml:"authority" env:"CUSTOS_AUTHORITY"`

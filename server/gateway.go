@@ -19,10 +19,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/gateway/extauthz"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger/remote"
 )
@@ -109,9 +111,18 @@ func checkGatewayCredential(ctx context.Context, hc *http.Client, base, src stri
 // RunGateway runs `custos gateway`: the verifying reverse proxy as its own
 // process, following the authority's keys and issuance ledger over HTTP.
 func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-	up, err := url.Parse(cfg.Gateway.Upstream)
-	if err != nil || up.Scheme == "" || up.Host == "" {
-		return fmt.Errorf("gateway.upstream: %q is not an absolute URL", cfg.Gateway.Upstream)
+	var up *url.URL
+	switch {
+	case cfg.Gateway.Decide && cfg.Gateway.Upstream != "":
+		return errors.New("gateway: decide and upstream exclude each other (the decision API forwards nothing)")
+	case !cfg.Gateway.Decide && cfg.Gateway.GRPCListen != "":
+		return errors.New("gateway.grpc_listen serves the decision API: it needs decide")
+	case !cfg.Gateway.Decide:
+		var err error
+		up, err = url.Parse(cfg.Gateway.Upstream)
+		if err != nil || up.Scheme == "" || up.Host == "" {
+			return fmt.Errorf("gateway.upstream: %q is not an absolute URL", cfg.Gateway.Upstream)
+		}
 	}
 	tok, src, err := gatewayCredential(cfg)
 	if err != nil {
@@ -225,16 +236,48 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	if err != nil {
 		return fmt.Errorf("failed to listen on %s: %w", cfg.Gateway.Listen, err)
 	}
-	srv := &http.Server{Handler: gateway.NewProxy(up, g), ReadHeaderTimeout: 10 * time.Second}
+	var h http.Handler
+	if up != nil {
+		h = gateway.NewProxy(up, g)
+	} else {
+		h = g.DecisionHandler()
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	var gs *grpc.Server
+	if cfg.Gateway.GRPCListen != "" {
+		gln, err := net.Listen("tcp", cfg.Gateway.GRPCListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("failed to listen on %s: %w", cfg.Gateway.GRPCListen, err)
+		}
+		gs = grpc.NewServer()
+		extauthz.New(g).Register(gs)
+		go gs.Serve(gln)
+		log.Info("custos gateway: Envoy ext_authz over gRPC", "grpc_listen", gln.Addr().String())
+	}
 	shut := make(chan struct{})
 	go func() {
 		defer close(shut)
 		<-ctx.Done()
 		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
 		defer c()
+		if gs != nil {
+			stopped := make(chan struct{})
+			go func() { gs.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-sctx.Done():
+				gs.Stop()
+			}
+		}
 		srv.Shutdown(sctx)
 	}()
-	log.Info("custos gateway serving", "listen", "http://"+ln.Addr().String(), "upstream", up.String(), "authority", strings.Join(bases, ","), "admin", cfg.Gateway.AdminListen)
+	if up != nil {
+		log.Info("custos gateway serving", "listen", "http://"+ln.Addr().String(), "upstream", up.String(), "authority", strings.Join(bases, ","), "admin", cfg.Gateway.AdminListen)
+	} else {
+		log.Info("custos gateway serving the decision API", "listen", "http://"+ln.Addr().String(),
+			"forward_auth", gateway.DecidePath, "ext_authz", gateway.ExtAuthzPrefix+"/<path>", "authority", strings.Join(bases, ","), "admin", cfg.Gateway.AdminListen)
+	}
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
