@@ -49,9 +49,11 @@ func testRunIssuance(t *testing.T, client string) {
 	if r.Met != (r.TokensPerS >= IssuanceTarget) {
 		t.Fatalf("met %v for %v tokens/s", r.Met, r.TokensPerS)
 	}
-	// Both sides of the loopback burn CPU, and the split accounts for all of it.
+	// The server burns CPU, and the split accounts for all of it. The lean
+	// generator costs a few µs a token: over a short run at 100 samples/s
+	// it may get none, so only its sign is checked.
 	c := r.CPU
-	if c.Samples == 0 || c.Generator <= 0 || c.Server <= 0 || c.Server+c.Generator != c.Total || r.Load.Completed < r.Load.Requests {
+	if c.Samples == 0 || c.Generator < 0 || c.Server <= 0 || c.Server+c.Generator != c.Total || r.Load.Completed < r.Load.Requests {
 		t.Fatalf("CPU split %+v over %d completed", c, r.Load.Completed)
 	}
 	if r.ServerCPUPerToken <= 0 || r.ServerCapacity <= 0 {
