@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -245,36 +246,20 @@ func (c *Config) fill() {
 	e := &c.Enumeration
 	sev(&e.Severity, High)
 	dur(&e.Window, DefaultEnumerationWindow)
-	if e.Threshold == 0 {
-		e.Threshold = DefaultEnumerationThreshold
-	}
-	if e.PerNetwork == 0 {
-		e.PerNetwork = DefaultEnumerationPerNet
-	}
-	if e.WalkGap == 0 {
-		e.WalkGap = DefaultWalkGap
-	}
-	if e.WalkRun == 0 {
-		e.WalkRun = DefaultWalkRun
-	}
+	e.Threshold = cmp.Or(e.Threshold, DefaultEnumerationThreshold)
+	e.PerNetwork = cmp.Or(e.PerNetwork, DefaultEnumerationPerNet)
+	e.WalkGap = cmp.Or(e.WalkGap, DefaultWalkGap)
+	e.WalkRun = cmp.Or(e.WalkRun, DefaultWalkRun)
 	cv := &c.IDCoverage
 	sev(&cv.Severity, High)
 	dur(&cv.Window, DefaultCoverageWindow)
-	if cv.Block == 0 {
-		cv.Block = DefaultCoverageBlock
-	}
-	if cv.Threshold == 0 {
-		cv.Threshold = DefaultCoverageThreshold
-	}
+	cv.Block = cmp.Or(cv.Block, DefaultCoverageBlock)
+	cv.Threshold = cmp.Or(cv.Threshold, DefaultCoverageThreshold)
 	u := &c.UnknownSubject
 	sev(&u.Severity, High)
 	dur(&u.Window, DefaultUnknownWindow)
-	if u.MinCount == 0 {
-		u.MinCount = DefaultUnknownMinCount
-	}
-	if u.MinRatio == 0 {
-		u.MinRatio = DefaultUnknownMinRatio
-	}
+	u.MinCount = cmp.Or(u.MinCount, DefaultUnknownMinCount)
+	u.MinRatio = cmp.Or(u.MinRatio, DefaultUnknownMinRatio)
 	f := &c.ForeignOrigin
 	sev(&f.Severity, Medium)
 	if len(f.Allowed) == 0 {
