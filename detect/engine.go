@@ -27,6 +27,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	b       *builtins
+	iss     *issuance
 	rules   atomic.Pointer[ruleSet]
 	one     [1]event.Access // Process's event, so that it does not escape
 	pending []pendingAlert
@@ -102,6 +103,7 @@ func New(cfg Config, now func() time.Time) (*Engine, error) {
 		dirtyA: make(map[*Alert]struct{}), dirtyI: make(map[*Incident]struct{}),
 	}
 	e.b = newBuiltins(&e.cfg, e.seed)
+	e.iss = newIssuance(&e.cfg, e.seed)
 	e.rules.Store(&ruleSet{})
 	return e, nil
 }
