@@ -49,6 +49,16 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// buildCustos builds this command into dir and returns the binary's path.
+func buildCustos(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "custos")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
 // startProcess runs bin with args until the test ends (then kill -9).
 func startProcess(t *testing.T, bin string, args ...string) *lockedBuffer {
 	t.Helper()
@@ -110,10 +120,7 @@ func TestGatewayProcesses(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildCustos(t, dir)
 	var mu sync.Mutex
 	var got []string // what the upstream received: request URI and subject
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
