@@ -51,7 +51,7 @@ func newIDP(t *testing.T) *idp {
 }
 
 // sign makes a compact JWT of claims with key k (alg from the key).
-func signJWT(t *testing.T, k jose.JSONWebKey, typ string, claims any) string {
+func signJWT(t testing.TB, k jose.JSONWebKey, typ string, claims any) string {
 	t.Helper()
 	opts := (&jose.SignerOptions{}).WithHeader("kid", k.KeyID)
 	if typ != "" {
