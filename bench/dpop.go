@@ -94,9 +94,9 @@ func dpopPhase(ctx context.Context, r *running, n int) (*DPoPPhase, error) {
 		return err
 	}
 	type item struct {
-		req    *http.Request
-		raw    string
-		proof  string // for the next request
+		req   *http.Request
+		raw   string
+		proof string // for the next request
 	}
 	bearer, bound := make([]item, n), make([]item, n)
 	msgs := make([][2][]byte, n) // signing input, signature, for ed25519.Verify
