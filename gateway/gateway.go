@@ -7,8 +7,9 @@
 // event.Reason): blocked_source; unknown_route; missing_token; then the token
 // verdict shared with introspection (package verdict: malformed; unknown_key,
 // revoked_key; bad_signature; expired, not_yet_valid, wrong_issuer,
-// wrong_audience; not_issued, revoked_token, ledger_unavailable); then
-// decoy_subject, subject_mismatch. A refused request gets 401 with
+// wrong_audience; not_issued, revoked_token, ledger_unavailable); then for
+// a token bound to a key (cnf.jkt) its DPoP proof (dpop_required,
+// bad_dpop_proof; see dpop.go); then decoy_subject, subject_mismatch. A refused request gets 401 with
 // WWW-Authenticate: Bearer error="invalid_token" (RFC 6750) and never reaches
 // the upstream. Routes are matched on one canonical form of the path, which
 // is what the upstream receives (see route.go); client headers an upstream
