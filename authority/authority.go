@@ -302,6 +302,9 @@ type Introspection struct {
 	Aud       string `json:"aud,omitempty"`
 	Iss       string `json:"iss,omitempty"`
 	JTI       string `json:"jti,omitempty"`
+	// Cnf is the key a DPoP-bound token is bound to (RFC 9449 section
+	// 6.2): the resource server must check the proof itself.
+	Cnf *token.Confirmation `json:"cnf,omitempty"`
 }
 
 // Verdict decides on raw for the resource server c, through the same
@@ -327,8 +330,12 @@ func (a *Authority) Introspect(ctx context.Context, c *Client, raw string) (Intr
 		return Introspection{Active: false}, nil
 	}
 	cl := v.Claims
-	return Introspection{Active: true, Scope: cl.Scope, ClientID: cl.ClientID, TokenType: "Bearer",
-		Exp: cl.ExpiresAt, Iat: cl.IssuedAt, Nbf: cl.NotBefore, Sub: cl.Subject, Aud: cl.Audience, Iss: cl.Issuer, JTI: cl.JTI}, nil
+	in := Introspection{Active: true, Scope: cl.Scope, ClientID: cl.ClientID, TokenType: "Bearer",
+		Exp: cl.ExpiresAt, Iat: cl.IssuedAt, Nbf: cl.NotBefore, Sub: cl.Subject, Aud: cl.Audience, Iss: cl.Issuer, JTI: cl.JTI}
+	if cl.Cnf.JKT != "" {
+		in.TokenType, in.Cnf = "DPoP", &token.Confirmation{JKT: cl.Cnf.JKT}
+	}
+	return in, nil
 }
 
 // provenanceOf is the ledger's own Status when it has one (ledger.Ledger:

@@ -213,6 +213,30 @@ type Gateway struct {
 	// AuthorityToken is that credential itself, from the environment only
 	// (never from the YAML file); it wins over AuthorityTokenFile.
 	AuthorityToken string `yaml:"-" env:"CUSTOS_GATEWAY_TOKEN"`
+	// DPoP: how proofs for key-bound tokens (cnf.jkt) are checked.
+	DPoP GatewayDPoP `yaml:"dpop"`
+}
+
+// GatewayDPoP configures the checking of DPoP proofs (RFC 9449).
+type GatewayDPoP struct {
+	// PublicURL is the scheme and host clients address the API by, such as
+	// https://api.shop.example: a proof's htu must name it. Empty: the
+	// request's own Host and scheme (TLS, or X-Forwarded-Proto from a
+	// trusted proxy or the decision API's caller).
+	PublicURL string `yaml:"public_url" env:"CUSTOS_GATEWAY_DPOP_PUBLIC_URL"`
+	// Window bounds how far a proof's iat may be from the gateway's clock
+	// (0: 1m, at most 5m).
+	Window time.Duration `yaml:"window"`
+	// ReplayCacheSize bounds the proofs one gateway remembers when
+	// scale.redis is not set (0: 1000000); past it proofs are refused.
+	// With scale.redis the replicas share the cache there.
+	ReplayCacheSize int `yaml:"replay_cache_size"`
+	// Nonce makes every proof carry a server nonce (DPoP-Nonce).
+	Nonce bool `yaml:"nonce" env:"CUSTOS_GATEWAY_DPOP_NONCE"`
+	// NonceSecretEnv names an environment variable holding the nonces' HMAC
+	// secret (base64, at least 32 bytes), the same on every replica.
+	// Empty: a secret of this process's own.
+	NonceSecretEnv string `yaml:"nonce_secret_env"`
 }
 
 // Staff configures the workforce lifecycle.
