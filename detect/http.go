@@ -85,16 +85,12 @@ func (e *Engine) listAlerts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	rule, sv := q.Get("rule"), Severity(q.Get("severity"))
-	all := e.Alerts()
-	out := make([]Alert, 0, min(limit, len(all)))
-	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
-		a := all[i]
-		if (rule == "" || a.Rule == rule) && (sv == "" || a.Severity == sv) {
-			out = append(out, a)
-		}
+	out, err := e.ListAlerts(r.Context(), AlertQuery{Rule: q.Get("rule"), Severity: Severity(q.Get("severity")), Limit: limit})
+	if err != nil {
+		wire.WriteError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "alerts unavailable")
+		return
 	}
-	wire.WriteJSON(w, http.StatusOK, map[string]any{"alerts": out})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"alerts": orEmpty(out)})
 }
 
 func (e *Engine) listIncidents(w http.ResponseWriter, r *http.Request) {
@@ -103,29 +99,33 @@ func (e *Engine) listIncidents(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "limit must be 1..10000")
 		return
 	}
-	all := e.Incidents()
-	out := make([]Incident, 0, min(limit, len(all)))
-	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
-		out = append(out, all[i])
+	out, err := e.ListIncidents(r.Context(), limit)
+	if err != nil {
+		wire.WriteError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "incidents unavailable")
+		return
 	}
-	wire.WriteJSON(w, http.StatusOK, map[string]any{"incidents": out})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"incidents": orEmpty(out)})
 }
 
 func (e *Engine) getIncident(w http.ResponseWriter, r *http.Request) {
-	inc, ok := e.Incident(r.PathValue("id"))
-	if !ok {
+	inc, alerts, ok, err := e.FindIncident(r.Context(), r.PathValue("id"))
+	switch {
+	case err != nil:
+		wire.WriteError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "incidents unavailable")
+		return
+	case !ok:
 		wire.WriteError(w, http.StatusNotFound, "not_found", "no such incident")
 		return
 	}
-	var alerts []Alert
-	e.mu.Lock()
-	for _, id := range inc.Alerts {
-		if a := e.byID[id]; a != nil {
-			alerts = append(alerts, *a)
-		}
-	}
-	e.mu.Unlock()
 	wire.WriteJSON(w, http.StatusOK, map[string]any{"incident": inc, "alerts": alerts})
+}
+
+// orEmpty makes a nil list encode as [] rather than null.
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
 }
 
 func (e *Engine) streamAlerts(w http.ResponseWriter, r *http.Request) {
