@@ -11,8 +11,8 @@ import (
 
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect"
-	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/detect/sink"
+	"github.com/custos-dev/custos/event"
 )
 
 // attachSinks connects the configured alert sinks (and event sinks) to
