@@ -333,7 +333,7 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 	var keyDied time.Time
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, h.opts.Workers)
-	var firstErr atomic.Value
+	var firstErr atomic.Pointer[error] // errors of several types: atomic.Value would panic
 	expected := h.sc.Expected()
 	var n uint64
 	for {
@@ -354,14 +354,14 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 			return Report{}, err
 		}
 		if e := firstErr.Load(); e != nil {
-			return Report{}, e.(error)
+			return Report{}, *e
 		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func(r scenario.Request) {
 			defer func() { <-sem; wg.Done() }()
 			if err := h.replay(ctx, &r, tokens, cw, bw); err != nil {
-				firstErr.CompareAndSwap(nil, err)
+				firstErr.CompareAndSwap(nil, &err)
 			}
 		}(r)
 		if progress != nil && n%512 == 0 {
@@ -370,7 +370,7 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 	}
 	wg.Wait()
 	if e := firstErr.Load(); e != nil {
-		return Report{}, e.(error)
+		return Report{}, *e
 	}
 	if progress != nil {
 		progress(n, expected)
@@ -501,6 +501,11 @@ func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, er
 		"subject": r.Member, "audience": config.DefaultAudience, "ttl": 900,
 		"client_ip": r.SrcIP.String(), "session_id": session,
 	}, &out)
+	if err != nil && r.Kind.Attack() && strings.Contains(err.Error(), ": 403 ") {
+		// The authority refuses the subject (a decoy): the attacker goes
+		// without a token, and the gateway refuses the request.
+		return "", nil
+	}
 	if err == nil && r.Token == scenario.IssuedStolenSecret {
 		h.attackJTI.Store(out.JTI, r.Time.UnixNano())
 	}
