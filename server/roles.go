@@ -206,7 +206,7 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			}
 			go flushEvery(ctx, e, time.Second)
 		}
-		closers, err := openSinks(cfg, log, e)
+		closers, err := openSinks(cfg, log, e, nil)
 		defer func() {
 			for _, c := range closers {
 				c()
