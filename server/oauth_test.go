@@ -45,7 +45,7 @@ func TestOAuthMetadataAndTokenEndpoint(t *testing.T) {
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	want := []string{"grant_types_supported", "introspection_endpoint", "introspection_endpoint_auth_methods_supported", "issuer", "jwks_uri",
+	want := []string{"dpop_signing_alg_values_supported", "grant_types_supported", "introspection_endpoint", "introspection_endpoint_auth_methods_supported", "issuer", "jwks_uri",
 		"response_types_supported", "revocation_endpoint", "revocation_endpoint_auth_methods_supported", "token_endpoint",
 		"token_endpoint_auth_methods_supported", "token_endpoint_auth_signing_alg_values_supported"}
 	if !slices.Equal(names, want) {
@@ -53,6 +53,9 @@ func TestOAuthMetadataAndTokenEndpoint(t *testing.T) {
 	}
 	if m["issuer"] != e.Cfg.Issuer || m["token_endpoint"] != e.APIURL+"/oauth2/token" || m["jwks_uri"] != e.APIURL+"/.well-known/jwks.json" {
 		t.Errorf("issuer or endpoints: %v", m)
+	}
+	if algs, _ := json.Marshal(m["dpop_signing_alg_values_supported"]); string(algs) != `["EdDSA","ES256"]` {
+		t.Errorf("DPoP algorithms %s", algs)
 	}
 	if rt, _ := m["response_types_supported"].([]any); len(rt) != 0 {
 		t.Errorf("response types %v: custos has no authorization endpoint", rt)
