@@ -422,7 +422,7 @@ func TestConformance(t *testing.T) {
 				return k2
 			}
 		},
-		Algs:      []keys.Alg{keys.EdDSA, keys.ES256},
+		Algs:      []keys.Alg{keys.EdDSA, keys.ES256, keys.RS256},
 		ErrExists: ErrExists, ErrBadID: ErrBadID, ErrUnsupported: ErrUnsupported,
 	})
 }
