@@ -134,7 +134,8 @@ type Keys struct {
 	// database, scale.store, shared by every authority replica; the KEK must
 	// then come from kek_env, passphrase_env or a kek_file outside DATA).
 	Keyring string `yaml:"keyring" env:"CUSTOS_KEYRING"`
-	// Alg is "EdDSA" (default) or "ES256".
+	// Alg is "EdDSA" (default), "ES256" or "RS256" (2048-bit RSA, for
+	// resource servers that verify only RS256).
 	Alg string `yaml:"alg" env:"CUSTOS_KEYS_ALG"`
 	// KEKFile is a file holding the 32-byte key-encryption key of the sealed
 	// keyring; default DATA/kek (created 0600 on first start).
@@ -422,9 +423,9 @@ func (c *Config) Validate() error {
 		return bad("keys.backend", "must be sealed or pkcs11, not %q", c.Keys.Backend)
 	}
 	switch c.Keys.Alg {
-	case "EdDSA", "ES256":
+	case "EdDSA", "ES256", "RS256":
 	default:
-		return bad("keys.alg", "must be EdDSA or ES256, not %q", c.Keys.Alg)
+		return bad("keys.alg", "must be EdDSA, ES256 or RS256, not %q", c.Keys.Alg)
 	}
 	switch c.Keys.Keyring {
 	case "", "file":
