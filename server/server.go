@@ -255,7 +255,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 	s.Authority, err = authority.New(authority.Config{
 		Issuer: cfg.Issuer, DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL, Decoys: cfg.Decoys,
-		Leeway: cfg.Gateway.Leeway,
+		Leeway: cfg.Gateway.Leeway, ExternalIssuers: externalIssuers(cfg.OAuth), Log: log,
 	}, s.Keys, meteredLedger{s.Ledger, s.metrics}, alerter{s.Detect}, s.Audit, now)
 	if err != nil {
 		return nil, err
