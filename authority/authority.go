@@ -84,6 +84,26 @@ type LoginRecorder interface {
 	Login(sid string, at time.Time)
 }
 
+// IssuanceRecorder hears of every token issued and who asked for it
+// (detection's issuance-side detectors: by client, session, caller).
+type IssuanceRecorder interface {
+	Issued(ctx context.Context, c *Client, r *Request, jti, kid string, at time.Time)
+}
+
+type callerKey struct{}
+
+// WithCaller returns ctx carrying the address that called the token
+// endpoint, for the IssuanceRecorder.
+func WithCaller(ctx context.Context, addr string) context.Context {
+	return context.WithValue(ctx, callerKey{}, addr)
+}
+
+// CallerOf returns the address WithCaller put in ctx, or "".
+func CallerOf(ctx context.Context) string {
+	s, _ := ctx.Value(callerKey{}).(string)
+	return s
+}
+
 // Request is what a client asks for.
 type Request struct {
 	Subject   string `json:"subject"`
@@ -132,6 +152,8 @@ type Authority struct {
 
 	// Logins, when set, hears of every token issued.
 	Logins LoginRecorder
+	// Issuances, when set, hears of every token issued, with its request.
+	Issuances IssuanceRecorder
 
 	externals map[string]*external // by issuer
 	remote    *keyCache            // fetched key sets of clients and issuers
@@ -281,6 +303,9 @@ func (a *Authority) issue(ctx context.Context, c *Client, r Request, cnf token.C
 	}
 	if a.Logins != nil {
 		a.Logins.Login(jti, now)
+	}
+	if a.Issuances != nil {
+		a.Issuances.Issued(ctx, c, &r, jti, key.KID, now)
 	}
 	typ := "Bearer"
 	if cnf.JKT != "" {

@@ -230,6 +230,13 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		}
 		dcfg.Containment[detect.RuleNotIssued] = pol
 		dcfg.Containment[detect.RuleDecoySubject] = pol
+		// Tokens asked for with a client's secret, with no login behind
+		// them, in ID order or at many times the usual rate: the secret is
+		// in the wrong hands, suspend it.
+		sus := detect.ContainPolicy{Action: detect.ActionSuspendClient, DryRun: cfg.Detect.DryRun}
+		for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
+			dcfg.Containment[r] = sus
+		}
 	}
 	s.Detect, err = detect.New(dcfg, now)
 	if err != nil {
@@ -262,6 +269,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 
 	s.Authority.Logins = s.Detect
+	s.Authority.Issuances = issuanceFeed{s.Detect}
 
 	// Staff.
 	policy2 := staff.PolicyRevoke
