@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -23,7 +25,6 @@ import (
 const (
 	DefaultListen        = "127.0.0.1:7700"
 	DefaultGatewayListen = "127.0.0.1:7780"
-	DefaultIssuer        = "http://127.0.0.1:7700"
 	DefaultAudience      = "shop-api"
 	DefaultRotateEvery   = 24 * time.Hour
 	DefaultMaxTokenTTL   = 15 * time.Minute
@@ -38,6 +39,8 @@ type Config struct {
 	// Listen is the API address.
 	Listen string `yaml:"listen" env:"CUSTOS_LISTEN"`
 	// Issuer is the iss claim and the base URL in the metadata document.
+	// Empty: http://LISTEN (a wildcard host becomes 127.0.0.1, with a
+	// warning from serve); see CheckIssuer for the forms serve refuses.
 	Issuer string `yaml:"issuer" env:"CUSTOS_ISSUER"`
 	// Keys: custody backend and lifecycle policy.
 	Keys Keys `yaml:"keys"`
@@ -61,6 +64,33 @@ type Config struct {
 	Scale Scale `yaml:"scale"`
 	// Telemetry: traces (off by default).
 	Telemetry Telemetry `yaml:"telemetry"`
+	// OAuth: the standard token endpoint (POST /oauth2/token).
+	OAuth OAuth `yaml:"oauth"`
+}
+
+// OAuth configures the standard token endpoint.
+type OAuth struct {
+	// ExternalIssuers are identity providers whose ID tokens the token
+	// exchange (RFC 8693) accepts in return for a custos access token.
+	ExternalIssuers []ExternalIssuer `yaml:"external_issuers"`
+}
+
+// ExternalIssuer is one identity provider the token exchange trusts.
+type ExternalIssuer struct {
+	// Issuer is its iss, compared exactly.
+	Issuer string `yaml:"issuer"`
+	// JWKSURL is where it publishes its signing keys (https; http only on
+	// a loopback address).
+	JWKSURL string `yaml:"jwks_url"`
+	// Audience must be in the ID token's aud (the login service's
+	// client_id at the provider).
+	Audience string `yaml:"audience"`
+	// ClockSkew allowed on exp, iat and nbf (0: 30s; at most 5m).
+	ClockSkew time.Duration `yaml:"clock_skew"`
+	// SubjectClaim is the claim holding the member id (empty: sub).
+	SubjectClaim string `yaml:"subject_claim"`
+	// Algorithms allowed (empty: RS256, ES256 and EdDSA).
+	Algorithms []string `yaml:"algorithms"`
 }
 
 // Telemetry configures OpenTelemetry traces of issuance and the gateway.
@@ -184,6 +214,30 @@ type Gateway struct {
 	// AuthorityToken is that credential itself, from the environment only
 	// (never from the YAML file); it wins over AuthorityTokenFile.
 	AuthorityToken string `yaml:"-" env:"CUSTOS_GATEWAY_TOKEN"`
+	// DPoP: how proofs for key-bound tokens (cnf.jkt) are checked.
+	DPoP GatewayDPoP `yaml:"dpop"`
+}
+
+// GatewayDPoP configures the checking of DPoP proofs (RFC 9449).
+type GatewayDPoP struct {
+	// PublicURL is the scheme and host clients address the API by, such as
+	// https://api.shop.example: a proof's htu must name it. Empty: the
+	// request's own Host and scheme (TLS, or X-Forwarded-Proto from a
+	// trusted proxy or the decision API's caller).
+	PublicURL string `yaml:"public_url" env:"CUSTOS_GATEWAY_DPOP_PUBLIC_URL"`
+	// Window bounds how far a proof's iat may be from the gateway's clock
+	// (0: 1m, at most 5m).
+	Window time.Duration `yaml:"window"`
+	// ReplayCacheSize bounds the proofs one gateway remembers when
+	// scale.redis is not set (0: 1000000); past it proofs are refused.
+	// With scale.redis the replicas share the cache there.
+	ReplayCacheSize int `yaml:"replay_cache_size"`
+	// Nonce makes every proof carry a server nonce (DPoP-Nonce).
+	Nonce bool `yaml:"nonce" env:"CUSTOS_GATEWAY_DPOP_NONCE"`
+	// NonceSecretEnv names an environment variable holding the nonces' HMAC
+	// secret (base64, at least 32 bytes), the same on every replica.
+	// Empty: a secret of this process's own.
+	NonceSecretEnv string `yaml:"nonce_secret_env"`
 }
 
 // Staff configures the workforce lifecycle.
@@ -259,7 +313,6 @@ type PagerDuty struct {
 func Default() Config {
 	return Config{
 		Listen:  DefaultListen,
-		Issuer:  DefaultIssuer,
 		Keys:    Keys{Backend: "sealed", Alg: "EdDSA", RotateEvery: DefaultRotateEvery, MaxKeyAge: DefaultMaxKeyAge},
 		Tokens:  Tokens{DefaultTTL: 5 * time.Minute, MaxTTL: DefaultMaxTokenTTL},
 		Gateway: Gateway{Listen: DefaultGatewayListen, Audience: []string{DefaultAudience}, Leeway: 30 * time.Second},
@@ -360,7 +413,15 @@ func (c *Config) Validate() error {
 		return bad("data", "a data directory is required (--data DIR)")
 	}
 	if c.Issuer == "" {
-		return bad("issuer", "must not be empty")
+		iss, err := issuerFromListen(c.Listen)
+		if err != nil {
+			return bad("issuer", "empty, and %v", err)
+		}
+		c.Issuer = iss
+	}
+	if u, err := url.Parse(c.Issuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return bad("issuer", "%q must be an http or https URL without query, fragment or user (RFC 8414 section 2)", c.Issuer)
 	}
 	switch c.Keys.Backend {
 	case "sealed", "pkcs11":
@@ -467,6 +528,64 @@ func inside(path, dir string) bool {
 	}
 	rel, err := filepath.Rel(d, p)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// issuerFromListen is the issuer a listen address implies: http://HOST:PORT,
+// with 127.0.0.1 for a wildcard host.
+func issuerFromListen(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || port == "" || port == "0" {
+		return "", fmt.Errorf("listen %q names no fixed port to derive it from", listen)
+	}
+	if wildcardHost(host) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
+}
+
+func wildcardHost(h string) bool {
+	ip := net.ParseIP(h)
+	return h == "" || (ip != nil && ip.IsUnspecified())
+}
+
+// CheckIssuer compares the issuer with the address the API listens on,
+// for the processes that serve the metadata document (roles all and
+// authority). It refuses an issuer on a loopback address that the listener
+// cannot answer on (another port, or a listener on another specific
+// address): discovery and jwks_uri would point at nothing, or at another
+// process. It warns when the issuer was derived from a wildcard listen
+// address, and when a loopback-only listener serves a public issuer, which
+// is right only behind a reverse proxy.
+func (c *Config) CheckIssuer() (warning string, err error) {
+	u, err := url.Parse(c.Issuer)
+	if err != nil {
+		return "", fmt.Errorf("%w: issuer: %v", ErrInvalid, err)
+	}
+	lhost, lport, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return "", fmt.Errorf("%w: listen: %v", ErrInvalid, err)
+	}
+	ihost, iport := u.Hostname(), u.Port()
+	if iport == "" {
+		iport = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	loopback := func(h string) bool {
+		ip := net.ParseIP(h)
+		return h == "localhost" || (ip != nil && ip.IsLoopback())
+	}
+	switch {
+	case loopback(ihost) && iport != lport:
+		return "", fmt.Errorf("%w: issuer: %s is on port %s but listen %s is on port %s; discovery and jwks_uri would point elsewhere (set issuer to the URL clients reach, or leave it empty to derive it)",
+			ErrInvalid, c.Issuer, iport, c.Listen, lport)
+	case loopback(ihost) && !wildcardHost(lhost) && !loopback(lhost):
+		return "", fmt.Errorf("%w: issuer: %s is a loopback address but listen %s is not; discovery would not reach this process",
+			ErrInvalid, c.Issuer, c.Listen)
+	case wildcardHost(lhost) && loopback(ihost):
+		return fmt.Sprintf("issuer %s is a loopback address while listen %s accepts every address: clients elsewhere will find no metadata there; set issuer to the URL they reach", c.Issuer, c.Listen), nil
+	case loopback(lhost) && !loopback(ihost):
+		return fmt.Sprintf("issuer %s is not reachable on listen %s itself; this is right only behind a reverse proxy that forwards it", c.Issuer, c.Listen), nil
+	}
+	return "", nil
 }
 
 func (d Detect) validateSinks(bad func(field, format string, a ...any) error) error {
