@@ -121,8 +121,9 @@ type Scale struct {
 	// Prefix of the bus's subjects and streams (default custos).
 	Prefix string `yaml:"prefix" env:"CUSTOS_NATS_PREFIX"`
 	// Instance and Instances: this detector's share of the partitions.
-	Instance  int `yaml:"instance"`
-	Instances int `yaml:"instances"`
+	// CUSTOS_SCALE_INSTANCE lets a StatefulSet give each pod its ordinal.
+	Instance  int `yaml:"instance" env:"CUSTOS_SCALE_INSTANCE"`
+	Instances int `yaml:"instances" env:"CUSTOS_SCALE_INSTANCES"`
 }
 
 // Keys configures key custody and the key lifecycle policy.
@@ -387,6 +388,12 @@ func applyEnv(v reflect.Value, env func(string) (string, bool)) error {
 			fv.SetInt(int64(d))
 		case f.Type.Kind() == reflect.String:
 			fv.SetString(s)
+		case f.Type.Kind() == reflect.Int:
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				return fmt.Errorf("%w: %s: %v", ErrInvalid, name, err)
+			}
+			fv.SetInt(int64(n))
 		case f.Type.Kind() == reflect.Bool:
 			b, err := strconv.ParseBool(s)
 			if err != nil {
