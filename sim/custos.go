@@ -54,6 +54,13 @@ type CustosOptions struct {
 	// client (tokens without a login, subjects in sequence, the rate)
 	// suspends the client's secret.
 	Contain bool
+	// DPoP: customers' tokens are bound to a key their device holds and
+	// does not export (RFC 9449, cnf.jkt). A token copied off the device
+	// comes without that key: replayed with the proof captured beside it
+	// (stale, for another URL, its jti already seen) or with one of the
+	// thief's own key, it is refused as bad_dpop_proof. The attacker's own
+	// tokens (a stolen client secret) are bound to his own key and pass.
+	DPoP bool
 	// Policy is the key policy (keys.DefaultPolicy() when zero).
 	Policy keys.Policy
 	// Detect configures detection (detect.DefaultConfig() when nil).
@@ -397,11 +404,15 @@ func (c *Custos) decide(r *scenario.Request, ev *event.Access, is *detect.Issuan
 	if r.Token != scenario.Forged {
 		// A real token (issued with the stolen client secret, or a
 		// customer's, replayed): signature, ledger and subject binding pass;
-		// only a block of its source stops it. Bound (DPoP) tokens are not
-		// modelled.
+		// only a block of its source, or for a customer's token its binding
+		// to the customer's key (CustosOptions.DPoP), stops it.
 		ev.Token.KID = liveKID
 		if c.blocked(r) {
 			ev.Verdict, ev.Reason, ev.Status = event.Deny, event.ReasonBlockedSource, 403
+			return
+		}
+		if c.o.DPoP && r.Token == scenario.Replayed {
+			ev.Verdict, ev.Reason, ev.Status = event.Deny, event.ReasonBadDPoPProof, 401
 			return
 		}
 		ev.Verdict = event.Allow
