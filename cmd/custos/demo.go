@@ -11,7 +11,9 @@ import (
 	"github.com/custos-dev/custos/sim/scenario"
 )
 
-func init() {
+// newDemoCmd is custos demo: the replay through a live server, which keeps
+// serving.
+func newDemoCmd() *cobra.Command {
 	var exit bool
 	var scale float64
 	cmd := &cobra.Command{
@@ -52,5 +54,5 @@ func init() {
 	}
 	cmd.Flags().BoolVar(&exit, "exit", false, "stop after printing the report instead of serving")
 	cmd.Flags().Float64Var(&scale, "scale", 0.0001, "fraction of the real breach's size")
-	root.AddCommand(cmd)
+	return cmd
 }
