@@ -19,11 +19,9 @@ func stamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
-
 // WriteIncidents prints incidents as a table, one a line.
 func WriteIncidents(w io.Writer, incs []Incident) error {
-	tw := newTable(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tAWARENESS\tSEVERITY\tALERTS\tRULES\tENTITIES")
 	for _, inc := range incs {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", inc.ID, stamp(inc.Awareness), inc.Severity, len(inc.Alerts),
@@ -36,7 +34,7 @@ func WriteIncidents(w io.Writer, incs []Incident) error {
 func WriteIncident(w io.Writer, inc Incident, alerts []Alert) error {
 	fmt.Fprintf(w, "incident   %s\nseverity   %s\nawareness  %s\nlast seen  %s\nrules      %s\nentities   %s\n\n",
 		inc.ID, inc.Severity, stamp(inc.Awareness), stamp(inc.LastSeen), strings.Join(inc.Rules, ", "), strings.Join(inc.Entities, ", "))
-	tw := newTable(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ALERT\tRULE\tSEVERITY\tENTITY\tCOUNT\tFIRST\tLAST\tSUMMARY")
 	for _, a := range alerts {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", a.ID, a.Rule, a.Severity, a.Entity, a.Count, stamp(a.FirstSeen), stamp(a.LastSeen), a.Summary)
