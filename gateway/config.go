@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/verdict"
 )
@@ -22,6 +23,9 @@ const (
 	DefaultProvenanceTimeout = verdict.DefaultProvenanceTimeout
 	DefaultCacheSize         = 100_000
 	DefaultGatewayName       = "custos-gateway"
+	DefaultReplayCacheSize   = 1_000_000
+	// MaxDPoPWindow bounds DPoPConfig.Window.
+	MaxDPoPWindow = 5 * time.Minute
 )
 
 // HeaderPrefix marks headers the gateway owns: incoming copies are removed
@@ -86,6 +90,25 @@ type Config struct {
 	ProvenanceTimeout time.Duration
 	// CacheSize bounds the set of tokens whose signature was verified.
 	CacheSize int
+	// DPoP configures the proofs key-bound tokens need (see dpop.go).
+	DPoP DPoPConfig
+}
+
+// DPoPConfig configures the checking of DPoP proofs (RFC 9449).
+type DPoPConfig struct {
+	// PublicURL is the scheme and host clients address the API by; a
+	// proof's htu must name it. Empty: the request's scheme and Host.
+	PublicURL string
+	// Window bounds |now - iat| of a proof (0: dpop.DefaultWindow).
+	Window time.Duration
+	// ReplayCacheSize bounds the in-memory replay cache (0:
+	// DefaultReplayCacheSize); [Gateway.SetReplay] replaces the cache.
+	ReplayCacheSize int
+	// Nonce requires a server nonce in every proof.
+	Nonce bool
+	// NonceSecret keys the nonces (at least 32 bytes), the same on every
+	// replica. Empty with Nonce: a random secret of this process.
+	NonceSecret []byte
 }
 
 // ErrConfig wraps every configuration error.
@@ -98,6 +121,8 @@ func (c *Config) setDefaults() {
 	c.CacheSize = cmp.Or(c.CacheSize, DefaultCacheSize)
 	c.GatewayName = cmp.Or(c.GatewayName, DefaultGatewayName)
 	c.Unmatched = cmp.Or(c.Unmatched, Deny)
+	c.DPoP.Window = cmp.Or(c.DPoP.Window, dpop.DefaultWindow)
+	c.DPoP.ReplayCacheSize = cmp.Or(c.DPoP.ReplayCacheSize, DefaultReplayCacheSize)
 }
 
 // validate checks the config as a whole, naming the field at fault.
@@ -119,6 +144,20 @@ func (c *Config) validate() error {
 	}
 	if c.Unmatched != Deny && c.Unmatched != Forward {
 		return fmt.Errorf("%w: unmatched %q is not deny or forward", ErrConfig, c.Unmatched)
+	}
+	if c.DPoP.Window < 0 || c.DPoP.Window > MaxDPoPWindow {
+		return fmt.Errorf("%w: dpop.window %s outside 0..%s", ErrConfig, c.DPoP.Window, MaxDPoPWindow)
+	}
+	if c.DPoP.ReplayCacheSize < 0 {
+		return fmt.Errorf("%w: dpop.replay_cache_size is negative", ErrConfig)
+	}
+	if c.DPoP.PublicURL != "" {
+		if u, err := dpop.CanonicalURL(c.DPoP.PublicURL); err != nil || strings.Count(u, "/") != 3 || !strings.HasSuffix(u, "/") {
+			return fmt.Errorf("%w: dpop.public_url %q is not a scheme and host (https://api.example)", ErrConfig, c.DPoP.PublicURL)
+		}
+	}
+	if c.DPoP.Nonce && c.DPoP.NonceSecret != nil && len(c.DPoP.NonceSecret) < 32 {
+		return fmt.Errorf("%w: dpop nonce secret shorter than 32 bytes", ErrConfig)
 	}
 	for r, m := range c.Modes {
 		if !slices.Contains(event.Reasons, r) {

@@ -51,26 +51,35 @@ func TestGatewayConfigCoversEveryField(t *testing.T) {
 	for i := range typ.NumField() {
 		f := typ.Field(i)
 		cfg := config.Default()
-		v := reflect.ValueOf(&cfg.Gateway).Elem().Field(i)
-		switch f.Type.Kind() {
-		case reflect.String:
-			v.SetString("x")
-		case reflect.Bool:
-			v.SetBool(true)
-		case reflect.Int64: // time.Duration
-			v.SetInt(int64(3 * time.Second))
-		case reflect.Slice:
-			if f.Type.Elem().Kind() == reflect.String {
-				v.Set(reflect.ValueOf([]string{"x"}))
-			} else {
-				v.Set(reflect.MakeSlice(f.Type, 1, 1))
-			}
-		default:
-			t.Fatalf("config.Gateway.%s: kind %s not covered by this test", f.Name, f.Type.Kind())
-		}
+		setNonZero(t, f.Name, reflect.ValueOf(&cfg.Gateway).Elem().Field(i))
 		changed := !reflect.DeepEqual(server.GatewayConfig(cfg), base)
 		if changed == process[f.Name] {
 			t.Errorf("config.Gateway.%s: reaches gateway.Config %v, want %v", f.Name, changed, !process[f.Name])
 		}
+	}
+}
+
+// setNonZero gives v a value other than its zero: every field of a struct.
+func setNonZero(t *testing.T, name string, v reflect.Value) {
+	t.Helper()
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString("x")
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Int, reflect.Int64: // time.Duration among them
+		v.SetInt(int64(3 * time.Second))
+	case reflect.Slice:
+		if v.Type().Elem().Kind() == reflect.String {
+			v.Set(reflect.ValueOf([]string{"x"}))
+		} else {
+			v.Set(reflect.MakeSlice(v.Type(), 1, 1))
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			setNonZero(t, name+"."+v.Type().Field(i).Name, v.Field(i))
+		}
+	default:
+		t.Fatalf("config.Gateway.%s: kind %s not covered by this test", name, v.Kind())
 	}
 }

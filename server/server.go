@@ -316,6 +316,13 @@ func (s *Server) openDetection(ctx context.Context) (err error) {
 		}
 		dcfg.Containment[detect.RuleNotIssued] = pol
 		dcfg.Containment[detect.RuleDecoySubject] = pol
+		// Tokens asked for with a client's secret, with no login behind
+		// them, in ID order or at many times the usual rate: the secret is
+		// in the wrong hands, suspend it.
+		sus := detect.ContainPolicy{Action: detect.ActionSuspendClient, DryRun: cfg.Detect.DryRun}
+		for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
+			dcfg.Containment[r] = sus
+		}
 	}
 	s.Detect, err = detect.New(dcfg, s.now)
 	if err != nil {
@@ -344,12 +351,13 @@ func (s *Server) openAuthority(ctx context.Context) (err error) {
 	}
 	s.Authority, err = authority.New(authority.Config{
 		Issuer: cfg.Issuer, DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL, Decoys: cfg.Decoys,
-		Leeway: cfg.Gateway.Leeway,
+		Leeway: cfg.Gateway.Leeway, ExternalIssuers: externalIssuers(cfg.OAuth), Log: s.Log,
 	}, s.Keys, meteredLedger{s.Ledger, s.metrics}, alerter{s.Detect}, s.Audit, s.now)
 	if err != nil {
 		return err
 	}
 	s.Authority.Logins = s.Detect
+	s.Authority.Issuances = issuanceFeed{s.Detect}
 	return nil
 }
 
@@ -409,13 +417,21 @@ func (s *Server) openScaleBus(ctx context.Context) error {
 }
 
 // openGateway starts the in-process gateway when an upstream or routes are
-// configured (never in the authority role of a scale-out deployment).
-func (s *Server) openGateway(context.Context) (err error) {
+// configured (never in the authority role of a scale-out deployment), with
+// the shared DPoP replay cache when there is one.
+func (s *Server) openGateway(ctx context.Context) (err error) {
 	cfg := s.Config
 	if cfg.Role == "authority" || (cfg.Gateway.Upstream == "" && len(cfg.Gateway.Routes) == 0) {
 		return nil
 	}
 	s.Gateway, err = gateway.New(GatewayConfig(cfg), s.Keys, s.Ledger, s.Bus, s.now)
+	if err != nil {
+		return err
+	}
+	closeReplay, err := sharedReplay(ctx, cfg, s.Gateway)
+	if closeReplay != nil {
+		s.closers = append(s.closers, closeReplay)
+	}
 	if err != nil {
 		return err
 	}
@@ -470,6 +486,16 @@ func GatewayConfig(cfg config.Config) gateway.Config {
 		GatewayName: cfg.Gateway.Name, Issuer: cfg.Issuer, Audience: cfg.Gateway.Audience, Leeway: cfg.Gateway.Leeway,
 		Decoys: cfg.Decoys, GeoIP: cfg.Gateway.GeoIP, EventsFile: cfg.Gateway.EventsFile,
 		TrustedProxies: cfg.Gateway.TrustedProxies, Unmatched: gateway.Unmatched(cfg.Gateway.Unmatched),
+		DPoP: gateway.DPoPConfig{PublicURL: cfg.Gateway.DPoP.PublicURL, Window: cfg.Gateway.DPoP.Window,
+			ReplayCacheSize: cfg.Gateway.DPoP.ReplayCacheSize, Nonce: cfg.Gateway.DPoP.Nonce},
+	}
+	if env := cfg.Gateway.DPoP.NonceSecretEnv; env != "" {
+		// An unset or unreadable secret leaves an empty one, which
+		// gateway.New refuses: replicas must not each invent their own.
+		g.DPoP.NonceSecret, _ = base64.StdEncoding.DecodeString(os.Getenv(env))
+		if g.DPoP.NonceSecret == nil {
+			g.DPoP.NonceSecret = []byte{}
+		}
 	}
 	if len(cfg.Gateway.Observe) > 0 {
 		g.Modes = map[event.Reason]gateway.Mode{}

@@ -47,6 +47,7 @@ func newRootCmd() *cobra.Command {
 		newIncidentsCmd(),
 		newScopeCmd(),
 		newSQLCmd(),
+		newExportCmd(),
 		newIngestCmd(),
 		newRulesCmd(),
 		newAuditCmd(),

@@ -53,6 +53,6 @@ func newRulesCmd() *cobra.Command {
 	}
 	test.Flags().StringVar(&events, "events", "", "JSON lines of access events")
 	test.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
-	rules.AddCommand(test)
+	rules.AddCommand(test, sigmaImport())
 	return rules
 }
