@@ -169,11 +169,19 @@ type Tokens struct {
 	MaxTTL time.Duration `yaml:"max_ttl" env:"CUSTOS_TOKEN_MAX_TTL"`
 }
 
-// Route is one customer-data route behind the gateway.
+// Route is one customer-data route behind the gateway: what a path carries
+// and whose data it is. The gateway takes it as is (gateway.Route).
 type Route struct {
-	Pattern      string   `yaml:"pattern"`
-	DataClasses  []string `yaml:"data_classes"`
-	SubjectParam string   `yaml:"subject_param"`
+	// Pattern is a net/http ServeMux pattern, e.g.
+	// "GET /api/members/{memberId}/addresses". A pattern with a method also
+	// binds the other methods on the same path, so changing the method does
+	// not escape subject binding.
+	Pattern string `yaml:"pattern"`
+	// DataClasses the answer carries (event.ClassName, event.ClassAddress, …).
+	DataClasses []string `yaml:"data_classes"`
+	// SubjectParam names the wildcard that holds the member whose data this
+	// is; it must equal the token's sub. Empty: no binding.
+	SubjectParam string `yaml:"subject_param"`
 }
 
 // Gateway configures the verifying gateway.

@@ -88,7 +88,8 @@ func finding(err error) error {
 	return &exitError{2, err}
 }
 
-func init() {
+// newAuditCmd is custos audit: check, prove, watch and export the audit log.
+func newAuditCmd() *cobra.Command {
 	auditCmd := &cobra.Command{Use: "audit", Short: "Check, prove, watch and export the tamper-evident audit log"}
 
 	var vf auditFlags
@@ -281,7 +282,7 @@ func init() {
 	export.Flags().StringVar(&out, "out", "", "export directory (must not exist)")
 
 	auditCmd.AddCommand(verify, prove, witness, export)
-	root.AddCommand(auditCmd)
+	return auditCmd
 }
 
 func cmdCtx(cmd *cobra.Command) context.Context {

@@ -13,7 +13,9 @@ import (
 	"github.com/custos-dev/custos/server"
 )
 
-func init() {
+// newCredentialsCmd is custos credentials: the control plane's own bearer
+// credentials.
+func newCredentialsCmd() *cobra.Command {
 	creds := &cobra.Command{
 		Use:   "credentials",
 		Short: "The control plane's own credentials: admin, gateway, detector, scim",
@@ -123,5 +125,5 @@ Tokens are shown once; only their SHA-256 is kept.`,
 	revoke.Flags().StringVar(&reason, "reason", "", "why")
 
 	creds.AddCommand(add, list, revoke)
-	root.AddCommand(creds)
+	return creds
 }
