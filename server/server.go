@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -77,7 +78,14 @@ type Server struct {
 
 	now        func() time.Time
 	closers    []func() error
-	keyChanges fanout
+	keyChanges fanout[keys.Key]
+	holdFeed   fanout[gateway.Hold]
+
+	// Background loops (http.go): Run drains the consumers of the bus,
+	// then ends quit, then waits for the loops.
+	loops, consumers sync.WaitGroup
+	drains           []func(context.Context)
+	quit             chan struct{}
 
 	ledgerBackend ledgerBackend
 	auditStore    any               // the audit log's shared storage, when it has one (readiness)
@@ -221,16 +229,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	if len(cfg.Detect.AllowedCountries) > 0 {
 		dcfg.ForeignOrigin.Allowed = cfg.Detect.AllowedCountries
 	}
-	if cfg.Detect.Contain {
-		// A validly signed token the authority never issued means its key is
-		// in the wrong hands: revoke the key.
-		pol := detect.ContainPolicy{Action: detect.ActionRevokeKey, DryRun: cfg.Detect.DryRun}
-		if dcfg.Containment == nil {
-			dcfg.Containment = map[string]detect.ContainPolicy{}
-		}
-		dcfg.Containment[detect.RuleNotIssued] = pol
-		dcfg.Containment[detect.RuleDecoySubject] = pol
-	}
+	dcfg.Containment, dcfg.ContainmentLimits = containPolicies(cfg.Detect)
 	s.Detect, err = detect.New(dcfg, now)
 	if err != nil {
 		return nil, err
@@ -320,6 +319,9 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		if err != nil {
 			return nil, err
 		}
+	}
+	if err := s.openHolds(ctx); err != nil {
+		return nil, err
 	}
 	s.mux = s.routes()
 	s.registerMetrics()
