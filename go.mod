@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/ThalesGroup/crypto11 v1.6.2
 	github.com/axiomhq/hyperloglog v0.3.0
+	github.com/bradleyjkemp/sigma-go v0.6.6
 	github.com/duckdb/duckdb-go/v2 v2.10506.0
 	github.com/elimity-com/scim v0.0.0-20260728105928-2641426a1539
 	github.com/envoyproxy/go-control-plane/envoy v1.35.0
@@ -36,6 +37,7 @@ require (
 	go.opentelemetry.io/otel/trace v1.40.0
 	golang.org/x/crypto v0.59.0
 	golang.org/x/mod v0.42.0
+	golang.org/x/oauth2 v0.37.0
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260128011058-8636f8732409
 	google.golang.org/grpc v1.78.0
 	google.golang.org/protobuf v1.36.12
@@ -56,6 +58,7 @@ require (
 	cel.dev/expr v0.25.1 // indirect
 	filippo.io/edwards25519 v1.1.0 // indirect
 	filippo.io/mldsa v0.0.0-20260215214346-43d0283efc3e // indirect
+	github.com/alecthomas/participle v0.7.1 // indirect
 	github.com/andybalholm/brotli v1.2.0 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/antlr4-go/antlr/v4 v4.13.1 // indirect

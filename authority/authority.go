@@ -33,6 +33,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -80,6 +82,26 @@ type Journal interface {
 // token_without_login keys sessions by the token's jti).
 type LoginRecorder interface {
 	Login(sid string, at time.Time)
+}
+
+// IssuanceRecorder hears of every token issued and who asked for it
+// (detection's issuance-side detectors: by client, session, caller).
+type IssuanceRecorder interface {
+	Issued(ctx context.Context, c *Client, r *Request, jti, kid string, at time.Time)
+}
+
+type callerKey struct{}
+
+// WithCaller returns ctx carrying the address that called the token
+// endpoint, for the IssuanceRecorder.
+func WithCaller(ctx context.Context, addr string) context.Context {
+	return context.WithValue(ctx, callerKey{}, addr)
+}
+
+// CallerOf returns the address WithCaller put in ctx, or "".
+func CallerOf(ctx context.Context) string {
+	s, _ := ctx.Value(callerKey{}).(string)
+	return s
 }
 
 // Request is what a client asks for.
@@ -130,6 +152,12 @@ type Authority struct {
 
 	// Logins, when set, hears of every token issued.
 	Logins LoginRecorder
+	// Issuances, when set, hears of every token issued, with its request.
+	Issuances IssuanceRecorder
+
+	externals map[string]*external // by issuer
+	remote    *keyCache            // fetched key sets of clients and issuers
+	log       *slog.Logger
 }
 
 // Config is the authority's part of the configuration.
@@ -142,6 +170,14 @@ type Config struct {
 	// give it the gateways' leeway so both answer alike (0:
 	// verdict.DefaultLeeway).
 	Leeway time.Duration `yaml:"leeway"`
+	// ExternalIssuers are the identity providers whose ID tokens
+	// POST /oauth2/token exchanges for access tokens (RFC 8693).
+	ExternalIssuers []ExternalIssuer `yaml:"-"`
+	// HTTPClient fetches key sets (clients' jwks_uri, the issuers'
+	// jwks_url); nil: a client with a 5 s timeout.
+	HTTPClient *http.Client `yaml:"-"`
+	// Log hears why an outside JWT was refused (nil: nothing is logged).
+	Log *slog.Logger `yaml:"-"`
 }
 
 // New returns an authority. alerter and journal may be nil.
@@ -168,9 +204,18 @@ func New(cfg Config, s Signer, l Ledger, alerter Alerter, journal Journal, now f
 	for _, s := range cfg.Decoys {
 		d[s] = true
 	}
+	ext, err := checkExternals(cfg.ExternalIssuers)
+	if err != nil {
+		return nil, fmt.Errorf("authority: %w", err)
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 5 * time.Second}
+	}
 	return &Authority{Issuer: cfg.Issuer, MaxTTL: cfg.MaxTTL, DefaultTTL: cfg.DefaultTTL,
 		signer: s, ledger: l, decoys: d, alerter: alerter, journal: journal, now: now,
-		checker: verdict.Checker{Keys: s, Ledger: provenanceOf(l)}, leeway: cfg.Leeway}, nil
+		checker: verdict.Checker{Keys: s, Ledger: provenanceOf(l)}, leeway: cfg.Leeway,
+		externals: ext, remote: &keyCache{client: hc, now: now}, log: cfg.Log}, nil
 }
 
 // IsDecoy reports whether sub is a configured decoy member.
@@ -215,6 +260,12 @@ func (a *Authority) Validate(c *Client, r *Request) error {
 // Issue validates r for client c, signs a token and records it in the ledger.
 // The token is returned only after its ledger record is durable.
 func (a *Authority) Issue(ctx context.Context, c *Client, r Request) (Issued, error) {
+	return a.issue(ctx, c, r, token.Confirmation{})
+}
+
+// issue is Issue for a token bound to cnf when cnf is not zero (a DPoP
+// token, RFC 9449 section 6).
+func (a *Authority) issue(ctx context.Context, c *Client, r Request, cnf token.Confirmation) (Issued, error) {
 	if err := a.Validate(c, &r); err != nil {
 		return Issued{}, err
 	}
@@ -236,7 +287,7 @@ func (a *Authority) Issue(ctx context.Context, c *Client, r Request) (Issued, er
 	cl := token.Claims{
 		Issuer: a.Issuer, Subject: r.Subject, Audience: r.Audience,
 		IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(ttl).Unix(),
-		JTI: jti, Scope: r.Scope, SessionID: r.SessionID, ClientID: c.ID,
+		JTI: jti, Scope: r.Scope, SessionID: r.SessionID, ClientID: c.ID, Cnf: cnf,
 	}
 	raw, err := token.Sign(s, key.Alg, key.KID, cl)
 	if err != nil {
@@ -253,7 +304,14 @@ func (a *Authority) Issue(ctx context.Context, c *Client, r Request) (Issued, er
 	if a.Logins != nil {
 		a.Logins.Login(jti, now)
 	}
-	return Issued{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(ttl / time.Second), JTI: jti, KID: key.KID}, nil
+	if a.Issuances != nil {
+		a.Issuances.Issued(ctx, c, &r, jti, key.KID, now)
+	}
+	typ := "Bearer"
+	if cnf.JKT != "" {
+		typ = "DPoP"
+	}
+	return Issued{AccessToken: raw, TokenType: typ, ExpiresIn: int64(ttl / time.Second), JTI: jti, KID: key.KID}, nil
 }
 
 // Introspection is the RFC 7662 answer.
@@ -269,6 +327,9 @@ type Introspection struct {
 	Aud       string `json:"aud,omitempty"`
 	Iss       string `json:"iss,omitempty"`
 	JTI       string `json:"jti,omitempty"`
+	// Cnf is the key a DPoP-bound token is bound to (RFC 9449 section
+	// 6.2): the resource server must check the proof itself.
+	Cnf *token.Confirmation `json:"cnf,omitempty"`
 }
 
 // Verdict decides on raw for the resource server c, through the same
@@ -294,8 +355,12 @@ func (a *Authority) Introspect(ctx context.Context, c *Client, raw string) (Intr
 		return Introspection{Active: false}, nil
 	}
 	cl := v.Claims
-	return Introspection{Active: true, Scope: cl.Scope, ClientID: cl.ClientID, TokenType: "Bearer",
-		Exp: cl.ExpiresAt, Iat: cl.IssuedAt, Nbf: cl.NotBefore, Sub: cl.Subject, Aud: cl.Audience, Iss: cl.Issuer, JTI: cl.JTI}, nil
+	in := Introspection{Active: true, Scope: cl.Scope, ClientID: cl.ClientID, TokenType: "Bearer",
+		Exp: cl.ExpiresAt, Iat: cl.IssuedAt, Nbf: cl.NotBefore, Sub: cl.Subject, Aud: cl.Audience, Iss: cl.Issuer, JTI: cl.JTI}
+	if cl.Cnf.JKT != "" {
+		in.TokenType, in.Cnf = "DPoP", &token.Confirmation{JKT: cl.Cnf.JKT}
+	}
+	return in, nil
 }
 
 // provenanceOf is the ledger's own Status when it has one (ledger.Ledger:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
@@ -26,7 +27,45 @@ type Client struct {
 	HeldBy    string     `json:"held_by,omitempty"` // staff id of the custodian of the secret
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	ClientAuth
 }
+
+// ClientAuth is how a client may authenticate and what it must prove at the
+// standard token endpoint (POST /oauth2/token).
+type ClientAuth struct {
+	// JWKS is the client's public key set for private_key_jwt (RFC 7523).
+	// A client with a key set (or JWKSURI) must authenticate with a signed
+	// assertion at /oauth2/token; its secret is refused there.
+	JWKS json.RawMessage `json:"jwks,omitempty"`
+	// JWKSURI is where the client publishes that key set instead (https, or
+	// http on a loopback address).
+	JWKSURI string `json:"jwks_uri,omitempty"`
+	// RequireDPoP refuses the client a token that is not bound to a DPoP key
+	// (RFC 9449 section 5).
+	RequireDPoP bool `json:"require_dpop,omitempty"`
+}
+
+// Check refuses a key set that is not public EdDSA, ES256 or RS256 keys,
+// a jwks_uri that is not https (or http on loopback), and both at once.
+func (a ClientAuth) Check() error {
+	if len(a.JWKS) > 0 && a.JWKSURI != "" {
+		return errors.New("authority: give a client jwks or jwks_uri, not both")
+	}
+	if len(a.JWKS) > 0 {
+		if _, err := parseClientKeys(a.JWKS); err != nil {
+			return fmt.Errorf("authority: jwks: %w", err)
+		}
+	}
+	if a.JWKSURI != "" {
+		if err := checkKeysURL(a.JWKSURI); err != nil {
+			return fmt.Errorf("authority: jwks_uri: %w", err)
+		}
+	}
+	return nil
+}
+
+// HasKeys reports whether the client authenticates with private_key_jwt.
+func (a ClientAuth) HasKeys() bool { return len(a.JWKS) > 0 || a.JWKSURI != "" }
 
 // Admin is an admin credential bound to a staff identity.
 type Admin struct {
@@ -82,6 +121,7 @@ type Credentials struct {
 
 	mu    sync.Mutex
 	cache map[string]cached // by secret hash
+	seen  *seenStore
 }
 
 type cached struct {
@@ -95,7 +135,10 @@ func OpenCredentials(ctx context.Context, db *store.DB, now func() time.Time) (*
 	if err := db.Migrate(ctx, "authority", credentialMigrations); err != nil {
 		return nil, err
 	}
-	return &Credentials{db: db, now: now, cache: map[string]cached{}}, nil
+	if err := db.Migrate(ctx, "authority_oauth", oauthMigrations); err != nil {
+		return nil, err
+	}
+	return &Credentials{db: db, now: now, cache: map[string]cached{}, seen: &seenStore{db: db, now: now}}, nil
 }
 
 // secret returns a fresh 256-bit secret with a readable prefix, and its hash.
@@ -176,16 +219,20 @@ func (c *Credentials) AddClient(ctx context.Context, name string, audiences []st
 	return cl, sec, nil
 }
 
-const clientCols = `id, name, audiences, held_by, created_at, revoked_at`
+const clientCols = `id, name, audiences, held_by, created_at, revoked_at, jwks, jwks_uri, require_dpop`
 
-func scanClient(sc interface{ Scan(...any) error }) (*Client, error) {
+func scanClient(sc interface{ Scan(...any) error }, extra ...any) (*Client, error) {
 	var cl Client
-	var auds string
-	var created int64
+	var auds, jwks string
+	var created, dpop int64
 	var revoked sql.NullInt64
-	if err := sc.Scan(&cl.ID, &cl.Name, &auds, &cl.HeldBy, &created, &revoked); err != nil {
+	if err := sc.Scan(append([]any{&cl.ID, &cl.Name, &auds, &cl.HeldBy, &created, &revoked, &jwks, &cl.JWKSURI, &dpop}, extra...)...); err != nil {
 		return nil, err
 	}
+	if jwks != "" {
+		cl.JWKS = json.RawMessage(jwks)
+	}
+	cl.RequireDPoP = dpop != 0
 	if err := json.Unmarshal([]byte(auds), &cl.Audiences); err != nil {
 		return nil, fmt.Errorf("failed to read client %s: %w", cl.ID, err)
 	}
@@ -218,6 +265,87 @@ func (c *Credentials) Client(secret string) (*Client, error) {
 	}
 	c.remember(h, cached{client: cl})
 	return cl, nil
+}
+
+// ClientSecret authenticates a client by its id and secret together
+// (client_secret_basic and client_secret_post): the secret must be the one
+// registered for that id, compared in constant time. A store that cannot
+// answer refuses (fail closed).
+func (c *Credentials) ClientSecret(ctx context.Context, id, secret string) (*Client, error) {
+	if id == "" || secret == "" {
+		return nil, ErrBadCredential
+	}
+	h := hashSecret(secret)
+	key := "id\x00" + id + "\x00" + h
+	if e, ok := c.fromCache(key); ok && e.client != nil {
+		return e.client, nil
+	}
+	var stored string
+	cl, err := c.clientByID(ctx, id, &stored)
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare([]byte(stored), []byte(h)) != 1 {
+		return nil, ErrBadCredential
+	}
+	c.remember(key, cached{client: cl})
+	return cl, nil
+}
+
+// ClientByID returns the live client id names (private_key_jwt: the
+// assertion is checked against its keys afterwards).
+func (c *Credentials) ClientByID(ctx context.Context, id string) (*Client, error) {
+	if id == "" {
+		return nil, ErrBadCredential
+	}
+	key := "id\x00" + id
+	if e, ok := c.fromCache(key); ok && e.client != nil {
+		return e.client, nil
+	}
+	var stored string
+	cl, err := c.clientByID(ctx, id, &stored)
+	if err != nil {
+		return nil, err
+	}
+	c.remember(key, cached{client: cl})
+	return cl, nil
+}
+
+func (c *Credentials) clientByID(ctx context.Context, id string, secretHash *string) (*Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cl, err := scanClient(c.db.QueryRowContext(ctx, `SELECT `+clientCols+`, secret_hash FROM authority_clients WHERE id=$1 AND revoked_at IS NULL`, id), secretHash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrBadCredential
+	}
+	if err != nil {
+		// Not ErrBadCredential: the token endpoint answers 503, not 401.
+		return nil, fmt.Errorf("failed to read client %s: the store did not answer: %w", id, err)
+	}
+	return cl, nil
+}
+
+// SetClientAuth replaces how client id authenticates at /oauth2/token and
+// whether it must bind its tokens to a DPoP key. A key set is checked here:
+// public keys of EdDSA, ES256 or RS256 only.
+func (c *Credentials) SetClientAuth(ctx context.Context, id string, a ClientAuth) error {
+	if err := a.Check(); err != nil {
+		return err
+	}
+	dpop := 0
+	if a.RequireDPoP {
+		dpop = 1
+	}
+	res, err := c.db.ExecContext(ctx, `UPDATE authority_clients SET jwks=$1, jwks_uri=$2, require_dpop=$3 WHERE id=$4 AND revoked_at IS NULL`,
+		string(a.JWKS), a.JWKSURI, dpop, id)
+	if err != nil {
+		return fmt.Errorf("failed to update client %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	c.forget()
+	return nil
 }
 
 // ListClients lists every client, revoked ones included, oldest first.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -24,13 +25,20 @@ func bearer(r *http.Request) string {
 }
 
 // clientOf authenticates the calling client by bearer secret or HTTP Basic
-// (client_secret_basic, as introspection callers send it).
+// (client_secret_basic, as introspection callers send it: client_id and
+// secret must belong together, both form-urlencoded per RFC 6749 section
+// 2.3.1).
 func (h *Handler) clientOf(r *http.Request) (*Client, error) {
 	if s := bearer(r); s != "" {
 		return h.Creds.Client(s)
 	}
-	if _, pw, ok := r.BasicAuth(); ok {
-		return h.Creds.Client(pw)
+	if u, pw, ok := r.BasicAuth(); ok {
+		id, err1 := url.QueryUnescape(u)
+		secret, err2 := url.QueryUnescape(pw)
+		if err1 != nil || err2 != nil {
+			return nil, ErrBadCredential
+		}
+		return h.Creds.ClientSecret(r.Context(), id, secret)
 	}
 	return nil, ErrBadCredential
 }
@@ -45,6 +53,7 @@ type Handler struct {
 // Register mounts the token endpoints on mux.
 func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/tokens", h.issue)
+	mux.HandleFunc("POST "+TokenPath, h.oauthToken)
 	mux.HandleFunc("POST /v1/tokens/introspect", h.introspect)
 	mux.HandleFunc("POST /v1/tokens/revoke", h.revoke)
 }
@@ -61,7 +70,11 @@ func (h *Handler) issue(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	out, err := h.Auth.Issue(r.Context(), c, req)
+	caller, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		caller = r.RemoteAddr
+	}
+	out, err := h.Auth.Issue(WithCaller(r.Context(), caller), c, req)
 	if err != nil {
 		h.writeErr(w, err)
 		return

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -23,7 +25,6 @@ import (
 const (
 	DefaultListen        = "127.0.0.1:7700"
 	DefaultGatewayListen = "127.0.0.1:7780"
-	DefaultIssuer        = "http://127.0.0.1:7700"
 	DefaultAudience      = "shop-api"
 	DefaultRotateEvery   = 24 * time.Hour
 	DefaultMaxTokenTTL   = 15 * time.Minute
@@ -38,6 +39,8 @@ type Config struct {
 	// Listen is the API address.
 	Listen string `yaml:"listen" env:"CUSTOS_LISTEN"`
 	// Issuer is the iss claim and the base URL in the metadata document.
+	// Empty: http://LISTEN (a wildcard host becomes 127.0.0.1, with a
+	// warning from serve); see CheckIssuer for the forms serve refuses.
 	Issuer string `yaml:"issuer" env:"CUSTOS_ISSUER"`
 	// Keys: custody backend and lifecycle policy.
 	Keys Keys `yaml:"keys"`
@@ -61,6 +64,33 @@ type Config struct {
 	Scale Scale `yaml:"scale"`
 	// Telemetry: traces (off by default).
 	Telemetry Telemetry `yaml:"telemetry"`
+	// OAuth: the standard token endpoint (POST /oauth2/token).
+	OAuth OAuth `yaml:"oauth"`
+}
+
+// OAuth configures the standard token endpoint.
+type OAuth struct {
+	// ExternalIssuers are identity providers whose ID tokens the token
+	// exchange (RFC 8693) accepts in return for a custos access token.
+	ExternalIssuers []ExternalIssuer `yaml:"external_issuers"`
+}
+
+// ExternalIssuer is one identity provider the token exchange trusts.
+type ExternalIssuer struct {
+	// Issuer is its iss, compared exactly.
+	Issuer string `yaml:"issuer"`
+	// JWKSURL is where it publishes its signing keys (https; http only on
+	// a loopback address).
+	JWKSURL string `yaml:"jwks_url"`
+	// Audience must be in the ID token's aud (the login service's
+	// client_id at the provider).
+	Audience string `yaml:"audience"`
+	// ClockSkew allowed on exp, iat and nbf (0: 30s; at most 5m).
+	ClockSkew time.Duration `yaml:"clock_skew"`
+	// SubjectClaim is the claim holding the member id (empty: sub).
+	SubjectClaim string `yaml:"subject_claim"`
+	// Algorithms allowed (empty: RS256, ES256 and EdDSA).
+	Algorithms []string `yaml:"algorithms"`
 }
 
 // Telemetry configures OpenTelemetry traces of issuance and the gateway.
@@ -186,6 +216,30 @@ type Gateway struct {
 	// AuthorityToken is that credential itself, from the environment only
 	// (never from the YAML file); it wins over AuthorityTokenFile.
 	AuthorityToken string `yaml:"-" env:"CUSTOS_GATEWAY_TOKEN"`
+	// DPoP: how proofs for key-bound tokens (cnf.jkt) are checked.
+	DPoP GatewayDPoP `yaml:"dpop"`
+}
+
+// GatewayDPoP configures the checking of DPoP proofs (RFC 9449).
+type GatewayDPoP struct {
+	// PublicURL is the scheme and host clients address the API by, such as
+	// https://api.shop.example: a proof's htu must name it. Empty: the
+	// request's own Host and scheme (TLS, or X-Forwarded-Proto from a
+	// trusted proxy or the decision API's caller).
+	PublicURL string `yaml:"public_url" env:"CUSTOS_GATEWAY_DPOP_PUBLIC_URL"`
+	// Window bounds how far a proof's iat may be from the gateway's clock
+	// (0: 1m, at most 5m).
+	Window time.Duration `yaml:"window"`
+	// ReplayCacheSize bounds the proofs one gateway remembers when
+	// scale.redis is not set (0: 1000000); past it proofs are refused.
+	// With scale.redis the replicas share the cache there.
+	ReplayCacheSize int `yaml:"replay_cache_size"`
+	// Nonce makes every proof carry a server nonce (DPoP-Nonce).
+	Nonce bool `yaml:"nonce" env:"CUSTOS_GATEWAY_DPOP_NONCE"`
+	// NonceSecretEnv names an environment variable holding the nonces' HMAC
+	// secret (base64, at least 32 bytes), the same on every replica.
+	// Empty: a secret of this process's own.
+	NonceSecretEnv string `yaml:"nonce_secret_env"`
 }
 
 // Staff configures the workforce lifecycle.
@@ -216,18 +270,59 @@ type Detect struct {
 	WebhookSecretEnv string `yaml:"webhook_secret_env" env:"CUSTOS_WEBHOOK_SECRET_ENV"`
 	// Slack is a Slack-compatible incoming-webhook URL for alerts.
 	Slack string `yaml:"slack" env:"CUSTOS_SLACK"`
-	// Syslog is host:port of an RFC 5424 syslog receiver (UDP).
+	// Syslog is host:port of an RFC 5424 syslog receiver.
 	Syslog string `yaml:"syslog" env:"CUSTOS_SYSLOG"`
+	// SyslogNetwork is udp (default), tcp or tls (RFC 5425).
+	SyslogNetwork string `yaml:"syslog_network" env:"CUSTOS_SYSLOG_NETWORK"`
+	// SyslogCAFile holds the PEM CAs of a tls receiver (default: system roots).
+	SyslogCAFile string `yaml:"syslog_ca_file" env:"CUSTOS_SYSLOG_CA_FILE"`
+	// SyslogFormat of the message body: native or ocsf.
+	SyslogFormat string `yaml:"syslog_format" env:"CUSTOS_SYSLOG_FORMAT"`
+	// SyslogEvents sends access events to syslog as well as alerts.
+	SyslogEvents bool `yaml:"syslog_events" env:"CUSTOS_SYSLOG_EVENTS"`
 	// AlertsFile appends every alert as a JSON line.
 	AlertsFile string `yaml:"alerts_file" env:"CUSTOS_ALERTS_FILE"`
+	// AlertsFileFormat is native or ocsf.
+	AlertsFileFormat string `yaml:"alerts_file_format" env:"CUSTOS_ALERTS_FILE_FORMAT"`
+	// Splunk sends alerts (and access events) to an HTTP Event Collector.
+	Splunk Splunk `yaml:"splunk"`
+	// PagerDuty pages on severe alerts through the Events API v2.
+	PagerDuty PagerDuty `yaml:"pagerduty"`
+}
+
+// Splunk configures the Splunk HTTP Event Collector sink.
+type Splunk struct {
+	// URL of the collector (https://splunk.example:8088); empty: off.
+	URL string `yaml:"url" env:"CUSTOS_SPLUNK_URL"`
+	// TokenEnv names the environment variable holding the HEC token.
+	TokenEnv string `yaml:"token_env" env:"CUSTOS_SPLUNK_TOKEN_ENV"`
+	Index    string `yaml:"index" env:"CUSTOS_SPLUNK_INDEX"`
+	// Format is native or ocsf.
+	Format string `yaml:"format" env:"CUSTOS_SPLUNK_FORMAT"`
+	// Events sends access events as well as alerts.
+	Events bool `yaml:"events" env:"CUSTOS_SPLUNK_EVENTS"`
+	// Acks waits for indexer acknowledgement, resending what is not indexed.
+	Acks bool `yaml:"acks" env:"CUSTOS_SPLUNK_ACKS"`
+}
+
+// PagerDuty configures the PagerDuty Events API v2 sink.
+type PagerDuty struct {
+	// RoutingKeyEnv names the environment variable holding the integration
+	// key; empty: off.
+	RoutingKeyEnv string `yaml:"routing_key_env" env:"CUSTOS_PAGERDUTY_ROUTING_KEY_ENV"`
+	// URL of the Events API (default https://events.pagerduty.com).
+	URL string `yaml:"url" env:"CUSTOS_PAGERDUTY_URL"`
+	// MinSeverity pages only alerts at or above it (default high).
+	MinSeverity string `yaml:"min_severity" env:"CUSTOS_PAGERDUTY_MIN_SEVERITY"`
 }
 
 // ContainmentLimits is one RateLimit per containment action.
 type ContainmentLimits struct {
-	RevokeKey    RateLimit `yaml:"revoke_key"`
-	RevokeToken  RateLimit `yaml:"revoke_token"`
-	ForceRelogin RateLimit `yaml:"force_relogin"`
-	BlockSource  RateLimit `yaml:"block_source"`
+	RevokeKey     RateLimit `yaml:"revoke_key"`
+	RevokeToken   RateLimit `yaml:"revoke_token"`
+	ForceRelogin  RateLimit `yaml:"force_relogin"`
+	BlockSource   RateLimit `yaml:"block_source"`
+	SuspendClient RateLimit `yaml:"suspend_client"`
 }
 
 // RateLimit allows Max actions per Per (Max 0: no limit).
@@ -240,7 +335,6 @@ type RateLimit struct {
 func Default() Config {
 	return Config{
 		Listen:  DefaultListen,
-		Issuer:  DefaultIssuer,
 		Keys:    Keys{Backend: "sealed", Alg: "EdDSA", RotateEvery: DefaultRotateEvery, MaxKeyAge: DefaultMaxKeyAge},
 		Tokens:  Tokens{DefaultTTL: 5 * time.Minute, MaxTTL: DefaultMaxTokenTTL},
 		Gateway: Gateway{Listen: DefaultGatewayListen, Audience: []string{DefaultAudience}, Leeway: 30 * time.Second, MaxStale: 30 * time.Second},
@@ -248,6 +342,7 @@ func Default() Config {
 		Detect: Detect{AllowedCountries: []string{"KR"}, BlockFor: time.Hour, ContainmentLimits: ContainmentLimits{
 			RevokeKey: RateLimit{2, time.Hour}, RevokeToken: RateLimit{100, time.Minute},
 			ForceRelogin: RateLimit{20, time.Minute}, BlockSource: RateLimit{50, time.Minute},
+			SuspendClient: RateLimit{5, time.Hour},
 		}},
 		Role: "all",
 
@@ -338,7 +433,15 @@ func (c *Config) Validate() error {
 		return bad("data", "a data directory is required (--data DIR)")
 	}
 	if c.Issuer == "" {
-		return bad("issuer", "must not be empty")
+		iss, err := issuerFromListen(c.Listen)
+		if err != nil {
+			return bad("issuer", "empty, and %v", err)
+		}
+		c.Issuer = iss
+	}
+	if u, err := url.Parse(c.Issuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return bad("issuer", "%q must be an http or https URL without query, fragment or user (RFC 8414 section 2)", c.Issuer)
 	}
 	switch c.Keys.Backend {
 	case "sealed", "pkcs11":
@@ -424,13 +527,17 @@ func (c *Config) Validate() error {
 	if c.Detect.BlockFor <= 0 || c.Detect.BlockFor > 7*24*time.Hour {
 		return bad("detect.block_for", "must be in (0, 168h]")
 	}
-	for _, l := range []RateLimit{c.Detect.ContainmentLimits.RevokeKey, c.Detect.ContainmentLimits.RevokeToken, c.Detect.ContainmentLimits.ForceRelogin, c.Detect.ContainmentLimits.BlockSource} {
+	cl := c.Detect.ContainmentLimits
+	for _, l := range []RateLimit{cl.RevokeKey, cl.RevokeToken, cl.ForceRelogin, cl.BlockSource, cl.SuspendClient} {
 		if l.Max < 0 || l.Per < 0 || (l.Max > 0 && l.Per == 0) {
 			return bad("detect.containment_limits", "max must not be negative and needs a positive per")
 		}
 	}
 	if c.Gateway.MaxStale < 0 || c.Gateway.MaxStale > time.Hour {
 		return bad("gateway.max_stale", "must be in [0, 1h]")
+	}
+	if err := c.Detect.validateSinks(bad); err != nil {
+		return err
 	}
 	if c.Gateway.Leeway < 0 || c.Gateway.Leeway > 5*time.Minute {
 		return bad("gateway.leeway", "must be in [0, 5m]")
@@ -453,4 +560,84 @@ func inside(path, dir string) bool {
 	}
 	rel, err := filepath.Rel(d, p)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// issuerFromListen is the issuer a listen address implies: http://HOST:PORT,
+// with 127.0.0.1 for a wildcard host.
+func issuerFromListen(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || port == "" || port == "0" {
+		return "", fmt.Errorf("listen %q names no fixed port to derive it from", listen)
+	}
+	if wildcardHost(host) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
+}
+
+func wildcardHost(h string) bool {
+	ip := net.ParseIP(h)
+	return h == "" || (ip != nil && ip.IsUnspecified())
+}
+
+// CheckIssuer compares the issuer with the address the API listens on,
+// for the processes that serve the metadata document (roles all and
+// authority). It refuses an issuer on a loopback address that the listener
+// cannot answer on (another port, or a listener on another specific
+// address): discovery and jwks_uri would point at nothing, or at another
+// process. It warns when the issuer was derived from a wildcard listen
+// address, and when a loopback-only listener serves a public issuer, which
+// is right only behind a reverse proxy.
+func (c *Config) CheckIssuer() (warning string, err error) {
+	u, err := url.Parse(c.Issuer)
+	if err != nil {
+		return "", fmt.Errorf("%w: issuer: %v", ErrInvalid, err)
+	}
+	lhost, lport, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return "", fmt.Errorf("%w: listen: %v", ErrInvalid, err)
+	}
+	ihost, iport := u.Hostname(), u.Port()
+	if iport == "" {
+		iport = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	loopback := func(h string) bool {
+		ip := net.ParseIP(h)
+		return h == "localhost" || (ip != nil && ip.IsLoopback())
+	}
+	switch {
+	case loopback(ihost) && iport != lport:
+		return "", fmt.Errorf("%w: issuer: %s is on port %s but listen %s is on port %s; discovery and jwks_uri would point elsewhere (set issuer to the URL clients reach, or leave it empty to derive it)",
+			ErrInvalid, c.Issuer, iport, c.Listen, lport)
+	case loopback(ihost) && !wildcardHost(lhost) && !loopback(lhost):
+		return "", fmt.Errorf("%w: issuer: %s is a loopback address but listen %s is not; discovery would not reach this process",
+			ErrInvalid, c.Issuer, c.Listen)
+	case wildcardHost(lhost) && loopback(ihost):
+		return fmt.Sprintf("issuer %s is a loopback address while listen %s accepts every address: clients elsewhere will find no metadata there; set issuer to the URL they reach", c.Issuer, c.Listen), nil
+	case loopback(lhost) && !loopback(ihost):
+		return fmt.Sprintf("issuer %s is not reachable on listen %s itself; this is right only behind a reverse proxy that forwards it", c.Issuer, c.Listen), nil
+	}
+	return "", nil
+}
+
+func (d Detect) validateSinks(bad func(field, format string, a ...any) error) error {
+	for field, f := range map[string]string{"detect.syslog_format": d.SyslogFormat, "detect.alerts_file_format": d.AlertsFileFormat, "detect.splunk.format": d.Splunk.Format} {
+		if f != "" && f != "native" && f != "ocsf" {
+			return bad(field, "must be native or ocsf, not %q", f)
+		}
+	}
+	switch d.SyslogNetwork {
+	case "", "udp", "tcp", "tls":
+	default:
+		return bad("detect.syslog_network", "must be udp, tcp or tls, not %q", d.SyslogNetwork)
+	}
+	if d.Splunk.URL != "" && d.Splunk.TokenEnv == "" {
+		return bad("detect.splunk.token_env", "the collector needs a token (name the environment variable holding it)")
+	}
+	switch d.PagerDuty.MinSeverity {
+	case "", "info", "low", "medium", "high", "critical":
+	default:
+		return bad("detect.pagerduty.min_severity", "must be info, low, medium, high or critical, not %q", d.PagerDuty.MinSeverity)
+	}
+	return nil
 }

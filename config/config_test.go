@@ -80,3 +80,52 @@ func FuzzParse(f *testing.F) {
 		_ = c.Validate()
 	})
 }
+
+// The issuer, when not configured, is the listen address; an issuer that
+// would send discovery to another port or address is refused at start.
+func TestIssuer(t *testing.T) {
+	for _, tc := range []struct {
+		name, listen, issuer string
+		want                 string // issuer after Validate
+		err                  string // Validate or CheckIssuer error
+		warn                 bool
+	}{
+		{name: "ok/derived", listen: "127.0.0.1:7701", want: "http://127.0.0.1:7701"},
+		{name: "ok/derived-ipv6", listen: "[::1]:7701", want: "http://[::1]:7701"},
+		{name: "ok/derived-wildcard-warns", listen: "0.0.0.0:7701", want: "http://127.0.0.1:7701", warn: true},
+		{name: "ok/derived-empty-host-warns", listen: ":7701", want: "http://127.0.0.1:7701", warn: true},
+		{name: "ok/same", listen: "127.0.0.1:7701", issuer: "http://127.0.0.1:7701", want: "http://127.0.0.1:7701"},
+		{name: "ok/localhost", listen: "127.0.0.1:7701", issuer: "http://localhost:7701", want: "http://localhost:7701"},
+		{name: "ok/public-behind-proxy-warns", listen: "127.0.0.1:7701", issuer: "https://auth.shop.example", want: "https://auth.shop.example", warn: true},
+		{name: "ok/public-on-wildcard", listen: "0.0.0.0:443", issuer: "https://auth.shop.example", want: "https://auth.shop.example"},
+		{name: "fail/loopback-other-port", listen: "127.0.0.1:7701", issuer: "http://127.0.0.1:7700", err: "port"},
+		{name: "fail/loopback-default-port", listen: "127.0.0.1:7701", issuer: "http://localhost", err: "port"},
+		{name: "fail/loopback-issuer-public-listen", listen: "10.0.0.5:7701", issuer: "http://127.0.0.1:7701", err: "loopback"},
+		{name: "fail/port-zero", listen: "127.0.0.1:0", err: "issuer"},
+		{name: "fail/not-url", listen: "127.0.0.1:7701", issuer: "custos", err: "issuer"},
+		{name: "fail/query", listen: "127.0.0.1:7701", issuer: "https://a.example/?x=1", err: "issuer"},
+		{name: "fail/fragment", listen: "127.0.0.1:7701", issuer: "https://a.example/#x", err: "issuer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			c.Data, c.Listen, c.Issuer = t.TempDir(), tc.listen, tc.issuer
+			err := c.Validate()
+			var warn string
+			if err == nil {
+				warn, err = c.CheckIssuer()
+			}
+			if tc.err != "" {
+				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want one naming %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Issuer != tc.want || (warn != "") != tc.warn {
+				t.Fatalf("issuer %q warning %q, want %q warning %v", c.Issuer, warn, tc.want, tc.warn)
+			}
+		})
+	}
+}

@@ -119,6 +119,11 @@ func TestExampleFile(t *testing.T) {
 		t.Error("custos.example.yaml shows no route")
 	}
 	c.Gateway.Routes = nil
+	// Likewise the example identity provider.
+	if len(c.OAuth.ExternalIssuers) == 0 {
+		t.Error("custos.example.yaml shows no external issuer")
+	}
+	c.OAuth.ExternalIssuers = nil
 	def := Default()
 	if !normal(reflect.ValueOf(c), reflect.ValueOf(def)) {
 		t.Errorf("custos.example.yaml values differ from Default():\nfile    %+v\ndefault %+v", c, def)

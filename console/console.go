@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/forensics"
+	"github.com/custos-dev/custos/gateway"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/staff"
 	"github.com/custos-dev/custos/store"
@@ -89,6 +91,11 @@ type Config struct {
 	// makes written events visible before a scope is computed.
 	EventsDir   string
 	FlushEvents func() error
+	// Locate names an address's country and network, from the gateway's
+	// GeoIP databases; without it networks show as bare addresses.
+	Locate func(netip.Addr) gateway.Location
+	// IsDecoy reports whether a member id is a decoy no customer has.
+	IsDecoy func(subject string) bool
 	// Organization and Contact go into the regulator report.
 	Organization, Contact string
 	Log                   *slog.Logger

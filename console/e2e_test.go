@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,61 +61,10 @@ func TestConsoleInBrowser(t *testing.T) {
 	os.RemoveAll(dl)
 	os.MkdirAll(dl, 0o755)
 
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(bin), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1440, 900),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelA()
-	bctx, cancelB := chromedp.NewContext(actx)
-	defer cancelB()
-	ctx, cancel := context.WithTimeout(bctx, 90*time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
-		testenv.Require(t, "chromium", fmt.Errorf("failed to start %s: %w", bin, err))
-	}
-	var jsErrors []string
-	chromedp.Listen(ctx, func(ev any) {
-		if x, ok := ev.(*runtime.EventExceptionThrown); ok && x.ExceptionDetails != nil {
-			jsErrors = append(jsErrors, fmt.Sprintf("%s (%s:%d)", x.ExceptionDetails.Text, x.ExceptionDetails.URL, x.ExceptionDetails.LineNumber))
-		}
-	})
-
-	shot := func(name string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			b, err := chromedp.FullScreenshot(100)(ctx, tg)
-			if err != nil {
-				return err
-			}
-			p := filepath.Join(art, name+".png")
-			t.Logf("screenshot %s", p)
-			return os.WriteFile(p, b, 0o644)
-		})
-	}
-	do := func(step string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("%s: %v", step, err)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		v, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("text of %s: %v", sel, err)
-		}
-		return strings.TrimSpace(v)
-	}
-	attr := func(sel, name string) string {
-		t.Helper()
-		v, err := chromedp.Run(ctx, chromedp.AttributeValue(chromedp.CSS(sel), name))
-		if err != nil {
-			t.Fatalf("attribute %s of %s: %v", name, sel, err)
-		}
-		return v.Value
-	}
+	ctx, jsErrs := browse(t, bin, 90*time.Second)
+	shot := func(name string) chromedp.Action[chromedp.Void] { return screenshot(t, filepath.Join(art, name+".png")) }
+	tb := &tab{t: t, ctx: ctx}
+	do, text, attr := tb.do, tb.text, tb.attr
 	base := e.apiURL + "/console"
 
 	// Log in with the admin credential.
@@ -171,7 +121,7 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// Watch the live alerts, then forge a token.
 	do("alerts page",
-		chromedp.Navigate(base+"/alerts"),
+		chromedp.Navigate(base+"/alerts?group=none"),
 		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 			_, err := chromedp.Poll[bool](`document.getElementById("live-status").textContent === "live"`, chromedp.WithPollingTimeout(15*time.Second))(ctx, tg)
 			return err
@@ -256,9 +206,85 @@ func TestConsoleInBrowser(t *testing.T) {
 	if err != nil || dark == "rgb(247, 247, 245)" {
 		t.Errorf("dark mode not applied: background %s %v", dark, err)
 	}
-	if len(jsErrors) > 0 {
-		t.Fatalf("JavaScript errors: %v", jsErrors)
+	if errs := jsErrs(); len(errs) > 0 {
+		t.Fatalf("JavaScript errors: %v", errs)
 	}
+}
+
+// tab drives one browser tab, failing the test on the first error.
+type tab struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+func (b *tab) do(step string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := chromedp.Do(b.ctx, steps...); err != nil {
+		b.t.Fatalf("%s: %v", step, err)
+	}
+}
+
+func (b *tab) text(sel string) string {
+	b.t.Helper()
+	v, err := chromedp.Run(b.ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		b.t.Fatalf("text of %s: %v", sel, err)
+	}
+	return strings.TrimSpace(v)
+}
+
+func (b *tab) attr(sel, name string) string {
+	b.t.Helper()
+	v, err := chromedp.Run(b.ctx, chromedp.AttributeValue(chromedp.CSS(sel), name))
+	if err != nil {
+		b.t.Fatalf("attribute %s of %s: %v", name, sel, err)
+	}
+	return v.Value
+}
+
+// browse starts a headless Chromium for the test's duration (at most
+// limit) and returns its context and the JavaScript errors it has seen.
+func browse(t *testing.T, bin string, limit time.Duration) (context.Context, func() []string) {
+	t.Helper()
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(bin), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1440, 900),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	bctx, cancelB := chromedp.NewContext(actx)
+	ctx, cancel := context.WithTimeout(bctx, limit)
+	t.Cleanup(func() { cancel(); cancelB(); cancelA() })
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		testenv.Require(t, "chromium", fmt.Errorf("failed to start %s: %w", bin, err))
+	}
+	var mu sync.Mutex
+	var jsErrors []string
+	chromedp.Listen(ctx, func(ev any) {
+		if x, ok := ev.(*runtime.EventExceptionThrown); ok && x.ExceptionDetails != nil {
+			mu.Lock()
+			jsErrors = append(jsErrors, fmt.Sprintf("%s (%s:%d)", x.ExceptionDetails.Text, x.ExceptionDetails.URL, x.ExceptionDetails.LineNumber))
+			mu.Unlock()
+		}
+	})
+	return ctx, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), jsErrors...)
+	}
+}
+
+// screenshot saves a full-page PNG of the current page to path.
+func screenshot(t *testing.T, path string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		b, err := chromedp.FullScreenshot(100)(ctx, tg)
+		if err != nil {
+			return err
+		}
+		t.Logf("screenshot %s", path)
+		return os.WriteFile(path, b, 0o644)
+	})
 }
 
 // getWith calls the gateway with a bearer token and returns the status.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-dev/custos/api"
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/server/servertest"
@@ -26,12 +27,16 @@ type env struct {
 	apiURL     string
 	gwURL      string
 	adminToken string
+	api        *api.Client
 }
 
-func start(t *testing.T) *env {
+func start(t *testing.T) *env { return startWith(t, nil) }
+
+// startPop runs custos over pop, with the configuration edited by edit if not nil.
+func startPop(t *testing.T, pop shop.Population, edit func(*config.Config)) *env {
 	t.Helper()
-	te := servertest.Start(t, shop.Population{Members: 500, Missing: 100, Decoys: 5, Seed: 7}, nil)
-	e := &env{s: te.S, cfg: te.Cfg, pop: te.Pop, apiURL: te.APIURL, gwURL: te.GatewayURL, adminToken: te.API.Token}
+	te := servertest.Start(t, pop, edit)
+	e := &env{s: te.S, cfg: te.Cfg, pop: te.Pop, apiURL: te.APIURL, gwURL: te.GatewayURL, adminToken: te.API.Token, api: te.API}
 	// The first key is made on first use.
 	if _, _, err := e.s.Keys.Signer(context.Background()); err != nil {
 		t.Fatal(err)

@@ -243,10 +243,10 @@ func parsePages() (map[string]*template.Template, error) {
 	pages := map[string]*template.Template{}
 	for _, n := range names {
 		base := path.Base(n)
-		if base == "base.html" {
+		if base == "base.html" || base == "parts.html" {
 			continue
 		}
-		t, err := template.New(base).Funcs(funcs).ParseFS(templateFS, "templates/base.html", n)
+		t, err := template.New(base).Funcs(funcs).ParseFS(templateFS, "templates/base.html", "templates/parts.html", n)
 		if err != nil {
 			return nil, fmt.Errorf("failed to parse %s: %w", n, err)
 		}

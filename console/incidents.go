@@ -20,18 +20,40 @@ var errNotFound = errors.New("console: no such incident")
 // MaxIndicatorText bounds the indicator text a scope request may carry.
 const MaxIndicatorText = 8 << 10
 
+// incidentRow is an incident with its first entities named.
+type incidentRow struct {
+	detect.Incident
+	Named []entity
+}
+
+// How many entities a row of the incident list, and an incident's page, name.
+const (
+	listedEntities = 4
+	shownEntities  = 20
+)
+
 func (c *Console) incidentsPage(w http.ResponseWriter, r *http.Request) {
 	incs := c.cfg.Detect.Incidents()
 	slices.Reverse(incs)
-	c.render(w, r, http.StatusOK, "incidents.html", "Incidents", incs)
+	n := c.namer(r.Context())
+	rows := make([]incidentRow, len(incs))
+	for i, inc := range incs {
+		rows[i] = incidentRow{Incident: inc, Named: n.names(inc.Entities[:min(listedEntities, len(inc.Entities))])}
+	}
+	c.render(w, r, http.StatusOK, "incidents.html", "Incidents", rows)
 }
 
 type incidentView struct {
 	Incident   detect.Incident
-	Alerts     []detect.Alert
+	Entities   []entity
+	Alerts     int
+	Events     int64
+	Groups     []alertGroup // the incident's alerts by rule
+	AllLink    string       // every alert of the incident, listed
 	Actions    []detect.ActionRecord
 	Deadlines  []forensics.Deadline
 	Timeline   series
+	TopEntity  series
 	Indicators string
 }
 
@@ -62,7 +84,14 @@ func (c *Console) incidentPage(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusNotFound, "no such incident", nil)
 		return
 	}
-	v := incidentView{Incident: inc, Alerts: as, Deadlines: forensics.Deadlines(inc.Awareness, c.now()), Timeline: timeline(as)}
+	n := c.namer(r.Context())
+	f := alertFilter{Incident: inc.ID}
+	v := incidentView{Incident: inc, Alerts: len(as), Entities: n.names(inc.Entities[:min(shownEntities, len(inc.Entities))]), Groups: groupAlerts(as, groupIncident, f, n),
+		AllLink: f.Link(groupNone, 1), Deadlines: forensics.Deadlines(inc.Awareness, c.now()), Timeline: timeline(as)}
+	for _, a := range as {
+		v.Events += a.Count
+	}
+	_, v.TopEntity = alertCharts(as, n)
 	for _, a := range c.cfg.Detect.Actions() {
 		if slices.ContainsFunc(as, func(x detect.Alert) bool { return x.ID == a.AlertID }) {
 			v.Actions = append(v.Actions, a)
@@ -75,32 +104,17 @@ func (c *Console) incidentPage(w http.ResponseWriter, r *http.Request) {
 // timeline buckets an incident's alerts by minute (by hour past a day):
 // alerts raised and the events they matched.
 func timeline(as []detect.Alert) series {
-	s := series{Unit: "per minute", Series: []line{{Label: "events matched", Class: "bad"}, {Label: "alerts raised", Class: "info"}}}
-	if len(as) == 0 {
+	s := series{Series: []line{{Label: "events matched", Class: "bad"}, {Label: "alerts raised", Class: "info"}}}
+	sp, ok := spanOf(as)
+	if !ok {
 		return s
 	}
-	first, last := as[0].FirstSeen, as[0].LastSeen
+	s.X, s.Unit = sp.xs(), "per "+sp.unit
+	s.Series[0].Values = make([]float64, sp.n)
+	s.Series[1].Values = make([]float64, sp.n)
 	for _, a := range as {
-		first = minTime(first, a.FirstSeen, a.Raised)
-		last = maxTime(last, a.LastSeen, a.Raised)
-	}
-	width := time.Minute
-	if last.Sub(first) > 24*time.Hour {
-		width, s.Unit = time.Hour, "per hour"
-	}
-	start := first.Truncate(width).Add(-width)
-	n := int(last.Truncate(width).Sub(start)/width) + 2
-	n = min(n, 24*60)
-	s.X = make([]int64, n)
-	s.Series[0].Values = make([]float64, n)
-	s.Series[1].Values = make([]float64, n)
-	for i := range n {
-		s.X[i] = start.Add(time.Duration(i) * width).Unix()
-	}
-	idx := func(t time.Time) int { return min(n-1, max(0, int(t.Sub(start)/width))) }
-	for _, a := range as {
-		s.Series[0].Values[idx(a.FirstSeen)] += float64(a.Count)
-		s.Series[1].Values[idx(a.Raised)]++
+		s.Series[0].Values[sp.index(a.FirstSeen)] += float64(a.Count)
+		s.Series[1].Values[sp.index(a.Raised)]++
 	}
 	return s
 }

@@ -42,6 +42,7 @@ var funcs = template.FuncMap{
 		return int(min(100, 100*a/b))
 	},
 	"join": strings.Join,
+	"sub":  func(a, b int) int { return a - b },
 }
 
 // humanDuration writes d as the two largest units ("3d 4h", "12m 5s").

@@ -27,9 +27,21 @@ var dimKind = [numDims]string{"ip", "net", "asn", "ua", "kid"}
 const walkLanes = 4
 
 type lane struct {
-	last int64
-	run  uint32
-	used uint32 // enumState.clock when last extended
+	last  int64
+	run   uint32
+	used  uint32 // walker.clock when last extended
+	start uint32 // unix seconds of the run's first step
+}
+
+// walker follows near-sequential member IDs: a few lanes, so that
+// interleaved ordinary traffic does not break a walk, each a run that counts
+// only within a time span of its first step. Without the span, a key that
+// many people share (a popular user agent, a busy block of IDs) would
+// gather a long run by chance over weeks.
+type walker struct {
+	clock uint32
+	fired uint8 // bit i: lanes[i] has alerted
+	lanes [walkLanes]lane
 }
 
 // srcState is what enumeration and unknown_subject_rate keep per source key
@@ -47,11 +59,9 @@ type subjState struct {
 }
 
 type enumState struct {
-	wd    windowDistinct
-	next  uint64 // sum at which to compute the union again
-	clock uint32
-	fired uint8 // bit i: lanes[i] has alerted
-	lanes [walkLanes]lane
+	wd   windowDistinct
+	next uint64 // sum at which to compute the union again
+	walk walker
 }
 
 type unknownState = ratioCount
@@ -65,6 +75,13 @@ type histState struct {
 type rotState struct {
 	wd   windowDistinct
 	next uint64
+}
+
+// covState is what id_coverage keeps per block of the member-ID space: its
+// distinct IDs per window, and the walks through it by any source.
+type covState struct {
+	rotState
+	walk walker
 }
 
 const hoursPerWeek = 168
@@ -106,6 +123,8 @@ type builtins struct {
 	keyStates  map[string]keyState
 	departed   map[uint64]departedCred
 	enumHalf   int64
+	enumSpan   uint32 // enumeration window, seconds: a walk's span
+	covSpan    uint32 // id_coverage window, seconds
 	enumThr    [numDims]uint64
 	unkRoutes  map[string]bool
 	allowed    *countrySet
@@ -130,7 +149,7 @@ type shard struct {
 	subjSk   sketches
 	rotSk    [3]sketches
 	volume   *genMap[volState]
-	cov      *genMap[rotState] // id_coverage per block of the member-ID space
+	cov      *genMap[covState] // id_coverage per block of the member-ID space
 	covSk    sketches
 	covBase  float64 // id_coverage: EWMA of a block's distinct IDs per half-window
 	covN     uint32  // samples in covBase, while fewer than 1/covAlpha
@@ -215,6 +234,8 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 		enumHalf:   int64(cfg.Enumeration.Window / 2),
 		rotHalf:    int64(cfg.IPRotation.Window / 2),
 		covHalf:    int64(cfg.IDCoverage.Window / 2),
+		enumSpan:   uint32(cfg.Enumeration.Window / time.Second),
+		covSpan:    uint32(cfg.IDCoverage.Window / time.Second),
 		unkRoutes:  make(map[string]bool),
 		allowed:    newCountrySet(cfg.ForeignOrigin.Allowed),
 		routeAllow: make(map[string]*countrySet),
@@ -235,8 +256,8 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 			sweepOnDrop(sh.src[d], &sh.srcSk[d], func(v *srcState) *windowDistinct { return &v.enum.wd })
 		}
 		sweepOnDrop(sh.subj, &sh.subjSk, func(v *subjState) *windowDistinct { return &v.rot.wd })
-		sh.cov = newGenMap[rotState](keys)
-		sweepOnDrop(sh.cov, &sh.covSk, func(v *rotState) *windowDistinct { return &v.wd })
+		sh.cov = newGenMap[covState](keys)
+		sweepOnDrop(sh.cov, &sh.covSk, func(v *covState) *windowDistinct { return &v.wd })
 		for _, i := range []int{0, 2} {
 			sh.rot[i] = newGenMap[rotState](keys)
 			sweepOnDrop(sh.rot[i], &sh.rotSk[i], func(v *rotState) *windowDistinct { return &v.wd })
@@ -389,15 +410,28 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 		}
 		sh.covBase += a * (n - sh.covBase)
 	}
+	lo := block * c.Block
+	blockText := func() string { return strconv.FormatUint(lo, 10) + "-" + strconv.FormatUint(lo+c.Block-1, 10) }
+	walked := false
+	if e := &b.cfg.Enumeration; !e.NoWalk {
+		// A walk through the block by any source, however many sources
+		// take turns and however slowly each goes.
+		if run, i := s.walk.step(p.subjNum, p.t, e.WalkGap, b.covSpan); run >= e.WalkRun {
+			summary := ""
+			if s.walk.alerts(i) {
+				summary = "walk through " + strconv.FormatUint(uint64(run), 10) + " near-sequential member IDs of one block within " + c.Window.String() + ", by any source"
+			}
+			sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "", summary, 1)
+			walked = true
+		}
+	}
 	sum := s.wd.add(p.covB, p.subjHash, &sh.covSk, k)
 	thr := max(c.Threshold, uint64(covFactor*2*sh.covBase))
-	if sum < thr {
+	if sum < thr || walked { // a walk's match already counts this event
 		return
 	}
-	lo := block * c.Block
-	val := strconv.FormatUint(lo, 10) + "-" + strconv.FormatUint(lo+c.Block-1, 10)
 	if s.wd.fired != 0 && s.wd.fired >= p.covB-1 {
-		sh.fire(RuleIDCoverage, c.Severity, "id_block", val, "", "", 1)
+		sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "", "", 1)
 		return
 	}
 	if sum < s.next {
@@ -405,7 +439,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 	}
 	if u := s.wd.union(&sh.covSk, sh.scratch); u >= thr {
 		s.wd.fired = p.covB
-		sh.fire(RuleIDCoverage, c.Severity, "id_block", val, "",
+		sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "",
 			strconv.FormatUint(u, 10)+" distinct member IDs of one block read within "+c.Window.String()+", by any source", int64(u))
 	} else {
 		s.next = sum + thr/32 + 1
@@ -501,7 +535,11 @@ func (b *builtins) enumeration(sh *shard, ev *event.Access, p *prep, srcv *[numD
 	bucket := p.enumB
 	for d := 0; d < numDims; d++ {
 		thr := b.enumThr[d]
-		if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != sh.id || (thr == 0 && (c.NoWalk || d == dimKID)) {
+		// Walks are followed per address and network, and per ASN or user
+		// agent only where that dimension has a threshold: populations share
+		// those, and an attacker multiplies them at will.
+		walks := !c.NoWalk && (d <= dimNet || (thr > 0 && d != dimKID))
+		if !p.dimOK[d] || ownerOf(p.dimKeys[d]) != sh.id || (thr == 0 && !walks) {
 			continue
 		}
 		sh.ord = 10 + 2*uint32(d)
@@ -525,9 +563,9 @@ func (b *builtins) enumeration(sh *shard, ev *event.Access, p *prep, srcv *[numD
 				}
 			}
 		}
-		if p.subjIsNum && !c.NoWalk && d != dimKID {
+		if p.subjIsNum && walks {
 			sh.ord = 11 + 2*uint32(d)
-			b.walk(sh, s, d, p.subjNum, ev, p.network)
+			b.walk(sh, s, d, p.subjNum, p.t, ev, p.network)
 		}
 	}
 }
@@ -691,47 +729,70 @@ func dimValue(d int, ev *event.Access, network netip.Prefix) string {
 	return ev.Token.KID
 }
 
-// walk follows near-sequential member IDs from one source. Each source keeps
-// a few lanes so that interleaved ordinary traffic does not break a walk.
-func (b *builtins) walk(sh *shard, s *enumState, d int, id int64, ev *event.Access, network netip.Prefix) {
+// walk follows near-sequential member IDs from one source, within the
+// enumeration window.
+func (b *builtins) walk(sh *shard, s *enumState, d int, id int64, t int64, ev *event.Access, network netip.Prefix) {
 	c := &b.cfg.Enumeration
-	s.clock++
+	run, i := s.walk.step(id, t, c.WalkGap, b.enumSpan)
+	if run < c.WalkRun {
+		return
+	}
+	summary := ""
+	if s.walk.alerts(i) {
+		summary = "walk through " + strconv.FormatUint(uint64(run), 10) + " near-sequential member ids"
+	}
+	sh.fire(RuleSequentialWalk, c.Severity, dimKind[d], sh.dimValue(d, ev, network), "", summary, 1)
+}
+
+// step adds id, seen at t (unix nanoseconds): it extends the lane whose last
+// ID is at most gap away (restarting its run when the run's first step is
+// more than span seconds old), or replaces the shortest, least recently
+// used lane. It returns the extended lane's run and index (run 0 when id
+// started a lane or repeated one).
+func (w *walker) step(id, t int64, gap int64, span uint32) (run uint32, li int) {
+	now := uint32(t / int64(time.Second))
+	w.clock++
 	best, victim := -1, 0
-	for i := range s.lanes {
-		l := &s.lanes[i]
+	for i := range w.lanes {
+		l := &w.lanes[i]
 		diff := id - l.last
 		if diff < 0 {
 			diff = -diff
 		}
 		if l.run > 0 || l.last != 0 {
 			if diff == 0 {
-				return
+				return 0, i
 			}
-			if diff <= c.WalkGap {
+			if diff <= gap {
 				best = i
 				break
 			}
 		}
-		if v := &s.lanes[victim]; l.run < v.run || (l.run == v.run && l.used < v.used) {
+		if v := &w.lanes[victim]; l.run < v.run || (l.run == v.run && l.used < v.used) {
 			victim = i
 		}
 	}
 	if best < 0 {
-		s.lanes[victim] = lane{last: id, used: s.clock}
-		s.fired &^= 1 << victim
-		return
+		w.lanes[victim] = lane{last: id, used: w.clock, start: now}
+		w.fired &^= 1 << victim
+		return 0, victim
 	}
-	l := &s.lanes[best]
-	l.last, l.used = id, s.clock
+	l := &w.lanes[best]
+	l.last, l.used = id, w.clock
+	if now-l.start > span {
+		l.start, l.run = now, 0
+		w.fired &^= 1 << best
+	}
 	l.run++
-	if l.run >= c.WalkRun {
-		summary := ""
-		if bit := uint8(1) << best; s.fired&bit == 0 {
-			s.fired |= bit
-			summary = "walk through " + strconv.FormatUint(uint64(l.run), 10) + " near-sequential member ids"
-		}
-		sh.fire(RuleSequentialWalk, c.Severity, dimKind[d], sh.dimValue(d, ev, network), "", summary, 1)
-	}
+	return l.run, best
+}
+
+// alerts marks lane i as having alerted and reports whether it had not yet.
+func (w *walker) alerts(i int) bool {
+	bit := uint8(1) << i
+	first := w.fired&bit == 0
+	w.fired |= bit
+	return first
 }
 
 // rotate runs ip_rotation for key k of kind i; subj, when not nil, is

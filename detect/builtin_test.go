@@ -2,8 +2,10 @@ package detect
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,6 +133,18 @@ func TestBuiltins(t *testing.T) {
 			return out
 		}(), RuleSequentialWalk, true},
 		{"fail/sequential_short", nil, nil, walk(30, nil), RuleSequentialWalk, false},
+		// 60 IDs one every 20 s: no 50 of them within the 10 min window.
+		{"fail/sequential_slower_than_window", func(c *Config) { c.IDCoverage.Disabled = true }, nil, walk(60, func(i int, a *event.Access) {
+			a.Time = t0.Add(time.Duration(i) * 20 * time.Second)
+		}), RuleSequentialWalk, false},
+		// One user agent and ASN, every request from its own network: a
+		// walk is followed per user agent or ASN only where configured.
+		{"fail/sequential_by_user_agent_off_by_default", func(c *Config) { c.IDCoverage.Disabled = true }, nil, walk(60, func(i int, a *event.Access) {
+			a.SrcIP = fmt.Sprintf("203.0.%d.1", i)
+		}), RuleSequentialWalk, false},
+		{"ok/sequential_by_user_agent_configured", func(c *Config) { c.IDCoverage.Disabled = true; c.Enumeration.PerUserAgent = 10_000 }, nil, walk(60, func(i int, a *event.Access) {
+			a.SrcIP = fmt.Sprintf("203.0.%d.1", i)
+		}), RuleSequentialWalk, true},
 		{"ok/unknown_subject_rate", nil, nil, walk(80, func(i int, a *event.Access) { a.Status = 404 }), RuleUnknownSubject, true},
 		{"fail/unknown_subject_few", nil, nil, append(users(200, nil), walk(20, func(i int, a *event.Access) { a.Status = 404 })...), RuleUnknownSubject, false},
 		{"fail/unknown_subject_low_ratio", nil, nil, users(2000, func(i int, a *event.Access) {
@@ -236,6 +250,30 @@ func TestOrdinaryTrafficQuiet(t *testing.T) {
 	}
 	if n := len(e.Alerts()); n != 0 {
 		t.Fatalf("got %d alerts on ordinary traffic: %v", n, rulesOf(e))
+	}
+}
+
+// TestPopularUserAgentQuiet: a month of customers sharing one user agent
+// and ASN, each reading their own data, in a dense ID space (2,000 IDs,
+// 200,000 reads): near-sequential IDs follow each other by chance, which
+// a walk without a time span, or one keyed by the user agent, would take
+// for a crawl.
+func TestPopularUserAgentQuiet(t *testing.T) {
+	e := newEngine(t, nil)
+	rng := rand.New(rand.NewPCG(1, 2))
+	const n = 200_000
+	for i := range n {
+		a := ev(i)
+		a.Time = t0.Add(time.Duration(i) * (30 * 24 * time.Hour / n))
+		m := rng.IntN(2000)
+		sub := strconv.Itoa(3_000_000 + m)
+		a.Subject, a.Token.Sub, a.Token.JTI = sub, sub, "jti-"+sub
+		// A customer's phone roams over a few carrier networks.
+		a.SrcIP = fmt.Sprintf("10.%d.%d.%d", m%200, m/200*10+rng.IntN(3), 1+rng.IntN(250))
+		e.Process(a)
+	}
+	if n := len(e.Alerts()); n != 0 {
+		t.Fatalf("got %d alerts on customers sharing a user agent: %v", n, rulesOf(e))
 	}
 }
 
@@ -427,6 +465,15 @@ func TestIDCoverage(t *testing.T) {
 	// Three sources, one request each every 3 s.
 	slow := func(i int, a *event.Access) { a.SrcIP = fmt.Sprintf("10.9.9.%d", 1+i%3) }
 	noEnum := func(c *Config) { c.Enumeration.Disabled = true; c.IPRotation.Disabled = true }
+	// shuffled reads the same IDs out of order (a step of 389 through
+	// them), so that no walk forms and only the coverage counts.
+	shuffled := func(evs []event.Access) []event.Access {
+		for i := range evs {
+			evs[i].Subject = strconv.Itoa(4_000_000 + i*389%len(evs))
+			evs[i].Token.Sub, evs[i].Token.JTI = evs[i].Subject, "jti-"+evs[i].Subject
+		}
+		return evs
+	}
 
 	t.Run("ok/distributed", func(t *testing.T) {
 		e := newEngine(t, noEnum)
@@ -457,21 +504,55 @@ func TestIDCoverage(t *testing.T) {
 	})
 	t.Run("fail/below-threshold", func(t *testing.T) {
 		e := newEngine(t, func(c *Config) { noEnum(c); c.IDCoverage.Threshold = 300 })
-		for _, a := range crawl(280, time.Second, slow) {
+		for _, a := range shuffled(crawl(280, time.Second, slow)) {
 			e.Process(a)
 		}
 		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
-			t.Fatalf("%d id_coverage alerts for 280 IDs under a threshold of 300", n)
+			t.Fatalf("%d id_coverage alerts for 280 IDs out of order under a threshold of 300", n)
 		}
 	})
 	t.Run("fail/window-passes", func(t *testing.T) {
 		e := newEngine(t, noEnum)
 		// 400 IDs of one block, one every 30 s: 120 an hour, under 250 in any window.
-		for _, a := range crawl(400, 30*time.Second, slow) {
+		for _, a := range shuffled(crawl(400, 30*time.Second, slow)) {
 			e.Process(a)
 		}
 		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
-			t.Fatalf("%d id_coverage alerts for a block read over 3 h 20 min", n)
+			t.Fatalf("%d id_coverage alerts for a block read out of order over 3 h 20 min", n)
+		}
+	})
+	// A walk through a block by any source: two sources taking turns, one
+	// request every 10 s each (0.2 a second overall, 60 IDs in 5 min, far
+	// under the coverage threshold), alerts within five minutes; the same
+	// walk at one request every two minutes (30 an hour, under the walk's
+	// run within the window) does not.
+	t.Run("ok/slow-walk-any-source", func(t *testing.T) {
+		e := newEngine(t, noEnum)
+		evs := crawl(100, 5*time.Second, func(i int, a *event.Access) { a.SrcIP = fmt.Sprintf("10.9.%d.1", i%2) })
+		for _, a := range evs {
+			e.Process(a)
+		}
+		got := alertsOf(e, RuleIDCoverage)
+		if len(got) != 1 || got[0].FirstSeen.Sub(evs[0].Time) > 5*time.Minute || !strings.Contains(got[0].Summary, "by any source") {
+			t.Fatalf("alerts %+v, want one id_coverage walk within 5 min", got)
+		}
+	})
+	t.Run("fail/walk-slower-than-window", func(t *testing.T) {
+		e := newEngine(t, noEnum)
+		for _, a := range crawl(200, 2*time.Minute, func(i int, a *event.Access) { a.SrcIP = fmt.Sprintf("10.9.%d.1", i%2) }) {
+			e.Process(a)
+		}
+		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
+			t.Fatalf("%d id_coverage alerts for a walk of 30 IDs an hour", n)
+		}
+	})
+	t.Run("fail/walk-off-with-no_walk", func(t *testing.T) {
+		e := newEngine(t, func(c *Config) { noEnum(c); c.Enumeration.NoWalk = true })
+		for _, a := range crawl(100, 5*time.Second, slow) {
+			e.Process(a)
+		}
+		if n := len(alertsOf(e, RuleIDCoverage)); n != 0 {
+			t.Fatalf("%d id_coverage alerts with walks off", n)
 		}
 	})
 	t.Run("fail/customers", func(t *testing.T) {

@@ -42,6 +42,12 @@ const (
 	RuleRouteVolume       = "route_volume"
 	RuleTokenWithoutLogin = "token_without_login"
 	RuleIDCoverage        = "id_coverage"
+
+	// Issuance side (Engine.Issued), keyed by the client.
+	RuleIssuanceNoLogin  = "issuance_without_login"
+	RuleIssuanceSequence = "issuance_sequential"
+	RuleIssuanceNetwork  = "issuance_network"
+	RuleIssuanceRate     = "issuance_rate"
 )
 
 // Defaults. Thresholds are chosen so that ordinary shop traffic (a member
@@ -84,6 +90,15 @@ const (
 	DefaultCoverageWindow    = time.Hour
 	DefaultCoverageBlock     = 1000 // member IDs per block
 	DefaultCoverageThreshold = 250  // distinct IDs of one block read within the window
+
+	// A login service asks for a token after each login, for the person
+	// who logged in, from its own servers.
+	DefaultIssuanceWindow     = 10 * time.Minute
+	DefaultIssuanceNoLoginMin = 20  // tokens without a login session per client per window
+	DefaultIssuanceHistoryMin = 100 // issuances before a client's caller networks count
+	DefaultIssuanceRateBucket = 5 * time.Minute
+	DefaultIssuanceRateFactor = 5.0 // times the client's usual issuances per bucket
+	DefaultIssuanceRateMin    = 300 // issuances in the bucket before the rate speaks
 )
 
 // Config configures the engine. The zero value of any field means its default.
@@ -108,6 +123,7 @@ type Config struct {
 	RouteVolume       RouteVolumeConfig       `yaml:"route_volume"`
 	TokenWithoutLogin TokenWithoutLoginConfig `yaml:"token_without_login"`
 	IDCoverage        IDCoverageConfig        `yaml:"id_coverage"`
+	Issuance          IssuanceConfig          `yaml:"issuance"`
 
 	// Containment maps a rule name to what to do when it raises a new alert.
 	Containment map[string]ContainPolicy `yaml:"containment"`
@@ -154,6 +170,22 @@ type IDCoverageConfig struct {
 	Window    time.Duration `yaml:"window"`
 	Block     uint64        `yaml:"block"`     // member IDs per block
 	Threshold uint64        `yaml:"threshold"` // distinct IDs of one block per window
+}
+
+// IssuanceConfig configures the issuance-side detectors (see
+// [Engine.Issued]): issuance_without_login, issuance_sequential,
+// issuance_network (at NetworkSeverity) and issuance_rate. Their state is
+// keyed by the client, bounded by MaxKeys clients and 16 × MaxKeys
+// sessions.
+type IssuanceConfig struct {
+	Toggle          `yaml:",inline"`
+	Window          time.Duration `yaml:"window"`       // of issuance_without_login and issuance_sequential
+	NoLoginMin      uint32        `yaml:"no_login_min"` // tokens without a login session per client per window
+	HistoryMin      uint32        `yaml:"history_min"`  // issuances before caller networks count
+	NetworkSeverity Severity      `yaml:"network_severity"`
+	RateBucket      time.Duration `yaml:"rate_bucket"`
+	RateFactor      float64       `yaml:"rate_factor"`
+	RateMin         uint32        `yaml:"rate_min"`
 }
 
 // UnknownSubjectConfig configures unknown_subject_rate.
@@ -279,6 +311,15 @@ func (c *Config) fill() {
 	dur(&cv.Window, DefaultCoverageWindow)
 	cv.Block = cmp.Or(cv.Block, DefaultCoverageBlock)
 	cv.Threshold = cmp.Or(cv.Threshold, DefaultCoverageThreshold)
+	is := &c.Issuance
+	sev(&is.Severity, High)
+	sev(&is.NetworkSeverity, Medium)
+	dur(&is.Window, DefaultIssuanceWindow)
+	dur(&is.RateBucket, DefaultIssuanceRateBucket)
+	is.NoLoginMin = cmp.Or(is.NoLoginMin, DefaultIssuanceNoLoginMin)
+	is.HistoryMin = cmp.Or(is.HistoryMin, DefaultIssuanceHistoryMin)
+	is.RateFactor = cmp.Or(is.RateFactor, DefaultIssuanceRateFactor)
+	is.RateMin = cmp.Or(is.RateMin, DefaultIssuanceRateMin)
 	u := &c.UnknownSubject
 	sev(&u.Severity, High)
 	dur(&u.Window, DefaultUnknownWindow)
@@ -335,6 +376,11 @@ func (c *Config) Validate() error {
 	pos("unknown_subject_rate.window", c.UnknownSubject.Window)
 	pos("ip_rotation.window", c.IPRotation.Window)
 	pos("id_coverage.window", c.IDCoverage.Window)
+	pos("issuance.window", c.Issuance.Window)
+	pos("issuance.rate_bucket", c.Issuance.RateBucket)
+	if c.Issuance.RateFactor <= 1 {
+		bad("issuance.rate_factor", "must be above 1, got %v", c.Issuance.RateFactor)
+	}
 	for name, n := range map[string]int{"max_alerts": c.MaxAlerts, "max_incidents": c.MaxIncidents,
 		"max_actions": c.MaxActions, "sample_ids": c.SampleIDs, "max_keys": c.MaxKeys,
 		"route_volume.max_routes": c.RouteVolume.MaxRoutes} {
@@ -347,7 +393,7 @@ func (c *Config) Validate() error {
 		"enumeration": c.Enumeration.Severity, "unknown_subject_rate": c.UnknownSubject.Severity,
 		"foreign_origin": c.ForeignOrigin.Severity, "ip_rotation": c.IPRotation.Severity,
 		"route_volume": c.RouteVolume.Severity, "token_without_login": c.TokenWithoutLogin.Severity,
-		"id_coverage": c.IDCoverage.Severity} {
+		"id_coverage": c.IDCoverage.Severity, "issuance": c.Issuance.Severity, "issuance.network_severity": c.Issuance.NetworkSeverity} {
 		if !s.valid() {
 			bad(name+".severity", "unknown severity %q", s)
 		}

@@ -36,14 +36,28 @@ const (
 	ActionRevokeToken  Action = "revoke_token"
 	ActionBlockSource  Action = "block_source"
 	ActionForceRelogin Action = "force_relogin"
+	// ActionSuspendClient suspends the secret of the client an issuance
+	// alert names: the authority issues it nothing more. The Containment
+	// must also be a [ClientSuspender].
+	ActionSuspendClient Action = "suspend_client"
 )
 
+// ClientSuspender is the Containment of an authority that can suspend a
+// client's secret (suspend_client); every replica refuses it from then on.
+type ClientSuspender interface {
+	SuspendClient(ctx context.Context, clientID, reason string) error
+}
+
+// ErrCannotSuspend is recorded for suspend_client when the Containment is
+// not a ClientSuspender.
+var ErrCannotSuspend = errors.New("containment cannot suspend clients")
+
 // Actions lists every containment action.
-var Actions = []Action{ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin}
+var Actions = []Action{ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin, ActionSuspendClient}
 
 func (a Action) valid() bool {
 	switch a {
-	case ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin:
+	case ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin, ActionSuspendClient:
 		return true
 	}
 	return false
@@ -85,10 +99,11 @@ type RateLimit struct {
 
 // DefaultRateLimits are the limits of actions the configuration names none for.
 var DefaultRateLimits = map[Action]RateLimit{
-	ActionRevokeKey:    {Max: 2, Per: time.Hour},
-	ActionRevokeToken:  {Max: 100, Per: time.Minute},
-	ActionForceRelogin: {Max: 20, Per: time.Minute},
-	ActionBlockSource:  {Max: 50, Per: time.Minute},
+	ActionRevokeKey:     {Max: 2, Per: time.Hour},
+	ActionRevokeToken:   {Max: 100, Per: time.Minute},
+	ActionForceRelogin:  {Max: 20, Per: time.Minute},
+	ActionBlockSource:   {Max: 50, Per: time.Minute},
+	ActionSuspendClient: {Max: 5, Per: time.Hour},
 }
 
 // ActionRecord is one containment action, taken, refused, or (dry run) only
@@ -145,6 +160,8 @@ func plan(a *Alert, p ContainPolicy, act Action) (ActionRecord, error) {
 			// names did nothing.
 			return r, fmt.Errorf("%w: the token was never issued, its subject is not the actor", ErrWeakEvidence)
 		}
+	case ActionSuspendClient:
+		r.Target = a.Attrs["client"]
 	case ActionBlockSource:
 		if ip, err := netip.ParseAddr(a.Attrs["src_ip"]); err == nil {
 			r.Target = netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()).String()
@@ -197,6 +214,12 @@ func Carry(ctx context.Context, c Containment, r ActionRecord) error {
 		return c.RevokeToken(ctx, r.Target, r.Reason)
 	case ActionForceRelogin:
 		return c.ForceRelogin(ctx, r.Target, r.Reason)
+	case ActionSuspendClient:
+		cs, ok := c.(ClientSuspender)
+		if !ok {
+			return ErrCannotSuspend
+		}
+		return cs.SuspendClient(ctx, r.Target, r.Reason)
 	case ActionBlockSource:
 		p, err := netip.ParsePrefix(r.Target)
 		if err != nil {

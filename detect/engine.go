@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	b       *builtins
+	iss     *issuance
 	rules   atomic.Pointer[ruleSet]
 	one     [1]event.Access // Process's event, so that it does not escape
 	pending []pendingAlert
@@ -55,6 +57,7 @@ type Engine struct {
 	db      *store.DB
 	stream  broker
 	events  atomic.Uint64
+	raised  atomic.Uint64 // alerts raised (not updates of open ones)
 }
 
 // numSlots is the size of the cache of open alerts (a power of two).
@@ -102,6 +105,7 @@ func New(cfg Config, now func() time.Time) (*Engine, error) {
 		limits: newLimiter(cfg.ContainmentLimits),
 	}
 	e.b = newBuiltins(&e.cfg, e.seed)
+	e.iss = newIssuance(&e.cfg, e.seed)
 	e.rules.Store(&ruleSet{})
 	return e, nil
 }
@@ -413,7 +417,11 @@ func (e *Engine) fireAttrs(k uint64, rule string, s Severity, kind, val, val2 st
 		entity += "@" + val2
 	}
 	var idb [8]byte
-	binary.BigEndian.PutUint64(idb[:], fnv(rule+"\x00"+entity+"\x00"+t.UTC().Format(time.RFC3339Nano)))
+	// The id names the rule, the entity and the dedup window the alert
+	// opened in (aligned to multiples of the window): whoever raises it
+	// (another detector instance, this one again after a restart replaying
+	// unacknowledged events) raises the same id, and the store keeps one row.
+	binary.BigEndian.PutUint64(idb[:], fnv(rule+"\x00"+entity+"\x00"+t.Truncate(e.cfg.DedupWindow).UTC().Format(time.RFC3339Nano)))
 	a := &Alert{
 		ID: "al-" + hex.EncodeToString(idb[:]), Rule: rule, Severity: s, Entity: entity,
 		Summary: summary, FirstSeen: t, LastSeen: t, Raised: t, Count: n,
@@ -436,6 +444,7 @@ func (e *Engine) fireAttrs(k uint64, rule string, s Severity, kind, val, val2 st
 	c := *a
 	c.Samples = append([]string(nil), a.Samples...)
 	e.pending = append(e.pending, pendingAlert{a: c, policy: p})
+	e.raised.Add(1)
 }
 
 func fnv(s string) uint64 {
@@ -634,8 +643,19 @@ func (e *Engine) contain1(c Containment, a *Alert, p ContainPolicy) {
 	}
 }
 
-// Alerts returns a copy of the alerts in memory, oldest first.
+// Alerts returns the alerts, oldest first: those in the store when one is
+// set (see [Engine.ListAlerts]), else those in memory. Should the store not
+// answer, it returns those in memory.
 func (e *Engine) Alerts() []Alert {
+	if e.store() != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+		as, err := e.ListAlerts(ctx, AlertQuery{})
+		cancel()
+		if err == nil {
+			slices.Reverse(as)
+			return as
+		}
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := make([]Alert, 0, len(e.alerts))
@@ -648,8 +668,21 @@ func (e *Engine) Alerts() []Alert {
 	return out
 }
 
-// Incidents returns a copy of the incidents in memory, oldest first.
+// readTimeout bounds the store reads of the methods without a context.
+const readTimeout = 5 * time.Second
+
+// Incidents returns the incidents, oldest first, from the store when one is
+// set (as [Engine.Alerts]).
 func (e *Engine) Incidents() []Incident {
+	if e.store() != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+		is, err := e.ListIncidents(ctx, 0)
+		cancel()
+		if err == nil {
+			slices.Reverse(is)
+			return is
+		}
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := make([]Incident, 0, len(e.incidents))
@@ -659,8 +692,17 @@ func (e *Engine) Incidents() []Incident {
 	return out
 }
 
-// Incident returns the incident with id.
+// Incident returns the incident with id, from the store when one is set (as
+// [Engine.Alerts]).
 func (e *Engine) Incident(id string) (Incident, bool) {
+	if e.store() != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+		inc, _, ok, err := e.FindIncident(ctx, id)
+		cancel()
+		if err == nil {
+			return inc, ok
+		}
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	inc, ok := e.incByID[id]

@@ -49,6 +49,11 @@ func (b *broker) publish(a Alert) {
 	}
 }
 
+// Relay shows an alert raised by another process (a detector instance) on
+// the live stream (GET /v1/alerts/stream). It is not delivered to OnAlert
+// subscribers: sinks, audit and containment are the raising process's.
+func (e *Engine) Relay(a Alert) { e.stream.publish(a) }
+
 // Handler serves the detection API:
 //
 //	GET /v1/alerts?rule=R&severity=S&limit=N   newest first (default limit 100, at most 10000)
@@ -85,16 +90,12 @@ func (e *Engine) listAlerts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	rule, sv := q.Get("rule"), Severity(q.Get("severity"))
-	all := e.Alerts()
-	out := make([]Alert, 0, min(limit, len(all)))
-	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
-		a := all[i]
-		if (rule == "" || a.Rule == rule) && (sv == "" || a.Severity == sv) {
-			out = append(out, a)
-		}
+	out, err := e.ListAlerts(r.Context(), AlertQuery{Rule: q.Get("rule"), Severity: Severity(q.Get("severity")), Limit: limit})
+	if err != nil {
+		wire.WriteError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "alerts unavailable")
+		return
 	}
-	wire.WriteJSON(w, http.StatusOK, map[string]any{"alerts": out})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"alerts": orEmpty(out)})
 }
 
 func (e *Engine) listIncidents(w http.ResponseWriter, r *http.Request) {
@@ -103,29 +104,33 @@ func (e *Engine) listIncidents(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, "invalid_request", "limit must be 1..10000")
 		return
 	}
-	all := e.Incidents()
-	out := make([]Incident, 0, min(limit, len(all)))
-	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
-		out = append(out, all[i])
+	out, err := e.ListIncidents(r.Context(), limit)
+	if err != nil {
+		wire.WriteError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "incidents unavailable")
+		return
 	}
-	wire.WriteJSON(w, http.StatusOK, map[string]any{"incidents": out})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"incidents": orEmpty(out)})
 }
 
 func (e *Engine) getIncident(w http.ResponseWriter, r *http.Request) {
-	inc, ok := e.Incident(r.PathValue("id"))
-	if !ok {
+	inc, alerts, ok, err := e.FindIncident(r.Context(), r.PathValue("id"))
+	switch {
+	case err != nil:
+		wire.WriteError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "incidents unavailable")
+		return
+	case !ok:
 		wire.WriteError(w, http.StatusNotFound, "not_found", "no such incident")
 		return
 	}
-	var alerts []Alert
-	e.mu.Lock()
-	for _, id := range inc.Alerts {
-		if a := e.byID[id]; a != nil {
-			alerts = append(alerts, *a)
-		}
-	}
-	e.mu.Unlock()
 	wire.WriteJSON(w, http.StatusOK, map[string]any{"incident": inc, "alerts": alerts})
+}
+
+// orEmpty makes a nil list encode as [] rather than null.
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
 }
 
 func (e *Engine) streamAlerts(w http.ResponseWriter, r *http.Request) {

@@ -491,6 +491,20 @@ func TestEventFields(t *testing.T) {
 	if ev.RequestID == "" || ev.LatencyUS < 0 {
 		t.Errorf("request id %q latency %d", ev.RequestID, ev.LatencyUS)
 	}
+	// The console names networks from the same databases.
+	for _, tc := range []struct {
+		ip   string
+		want Location
+	}{
+		{"1.2.3.4", Location{Country: "KR", ASN: 4766, Org: "Korea Telecom"}},
+		{"::ffff:1.2.3.200", Location{Country: "KR", ASN: 4766, Org: "Korea Telecom"}},
+		{"9.9.9.9", Location{}},
+		{"2001:db8::1", Location{}},
+	} {
+		if got := e.g.Locate(netip.MustParseAddr(tc.ip)); got != tc.want {
+			t.Errorf("Locate(%s) = %+v, want %+v", tc.ip, got, tc.want)
+		}
+	}
 	// An untrusted peer's X-Forwarded-For is ignored.
 	e.g.trusted = nil
 	e.do("GET", addr, good, "X-Forwarded-For", "1.2.3.4")
@@ -530,8 +544,9 @@ func writeMMDB(t *testing.T, dir string) string {
 	}
 	_, n, _ := net.ParseCIDR("1.2.3.0/24")
 	if err := tree.Insert(n, mmdbtype.Map{
-		"country":                  mmdbtype.Map{"iso_code": mmdbtype.String("KR")},
-		"autonomous_system_number": mmdbtype.Uint32(4766),
+		"country":                        mmdbtype.Map{"iso_code": mmdbtype.String("KR")},
+		"autonomous_system_number":       mmdbtype.Uint32(4766),
+		"autonomous_system_organization": mmdbtype.String("Korea Telecom"),
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 
@@ -48,6 +49,43 @@ func (g *geoDB) lookup(ip netip.Addr) (country string, asn uint32) {
 	}
 	return country, asn
 }
+
+// Location is where an address is, by the GeoIP databases.
+type Location struct {
+	Country string // ISO 3166-1 alpha-2
+	ASN     uint32
+	Org     string // the autonomous system's organisation
+}
+
+type geoOrgRecord struct {
+	Country struct {
+		ISOCode string `maxminddb:"iso_code"`
+	} `maxminddb:"country"`
+	ASN uint32 `maxminddb:"autonomous_system_number"`
+	Org string `maxminddb:"autonomous_system_organization"`
+}
+
+// locate is lookup with the AS organisation, for people reading it.
+func (g *geoDB) locate(ip netip.Addr) Location {
+	var loc Location
+	if g == nil {
+		return loc
+	}
+	for _, r := range g.readers {
+		var rec geoOrgRecord
+		if err := r.Lookup(ip).Decode(&rec); err != nil {
+			continue
+		}
+		loc.Country = cmp.Or(loc.Country, rec.Country.ISOCode)
+		loc.ASN = cmp.Or(loc.ASN, rec.ASN)
+		loc.Org = cmp.Or(loc.Org, rec.Org)
+	}
+	return loc
+}
+
+// Locate returns the country and network of ip from the gateway's GeoIP
+// databases (Config.GeoIP); the zero Location when none knows it.
+func (g *Gateway) Locate(ip netip.Addr) Location { return g.geo.locate(ip.Unmap()) }
 
 func (g *geoDB) close() {
 	if g == nil {

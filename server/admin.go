@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -238,6 +239,10 @@ type addClientBody struct {
 	Name     string   `json:"name"`
 	Audience []string `json:"audience"`
 	HeldBy   string   `json:"held_by"`
+	// How the client authenticates at /oauth2/token beyond its secret.
+	JWKS        json.RawMessage `json:"jwks"`
+	JWKSURI     string          `json:"jwks_uri"`
+	RequireDPoP bool            `json:"require_dpop"`
 }
 
 func (s *Server) addClient(w http.ResponseWriter, r *http.Request) {
@@ -253,12 +258,27 @@ func (s *Server) addClient(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the change could not be recorded in the audit log")
 		return
 	}
+	auth := authority.ClientAuth{JWKS: b.JWKS, JWKSURI: b.JWKSURI, RequireDPoP: b.RequireDPoP}
+	if err := auth.Check(); err != nil {
+		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
 	c, secret, err := s.Creds.AddClient(r.Context(), b.Name, b.Audience, b.HeldBy)
 	if err != nil {
 		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	wire.WriteJSON(w, http.StatusCreated, map[string]any{"client_id": c.ID, "client_secret": secret, "name": c.Name, "audiences": c.Audiences})
+	out := map[string]any{"client_id": c.ID, "client_secret": secret, "name": c.Name, "audiences": c.Audiences}
+	if auth.HasKeys() || auth.RequireDPoP {
+		if err := s.Creds.SetClientAuth(r.Context(), c.ID, auth); err != nil {
+			// A client half registered would authenticate by its secret alone.
+			_ = s.Creds.RevokeClientSecret(r.Context(), c.ID, actorOf(r.Context()), "registration failed")
+			wire.WriteError(w, http.StatusServiceUnavailable, "server_error", "the client could not be registered")
+			return
+		}
+		out["jwks_uri"], out["require_dpop"] = auth.JWKSURI, auth.RequireDPoP
+	}
+	wire.WriteJSON(w, http.StatusCreated, out)
 }
 
 func (s *Server) listClients(w http.ResponseWriter, r *http.Request) {

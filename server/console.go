@@ -11,13 +11,20 @@ import (
 // mountConsole mounts the web console at /console, fed by detection's alerts,
 // the gateway's access events and the ledger's issuance.
 func (s *Server) mountConsole(mux *http.ServeMux) {
-	c, err := console.New(console.Config{
+	cc := console.Config{
 		Keys: s.Keys, Policy: s.Keys.Policy(), Staff: s.Staff, Credentials: s.Creds, Detect: s.Detect, Audit: s.Audit,
 		CheckpointVerifier: s.checkpointVerifier,
 		LiveTokens:         s.Ledger.Index().Len,
 		EventsDir:          filepath.Join(s.Config.Data, EventsDir), FlushEvents: s.Forensics.Flush,
 		Organization: s.Config.Issuer, Log: s.Log, Now: s.now, Store: s.DB,
-	})
+	}
+	if s.Authority != nil {
+		cc.IsDecoy = s.Authority.IsDecoy
+	}
+	if s.Gateway != nil {
+		cc.Locate = s.Gateway.Locate
+	}
+	c, err := console.New(cc)
 	if err != nil {
 		s.Log.Error("console unavailable", "err", err)
 		return

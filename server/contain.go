@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/gateway"
@@ -95,23 +96,55 @@ func (c containment) ForceRelogin(ctx context.Context, subject, reason string) e
 // proportion to its evidence: a validly signed token the authority never
 // issued means its key is in the wrong hands (revoke the key); a decoy hit
 // with an issued token points at that token, its holder's sessions and its
-// source (detection refuses to revoke a key on such evidence).
+// source (detection refuses to revoke a key on such evidence); issuance
+// that no login explains points at the client's secret.
 func containPolicies(d config.Detect) (map[string]detect.ContainPolicy, map[detect.Action]detect.RateLimit) {
 	l := d.ContainmentLimits
 	limits := map[detect.Action]detect.RateLimit{
-		detect.ActionRevokeKey:    detect.RateLimit(l.RevokeKey),
-		detect.ActionRevokeToken:  detect.RateLimit(l.RevokeToken),
-		detect.ActionForceRelogin: detect.RateLimit(l.ForceRelogin),
-		detect.ActionBlockSource:  detect.RateLimit(l.BlockSource),
+		detect.ActionRevokeKey:     detect.RateLimit(l.RevokeKey),
+		detect.ActionRevokeToken:   detect.RateLimit(l.RevokeToken),
+		detect.ActionForceRelogin:  detect.RateLimit(l.ForceRelogin),
+		detect.ActionBlockSource:   detect.RateLimit(l.BlockSource),
+		detect.ActionSuspendClient: detect.RateLimit(l.SuspendClient),
 	}
 	if !d.Contain {
 		return nil, limits
 	}
-	return map[string]detect.ContainPolicy{
+	pols := map[string]detect.ContainPolicy{
 		detect.RuleNotIssued: {Action: detect.ActionRevokeKey, DryRun: d.DryRun},
 		detect.RuleDecoySubject: {Actions: []detect.Action{detect.ActionRevokeKey, detect.ActionRevokeToken, detect.ActionForceRelogin, detect.ActionBlockSource},
 			DryRun: d.DryRun, For: d.BlockFor},
-	}, limits
+	}
+	// Tokens asked for with a client's secret, with no login behind them,
+	// in ID order or at many times the usual rate: the secret is in the
+	// wrong hands, suspend it.
+	for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
+		pols[r] = detect.ContainPolicy{Action: detect.ActionSuspendClient, DryRun: d.DryRun}
+	}
+	return pols, limits
+}
+
+var _ detect.ClientSuspender = containment{}
+
+// SuspendClient refuses a client's secret from now on: the shared store
+// marks it revoked, so every replica refuses it within authority.CacheTTL.
+// Its owner registers a new client once the secret is safe again.
+func (c containment) SuspendClient(ctx context.Context, clientID, reason string) error {
+	if clientID == "" {
+		return detect.ErrNoTarget
+	}
+	if err := c.s.journal(ctx, "containment.suspend_client", map[string]any{"client_id": clientID, "reason": reason, "actor": containActor}); err != nil {
+		return err
+	}
+	return c.s.Creds.RevokeClientSecret(ctx, clientID, containActor, reason)
+}
+
+// issuanceFeed hands the authority's issuances to detection.
+type issuanceFeed struct{ e *detect.Engine }
+
+func (f issuanceFeed) Issued(ctx context.Context, c *authority.Client, r *authority.Request, jti, kid string, at time.Time) {
+	f.e.Issued(detect.Issuance{Time: at, Client: c.ID, Subject: r.Subject, Session: r.SessionID,
+		Caller: authority.CallerOf(ctx), ClientIP: r.ClientIP, JTI: jti, KID: kid})
 }
 
 // Containment is what detection's automatic containment calls on this server.

@@ -2,16 +2,19 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/custos-dev/custos/authority"
+	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect/ingest"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
@@ -25,6 +28,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/jwks.json", s.jwks)
 	mux.HandleFunc("GET /.well-known/oauth-authorization-server", s.metadata)
+	mux.HandleFunc("GET /.well-known/openid-configuration", s.metadata)
 	(&authority.Handler{Auth: s.Authority, Creds: s.Creds, Log: s.Log}).Register(mux)
 
 	mux.HandleFunc("GET /v1/keys", s.admin(s.listKeys))
@@ -84,21 +88,37 @@ func (s *Server) jwks(w http.ResponseWriter, r *http.Request) {
 	w.Write(b)
 }
 
+// metadata serves the RFC 8414 document, also as OpenID discovery: it
+// lists what works and nothing else. custos has no authorization endpoint
+// and issues no ID tokens, so response_types_supported is empty and no
+// ID-token member appears.
 func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
-	iss := s.Config.Issuer
-	wire.WriteJSON(w, http.StatusOK, map[string]any{
-		"issuer":                                iss,
+	iss := strings.TrimSuffix(s.Config.Issuer, "/")
+	w.Header().Set("Cache-Control", "max-age=60")
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{
+		"issuer":                                s.Config.Issuer,
 		"jwks_uri":                              iss + "/.well-known/jwks.json",
-		"token_endpoint":                        iss + "/v1/tokens",
+		"token_endpoint":                        s.Authority.TokenEndpoint(),
 		"introspection_endpoint":                iss + "/v1/tokens/introspect",
 		"revocation_endpoint":                   iss + "/v1/tokens/revoke",
-		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
-		"introspection_endpoint_auth_methods_supported": []string{"client_secret_basic"},
-		"revocation_endpoint_auth_methods_supported":    []string{"client_secret_basic"},
-		"id_token_signing_alg_values_supported":         []string{"EdDSA", "ES256"},
-		"grant_types_supported":                         []string{"urn:custos:params:oauth:grant-type:login-service"},
-		"response_types_supported":                      []string{"token"},
+		"grant_types_supported":                 []string{authority.GrantClientCredentials, authority.GrantTokenExchange},
+		"token_endpoint_auth_methods_supported": []string{authority.AuthSecretBasic, authority.AuthSecretPost, authority.AuthPrivateKey},
+		"token_endpoint_auth_signing_alg_values_supported": authority.AssertionAlgs(),
+		"introspection_endpoint_auth_methods_supported":    []string{authority.AuthSecretBasic},
+		"revocation_endpoint_auth_methods_supported":       []string{authority.AuthSecretBasic},
+		"response_types_supported":                         []string{},
 	})
+}
+
+// externalIssuers maps the configuration to the authority's.
+func externalIssuers(c config.OAuth) []authority.ExternalIssuer {
+	out := make([]authority.ExternalIssuer, 0, len(c.ExternalIssuers))
+	for _, e := range c.ExternalIssuers {
+		out = append(out, authority.ExternalIssuer{Issuer: e.Issuer, JWKSURL: e.JWKSURL, Audience: e.Audience,
+			ClockSkew: e.ClockSkew, SubjectClaim: e.SubjectClaim, Algorithms: e.Algorithms})
+	}
+	return out
 }
 
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {

@@ -67,7 +67,20 @@ type Claims struct {
 	Scope     string `json:"scope,omitempty"`
 	SessionID string `json:"sid,omitempty"`
 	ClientID  string `json:"client_id"`
+	// Cnf binds the token to a key (RFC 7800); custos uses only the
+	// DPoP JWK thumbprint (RFC 9449 section 6). Zero for a bearer token.
+	Cnf Confirmation `json:"cnf,omitzero"`
 }
+
+// Confirmation is the "cnf" claim of a sender-constrained token.
+type Confirmation struct {
+	// JKT is the base64url SHA-256 JWK thumbprint (RFC 7638) of the DPoP
+	// key the token is bound to (RFC 9449 section 6.1).
+	JKT string `json:"jkt"`
+}
+
+// thumbprintLen is the length of a base64url SHA-256 digest.
+const thumbprintLen = 43
 
 // check reports the first required claim (RFC 9068 section 2.2) that is absent.
 func (c *Claims) check() error {
@@ -86,6 +99,8 @@ func (c *Claims) check() error {
 		return fmt.Errorf("%w: jti", ErrClaims)
 	case c.ClientID == "":
 		return fmt.Errorf("%w: client_id", ErrClaims)
+	case c.Cnf.JKT != "" && len(c.Cnf.JKT) != thumbprintLen:
+		return fmt.Errorf("%w: cnf.jkt is not a SHA-256 thumbprint", ErrClaims)
 	}
 	return nil
 }
@@ -337,6 +352,8 @@ func decodeClaims(b []byte, c *Claims) error {
 			c.SessionID, err = jsonString(v)
 		case "client_id":
 			c.ClientID, err = jsonString(v)
+		case "cnf":
+			c.Cnf, err = decodeConfirmation(v)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -350,6 +367,34 @@ func decodeClaims(b []byte, c *Claims) error {
 		return fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return nil
+}
+
+// decodeConfirmation reads a "cnf" claim. Only {"jkt": thumbprint} is
+// understood; any other confirmation method names a binding custos could not
+// enforce, so the token is refused rather than treated as a bearer token.
+func decodeConfirmation(v []byte) (Confirmation, error) {
+	var cnf Confirmation
+	if len(v) == 0 || v[0] != '{' {
+		return cnf, errors.New("not an object")
+	}
+	err := strictObject(v, func(name, val []byte) error {
+		if string(name) != "jkt" {
+			return fmt.Errorf("confirmation method %q not understood", name)
+		}
+		var err error
+		cnf.JKT, err = jsonString(val)
+		return err
+	})
+	if err != nil {
+		return Confirmation{}, err
+	}
+	if len(cnf.JKT) != thumbprintLen {
+		return Confirmation{}, errors.New("jkt is not a SHA-256 thumbprint")
+	}
+	if _, err := decodePart(cnf.JKT); err != nil {
+		return Confirmation{}, errors.New("jkt is not base64url")
+	}
+	return cnf, nil
 }
 
 // maxDepth bounds JSON nesting in untrusted headers and claims.

@@ -151,6 +151,16 @@ func TestParseStrict(t *testing.T) {
 		{"fail/edited-payload", h + "." + b64.EncodeToString([]byte(strings.Replace(string(claims), "member-1", "member-2", 1))) + "." + s, true, false},
 		{"fail/empty-signature", h + "." + p + ".", true, false},
 		{"fail/alg-none", craft(priv, `{"alg":"none","kid":"k1","typ":"at+jwt"}`, string(claims)), true, false},
+		{"ok/cnf-jkt", craft(priv, good, `{"cnf":{"jkt":"`+testJKT+`"},`+string(claims[1:])), true, true},
+		{"fail/cnf-not-object", craft(priv, good, `{"cnf":"`+testJKT+`",`+string(claims[1:])), false, false},
+		{"fail/cnf-empty", craft(priv, good, `{"cnf":{},`+string(claims[1:])), false, false},
+		{"fail/cnf-other-method", craft(priv, good, `{"cnf":{"x5t#S256":"`+testJKT+`"},`+string(claims[1:])), false, false},
+		{"fail/cnf-jkt-and-jwk", craft(priv, good, `{"cnf":{"jkt":"`+testJKT+`","jwk":{"kty":"OKP"}},`+string(claims[1:])), false, false},
+		{"fail/cnf-dup-jkt", craft(priv, good, `{"cnf":{"jkt":"`+testJKT+`","jkt":"`+testJKT+`"},`+string(claims[1:])), false, false},
+		{"fail/cnf-jkt-short", craft(priv, good, `{"cnf":{"jkt":"`+testJKT[:42]+`"},`+string(claims[1:])), false, false},
+		{"fail/cnf-jkt-padded", craft(priv, good, `{"cnf":{"jkt":"`+testJKT[:42]+`="},`+string(claims[1:])), false, false},
+		{"fail/cnf-jkt-std-alphabet", craft(priv, good, `{"cnf":{"jkt":"`+testJKT[:41]+`+/"},`+string(claims[1:])), false, false},
+		{"fail/cnf-jkt-number", craft(priv, good, `{"cnf":{"jkt":1},`+string(claims[1:])), false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pt, err := Parse(tc.tok)
@@ -171,6 +181,42 @@ func TestParseStrict(t *testing.T) {
 				t.Fatalf("VerifySignature error %v does not wrap ErrBadSignature", err)
 			}
 		})
+	}
+}
+
+// testJKT is an RFC 7638 thumbprint (the RFC's example key).
+const testJKT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+func TestSignCnfRoundTrip(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	c := testClaims()
+	c.Cnf.JKT = testJKT
+	raw, err := Sign(priv, keys.EdDSA, "k1", c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, payload, _ := splitT(raw)
+	pb, _ := b64.DecodeString(payload)
+	if !bytes.Contains(pb, []byte(`"cnf":{"jkt":"`+testJKT+`"}`)) {
+		t.Errorf("payload %s lacks cnf.jkt", pb)
+	}
+	p, err := Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Claims != c {
+		t.Errorf("claims %+v, want %+v", p.Claims, c)
+	}
+	// A bearer token carries no cnf member at all.
+	raw, _ = Sign(priv, keys.EdDSA, "k1", testClaims())
+	_, payload, _ = splitT(raw)
+	pb, _ = b64.DecodeString(payload)
+	if bytes.Contains(pb, []byte(`cnf`)) {
+		t.Errorf("bearer payload %s has cnf", pb)
+	}
+	c.Cnf.JKT = "short"
+	if _, err := Sign(priv, keys.EdDSA, "k1", c); !errors.Is(err, ErrClaims) {
+		t.Errorf("fail/short-jkt: %v", err)
 	}
 }
 

@@ -77,7 +77,7 @@ func init() {
 	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file")
 	cmd.Flags().StringVar(&data, "data", "", "data directory (created on first start)")
 	cmd.Flags().StringVar(&listen, "listen", config.DefaultListen, "API address")
-	cmd.Flags().StringVar(&issuer, "issuer", config.DefaultIssuer, "token issuer (iss) and public base URL")
+	cmd.Flags().StringVar(&issuer, "issuer", "", "token issuer (iss) and public base URL (default http://LISTEN)")
 	cmd.Flags().StringVar(&upstream, "upstream", "", "run the gateway in-process in front of this upstream URL")
 	cmd.Flags().StringVar(&role, "role", "all", "parts to run: all, authority, gateway, detector or forensics (scale-out roles need scale.nats)")
 	root.AddCommand(cmd)
@@ -85,6 +85,13 @@ func init() {
 
 func serve(ctx context.Context, cfg config.Config, cmd *cobra.Command) error {
 	log := newLogger()
+	warn, err := cfg.CheckIssuer()
+	if err != nil {
+		return &exitError{2, err}
+	}
+	if warn != "" {
+		log.Warn("ISSUER MAY BREAK DISCOVERY: "+warn, "issuer", cfg.Issuer, "listen", cfg.Listen)
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("failed to listen on %s: %w", cfg.Listen, err)

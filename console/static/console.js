@@ -8,10 +8,41 @@
   }
 
   function colour(cls, i) {
-    var bad = ["--bad", "--warn", "--info", "--accent"];
+    var bad = ["--bad", "--warn", "--info", "--accent", "--muted"];
     if (cls === "ok") return cssVar("--ok");
     if (cls === "info") return cssVar("--info");
     return cssVar(bad[i % bad.length]);
+  }
+
+  var numFmt = new Intl.NumberFormat("en");
+
+  function total(vals) {
+    var t = 0;
+    (vals || []).forEach(function (v) { if (typeof v === "number") t += v; });
+    return t;
+  }
+
+  // Legends read without hovering: away from the plot each series shows its
+  // total over the chart and the time column the chart's range; under the
+  // cursor they show the values at that time, as uPlot does.
+  function legendValue(sum) {
+    return function (u, v, si, idx) {
+      if (idx == null) return numFmt.format(sum) + " total";
+      return v == null ? "–" : numFmt.format(v);
+    };
+  }
+
+  var fmtTime = uPlotFmt("{YYYY}-{MM}-{DD} {HH}:{mm}Z");
+
+  function uPlotFmt(f) {
+    return typeof uPlot === "undefined" ? function (d) { return d.toISOString(); } : uPlot.fmtDate(f);
+  }
+
+  function utc(ts) { return typeof uPlot === "undefined" ? new Date(ts * 1e3) : uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); }
+
+  function rangeLabel(x) {
+    var a = fmtTime(utc(x[0])), b = fmtTime(utc(x[x.length - 1]));
+    return a === b ? a : a + " – " + b;
   }
 
   function drawChart(el) {
@@ -32,13 +63,19 @@
       series: [{}],
       axes: [Object.assign({}, axis), Object.assign({ label: d.unit || "" }, axis)],
       scales: { x: d.x.length === 1 ? { time: true, range: [d.x[0] - 3600, d.x[0] + 3600] } : { time: true } },
+      tzDate: utc,
       legend: { live: true },
+    };
+    var label = rangeLabel(d.x);
+    opts.series[0] = {
+      label: "UTC",
+      value: function (u, v, si, idx) { return idx == null || v == null ? label : fmtTime(utc(v)); },
     };
     var data = [d.x];
     var badIndex = 0;
     (d.series || []).forEach(function (s) {
       var c = colour(s.class, s.class === "bad" ? badIndex++ : 0);
-      opts.series.push({ label: s.label, stroke: c, width: 2, points: { show: d.x.length < 3 } });
+      opts.series.push({ label: s.label, stroke: c, width: 2, points: { show: d.x.length < 3 }, value: legendValue(total(s.values)) });
       data.push(s.values);
     });
     new uPlot(opts, data, el);

@@ -1,5 +1,6 @@
 // Package storetest gives tests a control-plane database on the local
-// PostgreSQL server, isolated in a fresh schema.
+// PostgreSQL server, isolated in a fresh schema, and [Run], the behaviour
+// suite every backend passes.
 package storetest
 
 import (

@@ -1,0 +1,332 @@
+// Package dpop verifies RFC 9449 DPoP proofs: the short JWT a client signs
+// with its own key on every request, which binds an access token to that key
+// (cnf.jkt, the key's RFC 7638 thumbprint) so that a copied token is useless
+// without the key.
+//
+// [Verify] checks one proof against the request it came with: typ dpop+jwt,
+// alg EdDSA or ES256 only, a public jwk header key (no private or symmetric
+// member, no x5c, jku, x5u or kid key references), the signature under that
+// key, htm, htu against the canonical request URL ([CanonicalURL]), iat
+// within a window, a jti, ath (the access token's SHA-256) and, when the
+// server asks, a nonce. Replay of a jti is the caller's part ([Replay]), as
+// it needs state shared between replicas.
+//
+// go-jose parses the jwk and computes its thumbprint. The compact JWS is split
+// and decoded by hand with package token's strict rules (canonical base64url,
+// no duplicate JSON members, no crit) and the signature checked with token's
+// verifier, which the Wycheproof vectors test: go-jose's JWS parser accepts
+// padded base64 and duplicate members, and would let two readers of one
+// proof disagree about it.
+package dpop
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/token"
+)
+
+// Type is the JOSE typ of a DPoP proof (RFC 9449 section 4.2).
+const Type = "dpop+jwt"
+
+// MaxSize is the largest proof accepted, in bytes.
+const MaxSize = 4 << 10
+
+// MaxJTI bounds the length of a proof's jti.
+const MaxJTI = 256
+
+// DefaultWindow is how far a proof's iat may be from the verifier's clock.
+const DefaultWindow = time.Minute
+
+// Algs are the proof algorithms accepted, as advertised in metadata
+// (dpop_signing_alg_values_supported) and WWW-Authenticate algs.
+var Algs = []string{string(keys.EdDSA), string(keys.ES256)}
+
+// Errors. Every refusal wraps ErrInvalid; a missing or stale nonce wraps
+// ErrUseNonce too, so the server can answer with a fresh one.
+var (
+	ErrInvalid  = errors.New("dpop: invalid proof")
+	ErrUseNonce = errors.New("dpop: use_dpop_nonce")
+)
+
+// Proof is a verified proof.
+type Proof struct {
+	JKT      string // RFC 7638 SHA-256 thumbprint of the key, base64url
+	JTI      string
+	HTM, HTU string
+	IssuedAt time.Time
+	Nonce    string
+	Alg      keys.Alg
+	Key      crypto.PublicKey
+}
+
+// Expect is what a proof must match.
+type Expect struct {
+	Method string // the request's method, compared exactly
+	// URL is the request URL, absolute; it is compared with htu after both
+	// go through CanonicalURL.
+	URL string
+	// AccessToken, when set, must hash to ath. Empty (at the token
+	// endpoint): the proof must carry no ath.
+	AccessToken string
+	// Nonce, when set, says whether a nonce is one the server issued and
+	// still accepts; a proof without one, or with another, is refused with
+	// ErrUseNonce. Nil: nonces are not used.
+	Nonce func(string) bool
+	Now   time.Time
+	// Window bounds |now - iat| (0: DefaultWindow).
+	Window time.Duration
+}
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...)
+}
+
+// Verify parses raw and checks it against e.
+func Verify(raw string, e Expect) (*Proof, error) {
+	p, c, err := parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	if c.HTM != e.Method || e.Method == "" {
+		return nil, invalid("htm %q, request method %q", c.HTM, e.Method)
+	}
+	want, err := CanonicalURL(e.URL)
+	if err != nil {
+		return nil, invalid("request URL: %v", err)
+	}
+	got, err := CanonicalURL(c.HTU)
+	if err != nil {
+		return nil, invalid("htu: %v", err)
+	}
+	if got != want {
+		return nil, invalid("htu %q, request %q", got, want)
+	}
+	window := e.Window
+	if window <= 0 {
+		window = DefaultWindow
+	}
+	if d := e.Now.Sub(p.IssuedAt); d > window || d < -window {
+		return nil, invalid("iat %s is %s from now", p.IssuedAt.UTC().Format(time.RFC3339), d.Round(time.Second))
+	}
+	switch {
+	case e.AccessToken == "" && c.hasATH:
+		return nil, invalid("ath without an access token")
+	case e.AccessToken != "" && (!c.hasATH || c.ATH != ATH(e.AccessToken)):
+		return nil, invalid("ath does not match the access token")
+	}
+	if e.Nonce != nil && (p.Nonce == "" || !e.Nonce(p.Nonce)) {
+		return nil, fmt.Errorf("%w: %w: nonce missing or not current", ErrInvalid, ErrUseNonce)
+	}
+	return p, nil
+}
+
+// ATH is the ath claim for an access token: base64url(SHA-256(token)).
+func ATH(accessToken string) string {
+	h := sha256.Sum256([]byte(accessToken))
+	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+// Thumbprint is the RFC 7638 SHA-256 thumbprint of an Ed25519 or P-256 public
+// key, base64url: the value of cnf.jkt.
+func Thumbprint(pub crypto.PublicKey) (string, error) {
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return "", invalid("only P-256 EC keys")
+		}
+	default:
+		return "", invalid("key type %T", pub)
+	}
+	jwk := jose.JSONWebKey{Key: pub}
+	t, err := jwk.Thumbprint(crypto.SHA256)
+	if err != nil {
+		return "", invalid("thumbprint: %v", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(t), nil
+}
+
+// members decodes a JSON object (already checked by token.CheckObject) into
+// its members by exact name: encoding/json would match struct fields
+// case-insensitively, so {"alg":..,"ALG":..} could be read two ways.
+func members(b []byte) (map[string]json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	folded := make(map[string]bool, len(m))
+	for name := range m {
+		f := strings.ToLower(name)
+		if folded[f] {
+			return nil, fmt.Errorf("members differ only in case: %q", name)
+		}
+		folded[f] = true
+	}
+	return m, nil
+}
+
+// str reads member name as a string; ok is false when it is absent.
+func str(m map[string]json.RawMessage, name string) (s string, ok bool, err error) {
+	v, ok := m[name]
+	if !ok {
+		return "", false, nil
+	}
+	if len(v) == 0 || v[0] != '"' {
+		return "", true, fmt.Errorf("%s is not a string", name)
+	}
+	err = json.Unmarshal(v, &s)
+	return s, true, err
+}
+
+type claims struct {
+	JTI, HTM, HTU, ATH, Nonce string
+	hasATH                    bool
+}
+
+// privateMembers are JWK members that carry private or symmetric key
+// material (RFC 7518 section 6, RFC 8037).
+var privateMembers = []string{"d", "p", "q", "dp", "dq", "qi", "oth", "k", "priv"}
+
+// parse splits, decodes and checks the structure and signature of a proof.
+func parse(raw string) (*Proof, *claims, error) {
+	if len(raw) > MaxSize {
+		return nil, nil, invalid("%d bytes, more than %d", len(raw), MaxSize)
+	}
+	hs, rest, ok := strings.Cut(raw, ".")
+	ps, ss, ok2 := strings.Cut(rest, ".")
+	if !ok || !ok2 || strings.Contains(ss, ".") || hs == "" || ps == "" {
+		return nil, nil, invalid("not a compact JWS")
+	}
+	hb, err := token.DecodeSegment(hs)
+	if err != nil {
+		return nil, nil, invalid("header: %v", err)
+	}
+	pb, err := token.DecodeSegment(ps)
+	if err != nil {
+		return nil, nil, invalid("payload: %v", err)
+	}
+	sig, err := token.DecodeSegment(ss)
+	if err != nil {
+		return nil, nil, invalid("signature: %v", err)
+	}
+	if err := token.CheckObject(hb); err != nil {
+		return nil, nil, invalid("header: %v", err)
+	}
+	if err := token.CheckObject(pb); err != nil {
+		return nil, nil, invalid("payload: %v", err)
+	}
+	h, err := members(hb)
+	if err != nil {
+		return nil, nil, invalid("header: %v", err)
+	}
+	typ, _, err := str(h, "typ")
+	if t := strings.ToLower(typ); err != nil || t != Type && t != "application/"+Type {
+		return nil, nil, invalid("typ %q", typ)
+	}
+	for _, m := range []string{"crit", "kid", "jku", "x5u", "x5c"} {
+		if _, ok := h[m]; ok {
+			return nil, nil, invalid("header carries %q", m)
+		}
+	}
+	algName, _, err := str(h, "alg")
+	alg := keys.Alg(algName)
+	if err != nil || alg != keys.EdDSA && alg != keys.ES256 {
+		return nil, nil, invalid("alg %q not allowed", algName)
+	}
+	pub, err := publicJWK(h["jwk"], alg)
+	if err != nil {
+		return nil, nil, err
+	}
+	jws := &token.Parsed{Header: token.Header{Alg: algName}, SigningInput: []byte(raw[:len(hs)+1+len(ps)]), Signature: sig}
+	if err := token.VerifySignature(jws, alg, pub); err != nil {
+		return nil, nil, invalid("signature: %v", err)
+	}
+	pm, err := members(pb)
+	if err != nil {
+		return nil, nil, invalid("claims: %v", err)
+	}
+	var c claims
+	var jtiOK, iatOK bool
+	var errs [5]error
+	c.JTI, jtiOK, errs[0] = str(pm, "jti")
+	c.HTM, _, errs[1] = str(pm, "htm")
+	c.HTU, _, errs[2] = str(pm, "htu")
+	c.ATH, c.hasATH, errs[3] = str(pm, "ath")
+	c.Nonce, _, errs[4] = str(pm, "nonce")
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, nil, invalid("claims: %v", err)
+	}
+	if !jtiOK || c.JTI == "" || len(c.JTI) > MaxJTI {
+		return nil, nil, invalid("jti missing or longer than %d", MaxJTI)
+	}
+	var iat float64
+	if v, ok := pm["iat"]; ok {
+		iatOK = json.Unmarshal(v, &iat) == nil && iat >= 0 && iat < 1<<40 && !math.IsNaN(iat)
+	}
+	if !iatOK {
+		return nil, nil, invalid("iat missing or not a NumericDate")
+	}
+	jkt, err := Thumbprint(pub)
+	if err != nil {
+		return nil, nil, err
+	}
+	p := &Proof{JKT: jkt, JTI: c.JTI, HTM: c.HTM, HTU: c.HTU, Alg: alg, Key: pub, Nonce: c.Nonce,
+		IssuedAt: time.Unix(int64(iat), 0)}
+	return p, &c, nil
+}
+
+// publicJWK reads the header's jwk: a public Ed25519 or P-256 key that fits alg.
+func publicJWK(raw json.RawMessage, alg keys.Alg) (crypto.PublicKey, error) {
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, invalid("jwk header missing or not an object")
+	}
+	jm, err := members(raw)
+	if err != nil {
+		return nil, invalid("jwk: %v", err)
+	}
+	for _, m := range privateMembers {
+		if _, ok := jm[m]; ok {
+			return nil, invalid("jwk carries private member %q", m)
+		}
+	}
+	for _, m := range []string{"x5c", "x5u"} {
+		if _, ok := jm[m]; ok {
+			return nil, invalid("jwk carries %q", m)
+		}
+	}
+	var jwk jose.JSONWebKey
+	if err := jwk.UnmarshalJSON(raw); err != nil {
+		return nil, invalid("jwk: %v", err)
+	}
+	if !jwk.IsPublic() {
+		return nil, invalid("jwk is not a public key")
+	}
+	if jwk.Algorithm != "" && jwk.Algorithm != string(alg) {
+		return nil, invalid("jwk alg %q, header alg %q", jwk.Algorithm, alg)
+	}
+	switch k := jwk.Key.(type) {
+	case ed25519.PublicKey:
+		if alg == keys.EdDSA && len(k) == ed25519.PublicKeySize {
+			return k, nil
+		}
+	case *ecdsa.PublicKey:
+		if alg == keys.ES256 && k.Curve == elliptic.P256() {
+			return k, nil
+		}
+	}
+	return nil, invalid("jwk %T does not fit alg %s", jwk.Key, alg)
+}
