@@ -199,6 +199,9 @@ type Gateway struct {
 	// GRPCListen, with Decide, serves Envoy's ext_authz gRPC service
 	// (envoy.service.auth.v3.Authorization) on this address.
 	GRPCListen string `yaml:"grpc_listen" env:"CUSTOS_GATEWAY_GRPC_LISTEN"`
+	// MaxStale is how long a standalone gateway whose authority is out of
+	// reach keeps serving tokens it saw issued (unseen ones are refused).
+	MaxStale time.Duration `yaml:"max_stale" env:"CUSTOS_GATEWAY_MAX_STALE"`
 	// Authority is the authority's URL, or a comma-separated list of its
 	// replicas' URLs that a standalone gateway fails over between.
 	Authority string        `yaml:"authority" env:"CUSTOS_AUTHORITY"`
@@ -267,6 +270,11 @@ type Detect struct {
 	// Contain enables automatic containment; DryRun records without acting.
 	Contain bool `yaml:"contain" env:"CUSTOS_CONTAIN"`
 	DryRun  bool `yaml:"dry_run" env:"CUSTOS_CONTAIN_DRY_RUN"`
+	// BlockFor is how long containment blocks a source (at most 7 days).
+	BlockFor time.Duration `yaml:"block_for"`
+	// ContainmentLimits bounds the containment actions taken per kind and
+	// window; beyond it an action is not taken and an alert is raised.
+	ContainmentLimits ContainmentLimits `yaml:"containment_limits"`
 	// Webhook receives alerts (HMAC-signed with the secret in WebhookSecretEnv).
 	Webhook          string `yaml:"webhook" env:"CUSTOS_WEBHOOK"`
 	WebhookSecretEnv string `yaml:"webhook_secret_env" env:"CUSTOS_WEBHOOK_SECRET_ENV"`
@@ -318,16 +326,35 @@ type PagerDuty struct {
 	MinSeverity string `yaml:"min_severity" env:"CUSTOS_PAGERDUTY_MIN_SEVERITY"`
 }
 
+// ContainmentLimits is one RateLimit per containment action.
+type ContainmentLimits struct {
+	RevokeKey     RateLimit `yaml:"revoke_key"`
+	RevokeToken   RateLimit `yaml:"revoke_token"`
+	ForceRelogin  RateLimit `yaml:"force_relogin"`
+	BlockSource   RateLimit `yaml:"block_source"`
+	SuspendClient RateLimit `yaml:"suspend_client"`
+}
+
+// RateLimit allows Max actions per Per (Max 0: no limit).
+type RateLimit struct {
+	Max int           `yaml:"max"`
+	Per time.Duration `yaml:"per"`
+}
+
 // Default returns the configuration with every default filled in.
 func Default() Config {
 	return Config{
 		Listen:  DefaultListen,
 		Keys:    Keys{Backend: "sealed", Alg: "EdDSA", RotateEvery: DefaultRotateEvery, MaxKeyAge: DefaultMaxKeyAge},
 		Tokens:  Tokens{DefaultTTL: 5 * time.Minute, MaxTTL: DefaultMaxTokenTTL},
-		Gateway: Gateway{Listen: DefaultGatewayListen, Audience: []string{DefaultAudience}, Leeway: 30 * time.Second},
+		Gateway: Gateway{Listen: DefaultGatewayListen, Audience: []string{DefaultAudience}, Leeway: 30 * time.Second, MaxStale: 30 * time.Second},
 		Staff:   Staff{KeyAdminGroup: "auth-key-admins"},
-		Detect:  Detect{AllowedCountries: []string{"KR"}},
-		Role:    "all",
+		Detect: Detect{AllowedCountries: []string{"KR"}, BlockFor: time.Hour, ContainmentLimits: ContainmentLimits{
+			RevokeKey: RateLimit{2, time.Hour}, RevokeToken: RateLimit{100, time.Minute},
+			ForceRelogin: RateLimit{20, time.Minute}, BlockSource: RateLimit{50, time.Minute},
+			SuspendClient: RateLimit{5, time.Hour},
+		}},
+		Role: "all",
 
 		Telemetry: Telemetry{SampleRatio: 1},
 	}
@@ -512,6 +539,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Detect.Webhook != "" && c.Detect.WebhookSecretEnv == "" {
 		return bad("detect.webhook_secret_env", "a webhook needs an HMAC secret (name the environment variable holding it)")
+	}
+	if c.Detect.BlockFor <= 0 || c.Detect.BlockFor > 7*24*time.Hour {
+		return bad("detect.block_for", "must be in (0, 168h]")
+	}
+	cl := c.Detect.ContainmentLimits
+	for _, l := range []RateLimit{cl.RevokeKey, cl.RevokeToken, cl.ForceRelogin, cl.BlockSource, cl.SuspendClient} {
+		if l.Max < 0 || l.Per < 0 || (l.Max > 0 && l.Per == 0) {
+			return bad("detect.containment_limits", "max must not be negative and needs a positive per")
+		}
+	}
+	if c.Gateway.MaxStale < 0 || c.Gateway.MaxStale > time.Hour {
+		return bad("gateway.max_stale", "must be in [0, 1h]")
 	}
 	if err := c.Detect.validateSinks(bad); err != nil {
 		return err

@@ -156,7 +156,7 @@ func TestContainment(t *testing.T) {
 	}{
 		{"ok/revoke_key", ContainPolicy{Action: ActionRevokeKey}, "revoke_key k1", "k1", ""},
 		{"ok/revoke_token", ContainPolicy{Action: ActionRevokeToken}, "revoke_token j1", "j1", ""},
-		{"ok/relogin", ContainPolicy{Action: ActionForceRelogin}, "relogin 1001", "1001", ""},
+		{"fail/relogin_forged_subject", ContainPolicy{Action: ActionForceRelogin}, "", "1001", "evidence does not implicate"},
 		{"ok/block", ContainPolicy{Action: ActionBlockSource, For: time.Hour}, "block 198.51.100.7/32 2025-06-24T04:00:00Z", "198.51.100.7/32", ""},
 		{"ok/dry_run", ContainPolicy{Action: ActionRevokeKey, DryRun: true}, "", "k1", ""},
 	}
@@ -168,8 +168,12 @@ func TestContainment(t *testing.T) {
 			e.Process(notIssued(0, "k1"))
 			e.Process(notIssued(1, "k1")) // deduplicated: no second action
 			acts := e.Actions()
-			if len(acts) != 1 || acts[0].Target != tc.target || acts[0].AlertID != e.Alerts()[0].ID || acts[0].DryRun != tc.policy.DryRun {
+			if len(acts) != 1 || acts[0].Target != tc.target || acts[0].AlertID != e.Alerts()[0].ID || acts[0].DryRun != tc.policy.DryRun ||
+				!strings.Contains(acts[0].Error, tc.errStr) || (tc.errStr == "") != (acts[0].Error == "") {
 				t.Fatalf("actions %+v", acts)
+			}
+			if ev := acts[0].Evidence; ev["rule"] != RuleNotIssued || ev["reason"] != "not_issued" || ev["kid"] != "k1" || ev["src_ip"] != "198.51.100.7" {
+				t.Fatalf("evidence %v", ev)
 			}
 			if tc.want == "" && len(rec.calls) != 0 || tc.want != "" && (len(rec.calls) != 1 || rec.calls[0] != tc.want) {
 				t.Fatalf("calls %v, want %q", rec.calls, tc.want)

@@ -481,8 +481,14 @@ func (b *builtins) reportedNotIssued(sh *shard, ev *event.Access) {
 }
 
 // decoySubject (check 2): a request for a member ID no real customer has.
+// With an issued token the alert is about that token (each token that
+// touches a decoy gets its own alert, and its own containment); with a
+// forged one, about its key.
 func (b *builtins) decoySubject(sh *shard, ev *event.Access) {
 	k, v := entity(ev)
+	if ev.Token.JTI != "" && ev.Reason != event.ReasonNotIssued {
+		k, v = "jti", ev.Token.JTI
+	}
 	sh.ord = 2
 	sh.fire(RuleDecoySubject, b.cfg.DecoySubject.Severity, k, v, "", "request for a decoy member", 1)
 }

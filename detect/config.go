@@ -127,6 +127,9 @@ type Config struct {
 
 	// Containment maps a rule name to what to do when it raises a new alert.
 	Containment map[string]ContainPolicy `yaml:"containment"`
+	// ContainmentLimits bounds the actions taken per kind and window (the
+	// kinds it does not name take DefaultRateLimits; Max 0: no limit).
+	ContainmentLimits map[Action]RateLimit `yaml:"containment_limits"`
 }
 
 // Toggle is the part every detector's configuration has.
@@ -228,11 +231,32 @@ type TokenWithoutLoginConfig struct {
 	Grace  time.Duration `yaml:"grace"` // a login may be reported this late
 }
 
-// ContainPolicy says which containment action a rule triggers.
+// ContainPolicy says which containment actions a rule triggers: Action,
+// or several in Actions. An action is taken only when the alert's evidence
+// points at what it contains (see [ErrWeakEvidence]) and its kind is within
+// its rate limit.
 type ContainPolicy struct {
-	Action Action        `yaml:"action"`
-	DryRun bool          `yaml:"dry_run"`
-	For    time.Duration `yaml:"for"` // block_source duration
+	Action  Action        `yaml:"action" json:"action,omitempty"`
+	Actions []Action      `yaml:"actions" json:"actions,omitempty"`
+	DryRun  bool          `yaml:"dry_run" json:"dry_run,omitempty"`
+	For     time.Duration `yaml:"for" json:"for,omitempty"` // block_source duration, at most MaxBlockFor
+}
+
+// validate reports what is wrong with p.
+func (p ContainPolicy) validate() error {
+	acts := policyActions(p)
+	if len(acts) == 0 {
+		return errors.New("no action")
+	}
+	for _, a := range acts {
+		if !a.valid() {
+			return fmt.Errorf("unknown action %q", a)
+		}
+		if a == ActionBlockSource && (p.For <= 0 || p.For > MaxBlockFor) {
+			return fmt.Errorf("block_source needs a positive \"for\" of at most %s", MaxBlockFor)
+		}
+	}
+	return nil
 }
 
 // ErrInvalidConfig is returned for a configuration that cannot run.
@@ -362,11 +386,16 @@ func (c *Config) Validate() error {
 		bad("enumeration.walk_gap", "must be positive, got %d", c.Enumeration.WalkGap)
 	}
 	for rule, p := range c.Containment {
-		if !p.Action.valid() {
-			bad("containment."+rule+".action", "unknown action %q", p.Action)
+		if err := p.validate(); err != nil {
+			bad("containment."+rule, "%v", err)
 		}
-		if p.Action == ActionBlockSource && p.For <= 0 {
-			bad("containment."+rule+".for", "block_source needs a positive duration")
+	}
+	for a, l := range c.ContainmentLimits {
+		if !a.valid() {
+			bad("containment_limits", "unknown action %q", a)
+		}
+		if l.Max < 0 || l.Per < 0 {
+			bad("containment_limits."+string(a), "max and per must not be negative")
 		}
 	}
 	return errors.Join(errs...)

@@ -45,7 +45,8 @@ type Engine struct {
 	incByKey  map[string]*Incident
 	incByID   map[string]*Incident
 	actions   []ActionRecord
-	persist   bool // a store is set: track what Flush must write
+	limits    *limiter // containment rate limits, under mu
+	persist   bool     // a store is set: track what Flush must write
 	dirtyA    map[*Alert]struct{}
 	dirtyI    map[*Incident]struct{}
 	dirtyX    []ActionRecord
@@ -101,6 +102,7 @@ func New(cfg Config, now func() time.Time) (*Engine, error) {
 		byID:     make(map[string]*Alert),
 		incByKey: make(map[string]*Incident), incByID: make(map[string]*Incident),
 		dirtyA: make(map[*Alert]struct{}), dirtyI: make(map[*Incident]struct{}),
+		limits: newLimiter(cfg.ContainmentLimits),
 	}
 	e.b = newBuiltins(&e.cfg, e.seed)
 	e.iss = newIssuance(&e.cfg, e.seed)
@@ -468,11 +470,13 @@ func eventAttrs(ev *event.Access) map[string]string {
 		sub = ev.Token.Sub
 	}
 	add("subject", sub)
+	add("token_sub", ev.Token.Sub)
 	add("src_ip", ev.SrcIP)
 	add("route", ev.Route)
 	add("country", ev.Country)
 	add("reason", string(ev.Reason))
 	add("user_agent", ev.UserAgent)
+	add("reported", ev.Reported)
 	return m
 }
 
@@ -591,10 +595,29 @@ func (e *Engine) deliver(out []pendingAlert) {
 			fn(p.a)
 		}
 		e.stream.publish(p.a)
-		if p.policy == nil {
-			continue
+		if p.policy != nil {
+			e.contain1(c, &p.a, *p.policy)
 		}
-		r, err := plan(&p.a, *p.policy)
+	}
+}
+
+// contain1 plans, rate-limits, carries out and records the actions of
+// policy p for alert a.
+func (e *Engine) contain1(c Containment, a *Alert, p ContainPolicy) {
+	var limited []ActionRecord
+	for _, act := range policyActions(p) {
+		r, err := plan(a, p, act)
+		if err == nil {
+			e.mu.Lock()
+			ok, first := e.limits.allow(act, e.now())
+			e.mu.Unlock()
+			if !ok {
+				err = fmt.Errorf("%w: more than %d %s per %s", ErrRateLimited, e.limits.limits[act].Max, act, e.limits.limits[act].Per)
+				if first {
+					limited = append(limited, r)
+				}
+			}
+		}
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			err = execute(ctx, c, r)
@@ -612,6 +635,11 @@ func (e *Engine) deliver(out []pendingAlert) {
 			e.dirtyX = append(e.dirtyX, r)
 		}
 		e.mu.Unlock()
+	}
+	for _, r := range limited {
+		e.Raise(Finding{Rule: RuleContainmentRateLimited, Severity: High, Entity: "action:" + string(r.Action),
+			Summary: fmt.Sprintf("%s not taken for alert %s (%s): more %s actions than the limit allows; the alert needs a person", r.Action, r.AlertID, r.Rule, r.Action),
+			Attrs:   map[string]string{"action": string(r.Action), "target": r.Target, "alert_id": r.AlertID, "rule": r.Rule}})
 	}
 }
 

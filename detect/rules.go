@@ -474,12 +474,9 @@ func parseRules(name string, data []byte, maxKeys int) (*ruleSet, error) {
 			bad(l, c, "rule %s: cannot group by %q", r.Name, r.GroupBy)
 		}
 		if r.Contain != nil {
-			if !r.Contain.Action.valid() {
+			if err := r.Contain.validate(); err != nil {
 				l, c := at("contain")
-				bad(l, c, "rule %s: unknown containment action %q", r.Name, r.Contain.Action)
-			} else if r.Contain.Action == ActionBlockSource && r.Contain.For <= 0 {
-				l, c := at("contain")
-				bad(l, c, "rule %s: block_source needs a positive \"for\"", r.Name)
+				bad(l, c, "rule %s: containment: %v", r.Name, err)
 			}
 		}
 		if r.Expr == "" {

@@ -249,6 +249,7 @@ func (s *stack) attack(t *testing.T, front, proxy string) {
 	try("issued token, own data", own, good, "")
 	try("issued token, own data, query", own+"?page=1", good, "")
 	try("spoofed identity header", own, good, "", "X-Custos-Subject", m2)
+	s.spoofedAddress(t, front, proxy, own, good, &n)
 	try("stolen key (not issued)", own, forged, event.ReasonNotIssued)
 	try("subject mismatch", "/api/members/"+m2+"/addresses", good, event.ReasonSubjectMismatch)
 	try("subject mismatch, other route", "/api/members/"+m2+"/orders", good, event.ReasonSubjectMismatch)
@@ -320,6 +321,42 @@ func (s *stack) attack(t *testing.T, front, proxy string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("%s: token revocation reached the decision API in %s", proxy, time.Since(at).Round(time.Millisecond))
+}
+
+// spoofedAddress sends an allowed request naming another client address in
+// every header an API might read it from, in several spellings: the shop
+// never sees the client's value, and custos records the real peer.
+func (s *stack) spoofedAddress(t *testing.T, front, proxy, path, tok string, n *int) {
+	t.Helper()
+	const fake = "203.0.113.66"
+	for _, names := range [][]string{
+		{"X-Real-IP", "True-Client-IP", "CF-Connecting-IP", "X-Forwarded-For", "X-Client-IP", "X-Cluster-Client-IP", "Fastly-Client-IP"},
+		{"x-real-ip", "true-client-ip", "cf-connecting-ip", "x-forwarded-for", "x-client-ip"},
+		{"X_Real_IP", "True_Client_IP", "CF_Connecting_IP", "X_Forwarded_For"},
+	} {
+		*n++
+		ua := fmt.Sprintf("%s-test-%d", proxy, *n)
+		hdr := []string{"Authorization", "Bearer " + tok, "Forwarded", "for=" + fake}
+		for _, h := range names {
+			hdr = append(hdr, h, fake)
+		}
+		resp, body := rawGet(t, front, "GET", path, ua, hdr...)
+		up := s.shop.got(ua)
+		if resp.StatusCode != 200 || len(up) != 1 {
+			t.Errorf("spoofed address %v: status %d, %d upstream requests (%s)", names, resp.StatusCode, len(up), body)
+			continue
+		}
+		for k, vs := range up[0] {
+			for _, v := range vs {
+				if strings.Contains(v, fake) {
+					t.Errorf("%s: the shop received the client's %s: %q", proxy, k, v)
+				}
+			}
+		}
+		if evs := s.eventsOf(t, ua); len(evs) == 1 && evs[0].SrcIP == fake {
+			t.Errorf("%s: custos recorded the client's claimed address", proxy)
+		}
+	}
 }
 
 func TestNginx(t *testing.T) {

@@ -333,16 +333,7 @@ func (rk *RemoteKeys) stream(ctx context.Context, refresh func()) error {
 // falls 64 changes behind is disconnected and refetches when it reconnects.
 func KeyStreamHandler(subscribe func(func(keys.Key)) (unsubscribe func())) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ch := make(chan KeyChange, 64)
-		lagged := make(chan struct{})
-		var once sync.Once
-		unsub := subscribe(func(k keys.Key) {
-			select {
-			case ch <- KeyChange{KID: k.KID, State: k.State}:
-			default:
-				once.Do(func() { close(lagged) })
-			}
-		})
+		ch, lagged, unsub := subscribeLagging(subscribe, 64)
 		defer unsub()
 		rc := http.NewResponseController(w)
 		w.Header().Set("Content-Type", "application/x-ndjson")
@@ -351,29 +342,52 @@ func KeyStreamHandler(subscribe func(func(keys.Key)) (unsubscribe func())) http.
 		if err := rc.Flush(); err != nil {
 			return
 		}
-		beat := time.NewTicker(15 * time.Second)
-		defer beat.Stop()
-		enc := json.NewEncoder(w)
-		for {
-			select {
-			case <-r.Context().Done():
+		serveLines(w, r, rc, ch, lagged, 15*time.Second, func(k keys.Key) any { return KeyChange{KID: k.KID, State: k.State} })
+	})
+}
+
+// subscribeLagging subscribes a channel of n values; a subscriber that
+// falls n behind gets lagged closed (the callback never blocks).
+func subscribeLagging[T any](subscribe func(func(T)) (unsubscribe func()), n int) (<-chan T, <-chan struct{}, func()) {
+	ch := make(chan T, n)
+	lagged := make(chan struct{})
+	var once sync.Once
+	unsub := subscribe(func(v T) {
+		select {
+		case ch <- v:
+		default:
+			once.Do(func() { close(lagged) })
+		}
+	})
+	return ch, lagged, unsub
+}
+
+// serveLines writes each value of ch as a JSON line (as conv makes it),
+// and an empty line every beat, flushing after each, until the client
+// goes or lagged is closed.
+func serveLines[T any](w io.Writer, r *http.Request, rc *http.ResponseController, ch <-chan T, lagged <-chan struct{}, beat time.Duration, conv func(T) any) {
+	t := time.NewTicker(beat)
+	defer t.Stop()
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-lagged:
+			return
+		case <-t.C:
+			if _, err := io.WriteString(w, "\n"); err != nil {
 				return
-			case <-lagged:
-				return
-			case <-beat.C:
-				if _, err := io.WriteString(w, "\n"); err != nil {
-					return
-				}
-			case c := <-ch:
-				if err := enc.Encode(c); err != nil {
-					return
-				}
 			}
-			if err := rc.Flush(); err != nil {
+		case v := <-ch:
+			if err := enc.Encode(conv(v)); err != nil {
 				return
 			}
 		}
-	})
+		if err := rc.Flush(); err != nil {
+			return
+		}
+	}
 }
 
 // Apply takes a key change heard elsewhere (the bus of a scale-out

@@ -32,15 +32,15 @@ func (s *Server) startAudit(ctx context.Context) error {
 		return err
 	}
 	s.closers = append(s.closers, func() error { return d.Close(context.Background()) })
-	go d.Run(ctx)
+	s.goLoop(func() { d.Run(ctx) })
 	evs := s.Bus.Subscribe(1<<14, true)
-	go func() {
+	s.consume(evs, func() {
 		for batch := range evs.C {
 			for _, ev := range batch {
 				d.Add(ev)
 			}
 		}
-	}()
+	})
 	stop := s.Ledger.Subscribe(func(r ledger.Record) {
 		if !r.Revoked {
 			d.AddIssuance(ledger.Entry{Hash: r.Hash, ExpiresAt: r.Exp})
@@ -54,13 +54,27 @@ func (s *Server) startAudit(ctx context.Context) error {
 			s.Log.Error("audit: alert queue full; alert not anchored", "alert", a.ID)
 		}
 	})
-	go func() {
+	quit := s.quit
+	s.goLoop(func() {
+		defer stop()
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		var batch []any
+		ctx := context.WithoutCancel(ctx) // ends once detection has drained (quit)
 		for {
 			select {
-			case <-ctx.Done():
+			case <-quit:
+				// Detection has taken every event: anchor every alert left.
+				for n := len(alerts); n > 0; n-- {
+					batch = append(batch, <-alerts)
+				}
+				if len(batch) > 0 {
+					actx, cancel := context.WithTimeout(ctx, drainTimeout)
+					defer cancel()
+					if err := s.Audit.AppendMany(actx, "alert", batch); err != nil {
+						s.Log.Error("audit: alerts not anchored at shutdown", "alerts", len(batch), "err", err)
+					}
+				}
 				return
 			case a := <-alerts:
 				batch = append(batch, a)
@@ -78,8 +92,7 @@ func (s *Server) startAudit(ctx context.Context) error {
 				s.Log.Error("audit: failed to anchor staff changes", "err", err)
 			}
 		}
-	}()
-	go func() { <-ctx.Done(); evs.Close(); stop() }()
+	})
 	return nil
 }
 

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/authority"
+	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/gateway"
 	"github.com/custos-dev/custos/ledger"
 )
 
@@ -19,7 +21,10 @@ var ErrUnsupported = errors.New("containment action not supported here")
 // in-process gateway. Every action is attributed to custos/containment.
 type containment struct{ s *Server }
 
-var _ detect.Containment = containment{}
+var (
+	_ detect.Containment         = containment{}
+	_ detect.RecordedContainment = containment{}
+)
 
 const containActor = "custos/containment"
 
@@ -62,15 +67,20 @@ func (c containment) RevokeToken(ctx context.Context, jti, reason string) error 
 	return c.revokeFound(ctx, "revoke_token", jti, "", reason)
 }
 
+// BlockSource makes a hold that every gateway enforces: the in-process one
+// and every standalone one following the containment stream.
 func (c containment) BlockSource(ctx context.Context, p netip.Prefix, until time.Time, reason string) error {
-	if c.s.Gateway == nil {
-		return ErrUnsupported
+	return c.s.addHold(ctx, blockHold(p, until, reason, containActor))
+}
+
+// Carry carries out a detection action; a block keeps the action's ID and
+// evidence in its hold.
+func (c containment) Carry(ctx context.Context, r detect.ActionRecord) error {
+	if r.Action != detect.ActionBlockSource {
+		return detect.Carry(ctx, c, r)
 	}
-	if err := c.s.journal(ctx, "containment.block_source", map[string]any{"prefix": p.String(), "until": until, "reason": reason, "actor": containActor}); err != nil {
-		return err
-	}
-	c.s.Gateway.Block(p, until, reason)
-	return nil
+	return c.s.addHold(ctx, gateway.Hold{ID: r.ID, Action: gateway.HoldBlockSource, Target: r.Target, Until: r.Until.UTC(),
+		Reason: r.Reason, Actor: containActor, AlertID: r.AlertID, Rule: r.Rule, Evidence: r.Evidence})
 }
 
 // ForceRelogin revokes every live token of subject: the next request needs
@@ -80,6 +90,38 @@ func (c containment) ForceRelogin(ctx context.Context, subject, reason string) e
 		return detect.ErrNoTarget
 	}
 	return c.revokeFound(ctx, "force_relogin", "", subject, reason)
+}
+
+// containPolicies maps detect.contain to detection's policies, each in
+// proportion to its evidence: a validly signed token the authority never
+// issued means its key is in the wrong hands (revoke the key); a decoy hit
+// with an issued token points at that token, its holder's sessions and its
+// source (detection refuses to revoke a key on such evidence); issuance
+// that no login explains points at the client's secret.
+func containPolicies(d config.Detect) (map[string]detect.ContainPolicy, map[detect.Action]detect.RateLimit) {
+	l := d.ContainmentLimits
+	limits := map[detect.Action]detect.RateLimit{
+		detect.ActionRevokeKey:     detect.RateLimit(l.RevokeKey),
+		detect.ActionRevokeToken:   detect.RateLimit(l.RevokeToken),
+		detect.ActionForceRelogin:  detect.RateLimit(l.ForceRelogin),
+		detect.ActionBlockSource:   detect.RateLimit(l.BlockSource),
+		detect.ActionSuspendClient: detect.RateLimit(l.SuspendClient),
+	}
+	if !d.Contain {
+		return nil, limits
+	}
+	pols := map[string]detect.ContainPolicy{
+		detect.RuleNotIssued: {Action: detect.ActionRevokeKey, DryRun: d.DryRun},
+		detect.RuleDecoySubject: {Actions: []detect.Action{detect.ActionRevokeKey, detect.ActionRevokeToken, detect.ActionForceRelogin, detect.ActionBlockSource},
+			DryRun: d.DryRun, For: d.BlockFor},
+	}
+	// Tokens asked for with a client's secret, with no login behind them,
+	// in ID order or at many times the usual rate: the secret is in the
+	// wrong hands, suspend it.
+	for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
+		pols[r] = detect.ContainPolicy{Action: detect.ActionSuspendClient, DryRun: d.DryRun}
+	}
+	return pols, limits
 }
 
 var _ detect.ClientSuspender = containment{}

@@ -9,8 +9,9 @@ import (
 
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
-
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger"
 	"github.com/custos-dev/custos/token"
 )
@@ -53,6 +54,110 @@ func TestContainmentActions(t *testing.T) {
 	}
 	if st, _ := e.S.Ledger.Status(ctx, ledger.HashToken(t1)); st != ledger.Revoked {
 		t.Fatalf("ledger status of the revoked token: %v", st)
+	}
+}
+
+// keyState is the state of kid at the authority.
+func keyState(t *testing.T, e *env, kid string) keys.State {
+	t.Helper()
+	ks, err := e.S.Keys.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range ks {
+		if k.KID == kid {
+			return k.State
+		}
+	}
+	t.Fatalf("no key %s", kid)
+	return ""
+}
+
+// With containment on, a customer with their own issued token who asks for
+// decoy members (in several spellings of the path) does not get the signing
+// key revoked: their token and sessions end and their address is blocked,
+// each action naming its evidence; another customer's token stays live.
+func TestContainmentProportionalToEvidence(t *testing.T) {
+	e := startWith(t, func(c *config.Config) { c.Detect.Contain = true })
+	ctx := context.Background()
+	secret := e.Client(t)
+	m1, m2 := e.Member(1), e.Member(2)
+	decoy := e.Cfg.Decoys[0]
+	t1, t1b, t2 := e.Issue(t, secret, m1), e.Issue(t, secret, m1), e.Issue(t, secret, m2)
+	k, _, err := e.S.Keys.Signer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/api/members/" + decoy + "/profile", "/api/members/" + decoy + "/addresses", "/api/members/" + decoy + "/profile"} {
+		if st, reason := e.Get(t, t1, p); st != 401 || (reason != string(event.ReasonDecoySubject) && reason != string(event.ReasonRevokedToken) && reason != string(event.ReasonBlockedSource)) {
+			t.Fatalf("decoy %s: %d %s", p, st, reason)
+		}
+	}
+	var hold gateway.Hold
+	deadline := time.Now().Add(10 * time.Second)
+	for hold.ID == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("no hold; actions %+v", e.S.Detect.Actions())
+		}
+		hs, err := e.S.Holds(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hs) > 0 && len(e.S.Detect.Actions()) >= 4 {
+			hold = hs[0]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if hold.Target != "127.0.0.1/32" || hold.Rule != "decoy_subject" || hold.AlertID == "" || hold.Evidence["src_ip"] != "127.0.0.1" || hold.Evidence["token_sub"] != m1 ||
+		hold.Until.After(time.Now().Add(e.Cfg.Detect.BlockFor)) {
+		t.Fatalf("hold %+v", hold)
+	}
+	if st := keyState(t, e, k.KID); st != keys.Active {
+		t.Fatalf("a decoy hit with an issued token left the key %s", st)
+	}
+	for _, tc := range []struct {
+		tok  string
+		want ledger.Status
+	}{{t1, ledger.Revoked}, {t1b, ledger.Revoked}, {t2, ledger.Live}} {
+		if st, _ := e.S.Ledger.Status(ctx, ledger.HashToken(tc.tok)); st != tc.want {
+			t.Errorf("ledger status %v, want %v", st, tc.want)
+		}
+	}
+	if st, reason := e.Get(t, t2, "/api/members/"+m2+"/profile"); st != 403 && st != 401 || reason != string(event.ReasonBlockedSource) && st == 401 {
+		t.Errorf("request from the blocked source: %d %s", st, reason)
+	}
+	var refused bool
+	for _, x := range e.S.Detect.Actions() {
+		if x.AlertID == "" || x.Evidence["rule"] != "decoy_subject" {
+			t.Errorf("action without evidence: %+v", x)
+		}
+		if x.Action == "revoke_key" {
+			refused = x.Error != ""
+		}
+	}
+	if !refused {
+		t.Errorf("revoke_key not recorded as refused: %+v", e.S.Detect.Actions())
+	}
+}
+
+// A token signed with the real key that the authority never issued is
+// evidence against the key: containment revokes it.
+func TestContainmentRevokesKeyOnNotIssued(t *testing.T) {
+	e := startWith(t, func(c *config.Config) { c.Detect.Contain = true })
+	ctx := context.Background()
+	k, _, err := e.S.Keys.Signer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, reason := e.Get(t, e.Forge(t, e.Member(3), "forged-9"), "/api/members/"+e.Member(3)+"/profile"); st != 401 || reason != string(event.ReasonNotIssued) {
+		t.Fatalf("forged: %d %s", st, reason)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for keyState(t, e, k.KID) != keys.Revoked {
+		if time.Now().After(deadline) {
+			t.Fatalf("key not revoked; actions %+v", e.S.Detect.Actions())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

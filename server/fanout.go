@@ -1,32 +1,29 @@
 package server
 
-import (
-	"sync"
+import "sync"
 
-	"github.com/custos-dev/custos/keys"
-)
-
-// fanout turns the key manager's register-once OnChange into subscriptions
-// that end, so each gateway key stream can unsubscribe when it disconnects.
-type fanout struct {
+// fanout turns a register-once callback (the key manager's OnChange, new
+// containment holds) into subscriptions that end, so each gateway stream
+// can unsubscribe when it disconnects.
+type fanout[T any] struct {
 	mu   sync.RWMutex
 	next int
-	subs map[int]func(keys.Key)
+	subs map[int]func(T)
 }
 
-func (f *fanout) publish(k keys.Key) {
+func (f *fanout[T]) publish(v T) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for _, fn := range f.subs {
-		fn(k)
+		fn(v)
 	}
 }
 
-func (f *fanout) subscribe(fn func(keys.Key)) (unsubscribe func()) {
+func (f *fanout[T]) subscribe(fn func(T)) (unsubscribe func()) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.subs == nil {
-		f.subs = map[int]func(keys.Key){}
+		f.subs = map[int]func(T){}
 	}
 	id := f.next
 	f.next++

@@ -145,6 +145,7 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		return fmt.Errorf("failed to fetch the authority's keys: %w", err)
 	}
 	led := remote.NewFailover(bases, hc, time.Now)
+	led.MaxStale = cfg.Gateway.MaxStale
 	go ks.Run(ctx, func(err error) { log.Warn("key refresh failed", "err", err) })
 	go led.Run(ctx)
 	var ready []readiness
@@ -212,6 +213,18 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		return err
 	}
 	defer g.Close()
+	holds, err := gateway.NewRemoteHolds(bases, hc, g)
+	if err != nil {
+		return err
+	}
+	holds.OnError = func(err error) { log.Warn("containment feed interrupted", "err", err) }
+	go holds.Run(ctx)
+	ready = append(ready, readiness{"containment", func() error {
+		if !holds.Fresh() {
+			return errors.New("not following any authority's containment stream")
+		}
+		return nil
+	}})
 	closeReplay, err := sharedReplay(ctx, cfg, g)
 	if err != nil {
 		return err
@@ -233,6 +246,7 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	if cfg.Gateway.AdminListen != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(g.Collectors()...)
+		reg.MustRegister(staleCollectors(led)...)
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		stop, err := serveAdmin(ctx, cfg.Gateway.AdminListen, reg, ready, log)
 		if err != nil {
@@ -291,6 +305,18 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	}
 	<-shut // the last requests have had their answers, and their events
 	return nil
+}
+
+// staleCollectors are the metrics of a standalone gateway's bounded staleness.
+func staleCollectors(led *remote.Client) []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custos_gateway_stale_seconds",
+			Help: "Seconds since the authority's issuance stream was last heard, while it is not fresh (0 while it is)."},
+			func() float64 { return led.Staleness().Seconds() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_gateway_stale_decisions_total",
+			Help: "Tokens served from the local index while no authority answered, within gateway.max_stale."},
+			func() float64 { return float64(led.StaleServed()) }),
+	}
 }
 
 // keysStaleAfter: a standalone gateway whose key set has not been fetched

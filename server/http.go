@@ -52,6 +52,8 @@ func (s *Server) routes() *http.ServeMux {
 	// Gateways in their own processes follow the ledger with a gateway credential.
 	mux.Handle("GET /v1/ledger/stream", s.allow(rolesFollow, s.Ledger.StreamHandler().ServeHTTP))
 	mux.Handle("POST /v1/ledger/lookup", s.allow(rolesFollow, s.Ledger.LookupHandler().ServeHTTP))
+	mux.HandleFunc("GET /v1/containment", s.allow(rolesFollow, s.listHolds))
+	mux.Handle("GET /v1/containment/stream", s.allow(rolesFollow, gateway.HoldStreamHandler(s.Holds, s.holdFeed.subscribe).ServeHTTP))
 
 	mux.Handle("/scim/v2/", http.StripPrefix("/scim/v2", s.Staff.SCIMHandler()))
 
@@ -154,6 +156,8 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 func (s *Server) Run(ctx context.Context, ln, gw net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.quit = make(chan struct{})
+	defer func() { cancel(); s.stopLoops() }()
 	if err := s.startAudit(ctx); err != nil {
 		return fmt.Errorf("failed to start the audit feeds: %w", err)
 	}
@@ -211,7 +215,9 @@ const keySync = 500 * time.Millisecond
 
 func (s *Server) startLoops(ctx context.Context) {
 	every := func(d time.Duration, fn func(context.Context) error, what string) {
+		s.loops.Add(1)
 		go func() {
+			defer s.loops.Done()
 			t := time.NewTicker(d)
 			defer t.Stop()
 			for {
@@ -236,8 +242,10 @@ func (s *Server) startLoops(ctx context.Context) {
 	every(time.Minute, s.Staff.Sweep, "offboarding sweep")
 	every(time.Hour, s.retainEvents, "event retention")
 	if s.Config.Detect.Rules != "" {
-		go s.Detect.WatchRules(ctx, s.Config.Detect.Rules, 2*time.Second, func(err error) {
-			s.Log.Error("rules not reloaded; the running rules stay", "file", s.Config.Detect.Rules, "err", err)
+		s.goLoop(func() {
+			s.Detect.WatchRules(ctx, s.Config.Detect.Rules, 2*time.Second, func(err error) {
+				s.Log.Error("rules not reloaded; the running rules stay", "file", s.Config.Detect.Rules, "err", err)
+			})
 		})
 	}
 	// Seal event files that have waited long enough, so scopes and SQL run
@@ -245,9 +253,9 @@ func (s *Server) startLoops(ctx context.Context) {
 	every(15*time.Second, func(context.Context) error { return s.Forensics.Tick() }, "event store tick")
 
 	det := s.Bus.Subscribe(1<<16, false)
-	go s.detectLoop(ctx, det.C)
+	s.consume(det, func() { s.detectLoop(ctx, det.C) })
 	fw := s.Bus.Subscribe(1<<14, true)
-	go func() {
+	s.consume(fw, func() {
 		for batch := range fw.C {
 			for _, ev := range batch {
 				if err := s.Forensics.Write(ev); err != nil {
@@ -255,20 +263,51 @@ func (s *Server) startLoops(ctx context.Context) {
 				}
 			}
 		}
-	}()
-	go func() { <-ctx.Done(); det.Close(); fw.Close() }()
+	})
 }
 
+// goLoop runs fn as a background loop that Run waits for before it returns.
+func (s *Server) goLoop(fn func()) {
+	s.loops.Add(1)
+	go func() { defer s.loops.Done(); fn() }()
+}
+
+// consume runs fn, which reads sub until it is closed, as a consumer that
+// Run drains (every pending event handed over) and waits for at shutdown.
+func (s *Server) consume(sub *event.Subscription, fn func()) {
+	s.drains = append(s.drains, sub.Drain)
+	s.consumers.Add(1)
+	go func() { defer s.consumers.Done(); fn() }()
+}
+
+// stopLoops is Run's last step, once no request is served any more: the
+// bus's consumers get every pending event and finish (detection raises and
+// contains what they hold), then the loops that follow them (the alerts'
+// audit anchoring) write what is left, and every background loop has ended.
+func (s *Server) stopLoops() {
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	for _, d := range s.drains {
+		d(ctx)
+	}
+	s.consumers.Wait()
+	close(s.quit)
+	s.loops.Wait()
+}
+
+// drainTimeout bounds how long shutdown waits for each consumer to take
+// the events pending for it.
+const drainTimeout = 10 * time.Second
+
 // detectLoop feeds the bus's batches to detection and flushes its alerts and
-// incidents to the store every second, and once more at the end.
+// incidents to the store every second, and once more when the bus is drained.
 func (s *Server) detectLoop(ctx context.Context, batches <-chan []event.Access) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	defer s.Detect.Flush(context.Background())
+	ctx = context.WithoutCancel(ctx) // the loop ends when the bus is drained
 	for {
 		select {
-		case <-ctx.Done():
-			return
 		case b, ok := <-batches:
 			if !ok {
 				return

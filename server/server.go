@@ -45,6 +45,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -105,7 +106,14 @@ type Server struct {
 
 	now        func() time.Time
 	closers    []func() error
-	keyChanges fanout
+	keyChanges fanout[keys.Key]
+	holdFeed   fanout[gateway.Hold]
+
+	// Background loops (http.go): Run drains the consumers of the bus,
+	// then ends quit, then waits for the loops.
+	loops, consumers sync.WaitGroup
+	drains           []func(context.Context)
+	quit             chan struct{}
 
 	ledgerBackend ledgerBackend
 	auditStore    any               // the audit log's shared storage, when it has one (readiness)
@@ -307,23 +315,7 @@ func (s *Server) openDetection(ctx context.Context) (err error) {
 	if len(cfg.Detect.AllowedCountries) > 0 {
 		dcfg.ForeignOrigin.Allowed = cfg.Detect.AllowedCountries
 	}
-	if cfg.Detect.Contain {
-		// A validly signed token the authority never issued means its key is
-		// in the wrong hands: revoke the key.
-		pol := detect.ContainPolicy{Action: detect.ActionRevokeKey, DryRun: cfg.Detect.DryRun}
-		if dcfg.Containment == nil {
-			dcfg.Containment = map[string]detect.ContainPolicy{}
-		}
-		dcfg.Containment[detect.RuleNotIssued] = pol
-		dcfg.Containment[detect.RuleDecoySubject] = pol
-		// Tokens asked for with a client's secret, with no login behind
-		// them, in ID order or at many times the usual rate: the secret is
-		// in the wrong hands, suspend it.
-		sus := detect.ContainPolicy{Action: detect.ActionSuspendClient, DryRun: cfg.Detect.DryRun}
-		for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
-			dcfg.Containment[r] = sus
-		}
-	}
+	dcfg.Containment, dcfg.ContainmentLimits = containPolicies(cfg.Detect)
 	s.Detect, err = detect.New(dcfg, s.now)
 	if err != nil {
 		return err
@@ -448,6 +440,9 @@ func (s *Server) openGateway(ctx context.Context) (err error) {
 // openHTTP builds the routes, the metrics and the instrumented handler, and
 // the tracer when telemetry is configured.
 func (s *Server) openHTTP(ctx context.Context) error {
+	if err := s.openHolds(ctx); err != nil {
+		return err
+	}
 	s.mux = s.routes()
 	s.registerMetrics()
 	s.handler = s.instrument(s.mux)

@@ -43,6 +43,26 @@ type Client struct {
 
 	lastHeard atomic.Int64 // unix nanoseconds of the last stream line
 	synced    atomic.Bool  // the current connection delivered its snapshot
+
+	// MaxStale is how long after the stream was last heard a token the
+	// index knows as issued is still served when no authority answers
+	// (0: never). Unseen tokens are refused at once either way.
+	MaxStale time.Duration
+	stale    atomic.Uint64 // answers served stale
+}
+
+// StaleServed counts the answers served from a stale index because no
+// authority answered.
+func (c *Client) StaleServed() uint64 { return c.stale.Load() }
+
+// Staleness is how long ago the stream was last heard while the index is
+// not fresh (0 while it is, and before it was ever heard).
+func (c *Client) Staleness() time.Duration {
+	now := c.now()
+	if c.fresh(now) || c.lastHeard.Load() == 0 {
+		return 0
+	}
+	return time.Duration(now.UnixNano() - c.lastHeard.Load())
 }
 
 // New returns a client of the authority at authorityURL (scheme://host[:port],
@@ -193,8 +213,23 @@ func (c *Client) Status(ctx context.Context, h ledger.Hash) (ledger.Status, erro
 		if c.fresh(now) {
 			return ledger.Live, nil
 		}
+		st, err := c.lookup(ctx, h)
+		if err != nil && c.withinStale(now) {
+			// The authority is out of reach: a token this gateway saw
+			// issued is served for at most MaxStale after the stream
+			// went quiet, then refused like any other.
+			c.stale.Add(1)
+			return ledger.Live, nil
+		}
+		return st, err
 	}
 	return c.lookup(ctx, h)
+}
+
+// withinStale reports whether the stream was heard within MaxStale.
+func (c *Client) withinStale(now time.Time) bool {
+	last := c.lastHeard.Load()
+	return c.MaxStale > 0 && last != 0 && now.UnixNano()-last < int64(c.MaxStale)
 }
 
 // LocalStatus is Status when the local index can answer alone: a revoked

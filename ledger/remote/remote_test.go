@@ -295,3 +295,59 @@ func TestLocalStatus(t *testing.T) {
 		t.Fatalf("revoked: %v %v", st, ok)
 	}
 }
+
+// With its authority gone, a gateway keeps serving tokens its index saw
+// issued for MaxStale after the stream was last heard, counting each; then
+// it refuses them; unseen tokens are refused throughout.
+func TestBoundedStaleness(t *testing.T) {
+	a := startAuthority(t, nil)
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	c := New(a.srv.URL, a.srv.Client(), clock)
+	c.MaxStale = 30 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx)
+	h := a.put(t)
+	waitIndex(t, c, h, ledger.Live, 2*time.Second)
+	for deadline := time.Now().Add(5 * time.Second); !c.fresh(clock()); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("client never synced")
+		}
+	}
+	revoked := a.put(t)
+	waitIndex(t, c, revoked, ledger.Live, 2*time.Second)
+	if err := a.l.Revoke(ctx, revoked); err != nil {
+		t.Fatal(err)
+	}
+	waitIndex(t, c, revoked, ledger.Revoked, 2*time.Second)
+	a.stop()
+	for _, tc := range []struct {
+		name  string
+		after time.Duration
+		h     ledger.Hash
+		want  ledger.Status
+		err   bool
+	}{
+		{"ok/known_within_max_stale", 10 * time.Second, h, ledger.Live, false},
+		{"ok/known_just_within", 29 * time.Second, h, ledger.Live, false},
+		{"fail/unseen", 10 * time.Second, ledger.HashToken("never issued"), ledger.Unknown, true},
+		{"fail/revoked_stays_revoked", 10 * time.Second, revoked, ledger.Revoked, false},
+		{"fail/known_beyond_max_stale", 31 * time.Second, h, ledger.Unknown, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now.Store(time.Unix(0, c.lastHeard.Load()).Add(tc.after).UnixNano())
+			st, err := c.Status(context.Background(), tc.h)
+			if st != tc.want || (err != nil) != tc.err || tc.err && !errors.Is(err, ledger.ErrUnavailable) {
+				t.Fatalf("Status = %v, %v; want %v (error %v)", st, err, tc.want, tc.err)
+			}
+		})
+	}
+	if n := c.StaleServed(); n != 2 {
+		t.Errorf("%d answers counted as stale, want 2", n)
+	}
+	if s := c.Staleness(); s < 30*time.Second {
+		t.Errorf("staleness %v", s)
+	}
+}
