@@ -320,3 +320,20 @@ func rootOf(leaves []node) node {
 	}
 	return hashChildren(rootOf(leaves[:k]), rootOf(leaves[k:]))
 }
+
+// Progress counts every entry bundle once, ending at the total.
+func TestVerifyProgress(t *testing.T) {
+	k := newTestKey(t)
+	dir := buildLog(t, k, 1000) // four bundles of 256
+	var calls, last, total uint64
+	_, err := VerifyProgress(context.Background(), dir, k.verifier, nil, func(done, n uint64) {
+		calls++
+		if done != last+1 {
+			t.Errorf("done %d after %d", done, last)
+		}
+		last, total = done, n
+	})
+	if err != nil || calls != 4 || last != 4 || total != 4 {
+		t.Fatalf("err %v: %d calls, last %d of %d", err, calls, last, total)
+	}
+}

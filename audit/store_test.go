@@ -233,7 +233,7 @@ func TestVerifyLeavesSourceUnchanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 2 {
-		root, kinds, m, err := rebuild(context.Background(), src, want.Size)
+		root, kinds, m, err := rebuild(context.Background(), src, want.Size, nil)
 		if err != nil || m != nil || string(root[:]) != string(want.Root) || kinds["test.entry"] != 600 {
 			t.Fatalf("round %d: %v %v root %x kinds %v", i, err, m, root, kinds)
 		}

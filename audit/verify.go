@@ -65,6 +65,13 @@ func ParseCheckpoint(raw []byte, v note.Verifier) (*log.Checkpoint, error) {
 // it. On tampering it returns a *TamperError naming the first bad index and
 // file. Nothing is repaired.
 func Verify(ctx context.Context, loc string, v note.Verifier, since []byte) (Result, error) {
+	return VerifyProgress(ctx, loc, v, since, nil)
+}
+
+// VerifyProgress is Verify that reports, when progress is not nil, how many
+// entry bundles of the total it has checked (from several goroutines, one
+// call at a time).
+func VerifyProgress(ctx context.Context, loc string, v note.Verifier, since []byte, progress func(done, total uint64)) (Result, error) {
 	src := newSource(loc)
 	raw, err := src.read(ctx, layout.CheckpointPath)
 	if err != nil {
@@ -83,7 +90,7 @@ func Verify(ctx context.Context, loc string, v note.Verifier, since []byte) (Res
 			return Result{}, fmt.Errorf("%w: earlier checkpoint has %d entries, current %d", ErrRollback, old.Size, cp.Size)
 		}
 	}
-	root, kinds, mismatch, err := rebuild(ctx, src, cp.Size)
+	root, kinds, mismatch, err := rebuild(ctx, src, cp.Size, progress)
 	if err != nil {
 		return Result{}, err
 	}
@@ -140,7 +147,7 @@ type bundleResult struct {
 
 // rebuild recomputes the tree of size n from the entry bundles, checks
 // every hash tile on the way and returns the root.
-func rebuild(ctx context.Context, src source, n uint64) (node, map[string]uint64, *TamperError, error) {
+func rebuild(ctx context.Context, src source, n uint64, progress func(done, total uint64)) (node, map[string]uint64, *TamperError, error) {
 	kinds := map[string]uint64{}
 	if n == 0 {
 		return sha256.Sum256(nil), kinds, nil, nil
@@ -155,6 +162,7 @@ func rebuild(ctx context.Context, src source, n uint64) (node, map[string]uint64
 		wg       sync.WaitGroup
 		mu       sync.Mutex
 		firstBad = nb // lowest bundle index with an error
+		checked  uint64
 	)
 	// More workers than cores: one waiting for a file that is not in the
 	// page cache leaves its core to the others (Go runs at most GOMAXPROCS
@@ -169,11 +177,14 @@ func rebuild(ctx context.Context, src source, n uint64) (node, map[string]uint64
 			for i := range jobs {
 				r := w.check(ctx, src, i, n, local)
 				results[i] = r
+				mu.Lock()
 				if r.err != nil {
-					mu.Lock()
 					firstBad = min(firstBad, i)
-					mu.Unlock()
 				}
+				if checked++; progress != nil {
+					progress(checked, nb)
+				}
+				mu.Unlock()
 			}
 			mu.Lock()
 			for k, c := range local {

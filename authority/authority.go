@@ -84,6 +84,26 @@ type LoginRecorder interface {
 	Login(sid string, at time.Time)
 }
 
+// IssuanceRecorder hears of every token issued and who asked for it
+// (detection's issuance-side detectors: by client, session, caller).
+type IssuanceRecorder interface {
+	Issued(ctx context.Context, c *Client, r *Request, jti, kid string, at time.Time)
+}
+
+type callerKey struct{}
+
+// WithCaller returns ctx carrying the address that called the token
+// endpoint, for the IssuanceRecorder.
+func WithCaller(ctx context.Context, addr string) context.Context {
+	return context.WithValue(ctx, callerKey{}, addr)
+}
+
+// CallerOf returns the address WithCaller put in ctx, or "".
+func CallerOf(ctx context.Context) string {
+	s, _ := ctx.Value(callerKey{}).(string)
+	return s
+}
+
 // Request is what a client asks for.
 type Request struct {
 	Subject   string `json:"subject"`
@@ -132,6 +152,8 @@ type Authority struct {
 
 	// Logins, when set, hears of every token issued.
 	Logins LoginRecorder
+	// Issuances, when set, hears of every token issued, with its request.
+	Issuances IssuanceRecorder
 
 	externals map[string]*external // by issuer
 	remote    *keyCache            // fetched key sets of clients and issuers
@@ -282,6 +304,9 @@ func (a *Authority) issue(ctx context.Context, c *Client, r Request, cnf token.C
 	if a.Logins != nil {
 		a.Logins.Login(jti, now)
 	}
+	if a.Issuances != nil {
+		a.Issuances.Issued(ctx, c, &r, jti, key.KID, now)
+	}
 	typ := "Bearer"
 	if cnf.JKT != "" {
 		typ = "DPoP"
@@ -302,6 +327,9 @@ type Introspection struct {
 	Aud       string `json:"aud,omitempty"`
 	Iss       string `json:"iss,omitempty"`
 	JTI       string `json:"jti,omitempty"`
+	// Cnf is the key a DPoP-bound token is bound to (RFC 9449 section
+	// 6.2): the resource server must check the proof itself.
+	Cnf *token.Confirmation `json:"cnf,omitempty"`
 }
 
 // Verdict decides on raw for the resource server c, through the same
@@ -327,8 +355,12 @@ func (a *Authority) Introspect(ctx context.Context, c *Client, raw string) (Intr
 		return Introspection{Active: false}, nil
 	}
 	cl := v.Claims
-	return Introspection{Active: true, Scope: cl.Scope, ClientID: cl.ClientID, TokenType: "Bearer",
-		Exp: cl.ExpiresAt, Iat: cl.IssuedAt, Nbf: cl.NotBefore, Sub: cl.Subject, Aud: cl.Audience, Iss: cl.Issuer, JTI: cl.JTI}, nil
+	in := Introspection{Active: true, Scope: cl.Scope, ClientID: cl.ClientID, TokenType: "Bearer",
+		Exp: cl.ExpiresAt, Iat: cl.IssuedAt, Nbf: cl.NotBefore, Sub: cl.Subject, Aud: cl.Audience, Iss: cl.Issuer, JTI: cl.JTI}
+	if cl.Cnf.JKT != "" {
+		in.TokenType, in.Cnf = "DPoP", &token.Confirmation{JKT: cl.Cnf.JKT}
+	}
+	return in, nil
 }
 
 // provenanceOf is the ledger's own Status when it has one (ledger.Ledger:

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -73,7 +74,11 @@ func (h *Handler) issue(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	out, err := h.Auth.Issue(r.Context(), c, req)
+	caller, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		caller = r.RemoteAddr
+	}
+	out, err := h.Auth.Issue(WithCaller(r.Context(), caller), c, req)
 	if err != nil {
 		h.writeErr(w, err)
 		return

@@ -85,6 +85,9 @@ func TestRunGateway(t *testing.T) {
 	if g.ColdTokens == 0 || g.ColdPerReq <= 0 || g.VerifyPerOp <= 0 || g.ColdOverhead == 0 {
 		t.Fatalf("cold path not measured: %+v", g)
 	}
+	if p := g.DPoP; p == nil || p.Requests == 0 || p.VerifyPerOp <= 0 || p.ColdBound <= 0 || p.WarmBound <= 0 || p.ColdBearer <= 0 || p.WarmBearer <= 0 {
+		t.Fatalf("DPoP phase not measured: %+v", g.DPoP)
+	}
 	// Every gateway request of the half-rate phase (warm-up included) was
 	// timed inside the gateway.
 	if g.OverheadN < uint64(g.GatewayHalf.Requests) || g.OverheadP50 <= 0 || g.OverheadP99 < g.OverheadP50 {

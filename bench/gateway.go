@@ -69,6 +69,9 @@ type Gateway struct {
 	VerifyCPUPerOp  time.Duration `json:"verify_cpu_per_op_ns,omitempty"`
 	ColdCPUOverhead float64       `json:"cold_cpu_overhead,omitempty"`
 	ColdMet         bool          `json:"cold_met"`
+
+	// DPoP: the extra cost of DPoP-bound tokens (see DPoPPhase).
+	DPoP *DPoPPhase `json:"dpop,omitempty"`
 }
 
 // benchPopulation is the sample shop's member space for the gateway benchmark.
@@ -173,6 +176,9 @@ func RunGateway(ctx context.Context, o Options) (Gateway, error) {
 	n := int(min(max(d.Seconds()*1000, 500), 8000))
 	if err := coldPath(ctx, r, client, n, &out); err != nil {
 		return out, err
+	}
+	if out.DPoP, err = dpopPhase(ctx, r, min(n, 2000)); err != nil {
+		return out, fmt.Errorf("dpop: %w", err)
 	}
 	return out, nil
 }

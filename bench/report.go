@@ -88,6 +88,16 @@ func (r Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "    thread CPU    gateway %s, ed25519.Verify %s: overhead %+.0f %%\n", us(g.ColdCPUPerReq), us(g.VerifyCPUPerOp), g.ColdCPUOverhead*100)
 		}
 		fmt.Fprintf(w, "    target        overhead ≤ +%.0f %% (on thread CPU where measured): %s\n", GatewayColdOverTarget*100, metText(g.ColdMet))
+		if p := g.DPoP; p != nil {
+			clk := "wall clock"
+			if p.CPUClock {
+				clk = "thread CPU"
+			}
+			fmt.Fprintf(w, "  DPoP-bound tokens (fresh proof per request, in process, %d requests of each kind, %s):\n", p.Requests, clk)
+			fmt.Fprintf(w, "    cold          bearer %s, bound %s: +%.2f ed25519.Verify (%s per op)\n", us(p.ColdBearer), us(p.ColdBound), p.ColdExtraVerifies, us(p.VerifyPerOp))
+			fmt.Fprintf(w, "    warm          bearer %s, bound %s: +%.2f ed25519.Verify\n", us(p.WarmBearer), us(p.WarmBound), p.WarmExtraVerifies)
+			fmt.Fprintf(w, "    target        ≤ +%.2f verifications on both: %s\n", DPoPExtraTarget, metText(p.Met))
+		}
 	}
 	if dc := r.Decide; dc != nil {
 		fmt.Fprintf(w, "\ndecision API (in-process gateway's GET /v1/decide and ext_authz gRPC Check, loopback, %d distinct tokens on subject-bound routes):\n", dc.Tokens)

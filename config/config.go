@@ -214,6 +214,30 @@ type Gateway struct {
 	// AuthorityToken is that credential itself, from the environment only
 	// (never from the YAML file); it wins over AuthorityTokenFile.
 	AuthorityToken string `yaml:"-" env:"CUSTOS_GATEWAY_TOKEN"`
+	// DPoP: how proofs for key-bound tokens (cnf.jkt) are checked.
+	DPoP GatewayDPoP `yaml:"dpop"`
+}
+
+// GatewayDPoP configures the checking of DPoP proofs (RFC 9449).
+type GatewayDPoP struct {
+	// PublicURL is the scheme and host clients address the API by, such as
+	// https://api.shop.example: a proof's htu must name it. Empty: the
+	// request's own Host and scheme (TLS, or X-Forwarded-Proto from a
+	// trusted proxy or the decision API's caller).
+	PublicURL string `yaml:"public_url" env:"CUSTOS_GATEWAY_DPOP_PUBLIC_URL"`
+	// Window bounds how far a proof's iat may be from the gateway's clock
+	// (0: 1m, at most 5m).
+	Window time.Duration `yaml:"window"`
+	// ReplayCacheSize bounds the proofs one gateway remembers when
+	// scale.redis is not set (0: 1000000); past it proofs are refused.
+	// With scale.redis the replicas share the cache there.
+	ReplayCacheSize int `yaml:"replay_cache_size"`
+	// Nonce makes every proof carry a server nonce (DPoP-Nonce).
+	Nonce bool `yaml:"nonce" env:"CUSTOS_GATEWAY_DPOP_NONCE"`
+	// NonceSecretEnv names an environment variable holding the nonces' HMAC
+	// secret (base64, at least 32 bytes), the same on every replica.
+	// Empty: a secret of this process's own.
+	NonceSecretEnv string `yaml:"nonce_secret_env"`
 }
 
 // Staff configures the workforce lifecycle.
@@ -239,10 +263,50 @@ type Detect struct {
 	WebhookSecretEnv string `yaml:"webhook_secret_env" env:"CUSTOS_WEBHOOK_SECRET_ENV"`
 	// Slack is a Slack-compatible incoming-webhook URL for alerts.
 	Slack string `yaml:"slack" env:"CUSTOS_SLACK"`
-	// Syslog is host:port of an RFC 5424 syslog receiver (UDP).
+	// Syslog is host:port of an RFC 5424 syslog receiver.
 	Syslog string `yaml:"syslog" env:"CUSTOS_SYSLOG"`
+	// SyslogNetwork is udp (default), tcp or tls (RFC 5425).
+	SyslogNetwork string `yaml:"syslog_network" env:"CUSTOS_SYSLOG_NETWORK"`
+	// SyslogCAFile holds the PEM CAs of a tls receiver (default: system roots).
+	SyslogCAFile string `yaml:"syslog_ca_file" env:"CUSTOS_SYSLOG_CA_FILE"`
+	// SyslogFormat of the message body: native or ocsf.
+	SyslogFormat string `yaml:"syslog_format" env:"CUSTOS_SYSLOG_FORMAT"`
+	// SyslogEvents sends access events to syslog as well as alerts.
+	SyslogEvents bool `yaml:"syslog_events" env:"CUSTOS_SYSLOG_EVENTS"`
 	// AlertsFile appends every alert as a JSON line.
 	AlertsFile string `yaml:"alerts_file" env:"CUSTOS_ALERTS_FILE"`
+	// AlertsFileFormat is native or ocsf.
+	AlertsFileFormat string `yaml:"alerts_file_format" env:"CUSTOS_ALERTS_FILE_FORMAT"`
+	// Splunk sends alerts (and access events) to an HTTP Event Collector.
+	Splunk Splunk `yaml:"splunk"`
+	// PagerDuty pages on severe alerts through the Events API v2.
+	PagerDuty PagerDuty `yaml:"pagerduty"`
+}
+
+// Splunk configures the Splunk HTTP Event Collector sink.
+type Splunk struct {
+	// URL of the collector (https://splunk.example:8088); empty: off.
+	URL string `yaml:"url" env:"CUSTOS_SPLUNK_URL"`
+	// TokenEnv names the environment variable holding the HEC token.
+	TokenEnv string `yaml:"token_env" env:"CUSTOS_SPLUNK_TOKEN_ENV"`
+	Index    string `yaml:"index" env:"CUSTOS_SPLUNK_INDEX"`
+	// Format is native or ocsf.
+	Format string `yaml:"format" env:"CUSTOS_SPLUNK_FORMAT"`
+	// Events sends access events as well as alerts.
+	Events bool `yaml:"events" env:"CUSTOS_SPLUNK_EVENTS"`
+	// Acks waits for indexer acknowledgement, resending what is not indexed.
+	Acks bool `yaml:"acks" env:"CUSTOS_SPLUNK_ACKS"`
+}
+
+// PagerDuty configures the PagerDuty Events API v2 sink.
+type PagerDuty struct {
+	// RoutingKeyEnv names the environment variable holding the integration
+	// key; empty: off.
+	RoutingKeyEnv string `yaml:"routing_key_env" env:"CUSTOS_PAGERDUTY_ROUTING_KEY_ENV"`
+	// URL of the Events API (default https://events.pagerduty.com).
+	URL string `yaml:"url" env:"CUSTOS_PAGERDUTY_URL"`
+	// MinSeverity pages only alerts at or above it (default high).
+	MinSeverity string `yaml:"min_severity" env:"CUSTOS_PAGERDUTY_MIN_SEVERITY"`
 }
 
 // Default returns the configuration with every default filled in.
@@ -434,6 +498,9 @@ func (c *Config) Validate() error {
 	if c.Detect.Webhook != "" && c.Detect.WebhookSecretEnv == "" {
 		return bad("detect.webhook_secret_env", "a webhook needs an HMAC secret (name the environment variable holding it)")
 	}
+	if err := c.Detect.validateSinks(bad); err != nil {
+		return err
+	}
 	if c.Gateway.Leeway < 0 || c.Gateway.Leeway > 5*time.Minute {
 		return bad("gateway.leeway", "must be in [0, 5m]")
 	}
@@ -513,4 +580,26 @@ func (c *Config) CheckIssuer() (warning string, err error) {
 		return fmt.Sprintf("issuer %s is not reachable on listen %s itself; this is right only behind a reverse proxy that forwards it", c.Issuer, c.Listen), nil
 	}
 	return "", nil
+}
+
+func (d Detect) validateSinks(bad func(field, format string, a ...any) error) error {
+	for field, f := range map[string]string{"detect.syslog_format": d.SyslogFormat, "detect.alerts_file_format": d.AlertsFileFormat, "detect.splunk.format": d.Splunk.Format} {
+		if f != "" && f != "native" && f != "ocsf" {
+			return bad(field, "must be native or ocsf, not %q", f)
+		}
+	}
+	switch d.SyslogNetwork {
+	case "", "udp", "tcp", "tls":
+	default:
+		return bad("detect.syslog_network", "must be udp, tcp or tls, not %q", d.SyslogNetwork)
+	}
+	if d.Splunk.URL != "" && d.Splunk.TokenEnv == "" {
+		return bad("detect.splunk.token_env", "the collector needs a token (name the environment variable holding it)")
+	}
+	switch d.PagerDuty.MinSeverity {
+	case "", "info", "low", "medium", "high", "critical":
+	default:
+		return bad("detect.pagerduty.min_severity", "must be info, low, medium, high or critical, not %q", d.PagerDuty.MinSeverity)
+	}
+	return nil
 }

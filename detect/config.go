@@ -94,8 +94,8 @@ const (
 	// A login service asks for a token after each login, for the person
 	// who logged in, from its own servers.
 	DefaultIssuanceWindow     = 10 * time.Minute
-	DefaultIssuanceNoLoginMin = 20   // tokens without a login session per client per window
-	DefaultIssuanceHistoryMin = 100  // issuances before a client's caller networks count
+	DefaultIssuanceNoLoginMin = 20  // tokens without a login session per client per window
+	DefaultIssuanceHistoryMin = 100 // issuances before a client's caller networks count
 	DefaultIssuanceRateBucket = 5 * time.Minute
 	DefaultIssuanceRateFactor = 5.0 // times the client's usual issuances per bucket
 	DefaultIssuanceRateMin    = 300 // issuances in the bucket before the rate speaks

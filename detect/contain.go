@@ -25,11 +25,25 @@ const (
 	ActionRevokeToken  Action = "revoke_token"
 	ActionBlockSource  Action = "block_source"
 	ActionForceRelogin Action = "force_relogin"
+	// ActionSuspendClient suspends the secret of the client an issuance
+	// alert names: the authority issues it nothing more. The Containment
+	// must also be a [ClientSuspender].
+	ActionSuspendClient Action = "suspend_client"
 )
+
+// ClientSuspender is the Containment of an authority that can suspend a
+// client's secret (suspend_client); every replica refuses it from then on.
+type ClientSuspender interface {
+	SuspendClient(ctx context.Context, clientID, reason string) error
+}
+
+// ErrCannotSuspend is recorded for suspend_client when the Containment is
+// not a ClientSuspender.
+var ErrCannotSuspend = errors.New("containment cannot suspend clients")
 
 func (a Action) valid() bool {
 	switch a {
-	case ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin:
+	case ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin, ActionSuspendClient:
 		return true
 	}
 	return false
@@ -70,6 +84,8 @@ func plan(a *Alert, p ContainPolicy) (ActionRecord, error) {
 		r.Target = a.Attrs["jti"]
 	case ActionForceRelogin:
 		r.Target = a.Attrs["subject"]
+	case ActionSuspendClient:
+		r.Target = a.Attrs["client"]
 	case ActionBlockSource:
 		if ip, err := netip.ParseAddr(a.Attrs["src_ip"]); err == nil {
 			r.Target = netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()).String()
@@ -100,6 +116,12 @@ func execute(ctx context.Context, c Containment, r ActionRecord) error {
 		return c.RevokeToken(ctx, r.Target, r.Reason)
 	case ActionForceRelogin:
 		return c.ForceRelogin(ctx, r.Target, r.Reason)
+	case ActionSuspendClient:
+		cs, ok := c.(ClientSuspender)
+		if !ok {
+			return ErrCannotSuspend
+		}
+		return cs.SuspendClient(ctx, r.Target, r.Reason)
 	case ActionBlockSource:
 		p, err := netip.ParsePrefix(r.Target)
 		if err != nil {

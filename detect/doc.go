@@ -1,5 +1,6 @@
-// Package detect turns the stream of access events into alerts: eleven built-in
-// detectors and custom CEL rules, alerts grouped into incidents, and opt-in containment.
+// Package detect turns the stream of access events, and the authority's
+// issuances, into alerts: built-in detectors and custom CEL rules, alerts
+// grouped into incidents, and opt-in containment.
 //
 // # Use
 //
@@ -27,6 +28,25 @@
 // dense and active enough to lift the bar, and a block whose customers are
 // nearly all active within one window (say the newest block during a
 // sign-up burst): raise the threshold where that happens.
+//
+// id_coverage also follows walks through each block by any source: a run
+// of [EnumerationConfig.WalkRun] near-sequential IDs within the window,
+// whoever reads them. A crawl in ID order alerts after WalkRun reads
+// however slowly each of its sources goes, as long as the crawl as a whole
+// reads WalkRun IDs of a block within the window (50 an hour by default).
+// Every walk (per source, per block, per client) counts only within a time
+// span from its first step: customers who share a key (a popular user
+// agent, a busy block) read near-sequential IDs by chance, and without the
+// span such chance runs would add up over weeks. For the same reason walks
+// are followed per ASN and per user agent only where their enumeration
+// threshold is set.
+//
+// The issuance side ([Engine.Issued]) is keyed by the client, which an
+// attacker holding one stolen client secret cannot multiply: tokens issued
+// with no login session (or one session for many people), subjects in
+// sequence, a caller network outside the client's history, and a rate many
+// times the client's own. With containment, suspend_client suspends the
+// client's secret at the authority ([ClientSuspender]).
 //
 // # Time
 //
@@ -70,6 +90,8 @@
 // and tokens, 3 MiB of subject and token values, 17 MiB of login sessions
 // (once logins are fed), 2 MiB of routes; plus 0.5 MiB per threshold rule
 // and 20 MiB if ip_rotation.per_fingerprint is set; id_coverage adds 18 MiB of
-// sketches and 1 MiB of block values. Alerts (MaxAlerts),
+// sketches and 2 MiB of block values (walks included); issuance detection
+// keeps about 300 bytes per client (MaxKeys clients) and 20 bytes per login
+// session (16 × MaxKeys sessions, 2.6 MiB). Alerts (MaxAlerts),
 // incidents (MaxIncidents) and actions are capped the same way.
 package detect

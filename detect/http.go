@@ -49,6 +49,11 @@ func (b *broker) publish(a Alert) {
 	}
 }
 
+// Relay shows an alert raised by another process (a detector instance) on
+// the live stream (GET /v1/alerts/stream). It is not delivered to OnAlert
+// subscribers: sinks, audit and containment are the raising process's.
+func (e *Engine) Relay(a Alert) { e.stream.publish(a) }
+
 // Handler serves the detection API:
 //
 //	GET /v1/alerts?rule=R&severity=S&limit=N   newest first (default limit 100, at most 10000)

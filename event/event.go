@@ -37,6 +37,12 @@ const (
 	ReasonLedgerUnavailable Reason = "ledger_unavailable"
 	ReasonBlockedSource     Reason = "blocked_source"
 	ReasonUnknownRoute      Reason = "unknown_route"
+	// ReasonDPoPRequired: the token is bound to a key (cnf.jkt) and came
+	// without a DPoP proof, or under the Bearer scheme.
+	ReasonDPoPRequired Reason = "dpop_required"
+	// ReasonBadDPoPProof: a DPoP proof that is invalid, for another request
+	// or key, replayed, or without the server's current nonce.
+	ReasonBadDPoPProof Reason = "bad_dpop_proof"
 )
 
 // Reasons lists every refusal reason, in the gateway's check order.
@@ -45,6 +51,7 @@ var Reasons = []Reason{
 	ReasonBadSignature, ReasonExpired, ReasonNotYetValid, ReasonWrongIssuer,
 	ReasonWrongAudience, ReasonNotIssued, ReasonRevokedToken, ReasonSubjectMismatch,
 	ReasonDecoySubject, ReasonLedgerUnavailable, ReasonBlockedSource, ReasonUnknownRoute,
+	ReasonDPoPRequired, ReasonBadDPoPProof,
 }
 
 // Token is the part of a token's claims an access event carries. The token

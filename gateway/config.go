@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/verdict"
 )
@@ -22,6 +23,9 @@ const (
 	DefaultProvenanceTimeout = verdict.DefaultProvenanceTimeout
 	DefaultCacheSize         = 100_000
 	DefaultGatewayName       = "custos-gateway"
+	DefaultReplayCacheSize   = 1_000_000
+	// MaxDPoPWindow bounds DPoPConfig.Window.
+	MaxDPoPWindow = 5 * time.Minute
 )
 
 // HeaderPrefix marks headers the gateway owns: incoming copies are removed
@@ -108,6 +112,25 @@ type Config struct {
 	ProvenanceTimeout time.Duration `yaml:"provenance_timeout"`
 	// CacheSize bounds the set of tokens whose signature was verified.
 	CacheSize int `yaml:"cache_size"`
+	// DPoP configures the proofs key-bound tokens need (see dpop.go).
+	DPoP DPoPConfig `yaml:"dpop"`
+}
+
+// DPoPConfig configures the checking of DPoP proofs (RFC 9449).
+type DPoPConfig struct {
+	// PublicURL is the scheme and host clients address the API by; a
+	// proof's htu must name it. Empty: the request's scheme and Host.
+	PublicURL string `yaml:"public_url"`
+	// Window bounds |now - iat| of a proof (0: dpop.DefaultWindow).
+	Window time.Duration `yaml:"window"`
+	// ReplayCacheSize bounds the in-memory replay cache (0:
+	// DefaultReplayCacheSize); [Gateway.SetReplay] replaces the cache.
+	ReplayCacheSize int `yaml:"replay_cache_size"`
+	// Nonce requires a server nonce in every proof.
+	Nonce bool `yaml:"nonce"`
+	// NonceSecret keys the nonces (at least 32 bytes), the same on every
+	// replica. Empty with Nonce: a random secret of this process.
+	NonceSecret []byte `yaml:"-"`
 }
 
 // ErrConfig wraps every configuration error.
@@ -132,6 +155,12 @@ func (c *Config) setDefaults() {
 	if c.Unmatched == "" {
 		c.Unmatched = Deny
 	}
+	if c.DPoP.Window == 0 {
+		c.DPoP.Window = dpop.DefaultWindow
+	}
+	if c.DPoP.ReplayCacheSize == 0 {
+		c.DPoP.ReplayCacheSize = DefaultReplayCacheSize
+	}
 }
 
 // validate checks the config as a whole, naming the field at fault.
@@ -153,6 +182,20 @@ func (c *Config) validate() error {
 	}
 	if c.Unmatched != Deny && c.Unmatched != Forward {
 		return fmt.Errorf("%w: unmatched %q is not deny or forward", ErrConfig, c.Unmatched)
+	}
+	if c.DPoP.Window < 0 || c.DPoP.Window > MaxDPoPWindow {
+		return fmt.Errorf("%w: dpop.window %s outside 0..%s", ErrConfig, c.DPoP.Window, MaxDPoPWindow)
+	}
+	if c.DPoP.ReplayCacheSize < 0 {
+		return fmt.Errorf("%w: dpop.replay_cache_size is negative", ErrConfig)
+	}
+	if c.DPoP.PublicURL != "" {
+		if u, err := dpop.CanonicalURL(c.DPoP.PublicURL); err != nil || strings.Count(u, "/") != 3 || !strings.HasSuffix(u, "/") {
+			return fmt.Errorf("%w: dpop.public_url %q is not a scheme and host (https://api.example)", ErrConfig, c.DPoP.PublicURL)
+		}
+	}
+	if c.DPoP.Nonce && c.DPoP.NonceSecret != nil && len(c.DPoP.NonceSecret) < 32 {
+		return fmt.Errorf("%w: dpop nonce secret shorter than 32 bytes", ErrConfig)
 	}
 	for r, m := range c.Modes {
 		if !slices.Contains(event.Reasons, r) {

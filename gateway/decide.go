@@ -27,6 +27,9 @@ type Request struct {
 	// Peer is the address of the connection the request came over,
 	// "ip:port" or "ip".
 	Peer string
+	// Scheme is the scheme the client used, "https" or "http" (empty:
+	// http); it matters only for DPoP proofs without Config.DPoP.PublicURL.
+	Scheme string
 }
 
 // Decision is the gateway's verdict on one request and what the access
@@ -69,6 +72,7 @@ type Decision struct {
 
 	observed event.Reason
 	deny     event.Reason
+	useNonce bool // a DPoP proof lacked the current nonce
 }
 
 // noDataClasses is the data classes of a request that matched no route:

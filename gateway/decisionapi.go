@@ -78,6 +78,19 @@ func (v Verdict) SetIdentity(h http.Header) {
 // Allowed reports whether the original request may go upstream.
 func (v Verdict) Allowed() bool { return v.Status == http.StatusOK }
 
+// Challenge sets on h the WWW-Authenticate challenge of a refusal: DPoP
+// (with error invalid_dpop_proof or use_dpop_nonce, and a DPoP-Nonce when
+// nonces are on) for dpop_required and bad_dpop_proof, else Bearer
+// error="invalid_token".
+func (v Verdict) Challenge(h http.Header) {
+	if v.g != nil && v.d != nil {
+		v.g.dpopChallenge(h, v.Reason, v.d.useNonce)
+	}
+	if h.Get("WWW-Authenticate") == "" {
+		h.Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+string(v.Reason)+`"`)
+	}
+}
+
 // errOriginal is why an original request could not be read.
 var errOriginal = errors.New("gateway: unusable original request")
 
@@ -172,7 +185,7 @@ func (g *Gateway) removed(h, set http.Header) []string {
 // headers, which the proxy copies from the original request. An error
 // stays in the Query: [Gateway.Answer] refuses it as malformed.
 func ForwardAuth(r *http.Request) (q Query, err error) {
-	q = Query{Request: Request{Header: r.Header, Peer: r.RemoteAddr, Host: r.Host}}
+	q = Query{Request: Request{Header: r.Header, Peer: r.RemoteAddr, Host: r.Host, Scheme: forwardedProto(r.Header)}}
 	defer func() { q.err = err }()
 	if q.Method, err = onePair(r.Header, "X-Original-Method", "X-Forwarded-Method"); err != nil {
 		return q, err
@@ -216,6 +229,15 @@ func onePair(h http.Header, a, b string) (string, error) {
 	return "", nil
 }
 
+// forwardedProto is the client's scheme as the proxy asking reports it in
+// one X-Forwarded-Proto header, or "" (http).
+func forwardedProto(h http.Header) string {
+	if p := h.Values("X-Forwarded-Proto"); len(p) == 1 && (p[0] == "https" || p[0] == "http") {
+		return p[0]
+	}
+	return ""
+}
+
 // validMethod: a non-empty RFC 9110 token.
 func validMethod(m string) bool {
 	if m == "" {
@@ -233,7 +255,7 @@ func validMethod(m string) bool {
 // ExtAuthz reads the original request of an Envoy HTTP ext_authz call: r's
 // method, host and headers, and r's request target after ExtAuthzPrefix.
 func ExtAuthz(r *http.Request) (q Query, err error) {
-	q = Query{Request: Request{Method: r.Method, Host: r.Host, Header: r.Header, Peer: r.RemoteAddr}}
+	q = Query{Request: Request{Method: r.Method, Host: r.Host, Header: r.Header, Peer: r.RemoteAddr, Scheme: forwardedProto(r.Header)}}
 	defer func() { q.err = err }()
 	rest, ok := strings.CutPrefix(r.RequestURI, ExtAuthzPrefix)
 	switch {
@@ -288,7 +310,7 @@ func writeVerdict(w http.ResponseWriter, v Verdict) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	h.Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+string(v.Reason)+`"`)
+	v.Challenge(h)
 	h.Set(HeaderReason, string(v.Reason))
 	h.Set("Content-Type", "application/json")
 	body := refusalBodies[v.Reason]

@@ -7,8 +7,9 @@
 // event.Reason): blocked_source; unknown_route; missing_token; then the token
 // verdict shared with introspection (package verdict: malformed; unknown_key,
 // revoked_key; bad_signature; expired, not_yet_valid, wrong_issuer,
-// wrong_audience; not_issued, revoked_token, ledger_unavailable); then
-// decoy_subject, subject_mismatch. A refused request gets 401 with
+// wrong_audience; not_issued, revoked_token, ledger_unavailable); then for
+// a token bound to a key (cnf.jkt) its DPoP proof (dpop_required,
+// bad_dpop_proof; see dpop.go); then decoy_subject, subject_mismatch. A refused request gets 401 with
 // WWW-Authenticate: Bearer error="invalid_token" (RFC 6750) and never reaches
 // the upstream. Routes are matched on one canonical form of the path, which
 // is what the upstream receives (see route.go); client headers an upstream
@@ -76,6 +77,7 @@ type Gateway struct {
 	geo        *geoDB
 	checker    verdict.Checker
 	policy     verdict.Policy
+	binding    *verdict.Binding
 
 	evMu   sync.Mutex
 	evFile *os.File
@@ -153,6 +155,7 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 			Buckets: OverheadBuckets,
 		}),
 	}
+	g.binding = newBinding(cfg.DPoP, now)
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	g.reqPrefix = hex.EncodeToString(rnd[:]) + "-"
@@ -329,6 +332,7 @@ func (g *Gateway) fail(d *Decision, r event.Reason) bool {
 // path in canonical form and the identity headers set.
 func (g *Gateway) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scheme := g.scheme(r) // before the header rule removes X-Forwarded-Proto
 		g.stripClientHeaders(r.Header, g.trustedPeer(r.RemoteAddr))
 		target := r.RequestURI
 		if target == "" || target == "*" {
@@ -341,7 +345,8 @@ func (g *Gateway) Middleware(next http.Handler) http.Handler {
 				trace.WithAttributes(attribute.String("http.request.method", r.Method)))
 			r = r.WithContext(ctx)
 		}
-		d := g.Decide(r.Context(), Request{Method: r.Method, Host: r.Host, Target: target, Header: r.Header, Peer: r.RemoteAddr})
+		d := g.Decide(r.Context(), Request{Method: r.Method, Host: r.Host, Target: target, Header: r.Header, Peer: r.RemoteAddr,
+			Scheme: scheme})
 		if span != nil {
 			span.SetAttributes(attribute.String("custos.verdict", string(d.Verdict)), attribute.String("custos.reason", string(d.Reason)))
 			if d.Route != "" {
@@ -357,6 +362,7 @@ func (g *Gateway) Middleware(next http.Handler) http.Handler {
 		rw := &recorder{ResponseWriter: w}
 		var upstream time.Duration
 		if !d.Allowed() {
+			g.dpopChallenge(rw.Header(), d.Reason, d.useNonce)
 			refuse(rw, d.Reason)
 		} else {
 			if d.Path != "" {
@@ -407,7 +413,7 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 		g.fail(d, event.ReasonUnknownRoute) {
 		return
 	}
-	raw, reason := bearer(r.Header)
+	raw, scheme, reason := bearer(r.Header)
 	if reason != "" {
 		g.fail(d, reason)
 		return
@@ -431,6 +437,9 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 	if d.Claims == nil {
 		return // unreadable, and malformed is only observed
 	}
+	if g.checkBinding(ctx, r, d, raw, scheme, &v, escaped) {
+		return
+	}
 	if _, ok := g.decoys[d.Claims.Subject]; ok && g.fail(d, event.ReasonDecoySubject) {
 		return
 	}
@@ -442,24 +451,37 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 	}
 }
 
-// bearer extracts the token from the one Authorization header (RFC 6750
-// section 2.1). Other ways of sending a token are not accepted.
-func bearer(h http.Header) (string, event.Reason) {
+// bearer extracts the token and its scheme, Bearer (RFC 6750 section 2.1)
+// or DPoP (RFC 9449 section 7.1), from the one Authorization header. Other
+// ways of sending a token are not accepted.
+func bearer(h http.Header) (string, string, event.Reason) {
 	vals := h.Values("Authorization")
 	if len(vals) == 0 {
-		return "", event.ReasonMissingToken
+		return "", "", event.ReasonMissingToken
 	}
 	if len(vals) > 1 {
-		return "", event.ReasonMalformed
+		return "", "", event.ReasonMalformed
 	}
 	scheme, tok, ok := strings.Cut(vals[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", event.ReasonMissingToken
+	if !ok || !strings.EqualFold(scheme, "Bearer") && !strings.EqualFold(scheme, "DPoP") {
+		return "", "", event.ReasonMissingToken
 	}
 	if tok == "" {
-		return "", event.ReasonMissingToken
+		return "", "", event.ReasonMissingToken
 	}
-	return tok, ""
+	return tok, scheme, ""
+}
+
+// scheme is the scheme the client used to reach the gateway: https over
+// TLS, else what a trusted proxy says in X-Forwarded-Proto, else http.
+func (g *Gateway) scheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	if p := forwardedProto(r.Header); p != "" && g.trustedPeer(r.RemoteAddr) {
+		return p
+	}
+	return "http"
 }
 
 // source is the client address: the peer, or with trusted proxies the
@@ -524,7 +546,9 @@ var refusalBodies = func() map[event.Reason][]byte {
 // refuse writes the RFC 6750 refusal for reason.
 func refuse(w http.ResponseWriter, reason event.Reason) {
 	h := w.Header()
-	h.Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+string(reason)+`"`)
+	if h.Get("WWW-Authenticate") == "" { // a DPoP challenge may be set already
+		h.Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+string(reason)+`"`)
+	}
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
 	body := refusalBodies[reason]

@@ -146,6 +146,19 @@ func (b *Bus) ConsumeAlerts(ctx context.Context, group string, fn func(id string
 	})
 }
 
+// FollowAlerts calls fn with every alert published from now on, until ctx
+// ends or fn fails: every caller sees every alert (an authority relaying
+// detectors' alerts to its live feeds), none is acknowledged.
+func (b *Bus) FollowAlerts(ctx context.Context, fn func(alert json.RawMessage) error) error {
+	return b.ordered(ctx, "ALERTS", "", jetstream.DeliverNewPolicy, func(data []byte) error {
+		if !json.Valid(data) {
+			b.report(fmt.Errorf("%w: alert %q", ErrMalformed, data))
+			return nil
+		}
+		return fn(json.RawMessage(data))
+	})
+}
+
 // ordered runs an ordered consumer on stream (filtered to filter, if set) until ctx ends or fn fails. The
 // client library re-creates it from the last sequence seen when it misses
 // heartbeats or its server goes away.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/ledger"
 )
@@ -79,6 +80,29 @@ func (c containment) ForceRelogin(ctx context.Context, subject, reason string) e
 		return detect.ErrNoTarget
 	}
 	return c.revokeFound(ctx, "force_relogin", "", subject, reason)
+}
+
+var _ detect.ClientSuspender = containment{}
+
+// SuspendClient refuses a client's secret from now on: the shared store
+// marks it revoked, so every replica refuses it within authority.CacheTTL.
+// Its owner registers a new client once the secret is safe again.
+func (c containment) SuspendClient(ctx context.Context, clientID, reason string) error {
+	if clientID == "" {
+		return detect.ErrNoTarget
+	}
+	if err := c.s.journal(ctx, "containment.suspend_client", map[string]any{"client_id": clientID, "reason": reason, "actor": containActor}); err != nil {
+		return err
+	}
+	return c.s.Creds.RevokeClientSecret(ctx, clientID, containActor, reason)
+}
+
+// issuanceFeed hands the authority's issuances to detection.
+type issuanceFeed struct{ e *detect.Engine }
+
+func (f issuanceFeed) Issued(ctx context.Context, c *authority.Client, r *authority.Request, jti, kid string, at time.Time) {
+	f.e.Issued(detect.Issuance{Time: at, Client: c.ID, Subject: r.Subject, Session: r.SessionID,
+		Caller: authority.CallerOf(ctx), ClientIP: r.ClientIP, JTI: jti, KID: kid})
 }
 
 // Containment is what detection's automatic containment calls on this server.

@@ -3,8 +3,12 @@ package server_test
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/custos-dev/custos/authority"
+	"github.com/custos-dev/custos/config"
 
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/ledger"
@@ -49,5 +53,60 @@ func TestContainmentActions(t *testing.T) {
 	}
 	if st, _ := e.S.Ledger.Status(ctx, ledger.HashToken(t1)); st != ledger.Revoked {
 		t.Fatalf("ledger status of the revoked token: %v", st)
+	}
+}
+
+// A stolen client secret asking the authority for tokens for member after
+// member, with no login behind them: issuance detection alerts on the
+// client and containment suspends its secret, which the authority then
+// refuses; another client's secret still works.
+func TestStolenClientSecretSuspended(t *testing.T) {
+	e := startWith(t, func(c *config.Config) { c.Detect.Contain = true })
+	ctx := context.Background()
+	stolen := e.Client(t)
+	var o struct {
+		Secret string `json:"client_secret"`
+	}
+	if err := e.API.Do(ctx, "POST", "/v1/clients", map[string]any{"name": "partner", "audience": []string{config.DefaultAudience}}, &o); err != nil {
+		t.Fatal(err)
+	}
+	other := o.Secret
+	cl, err := e.S.Creds.Client(stolen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued, refused := 0, 0
+	for i := range 200 {
+		var out struct {
+			AccessToken string `json:"access_token"`
+		}
+		err := e.API.DoAuth(ctx, "POST", "/v1/tokens", stolen, map[string]any{"subject": e.Member(uint64(i + 1)), "audience": config.DefaultAudience}, &out)
+		if err != nil {
+			refused++
+			if !strings.Contains(err.Error(), "401") {
+				t.Fatalf("issuance %d refused with %v, want 401 invalid_client", i, err)
+			}
+			continue
+		}
+		if refused > 0 {
+			t.Fatalf("issuance %d succeeded after a refusal", i)
+		}
+		issued++
+		if issued > 25 {
+			time.Sleep(authority.CacheTTL / 10) // the suspension reaches every cached lookup within CacheTTL
+		}
+	}
+	var acts []string
+	for _, a := range e.S.Detect.Actions() {
+		acts = append(acts, string(a.Action)+" "+a.Target+" "+a.Rule+" "+a.Error)
+	}
+	if issued == 0 || issued > 40 || refused == 0 {
+		t.Fatalf("issued %d, refused %d: want the secret suspended after the first alert; actions %v", issued, refused, acts)
+	}
+	if len(acts) == 0 || !strings.HasPrefix(acts[0], "suspend_client "+cl.ID+" issuance_") {
+		t.Fatalf("actions %v, want suspend_client of %s", acts, cl.ID)
+	}
+	if tok := e.Issue(t, other, e.Member(1)); tok == "" {
+		t.Fatal("another client's secret refused")
 	}
 }

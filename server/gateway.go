@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/custos-dev/custos/config"
+	dpopredis "github.com/custos-dev/custos/dpop/redis"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
 	"github.com/custos-dev/custos/gateway/extauthz"
@@ -211,6 +212,13 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		return err
 	}
 	defer g.Close()
+	closeReplay, err := sharedReplay(ctx, cfg, g)
+	if err != nil {
+		return err
+	}
+	if closeReplay != nil {
+		defer closeReplay()
+	}
 	tp, err := NewTracerProvider(ctx, cfg, "custos-gateway")
 	if err != nil {
 		return err
@@ -358,4 +366,18 @@ func serveAdmin(ctx context.Context, addr string, reg *prometheus.Registry, chec
 	stop = func() { once.Do(func() { srv.Close() }) }
 	go func() { <-ctx.Done(); stop() }()
 	return stop, nil
+}
+
+// sharedReplay gives g the replicas' shared DPoP replay cache in scale.redis,
+// when set; it returns what closes it.
+func sharedReplay(ctx context.Context, cfg config.Config, g *gateway.Gateway) (func() error, error) {
+	if cfg.Scale.Redis == "" {
+		return nil, nil
+	}
+	r, err := dpopredis.Open(ctx, cfg.Scale.Redis, "", nil)
+	if err != nil {
+		return nil, fmt.Errorf("dpop replay cache: %w", err)
+	}
+	g.SetReplay(r)
+	return r.Close, nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger"
 	"github.com/custos-dev/custos/natsbus"
+	"github.com/custos-dev/custos/store"
 )
 
 // openBus connects to the NATS bus of a scale-out deployment.
@@ -86,6 +87,20 @@ func (s *Server) bridge(ctx context.Context, b *natsbus.Bus) {
 	})
 	go func() { <-ctx.Done(); sub.Close(); stop() }()
 
+	// Alerts raised by detector processes are in the store (the API reads
+	// them there); their announcements feed this replica's live stream and
+	// console.
+	go b.FollowAlerts(ctx, func(raw json.RawMessage) error {
+		var a detect.Alert
+		if json.Unmarshal(raw, &a) == nil && a.ID != "" {
+			s.Detect.Relay(a)
+			if s.Console != nil {
+				s.Console.Alert(a)
+			}
+		}
+		return nil
+	})
+
 	// Replicas on a shared ledger apply each other's records (issuance and
 	// revocations) and re-serve them on their gateway streams; until this
 	// replica has caught up with the stream, live answers are confirmed with
@@ -97,6 +112,21 @@ func (s *Server) bridge(ctx context.Context, b *natsbus.Bus) {
 			defer cancel()
 			return b.PublishIssuance(ctx, r)
 		})
+	}
+}
+
+// flushEvery writes e's changed alerts and incidents to its store every
+// interval until ctx ends.
+func flushEvery(ctx context.Context, e *detect.Engine, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			_ = e.Flush(ctx)
+		}
 	}
 }
 
@@ -157,18 +187,54 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 				log.Warn("failed to publish alert", "err", err)
 			}
 		})
+		// Alerts and incidents go to the shared store, where every authority
+		// reads them; an event is acknowledged once the alert it raised is
+		// written (ProcessDurable), and instances raise one alert under one id.
+		var db *store.DB
+		if cfg.Scale.Store != "" {
+			if db, err = store.OpenPostgres(ctx, cfg.Scale.Store); err != nil {
+				return err
+			}
+			defer func() { // what the last events changed, then close
+				fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				e.Flush(fctx)
+				cancel()
+				db.Close()
+			}()
+			if err := e.SetStore(ctx, db); err != nil {
+				return err
+			}
+			go flushEvery(ctx, e, time.Second)
+		}
+		closers, err := openSinks(cfg, log, e, nil)
+		defer func() {
+			for _, c := range closers {
+				c()
+			}
+		}()
+		if err != nil {
+			return err
+		}
 		mux.Handle("GET /v1/alerts", e.Handler())
 		mux.Handle("GET /v1/alerts/stream", e.Handler())
 		mux.Handle("GET /v1/incidents", e.Handler())
 		mux.Handle("GET /v1/incidents/{id}", e.Handler())
-		mux.HandleFunc("GET /readyz", ready(nil))
+		var storeReady func() error
+		if db != nil {
+			storeReady = func() error {
+				pctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				return db.PingContext(pctx)
+			}
+		}
+		mux.HandleFunc("GET /readyz", ready(storeReady))
 		n := cfg.Scale.Instances
 		if n == 0 {
 			n = 1
 		}
 		parts := b.Partitions(cfg.Scale.Instance, n)
 		consume = func(ctx context.Context) error {
-			return b.Consume(ctx, "detector", parts, func(ev event.Access) error { e.Process(ev); return nil })
+			return b.Consume(ctx, "detector", parts, func(ev event.Access) error { return e.ProcessDurable(ctx, ev) })
 		}
 	case "forensics":
 		w, err := forensics.NewWriter(filepath.Join(cfg.Data, EventsDir), forensics.WriterOptions{})

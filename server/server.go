@@ -230,6 +230,13 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		}
 		dcfg.Containment[detect.RuleNotIssued] = pol
 		dcfg.Containment[detect.RuleDecoySubject] = pol
+		// Tokens asked for with a client's secret, with no login behind
+		// them, in ID order or at many times the usual rate: the secret is
+		// in the wrong hands, suspend it.
+		sus := detect.ContainPolicy{Action: detect.ActionSuspendClient, DryRun: cfg.Detect.DryRun}
+		for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
+			dcfg.Containment[r] = sus
+		}
 	}
 	s.Detect, err = detect.New(dcfg, now)
 	if err != nil {
@@ -262,6 +269,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	}
 
 	s.Authority.Logins = s.Detect
+	s.Authority.Issuances = issuanceFeed{s.Detect}
 
 	// Staff.
 	policy2 := staff.PolicyRevoke
@@ -308,6 +316,12 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 	// In-process gateway (not in the authority role of a scale-out deployment).
 	if cfg.Role != "authority" && (cfg.Gateway.Upstream != "" || len(cfg.Gateway.Routes) > 0) {
 		s.Gateway, err = gateway.New(GatewayConfig(cfg), s.Keys, s.Ledger, s.Bus, now)
+		if err == nil {
+			var closeReplay func() error
+			if closeReplay, err = sharedReplay(ctx, cfg, s.Gateway); closeReplay != nil {
+				s.closers = append(s.closers, closeReplay)
+			}
+		}
 		if err == nil {
 			s.closers = append(s.closers, s.Gateway.Close)
 			s.Registry.MustRegister(s.Gateway.Collectors()...)
@@ -359,6 +373,16 @@ func GatewayConfig(cfg config.Config) gateway.Config {
 		GatewayName: cfg.Gateway.Name, Issuer: cfg.Issuer, Audience: cfg.Gateway.Audience, Leeway: cfg.Gateway.Leeway,
 		Decoys: cfg.Decoys, GeoIP: cfg.Gateway.GeoIP, EventsFile: cfg.Gateway.EventsFile,
 		TrustedProxies: cfg.Gateway.TrustedProxies, Unmatched: gateway.Unmatched(cfg.Gateway.Unmatched),
+		DPoP: gateway.DPoPConfig{PublicURL: cfg.Gateway.DPoP.PublicURL, Window: cfg.Gateway.DPoP.Window,
+			ReplayCacheSize: cfg.Gateway.DPoP.ReplayCacheSize, Nonce: cfg.Gateway.DPoP.Nonce},
+	}
+	if env := cfg.Gateway.DPoP.NonceSecretEnv; env != "" {
+		// An unset or unreadable secret leaves an empty one, which
+		// gateway.New refuses: replicas must not each invent their own.
+		g.DPoP.NonceSecret, _ = base64.StdEncoding.DecodeString(os.Getenv(env))
+		if g.DPoP.NonceSecret == nil {
+			g.DPoP.NonceSecret = []byte{}
+		}
 	}
 	if len(cfg.Gateway.Observe) > 0 {
 		g.Modes = map[event.Reason]gateway.Mode{}

@@ -27,6 +27,13 @@ const (
 	liveKID   = "k-live"
 )
 
+// The login service, as the authority knows it: the one client that asks
+// for customers' tokens, from the shop's own servers.
+const (
+	loginClient = "cl-login-service"
+	loginCaller = "10.20.0.7"
+)
+
 // CustosOptions choose a custos world: everything on at default settings, or
 // one control taken away so its share is visible.
 type CustosOptions struct {
@@ -43,8 +50,17 @@ type CustosOptions struct {
 	NoLifecycle bool
 	// Contain turns on automatic containment: a not_issued or decoy_subject
 	// alert revokes the key that signed the token; a foreign_origin alert
-	// blocks the source network for a day.
+	// blocks the source network for a day; an issuance-side alert on a
+	// client (tokens without a login, subjects in sequence, the rate)
+	// suspends the client's secret.
 	Contain bool
+	// DPoP: customers' tokens are bound to a key their device holds and
+	// does not export (RFC 9449, cnf.jkt). A token copied off the device
+	// comes without that key: replayed with the proof captured beside it
+	// (stale, for another URL, its jti already seen) or with one of the
+	// thief's own key, it is refused as bad_dpop_proof. The attacker's own
+	// tokens (a stolen client secret) are bound to his own key and pass.
+	DPoP bool
 	// Policy is the key policy (keys.DefaultPolicy() when zero).
 	Policy keys.Policy
 	// Detect configures detection (detect.DefaultConfig() when nil).
@@ -81,6 +97,7 @@ type Custos struct {
 	forgedAtk   bool      // the attacker's tokens are forged with the copied key
 	lastServed  time.Time // the last real-token attack request served
 	containment time.Time
+	suspended   time.Time // the login service's secret suspended
 	falseAlarms int64
 	attackSeqs  bitset
 	maxSeq      uint64
@@ -134,6 +151,9 @@ func NewCustos(s *scenario.Scenario, o CustosOptions) (*Custos, error) {
 		// secret, or a customer's, replayed) used from abroad: the shop
 		// serves one country, so its network is cut off for a day.
 		cfg.Containment[detect.RuleForeignOrigin] = detect.ContainPolicy{Action: detect.ActionBlockSource, For: 24 * time.Hour}
+		for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
+			cfg.Containment[r] = detect.ContainPolicy{Action: detect.ActionSuspendClient}
+		}
 	}
 	c := &Custos{o: o, tl: s.Timeline(), pop: s.Population(), exposure: NewExposure(s.Population()),
 		attackSeqs: newBitset(s.Expected() + 1), maxSeq: s.Expected()}
@@ -181,11 +201,15 @@ func (c *Custos) Engine() *detect.Engine { return c.engine }
 // Observe runs r through custos's gateway checks, detection and forensics.
 func (c *Custos) Observe(r *scenario.Request) {
 	var ev event.Access
-	c.decide(r, &ev)
+	var is detect.Issuance
+	c.decide(r, &ev, &is)
 	c.now.Store(r.Time.UnixNano())
 	c.mark(r.Seq, r.Kind.Attack(), &ev)
 	if r.Login {
 		c.engine.Login(r.TokenID, r.Time)
+	}
+	if !is.Time.IsZero() {
+		c.engine.Issued(is)
 	}
 	if c.o.Contain {
 		c.engine.Process(ev)
@@ -203,6 +227,7 @@ func (c *Custos) Observe(r *scenario.Request) {
 // evBatch is one chunk's events on their way through a world's stages.
 type evBatch struct {
 	evs   []event.Access
+	iss   []detect.Issuance // zero Time: no token issued for the request
 	seqs  []uint64
 	login []bool
 	atk   []bool
@@ -291,6 +316,9 @@ func (c *Custos) consume(in <-chan *chunk, release func(*chunk), done *atomic.Ui
 					if b.login[i] {
 						c.engine.Login(b.evs[i].Token.JTI, b.evs[i].Time)
 					}
+					if !b.iss[i].Time.IsZero() {
+						c.engine.Issued(b.iss[i])
+					}
 				}
 				c.now.Store(b.evs[len(b.evs)-1].Time.UnixNano())
 				c.engine.ProcessBatch(b.evs)
@@ -303,19 +331,22 @@ func (c *Custos) consume(in <-chan *chunk, release func(*chunk), done *atomic.Ui
 		select {
 		case b = <-free:
 		default:
-			b = &evBatch{evs: make([]event.Access, chunkSize), seqs: make([]uint64, chunkSize), login: make([]bool, chunkSize), atk: make([]bool, chunkSize)}
+			b = &evBatch{evs: make([]event.Access, chunkSize), iss: make([]detect.Issuance, chunkSize), seqs: make([]uint64, chunkSize), login: make([]bool, chunkSize), atk: make([]bool, chunkSize)}
 		}
 		n := len(ch.reqs)
-		b.evs, b.seqs, b.login, b.atk = b.evs[:n], b.seqs[:n], b.login[:n], b.atk[:n]
+		b.evs, b.iss, b.seqs, b.login, b.atk = b.evs[:n], b.iss[:n], b.seqs[:n], b.login[:n], b.atk[:n]
 		for i := range ch.reqs {
 			r := &ch.reqs[i]
-			c.decide(r, &b.evs[i])
+			c.decide(r, &b.evs[i], &b.iss[i])
 			b.seqs[i], b.login[i], b.atk[i] = r.Seq, r.Login, r.Kind.Attack()
 			if c.o.Contain {
 				c.now.Store(r.Time.UnixNano())
 				c.mark(r.Seq, b.atk[i], &b.evs[i])
 				if r.Login {
 					c.engine.Login(r.TokenID, r.Time)
+				}
+				if !b.iss[i].Time.IsZero() {
+					c.engine.Issued(b.iss[i])
 				}
 				c.engine.Process(b.evs[i])
 			}
@@ -336,9 +367,17 @@ func (c *Custos) consume(in <-chan *chunk, release func(*chunk), done *atomic.Ui
 }
 
 // decide fills ev with the access event custos's gateway emits for r, and
-// counts what was sent and served.
-func (c *Custos) decide(r *scenario.Request, ev *event.Access) {
+// is with the issuance of r's token when the authority issues one for it
+// (zero otherwise), and counts what was sent and served.
+func (c *Custos) decide(r *scenario.Request, ev *event.Access, is *detect.Issuance) {
 	r.AccessInto("custos-gw", ev)
+	*is = detect.Issuance{}
+	if r.Login {
+		// A customer's login: the login service asks for the token, from
+		// its own servers, naming the login session.
+		*is = detect.Issuance{Time: r.Time, RequestID: r.ID, Client: loginClient, Subject: r.Member,
+			Session: cmp.Or(r.SessionID, "s-"+r.TokenID), Caller: loginCaller, ClientIP: r.Addr, JTI: r.TokenID, KID: liveKID}
+	}
 	if !r.Kind.Attack() {
 		c.normal++
 		ev.Token.KID = liveKID
@@ -346,14 +385,34 @@ func (c *Custos) decide(r *scenario.Request, ev *event.Access) {
 		return
 	}
 	c.sent++
+	if r.Token == scenario.IssuedStolenSecret {
+		c.mu.Lock()
+		suspended := !c.suspended.IsZero() && !r.Time.Before(c.suspended)
+		c.mu.Unlock()
+		if suspended {
+			// The authority refuses the suspended secret: no token, and
+			// the request goes out without one.
+			ev.Token = event.Token{}
+			ev.Verdict, ev.Reason, ev.Status = event.Deny, event.ReasonMissingToken, 401
+			return
+		}
+		// Whoever holds the secret asks for the token from their own
+		// machine, with no login behind it.
+		*is = detect.Issuance{Time: r.Time, RequestID: r.ID, Client: loginClient, Subject: r.Member,
+			Caller: r.Addr, ClientIP: r.Addr, JTI: r.TokenID, KID: liveKID}
+	}
 	if r.Token != scenario.Forged {
 		// A real token (issued with the stolen client secret, or a
 		// customer's, replayed): signature, ledger and subject binding pass;
-		// only a block of its source stops it. Bound (DPoP) tokens are not
-		// modelled.
+		// only a block of its source, or for a customer's token its binding
+		// to the customer's key (CustosOptions.DPoP), stops it.
 		ev.Token.KID = liveKID
 		if c.blocked(r) {
 			ev.Verdict, ev.Reason, ev.Status = event.Deny, event.ReasonBlockedSource, 403
+			return
+		}
+		if c.o.DPoP && r.Token == scenario.Replayed {
+			ev.Verdict, ev.Reason, ev.Status = event.Deny, event.ReasonBadDPoPProof, 401
 			return
 		}
 		ev.Verdict = event.Allow
@@ -568,6 +627,19 @@ func (c *Custos) BlockSource(ctx context.Context, p netip.Prefix, until time.Tim
 	return nil
 }
 
+// SuspendClient is containment: the authority refuses the login service's
+// secret from now on (simulated time).
+func (c *Custos) SuspendClient(ctx context.Context, id, reason string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id == loginClient && c.suspended.IsZero() {
+		c.suspended = c.simNow()
+	}
+	return nil
+}
+
+var _ detect.ClientSuspender = (*Custos)(nil)
+
 // RevokeToken is containment; the replay's forged tokens are not in any
 // ledger, so there is nothing to revoke.
 func (c *Custos) RevokeToken(ctx context.Context, jti, reason string) error { return nil }
@@ -581,7 +653,7 @@ func (c *Custos) World(ctx context.Context) (World, error) {
 	c.flush()
 	w := World{
 		Name: c.o.Name, KeyDied: c.keyDied, FirstAlert: c.firstAlert, FirstAlertRule: c.firstRule,
-		FirstBehaviour: c.firstBhv, FirstBehaviourRule: c.firstBhvRul, Containment: c.containment,
+		FirstBehaviour: c.firstBhv, FirstBehaviourRule: c.firstBhvRul, Containment: c.containment, ContainmentOn: c.o.Contain,
 		ForgedSent: c.sent, ForgedServed: c.served, NormalRequests: c.normal,
 	}
 	if !w.FirstAlert.IsZero() {
@@ -594,7 +666,13 @@ func (c *Custos) World(ctx context.Context) (World, error) {
 	if !c.forgedAtk && !w.Containment.IsZero() && c.lastServed.After(w.Containment) {
 		// A block stopped one source, not the attack.
 		w.Containment = time.Time{}
-		w.Notes = append(w.Notes, "sources blocked, but the attack was served until "+c.lastServed.In(scenario.KST).Format(timeLayout))
+		if c.suspended.IsZero() || c.lastServed.After(c.suspended) {
+			w.Notes = append(w.Notes, "sources blocked, but the attack was served until "+c.lastServed.In(scenario.KST).Format(timeLayout))
+		}
+	}
+	if !c.forgedAtk && w.Containment.IsZero() && !c.suspended.IsZero() && !c.lastServed.After(c.suspended) {
+		w.Containment = c.suspended
+		w.Notes = append(w.Notes, "the login service's client secret suspended by containment")
 	}
 	c.exposure.Fill(&w)
 	if c.killedBy != "" {

@@ -24,14 +24,15 @@ func DefaultWorlds() []CustosOptions {
 		{Name: "custos, key copied anyway", KeyStolenAnyway: true},
 		{Name: "custos, provenance in observe mode + containment", KeyStolenAnyway: true, Observe: true, Contain: true},
 		{Name: "custos, no lifecycle link", NoLifecycle: true},
+		{Name: "custos, DPoP-bound tokens", DPoP: true},
 	}
 }
 
 // WorldsNamed picks worlds from DefaultWorlds by short name: custos, copied,
-// observe, nolifecycle; "all" is every one.
+// observe, nolifecycle, dpop; "all" is every one.
 func WorldsNamed(names []string) ([]CustosOptions, error) {
 	all := DefaultWorlds()
-	short := []string{"custos", "copied", "observe", "nolifecycle"}
+	short := []string{"custos", "copied", "observe", "nolifecycle", "dpop"}
 	var out []CustosOptions
 	for _, n := range names {
 		if n == "all" {

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,10 @@ type HTTPOptions struct {
 	// Workers is how many requests are in flight at once (default 8).
 	Workers int
 	Log     *slog.Logger
+	// KeyCopied: the custodian's departure never reaches the key he copied
+	// (it stays live, as if custody had been breached too); only the
+	// gateway's provenance check (not_issued) stands in the way.
+	KeyCopied bool
 }
 
 // HTTPReplay is custos serving the sample shop over loopback HTTP, with the
@@ -76,6 +81,7 @@ type HTTPReplay struct {
 	falseAl    atomic.Int64
 	attackNets []scenario.Network
 	firstUse   sync.Map // jti → unix nanos of the first request that used it
+	attackJTI  sync.Map // jti of every token issued for the attacker (stolen client secret)
 	falseRules sync.Map
 }
 
@@ -280,6 +286,9 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 		return // raised by the lifecycle (a departure), not by traffic
 	}
 	attack := a.Attrs["kid"] == h.stolenK.KID
+	if _, ok := h.attackJTI.Load(a.Attrs["jti"]); ok && a.Attrs["jti"] != "" {
+		attack = true // an issuance alert on a token the attacker asked for
+	}
 	if ip, err := netipParse(a.Attrs["src_ip"]); err == nil {
 		for _, n := range h.attackNets {
 			if n.Prefix.Contains(ip) {
@@ -293,9 +302,12 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 		return
 	}
 	// The alert's time is the simulated time of the request that raised it,
-	// found through its token; the driver has moved on by the time it arrives.
+	// found through its token (the token's issuance, for an issuance alert);
+	// the driver has moved on by the time it arrives.
 	at := h.simNow.Load()
 	if v, ok := h.firstUse.Load(a.Attrs["jti"]); ok {
+		at = v.(int64)
+	} else if v, ok := h.attackJTI.Load(a.Attrs["jti"]); ok {
 		at = v.(int64)
 	}
 	for {
@@ -310,14 +322,18 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint64)) (Report, error) {
 	tl := h.sc.Timeline()
 	pop := h.sc.Population()
-	cw := &httpWorld{name: "custos (http)", exposure: NewExposure(pop)}
+	name := "custos (http)"
+	if h.opts.KeyCopied {
+		name = "custos, key copied anyway (http)"
+	}
+	cw := &httpWorld{name: name, exposure: NewExposure(pop)}
 	bw := &httpWorld{name: "baseline (http)", exposure: NewExposure(pop)}
 	tokens := newTokenCache()
 	departed := false
 	var keyDied time.Time
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, h.opts.Workers)
-	var firstErr atomic.Value
+	var firstErr atomic.Pointer[error] // errors of several types: atomic.Value would panic
 	expected := h.sc.Expected()
 	var n uint64
 	for {
@@ -326,7 +342,7 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 			break
 		}
 		n++
-		if !departed && !r.Time.Before(tl.CustodianLeaves) {
+		if !departed && !h.opts.KeyCopied && !r.Time.Before(tl.CustodianLeaves) {
 			wg.Wait() // the departure happens between requests, in order
 			if err := h.depart(ctx); err != nil {
 				return Report{}, err
@@ -338,14 +354,14 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 			return Report{}, err
 		}
 		if e := firstErr.Load(); e != nil {
-			return Report{}, e.(error)
+			return Report{}, *e
 		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func(r scenario.Request) {
 			defer func() { <-sem; wg.Done() }()
 			if err := h.replay(ctx, &r, tokens, cw, bw); err != nil {
-				firstErr.CompareAndSwap(nil, err)
+				firstErr.CompareAndSwap(nil, &err)
 			}
 		}(r)
 		if progress != nil && n%512 == 0 {
@@ -354,7 +370,7 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 	}
 	wg.Wait()
 	if e := firstErr.Load(); e != nil {
-		return Report{}, e.(error)
+		return Report{}, *e
 	}
 	if progress != nil {
 		progress(n, expected)
@@ -366,7 +382,12 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		c.FirstAlert = time.Unix(0, fa).UTC()
 		c.AlertDelay = c.FirstAlert.Sub(tl.FirstForged)
 	}
-	if !keyDied.IsZero() && !keyDied.After(tl.FirstForged) {
+	forged := true
+	switch h.sc.Config().AttackerVariant() {
+	case scenario.StolenClientSecret, scenario.ReplayedTokens:
+		forged = false // real tokens: the key's death does not stop them
+	}
+	if forged && !keyDied.IsZero() && !keyDied.After(tl.FirstForged) {
 		c.Containment = keyDied
 	}
 	if c.NormalRequests > 0 {
@@ -376,7 +397,11 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 			return true
 		})
 	}
-	c.Notes = append(c.Notes, "custodian deactivated over SCIM at his departure; offboarding rotated and revoked the key he held")
+	if h.opts.KeyCopied {
+		c.Notes = append(c.Notes, "the copied key stayed live: only provenance (not_issued) stood in the way")
+	} else {
+		c.Notes = append(c.Notes, "custodian deactivated over SCIM at his departure; offboarding rotated and revoked the key he held")
+	}
 	if d, err := h.scope(ctx); err == nil {
 		c.TimeToScope = d.took
 		c.Notes = append(c.Notes, d.note)
@@ -385,8 +410,11 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 	}
 	b := bw.world()
 	b.KeyDied = tl.Revoked
-	b.FirstAlert, b.AlertDelay = tl.Awareness, tl.Awareness.Sub(tl.FirstForged)
-	b.Containment = tl.Revoked
+	if h.sc.Config().AttackerVariant() == scenario.StolenKey {
+		// Historical: the attacker's e-mails, then the key's revocation.
+		b.FirstAlert, b.AlertDelay = tl.Awareness, tl.Awareness.Sub(tl.FirstForged)
+		b.Containment = tl.Revoked
+	}
 	b.Notes = append(b.Notes, "signature-only gateway over HTTP: served every forged token until the historical revocation")
 	h.report = NewReport(h.sc, "http", b, c)
 	return h.report, nil
@@ -434,22 +462,24 @@ func (h *HTTPReplay) replay(ctx context.Context, r *scenario.Request, tokens *to
 	if err != nil {
 		return err
 	}
-	forged := r.Token == scenario.Forged
+	attack := r.Kind.Attack()
 	for _, w := range []struct {
 		base string
 		w    *httpWorld
 	}{{h.GatewayURL, cw}, {h.BaselineURL, bw}} {
-		st, err := h.get(ctx, w.base+r.Path, tok, r)
+		st, reason, err := h.get(ctx, w.base+r.Path, tok, r)
 		if err != nil {
 			return err
 		}
-		w.w.count(r, forged, st)
+		w.w.count(r, attack, st, reason)
 	}
 	return nil
 }
 
-// token gets r's bearer token: issued by the authority after a login, or
-// minted by the attacker with the copied key.
+// token gets r's bearer token: issued by the authority after a login (the
+// login service names the session), issued to the attacker who holds the
+// login service's secret (no session), or minted by the attacker with the
+// copied key.
 func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, error) {
 	if r.Token == scenario.Forged {
 		now := time.Now()
@@ -461,29 +491,48 @@ func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, er
 	}
 	var out struct {
 		AccessToken string `json:"access_token"`
+		JTI         string `json:"jti"`
+	}
+	session := r.SessionID
+	if r.Token != scenario.IssuedStolenSecret && session == "" {
+		session = "s-" + r.TokenID
 	}
 	err := h.call(ctx, "POST", h.APIURL+"/v1/tokens", h.secret, map[string]any{
 		"subject": r.Member, "audience": config.DefaultAudience, "ttl": 900,
-		"client_ip": r.SrcIP.String(), "session_id": r.SessionID,
+		"client_ip": r.SrcIP.String(), "session_id": session,
 	}, &out)
+	if err != nil && r.Kind.Attack() && strings.Contains(err.Error(), ": 403 ") {
+		// The authority refuses the subject (a decoy): the attacker goes
+		// without a token, and the gateway refuses the request.
+		return "", nil
+	}
+	if err == nil && r.Token == scenario.IssuedStolenSecret {
+		h.attackJTI.Store(out.JTI, r.Time.UnixNano())
+	}
 	return out.AccessToken, err
 }
 
-func (h *HTTPReplay) get(ctx context.Context, u, tok string, r *scenario.Request) (int, error) {
+func (h *HTTPReplay) get(ctx context.Context, u, tok string, r *scenario.Request) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set("X-Forwarded-For", r.SrcIP.String())
 	req.Header.Set("User-Agent", r.UserAgent)
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	var refusal struct {
+		Reason string `json:"error_description"`
+	}
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&refusal)
 	}
 	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode, nil
+	return resp.StatusCode, refusal.Reason, nil
 }
 
 // Close stops every server and removes a temp data dir.
@@ -522,16 +571,23 @@ type httpWorld struct {
 	sent     int64
 	served   int64
 	normal   int64
+	refusals map[string]int64 // attack requests refused, by reason
 }
 
-func (w *httpWorld) count(r *scenario.Request, forged bool, status int) {
+func (w *httpWorld) count(r *scenario.Request, attack bool, status int, reason string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !forged {
+	if !attack {
 		w.normal++
 		return
 	}
 	w.sent++
+	if reason != "" {
+		if w.refusals == nil {
+			w.refusals = map[string]int64{}
+		}
+		w.refusals[reason]++
+	}
 	if status == http.StatusOK || status == http.StatusNotFound {
 		w.served++ // the shop answered: the token was accepted
 	}
@@ -543,6 +599,17 @@ func (w *httpWorld) count(r *scenario.Request, forged bool, status int) {
 func (w *httpWorld) world() World {
 	out := World{Name: w.name, ForgedSent: w.sent, ForgedServed: w.served, NormalRequests: w.normal}
 	w.exposure.Fill(&out)
+	if len(w.refusals) > 0 {
+		reasons := make([]string, 0, len(w.refusals))
+		for r := range w.refusals {
+			reasons = append(reasons, r)
+		}
+		slices.Sort(reasons)
+		for i, r := range reasons {
+			reasons[i] = r + " " + count(w.refusals[r])
+		}
+		out.Notes = append(out.Notes, "attack requests refused: "+strings.Join(reasons, ", "))
+	}
 	return out
 }
 

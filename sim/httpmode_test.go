@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/sim/scenario"
 )
@@ -54,5 +55,65 @@ func TestHTTPReplay(t *testing.T) {
 	}
 	if cust.TimeToScope == 0 {
 		t.Fatalf("no scope: %v", cust.Notes)
+	}
+}
+
+// The adapting attackers over real HTTP: forged crawls (distributed, slow)
+// are refused by the gateway and served by the signature-only one; tokens
+// issued with the stolen client secret are real and served, and the
+// authority's issuance feed raises issuance alerts on the client; customer
+// tokens replayed from abroad are served and seen as foreign.
+func TestHTTPReplayVariants(t *testing.T) {
+	if testing.Short() {
+		t.Skip("HTTP replay skipped in -short mode")
+	}
+	for _, tc := range []struct {
+		v     scenario.Variant
+		real  bool   // real tokens: custos serves them
+		rule  string // an alert custos must raise
+		other string // or this one
+	}{
+		{scenario.StolenClientSecret, true, detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence},
+		{scenario.Distributed, false, detect.RuleIDCoverage, detect.RuleRevokedKey},
+		{scenario.LowAndSlow, false, detect.RuleIDCoverage, detect.RuleRevokedKey},
+		{scenario.ReplayedTokens, true, detect.RuleForeignOrigin, ""},
+	} {
+		t.Run(string(tc.v), func(t *testing.T) {
+			cfg := scenario.DefaultConfig()
+			cfg.Scale, cfg.Attacker = 0.00002, tc.v
+			cfg.ReplayedTokens = 500_000 // 10 at this scale
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			h, err := StartHTTP(ctx, HTTPOptions{Scenario: cfg, Data: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			rep, err := h.Run(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			base, cust := rep.Worlds[0], rep.Worlds[1]
+			if base.ForgedSent == 0 || base.ForgedServed == 0 || cust.ForgedSent != base.ForgedSent {
+				t.Fatalf("attack requests: baseline served %d of %d, custos saw %d", base.ForgedServed, base.ForgedSent, cust.ForgedSent)
+			}
+			// Forged tokens: the baseline serves them all, custos none. Real
+			// ones (decoys aside, which the authority refuses to issue):
+			// both serve the same, every token the authority issued.
+			if tc.real && cust.ForgedServed != base.ForgedServed || !tc.real && (cust.ForgedServed != 0 || base.ForgedServed != base.ForgedSent) {
+				t.Fatalf("custos served %d, baseline %d of %d attack requests (real tokens %v)", cust.ForgedServed, base.ForgedServed, cust.ForgedSent, tc.real)
+			}
+			if !base.FirstAlert.IsZero() {
+				t.Errorf("baseline has the stolen-key attack's historical alert on %s", tc.v)
+			}
+			rules := map[string]bool{}
+			for _, a := range h.Server.Detect.Alerts() {
+				rules[a.Rule] = true
+			}
+			if !rules[tc.rule] && !rules[tc.other] || cust.FirstAlert.IsZero() {
+				t.Fatalf("no %s or %s alert (first alert %v); rules %v", tc.rule, tc.other, cust.FirstAlert, rules)
+			}
+			t.Logf("served %d of %d, alerts %v, false alarms %d in %d", cust.ForgedServed, cust.ForgedSent, rules, cust.FalseAlarms, cust.NormalRequests)
+		})
 	}
 }

@@ -14,6 +14,9 @@ import (
 // of its first request.
 const alertBound = 5 * time.Minute
 
+// containBound is the goal with containment on: at most 1,000 records exposed.
+const containBound = 1000
+
 func variantWorlds() []CustosOptions {
 	return []CustosOptions{
 		{Name: "custos"},
@@ -26,7 +29,8 @@ func variantWorlds() []CustosOptions {
 // asserts the first alert comes within five simulated minutes of the
 // variant's first request in every custos world; where the tokens are
 // forged, also the first alert by a rule blind to provenance (what observe
-// mode or a log-ingesting gateway still sees).
+// mode or a log-ingesting gateway still sees); and that with containment on
+// the variant is contained having exposed at most 1,000 records.
 func TestVariantsAlertWithinFiveMinutes(t *testing.T) {
 	cases := []struct {
 		name      string
@@ -73,9 +77,16 @@ func TestVariantsAlertWithinFiveMinutes(t *testing.T) {
 				if tc.behaviour && (w.FirstBehaviour.IsZero() || w.FirstBehaviour.Sub(first) > bound) {
 					t.Errorf("%s: first behaviour alert %v (%s), first request %v: not within %v", w.Name, w.FirstBehaviour, w.FirstBehaviourRule, first, bound)
 				}
-				t.Logf("%s: first alert +%v (%s), behaviour +%v (%s), served %d of %d, false alarms %d in %d",
+				var records int64
+				for _, n := range w.Records {
+					records += n
+				}
+				if w.Name == "observe" && (records > containBound || w.Containment.IsZero()) {
+					t.Errorf("%s (containment on): %d records exposed, contained at %v: want at most %d, contained", w.Name, records, w.Containment, containBound)
+				}
+				t.Logf("%s: first alert +%v (%s), behaviour +%v (%s), served %d of %d, %d records exposed, false alarms %d in %d",
 					w.Name, w.FirstAlert.Sub(first), w.FirstAlertRule, w.FirstBehaviour.Sub(first), w.FirstBehaviourRule,
-					w.ForgedServed, w.ForgedSent, w.FalseAlarms, w.NormalRequests)
+					w.ForgedServed, w.ForgedSent, records, w.FalseAlarms, w.NormalRequests)
 			}
 		})
 	}
@@ -204,5 +215,40 @@ func TestMatrixFalseAlarmsAsCount(t *testing.T) {
 	}
 	if c := FalseAlarmCell(3, MinNormalForRate-1); !strings.HasPrefix(c, "3 in 9,999,999") {
 		t.Errorf("count cell %q", c)
+	}
+}
+
+// TestMatrixGoals: the goals are judged over the custos worlds only (the
+// baseline never alerts on the variants), each naming what misses it.
+func TestMatrixGoals(t *testing.T) {
+	start := time.Date(2025, 6, 24, 0, 0, 0, 0, time.UTC)
+	rep := func(v scenario.Variant, ws ...World) Report {
+		return Report{Attacker: v, Timeline: scenario.Timeline{FirstForged: start}, Worlds: ws}
+	}
+	ok := World{Name: "custos", FirstAlert: start.Add(time.Minute), NormalRequests: 60_000_000, FalseAlarms: 5}
+	contained := World{Name: "observe", ContainmentOn: true, FirstAlert: start, Containment: start.Add(time.Second),
+		Records: map[string]int64{"name": 600, "phone": 400}, NormalRequests: 60_000_000}
+	goals := NewMatrix(rep(scenario.Distributed, World{Name: "baseline", NormalRequests: 60_000_000}, ok, contained)).Goals
+	for _, g := range goals {
+		if !g.Met {
+			t.Errorf("goal %q not met (%s), want met", g.Goal, g.Detail)
+		}
+	}
+	late, leaky, noisy := ok, contained, ok
+	late.FirstAlert = start.Add(6 * time.Minute)
+	leaky.Records = map[string]int64{"name": 1001}
+	noisy.FalseAlarms = 7 // 1.17 in 10 M
+	small := ok
+	small.NormalRequests = 49_999_999
+	for i, c := range []struct {
+		ws   []World
+		goal int
+		says string
+	}{{[]World{late, contained}, 0, "low-and-slow"}, {[]World{ok, leaky}, 1, "low-and-slow"},
+		{[]World{noisy, contained}, 2, "low-and-slow"}, {[]World{small, contained}, 2, "not measured"}} {
+		g := NewMatrix(rep(scenario.LowAndSlow, c.ws...)).Goals[c.goal]
+		if g.Met || !strings.Contains(g.Detail, c.says) {
+			t.Errorf("case %d: goal %q met %v (%s), want not met saying %q", i, g.Goal, g.Met, g.Detail, c.says)
+		}
 	}
 }

@@ -37,9 +37,11 @@ type World struct {
 	// AlertDelay is FirstAlert minus the first forged request.
 	AlertDelay time.Duration
 	// Containment is when the attack stopped being served; zero if never.
-	Containment  time.Time
-	ForgedSent   int64 // forged requests in the stream
-	ForgedServed int64 // forged requests the gateway passed to the shop
+	Containment time.Time
+	// ContainmentOn: the world runs automatic containment.
+	ContainmentOn bool
+	ForgedSent    int64 // forged requests in the stream
+	ForgedServed  int64 // forged requests the gateway passed to the shop
 	// Data subjects whose data reached the attacker (decoys excluded), exact.
 	SubjectsExposed   int64
 	MembersExposed    int64

@@ -7,9 +7,10 @@
 // Checks run in this order, each producing its contract reason (see
 // event.Reason): malformed; unknown_key, revoked_key; bad_signature;
 // expired, not_yet_valid, wrong_issuer, wrong_audience; not_issued,
-// revoked_token, ledger_unavailable. Checks about the request rather than
-// the token (blocked source, route, decoy member, subject binding) belong to
-// the gateway.
+// revoked_token, ledger_unavailable. [Binding.Check] then decides on the
+// proof of possession a key-bound token needs (dpop_required,
+// bad_dpop_proof). Checks about the request rather than the token (blocked
+// source, route, decoy member, subject binding) belong to the gateway.
 package verdict
 
 import (

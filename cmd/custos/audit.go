@@ -88,6 +88,7 @@ func init() {
 
 	var vf auditFlags
 	var since string
+	var showProgress bool
 	verify := &cobra.Command{
 		Use:   "verify [--dir DIR | --url URL] [--since CHECKPOINT_FILE]",
 		Short: "Recompute the log from its tiles and check its signed checkpoint",
@@ -108,7 +109,13 @@ func init() {
 				}
 			}
 			start := time.Now()
-			res, err := audit.Verify(cmdCtx(cmd), loc, v, old)
+			var report func(done, total uint64)
+			if wantProgress(cmd.ErrOrStderr(), showProgress, vf.json) {
+				var finish func()
+				report, finish = progress(cmd.ErrOrStderr(), "verify", false)
+				defer finish()
+			}
+			res, err := audit.VerifyProgress(cmdCtx(cmd), loc, v, old, report)
 			if err != nil {
 				var te *audit.TamperError
 				if errors.As(err, &te) && vf.json {
@@ -125,6 +132,7 @@ func init() {
 	}
 	vf.add(verify, true)
 	verify.Flags().StringVar(&since, "since", "", "an earlier checkpoint the log must be consistent with")
+	verify.Flags().BoolVar(&showProgress, "progress", false, "draw a progress bar (entry bundles) on standard error (default: when it is a terminal and not --json)")
 
 	var pf auditFlags
 	var index int64

@@ -100,6 +100,14 @@ func TestAuditVerifyCommand(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || !res.OK || res.Size != 601 {
 		t.Fatalf("ok/url-json: exit %d: %s", code, out)
 	}
+	// A bar on standard error when asked for; standard output stays JSON.
+	o, e, code := cli(t, "audit", "verify", "--data", data, "--progress", "--json")
+	if code != 0 || json.Unmarshal([]byte(o), &res) != nil || !strings.Contains(e, "verify") || !strings.Contains(e, "3/3") {
+		t.Fatalf("ok/progress: exit %d: stdout %q stderr %q", code, o, e)
+	}
+	if _, e, _ := cli(t, "audit", "verify", "--data", data); e != "" {
+		t.Fatalf("ok/no-progress-off-terminal: stderr %q", e)
+	}
 	if _, code := runCLI(t, "audit", "verify", "--url", "", "--data", "", "--dir", "", "--vkey", ""); code != 2 {
 		t.Fatalf("fail/no-location: exit %d, want 2", code)
 	}

@@ -397,6 +397,16 @@ func TestIngestCommand(t *testing.T) {
 	}
 	ls.countEvents(t, "gateway = 'edge-test' AND src_ip = '198.51.100.7'", 3)
 
+	// nginx's default combined format, with a progress bar on standard error.
+	combined := filepath.Join(dir, "access.log")
+	stamp := base.In(time.FixedZone("KST", 9*3600)).Format("02/Jan/2006:15:04:05 -0700")
+	os.WriteFile(combined, []byte(`198.51.100.8 - - [`+stamp+`] "GET /api/members/1001/profile HTTP/1.1" 200 612 "-" "curl/8.5.0"`+"\n"), 0o600)
+	o, e, code = cli(t, ls.admin("ingest", combined, "--format", "nginx", "--progress", "--json")...)
+	if code != 0 || json.Unmarshal([]byte(o), &rep) != nil || rep.Accepted != 1 || !strings.Contains(e, "ingest") {
+		t.Fatalf("ok/nginx-combined: exit %d: stdout %q stderr %q", code, o, e)
+	}
+	ls.countEvents(t, "src_ip = '198.51.100.8' AND status = 200", 1)
+
 	bad := filepath.Join(dir, "bad.jsonl")
 	os.WriteFile(bad, []byte("{\n[]\n"), 0o600)
 	for name, args := range map[string][]string{

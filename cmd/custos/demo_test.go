@@ -120,3 +120,41 @@ func TestDemoRemovesItsData(t *testing.T) {
 		})
 	}
 }
+
+// custos demo shows every layer: the offboarded world refuses the copied
+// key as revoked_key, the key-copied world as not_issued (provenance
+// alone), and the stolen client secret's real tokens are seen by issuance
+// detection; each world lists its incidents with their console pages.
+func TestDemoShowsEachLayer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the demo replays")
+	}
+	out, code := runCLI(t, "demo", "--exit", "--scale", "0.00003")
+	if code != 0 {
+		t.Fatalf("demo exit %d: %s", code, out)
+	}
+	parts := strings.Split(out, "\n## ")
+	if len(parts) != 4 {
+		t.Fatalf("%d worlds in the demo, want 3:\n%s", len(parts)-1, out)
+	}
+	for i, want := range []struct{ refusal, rule string }{
+		{"revoked_key", "revoked_or_retired_key"},
+		{"not_issued", "not_issued"},
+		{"", "issuance_"},
+	} {
+		w := parts[i+1]
+		if want.refusal != "" && !strings.Contains(w, "attack requests refused: "+want.refusal) {
+			t.Errorf("world %d refuses nothing as %s:\n%s", i+1, want.refusal, w)
+		}
+		if want.refusal == "revoked_key" && strings.Contains(w, "not_issued ") {
+			t.Errorf("world %d (offboarded) refused as not_issued too:\n%s", i+1, w)
+		}
+		inc := false
+		for _, l := range strings.Split(w, "\n") {
+			inc = inc || strings.Contains(l, "/console/incidents/") && strings.Contains(l, want.rule)
+		}
+		if !inc {
+			t.Errorf("world %d lists no console incident with %s:\n%s", i+1, want.rule, w)
+		}
+	}
+}

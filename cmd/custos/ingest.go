@@ -123,11 +123,13 @@ func init() {
 	var f adminFlags
 	var format string
 	var batchLines int
+	var showProgress bool
 	cmd := &cobra.Command{
 		Use:   "ingest FILE|- --format custos|nginx|envoy",
 		Short: "Send an access log (JSON lines) to the running server's detection and forensics",
-		Long: `ingest reads JSON lines of access events (custos), nginx JSON logs or Envoy JSON
-access logs from FILE (or standard input for -), reports each malformed line
+		Long: `ingest reads JSON lines of access events (custos), nginx logs (JSON, or the
+default combined format) or Envoy access logs (JSON, or Envoy's default format)
+from FILE (or standard input for -), reports each malformed line
 with its number on standard error and posts the good lines in batches to
 POST /v1/events on the running server, which checks bearer tokens the lines
 carry against its issuance ledger. The server marks these events as reported
@@ -151,6 +153,7 @@ are counted); 2 when nothing could be read.`,
 				return err
 			}
 			var in io.Reader = cmd.InOrStdin()
+			size := int64(-1)
 			if args[0] != "-" {
 				fh, err := os.Open(args[0])
 				if err != nil {
@@ -158,6 +161,14 @@ are counted); 2 when nothing could be read.`,
 				}
 				defer fh.Close()
 				in = fh
+				if st, err := fh.Stat(); err == nil && st.Mode().IsRegular() {
+					size = st.Size()
+				}
+			}
+			if wantProgress(cmd.ErrOrStderr(), showProgress, f.json) {
+				bar := byteBar(cmd.ErrOrStderr(), "ingest", size)
+				defer bar.Finish()
+				in = io.TeeReader(in, bar)
 			}
 			ctx, cancel := signalContext()
 			defer cancel()
@@ -187,6 +198,7 @@ are counted); 2 when nothing could be read.`,
 	f.add(cmd)
 	cmd.Flags().StringVar(&format, "format", ingest.FormatCustos, "custos, nginx or envoy")
 	cmd.Flags().IntVar(&batchLines, "batch", 5000, "lines per POST")
+	cmd.Flags().BoolVar(&showProgress, "progress", false, "draw a progress bar on standard error (default: when it is a terminal and not --json)")
 	root.AddCommand(cmd)
 }
 

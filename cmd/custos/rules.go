@@ -59,6 +59,6 @@ func init() {
 	}
 	test.Flags().StringVar(&events, "events", "", "JSON lines of access events")
 	test.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
-	rules.AddCommand(test)
+	rules.AddCommand(test, sigmaImport())
 	root.AddCommand(rules)
 }

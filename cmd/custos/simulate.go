@@ -89,9 +89,6 @@ func init() {
 				return usageErr("--worlds: %v", err)
 			}
 			matrix := cmd.Flags().Changed("attacker")
-			if matrix && f.mode != "events" {
-				return usageErr("--attacker: attacker variants are replayed in --mode events only")
-			}
 			ctx, cancel := signalContext()
 			defer cancel()
 			if f.cpuProfile != "" {
@@ -112,7 +109,7 @@ func init() {
 				bar, done := progress(cmd.ErrOrStderr(), f.mode+" replay "+string(v), f.quiet)
 				var rep sim.Report
 				if f.mode == "http" {
-					rep, err = replayHTTP(ctx, c, bar, nil)
+					rep, err = replayHTTP(ctx, c, bar)
 				} else {
 					rep, err = replayEvents(ctx, c, worlds, f, bar)
 				}
@@ -144,10 +141,10 @@ func init() {
 	fl.BoolVar(&f.asJSON, "json", false, "print JSON instead of a Markdown table")
 	fl.BoolVar(&f.quiet, "quiet", false, "no progress bar")
 	fl.BoolVar(&f.noScope, "no-scope", false, "events mode: do not write events for scoping (faster at large scale; no time-to-scope figure)")
-	fl.StringSliceVar(&f.worlds, "worlds", []string{"all"}, "events mode: custos worlds to replay: custos, copied, observe, nolifecycle or all (default all up to --scale 0.01, custos above)")
+	fl.StringSliceVar(&f.worlds, "worlds", []string{"all"}, "events mode: custos worlds to replay: custos, copied, observe, nolifecycle, dpop or all (default all up to --scale 0.01, custos above)")
 	fl.StringVar(&f.scopeDir, "scope-dir", "", "events mode: where worlds write their access events (default a temp dir, removed at the end)")
 	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the replay to this file")
-	fl.StringSliceVar(&f.attackers, "attacker", []string{string(scenario.StolenKey)}, "attacker variants, each replayed against the baseline and every world and printed as a detection matrix: stolen-key, stolen-client-secret, distributed, low-and-slow, replayed-tokens or all (events mode)")
+	fl.StringSliceVar(&f.attackers, "attacker", []string{string(scenario.StolenKey)}, "attacker variants, each replayed against the baseline and every world and printed as a detection matrix: stolen-key, stolen-client-secret, distributed, low-and-slow, replayed-tokens or all")
 	fl.Float64Var(&f.attackRate, "attack-rate", def.AttackRate, "stolen-client-secret, distributed, replayed-tokens: attacker requests per second")
 	fl.IntVar(&f.distSources, "distributed-sources", def.DistributedSources, "distributed: domestic sources (own /24, ASN and user agent each)")
 	fl.Uint64Var(&f.perSource, "members-per-source", def.MembersPerSource, "distributed: members read from one source before the next takes over")
@@ -179,17 +176,12 @@ func replayEvents(ctx context.Context, cfg scenario.Config, worlds []sim.CustosO
 	return sim.RunEvents(ctx, o, bar)
 }
 
-// replayHTTP runs the HTTP-mode replay; with keep set it leaves the servers
-// running and hands them to keep before returning.
-func replayHTTP(ctx context.Context, cfg scenario.Config, bar func(done, total uint64), keep func(*sim.HTTPReplay) error) (sim.Report, error) {
+// replayHTTP runs the HTTP-mode replay.
+func replayHTTP(ctx context.Context, cfg scenario.Config, bar func(done, total uint64)) (sim.Report, error) {
 	h, err := sim.StartHTTP(ctx, sim.HTTPOptions{Scenario: cfg})
 	if err != nil {
 		return sim.Report{}, err
 	}
 	defer h.Close()
-	rep, err := h.Run(ctx, bar)
-	if err != nil || keep == nil {
-		return rep, err
-	}
-	return rep, keep(h)
+	return h.Run(ctx, bar)
 }

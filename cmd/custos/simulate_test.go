@@ -52,7 +52,7 @@ func TestSimulateAttackerMatrix(t *testing.T) {
 		{"--attacker", "distributed", "--members-per-source", "0"},
 		{"--attacker", "low-and-slow", "--slow-every", "0s"},
 		{"--attacker", "stolen-client-secret", "--attack-rate", "-1"},
-		{"--attacker", "distributed", "--mode", "http"},
+		{"--attacker", "distributed", "--mode", "https"},
 	} {
 		out, code := runCLI(t, append([]string{"simulate", "coupang", "--scale", "0.0001", "--quiet", "--no-scope"}, args...)...)
 		if code != 2 {

@@ -1,5 +1,6 @@
-// Package ingest reads access logs (custos JSON lines, nginx JSON, Envoy JSON)
-// into access events, so a shop that cannot put custos inline still gets detection.
+// Package ingest reads access logs (custos JSON lines; nginx JSON or its
+// combined format; Envoy JSON or its default format) into access events, so
+// a shop that cannot put custos inline still gets detection.
 package ingest
 
 import (
@@ -209,6 +210,12 @@ func ParseLine(format string, line []byte) (event.Access, string, error) {
 		}
 		return ev, "", nil
 	case FormatNginx, FormatEnvoy:
+		if len(line) > 0 && line[0] != '{' {
+			if format == FormatNginx {
+				return parseCombined(string(line))
+			}
+			return parseEnvoyText(string(line))
+		}
 		if err := wire.CheckKeys(line); err != nil {
 			return event.Access{}, "", fmt.Errorf("%w: %v", ErrLine, err)
 		}

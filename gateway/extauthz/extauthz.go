@@ -62,7 +62,8 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 func Query(ctx context.Context, req *authv3.CheckRequest) gateway.Query {
 	a := req.GetAttributes()
 	h := a.GetRequest().GetHttp()
-	q := gateway.Query{Request: gateway.Request{Method: h.GetMethod(), Host: h.GetHost(), Target: h.GetPath(), Header: http.Header{}}, ListRemoved: true}
+	q := gateway.Query{Request: gateway.Request{Method: h.GetMethod(), Host: h.GetHost(), Target: h.GetPath(), Header: http.Header{},
+		Scheme: h.GetScheme()}, ListRemoved: true}
 	n := 0
 	add := func(k, v string) {
 		if n >= MaxHeaders || k == "" || k[0] == ':' {
@@ -115,17 +116,22 @@ func Response(v gateway.Verdict) *authv3.CheckResponse {
 	if v.Status == http.StatusForbidden {
 		code, httpCode = codes.PermissionDenied, typev3.StatusCode_Forbidden
 	}
+	challenge := http.Header{}
+	v.Challenge(challenge)
+	headers := []*corev3.HeaderValueOption{
+		header(strings.ToLower(gateway.HeaderReason), string(v.Reason)),
+		header("content-type", "application/json"),
+		header("cache-control", "no-store"),
+	}
+	for k, vs := range challenge {
+		headers = append(headers, header(strings.ToLower(k), vs[0]))
+	}
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(code), Message: string(v.Reason)},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status: &typev3.HttpStatus{Code: httpCode},
-			Headers: []*corev3.HeaderValueOption{
-				header("www-authenticate", `Bearer error="invalid_token", error_description="`+string(v.Reason)+`"`),
-				header(strings.ToLower(gateway.HeaderReason), string(v.Reason)),
-				header("content-type", "application/json"),
-				header("cache-control", "no-store"),
-			},
-			Body: string(gateway.RefusalBody(v.Reason)),
+			Status:  &typev3.HttpStatus{Code: httpCode},
+			Headers: headers,
+			Body:    string(gateway.RefusalBody(v.Reason)),
 		}},
 	}
 }

@@ -1,9 +1,11 @@
 package replicatest
 
 import (
+	"database/sql"
 	"fmt"
 	mrand "math/rand/v2"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -141,4 +143,76 @@ func BenchmarkTwoReplicas(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "revoke-p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "revoke-p99-ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "revoke-max-ms")
+}
+
+// BenchmarkDetectorLag measures detection in scale-out on the multi-process
+// deployment (an authority, a standalone gateway, two detector instances):
+// from a request refused at the gateway to its alert's row in PostgreSQL,
+// one request at a time, each from a source of its own so that each raises
+// an alert (a rule grouped by source). The time includes the gateway's
+// publication on NATS, the detector's consumption and the write. Run it once:
+//
+//	go test ./internal/replicatest -run '^$' -bench DetectorLag -benchtime 1x
+func BenchmarkDetectorLag(b *testing.B) {
+	d := newDeployment(b, direct)
+	rules := filepath.Join(d.dir, "rules.yaml")
+	if err := os.WriteFile(rules, []byte("rules:\n  - name: decoy_by_source\n    expr: reason == 'decoy_subject'\n    group_by: src_ip\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	d.detect = "detect:\n  rules: " + rules + "\n"
+	a1 := d.authority("a1")
+	a1.waitReady(30 * time.Second)
+	admin := readToken(b, filepath.Join(d.dir, "a1", "admin-token"))
+	var cl struct {
+		Secret string `json:"client_secret"`
+	}
+	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "login", "audience": []string{"shop-api"}}, &cl); err != nil {
+		b.Fatal(err)
+	}
+	g1 := d.gateway("g1", filepath.Join(d.dir, "a1", "admin-token"), a1)
+	det1, det2 := d.detector("d1", 0, 2), d.detector("d2", 1, 2)
+	for _, p := range []*proc{g1, det1, det2} {
+		p.waitReady(30 * time.Second)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if _, err := call("POST", a1.url()+"/v1/tokens", cl.Secret, map[string]any{"subject": fmt.Sprint(d.pop.MemberID(1)), "audience": "shop-api"}, &tok); err != nil {
+		b.Fatal(err)
+	}
+	pg, err := sql.Open("pgx", pgBase+"&search_path="+d.schema)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pg.Close()
+	rows := func() int {
+		var n int
+		if err := pg.QueryRow(`SELECT COUNT(*) FROM detect_alerts WHERE rule = 'decoy_by_source'`).Scan(&n); err != nil {
+			return -1 // the detectors have not made the table yet
+		}
+		return n
+	}
+	// Warm up: the first alert waits for the detectors' consumers.
+	const n = 200
+	var lat []time.Duration
+	for i := 0; i <= n; i++ {
+		before := rows()
+		start := time.Now()
+		if st, reason, err := accessFrom(g1, tok.AccessToken, decoys[0], fmt.Sprintf("10.%d.%d.7", i/250, i%250)); err != nil || reason != "decoy_subject" {
+			b.Fatalf("decoy request: %d %q %v", st, reason, err)
+		}
+		for rows() <= before {
+			if time.Since(start) > 30*time.Second {
+				b.Fatalf("no alert for request %d within 30 s", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if i > 0 {
+			lat = append(lat, time.Since(start))
+		}
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "lag-p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "lag-p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "lag-max-ms")
 }

@@ -3,6 +3,7 @@ package replicatest
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +54,8 @@ func (l *ledgerOf) snapshot() []issued {
 // Two authorities, two gateways and two detectors as separate processes on
 // PostgreSQL, Redis, NATS and MariaDB. A script issues tokens at both
 // authorities, revokes tokens (RFC 7009) at either, revokes a signing key,
+// offboards a developer over SCIM at one authority (their client secret must
+// stop issuing at the other within 1 s),
 // and attacks with forged tokens, while one process of each role in turn is
 // killed with SIGKILL and restarted. Asserted throughout and at the end: no
 // forged token is ever served; no revoked token is served by any gateway
@@ -60,9 +64,11 @@ func (l *ledgerOf) snapshot() []issued {
 // every acknowledged key operation is in the one audit log, which
 // `custos audit verify` checks from its published URL and verifier key.
 //
-// Detection in scale-out (alerts exactly once in PostgreSQL, visible at both
-// authorities) is not asserted here yet: the detectors run and are killed,
-// and checkAlerts is the place for those assertions.
+// Detection in scale-out: an insider uses live tokens for decoy members from
+// sources of both detectors' partitions while a detector is killed; every
+// alert is in PostgreSQL once (one row per rule, entity and dedup window,
+// across both detectors and the redeliveries after the kill), and both
+// authorities list exactly those, with their incidents.
 func TestHighAvailability(t *testing.T) {
 	d := newDeployment(t, direct)
 	a1 := d.authority("a1")
@@ -72,6 +78,27 @@ func TestHighAvailability(t *testing.T) {
 		Secret string `json:"client_secret"`
 	}
 	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "login", "audience": []string{"shop-api"}}, &cl); err != nil {
+		t.Fatal(err)
+	}
+	// A developer provisioned over SCIM, holder of a client secret: at the
+	// end of the chaos, offboarded at A1, the secret must stop issuing at A2.
+	var scim struct {
+		Token string `json:"token"`
+	}
+	var dev struct {
+		ID string `json:"id"`
+	}
+	var held struct {
+		Secret string `json:"client_secret"`
+	}
+	if _, err := call("POST", a1.url()+"/v1/credentials", admin, map[string]string{"name": "okta", "role": "scim"}, &scim); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call("POST", a1.url()+"/scim/v2/Users", scim.Token, map[string]any{
+		"schemas": []string{"urn:ietf:params:scim:schemas:core:2.0:User"}, "userName": "dev@shop.example", "active": true}, &dev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "batch", "audience": []string{"shop-api"}, "held_by": dev.ID}, &held); err != nil {
 		t.Fatal(err)
 	}
 	a2 := d.authority("a2")
@@ -252,6 +279,46 @@ func TestHighAvailability(t *testing.T) {
 		}
 	}()
 
+	// The insider: live tokens used for decoy members from many sources
+	// (sixteen /24s: both detectors' partitions), through both gateways. Each key whose
+	// tokens hit a decoy must end as one decoy_subject alert.
+	decoyKids := map[string]int{}
+	var dmu sync.Mutex
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			var x *issued
+			for _, y := range slices.Backward(led.snapshot()) {
+				if y.revokedAt.IsZero() {
+					x = &y
+					break
+				}
+			}
+			if x == nil {
+				continue
+			}
+			st, reason, err := accessFrom(gws[i%2], x.tok, decoys[i%2], fmt.Sprintf("10.%d.1.7", 1+i%16))
+			if err != nil {
+				continue
+			}
+			if st == 200 {
+				violate("%s served a decoy member", gws[i%2].name)
+			}
+			if reason != "decoy_subject" {
+				continue // the token's key was revoked meanwhile, or the gateway was not ready: refused all the same
+			}
+			dmu.Lock()
+			decoyKids[x.kid]++
+			dmu.Unlock()
+		}
+	}()
+
 	// The chaos: one process of each role killed with SIGKILL and restarted.
 	var keyOps []string // kids of acknowledged key revocations
 	schedule := []struct {
@@ -286,6 +353,30 @@ func TestHighAvailability(t *testing.T) {
 		{17 * time.Second, "restart a2", func() { a2.start(); a2.waitReady(30 * time.Second) }},
 		{19 * time.Second, "kill -9 g2", func() { g2.kill() }},
 		{20 * time.Second, "restart g2", func() { g2.start(); g2.waitReady(30 * time.Second) }},
+		{21 * time.Second, "offboard the developer over SCIM at a1", func() {
+			issueHeld := func(a *proc) int {
+				st, _ := call("POST", a.url()+"/v1/tokens", held.Secret, map[string]any{"subject": fmt.Sprint(d.pop.MemberID(1)), "audience": "shop-api"}, nil)
+				return st
+			}
+			if st := issueHeld(a2); st != 200 {
+				violate("the developer's client secret refused at a2 before offboarding: %d", st)
+			}
+			if _, err := call("PATCH", a1.url()+"/scim/v2/Users/"+dev.ID, scim.Token, map[string]any{
+				"schemas":    []string{"urn:ietf:params:scim:api:messages:2.0:PatchOp"},
+				"Operations": []map[string]any{{"op": "replace", "path": "active", "value": false}}}, nil); err != nil {
+				violate("offboarding refused: %v", err)
+				return
+			}
+			at := time.Now()
+			for issueHeld(a2) != 401 {
+				if time.Since(at) > time.Second {
+					violate("an offboarded developer's client secret still issues at a2 %s after offboarding at a1", time.Since(at).Round(time.Millisecond))
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			t.Logf("offboarded client secret refused at a2 after %s", time.Since(at).Round(time.Millisecond))
+		}},
 		{23 * time.Second, "end", func() {}},
 	}
 	begin := time.Now()
@@ -345,7 +436,7 @@ func TestHighAvailability(t *testing.T) {
 		}
 	}
 	checkAudit(t, d, a1, map[string]uint64{"keys.revoke": uint64(len(keyOps)), "keys.rotate": 1, "client.add": 1})
-	checkAlerts(t, d, auths)
+	checkAlerts(t, d, auths, decoyKids)
 
 	t.Logf("issued %d (failed %d), revoked %d (failed %d), probes of revoked tokens %d, forged %d; revocation reached a gateway in at most %s",
 		stats.issued.Load(), stats.issueFail.Load(), stats.revoked.Load(), stats.revokeFail.Load(), stats.probes.Load(), stats.forgedProbes.Load(), maxDur(propagation))
@@ -419,6 +510,87 @@ func checkAudit(t *testing.T, d *deployment, a *proc, want map[string]uint64) {
 	}
 }
 
-// checkAlerts is where detection in scale-out is asserted (every alert once
-// in PostgreSQL, visible at every authority) once detectors persist them.
-func checkAlerts(t *testing.T, d *deployment, auths []*proc) {}
+// checkAlerts asserts detection in scale-out: within a few seconds, every key
+// whose tokens hit a decoy has a decoy_subject alert in PostgreSQL; no rule,
+// entity and dedup window has more than one row; and both authorities'
+// GET /v1/alerts list exactly the rows' ids, each with its incident.
+func checkAlerts(t *testing.T, d *deployment, auths []*proc, decoyKids map[string]int) {
+	t.Helper()
+	if len(decoyKids) == 0 {
+		t.Fatal("no decoy request was refused as decoy_subject")
+	}
+	pg, err := sql.Open("pgx", pgBase+"&search_path="+d.schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	admin := readToken(t, filepath.Join(d.dir, "a1", "admin-token"))
+	type row struct{ id, rule, entity, incident string }
+	var rows []row
+	var problem string
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		rows, problem = nil, ""
+		rs, err := pg.Query(`SELECT id, rule, entity, incident_id, raised FROM detect_alerts ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		windows := map[string]int{}
+		for rs.Next() {
+			var r row
+			var raised int64
+			if err := rs.Scan(&r.id, &r.rule, &r.entity, &r.incident, &raised); err != nil {
+				t.Fatal(err)
+			}
+			rows = append(rows, r)
+			windows[fmt.Sprint(r.rule, " ", r.entity, " ", time.Unix(0, raised).Truncate(time.Hour))]++
+		}
+		rs.Close()
+		for w, n := range windows {
+			if n > 1 {
+				t.Fatalf("%d alert rows for %s: raised more than once", n, w)
+			}
+		}
+		for kid := range decoyKids {
+			if !slices.ContainsFunc(rows, func(r row) bool { return r.rule == "decoy_subject" && r.entity == "kid:"+kid }) {
+				problem = "no decoy_subject alert for kid " + kid
+			}
+		}
+		if problem == "" {
+			var ids []string
+			for _, r := range rows {
+				ids = append(ids, r.id)
+			}
+			for _, a := range auths {
+				var got struct {
+					Alerts []struct {
+						ID       string `json:"id"`
+						Incident string `json:"incident_id"`
+					} `json:"alerts"`
+				}
+				if _, err := call("GET", a.url()+"/v1/alerts?limit=10000", admin, nil, &got); err != nil {
+					t.Fatal(err)
+				}
+				var listed []string
+				for _, x := range got.Alerts {
+					listed = append(listed, x.ID)
+					if _, err := call("GET", a.url()+"/v1/incidents/"+x.Incident, admin, nil, nil); err != nil {
+						problem = fmt.Sprintf("%s: alert %s: %v", a.name, x.ID, err)
+					}
+				}
+				slices.Sort(listed)
+				if !slices.Equal(listed, ids) {
+					problem = fmt.Sprintf("%s lists alerts %v, PostgreSQL holds %v", a.name, listed, ids)
+				}
+			}
+		}
+		if problem == "" {
+			t.Logf("alerts: %d rows, each once, listed alike by %d authorities; decoy hits by key %v", len(rows), len(auths), decoyKids)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(problem)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}

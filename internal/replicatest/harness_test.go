@@ -92,6 +92,8 @@ type deployment struct {
 	// backend); env to every process's environment.
 	keys string
 	env  []string
+	// detect is the detect section of every configuration, when set.
+	detect string
 }
 
 // requireEngines skips (or fails under CUSTOS_REQUIRE_SERVICES=1) when an
@@ -204,7 +206,8 @@ func (d *deployment) config(name, gwExtra, scaleExtra string) string {
 		fmt.Fprintf(&routes, "    - pattern: %q\n      data_classes: [%s]\n      subject_param: %s\n",
 			"GET "+r.Pattern, strings.Join(r.DataClasses, ", "), r.SubjectParam)
 	}
-	y := fmt.Sprintf(`issuer: %s
+	y := d.detect + fmt.Sprintf(`issuer: %s
+decoys: [%q, %q]
 keys:
   keyring: store
   kek_env: %s
@@ -216,13 +219,16 @@ keys:
   audit: mysql://root@%s/%s
 %sgateway:
   routes:
-%s%s`, d.issuer, d.kekEnv, d.keys, d.eng.pg, d.schema, d.eng.redis, redisDB, d.eng.nats, d.prefix, d.eng.maria, d.auditDB, scaleExtra, routes.String(), gwExtra)
+%s%s`, d.issuer, decoys[0], decoys[1], d.kekEnv, d.keys, d.eng.pg, d.schema, d.eng.redis, redisDB, d.eng.nats, d.prefix, d.eng.maria, d.auditDB, scaleExtra, routes.String(), gwExtra)
 	p := filepath.Join(d.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
 		d.t.Fatal(err)
 	}
 	return p
 }
+
+// decoys are member IDs no customer has, in every process's configuration.
+var decoys = [2]string{"900001", "900002"}
 
 // proc is one custos process of the deployment.
 type proc struct {
@@ -261,7 +267,7 @@ func (d *deployment) gateway(name, tokenFile string, authorities ...*proc) *proc
 		urls = append(urls, a.url())
 	}
 	p := &proc{t: d.t, name: name, role: "gateway", bin: d.bin, denv: d.env, addr: addr, ready: "http://" + admin + "/readyz",
-		args: []string{"gateway", "--config", d.config(name, "  name: "+name+"\n", ""), "--upstream", d.upstream, "--listen", addr,
+		args: []string{"gateway", "--config", d.config(name, "  name: "+name+"\n  trusted_proxies: [127.0.0.1/32]\n", ""), "--upstream", d.upstream, "--listen", addr,
 			"--admin-listen", admin, "--authority", strings.Join(urls, ","), "--token-file", tokenFile}}
 	d.procs[name] = p
 	p.start()
@@ -426,19 +432,7 @@ func call(method, url, bearer string, body any, out any) (int, error) {
 // access asks a gateway for member's profile with tok; it returns the status
 // and the refusal reason.
 func access(gw *proc, tok, member string) (int, string, error) {
-	req, _ := http.NewRequest("GET", gw.url()+"/api/members/"+member+"/profile", nil)
-	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Desc string `json:"error_description"`
-	}
-	b, _ := io.ReadAll(resp.Body)
-	json.Unmarshal(b, &body)
-	return resp.StatusCode, body.Desc, nil
+	return accessFrom(gw, tok, member, "")
 }
 
 func readToken(t testing.TB, p string) string {
@@ -512,6 +506,26 @@ func (p *tcpProxy) restore() {
 	p.mu.Lock()
 	p.down = false
 	p.mu.Unlock()
+}
+
+// accessFrom is access with the request forwarded for src, when set (the
+// gateways believe X-Forwarded-For from 127.0.0.1).
+func accessFrom(gw *proc, tok, member, src string) (int, string, error) {
+	req, _ := http.NewRequest("GET", gw.url()+"/api/members/"+member+"/profile", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	if src != "" {
+		req.Header.Set("X-Forwarded-For", src)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Desc string `json:"error_description"`
+	}
+	json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body.Desc, nil
 }
 
 // access2 asks a gateway for path with no token.

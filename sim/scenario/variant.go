@@ -44,8 +44,7 @@ const (
 	LowAndSlow Variant = "low-and-slow"
 	// ReplayedTokens: real customers' tokens (ReplayedTokens of them, random
 	// members) copied and replayed from abroad (AttackRate; from home with
-	// AttackDomestic). With DPoP-bound
-	// tokens none would be served; the replay does not model binding yet.
+	// AttackDomestic). In a world with DPoP-bound tokens none is served.
 	ReplayedTokens Variant = "replayed-tokens"
 )
 
