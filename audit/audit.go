@@ -31,6 +31,7 @@
 package audit
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -90,10 +91,10 @@ type Options struct {
 	Now func() time.Time
 }
 
+// withDefaults fills zero fields; a negative duration also takes its
+// default (so cmp.Or, which replaces zero only, serves the size alone).
 func (o Options) withDefaults() Options {
-	if o.BatchMaxSize == 0 {
-		o.BatchMaxSize = DefaultBatchMaxSize
-	}
+	o.BatchMaxSize = cmp.Or(o.BatchMaxSize, DefaultBatchMaxSize)
 	if o.BatchMaxAge <= 0 {
 		o.BatchMaxAge = DefaultBatchMaxAge
 	}

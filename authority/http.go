@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/wire"
 )
 
@@ -57,6 +58,9 @@ type Handler struct {
 	Auth  *Authority
 	Creds *Credentials
 	Log   *slog.Logger
+	// Nonces, when set, makes the token endpoint require DPoP server
+	// nonces (RFC 9449 section 8) in proofs.
+	Nonces *dpop.Nonces
 }
 
 // Register mounts the token endpoints on mux.

@@ -245,94 +245,66 @@ func DefaultConfig() Config {
 	return c
 }
 
-func sev(s *Severity, d Severity) {
-	if *s == "" {
-		*s = d
-	}
-}
-
 func (c *Config) fill() {
-	dur := func(p *time.Duration, d time.Duration) {
-		if *p == 0 {
-			*p = d
-		}
-	}
-	num := func(p *int, d int) {
-		if *p == 0 {
-			*p = d
-		}
-	}
-	dur(&c.DedupWindow, DefaultDedupWindow)
-	dur(&c.IncidentWindow, DefaultIncidentWindow)
-	num(&c.MaxAlerts, DefaultMaxAlerts)
-	num(&c.MaxIncidents, DefaultMaxIncidents)
-	num(&c.MaxActions, DefaultMaxActions)
-	num(&c.SampleIDs, DefaultSampleIDs)
-	num(&c.MaxKeys, DefaultMaxKeys)
-	sev(&c.NotIssued.Severity, Critical)
-	sev(&c.ReportedNotIssued.Severity, Medium)
-	sev(&c.DecoySubject.Severity, Critical)
-	sev(&c.RevokedKey.Severity, Critical)
-	sev(&c.DepartedCred.Severity, Critical)
+	c.DedupWindow = cmp.Or(c.DedupWindow, DefaultDedupWindow)
+	c.IncidentWindow = cmp.Or(c.IncidentWindow, DefaultIncidentWindow)
+	c.MaxAlerts = cmp.Or(c.MaxAlerts, DefaultMaxAlerts)
+	c.MaxIncidents = cmp.Or(c.MaxIncidents, DefaultMaxIncidents)
+	c.MaxActions = cmp.Or(c.MaxActions, DefaultMaxActions)
+	c.SampleIDs = cmp.Or(c.SampleIDs, DefaultSampleIDs)
+	c.MaxKeys = cmp.Or(c.MaxKeys, DefaultMaxKeys)
+	c.NotIssued.Severity = cmp.Or(c.NotIssued.Severity, Critical)
+	c.ReportedNotIssued.Severity = cmp.Or(c.ReportedNotIssued.Severity, Medium)
+	c.DecoySubject.Severity = cmp.Or(c.DecoySubject.Severity, Critical)
+	c.RevokedKey.Severity = cmp.Or(c.RevokedKey.Severity, Critical)
+	c.DepartedCred.Severity = cmp.Or(c.DepartedCred.Severity, Critical)
 
 	e := &c.Enumeration
-	sev(&e.Severity, High)
-	dur(&e.Window, DefaultEnumerationWindow)
+	e.Severity = cmp.Or(e.Severity, High)
+	e.Window = cmp.Or(e.Window, DefaultEnumerationWindow)
 	e.Threshold = cmp.Or(e.Threshold, DefaultEnumerationThreshold)
 	e.PerNetwork = cmp.Or(e.PerNetwork, DefaultEnumerationPerNet)
 	e.WalkGap = cmp.Or(e.WalkGap, DefaultWalkGap)
 	e.WalkRun = cmp.Or(e.WalkRun, DefaultWalkRun)
 	cv := &c.IDCoverage
-	sev(&cv.Severity, High)
-	dur(&cv.Window, DefaultCoverageWindow)
+	cv.Severity = cmp.Or(cv.Severity, High)
+	cv.Window = cmp.Or(cv.Window, DefaultCoverageWindow)
 	cv.Block = cmp.Or(cv.Block, DefaultCoverageBlock)
 	cv.Threshold = cmp.Or(cv.Threshold, DefaultCoverageThreshold)
 	is := &c.Issuance
-	sev(&is.Severity, High)
-	sev(&is.NetworkSeverity, Medium)
-	dur(&is.Window, DefaultIssuanceWindow)
-	dur(&is.RateBucket, DefaultIssuanceRateBucket)
+	is.Severity = cmp.Or(is.Severity, High)
+	is.NetworkSeverity = cmp.Or(is.NetworkSeverity, Medium)
+	is.Window = cmp.Or(is.Window, DefaultIssuanceWindow)
+	is.RateBucket = cmp.Or(is.RateBucket, DefaultIssuanceRateBucket)
 	is.NoLoginMin = cmp.Or(is.NoLoginMin, DefaultIssuanceNoLoginMin)
 	is.HistoryMin = cmp.Or(is.HistoryMin, DefaultIssuanceHistoryMin)
 	is.RateFactor = cmp.Or(is.RateFactor, DefaultIssuanceRateFactor)
 	is.RateMin = cmp.Or(is.RateMin, DefaultIssuanceRateMin)
 	u := &c.UnknownSubject
-	sev(&u.Severity, High)
-	dur(&u.Window, DefaultUnknownWindow)
+	u.Severity = cmp.Or(u.Severity, High)
+	u.Window = cmp.Or(u.Window, DefaultUnknownWindow)
 	u.MinCount = cmp.Or(u.MinCount, DefaultUnknownMinCount)
 	u.MinRatio = cmp.Or(u.MinRatio, DefaultUnknownMinRatio)
 	f := &c.ForeignOrigin
-	sev(&f.Severity, Medium)
+	f.Severity = cmp.Or(f.Severity, Medium)
 	if len(f.Allowed) == 0 {
 		f.Allowed = []string{"KR"}
 	}
-	if f.HistoryMin == 0 {
-		f.HistoryMin = DefaultForeignHistoryMin
-	}
+	f.HistoryMin = cmp.Or(f.HistoryMin, DefaultForeignHistoryMin)
 	r := &c.IPRotation
-	sev(&r.Severity, Medium)
-	dur(&r.Window, DefaultRotationWindow)
-	if r.PerToken == 0 {
-		r.PerToken = DefaultRotationPerToken
-	}
-	if r.PerSubject == 0 {
-		r.PerSubject = DefaultRotationPerSubject
-	}
+	r.Severity = cmp.Or(r.Severity, Medium)
+	r.Window = cmp.Or(r.Window, DefaultRotationWindow)
+	r.PerToken = cmp.Or(r.PerToken, DefaultRotationPerToken)
+	r.PerSubject = cmp.Or(r.PerSubject, DefaultRotationPerSubject)
 	v := &c.RouteVolume
-	sev(&v.Severity, Medium)
-	if v.Factor == 0 {
-		v.Factor = DefaultVolumeFactor
-	}
-	if v.MinCount == 0 {
-		v.MinCount = DefaultVolumeMinCount
-	}
-	if v.Alpha == 0 {
-		v.Alpha = DefaultVolumeAlpha
-	}
-	num(&v.MaxRoutes, DefaultVolumeMaxRoute)
+	v.Severity = cmp.Or(v.Severity, Medium)
+	v.Factor = cmp.Or(v.Factor, DefaultVolumeFactor)
+	v.MinCount = cmp.Or(v.MinCount, DefaultVolumeMinCount)
+	v.Alpha = cmp.Or(v.Alpha, DefaultVolumeAlpha)
+	v.MaxRoutes = cmp.Or(v.MaxRoutes, DefaultVolumeMaxRoute)
 	t := &c.TokenWithoutLogin
-	sev(&t.Severity, High)
-	dur(&t.Grace, DefaultLoginGrace)
+	t.Severity = cmp.Or(t.Severity, High)
+	t.Grace = cmp.Or(t.Grace, DefaultLoginGrace)
 }
 
 // Validate reports every field that cannot run, naming it.

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -8,8 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/verdict"
@@ -52,115 +52,77 @@ const (
 	Forward Unmatched = "forward"
 )
 
-// Route tells the gateway what a path carries and whose data it is.
-type Route struct {
-	// Pattern is a net/http ServeMux pattern, e.g.
-	// "GET /api/members/{memberId}/addresses". A pattern with a method also
-	// binds the other methods on the same path, so changing the method does
-	// not escape subject binding.
-	Pattern string `yaml:"pattern"`
-	// DataClasses the answer carries (event.ClassName, event.ClassAddress, …).
-	DataClasses []string `yaml:"data_classes"`
-	// SubjectParam names the wildcard that holds the member whose data this
-	// is; it must equal the token's sub. Empty: no binding.
-	SubjectParam string `yaml:"subject_param"`
-}
+// Route tells the gateway what a path carries and whose data it is. It is
+// the configuration file's route (gateway.routes) as decoded, one type for
+// both.
+type Route = config.Route
 
-// Audiences is one or more accepted audiences; YAML takes a string or a list.
+// Audiences is one or more accepted audiences.
 type Audiences []string
 
-// UnmarshalYAML accepts a scalar or a sequence of strings.
-func (a *Audiences) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind == yaml.ScalarNode {
-		*a = Audiences{n.Value}
-		return nil
-	}
-	var s []string
-	if err := n.Decode(&s); err != nil {
-		return err
-	}
-	*a = s
-	return nil
-}
-
-// Config is the gateway's configuration. Zero values get the Default*
-// constants.
+// Config is the gateway's configuration as a Go value; the configuration
+// file's gateway section (config.Gateway) is translated into it once, by
+// server.GatewayConfig. Zero values get the Default* constants.
 type Config struct {
-	GatewayName string        `yaml:"name"`     // names this gateway in events
-	Issuer      string        `yaml:"issuer"`   // required: the iss tokens must carry
-	Audience    Audiences     `yaml:"audience"` // required: accepted aud values
-	Leeway      time.Duration `yaml:"leeway"`   // clock skew allowed on exp, nbf, iat
-	Routes      []Route       `yaml:"routes"`
+	GatewayName string        // names this gateway in events
+	Issuer      string        // required: the iss tokens must carry
+	Audience    Audiences     // required: accepted aud values
+	Leeway      time.Duration // clock skew allowed on exp, nbf, iat
+	Routes      []Route
 	// Unmatched is deny (default) or forward; it matters only when Routes
 	// is not empty. With no routes every path goes through and no subject
 	// is bound (see [Gateway.Warnings]).
-	Unmatched Unmatched `yaml:"unmatched"`
+	Unmatched Unmatched
 	// Modes per check, keyed by the reason the check produces
 	// (e.g. "not_issued": observe). Unlisted checks enforce.
-	Modes         map[event.Reason]Mode `yaml:"modes"`
-	SubjectHeader string                `yaml:"subject_header"` // carries the verified sub upstream
-	Decoys        []string              `yaml:"decoys"`         // member IDs no real customer has
+	Modes         map[event.Reason]Mode
+	SubjectHeader string   // carries the verified sub upstream
+	Decoys        []string // member IDs no real customer has
 	// TrustedProxies are CIDRs whose X-Forwarded-For is believed. Empty:
 	// the source is always the peer address.
-	TrustedProxies []string `yaml:"trusted_proxies"`
+	TrustedProxies []string
 	// GeoIP lists MaxMind-format databases read for country.iso_code and
 	// autonomous_system_number (e.g. a Country and an ASN database).
-	GeoIP      []string `yaml:"geoip"`
-	EventsFile string   `yaml:"events_file"` // optional JSON-lines copy of every event
+	GeoIP      []string
+	EventsFile string // optional JSON-lines copy of every event
 	// ProvenanceTimeout bounds one ledger lookup; past it the request is
 	// refused as ledger_unavailable.
-	ProvenanceTimeout time.Duration `yaml:"provenance_timeout"`
+	ProvenanceTimeout time.Duration
 	// CacheSize bounds the set of tokens whose signature was verified.
-	CacheSize int `yaml:"cache_size"`
+	CacheSize int
 	// DPoP configures the proofs key-bound tokens need (see dpop.go).
-	DPoP DPoPConfig `yaml:"dpop"`
+	DPoP DPoPConfig
 }
 
 // DPoPConfig configures the checking of DPoP proofs (RFC 9449).
 type DPoPConfig struct {
 	// PublicURL is the scheme and host clients address the API by; a
 	// proof's htu must name it. Empty: the request's scheme and Host.
-	PublicURL string `yaml:"public_url"`
+	PublicURL string
 	// Window bounds |now - iat| of a proof (0: dpop.DefaultWindow).
-	Window time.Duration `yaml:"window"`
+	Window time.Duration
 	// ReplayCacheSize bounds the in-memory replay cache (0:
 	// DefaultReplayCacheSize); [Gateway.SetReplay] replaces the cache.
-	ReplayCacheSize int `yaml:"replay_cache_size"`
+	ReplayCacheSize int
 	// Nonce requires a server nonce in every proof.
-	Nonce bool `yaml:"nonce"`
+	Nonce bool
 	// NonceSecret keys the nonces (at least 32 bytes), the same on every
 	// replica. Empty with Nonce: a random secret of this process.
-	NonceSecret []byte `yaml:"-"`
+	NonceSecret []byte
 }
 
 // ErrConfig wraps every configuration error.
 var ErrConfig = errors.New("gateway: invalid config")
 
 func (c *Config) setDefaults() {
-	if c.Leeway == 0 {
-		c.Leeway = DefaultLeeway
-	}
-	if c.SubjectHeader == "" {
-		c.SubjectHeader = DefaultSubjectHeader
-	}
-	if c.ProvenanceTimeout == 0 {
-		c.ProvenanceTimeout = DefaultProvenanceTimeout
-	}
-	if c.CacheSize == 0 {
-		c.CacheSize = DefaultCacheSize
-	}
-	if c.GatewayName == "" {
-		c.GatewayName = DefaultGatewayName
-	}
-	if c.Unmatched == "" {
-		c.Unmatched = Deny
-	}
-	if c.DPoP.Window == 0 {
-		c.DPoP.Window = dpop.DefaultWindow
-	}
-	if c.DPoP.ReplayCacheSize == 0 {
-		c.DPoP.ReplayCacheSize = DefaultReplayCacheSize
-	}
+	c.Leeway = cmp.Or(c.Leeway, DefaultLeeway)
+	c.SubjectHeader = cmp.Or(c.SubjectHeader, DefaultSubjectHeader)
+	c.ProvenanceTimeout = cmp.Or(c.ProvenanceTimeout, DefaultProvenanceTimeout)
+	c.CacheSize = cmp.Or(c.CacheSize, DefaultCacheSize)
+	c.GatewayName = cmp.Or(c.GatewayName, DefaultGatewayName)
+	c.Unmatched = cmp.Or(c.Unmatched, Deny)
+	c.DPoP.Window = cmp.Or(c.DPoP.Window, dpop.DefaultWindow)
+	c.DPoP.ReplayCacheSize = cmp.Or(c.DPoP.ReplayCacheSize, DefaultReplayCacheSize)
 }
 
 // validate checks the config as a whole, naming the field at fault.

@@ -1,6 +1,34 @@
 // Package server wires every part of custos into one process on the embedded
 // default (custos serve): custody, authority, ledger, gateway, staff,
 // detection, audit and forensics, behind one HTTP API.
+//
+// # Use
+//
+// [Open] builds every part from a [config.Config] (creating the data
+// directory on first start), [Server.Run] serves the API, and the in-process
+// gateway when a listener is given for it, until its context ends, and
+// [Server.Close] closes the parts in reverse order of opening:
+//
+//	s, err := server.Open(ctx, cfg, log, nil)
+//	if err != nil { ... }
+//	defer s.Close()
+//	err = s.Run(ctx, apiListener, gatewayListener) // gatewayListener may be nil
+//
+// The role (config.Config.Role) picks what a process runs: "all" (the
+// default) and "authority" go through Open and Run, the authority without
+// the in-process gateway; "gateway" is [RunGateway], the verifying proxy or
+// decision API as its own process following the authority over HTTP;
+// "detector" and "forensics" are [RunRole], consumers of the access events
+// on the NATS bus of a scale-out deployment (scale.nats).
+//
+// Inside a process, access events travel on [Server.Bus]. Run subscribes
+// detection (dropping events when it falls behind rather than slowing the
+// gateway), the forensics writer and the audit digester (both lossless,
+// see [event.Bus.Subscribe]); the console, when it starts, subscribes
+// dropping; in scale-out, the bridge
+// to NATS subscribes losslessly and publishes each event for the other
+// roles. Issuance reaches the audit digester, the console, the metrics and
+// the bridge through the ledger's own subscription, not the bus.
 package server
 
 import (
@@ -101,6 +129,10 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, now func() t
 
 // OpenWith is Open with the token keys' custody given by the caller instead of
 // the configured backend (the replay uses it to model a key that was copied).
+//
+// The parts open in dependency order, each by its opener below; every
+// opener registers what it opened in s.closers, so a failure part way closes
+// what was opened before it, in reverse.
 func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time, tokenCustody keys.Custody) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -114,49 +146,91 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 			s.Close()
 		}
 	}()
-	dir := cfg.Data
+	if err := s.openStore(ctx); err != nil {
+		return nil, err
+	}
+	keyring, custody, backend, err := s.openCustody(ctx, tokenCustody)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.openAudit(ctx, keyring); err != nil {
+		return nil, err
+	}
+	if err := s.openKeys(ctx, custody, backend); err != nil {
+		return nil, err
+	}
+	for _, open := range []func(context.Context) error{
+		s.openLedger,
+		s.openDetection,
+		s.openAuthority,
+		s.openStaff,
+		s.openForensics,
+		s.openScaleBus,
+		s.openGateway,
+		s.openHTTP,
+	} {
+		if err := open(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// openStore notes whether this is the first start, creates the data
+// directory and opens the store: PostgreSQL when scale.store is set, else
+// SQLite in the data directory.
+func (s *Server) openStore(ctx context.Context) (err error) {
+	dir := s.Config.Data
 	first := filepath.Join(dir, KeyringFile)
-	if cfg.Keys.Keyring == "store" {
+	if s.Config.Keys.Keyring == "store" {
 		first = filepath.Join(dir, AdminTokenFile) // the keyring is in the store
 	}
 	if _, statErr := os.Stat(first); errors.Is(statErr, fs.ErrNotExist) {
 		s.FirstStart = true
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("failed to create data dir: %w", err)
+		return fmt.Errorf("failed to create data dir: %w", err)
 	}
-
-	if cfg.Scale.Store != "" {
-		s.DB, err = store.OpenPostgres(ctx, cfg.Scale.Store)
+	if s.Config.Scale.Store != "" {
+		s.DB, err = store.OpenPostgres(ctx, s.Config.Scale.Store)
 	} else {
 		s.DB, err = store.OpenSQLite(filepath.Join(dir, StoreFile))
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.closers = append(s.closers, s.DB.Close)
+	return nil
+}
 
-	// Key custody: the sealed keyring always holds the audit checkpoint key;
-	// token signing keys live in the configured backend.
+// openCustody opens key custody: the sealed keyring always holds the audit
+// checkpoint key; token signing keys live in the configured backend, or in
+// tokenCustody when the caller gives one. It returns the keyring, the token
+// keys' custody and the name of its backend.
+func (s *Server) openCustody(ctx context.Context, tokenCustody keys.Custody) (*sealed.Keyring, keys.Custody, string, error) {
 	keyring, err := s.openKeyring(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	s.closers = append(s.closers, keyring.Close)
-	var custody keys.Custody = keyring
-	backend := cfg.Keys.Backend
-	if tokenCustody != nil {
-		custody, backend = tokenCustody, "external"
-	} else if cfg.Keys.Backend == "pkcs11" {
-		tok, err := openPKCS11(cfg)
+	switch {
+	case tokenCustody != nil:
+		return keyring, tokenCustody, "external", nil
+	case s.Config.Keys.Backend == "pkcs11":
+		tok, err := openPKCS11(s.Config)
 		if err != nil {
-			return nil, err
+			return nil, nil, "", err
 		}
 		s.closers = append(s.closers, tok.Close)
-		custody = tok
+		return keyring, tok, s.Config.Keys.Backend, nil
 	}
+	return keyring, keyring, s.Config.Keys.Backend, nil
+}
 
-	// Audit log, checkpoint key held in custody.
+// openAudit opens the audit log (MySQL-backed when scale.audit is set),
+// its checkpoints signed by the checkpoint key held in the keyring.
+func (s *Server) openAudit(ctx context.Context, keyring *sealed.Keyring) (err error) {
+	cfg := s.Config
 	cpSigner, err := keyring.Signer(checkpointKey)
 	if err != nil && !slices.Contains(keyring.IDs(), checkpointKey) {
 		// Replicas on a shared keyring may race to make it: one wins, and
@@ -166,57 +240,69 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("failed to get the audit checkpoint key: %w", err)
+		return fmt.Errorf("failed to get the audit checkpoint key: %w", err)
 	}
 	if _, ok := cpSigner.Public().(ed25519.PublicKey); !ok {
-		return nil, errors.New("audit checkpoint key is not Ed25519")
+		return errors.New("audit checkpoint key is not Ed25519")
 	}
 	noteSigner, err := audit.NewNoteSigner(logName(cfg.Issuer), cpSigner)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if s.checkpointVerifier, err = audit.NewNoteVerifier(logName(cfg.Issuer), cpSigner.Public().(ed25519.PublicKey)); err != nil {
-		return nil, err
+		return err
 	}
 	if cfg.Scale.Audit != "" {
-		s.Audit, err = audit.OpenMySQL(ctx, cfg.Scale.Audit, filepath.Join(dir, AuditDir), noteSigner, audit.Options{})
+		s.Audit, err = audit.OpenMySQL(ctx, cfg.Scale.Audit, filepath.Join(cfg.Data, AuditDir), noteSigner, audit.Options{})
 		s.auditStore = s.Audit
 	} else {
-		s.Audit, err = audit.Open(ctx, filepath.Join(dir, AuditDir), noteSigner, audit.Options{})
+		s.Audit, err = audit.Open(ctx, filepath.Join(cfg.Data, AuditDir), noteSigner, audit.Options{})
 	}
 	if err != nil {
-		return nil, fmt.Errorf("failed to open the audit log: %w", err)
+		return fmt.Errorf("failed to open the audit log: %w", err)
 	}
 	s.closers = append(s.closers, func() error { return s.Audit.Close(context.Background()) })
+	return nil
+}
 
-	// Keys.
+// openKeys starts key management over the token keys' custody, with the
+// configured algorithm, rotation and ages.
+func (s *Server) openKeys(ctx context.Context, custody keys.Custody, backend string) (err error) {
 	policy := keys.DefaultPolicy()
-	policy.Alg = keys.Alg(cfg.Keys.Alg)
-	policy.RotateEvery = cfg.Keys.RotateEvery
-	policy.MaxKeyAge = cfg.Keys.MaxKeyAge
-	policy.MaxTokenTTL = cfg.Tokens.MaxTTL
-	s.Keys, err = keys.NewManager(ctx, s.DB, custody, backend, policy, now, s.Audit)
+	policy.Alg = keys.Alg(s.Config.Keys.Alg)
+	policy.RotateEvery = s.Config.Keys.RotateEvery
+	policy.MaxKeyAge = s.Config.Keys.MaxKeyAge
+	policy.MaxTokenTTL = s.Config.Tokens.MaxTTL
+	s.Keys, err = keys.NewManager(ctx, s.DB, custody, backend, policy, s.now, s.Audit)
 	if err != nil {
-		return nil, fmt.Errorf("failed to start key management: %w", err)
+		return fmt.Errorf("failed to start key management: %w", err)
 	}
-
 	s.Keys.OnChange(s.keyChanges.publish)
+	return nil
+}
 
-	// Ledger.
-	lb, err := openLedgerBackend(ctx, cfg)
+// openLedger opens the issuance ledger on its backend.
+func (s *Server) openLedger(ctx context.Context) (err error) {
+	lb, err := openLedgerBackend(ctx, s.Config)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.closers = append(s.closers, lb.Close)
 	s.finder, _ = lb.(tokenFinder)
 	s.ledgerBackend = lb
-	s.Ledger, err = ledger.New(ctx, lb, now)
+	s.Ledger, err = ledger.New(ctx, lb, s.now)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.closers = append(s.closers, s.Ledger.Close)
+	return nil
+}
 
-	// Detection.
+// openDetection starts the detection engine: the built-ins with the
+// configured countries, containment when asked, its sinks, its store and
+// the custom rules.
+func (s *Server) openDetection(ctx context.Context) (err error) {
+	cfg := s.Config
 	dcfg := detect.DefaultConfig()
 	if len(cfg.Detect.AllowedCountries) > 0 {
 		dcfg.ForeignOrigin.Allowed = cfg.Detect.AllowedCountries
@@ -238,109 +324,136 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 			dcfg.Containment[r] = sus
 		}
 	}
-	s.Detect, err = detect.New(dcfg, now)
+	s.Detect, err = detect.New(dcfg, s.now)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.Detect.SetContainment(s.Containment())
 	if err := s.attachSinks(s.Detect); err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.Detect.SetStore(ctx, s.DB); err != nil {
-		return nil, err
+		return err
 	}
 	if cfg.Detect.Rules != "" {
-		if err := s.Detect.LoadRules(cfg.Detect.Rules); err != nil {
-			return nil, err
-		}
+		return s.Detect.LoadRules(cfg.Detect.Rules)
 	}
+	return nil
+}
 
-	// Credentials and authority.
-	s.Creds, err = authority.OpenCredentials(ctx, s.DB, now)
+// openAuthority opens the control plane's credentials and the token
+// authority, whose logins detection watches.
+func (s *Server) openAuthority(ctx context.Context) (err error) {
+	cfg := s.Config
+	s.Creds, err = authority.OpenCredentials(ctx, s.DB, s.now)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.Authority, err = authority.New(authority.Config{
 		Issuer: cfg.Issuer, DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL, Decoys: cfg.Decoys,
-		Leeway: cfg.Gateway.Leeway, ExternalIssuers: externalIssuers(cfg.OAuth), Log: log,
-	}, s.Keys, meteredLedger{s.Ledger, s.metrics}, alerter{s.Detect}, s.Audit, now)
+		Leeway: cfg.Gateway.Leeway, ExternalIssuers: externalIssuers(cfg.OAuth), Log: s.Log,
+	}, s.Keys, meteredLedger{s.Ledger, s.metrics}, alerter{s.Detect}, s.Audit, s.now)
 	if err != nil {
-		return nil, err
+		return err
 	}
-
 	s.Authority.Logins = s.Detect
 	s.Authority.Issuances = issuanceFeed{s.Detect}
+	return nil
+}
 
-	// Staff.
-	policy2 := staff.PolicyRevoke
-	if cfg.Staff.OffboardGrace {
-		policy2 = staff.PolicyGrace
+// openStaff opens the staff directory, imports the identity providers'
+// tokens, makes the bootstrap admin on first start, and has new keys
+// inherit their custodians.
+func (s *Server) openStaff(ctx context.Context) (err error) {
+	policy := staff.PolicyRevoke
+	if s.Config.Staff.OffboardGrace {
+		policy = staff.PolicyGrace
 	}
 	s.Staff, err = staff.New(ctx, s.DB, staff.Config{
 		Keys: s.Keys, Credentials: []staff.CredentialRevoker{s.Creds}, Clients: s.Creds,
 		SCIMAuth: scimAuth{s.Creds}, Guard: s.Creds,
-		Alerts: alerter{s.Detect}, Policy: policy2, MaxTokenTTL: cfg.Tokens.MaxTTL, Now: now, Log: log,
+		Alerts: alerter{s.Detect}, Policy: policy, MaxTokenTTL: s.Config.Tokens.MaxTTL, Now: s.now, Log: s.Log,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.importSCIMTokens(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.bootstrapAdmin(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	s.Keys.OnChange(s.inheritCustodians)
+	return nil
+}
 
-	// Forensics store.
-	s.Forensics, err = forensics.NewWriter(filepath.Join(dir, EventsDir), forensics.WriterOptions{})
+// openForensics opens the writer of the access events in DATA/events.
+func (s *Server) openForensics(context.Context) (err error) {
+	s.Forensics, err = forensics.NewWriter(filepath.Join(s.Config.Data, EventsDir), forensics.WriterOptions{})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.closers = append(s.closers, s.Forensics.Close)
+	return nil
+}
 
-	// The bus of a scale-out deployment: this process's events go to it.
-	if cfg.Scale.NATS != "" {
-		b, err := openBus(ctx, cfg, log)
-		if err != nil {
-			return nil, err
-		}
-		s.closers = append(s.closers, b.Close)
-		s.bus = b
-		RegisterBus(s.Registry, b)
-		bctx, cancel := context.WithCancel(context.Background())
-		s.closers = append(s.closers, func() error { cancel(); return nil })
-		s.bridge(bctx, b)
+// openScaleBus connects to the bus of a scale-out deployment (scale.nats)
+// and bridges this process's events to it.
+func (s *Server) openScaleBus(ctx context.Context) error {
+	if s.Config.Scale.NATS == "" {
+		return nil
 	}
+	b, err := openBus(ctx, s.Config, s.Log)
+	if err != nil {
+		return err
+	}
+	s.closers = append(s.closers, b.Close)
+	s.bus = b
+	RegisterBus(s.Registry, b)
+	bctx, cancel := context.WithCancel(context.Background())
+	s.closers = append(s.closers, func() error { cancel(); return nil })
+	s.bridge(bctx, b)
+	return nil
+}
 
-	// In-process gateway (not in the authority role of a scale-out deployment).
-	if cfg.Role != "authority" && (cfg.Gateway.Upstream != "" || len(cfg.Gateway.Routes) > 0) {
-		s.Gateway, err = gateway.New(GatewayConfig(cfg), s.Keys, s.Ledger, s.Bus, now)
-		if err == nil {
-			var closeReplay func() error
-			if closeReplay, err = sharedReplay(ctx, cfg, s.Gateway); closeReplay != nil {
-				s.closers = append(s.closers, closeReplay)
-			}
-		}
-		if err == nil {
-			s.closers = append(s.closers, s.Gateway.Close)
-			s.Registry.MustRegister(s.Gateway.Collectors()...)
-			for _, w := range s.Gateway.Warnings() {
-				if log != nil {
-					log.Warn("WARNING: " + w)
-				}
-			}
-		}
-		if err != nil {
-			return nil, err
+// openGateway starts the in-process gateway when an upstream or routes are
+// configured (never in the authority role of a scale-out deployment), with
+// the shared DPoP replay cache when there is one.
+func (s *Server) openGateway(ctx context.Context) (err error) {
+	cfg := s.Config
+	if cfg.Role == "authority" || (cfg.Gateway.Upstream == "" && len(cfg.Gateway.Routes) == 0) {
+		return nil
+	}
+	s.Gateway, err = gateway.New(GatewayConfig(cfg), s.Keys, s.Ledger, s.Bus, s.now)
+	if err != nil {
+		return err
+	}
+	closeReplay, err := sharedReplay(ctx, cfg, s.Gateway)
+	if closeReplay != nil {
+		s.closers = append(s.closers, closeReplay)
+	}
+	if err != nil {
+		return err
+	}
+	s.closers = append(s.closers, s.Gateway.Close)
+	s.Registry.MustRegister(s.Gateway.Collectors()...)
+	for _, w := range s.Gateway.Warnings() {
+		if s.Log != nil {
+			s.Log.Warn("WARNING: " + w)
 		}
 	}
+	return nil
+}
+
+// openHTTP builds the routes, the metrics and the instrumented handler, and
+// the tracer when telemetry is configured.
+func (s *Server) openHTTP(ctx context.Context) error {
 	s.mux = s.routes()
 	s.registerMetrics()
 	s.handler = s.instrument(s.mux)
-	tp, err := NewTracerProvider(ctx, cfg, "custos")
+	tp, err := NewTracerProvider(ctx, s.Config, "custos")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if tp != nil {
 		s.SetTracerProvider(tp)
@@ -350,7 +463,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 			return tp.Shutdown(sctx)
 		})
 	}
-	return s, nil
+	return nil
 }
 
 // ledgerBackend is a ledger backend that can be closed.
@@ -390,9 +503,7 @@ func GatewayConfig(cfg config.Config) gateway.Config {
 			g.Modes[event.Reason(r)] = gateway.Observe
 		}
 	}
-	for _, r := range cfg.Gateway.Routes {
-		g.Routes = append(g.Routes, gateway.Route{Pattern: r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
-	}
+	g.Routes = slices.Clone(cfg.Gateway.Routes)
 	return g
 }
 

@@ -1,5 +1,22 @@
 // Package sim replays the Coupang 2025 breach in several worlds at once and reports,
 // side by side, what each world let happen; sim/scenario generates the traffic.
+//
+// # Use
+//
+// A replay starts from a [scenario.Config] ([scenario.DefaultConfig] holds
+// the investigation's figures; Scale shrinks it). Two ways to run it:
+//
+//   - [RunEvents] (custos simulate coupang) feeds the scenario's requests
+//     straight into a signature-only [Baseline] and one [Custos] world per
+//     [CustosOptions] (custody, lifecycle, containment), in one process, and
+//     returns a [Report] with each world's exposure, first alert and time to
+//     scope. [Run] is the loop underneath it, for any [Observer].
+//   - [StartHTTP] then [HTTPReplay.Run] (custos simulate coupang --mode http,
+//     custos demo) sends the same traffic over loopback HTTP through a real
+//     custos server and gateway in front of the sample shop.
+//
+// Several reports, one per attacker variant, make a detection [Matrix]
+// ([NewMatrix]). Reports and matrices print as Markdown or JSON.
 package sim
 
 import (

@@ -63,7 +63,8 @@ func ctxTimeout() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 60*time.Second)
 }
 
-func init() {
+// newClientsCmd is custos clients: register the clients that may ask for tokens.
+func newClientsCmd() *cobra.Command {
 	clients := &cobra.Command{Use: "clients", Short: "Manage the clients that may ask for tokens"}
 	var f adminFlags
 	var audiences []string
@@ -94,8 +95,12 @@ func init() {
 	add.Flags().StringSliceVar(&audiences, "audience", nil, "audience the client may ask tokens for (repeatable)")
 	add.Flags().StringVar(&heldBy, "held-by", "", "staff id of the custodian of this client secret (default: the caller)")
 	clients.AddCommand(add)
-	root.AddCommand(clients)
+	return clients
+}
 
+// newKeysCmd is custos keys: list, rotate and revoke signing keys, check
+// their hygiene and custodians.
+func newKeysCmd() *cobra.Command {
 	keysCmd := &cobra.Command{Use: "keys", Short: "Signing keys: list, rotate, revoke, custodians, hygiene"}
 	var lf adminFlags
 	list := &cobra.Command{
@@ -164,9 +169,12 @@ func init() {
 	}
 	vf.add(revoke)
 	revoke.Flags().StringVar(&revReason, "reason", "", "why (required)")
-	keysCmd.AddCommand(list, rotate, revoke)
-	root.AddCommand(keysCmd)
+	keysCmd.AddCommand(list, rotate, revoke, newHygieneCmd(), newCustodiansCmd())
+	return keysCmd
+}
 
+// newSCIMCmd is custos scim: bearer tokens of identity providers.
+func newSCIMCmd() *cobra.Command {
 	scim := &cobra.Command{Use: "scim", Short: "SCIM 2.0 provisioning"}
 	tokens := &cobra.Command{Use: "tokens", Short: "Bearer tokens of identity providers"}
 	var sf adminFlags
@@ -191,5 +199,5 @@ func init() {
 	sf.add(stAdd)
 	tokens.AddCommand(stAdd)
 	scim.AddCommand(tokens)
-	root.AddCommand(scim)
+	return scim
 }

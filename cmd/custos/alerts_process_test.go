@@ -25,10 +25,7 @@ func TestAlertsSurviveRestart(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildCustos(t, dir)
 	api := freeAddr(t)
 	data := filepath.Join(dir, "data")
 	var cmd *exec.Cmd

@@ -22,6 +22,7 @@ import (
 func runCLI(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
+	root := newRootCmd()
 	root.SetOut(&out)
 	root.SetErr(&out)
 	root.SetArgs(args)

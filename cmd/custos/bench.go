@@ -10,7 +10,9 @@ import (
 	"github.com/custos-dev/custos/bench"
 )
 
-func init() {
+// newBenchCmd is custos bench: issuance, the gateway and the decision API
+// measured on loopback next to their baselines.
+func newBenchCmd() *cobra.Command {
 	var (
 		o          bench.Options
 		asJSON     bool
@@ -83,5 +85,5 @@ func init() {
 		&cobra.Command{Use: "decide", Short: "The decision API: nginx alone against nginx with auth_request to custos, and GET /v1/decide and ext_authz gRPC alone", Args: cobra.NoArgs, RunE: run(false, false, true)},
 		&cobra.Command{Use: "all", Short: "issuance, then gateway, then decide", Args: cobra.NoArgs, RunE: run(true, true, true)},
 	)
-	root.AddCommand(cmd)
+	return cmd
 }

@@ -6,16 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect/ingest"
@@ -45,29 +41,11 @@ func startServer(t *testing.T) *liveServer {
 	return &liveServer{s: e.S, cfg: e.Cfg, data: e.Cfg.Data, apiURL: e.APIURL, gwURL: e.GatewayURL, pop: e.Pop}
 }
 
-// resetFlags puts every flag back to its default: cobra keeps values
-// between Execute calls.
-func resetFlags(c *cobra.Command) {
-	reset := func(f *pflag.Flag) {
-		if sv, ok := f.Value.(pflag.SliceValue); ok {
-			sv.Replace(nil)
-		} else {
-			f.Value.Set(f.DefValue)
-		}
-		f.Changed = false
-	}
-	c.Flags().VisitAll(reset)
-	c.PersistentFlags().VisitAll(reset)
-	for _, sub := range c.Commands() {
-		resetFlags(sub)
-	}
-}
-
 // cli runs the command line and returns standard output, standard error and
 // the exit status main would give.
 func cli(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	resetFlags(root)
+	root := newRootCmd()
 	var out, errb bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&errb)
@@ -388,7 +366,7 @@ func TestIngestCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("ingest: %d %s", code, e)
 	}
-	var rep ingestReport
+	var rep ingest.ForwardReport
 	if err := json.Unmarshal([]byte(o), &rep); err != nil {
 		t.Fatal(err)
 	}
@@ -420,32 +398,6 @@ func TestIngestCommand(t *testing.T) {
 			}
 		})
 	}
-}
-
-// ingestBatches reads hostile input: every line is either sent or counted as
-// malformed, and exactly the good lines are posted.
-func FuzzIngestBatches(f *testing.F) {
-	f.Add([]byte("{\"time\":\"2025-11-01T00:00:00Z\"}\n{bad\n\n{\"time\":\"2025-11-01T00:00:01Z\"}"), "custos")
-	f.Add([]byte(`{"time_iso8601":"2025-11-01T00:00:00+00:00","status":"200","request":"GET /x HTTP/1.1"}`), "nginx")
-	f.Add([]byte(`{"start_time":"2025-11-01T00:00:00.000Z","response_code":401}`+"\r\n"), "envoy")
-	f.Fuzz(func(t *testing.T, data []byte, format string) {
-		if format != "custos" && format != "nginx" && format != "envoy" {
-			return
-		}
-		posted := 0
-		post := func(b []byte) (ingest.Stats, error) {
-			n := bytes.Count(b, []byte("\n"))
-			posted += n
-			return ingest.Stats{Events: n}, nil
-		}
-		rep, err := ingestBatches(context.Background(), bytes.NewReader(data), format, 3, post, io.Discard)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if posted != rep.Events || rep.Accepted != rep.Events || rep.Events+rep.Malformed > rep.Lines {
-			t.Fatalf("posted %d, report %+v", posted, rep)
-		}
-	})
 }
 
 // The admin commands of the README against a running server.

@@ -31,10 +31,7 @@ func TestDecideProcesses(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildCustos(t, dir)
 	for _, args := range [][]string{
 		{"gateway", "--decide", "--upstream", "http://127.0.0.1:1"},
 		{"gateway", "--grpc-listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1"},

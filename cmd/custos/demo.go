@@ -30,7 +30,9 @@ var demoWorlds = []demoWorld{
 	{"3. an attacker who adapts: the login service's client secret stolen, real tokens (issuance detection)", scenario.StolenClientSecret, false},
 }
 
-func init() {
+// newDemoCmd is custos demo: the replays through live servers, which keep
+// serving.
+func newDemoCmd() *cobra.Command {
 	var exit bool
 	var scale float64
 	cmd := &cobra.Command{
@@ -83,7 +85,7 @@ func init() {
 	}
 	cmd.Flags().BoolVar(&exit, "exit", false, "stop after printing the reports instead of serving")
 	cmd.Flags().Float64Var(&scale, "scale", 0.0001, "fraction of the real breach's size")
-	root.AddCommand(cmd)
+	return cmd
 }
 
 // writeIncidents prints the incidents detection opened in h's custos, each

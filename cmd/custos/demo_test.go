@@ -19,9 +19,7 @@ func TestDemoChild(t *testing.T) {
 	if args == "" {
 		t.Skip("run as a child process by TestDemoRemovesItsData")
 	}
-	root.SetArgs(strings.Fields(args))
-	main()
-	os.Exit(0)
+	os.Exit(run(strings.Fields(args)))
 }
 
 // custos demo keeps its data (KEK, keyring, admin credential) in a temporary

@@ -9,7 +9,8 @@ import (
 	"github.com/custos-dev/custos/detect/sink"
 )
 
-func init() {
+// newExportCmd is custos export: access events and alerts as OCSF or custos JSON.
+func newExportCmd() *cobra.Command {
 	var format, out string
 	cmd := &cobra.Command{
 		Use:   "export [FILE...] --format ocsf|native",
@@ -53,5 +54,5 @@ func init() {
 	}
 	cmd.Flags().StringVar(&format, "format", "ocsf", "ocsf or native")
 	cmd.Flags().StringVar(&out, "out", "", "write to this new file (mode 0600) instead of standard output")
-	root.AddCommand(cmd)
+	return cmd
 }

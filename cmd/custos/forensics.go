@@ -1,15 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"reflect"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,68 +13,9 @@ import (
 	"github.com/custos-dev/custos/server"
 )
 
-// writeScopeSummary prints a scope's figures for a person.
-func writeScopeSummary(w io.Writer, sc *forensics.Scope) error {
-	if sc.Partial {
-		fmt.Fprintf(w, "PARTIAL: %d unreadable event file(s) left out: %s\n\n", len(sc.SkippedFiles), strings.Join(sc.SkippedFiles, ", "))
-	}
-	fmt.Fprintf(w, "data subjects  %d (%d members, %d non-members)\n", sc.Subjects, sc.Members, sc.NonMembers)
-	fmt.Fprintf(w, "exposures      %d requests returned personal data\n", sc.Exposures)
-	fmt.Fprintf(w, "attempts       %d refused or failed\n", sc.Attempts)
-	fmt.Fprintf(w, "first / last   %s / %s\n", ts(sc.FirstExposure), ts(sc.LastExposure))
-	fmt.Fprintf(w, "event files    %d\n", sc.Files)
-	fmt.Fprintf(w, "sources        %d IPs, %d countries, %d ASNs\n", sc.Sources.DistinctIPs, sc.Sources.DistinctCountries, sc.Sources.DistinctASNs)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	if len(sc.Classes) > 0 {
-		fmt.Fprintln(tw, "\nDATA CLASS\tSUBJECTS")
-		for _, c := range sc.Classes {
-			fmt.Fprintf(tw, "%s\t%d\n", c.Class, c.Subjects)
-		}
-	}
-	if len(sc.Routes) > 0 {
-		fmt.Fprintln(tw, "\nROUTE\tEXPOSURES\tSUBJECTS\tATTEMPTS")
-		for _, r := range sc.Routes {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", r.Route, r.Exposures, r.Subjects, r.Attempts)
-		}
-	}
-	return tw.Flush()
-}
-
-// writeScopeFiles writes the notification list (CSV and Parquet) and the
-// report (Markdown and JSON) into dir.
-func writeScopeFiles(dir string, sc *forensics.Scope, rep forensics.Report) ([]string, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("failed to create %s: %w", dir, err)
-	}
-	files := []struct {
-		name  string
-		write func(io.Writer) error
-	}{
-		{"notification.csv", sc.WriteNotificationCSV},
-		{"notification.parquet", sc.WriteNotificationParquet},
-		{"report.md", rep.WriteMarkdown},
-		{"report.json", rep.WriteJSON},
-	}
-	var out []string
-	for _, f := range files {
-		p := filepath.Join(dir, f.name)
-		fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err != nil {
-			return out, fmt.Errorf("failed to create %s: %w", p, err)
-		}
-		err = f.write(fh)
-		if cerr := fh.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("failed to write %s: %w", p, cerr)
-		}
-		if err != nil {
-			return out, err
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-func init() {
+// newScopeCmd is custos scope: whose data an incident exposed, from the
+// access events on disk.
+func newScopeCmd() *cobra.Command {
 	var f adminFlags
 	var indicators, measures []string
 	var incident, outDir, org, contact, how, awareness string
@@ -180,7 +116,7 @@ which leaves it out and marks every output partial.`,
 			defer sc.Close()
 			rep := sc.Report(meta, now)
 			if outDir != "" {
-				written, err := writeScopeFiles(outDir, sc, rep)
+				written, err := sc.WriteFiles(outDir, rep)
 				if err != nil {
 					return err
 				}
@@ -192,12 +128,12 @@ which leaves it out and marks every output partial.`,
 				return rep.WriteJSON(cmd.OutOrStdout())
 			}
 			w := cmd.OutOrStdout()
-			if err := writeScopeSummary(w, sc); err != nil {
+			if err := sc.WriteSummary(w); err != nil {
 				return err
 			}
 			if incident != "" {
 				fmt.Fprintln(w)
-				return writeDeadlines(w, rep.Deadlines)
+				return forensics.WriteDeadlines(w, rep.Deadlines)
 			}
 			return nil
 		},
@@ -214,8 +150,11 @@ which leaves it out and marks every output partial.`,
 	scope.Flags().StringVar(&how, "how", "", "report: the attack in words")
 	scope.Flags().StringArrayVar(&measures, "measure", nil, "report: a measure taken; repeatable")
 	scope.Flags().StringVar(&awareness, "awareness", "", "report: when the breach became known, RFC 3339 (default the incident's awareness, else now)")
-	root.AddCommand(scope)
+	return scope
+}
 
+// newSQLCmd is custos sql: one read-only statement over the access events.
+func newSQLCmd() *cobra.Command {
 	var data string
 	var asJSON bool
 	sqlCmd := &cobra.Command{
@@ -224,7 +163,9 @@ which leaves it out and marks every output partial.`,
 		Long: fmt.Sprintf(`sql runs one read-only statement (DuckDB dialect) over the view events: every
 sealed event file with the columns of the access event (token fields as
 token_jti, token_kid, …) and the partition column hour. At most %d rows are
-returned; add a LIMIT for more.`, forensics.MaxSQLRows),
+returned; add a LIMIT for more. Events in files the server has not sealed yet
+(about a minute) are not seen; standard error says how many files and since
+which hour.`, forensics.MaxSQLRows),
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if data == "" {
@@ -241,22 +182,17 @@ returned; add a LIMIT for more.`, forensics.MaxSQLRows),
 			if err != nil {
 				return &exitError{2, err}
 			}
+			if u, err := forensics.OpenParts(filepath.Join(data, server.EventsDir)); err == nil && u.Parts > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %d event file(s) not yet sealed (%d bytes, events from %s on, last written %s): not in this answer; they are sealed within a minute\n",
+					u.Parts, u.Bytes, u.FirstHour.Format("2006-01-02T15:04Z"), u.LastWrite.UTC().Format(time.RFC3339))
+			}
 			if rows == nil {
 				rows = [][]any{}
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), map[string]any{"columns": cols, "rows": jsonRows(rows)})
+				return printJSON(cmd.OutOrStdout(), map[string]any{"columns": cols, "rows": forensics.SQLJSONRows(rows)})
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, strings.ToUpper(strings.Join(cols, "\t")))
-			for _, r := range rows {
-				cells := make([]string, len(r))
-				for i, v := range r {
-					cells[i] = cell(v)
-				}
-				fmt.Fprintln(tw, strings.Join(cells, "\t"))
-			}
-			if err := tw.Flush(); err != nil {
+			if err := forensics.WriteSQLTable(cmd.OutOrStdout(), cols, rows); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "(%d rows)\n", len(rows))
@@ -265,64 +201,5 @@ returned; add a LIMIT for more.`, forensics.MaxSQLRows),
 	}
 	sqlCmd.Flags().StringVar(&data, "data", os.Getenv("CUSTOS_DATA"), "data directory: events in DATA/events")
 	sqlCmd.Flags().BoolVar(&asJSON, "json", false, `print {"columns": [...], "rows": [[...]]}`)
-	root.AddCommand(sqlCmd)
-}
-
-// cell renders one SQL value for a table; text is kept on one line.
-func cell(v any) string {
-	switch x := v.(type) {
-	case nil:
-		return "NULL"
-	case time.Time:
-		return x.UTC().Format(time.RFC3339Nano)
-	case string:
-		return strings.NewReplacer("\t", " ", "\n", " ", "\r", " ").Replace(x)
-	case []byte:
-		return fmt.Sprintf("%x", x)
-	}
-	if b, err := json.Marshal(jsonValue(v)); err == nil {
-		if s := string(b); !strings.HasPrefix(s, `"`) {
-			return s
-		}
-	}
-	return fmt.Sprint(v)
-}
-
-func jsonRows(rows [][]any) [][]any {
-	out := make([][]any, len(rows))
-	for i, r := range rows {
-		out[i] = make([]any, len(r))
-		for j, v := range r {
-			out[i][j] = jsonValue(v)
-		}
-	}
-	return out
-}
-
-// jsonValue makes DuckDB values JSON-encodable: map keys become text.
-func jsonValue(v any) any {
-	switch x := v.(type) {
-	case []any:
-		out := make([]any, len(x))
-		for i, e := range x {
-			out[i] = jsonValue(e)
-		}
-		return out
-	case map[string]any:
-		out := make(map[string]any, len(x))
-		for k, e := range x {
-			out[k] = jsonValue(e)
-		}
-		return out
-	case time.Time:
-		return x.UTC().Format(time.RFC3339Nano)
-	}
-	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Map {
-		out := make(map[string]any, rv.Len())
-		for it := rv.MapRange(); it.Next(); {
-			out[fmt.Sprint(it.Key().Interface())] = jsonValue(it.Value().Interface())
-		}
-		return out
-	}
-	return v
+	return sqlCmd
 }

@@ -7,7 +7,8 @@ import (
 	"github.com/custos-dev/custos/server"
 )
 
-func init() {
+// newGatewayCmd is custos gateway: the verifying gateway as its own process.
+func newGatewayCmd() *cobra.Command {
 	var cfgPath, upstream, listen, adminListen, authorityURL, tokenFile, data, grpcListen string
 	var decide bool
 	cmd := &cobra.Command{
@@ -90,5 +91,5 @@ examples/ for nginx, Envoy, Traefik and Caddy configurations.`,
 	cmd.Flags().StringVar(&data, "data", "", "data directory of the authority, to find its credential")
 	cmd.Flags().BoolVar(&decide, "decide", false, "serve the decision API (/v1/decide, /ext_authz/...) for the shop's own proxy instead of proxying")
 	cmd.Flags().StringVar(&grpcListen, "grpc-listen", "", "with --decide: address of Envoy's ext_authz gRPC service")
-	root.AddCommand(cmd)
+	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -47,6 +49,16 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// buildCustos builds this command into dir and returns the binary's path.
+func buildCustos(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "custos")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // startProcess runs bin with args until the test ends (then kill -9).
@@ -110,10 +122,7 @@ func TestGatewayProcesses(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildCustos(t, dir)
 	var mu sync.Mutex
 	var got []string // what the upstream received: request URI and subject
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -193,8 +202,9 @@ func TestGatewayProcesses(t *testing.T) {
 		return in.Active
 	}
 
+	adminAddr := freeAddr(t)
 	logs := startProcess(t, bin, "gateway", "--config", withRoutes, "--upstream", up.URL, "--listen", gw,
-		"--authority", "http://"+api, "--data", data)
+		"--authority", "http://"+api, "--data", data, "--admin-listen", adminAddr)
 	waitFor(t, "the standalone gateway to allow the issued token", func() bool {
 		c, err := net.Dial("tcp", gw)
 		if err != nil {
@@ -272,10 +282,44 @@ func TestGatewayProcesses(t *testing.T) {
 		return st == 401 && reason == "revoked_key"
 	})
 
+	// The standalone gateway's /metrics on the admin listener: promlint
+	// clean, with the refusals it made by reason.
+	scrapeGateway(t, "http://"+adminAddr+"/metrics", "revoked_key", "revoked_token")
+
 	bareLogs := startProcess(t, bin, "gateway", "--config", noRoutes, "--upstream", up.URL, "--listen", bare,
 		"--authority", "http://"+api, "--data", data)
 	waitFor(t, "the no-routes warning", func() bool {
 		s := bareLogs.String()
 		return strings.Contains(s, "WARNING") && strings.Contains(s, "no routes")
 	})
+}
+
+// scrapeGateway reads a gateway's metrics, lints them with promlint and
+// checks custos_gateway_requests_total counts each of reasons.
+func scrapeGateway(t *testing.T, url string, reasons ...string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d", url, resp.StatusCode)
+	}
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	for _, r := range reasons {
+		if !regexp.MustCompile(`(?m)^custos_gateway_requests_total\{[^}]*reason="` + r + `"[^}]*\} [1-9]`).Match(body) {
+			t.Errorf("no custos_gateway_requests_total sample for reason %s", r)
+		}
+	}
+	if !bytes.Contains(body, []byte("go_goroutines")) {
+		t.Error("no Go runtime metrics")
+	}
 }

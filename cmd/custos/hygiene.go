@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strconv"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -12,20 +13,8 @@ import (
 	"github.com/custos-dev/custos/staff"
 )
 
-// subcommand finds a command registered by another file's init (files
-// initialise in name order, so keys exists by now).
-func subcommand(parent *cobra.Command, name string) *cobra.Command {
-	for _, c := range parent.Commands() {
-		if c.Name() == name {
-			return c
-		}
-	}
-	panic("custos: no command " + name)
-}
-
-func init() {
-	keysCmd := subcommand(root, "keys")
-
+// newHygieneCmd is custos keys hygiene: the deploy gate on key custody.
+func newHygieneCmd() *cobra.Command {
 	var hf adminFlags
 	var maxAge string
 	var maxKeys int
@@ -98,7 +87,11 @@ Exit status 1 when anything is found, 0 when clean.`,
 	hf.add(hygiene)
 	hygiene.Flags().StringVar(&maxAge, "max-age", staff.DefaultHygienePolicy.MaxKeyAge.String(), "oldest a live key may be (Go duration, e.g. 2160h)")
 	hygiene.Flags().IntVar(&maxKeys, "max-keys", staff.DefaultHygienePolicy.MaxKeysPerCustodian, "most live keys one custodian may hold")
+	return hygiene
+}
 
+// newCustodiansCmd is custos keys custodians: who holds or held a key.
+func newCustodiansCmd() *cobra.Command {
 	var cf adminFlags
 	var add, role string
 	custodians := &cobra.Command{
@@ -151,8 +144,15 @@ Exit status 1 when anything is found, 0 when clean.`,
 	cf.add(custodians)
 	custodians.Flags().StringVar(&add, "add", "", "staff id to record as custodian (see GET /v1/staff)")
 	custodians.Flags().StringVar(&role, "role", string(staff.Operate), "operate, administer or accessed")
+	return custodians
+}
 
-	keysCmd.AddCommand(hygiene, custodians)
+// ts is a time for a table: RFC 3339 UTC, or "-" when unset.
+func ts(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func dash(s string) string {

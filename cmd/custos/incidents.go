@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -43,27 +40,8 @@ func fetchIncident(ctx context.Context, c *api.Client, id string) (incidentView,
 	return v, nil
 }
 
-func ts(t time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	return t.UTC().Format(time.RFC3339)
-}
-
-func writeDeadlines(w io.Writer, ds []forensics.Deadline) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEADLINE\tDUE\tSTATUS\tLAW")
-	for _, d := range ds {
-		status := "due in " + d.Remaining.Round(time.Minute).String()
-		if d.Overdue {
-			status = "OVERDUE by " + (-d.Remaining).Round(time.Minute).String()
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Name, ts(d.Due), status, d.Law)
-	}
-	return tw.Flush()
-}
-
-func init() {
+// newIncidentsCmd is custos incidents: list, show and scope incidents.
+func newIncidentsCmd() *cobra.Command {
 	incidents := &cobra.Command{Use: "incidents", Short: "Incidents detection has opened: list, show, scope"}
 
 	var lf adminFlags
@@ -94,13 +72,7 @@ func init() {
 			if lf.json {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tAWARENESS\tSEVERITY\tALERTS\tRULES\tENTITIES")
-			for _, inc := range out.Incidents {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", inc.ID, ts(inc.Awareness), inc.Severity, len(inc.Alerts),
-					strings.Join(inc.Rules, ","), strings.Join(inc.Entities, ","))
-			}
-			return tw.Flush()
+			return detect.WriteIncidents(cmd.OutOrStdout(), out.Incidents)
 		},
 	}
 	lf.add(list)
@@ -127,19 +99,11 @@ func init() {
 				return printJSON(cmd.OutOrStdout(), v)
 			}
 			w := cmd.OutOrStdout()
-			inc := v.Incident
-			fmt.Fprintf(w, "incident   %s\nseverity   %s\nawareness  %s\nlast seen  %s\nrules      %s\nentities   %s\n\n",
-				inc.ID, inc.Severity, ts(inc.Awareness), ts(inc.LastSeen), strings.Join(inc.Rules, ", "), strings.Join(inc.Entities, ", "))
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ALERT\tRULE\tSEVERITY\tENTITY\tCOUNT\tFIRST\tLAST\tSUMMARY")
-			for _, a := range v.Alerts {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", a.ID, a.Rule, a.Severity, a.Entity, a.Count, ts(a.FirstSeen), ts(a.LastSeen), a.Summary)
-			}
-			if err := tw.Flush(); err != nil {
+			if err := detect.WriteIncident(w, v.Incident, v.Alerts); err != nil {
 				return err
 			}
 			fmt.Fprintln(w)
-			return writeDeadlines(w, v.Deadlines)
+			return forensics.WriteDeadlines(w, v.Deadlines)
 		},
 	}
 	sf.add(show)
@@ -177,11 +141,11 @@ func init() {
 			if pf.json {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
-			if err := writeScopeSummary(cmd.OutOrStdout(), out.Scope); err != nil {
+			if err := out.Scope.WriteSummary(cmd.OutOrStdout()); err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout())
-			return writeDeadlines(cmd.OutOrStdout(), out.Deadlines)
+			return forensics.WriteDeadlines(cmd.OutOrStdout(), out.Deadlines)
 		},
 	}
 	pf.add(scope)
@@ -189,7 +153,7 @@ func init() {
 	scope.Flags().BoolVar(&allowPartial, "allow-partial", false, "leave unreadable event files out (the answer says so) instead of failing")
 
 	incidents.AddCommand(list, show, scope)
-	root.AddCommand(incidents)
+	return incidents
 }
 
 // asUsage makes a refusal of bad input by the server (400, 404, 409) an

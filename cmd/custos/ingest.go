@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,108 +16,8 @@ import (
 	"github.com/custos-dev/custos/detect/ingest"
 )
 
-// ingestReport is what `custos ingest` prints.
-type ingestReport struct {
-	Lines     int                `json:"lines"`
-	Events    int                `json:"events"`
-	Malformed int                `json:"malformed"`
-	Errors    []ingest.LineError `json:"errors,omitempty"` // the first 100
-	Batches   int                `json:"batches"`
-	// Accepted and NotIssued are the server's counts: events it took and
-	// tokens its ledger says it never issued.
-	Accepted  int `json:"accepted"`
-	NotIssued int `json:"not_issued"`
-}
-
-// lineReader yields lines without their newline; a line longer than
-// ingest.MaxLine is skipped to its end and reported as tooLong.
-type lineReader struct{ br *bufio.Reader }
-
-func (l lineReader) next() (line []byte, tooLong bool, err error) {
-	for {
-		frag, e := l.br.ReadSlice('\n')
-		if !tooLong {
-			if len(line)+len(frag) > ingest.MaxLine+1 {
-				tooLong, line = true, nil
-			} else {
-				line = append(line, frag...)
-			}
-		}
-		if e == bufio.ErrBufferFull {
-			continue
-		}
-		line = bytes.TrimSuffix(line, []byte("\n"))
-		return line, tooLong, e
-	}
-}
-
-// ingestBatches reads JSON lines of format from r, reports each malformed
-// line on errw and posts the good lines, unchanged, to POST /v1/events in
-// batches, so the server runs its ledger check on the tokens foreign logs carry.
-func ingestBatches(ctx context.Context, r io.Reader, format string, batchLines int, post func([]byte) (ingest.Stats, error), errw io.Writer) (ingestReport, error) {
-	var rep ingestReport
-	var batch bytes.Buffer
-	n := 0
-	flush := func() error {
-		if n == 0 {
-			return nil
-		}
-		st, err := post(batch.Bytes())
-		if err != nil {
-			return fmt.Errorf("failed to post events (%d sent before): %w", rep.Accepted, err)
-		}
-		rep.Batches++
-		rep.Accepted += st.Events
-		rep.NotIssued += st.NotIssued
-		batch.Reset()
-		n = 0
-		return nil
-	}
-	bad := func(line int, err error) {
-		rep.Malformed++
-		if len(rep.Errors) < 100 {
-			rep.Errors = append(rep.Errors, ingest.LineError{Line: line, Err: err.Error()})
-		}
-		fmt.Fprintf(errw, "line %d: %v\n", line, err)
-	}
-	lr := lineReader{bufio.NewReaderSize(r, 64*1024)}
-	for {
-		line, tooLong, err := lr.next()
-		if len(line) > 0 || tooLong || err == nil {
-			rep.Lines++
-		}
-		if tooLong {
-			bad(rep.Lines, fmt.Errorf("%w: longer than %d bytes", ingest.ErrLine, ingest.MaxLine))
-		} else if s := bytes.TrimSpace(line); len(s) > 0 {
-			if _, _, perr := ingest.ParseLine(format, s); perr != nil {
-				bad(rep.Lines, perr)
-			} else {
-				rep.Events++
-				batch.Write(s)
-				batch.WriteByte('\n')
-				if n++; n >= batchLines || batch.Len() >= 8<<20 {
-					if ferr := flush(); ferr != nil {
-						return rep, ferr
-					}
-				}
-			}
-		}
-		if err == io.EOF {
-			return rep, flush()
-		}
-		if err != nil {
-			if ferr := flush(); ferr != nil {
-				return rep, errors.Join(err, ferr)
-			}
-			return rep, fmt.Errorf("failed to read line %d: %w", rep.Lines+1, err)
-		}
-		if ctx.Err() != nil {
-			return rep, ctx.Err()
-		}
-	}
-}
-
-func init() {
+// newIngestCmd is custos ingest: an access log sent to the running server.
+func newIngestCmd() *cobra.Command {
 	var f adminFlags
 	var format string
 	var batchLines int
@@ -177,7 +75,7 @@ are counted); 2 when nothing could be read.`,
 				err := postEvents(ctx, c, format, b, &st)
 				return st, err
 			}
-			rep, err := ingestBatches(ctx, in, format, batchLines, post, cmd.ErrOrStderr())
+			rep, err := ingest.Forward(ctx, in, format, batchLines, post, cmd.ErrOrStderr())
 			if err != nil {
 				if rep.Events == 0 {
 					return &exitError{2, err}
@@ -199,7 +97,7 @@ are counted); 2 when nothing could be read.`,
 	cmd.Flags().StringVar(&format, "format", ingest.FormatCustos, "custos, nginx or envoy")
 	cmd.Flags().IntVar(&batchLines, "batch", 5000, "lines per POST")
 	cmd.Flags().BoolVar(&showProgress, "progress", false, "draw a progress bar on standard error (default: when it is a terminal and not --json)")
-	root.AddCommand(cmd)
+	return cmd
 }
 
 // postEvents sends a body of JSON lines to POST /v1/events?format=F.

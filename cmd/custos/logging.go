@@ -24,10 +24,6 @@ func (f *logFormat) Set(v string) error {
 
 var logFormatFlag = logFormat("text")
 
-func init() {
-	root.PersistentFlags().Var(&logFormatFlag, "log-format", "log format of long-running commands: text or json (one object a line)")
-}
-
 // newLogger is the log of a long-running command, on standard error.
 func newLogger() *slog.Logger { return newLoggerTo(os.Stderr) }
 

@@ -144,7 +144,7 @@ func TestLogFormat(t *testing.T) {
 		json   bool
 	}{{"text", false}, {"json", true}, {"JSON", false}} {
 		t.Run(c.format, func(t *testing.T) {
-			err := root.PersistentFlags().Set("log-format", c.format)
+			err := newRootCmd().PersistentFlags().Set("log-format", c.format)
 			if c.format == "JSON" {
 				if err == nil {
 					t.Fatal("log format JSON (upper case) accepted")

@@ -11,7 +11,8 @@ import (
 	"github.com/custos-dev/custos/detect"
 )
 
-func init() {
+// newRulesCmd is custos rules test: custom rules checked and run over events.
+func newRulesCmd() *cobra.Command {
 	rules := &cobra.Command{Use: "rules", Short: "Work with custom detection rules (CEL)"}
 	var events string
 	var asJSON bool
@@ -47,18 +48,11 @@ func init() {
 				enc.SetIndent("", "  ")
 				return enc.Encode(rep)
 			}
-			fmt.Fprintf(out, "%d events, %d malformed lines\n", rep.Events, len(rep.Malformed))
-			for _, m := range rep.Malformed {
-				fmt.Fprintf(out, "  line %d: %s\n", m.Line, m.Err)
-			}
-			for _, r := range rep.Rules {
-				fmt.Fprintf(out, "%-32s %8d matches %4d alerts\n", r.Name, r.Matches, r.Alerts)
-			}
-			return nil
+			return rep.WriteText(out)
 		},
 	}
 	test.Flags().StringVar(&events, "events", "", "JSON lines of access events")
 	test.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	rules.AddCommand(test, sigmaImport())
-	root.AddCommand(rules)
+	return rules
 }

@@ -33,7 +33,8 @@ func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
-func init() {
+// newServeCmd is custos serve: every part in one process, or one role.
+func newServeCmd() *cobra.Command {
 	var cfgPath, data, listen, issuer, upstream, role string
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -80,7 +81,7 @@ func init() {
 	cmd.Flags().StringVar(&issuer, "issuer", "", "token issuer (iss) and public base URL (default http://LISTEN)")
 	cmd.Flags().StringVar(&upstream, "upstream", "", "run the gateway in-process in front of this upstream URL")
 	cmd.Flags().StringVar(&role, "role", "all", "parts to run: all, authority, gateway, detector or forensics (scale-out roles need scale.nats)")
-	root.AddCommand(cmd)
+	return cmd
 }
 
 func serve(ctx context.Context, cfg config.Config, cmd *cobra.Command) error {

@@ -50,7 +50,8 @@ type simFlags struct {
 	slowEvery                        time.Duration
 }
 
-func init() {
+// newSimulateCmd is custos simulate coupang: the replay of the breach.
+func newSimulateCmd() *cobra.Command {
 	var f simFlags
 	def := scenario.DefaultConfig()
 	simulate := &cobra.Command{Use: "simulate", Short: "Replay a breach against custos and a signature-only baseline"}
@@ -153,7 +154,7 @@ func init() {
 	fl.BoolVar(&f.domestic, "attack-domestic", false, "stolen-client-secret, replayed-tokens: send from domestic sources (as many as the crawler's networks) instead of abroad")
 	fl.Uint64Var(&f.replayed, "replayed-tokens", def.ReplayedTokens, "replayed-tokens: customer tokens replayed, at scale 1")
 	simulate.AddCommand(coupang)
-	root.AddCommand(simulate)
+	return simulate
 }
 
 // replayEvents runs one events-mode replay of cfg.

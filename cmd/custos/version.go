@@ -54,7 +54,8 @@ func readBuildInfo() buildInfo {
 	return bi
 }
 
-func init() {
+// newVersionCmd is custos version.
+func newVersionCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "version",
@@ -89,5 +90,5 @@ func init() {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
-	root.AddCommand(cmd)
+	return cmd
 }
