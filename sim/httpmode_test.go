@@ -10,25 +10,36 @@ import (
 	"github.com/custos-dev/custos/sim/scenario"
 )
 
-// The breach over real HTTP: authority, gateway, SCIM offboarding, detection
-// and forensics, against a signature-only gateway on the same requests.
-func TestHTTPReplay(t *testing.T) {
-	if testing.Short() {
-		t.Skip("HTTP replay skipped in -short mode")
-	}
+// replayHTTPTest runs the HTTP replay at scale 0.00002, edited by edit,
+// and closes it when the test ends.
+func replayHTTPTest(t *testing.T, edit func(*scenario.Config)) (*HTTPReplay, Report) {
+	t.Helper()
 	cfg := scenario.DefaultConfig()
 	cfg.Scale = 0.00002
+	if edit != nil {
+		edit(&cfg)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	h, err := StartHTTP(ctx, HTTPOptions{Scenario: cfg, Data: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
+	t.Cleanup(func() { h.Close() })
 	rep, err := h.Run(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, rep
+}
+
+// The breach over real HTTP: authority, gateway, SCIM offboarding, detection
+// and forensics, against a signature-only gateway on the same requests.
+func TestHTTPReplay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("HTTP replay skipped in -short mode")
+	}
+	h, rep := replayHTTPTest(t, nil)
 	if len(rep.Worlds) != 2 {
 		t.Fatalf("worlds %d", len(rep.Worlds))
 	}
@@ -79,20 +90,10 @@ func TestHTTPReplayVariants(t *testing.T) {
 		{scenario.ReplayedTokens, true, detect.RuleForeignOrigin, ""},
 	} {
 		t.Run(string(tc.v), func(t *testing.T) {
-			cfg := scenario.DefaultConfig()
-			cfg.Scale, cfg.Attacker = 0.00002, tc.v
-			cfg.ReplayedTokens = 500_000 // 10 at this scale
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			h, err := StartHTTP(ctx, HTTPOptions{Scenario: cfg, Data: t.TempDir()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Close()
-			rep, err := h.Run(ctx, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			h, rep := replayHTTPTest(t, func(c *scenario.Config) {
+				c.Attacker = tc.v
+				c.ReplayedTokens = 500_000 // 10 at this scale
+			})
 			base, cust := rep.Worlds[0], rep.Worlds[1]
 			if base.ForgedSent == 0 || base.ForgedServed == 0 || cust.ForgedSent != base.ForgedSent {
 				t.Fatalf("attack requests: baseline served %d of %d, custos saw %d", base.ForgedServed, base.ForgedSent, cust.ForgedSent)
