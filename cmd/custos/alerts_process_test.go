@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/custos-dev/custos/internal/proctest"
 )
 
 // `custos serve` on the embedded store as a separate process: alerts and
@@ -25,21 +27,18 @@ func TestAlertsSurviveRestart(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	api := freeAddr(t)
+	bin := proctest.Binary(t)
+	api := proctest.FreeAddr(t)
 	data := filepath.Join(dir, "data")
 	var cmd *exec.Cmd
-	out := &lockedBuffer{}
+	out := &proctest.Output{}
 	start := func() {
 		cmd = exec.Command(bin, "serve", "--data", data, "--listen", api, "--issuer", "http://"+api)
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the server", func() bool {
+		proctest.WaitFor(t, "the server", func() bool {
 			r, err := http.Get("http://" + api + "/readyz")
 			if err == nil {
 				r.Body.Close()
@@ -140,7 +139,7 @@ func TestAlertsSurviveRestart(t *testing.T) {
 	}
 	waitAlerts := func(n int) listed {
 		var l listed
-		waitFor(t, fmt.Sprintf("%d alerts listed", n), func() bool { l = list(); return len(l.alerts) >= n })
+		proctest.WaitFor(t, fmt.Sprintf("%d alerts listed", n), func() bool { l = list(); return len(l.alerts) >= n })
 		if len(l.alerts) != n {
 			t.Fatalf("%d alerts listed, want %d: %v", len(l.alerts), n, l.alerts)
 		}
