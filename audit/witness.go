@@ -26,12 +26,22 @@ type Witness struct {
 	Client    *http.Client  // http.DefaultClient if nil
 	// OnAlarm, if set, is called with every rollback or fork found.
 	OnAlarm func(error)
+	// OnCheck, if set, is called after every poll with its outcome (see
+	// [WitnessMetrics]).
+	OnCheck func(*log.Checkpoint, error)
 }
 
 // Check polls once. It returns ErrRollback or ErrFork (wrapped) on an
 // alarm, after calling OnAlarm; other errors are fetch or parse failures.
 // The state file only ever moves forward to a consistent checkpoint.
-func (w *Witness) Check(ctx context.Context) (*log.Checkpoint, error) {
+func (w *Witness) Check(ctx context.Context) (cp *log.Checkpoint, err error) {
+	if w.OnCheck != nil {
+		defer func() { w.OnCheck(cp, err) }()
+	}
+	return w.check(ctx)
+}
+
+func (w *Witness) check(ctx context.Context) (*log.Checkpoint, error) {
 	base, ok := strings.CutSuffix(w.URL, "checkpoint")
 	if !ok {
 		return nil, fmt.Errorf("witness URL %q does not end in checkpoint", w.URL)

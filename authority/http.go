@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/wire"
 )
 
@@ -43,11 +44,23 @@ func (h *Handler) clientOf(r *http.Request) (*Client, error) {
 	return nil, ErrBadCredential
 }
 
+// remoteHost is the address of the peer that called the endpoint.
+func remoteHost(r *http.Request) string {
+	h, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return h
+}
+
 // Handler serves the token endpoints.
 type Handler struct {
 	Auth  *Authority
 	Creds *Credentials
 	Log   *slog.Logger
+	// Nonces, when set, makes the token endpoint require DPoP server
+	// nonces (RFC 9449 section 8) in proofs.
+	Nonces *dpop.Nonces
 }
 
 // Register mounts the token endpoints on mux.
@@ -70,11 +83,7 @@ func (h *Handler) issue(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	caller, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		caller = r.RemoteAddr
-	}
-	out, err := h.Auth.Issue(WithCaller(r.Context(), caller), c, req)
+	out, err := h.Auth.Issue(WithCaller(r.Context(), remoteHost(r)), c, req)
 	if err != nil {
 		h.writeErr(w, err)
 		return

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/token"
 	"github.com/custos-dev/custos/wire"
 )
@@ -119,7 +120,7 @@ func (h *Handler) oauthToken(w http.ResponseWriter, r *http.Request) {
 		h.writeOAuthErr(w, r, err)
 		return
 	}
-	out, err := h.grant(r.Context(), r, c, form)
+	out, err := h.grant(WithCaller(r.Context(), remoteHost(r)), r, c, form)
 	if err != nil {
 		h.writeOAuthErr(w, r, err)
 		return
@@ -167,7 +168,7 @@ func (h *Handler) grant(ctx context.Context, r *http.Request, c *Client, form ur
 		req.Subject, req.SessionID = sub.subject, sub.sid
 		resp.IssuedTokenType = TokenTypeAccessToken
 	}
-	cnf, err := h.binding(r, c)
+	cnf, err := h.binding(ctx, r, c)
 	if err != nil {
 		return tokenResponse{}, err
 	}
@@ -216,15 +217,41 @@ func (h *Handler) exchangeSubject(ctx context.Context, form url.Values) (externa
 	return sub, nil
 }
 
-// binding is the key a DPoP proof on r binds the token to, or none.
-func (h *Handler) binding(r *http.Request, c *Client) (token.Confirmation, error) {
-	if len(r.Header.Values("DPoP")) > 0 {
-		return token.Confirmation{}, oauthErr("invalid_dpop_proof", "DPoP-bound tokens are not issued")
-	}
-	if c.RequireDPoP {
+// binding checks the DPoP proof of a token request (RFC 9449 section 5)
+// and returns the key thumbprint the token is to be bound to: htm POST,
+// htu this token endpoint, iat within the window, no ath, a jti never seen
+// at any replica, a nonce when the handler hands them out. No proof: a
+// bearer token, unless the client must bind its tokens.
+func (h *Handler) binding(ctx context.Context, r *http.Request, c *Client) (token.Confirmation, error) {
+	proofs := r.Header.Values("DPoP")
+	switch {
+	case len(proofs) == 0 && c.RequireDPoP:
 		return token.Confirmation{}, oauthErr("invalid_dpop_proof", "this client must present a DPoP proof")
+	case len(proofs) == 0:
+		return token.Confirmation{}, nil
+	case len(proofs) > 1:
+		return token.Confirmation{}, oauthErr("invalid_dpop_proof", "more than one DPoP header")
 	}
-	return token.Confirmation{}, nil
+	now := h.Auth.now()
+	e := dpop.Expect{Method: http.MethodPost, URL: h.Auth.TokenEndpoint(), Now: now}
+	if h.Nonces != nil {
+		e.Nonce = func(n string) bool { return h.Nonces.Valid(n, now) }
+	}
+	p, err := dpop.Verify(proofs[0], e)
+	if errors.Is(err, dpop.ErrUseNonce) {
+		return token.Confirmation{}, oauthErr("use_dpop_nonce", "the DPoP proof must carry the nonce in the DPoP-Nonce header")
+	}
+	if err != nil {
+		return token.Confirmation{}, oauthErr("invalid_dpop_proof", "%v", err)
+	}
+	first, err := h.Creds.seen.first(ctx, "dpop", dpop.ReplayKey(p), dpop.ReplayUntil(p, 0))
+	if err != nil {
+		return token.Confirmation{}, err
+	}
+	if !first {
+		return token.Confirmation{}, oauthErr("invalid_dpop_proof", "DPoP proof already used")
+	}
+	return token.Confirmation{JKT: p.JKT}, nil
 }
 
 // writeOAuthErr writes err as RFC 6749 section 5.2 says: 401 for
@@ -248,6 +275,9 @@ func (h *Handler) writeOAuthErr(w http.ResponseWriter, r *http.Request, err erro
 		if r.Header.Get("Authorization") != "" {
 			w.Header().Set("WWW-Authenticate", `Basic realm="custos", charset="UTF-8"`)
 		}
+	}
+	if ae.Code == "use_dpop_nonce" && h.Nonces != nil {
+		w.Header().Set("DPoP-Nonce", h.Nonces.Issue(h.Auth.now()))
 	}
 	w.Header().Set("Pragma", "no-cache")
 	wire.WriteError(w, status, ae.Code, ae.Description)

@@ -121,8 +121,9 @@ type Scale struct {
 	// Prefix of the bus's subjects and streams (default custos).
 	Prefix string `yaml:"prefix" env:"CUSTOS_NATS_PREFIX"`
 	// Instance and Instances: this detector's share of the partitions.
-	Instance  int `yaml:"instance"`
-	Instances int `yaml:"instances"`
+	// CUSTOS_SCALE_INSTANCE lets a StatefulSet give each pod its ordinal.
+	Instance  int `yaml:"instance" env:"CUSTOS_SCALE_INSTANCE"`
+	Instances int `yaml:"instances" env:"CUSTOS_SCALE_INSTANCES"`
 }
 
 // Keys configures key custody and the key lifecycle policy.
@@ -134,7 +135,8 @@ type Keys struct {
 	// database, scale.store, shared by every authority replica; the KEK must
 	// then come from kek_env, passphrase_env or a kek_file outside DATA).
 	Keyring string `yaml:"keyring" env:"CUSTOS_KEYRING"`
-	// Alg is "EdDSA" (default) or "ES256".
+	// Alg is "EdDSA" (default), "ES256" or "RS256" (2048-bit RSA, for
+	// resource servers that verify only RS256).
 	Alg string `yaml:"alg" env:"CUSTOS_KEYS_ALG"`
 	// KEKFile is a file holding the 32-byte key-encryption key of the sealed
 	// keyring; default DATA/kek (created 0600 on first start).
@@ -394,6 +396,12 @@ func applyEnv(v reflect.Value, env func(string) (string, bool)) error {
 			fv.SetInt(int64(d))
 		case f.Type.Kind() == reflect.String:
 			fv.SetString(s)
+		case f.Type.Kind() == reflect.Int:
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				return fmt.Errorf("%w: %s: %v", ErrInvalid, name, err)
+			}
+			fv.SetInt(int64(n))
 		case f.Type.Kind() == reflect.Bool:
 			b, err := strconv.ParseBool(s)
 			if err != nil {
@@ -430,9 +438,9 @@ func (c *Config) Validate() error {
 		return bad("keys.backend", "must be sealed or pkcs11, not %q", c.Keys.Backend)
 	}
 	switch c.Keys.Alg {
-	case "EdDSA", "ES256":
+	case "EdDSA", "ES256", "RS256":
 	default:
-		return bad("keys.alg", "must be EdDSA or ES256, not %q", c.Keys.Alg)
+		return bad("keys.alg", "must be EdDSA, ES256 or RS256, not %q", c.Keys.Alg)
 	}
 	switch c.Keys.Keyring {
 	case "", "file":

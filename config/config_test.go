@@ -81,6 +81,17 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// A StatefulSet hands each detector its ordinal through the environment.
+func TestEnvInt(t *testing.T) {
+	c, err := Load("", env(map[string]string{"CUSTOS_SCALE_INSTANCE": "2", "CUSTOS_SCALE_INSTANCES": "3"}))
+	if err != nil || c.Scale.Instance != 2 || c.Scale.Instances != 3 {
+		t.Fatalf("%v %+v", err, c.Scale)
+	}
+	if _, err := Load("", env(map[string]string{"CUSTOS_SCALE_INSTANCE": "two"})); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "CUSTOS_SCALE_INSTANCE") {
+		t.Fatalf("fail/not_a_number: %v", err)
+	}
+}
+
 // The issuer, when not configured, is the listen address; an issuer that
 // would send discovery to another port or address is refused at start.
 func TestIssuer(t *testing.T) {

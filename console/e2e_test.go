@@ -62,7 +62,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	os.MkdirAll(dl, 0o755)
 
 	ctx, jsErrs := browse(t, bin, 90*time.Second)
-	shot := func(name string) chromedp.Action[chromedp.Void] { return screenshot(t, filepath.Join(art, name+".png")) }
+	shot := func(name string) chromedp.Action[chromedp.Void] {
+		return screenshot(t, filepath.Join(art, name+".png"))
+	}
 	tb := &tab{t: t, ctx: ctx}
 	do, text, attr := tb.do, tb.text, tb.attr
 	base := e.apiURL + "/console"

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"net/netip"
 	"strconv"
@@ -62,7 +63,7 @@ func (n *namer) name(raw string) entity {
 		return e
 	}
 	e := n.resolve(raw)
-	e.Raw = raw
+	e.Raw, e.Name = raw, cmp.Or(e.Name, raw)
 	n.cache[raw] = e
 	return e
 }

@@ -29,6 +29,7 @@ var funcs = template.FuncMap{
 		}
 		return t.UTC().Format("2006-01-02 15:04Z")
 	},
+	"tss":     func(t time.Time) string { return t.UTC().Format("01-02 15:04:05") },
 	"rfc3339": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"dur":     humanDuration,
 	"json": func(v any) (string, error) {

@@ -1,5 +1,6 @@
 // Package deploy holds the files that deploy custos (systemd unit, Grafana
-// dashboard); its tests check them with the tools that read them.
+// dashboard, Kubernetes manifests); its tests check them with the tools and
+// types that read them.
 package deploy
 
 import (

@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -247,10 +248,11 @@ func parse(raw string) (*Proof, *claims, error) {
 	if err != nil || alg != keys.EdDSA && alg != keys.ES256 {
 		return nil, nil, invalid("alg %q not allowed", algName)
 	}
-	pub, err := publicJWK(h["jwk"], alg)
+	key, err := jwkOf(h["jwk"], alg)
 	if err != nil {
 		return nil, nil, err
 	}
+	pub := key.pub
 	jws := &token.Parsed{Header: token.Header{Alg: algName}, SigningInput: []byte(raw[:len(hs)+1+len(ps)]), Signature: sig}
 	if err := token.VerifySignature(jws, alg, pub); err != nil {
 		return nil, nil, invalid("signature: %v", err)
@@ -280,13 +282,54 @@ func parse(raw string) (*Proof, *claims, error) {
 	if !iatOK {
 		return nil, nil, invalid("iat missing or not a NumericDate")
 	}
-	jkt, err := Thumbprint(pub)
-	if err != nil {
-		return nil, nil, err
-	}
-	p := &Proof{JKT: jkt, JTI: c.JTI, HTM: c.HTM, HTU: c.HTU, Alg: alg, Key: pub, Nonce: c.Nonce,
+	p := &Proof{JKT: key.jkt, JTI: c.JTI, HTM: c.HTM, HTU: c.HTU, Alg: alg, Key: pub, Nonce: c.Nonce,
 		IssuedAt: time.Unix(int64(iat), 0)}
 	return p, &c, nil
+}
+
+// parsedKey is a jwk header already read: its key and thumbprint.
+type parsedKey struct {
+	pub crypto.PublicKey
+	jkt string
+}
+
+// keyCache remembers the jwk headers read lately, by their exact bytes and
+// alg: a client signs every proof with the same key, and reading the JWK and
+// hashing its thumbprint again would cost a fair part of a verification.
+// Only keys that were read successfully are kept; at maxCachedKeys the cache
+// starts over.
+var keyCache = struct {
+	sync.Mutex
+	m map[string]parsedKey
+}{m: map[string]parsedKey{}}
+
+const maxCachedKeys = 50_000
+
+// jwkOf reads a proof's jwk through keyCache.
+func jwkOf(raw json.RawMessage, alg keys.Alg) (parsedKey, error) {
+	id := string(alg) + " " + string(raw)
+	keyCache.Lock()
+	k, ok := keyCache.m[id]
+	keyCache.Unlock()
+	if ok {
+		return k, nil
+	}
+	pub, err := publicJWK(raw, alg)
+	if err != nil {
+		return parsedKey{}, err
+	}
+	jkt, err := Thumbprint(pub)
+	if err != nil {
+		return parsedKey{}, err
+	}
+	k = parsedKey{pub: pub, jkt: jkt}
+	keyCache.Lock()
+	if len(keyCache.m) >= maxCachedKeys {
+		clear(keyCache.m)
+	}
+	keyCache.m[id] = k
+	keyCache.Unlock()
+	return k, nil
 }
 
 // publicJWK reads the header's jwk: a public Ed25519 or P-256 key that fits alg.

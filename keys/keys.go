@@ -19,6 +19,10 @@ type Alg string
 const (
 	EdDSA Alg = "EdDSA" // Ed25519, the default
 	ES256 Alg = "ES256" // ECDSA P-256 with SHA-256
+	// RS256 is RSASSA-PKCS1-v1_5 with SHA-256 and 2048-bit keys (RFC 7518
+	// section 3.3), for resource servers that verify nothing else (RFC 9068
+	// section 4 makes it mandatory to implement); never the default.
+	RS256 Alg = "RS256"
 )
 
 // State is where a key is in its lifecycle.

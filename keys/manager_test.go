@@ -558,7 +558,9 @@ func TestPolicyValidate(t *testing.T) {
 		{"fail/rotate-after-max-age", Policy{RotateEvery: 48 * time.Hour, MaxKeyAge: 24 * time.Hour}, false},
 		{"fail/negative-rotate", Policy{RotateEvery: -time.Hour}, false},
 		{"fail/negative-leeway", Policy{RetireLeeway: -time.Second}, false},
-		{"fail/rs256", Policy{Alg: "RS256"}, false},
+		{"ok/rs256", Policy{Alg: RS256}, true},
+		{"fail/rs512", Policy{Alg: "RS512"}, false},
+		{"fail/hs256", Policy{Alg: "HS256"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.p.WithDefaults().Validate()

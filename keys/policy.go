@@ -81,8 +81,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("%w: rotate_every %s exceeds max_key_age %s", ErrPolicy, p.RotateEvery, p.MaxKeyAge)
 	case p.RetireLeeway < 0:
 		return fmt.Errorf("%w: retire_leeway must not be negative", ErrPolicy)
-	case p.Alg != EdDSA && p.Alg != ES256:
-		return fmt.Errorf("%w: alg %q is not EdDSA or ES256", ErrPolicy, p.Alg)
+	case p.Alg != EdDSA && p.Alg != ES256 && p.Alg != RS256:
+		return fmt.Errorf("%w: alg %q is not EdDSA, ES256 or RS256", ErrPolicy, p.Alg)
 	}
 	return nil
 }

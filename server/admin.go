@@ -293,7 +293,7 @@ func (s *Server) listClients(w http.ResponseWriter, r *http.Request) {
 			live = append(live, c)
 		}
 	}
-	wire.WriteJSON(w, http.StatusOK, map[string]any{"clients": live})
+	writePage(w, r, "clients", live, func(c authority.Client) string { return c.ID })
 }
 
 type addSCIMTokenBody struct {

@@ -90,7 +90,7 @@ func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusServiceUnavailable, "server_error", "the store did not answer")
 		return
 	}
-	wire.WriteJSON(w, http.StatusOK, map[string]any{"credentials": cs})
+	writePage(w, r, "credentials", cs, func(c authority.Credential) string { return c.ID })
 }
 
 // revokeCredential serves POST /v1/credentials/{id}/revoke; the body, if

@@ -16,6 +16,7 @@ import (
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect/ingest"
+	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
 	"github.com/custos-dev/custos/wire"
@@ -106,6 +107,7 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 		"introspection_endpoint_auth_methods_supported":    []string{authority.AuthSecretBasic},
 		"revocation_endpoint_auth_methods_supported":       []string{authority.AuthSecretBasic},
 		"response_types_supported":                         []string{},
+		"dpop_signing_alg_values_supported":                dpop.Algs,
 	})
 }
 

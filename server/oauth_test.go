@@ -12,6 +12,7 @@ import (
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 
+	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/server/servertest"
 	"github.com/custos-dev/custos/token"
 )
@@ -45,7 +46,7 @@ func TestOAuthMetadataAndTokenEndpoint(t *testing.T) {
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	want := []string{"grant_types_supported", "introspection_endpoint", "introspection_endpoint_auth_methods_supported", "issuer", "jwks_uri",
+	want := []string{"dpop_signing_alg_values_supported", "grant_types_supported", "introspection_endpoint", "introspection_endpoint_auth_methods_supported", "issuer", "jwks_uri",
 		"response_types_supported", "revocation_endpoint", "revocation_endpoint_auth_methods_supported", "token_endpoint",
 		"token_endpoint_auth_methods_supported", "token_endpoint_auth_signing_alg_values_supported"}
 	if !slices.Equal(names, want) {
@@ -53,6 +54,9 @@ func TestOAuthMetadataAndTokenEndpoint(t *testing.T) {
 	}
 	if m["issuer"] != e.Cfg.Issuer || m["token_endpoint"] != e.APIURL+"/oauth2/token" || m["jwks_uri"] != e.APIURL+"/.well-known/jwks.json" {
 		t.Errorf("issuer or endpoints: %v", m)
+	}
+	if algs, _ := json.Marshal(m["dpop_signing_alg_values_supported"]); string(algs) != `["EdDSA","ES256"]` {
+		t.Errorf("DPoP algorithms %s", algs)
 	}
 	if rt, _ := m["response_types_supported"].([]any); len(rt) != 0 {
 		t.Errorf("response types %v: custos has no authorization endpoint", rt)
@@ -103,5 +107,52 @@ func TestOAuthMetadataAndTokenEndpoint(t *testing.T) {
 		if in["active"] != true || in["sub"] != c.ID {
 			t.Errorf("introspection of the token: %d %v", resp.StatusCode, in)
 		}
+	}
+}
+
+// keys.alg RS256: the sealed keyring makes an RSA key, the token endpoint
+// signs RS256 with it, the JWK set publishes it, and the verdict accepts it.
+func TestRS256Keys(t *testing.T) {
+	e := servertest.Start(t, servertest.DefaultPopulation, func(c *config.Config) { c.Keys.Alg = "RS256" })
+	ctx := context.Background()
+	c, secret, err := e.S.Creds.AddClient(ctx, "svc", []string{"shop-api"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := (&clientcredentials.Config{ClientID: c.ID, ClientSecret: secret, TokenURL: e.APIURL + "/oauth2/token"}).Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := token.Parse(tok.AccessToken)
+	if err != nil || p.Header.Alg != "RS256" || len(p.Signature) != 256 {
+		t.Fatalf("token header %+v, %d-byte signature, %v", p.Header, len(p.Signature), err)
+	}
+	resp, err := http.Get(e.APIURL + "/.well-known/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	json.NewDecoder(resp.Body).Decode(&set)
+	resp.Body.Close()
+	if len(set.Keys) == 0 || set.Keys[0]["kty"] != "RSA" || set.Keys[0]["alg"] != "RS256" || set.Keys[0]["kid"] != p.Header.KID {
+		t.Fatalf("JWK set %v", set.Keys)
+	}
+	if set.Keys[0]["d"] != nil || set.Keys[0]["p"] != nil {
+		t.Fatal("the JWK set publishes private RSA members")
+	}
+	req, _ := http.NewRequest("POST", e.APIURL+"/v1/tokens/introspect", strings.NewReader("token="+tok.AccessToken))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth(c.ID, secret)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in map[string]any
+	json.NewDecoder(resp.Body).Decode(&in)
+	resp.Body.Close()
+	if in["active"] != true {
+		t.Fatalf("introspection of an RS256 token: %v", in)
 	}
 }

@@ -1,7 +1,9 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -112,5 +114,54 @@ func TestSinkConfigRefused(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// Lists page with limit and cursor and say when an answer is cut.
+func TestListsPage(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	for i := 0; i < 4; i++ {
+		body := map[string]any{"name": fmt.Sprintf("paging-%d", i), "audience": []string{config.DefaultAudience}}
+		if err := e.API.Do(ctx, "POST", "/v1/clients", body, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var all []string
+	for cursor := ""; ; {
+		var pg struct {
+			Clients []struct {
+				ClientID string `json:"client_id"`
+			} `json:"clients"`
+			Truncated bool   `json:"truncated"`
+			Next      string `json:"next"`
+		}
+		if err := e.API.Do(ctx, "GET", "/v1/clients?limit=2&cursor="+cursor, nil, &pg); err != nil {
+			t.Fatal(err)
+		}
+		if len(pg.Clients) > 2 || pg.Truncated != (pg.Next != "") {
+			t.Fatalf("page %+v", pg)
+		}
+		for _, c := range pg.Clients {
+			all = append(all, c.ClientID)
+		}
+		if cursor = pg.Next; cursor == "" {
+			break
+		}
+	}
+	seen := map[string]bool{}
+	for _, id := range all {
+		if seen[id] {
+			t.Fatalf("%s twice in %v", id, all)
+		}
+		seen[id] = true
+	}
+	if len(all) < 4 {
+		t.Fatalf("%d clients over the pages", len(all))
+	}
+	for _, path := range []string{"/v1/staff?limit=0", "/v1/credentials?cursor=%25", "/v1/clients?limit=5000"} {
+		if err := e.API.Do(ctx, "GET", path, nil, nil); err == nil || !strings.Contains(err.Error(), "limit must be") {
+			t.Errorf("fail/%s: %v", path, err)
+		}
 	}
 }

@@ -143,5 +143,5 @@ func (s *Server) listStaff(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
-	wire.WriteJSON(w, http.StatusOK, map[string]any{"staff": ps})
+	writePage(w, r, "staff", ps, func(p staff.Person) string { return p.ID })
 }

@@ -46,7 +46,11 @@ func signWithJose(t testing.TB, s crypto.Signer, alg jose.SignatureAlgorithm, ki
 	if err != nil {
 		t.Fatal(err)
 	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: &joseOpaque{s: s, alg: alg}},
+	var key any = &joseOpaque{s: s, alg: alg}
+	if alg == jose.RS256 {
+		key = s // go-jose's own RSA signing: an independent reference
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key},
 		(&jose.SignerOptions{}).WithType(Type).WithHeader(jose.HeaderKey("kid"), kid))
 	if err != nil {
 		t.Fatal(err)
@@ -68,6 +72,7 @@ func signWithJose(t testing.TB, s crypto.Signer, alg jose.SignatureAlgorithm, ki
 func TestSignMatchesGoJose(t *testing.T) {
 	_, edPriv, _ := ed25519.GenerateKey(rand.Reader)
 	ecPriv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	rsaPriv := testRSAKey(t)
 	weird := testClaims()
 	weird.Subject = `mem"ber\<é>&` + "\u2028"
 	weird.Scope = "profile addresses"
@@ -79,6 +84,14 @@ func TestSignMatchesGoJose(t *testing.T) {
 			}
 			if want := signWithJose(t, edPriv, jose.EdDSA, kid, c); got != want {
 				t.Fatalf("kid %q:\n got %s\nwant %s", kid, got, want)
+			}
+			// RSASSA-PKCS1-v1_5 is deterministic too.
+			rs, err := Sign(rsaPriv, keys.RS256, kid, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := signWithJose(t, rsaPriv, jose.RS256, kid, c); rs != want {
+				t.Fatalf("RS256 kid %q:\n got %s\nwant %s", kid, rs, want)
 			}
 
 			es, err := Sign(ecPriv, keys.ES256, kid, c)

@@ -1,5 +1,6 @@
 // Package token signs and verifies custos access tokens: JWTs in the RFC 9068
-// profile (typ "at+jwt"), compact JWS with EdDSA or ES256 and nothing else.
+// profile (typ "at+jwt"), compact JWS with EdDSA, ES256 or RS256 (an option,
+// never the default) and nothing else.
 //
 // The authority calls [Sign]; a verifier calls [Parse], which refuses anything
 // that is not a strictly encoded token (size, base64url, JSON, duplicate keys,
@@ -24,6 +25,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/asn1"
 	"encoding/base64"
@@ -143,6 +145,10 @@ func Sign(s crypto.Signer, alg keys.Alg, kid string, c Claims) (string, error) {
 		if pk, ok := s.Public().(*ecdsa.PublicKey); !ok || pk.Curve != elliptic.P256() {
 			return "", fmt.Errorf("failed to sign: %s needs a P-256 key", alg)
 		}
+	case keys.RS256:
+		if pk, ok := s.Public().(*rsa.PublicKey); !ok || pk.N.BitLen() < MinRSABits {
+			return "", fmt.Errorf("failed to sign: %s needs an RSA key of at least %d bits", alg, MinRSABits)
+		}
 	default:
 		return "", fmt.Errorf("failed to sign: unsupported algorithm %q", alg)
 	}
@@ -177,18 +183,22 @@ func Sign(s crypto.Signer, alg keys.Alg, kid string, c Claims) (string, error) {
 
 // signInput signs a JWS signing input through the custody signer: Ed25519
 // over the input itself, ES256 over its SHA-256 with the signature turned
-// into JWS's r||s form.
+// into JWS's r||s form, RS256 (PKCS #1 v1.5, which a crypto.Signer gives
+// for crypto.SHA256 options) over its SHA-256.
 func signInput(s crypto.Signer, alg keys.Alg, input []byte) ([]byte, error) {
 	if alg == keys.EdDSA {
 		return s.Sign(rand.Reader, input, crypto.Hash(0))
 	}
 	d := sha256.Sum256(input)
-	der, err := s.Sign(rand.Reader, d[:], crypto.SHA256)
-	if err != nil {
-		return nil, err
+	sig, err := s.Sign(rand.Reader, d[:], crypto.SHA256)
+	if err != nil || alg == keys.RS256 {
+		return sig, err
 	}
-	return derToP1363(der)
+	return derToP1363(sig)
 }
+
+// MinRSABits is the smallest RSA modulus custos signs or verifies with.
+const MinRSABits = 2048
 
 // derToP1363 turns an ASN.1 ECDSA signature into the fixed-size r||s form
 // that JWS (RFC 7518 section 3.4) requires.
@@ -573,6 +583,19 @@ func verify(alg keys.Alg, pub crypto.PublicKey, msg, sig []byte) error {
 		}
 		d := sha256.Sum256(msg)
 		if !ecdsa.Verify(pk, d[:], r, s) {
+			return ErrBadSignature
+		}
+		return nil
+	case keys.RS256:
+		pk, ok := pub.(*rsa.PublicKey)
+		if !ok || pk.N.BitLen() < MinRSABits {
+			return fmt.Errorf("%w: RS256 needs an RSA key of at least %d bits", ErrBadSignature, MinRSABits)
+		}
+		if len(sig) != pk.Size() {
+			return fmt.Errorf("%w: RS256 signature of %d bytes, key of %d", ErrBadSignature, len(sig), pk.Size())
+		}
+		d := sha256.Sum256(msg)
+		if rsa.VerifyPKCS1v15(pk, crypto.SHA256, d[:], sig) != nil {
 			return ErrBadSignature
 		}
 		return nil

@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -16,7 +17,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/custos-dev/custos/keys"
 )
@@ -48,6 +52,7 @@ func TestSignParseVerify(t *testing.T) {
 	}{
 		{"ok/eddsa", edPriv, keys.EdDSA},
 		{"ok/es256", ecPriv, keys.ES256},
+		{"ok/rs256", testRSAKey(t), keys.RS256},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testClaims()
@@ -81,6 +86,98 @@ func TestSignParseVerify(t *testing.T) {
 			}
 		})
 	}
+}
+
+var rsaKeyOnce struct {
+	sync.Once
+	k *rsa.PrivateKey
+}
+
+// testRSAKey is one 2048-bit key for the whole run (generating is slow).
+func testRSAKey(t testing.TB) *rsa.PrivateKey {
+	rsaKeyOnce.Do(func() { rsaKeyOnce.k, _ = rsa.GenerateKey(rand.Reader, 2048) })
+	return rsaKeyOnce.k
+}
+
+// RS256: only RSA keys of 2048 bits or more sign and verify, signatures of
+// exactly the modulus size, and the key type must fit the algorithm.
+func TestRS256(t *testing.T) {
+	k := testRSAKey(t)
+	small, _ := rsa.GenerateKey(rand.Reader, 1024)
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	if _, err := Sign(small, keys.RS256, "k", testClaims()); err == nil {
+		t.Error("fail/sign-1024-bit: signed")
+	}
+	if _, err := Sign(ed, keys.RS256, "k", testClaims()); err == nil {
+		t.Error("fail/sign-ed25519-as-rs256: signed")
+	}
+	if _, err := Sign(k, keys.ES256, "k", testClaims()); err == nil {
+		t.Error("fail/sign-rsa-as-es256: signed")
+	}
+	raw, err := Sign(k, keys.RS256, "k", testClaims())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifySignature(p, keys.RS256, &k.PublicKey); err != nil {
+		t.Fatal(err)
+	}
+	for name, fn := range map[string]func() error{
+		"fail/small-key": func() error {
+			sp, _ := Parse(mustSign(t, small, raw))
+			return VerifySignature(sp, keys.RS256, &small.PublicKey)
+		},
+		"fail/ed25519-key": func() error { return VerifySignature(p, keys.RS256, ed.Public()) },
+		"fail/truncated": func() error {
+			q := *p
+			q.Signature = p.Signature[1:]
+			return VerifySignature(&q, keys.RS256, &k.PublicKey)
+		},
+		"fail/leading-zero": func() error {
+			q := *p
+			q.Signature = append([]byte{0}, p.Signature...)
+			return VerifySignature(&q, keys.RS256, &k.PublicKey)
+		},
+		"fail/flipped": func() error {
+			q := *p
+			q.Signature = append([]byte(nil), p.Signature...)
+			q.Signature[10] ^= 1
+			return VerifySignature(&q, keys.RS256, &k.PublicKey)
+		},
+		"fail/as-ps256-key-of-other-alg": func() error { return VerifySignature(p, keys.Alg("PS256"), &k.PublicKey) },
+	} {
+		if err := fn(); !errors.Is(err, ErrBadSignature) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// The public key round-trips through the JWK set as RS256.
+	b, err := MarshalJWKS([]keys.Key{{KID: "r1", Alg: keys.RS256, Public: &k.PublicKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := ParseJWKS(b)
+	if err != nil || len(ks) != 1 || ks[0].Alg != keys.RS256 || !k.PublicKey.Equal(ks[0].Public) {
+		t.Fatalf("JWKS round trip: %v %+v", err, ks)
+	}
+	sb, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &small.PublicKey, KeyID: "s"}}})
+	if _, err := ParseJWKS(sb); !errors.Is(err, ErrKeySet) {
+		t.Errorf("fail/jwks-1024-bit: %v", err)
+	}
+}
+
+// mustSign signs raw's signing input with k, PKCS #1 v1.5, bypassing Sign's
+// key-size check.
+func mustSign(t *testing.T, k *rsa.PrivateKey, raw string) string {
+	in := raw[:strings.LastIndexByte(raw, '.')]
+	d := sha256.Sum256([]byte(in))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, d[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in + "." + b64.EncodeToString(sig)
 }
 
 func TestSignRefuses(t *testing.T) {

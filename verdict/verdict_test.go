@@ -5,10 +5,8 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -149,20 +147,7 @@ func (w *world) record(raw string) {
 
 // gateway runs raw through the gateway middleware and returns its reason
 // ("" for an allowed request).
-func (w *world) gateway(raw string) event.Reason {
-	req := httptest.NewRequest("GET", "/x", nil)
-	req.Header.Set("Authorization", "Bearer "+raw)
-	rec := httptest.NewRecorder()
-	w.gw.ServeHTTP(rec, req)
-	if rec.Code == 200 {
-		return ""
-	}
-	var body struct {
-		Desc string `json:"error_description"`
-	}
-	_ = json.Unmarshal(rec.Body.Bytes(), &body)
-	return event.Reason(body.Desc)
-}
+func (w *world) gateway(raw string) event.Reason { return w.gatewayDPoP(raw, "Bearer", "") }
 
 // Every reason of the token verdict, each reached on a token built for it;
 // the gateway, the authority's verdict and RFC 7662 introspection agree on

@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/custos-dev/custos/internal/proctest"
 )
 
 // `custos serve` on the embedded store as a separate process: alerts and
@@ -27,18 +25,18 @@ func TestAlertsSurviveRestart(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := proctest.Binary(t)
-	api := proctest.FreeAddr(t)
+	bin := buildCustos(t, dir)
+	api := freeAddr(t)
 	data := filepath.Join(dir, "data")
 	var cmd *exec.Cmd
-	out := &proctest.Output{}
+	out := &lockedBuffer{}
 	start := func() {
 		cmd = exec.Command(bin, "serve", "--data", data, "--listen", api, "--issuer", "http://"+api)
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		proctest.WaitFor(t, "the server", func() bool {
+		waitFor(t, "the server", func() bool {
 			r, err := http.Get("http://" + api + "/readyz")
 			if err == nil {
 				r.Body.Close()
@@ -139,7 +137,7 @@ func TestAlertsSurviveRestart(t *testing.T) {
 	}
 	waitAlerts := func(n int) listed {
 		var l listed
-		proctest.WaitFor(t, fmt.Sprintf("%d alerts listed", n), func() bool { l = list(); return len(l.alerts) >= n })
+		waitFor(t, fmt.Sprintf("%d alerts listed", n), func() bool { l = list(); return len(l.alerts) >= n })
 		if len(l.alerts) != n {
 			t.Fatalf("%d alerts listed, want %d: %v", len(l.alerts), n, l.alerts)
 		}

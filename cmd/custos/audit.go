@@ -5,6 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -194,6 +199,7 @@ func newAuditCmd() *cobra.Command {
 	var state string
 	var once bool
 	var every time.Duration
+	var metricsListen string
 	witness := &cobra.Command{
 		Use:   "witness URL --state FILE [--once]",
 		Short: "Watch a published checkpoint; exit 1 on a rollback or fork",
@@ -211,6 +217,17 @@ func newAuditCmd() *cobra.Command {
 				url = strings.TrimSuffix(url, "/") + "/checkpoint"
 			}
 			w := &audit.Witness{URL: url, Verifier: v, StateFile: state}
+			if metricsListen != "" {
+				reg := prometheus.NewRegistry()
+				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+				w.OnCheck = audit.WitnessMetrics(reg, time.Now)
+				ln, err := net.Listen("tcp", metricsListen)
+				if err != nil {
+					return usageErr("--metrics-listen: %v", err)
+				}
+				defer ln.Close()
+				go http.Serve(ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+			}
 			if !once {
 				log := newLogger()
 				w.OnAlarm = func(err error) { log.Error("audit log alarm", "checkpoint", url, "err", err) }
@@ -238,6 +255,7 @@ func newAuditCmd() *cobra.Command {
 	witness.Flags().StringVar(&state, "state", "", "file keeping the last accepted checkpoint")
 	witness.Flags().BoolVar(&once, "once", false, "check once and exit")
 	witness.Flags().DurationVar(&every, "every", 10*time.Second, "poll interval")
+	witness.Flags().StringVar(&metricsListen, "metrics-listen", "", "serve the witness's status as Prometheus metrics on this address (/metrics)")
 
 	var ef auditFlags
 	var out string

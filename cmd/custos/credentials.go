@@ -65,8 +65,18 @@ Tokens are shown once; only their SHA-256 is kept.`,
 			var out struct {
 				Credentials []authority.Credential `json:"credentials"`
 			}
-			if err := lf.call("GET", "/v1/credentials", nil, &out); err != nil {
-				return asUsage(err)
+			for cursor := ""; ; {
+				var pg struct {
+					Credentials []authority.Credential `json:"credentials"`
+					Next        string                 `json:"next"`
+				}
+				if err := lf.call("GET", "/v1/credentials?limit=1000&cursor="+url.QueryEscape(cursor), nil, &pg); err != nil {
+					return asUsage(err)
+				}
+				out.Credentials = append(out.Credentials, pg.Credentials...)
+				if cursor = pg.Next; cursor == "" {
+					break
+				}
 			}
 			if lf.json {
 				return printJSON(cmd.OutOrStdout(), out)

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,7 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/custos-dev/custos/internal/proctest"
+	"github.com/custos-dev/custos/config"
 )
 
 // `custos serve` and `custos gateway --decide --grpc-listen` as separate
@@ -28,7 +31,7 @@ func TestDecideProcesses(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := proctest.Binary(t)
+	bin := buildCustos(t, dir)
 	for _, args := range [][]string{
 		{"gateway", "--decide", "--upstream", "http://127.0.0.1:1"},
 		{"gateway", "--grpc-listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1"},
@@ -40,7 +43,7 @@ func TestDecideProcesses(t *testing.T) {
 		}
 	}
 
-	api, inproc, decide, grpcAddr := proctest.FreeAddr(t), proctest.FreeAddr(t), proctest.FreeAddr(t), proctest.FreeAddr(t)
+	api, inproc, decide, grpcAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	data := filepath.Join(dir, "data")
 	// One configuration file for both processes, as a shop would keep it:
 	// --decide on the command line sets the upstream aside.
@@ -50,10 +53,49 @@ func TestDecideProcesses(t *testing.T) {
 	if err := os.WriteFile(conf, []byte(y), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	auth := startAuthority(t, bin, api, conf, data)
-	tok := struct{ AccessToken, KID string }{auth.tok, auth.kid}
+	startProcess(t, bin, "serve", "--data", data, "--listen", api, "--config", conf)
+	waitFor(t, "the authority", func() bool {
+		r, err := http.Get("http://" + api + "/healthz")
+		if err == nil {
+			r.Body.Close()
+		}
+		return err == nil && r.StatusCode == 200
+	})
+	admin, err := os.ReadFile(filepath.Join(data, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(path, bearer string, in, out any) int {
+		b, _ := json.Marshal(in)
+		req, _ := http.NewRequest("POST", "http://"+api+path, bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(bearer))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if out != nil {
+			_ = json.Unmarshal(body, out)
+		}
+		return resp.StatusCode
+	}
+	var cl struct {
+		Secret string `json:"client_secret"`
+	}
+	if st := call("/v1/clients", string(admin), map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &cl); st != 200 && st != 201 {
+		t.Fatalf("add client: %d", st)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+		KID         string `json:"kid"`
+	}
+	if st := call("/v1/tokens", cl.Secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok); st != 200 {
+		t.Fatalf("issue: %d", st)
+	}
 
-	logs := proctest.Start(t, nil, bin, "gateway", "--decide", "--config", conf, "--listen", decide, "--grpc-listen", grpcAddr,
+	logs := startProcess(t, bin, "gateway", "--decide", "--config", conf, "--listen", decide, "--grpc-listen", grpcAddr,
 		"--authority", "http://"+api, "--data", data)
 	forward := func(target string) (int, http.Header) {
 		req, _ := http.NewRequest("GET", "http://"+decide+"/v1/decide", nil)
@@ -84,7 +126,7 @@ func TestDecideProcesses(t *testing.T) {
 		}
 		return codes.Code(resp.GetStatus().GetCode()), resp.GetStatus().GetMessage()
 	}
-	proctest.WaitFor(t, "the decision API to allow the issued token", func() bool {
+	waitFor(t, "the decision API to allow the issued token", func() bool {
 		st, _ := forward("/api/members/1020/profile")
 		return st == 200
 	})
@@ -107,17 +149,17 @@ func TestDecideProcesses(t *testing.T) {
 			t.Errorf("gRPC %s: %v %q, want Unauthenticated %s", target, c, msg, want)
 		}
 	}
-	if st := auth.call(t, "/v1/keys/"+tok.KID+"/revoke", auth.admin, map[string]string{"reason": "test"}, nil); st != 200 {
+	if st := call("/v1/keys/"+tok.KID+"/revoke", string(admin), map[string]string{"reason": "test"}, nil); st != 200 {
 		t.Fatalf("revoke key: %d", st)
 	}
 	at := time.Now()
-	proctest.WaitFor(t, "both decision endpoints to refuse revoked_key", func() bool {
+	waitFor(t, "both decision endpoints to refuse revoked_key", func() bool {
 		st, h := forward("/api/members/1020/profile")
 		c, msg := check("/api/members/1020/profile")
 		return st == 401 && h.Get("X-Custos-Reason") == "revoked_key" && c == codes.Unauthenticated && msg == "revoked_key"
 	})
 	t.Logf("key revocation reached the decision API process in %s", time.Since(at).Round(time.Millisecond))
-	if !strings.Contains(logs.Out.String(), "decision API") {
-		t.Errorf("the decide process does not say what it serves:\n%s", logs.Out)
+	if !strings.Contains(logs.String(), "decision API") {
+		t.Errorf("the decide process does not say what it serves:\n%s", logs)
 	}
 }

@@ -163,7 +163,9 @@ func newSQLCmd() *cobra.Command {
 		Long: fmt.Sprintf(`sql runs one read-only statement (DuckDB dialect) over the view events: every
 sealed event file with the columns of the access event (token fields as
 token_jti, token_kid, …) and the partition column hour. At most %d rows are
-returned; add a LIMIT for more.`, forensics.MaxSQLRows),
+returned; add a LIMIT for more. Events in files the server has not sealed yet
+(about a minute) are not seen; standard error says how many files and since
+which hour.`, forensics.MaxSQLRows),
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if data == "" {
@@ -179,6 +181,10 @@ returned; add a LIMIT for more.`, forensics.MaxSQLRows),
 			cols, rows, err := st.SQL(ctx, args[0])
 			if err != nil {
 				return &exitError{2, err}
+			}
+			if u, err := forensics.OpenParts(filepath.Join(data, server.EventsDir)); err == nil && u.Parts > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %d event file(s) not yet sealed (%d bytes, events from %s on, last written %s): not in this answer; they are sealed within a minute\n",
+					u.Parts, u.Bytes, u.FirstHour.Format("2006-01-02T15:04Z"), u.LastWrite.UTC().Format(time.RFC3339))
 			}
 			if rows == nil {
 				rows = [][]any{}

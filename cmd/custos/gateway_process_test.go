@@ -5,75 +5,88 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/custos-dev/custos/config"
-	"github.com/custos-dev/custos/internal/proctest"
 )
 
-// authorityProc is `custos serve` in its own process, with a client
-// registered and a token issued for member 1020.
-type authorityProc struct {
-	api, admin, secret string
-	tok, kid           string
+// lockedBuffer collects a process's output.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
-// startAuthority runs custos serve on api with conf and data, waits for its
-// health, registers a client and has it issue a token.
-func startAuthority(t *testing.T, bin, api, conf, data string) *authorityProc {
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func freeAddr(t *testing.T) string {
 	t.Helper()
-	proctest.Start(t, nil, bin, "serve", "--data", data, "--listen", api, "--config", conf)
-	proctest.WaitHTTP(t, "http://"+api+"/healthz")
-	admin, err := os.ReadFile(filepath.Join(data, "admin-token"))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &authorityProc{api: api, admin: string(admin)}
-	var cl struct {
-		Secret string `json:"client_secret"`
-	}
-	if st := a.call(t, "/v1/clients", a.admin, map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &cl); st != 200 && st != 201 {
-		t.Fatalf("add client: %d", st)
-	}
-	a.secret = cl.Secret
-	var tok struct {
-		AccessToken string `json:"access_token"`
-		KID         string `json:"kid"`
-	}
-	if st := a.call(t, "/v1/tokens", a.secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok); st != 200 {
-		t.Fatalf("issue: %d", st)
-	}
-	a.tok, a.kid = tok.AccessToken, tok.KID
-	return a
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
-// call POSTs in as JSON with a bearer credential, decodes the answer into
-// out when not nil, and returns the status.
-func (a *authorityProc) call(t *testing.T, path, bearer string, in, out any) int {
+// buildCustos builds this command into dir and returns the binary's path.
+func buildCustos(t *testing.T, dir string) string {
 	t.Helper()
-	b, _ := json.Marshal(in)
-	req, _ := http.NewRequest("POST", "http://"+a.api+path, bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(bearer))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	bin := filepath.Join(dir, "custos")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startProcess runs bin with args until the test ends (then kill -9).
+func startProcess(t *testing.T, bin string, args ...string) *lockedBuffer {
+	t.Helper()
+	out := &lockedBuffer{}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if out != nil {
-		_ = json.Unmarshal(body, out)
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s %v:\n%s", filepath.Base(bin), args[0], out)
+		}
+	})
+	return out
+}
+
+func waitFor(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !f(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
 	}
-	return resp.StatusCode
 }
 
 // rawGet sends a request target byte for byte and returns the status and
@@ -109,7 +122,7 @@ func TestGatewayProcesses(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := proctest.Binary(t)
+	bin := buildCustos(t, dir)
 	var mu sync.Mutex
 	var got []string // what the upstream received: request URI and subject
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -124,7 +137,7 @@ func TestGatewayProcesses(t *testing.T) {
 		return append([]string(nil), got...)
 	}
 
-	api, inproc, gw, bare := proctest.FreeAddr(t), proctest.FreeAddr(t), proctest.FreeAddr(t), proctest.FreeAddr(t)
+	api, inproc, gw, bare := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	data := filepath.Join(dir, "data")
 	conf := func(name string, routes bool) string {
 		y := fmt.Sprintf("issuer: http://%s\ngateway:\n  upstream: %s\n  listen: %s\n", api, up.URL, inproc)
@@ -138,11 +151,47 @@ func TestGatewayProcesses(t *testing.T) {
 		return p
 	}
 	withRoutes, noRoutes := conf("routes.yaml", true), conf("bare.yaml", false)
-	auth := startAuthority(t, bin, api, withRoutes, data)
-	call := func(path, bearer string, in, out any) int { return auth.call(t, path, bearer, in, out) }
-	tok := struct{ AccessToken, KID string }{auth.tok, auth.kid}
-	cl := struct{ Secret string }{auth.secret}
-	admin := auth.admin
+	startProcess(t, bin, "serve", "--data", data, "--listen", api, "--config", withRoutes)
+	waitFor(t, "the authority", func() bool {
+		r, err := http.Get("http://" + api + "/healthz")
+		if err == nil {
+			r.Body.Close()
+		}
+		return err == nil && r.StatusCode == 200
+	})
+	admin, err := os.ReadFile(filepath.Join(data, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(path, bearer string, in, out any) int {
+		b, _ := json.Marshal(in)
+		req, _ := http.NewRequest("POST", "http://"+api+path, bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(bearer))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if out != nil {
+			_ = json.Unmarshal(body, out)
+		}
+		return resp.StatusCode
+	}
+	var cl struct {
+		Secret string `json:"client_secret"`
+	}
+	if st := call("/v1/clients", string(admin), map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &cl); st != 200 && st != 201 {
+		t.Fatalf("add client: %d", st)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+		KID         string `json:"kid"`
+	}
+	if st := call("/v1/tokens", cl.Secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok); st != 200 {
+		t.Fatalf("issue: %d", st)
+	}
 	introspect := func() bool {
 		var in struct {
 			Active bool `json:"active"`
@@ -153,9 +202,10 @@ func TestGatewayProcesses(t *testing.T) {
 		return in.Active
 	}
 
-	logs := proctest.Start(t, nil, bin, "gateway", "--config", withRoutes, "--upstream", up.URL, "--listen", gw,
-		"--authority", "http://"+api, "--data", data)
-	proctest.WaitFor(t, "the standalone gateway to allow the issued token", func() bool {
+	adminAddr := freeAddr(t)
+	logs := startProcess(t, bin, "gateway", "--config", withRoutes, "--upstream", up.URL, "--listen", gw,
+		"--authority", "http://"+api, "--data", data, "--admin-listen", adminAddr)
+	waitFor(t, "the standalone gateway to allow the issued token", func() bool {
 		c, err := net.Dial("tcp", gw)
 		if err != nil {
 			return false
@@ -164,8 +214,8 @@ func TestGatewayProcesses(t *testing.T) {
 		st, _ := rawGet(t, gw, "/api/members/1020/profile", tok.AccessToken)
 		return st == 200
 	})
-	if strings.Contains(logs.Out.String(), "WARNING") {
-		t.Errorf("a gateway with routes warned:\n%s", logs.Out)
+	if strings.Contains(logs.String(), "WARNING") {
+		t.Errorf("a gateway with routes warned:\n%s", logs)
 	}
 	if !introspect() {
 		t.Fatal("introspection says inactive while the gateway allows")
@@ -203,7 +253,7 @@ func TestGatewayProcesses(t *testing.T) {
 	if st := call("/v1/tokens", cl.Secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok2); st != 200 {
 		t.Fatalf("issue: %d", st)
 	}
-	proctest.WaitFor(t, "the second token allowed", func() bool {
+	waitFor(t, "the second token allowed", func() bool {
 		st, _ := rawGet(t, gw, "/api/members/1020/profile", tok2.AccessToken)
 		return st == 200
 	})
@@ -216,26 +266,60 @@ func TestGatewayProcesses(t *testing.T) {
 	if call("/v1/tokens/introspect", cl.Secret, map[string]string{"token": tok2.AccessToken}, &in2); in2.Active {
 		t.Error("revoked token introspects active")
 	}
-	proctest.WaitFor(t, "the standalone gateway to refuse revoked_token", func() bool {
+	waitFor(t, "the standalone gateway to refuse revoked_token", func() bool {
 		st, reason := rawGet(t, gw, "/api/members/1020/profile", tok2.AccessToken)
 		return st == 401 && reason == "revoked_token"
 	})
 
-	if st := call("/v1/keys/"+tok.KID+"/revoke", admin, map[string]string{"reason": "test"}, nil); st != 200 {
+	if st := call("/v1/keys/"+tok.KID+"/revoke", string(admin), map[string]string{"reason": "test"}, nil); st != 200 {
 		t.Fatalf("revoke key: %d", st)
 	}
 	if introspect() {
 		t.Error("introspection active after the key was revoked")
 	}
-	proctest.WaitFor(t, "the standalone gateway to refuse revoked_key", func() bool {
+	waitFor(t, "the standalone gateway to refuse revoked_key", func() bool {
 		st, reason := rawGet(t, gw, "/api/members/1020/profile", tok.AccessToken)
 		return st == 401 && reason == "revoked_key"
 	})
 
-	bareLogs := proctest.Start(t, nil, bin, "gateway", "--config", noRoutes, "--upstream", up.URL, "--listen", bare,
+	// The standalone gateway's /metrics on the admin listener: promlint
+	// clean, with the refusals it made by reason.
+	scrapeGateway(t, "http://"+adminAddr+"/metrics", "revoked_key", "revoked_token")
+
+	bareLogs := startProcess(t, bin, "gateway", "--config", noRoutes, "--upstream", up.URL, "--listen", bare,
 		"--authority", "http://"+api, "--data", data)
-	proctest.WaitFor(t, "the no-routes warning", func() bool {
-		s := bareLogs.Out.String()
+	waitFor(t, "the no-routes warning", func() bool {
+		s := bareLogs.String()
 		return strings.Contains(s, "WARNING") && strings.Contains(s, "no routes")
 	})
+}
+
+// scrapeGateway reads a gateway's metrics, lints them with promlint and
+// checks custos_gateway_requests_total counts each of reasons.
+func scrapeGateway(t *testing.T, url string, reasons ...string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d", url, resp.StatusCode)
+	}
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	for _, r := range reasons {
+		if !regexp.MustCompile(`(?m)^custos_gateway_requests_total\{[^}]*reason="` + r + `"[^}]*\} [1-9]`).Match(body) {
+			t.Errorf("no custos_gateway_requests_total sample for reason %s", r)
+		}
+	}
+	if !bytes.Contains(body, []byte("go_goroutines")) {
+		t.Error("no Go runtime metrics")
+	}
 }

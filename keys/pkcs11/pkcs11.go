@@ -1,8 +1,9 @@
 // Package pkcs11 is key custody in a PKCS#11 token (an HSM, or SoftHSM2 in
 // tests): keys are generated inside the token as non-extractable, sensitive objects.
 //
-// Only ES256 (ECDSA P-256) is supported: crypto11 v1.6 has no Ed25519
-// (CKM_EC_EDWARDS) support, so Generate refuses EdDSA with [ErrUnsupported].
+// ES256 (ECDSA P-256) and RS256 (2048-bit RSA, signing only) are supported:
+// crypto11 v1.6 has no Ed25519 (CKM_EC_EDWARDS) support, so Generate
+// refuses EdDSA with [ErrUnsupported].
 // Key objects carry CKA_ID and CKA_LABEL equal to the key id.
 package pkcs11
 
@@ -21,10 +22,13 @@ import (
 
 // Sentinel errors.
 var (
-	ErrUnsupported = errors.New("pkcs11: algorithm not supported by this backend (ES256 only)")
+	ErrUnsupported = errors.New("pkcs11: algorithm not supported by this backend (ES256 or RS256 only)")
 	ErrExists      = errors.New("pkcs11: key id already exists in the token")
 	ErrBadID       = errors.New("pkcs11: invalid key id")
 )
+
+// rsaBits is the size of RS256 keys made in the token.
+const rsaBits = 2048
 
 // MaxIDLen bounds key ids (CKA_ID and CKA_LABEL).
 const MaxIDLen = 128
@@ -62,10 +66,11 @@ func Open(cfg Config) (*Token, error) {
 // Close ends the sessions. Keys stay in the token.
 func (t *Token) Close() error { return t.ctx.Close() }
 
-// Generate makes an ES256 key pair inside the token: private half CKA_TOKEN,
-// CKA_SENSITIVE true, CKA_EXTRACTABLE false, CKA_SIGN true.
+// Generate makes an ES256 or RS256 key pair inside the token: private half
+// CKA_TOKEN, CKA_SENSITIVE true, CKA_EXTRACTABLE false, CKA_SIGN true (and
+// CKA_DECRYPT false for RSA).
 func (t *Token) Generate(ctx context.Context, id string, alg keys.Alg) (crypto.PublicKey, error) {
-	if alg != keys.ES256 {
+	if alg != keys.ES256 && alg != keys.RS256 {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupported, alg)
 	}
 	if id == "" || len(id) > MaxIDLen {
@@ -96,7 +101,15 @@ func (t *Token) Generate(ctx context.Context, id string, alg keys.Alg) (crypto.P
 			return nil, err
 		}
 	}
-	s, err := t.ctx.GenerateECDSAKeyPairWithAttributes(pub, priv, elliptic.P256())
+	var s crypto11.Signer
+	if alg == keys.RS256 {
+		if err := priv.Set(crypto11.CkaDecrypt, false); err != nil {
+			return nil, err
+		}
+		s, err = t.ctx.GenerateRSAKeyPairWithAttributes(pub, priv, rsaBits)
+	} else {
+		s, err = t.ctx.GenerateECDSAKeyPairWithAttributes(pub, priv, elliptic.P256())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("failed to generate key %q in token: %w", id, err)
 	}

@@ -215,8 +215,8 @@ func TestConformance(t *testing.T) {
 				return tok2
 			}
 		},
-		Algs:      []keys.Alg{keys.ES256},
-		Refused:   []keys.Alg{keys.EdDSA},
+		Algs:      []keys.Alg{keys.ES256, keys.RS256},
+		Refused:   []keys.Alg{keys.EdDSA, keys.Alg("RS512")},
 		ErrExists: ErrExists, ErrBadID: ErrBadID, ErrUnsupported: ErrUnsupported,
 	})
 }

@@ -19,6 +19,8 @@ import (
 	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -375,7 +377,7 @@ func (k *Keyring) sealLocked(set map[string]*entry) ([]byte, header, error) {
 	p := payload{V: 1, Keys: make([]payloadKey, 0, len(set))}
 	for _, e := range set {
 		pb := privateBytes(e.priv)
-		if len(pb) != 32 {
+		if len(pb) != 32 && (e.alg != keys.RS256 || len(pb) == 0) {
 			return nil, header{}, fmt.Errorf("failed to encode key %q", e.id)
 		}
 		p.Keys = append(p.Keys, payloadKey{ID: e.id, Alg: e.alg, Created: e.created, Private: pb})
@@ -460,9 +462,18 @@ func generate(alg keys.Alg) (crypto.Signer, error) {
 			return nil, fmt.Errorf("failed to generate P-256 key: %w", err)
 		}
 		return priv, nil
+	case keys.RS256:
+		priv, err := rsa.GenerateKey(rand.Reader, rsaBits)
+		if err != nil {
+			return nil, fmt.Errorf("failed to generate RSA key: %w", err)
+		}
+		return priv, nil
 	}
 	return nil, fmt.Errorf("%w: %q", ErrUnsupported, alg)
 }
+
+// rsaBits is the size of RS256 keys the keyring makes.
+const rsaBits = 2048
 
 func privateBytes(s crypto.Signer) []byte {
 	switch p := s.(type) {
@@ -474,11 +485,23 @@ func privateBytes(s crypto.Signer) []byte {
 			return nil
 		}
 		return b
+	case *rsa.PrivateKey:
+		return x509.MarshalPKCS1PrivateKey(p)
 	}
 	return nil
 }
 
 func privateFrom(alg keys.Alg, b []byte) (crypto.Signer, error) {
+	if alg == keys.RS256 {
+		priv, err := x509.ParsePKCS1PrivateKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("bad RSA private key: %w", err)
+		}
+		if priv.N.BitLen() < rsaBits {
+			return nil, fmt.Errorf("RSA private key of %d bits", priv.N.BitLen())
+		}
+		return priv, nil
+	}
 	if len(b) != 32 {
 		return nil, fmt.Errorf("private key is %d bytes, want 32", len(b))
 	}

@@ -7,7 +7,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -55,6 +57,7 @@ func TestGenerateSignReopen(t *testing.T) {
 		{"ok/raw-es256", rawKEK(t, 2), keys.ES256},
 		{"ok/passphrase-eddsa", passKEK, keys.EdDSA},
 		{"ok/passphrase-es256", passKEK, keys.ES256},
+		{"ok/raw-rs256", rawKEK(t, 3), keys.RS256},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k, path := newRing(t, tc.kek)
@@ -88,7 +91,7 @@ func sign(t testing.TB, k *Keyring, id string, alg keys.Alg, msg []byte) []byte 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if alg == keys.ES256 {
+	if alg == keys.ES256 || alg == keys.RS256 {
 		d := sha256.Sum256(msg)
 		sig, err := s.Sign(rand.Reader, d[:], crypto.SHA256)
 		if err != nil {
@@ -115,6 +118,11 @@ func verify(t testing.TB, pub crypto.PublicKey, alg keys.Alg, msg, sig []byte) {
 		if !ecdsa.VerifyASN1(p, d[:], sig) {
 			t.Fatal("ES256 signature does not verify")
 		}
+	case *rsa.PublicKey:
+		d := sha256.Sum256(msg)
+		if p.N.BitLen() != 2048 || rsa.VerifyPKCS1v15(p, crypto.SHA256, d[:], sig) != nil {
+			t.Fatal("RS256 signature does not verify")
+		}
 	default:
 		t.Fatalf("unexpected public key %T", pub)
 	}
@@ -137,6 +145,9 @@ func TestFileHoldsNoPrivateKey(t *testing.T) {
 	if _, err := k.Generate(ctx, "ec", keys.ES256); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := k.Generate(ctx, "rsa", keys.RS256); err != nil {
+		t.Fatal(err)
+	}
 	file, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +156,8 @@ func TestFileHoldsNoPrivateKey(t *testing.T) {
 	ed := k.keys["ed"].priv.(ed25519.PrivateKey)
 	ec := k.keys["ec"].priv.(*ecdsa.PrivateKey)
 	ecb, _ := ec.Bytes()
-	secrets = append(secrets, ed.Seed(), []byte(ed), ecb)
+	rs := k.keys["rsa"].priv.(*rsa.PrivateKey)
+	secrets = append(secrets, ed.Seed(), []byte(ed), ecb, rs.D.Bytes(), rs.Primes[0].Bytes(), rs.Primes[1].Bytes(), x509.MarshalPKCS1PrivateKey(rs))
 	for _, s := range secrets {
 		for _, enc := range [][]byte{s, []byte(hex.EncodeToString(s)), []byte(base64.StdEncoding.EncodeToString(s)), []byte(base64.RawURLEncoding.EncodeToString(s))} {
 			if bytes.Contains(file, enc) {
@@ -288,7 +300,8 @@ func TestGenerateRefuses(t *testing.T) {
 		{"fail/empty-id", "", keys.EdDSA, ErrBadID},
 		{"fail/space-id", "a b", keys.EdDSA, ErrBadID},
 		{"fail/long-id", string(bytes.Repeat([]byte("a"), MaxIDLen+1)), keys.EdDSA, ErrBadID},
-		{"fail/rs256", "k2", keys.Alg("RS256"), ErrUnsupported},
+		{"fail/rs512", "k2", keys.Alg("RS512"), ErrUnsupported},
+		{"fail/hs256", "k2", keys.Alg("HS256"), ErrUnsupported},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := k.Generate(ctx, tc.id, tc.alg); !errors.Is(err, tc.want) {
@@ -409,7 +422,7 @@ func TestConformance(t *testing.T) {
 				return k2
 			}
 		},
-		Algs:      []keys.Alg{keys.EdDSA, keys.ES256},
+		Algs:      []keys.Alg{keys.EdDSA, keys.ES256, keys.RS256},
 		ErrExists: ErrExists, ErrBadID: ErrBadID, ErrUnsupported: ErrUnsupported,
 	})
 }
