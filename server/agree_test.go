@@ -1,19 +1,18 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/proctest"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/server/servertest"
@@ -119,27 +118,9 @@ func TestIntrospectionAgreesWithGateway(t *testing.T) {
 	t.Run("ok/new-key", func(t *testing.T) { agree(t, e.Issue(t, secret, m), "") })
 }
 
-// syncBuffer is a log destination safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runGateway starts `custos gateway` (server.RunGateway) against e and
 // returns its base URL and its log.
-func runGateway(t *testing.T, e *env, edit func(*config.Config)) (string, *syncBuffer) {
+func runGateway(t *testing.T, e *env, edit func(*config.Config)) (string, *proctest.Output) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	gl := servertest.Listen(t)
@@ -151,7 +132,7 @@ func runGateway(t *testing.T, e *env, edit func(*config.Config)) (string, *syncB
 	if edit != nil {
 		edit(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &proctest.Output{}
 	stopped := make(chan error, 1)
 	go func() { stopped <- server.RunGateway(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil))) }()
 	t.Cleanup(func() { cancel(); <-stopped })
@@ -222,7 +203,7 @@ func TestStandaloneGatewayAgreesWithIntrospection(t *testing.T) {
 // `custos serve` with an in-process gateway and no routes warns at start.
 func TestInProcessGatewayWarnsWithoutRoutes(t *testing.T) {
 	for _, routes := range []bool{false, true} {
-		logs := &syncBuffer{}
+		logs := &proctest.Output{}
 		cfg := config.Default()
 		cfg.Data = t.TempDir() + "/data"
 		cfg.Issuer = "http://127.0.0.1:1"

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/custos-dev/custos/api"
 	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/internal/proctest"
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/store"
 )
@@ -33,16 +33,6 @@ type replica struct {
 	data, base string
 	cmd        *exec.Cmd
 	log        *os.File
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (r *replica) start() {
@@ -163,13 +153,10 @@ func TestReplicasShareCredentials(t *testing.T) {
 	if out, err := initTok.CombinedOutput(); err != nil {
 		t.Fatalf("softhsm2-util: %v: %s", err, out)
 	}
-	bin := filepath.Join(dir, "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/custos").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := proctest.Binary(t)
 	env := append(os.Environ(), "SOFTHSM2_CONF="+hsmConf, "CUSTOS_TEST_HSM_PIN=1234", "CUSTOS_REQUIRE_SERVICES=")
 	mk := func(name string) *replica {
-		addr := freePort(t)
+		addr := proctest.FreeAddr(t)
 		data := filepath.Join(dir, name)
 		cfg := filepath.Join(dir, name+".yaml")
 		y := fmt.Sprintf(`data: %s

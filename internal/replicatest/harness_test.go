@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/custos-dev/custos/internal/proctest"
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/shop"
 )
@@ -40,32 +41,6 @@ const (
 	natsAddr  = "127.0.0.1:4222"
 	mariaAddr = "127.0.0.1:3306"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
-
-// custosBinary builds cmd/custos once for the package's tests.
-func custosBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "custos-replicatest-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "custos")
-		cmd := exec.Command("go", "build", "-o", binPath, "github.com/custos-dev/custos/cmd/custos")
-		buildOut, buildErr = cmd.CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("go build: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
 
 // engines are the addresses the processes use: the shared engines, or TCP
 // proxies in front of them that a fault test cuts.
@@ -126,7 +101,7 @@ func requireEngines(t testing.TB) {
 func newDeployment(t testing.TB, eng engines) *deployment {
 	t.Helper()
 	requireEngines(t)
-	d := &deployment{t: t, bin: custosBinary(t), dir: t.TempDir(), eng: eng, procs: map[string]*proc{},
+	d := &deployment{t: t, bin: proctest.Binary(t), dir: t.TempDir(), eng: eng, procs: map[string]*proc{},
 		issuer: "https://custos.test", pop: shop.Population{Members: 200, Missing: 10, Seed: 5}}
 	n := mrand.Uint32()
 	d.schema = fmt.Sprintf("custos_ha_%d", n)
@@ -189,15 +164,6 @@ func deleteStreams(prefix string) {
 	}
 }
 
-func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // config writes the configuration file every process of the deployment
 // shares; role-specific settings come on the command line.
 func (d *deployment) config(name, gwExtra, scaleExtra string) string {
@@ -249,7 +215,7 @@ type proc struct {
 
 // authority starts an authority replica.
 func (d *deployment) authority(name string) *proc {
-	addr := freeAddr(d.t)
+	addr := proctest.FreeAddr(d.t)
 	data := filepath.Join(d.dir, name)
 	p := &proc{t: d.t, name: name, role: "authority", bin: d.bin, denv: d.env, addr: addr, ready: "http://" + addr + "/readyz",
 		args: []string{"serve", "--role", "authority", "--config", d.config(name, "", ""), "--data", data, "--listen", addr},
@@ -261,7 +227,7 @@ func (d *deployment) authority(name string) *proc {
 
 // gateway starts a standalone gateway following authorities (in order).
 func (d *deployment) gateway(name, tokenFile string, authorities ...*proc) *proc {
-	addr, admin := freeAddr(d.t), freeAddr(d.t)
+	addr, admin := proctest.FreeAddr(d.t), proctest.FreeAddr(d.t)
 	var urls []string
 	for _, a := range authorities {
 		urls = append(urls, a.url())
@@ -276,7 +242,7 @@ func (d *deployment) gateway(name, tokenFile string, authorities ...*proc) *proc
 
 // detector starts detector instance i of n.
 func (d *deployment) detector(name string, i, n int) *proc {
-	addr := freeAddr(d.t)
+	addr := proctest.FreeAddr(d.t)
 	p := &proc{t: d.t, name: name, role: "detector", bin: d.bin, denv: d.env, addr: addr, ready: "http://" + addr + "/readyz",
 		args: []string{"serve", "--role", "detector", "--config", d.config(name, "", fmt.Sprintf("  instance: %d\n  instances: %d\n", i, n)), "--data", filepath.Join(d.dir, name), "--listen", addr}}
 	d.procs[name] = p
