@@ -45,6 +45,7 @@ func TestGatewayConfigCoversEveryField(t *testing.T) {
 	process := map[string]bool{ // read by RunGateway and custos serve, not by the gateway's checks
 		"Upstream": true, "Listen": true, "AdminListen": true, "Decide": true, "GRPCListen": true,
 		"Authority": true, "AuthorityTokenFile": true, "AuthorityToken": true,
+		"MaxStale": true, // the remote ledger's bounded staleness (RunGateway)
 	}
 	base := server.GatewayConfig(config.Default())
 	typ := reflect.TypeOf(config.Gateway{})

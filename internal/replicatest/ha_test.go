@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"database/sql"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
@@ -282,7 +283,7 @@ func TestHighAvailability(t *testing.T) {
 	// The insider: live tokens used for decoy members from many sources
 	// (sixteen /24s: both detectors' partitions), through both gateways. Each key whose
 	// tokens hit a decoy must end as one decoy_subject alert.
-	decoyKids := map[string]int{}
+	decoyJTIs := map[string]string{} // jti → kid of the issued tokens that hit a decoy
 	var dmu sync.Mutex
 	wg.Add(1)
 	go func() {
@@ -314,7 +315,7 @@ func TestHighAvailability(t *testing.T) {
 				continue // the token's key was revoked meanwhile, or the gateway was not ready: refused all the same
 			}
 			dmu.Lock()
-			decoyKids[x.kid]++
+			decoyJTIs[tokenJTI(x.tok)] = x.kid
 			dmu.Unlock()
 		}
 	}()
@@ -436,7 +437,7 @@ func TestHighAvailability(t *testing.T) {
 		}
 	}
 	checkAudit(t, d, a1, map[string]uint64{"keys.revoke": uint64(len(keyOps)), "keys.rotate": 1, "client.add": 1})
-	checkAlerts(t, d, auths, decoyKids)
+	checkAlerts(t, d, auths, decoyJTIs)
 
 	t.Logf("issued %d (failed %d), revoked %d (failed %d), probes of revoked tokens %d, forged %d; revocation reached a gateway in at most %s",
 		stats.issued.Load(), stats.issueFail.Load(), stats.revoked.Load(), stats.revokeFail.Load(), stats.probes.Load(), stats.forgedProbes.Load(), maxDur(propagation))
@@ -514,9 +515,9 @@ func checkAudit(t *testing.T, d *deployment, a *proc, want map[string]uint64) {
 // whose tokens hit a decoy has a decoy_subject alert in PostgreSQL; no rule,
 // entity and dedup window has more than one row; and both authorities'
 // GET /v1/alerts list exactly the rows' ids, each with its incident.
-func checkAlerts(t *testing.T, d *deployment, auths []*proc, decoyKids map[string]int) {
+func checkAlerts(t *testing.T, d *deployment, auths []*proc, decoyJTIs map[string]string) {
 	t.Helper()
-	if len(decoyKids) == 0 {
+	if len(decoyJTIs) == 0 {
 		t.Fatal("no decoy request was refused as decoy_subject")
 	}
 	pg, err := sql.Open("pgx", pgBase+"&search_path="+d.schema)
@@ -551,9 +552,11 @@ func checkAlerts(t *testing.T, d *deployment, auths []*proc, decoyKids map[strin
 				t.Fatalf("%d alert rows for %s: raised more than once", n, w)
 			}
 		}
-		for kid := range decoyKids {
-			if !slices.ContainsFunc(rows, func(r row) bool { return r.rule == "decoy_subject" && r.entity == "kid:"+kid }) {
-				problem = "no decoy_subject alert for kid " + kid
+		// An issued token that touches a decoy gets its own alert (and
+		// its own containment), keyed by the token.
+		for jti, kid := range decoyJTIs {
+			if !slices.ContainsFunc(rows, func(r row) bool { return r.rule == "decoy_subject" && r.entity == "jti:"+jti }) {
+				problem = "no decoy_subject alert for token " + jti + " (key " + kid + ")"
 			}
 		}
 		if problem == "" {
@@ -585,7 +588,7 @@ func checkAlerts(t *testing.T, d *deployment, auths []*proc, decoyKids map[strin
 			}
 		}
 		if problem == "" {
-			t.Logf("alerts: %d rows, each once, listed alike by %d authorities; decoy hits by key %v", len(rows), len(auths), decoyKids)
+			t.Logf("alerts: %d rows, each once, listed alike by %d authorities; decoy hits by %d tokens", len(rows), len(auths), len(decoyJTIs))
 			return
 		}
 		if time.Now().After(deadline) {
@@ -593,4 +596,24 @@ func checkAlerts(t *testing.T, d *deployment, auths []*proc, decoyKids map[strin
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+}
+
+// tokenJTI reads the jti claim of a compact token the authority issued
+// ("" when it has none, which the alert check then reports).
+func tokenJTI(tok string) string {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var c struct {
+		JTI string `json:"jti"`
+	}
+	if json.Unmarshal(b, &c) != nil {
+		return ""
+	}
+	return c.JTI
 }
