@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"io"
 	"net"
 	"net/http"
@@ -20,46 +19,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
 	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/internal/proctest"
 )
 
 // lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+type lockedBuffer = proctest.Output
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+func freeAddr(t *testing.T) string { return proctest.FreeAddr(t) }
 
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// buildCustos builds this command into dir and returns the binary's path.
-func buildCustos(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
+// buildCustos returns the custos binary, built once for this test binary.
+func buildCustos(t *testing.T, _ string) string { return proctest.Binary(t) }
 
 // startProcess runs bin with args until the test ends (then kill -9).
 func startProcess(t *testing.T, bin string, args ...string) *lockedBuffer {
