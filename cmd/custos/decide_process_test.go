@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,8 +15,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/custos-dev/custos/config"
 )
 
 // `custos serve` and `custos gateway --decide --grpc-listen` as separate
@@ -53,47 +48,7 @@ func TestDecideProcesses(t *testing.T) {
 	if err := os.WriteFile(conf, []byte(y), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startProcess(t, bin, "serve", "--data", data, "--listen", api, "--config", conf)
-	waitFor(t, "the authority", func() bool {
-		r, err := http.Get("http://" + api + "/healthz")
-		if err == nil {
-			r.Body.Close()
-		}
-		return err == nil && r.StatusCode == 200
-	})
-	admin, err := os.ReadFile(filepath.Join(data, "admin-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	call := func(path, bearer string, in, out any) int {
-		b, _ := json.Marshal(in)
-		req, _ := http.NewRequest("POST", "http://"+api+path, bytes.NewReader(b))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(bearer))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if out != nil {
-			_ = json.Unmarshal(body, out)
-		}
-		return resp.StatusCode
-	}
-	var cl struct {
-		Secret string `json:"client_secret"`
-	}
-	if st := call("/v1/clients", string(admin), map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &cl); st != 200 && st != 201 {
-		t.Fatalf("add client: %d", st)
-	}
-	var tok struct {
-		AccessToken string `json:"access_token"`
-		KID         string `json:"kid"`
-	}
-	if st := call("/v1/tokens", cl.Secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok); st != 200 {
-		t.Fatalf("issue: %d", st)
-	}
+	call, admin, _, tok := startAuthority(t, bin, data, api, conf)
 
 	logs := startProcess(t, bin, "gateway", "--decide", "--config", conf, "--listen", decide, "--grpc-listen", grpcAddr,
 		"--authority", "http://"+api, "--data", data)
@@ -149,7 +104,7 @@ func TestDecideProcesses(t *testing.T) {
 			t.Errorf("gRPC %s: %v %q, want Unauthenticated %s", target, c, msg, want)
 		}
 	}
-	if st := call("/v1/keys/"+tok.KID+"/revoke", string(admin), map[string]string{"reason": "test"}, nil); st != 200 {
+	if st := call("/v1/keys/"+tok.KID+"/revoke", admin, map[string]string{"reason": "test"}, nil); st != 200 {
 		t.Fatalf("revoke key: %d", st)
 	}
 	at := time.Now()

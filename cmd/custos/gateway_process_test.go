@@ -33,6 +33,58 @@ func freeAddr(t *testing.T) string { return proctest.FreeAddr(t) }
 // buildCustos returns the custos binary, built once for this test binary.
 func buildCustos(t *testing.T, _ string) string { return proctest.Binary(t) }
 
+// issuedToken is an access token as /v1/tokens answers it.
+type issuedToken struct {
+	AccessToken string `json:"access_token"`
+	KID         string `json:"kid"`
+}
+
+// startAuthority runs `custos serve` on api with conf until the test ends,
+// registers a login client and issues it a token for member 1020. call posts
+// JSON to the authority with a bearer credential and decodes the answer.
+func startAuthority(t *testing.T, bin, data, api, conf string) (call func(path, bearer string, in, out any) int, admin, secret string, tok issuedToken) {
+	t.Helper()
+	startProcess(t, bin, "serve", "--data", data, "--listen", api, "--config", conf)
+	waitFor(t, "the authority", func() bool {
+		r, err := http.Get("http://" + api + "/healthz")
+		if err == nil {
+			r.Body.Close()
+		}
+		return err == nil && r.StatusCode == 200
+	})
+	a, err := os.ReadFile(filepath.Join(data, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin = strings.TrimSpace(string(a))
+	call = func(path, bearer string, in, out any) int {
+		b, _ := json.Marshal(in)
+		req, _ := http.NewRequest("POST", "http://"+api+path, bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(bearer))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if out != nil {
+			_ = json.Unmarshal(body, out)
+		}
+		return resp.StatusCode
+	}
+	var cl struct {
+		Secret string `json:"client_secret"`
+	}
+	if st := call("/v1/clients", admin, map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &cl); st != 200 && st != 201 {
+		t.Fatalf("add client: %d", st)
+	}
+	if st := call("/v1/tokens", cl.Secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok); st != 200 {
+		t.Fatalf("issue: %d", st)
+	}
+	return call, admin, cl.Secret, tok
+}
+
 // startProcess runs bin with args until the test ends (then kill -9).
 func startProcess(t *testing.T, bin string, args ...string) *lockedBuffer {
 	t.Helper()
@@ -123,52 +175,12 @@ func TestGatewayProcesses(t *testing.T) {
 		return p
 	}
 	withRoutes, noRoutes := conf("routes.yaml", true), conf("bare.yaml", false)
-	startProcess(t, bin, "serve", "--data", data, "--listen", api, "--config", withRoutes)
-	waitFor(t, "the authority", func() bool {
-		r, err := http.Get("http://" + api + "/healthz")
-		if err == nil {
-			r.Body.Close()
-		}
-		return err == nil && r.StatusCode == 200
-	})
-	admin, err := os.ReadFile(filepath.Join(data, "admin-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	call := func(path, bearer string, in, out any) int {
-		b, _ := json.Marshal(in)
-		req, _ := http.NewRequest("POST", "http://"+api+path, bytes.NewReader(b))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(bearer))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if out != nil {
-			_ = json.Unmarshal(body, out)
-		}
-		return resp.StatusCode
-	}
-	var cl struct {
-		Secret string `json:"client_secret"`
-	}
-	if st := call("/v1/clients", string(admin), map[string]any{"name": "login", "audience": []string{config.DefaultAudience}}, &cl); st != 200 && st != 201 {
-		t.Fatalf("add client: %d", st)
-	}
-	var tok struct {
-		AccessToken string `json:"access_token"`
-		KID         string `json:"kid"`
-	}
-	if st := call("/v1/tokens", cl.Secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok); st != 200 {
-		t.Fatalf("issue: %d", st)
-	}
+	call, admin, secret, tok := startAuthority(t, bin, data, api, withRoutes)
 	introspect := func() bool {
 		var in struct {
 			Active bool `json:"active"`
 		}
-		if st := call("/v1/tokens/introspect", cl.Secret, map[string]string{"token": tok.AccessToken}, &in); st != 200 {
+		if st := call("/v1/tokens/introspect", secret, map[string]string{"token": tok.AccessToken}, &in); st != 200 {
 			t.Fatalf("introspect: %d", st)
 		}
 		return in.Active
@@ -222,20 +234,20 @@ func TestGatewayProcesses(t *testing.T) {
 	var tok2 struct {
 		AccessToken string `json:"access_token"`
 	}
-	if st := call("/v1/tokens", cl.Secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok2); st != 200 {
+	if st := call("/v1/tokens", secret, map[string]any{"subject": "1020", "audience": config.DefaultAudience}, &tok2); st != 200 {
 		t.Fatalf("issue: %d", st)
 	}
 	waitFor(t, "the second token allowed", func() bool {
 		st, _ := rawGet(t, gw, "/api/members/1020/profile", tok2.AccessToken)
 		return st == 200
 	})
-	if st := call("/v1/tokens/revoke", cl.Secret, map[string]string{"token": tok2.AccessToken}, nil); st != 200 {
+	if st := call("/v1/tokens/revoke", secret, map[string]string{"token": tok2.AccessToken}, nil); st != 200 {
 		t.Fatalf("revoke token: %d", st)
 	}
 	var in2 struct {
 		Active bool `json:"active"`
 	}
-	if call("/v1/tokens/introspect", cl.Secret, map[string]string{"token": tok2.AccessToken}, &in2); in2.Active {
+	if call("/v1/tokens/introspect", secret, map[string]string{"token": tok2.AccessToken}, &in2); in2.Active {
 		t.Error("revoked token introspects active")
 	}
 	waitFor(t, "the standalone gateway to refuse revoked_token", func() bool {
@@ -243,7 +255,7 @@ func TestGatewayProcesses(t *testing.T) {
 		return st == 401 && reason == "revoked_token"
 	})
 
-	if st := call("/v1/keys/"+tok.KID+"/revoke", string(admin), map[string]string{"reason": "test"}, nil); st != 200 {
+	if st := call("/v1/keys/"+tok.KID+"/revoke", admin, map[string]string{"reason": "test"}, nil); st != 200 {
 		t.Fatalf("revoke key: %d", st)
 	}
 	if introspect() {
