@@ -36,7 +36,7 @@ type idp struct {
 	fetches atomic.Int32
 }
 
-func newIDP(t *testing.T) *idp {
+func newIDP(t testing.TB) *idp {
 	t.Helper()
 	p := &idp{keys: map[string]crypto.Signer{}, algs: map[string]jose.SignatureAlgorithm{}}
 	_, ed, _ := ed25519.GenerateKey(rand.Reader)
@@ -61,12 +61,12 @@ func newIDP(t *testing.T) *idp {
 }
 
 // sign makes a token with the provider's key kid.
-func (p *idp) sign(t *testing.T, kid string, claims map[string]any) string {
+func (p *idp) sign(t testing.TB, kid string, claims map[string]any) string {
 	t.Helper()
 	return signWith(t, p.keys[kid], p.algs[kid], kid, claims)
 }
 
-func signWith(t *testing.T, k crypto.Signer, alg jose.SignatureAlgorithm, kid string, claims map[string]any) string {
+func signWith(t testing.TB, k crypto.Signer, alg jose.SignatureAlgorithm, kid string, claims map[string]any) string {
 	t.Helper()
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: k, KeyID: kid}},
 		(&jose.SignerOptions{}).WithType("JWT"))
@@ -93,7 +93,7 @@ type fixture struct {
 	cfg     *provider.Config
 }
 
-func newFixture(t *testing.T, kind provider.Kind) *fixture {
+func newFixture(t testing.TB, kind provider.Kind) *fixture {
 	t.Helper()
 	p := newIDP(t)
 	cfg := provider.Config{Name: "shop-idp", Issuer: iss, JWKSURL: p.srv.URL, Audience: "shop-api", Kind: kind}
