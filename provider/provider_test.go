@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -246,6 +247,7 @@ func TestSignatureAndClaims(t *testing.T) {
 		"no_sub":             {f.idp.sign(t, "ed", f.claims(map[string]any{"sub": nil})), event.ReasonMalformed},
 		"no_client":          {f.idp.sign(t, "ed", f.claims(map[string]any{"client_id": nil})), event.ReasonMalformed},
 		"two_prvs":           {f.idp.sign(t, "ed", f.claims(map[string]any{"custos_prv": "prv_aaaaaaaa", "ext": map[string]any{"custos_prv": "prv_bbbbbbbb"}})), event.ReasonMalformed},
+		"dup_sub_case":       {dupSub(t, f), event.ReasonMalformed},
 		"mtls_cnf":           {f.idp.sign(t, "ed", f.claims(map[string]any{"cnf": map[string]any{"x5t#S256": "abc"}})), event.ReasonMalformed},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -361,3 +363,20 @@ func TestKeysCached(t *testing.T) {
 }
 
 func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+// dupSub signs a payload naming sub twice, in two letter cases, that is
+// otherwise the recorded token: encoding/json alone would read it as that.
+func dupSub(t *testing.T, f *fixture) string {
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: f.idp.keys["ed"], KeyID: "ed"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.claims(nil)
+	payload := fmt.Sprintf(`{"iss":%q,"SUB":"member-2002","sub":"member-1001","aud":["shop-api","account"],"client_id":"shop-web","exp":%d,"jti":"jti-0123456789"}`, iss, c["exp"])
+	jws, err := s.Sign([]byte(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := jws.CompactSerialize()
+	return raw
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/token"
 	"github.com/custos-dev/custos/verdict"
+	"github.com/custos-dev/custos/wire"
 )
 
 // algs are the JWS algorithms accepted from providers; HS* and none never.
@@ -110,20 +111,25 @@ func (s *Set) Verify(ctx context.Context, raw string, now time.Time) (verdict.Pr
 	return p.verify(ctx, raw), true
 }
 
+// payloadOf decodes the payload of a compact JWS.
+func payloadOf(raw string) ([]byte, error) {
+	_, rest, ok := strings.Cut(raw, ".")
+	if !ok {
+		return nil, errors.New("not a compact JWS")
+	}
+	pl, _, ok := strings.Cut(rest, ".")
+	if !ok {
+		return nil, errors.New("not a compact JWS")
+	}
+	return base64.RawURLEncoding.DecodeString(pl)
+}
+
 // peekIssuer reads the iss of an unverified compact JWS, or "".
 func peekIssuer(raw string) string {
 	if len(raw) > maxTokenBytes {
 		return ""
 	}
-	_, rest, ok := strings.Cut(raw, ".")
-	if !ok {
-		return ""
-	}
-	pl, _, ok := strings.Cut(rest, ".")
-	if !ok {
-		return ""
-	}
-	b, err := base64.RawURLEncoding.DecodeString(pl)
+	b, err := payloadOf(raw)
 	if err != nil {
 		return ""
 	}
@@ -157,6 +163,11 @@ func (p *provider) verify(ctx context.Context, raw string) verdict.ProviderToken
 		default:
 			return malformed
 		}
+	}
+	// No member twice in any letter case, at any depth: encoding/json
+	// would silently take one, and no two readers may disagree.
+	if pl, err := payloadOf(raw); err != nil || wire.CheckKeys(pl) != nil {
+		return malformed
 	}
 	var std jwt.Claims
 	var cl claims
