@@ -182,7 +182,7 @@ func (e *edwards) release(s p11.SessionHandle, failed bool) {
 	} else {
 		e.idle = append(e.idle, s)
 	}
-	e.free.Signal()
+	e.free.Broadcast() // a waiting session taker, or close waiting for open == 0
 }
 
 // with runs f on a pooled session.
@@ -196,9 +196,9 @@ func (e *edwards) with(f func(s p11.SessionHandle) error) error {
 	return err
 }
 
-// close closes every idle session and unloads the module reference. It
-// never calls C_Finalize: crypto11 shares the library instance and
-// finalizes it when its last context closes.
+// close closes every session, waiting for those in use, and unloads the
+// module reference. It never calls C_Finalize: crypto11 shares the library
+// instance and finalizes it when its last context closes.
 func (e *edwards) close() {
 	e.mu.Lock()
 	e.closed = true
@@ -208,6 +208,9 @@ func (e *edwards) close() {
 	}
 	e.idle = nil
 	e.free.Broadcast()
+	for e.open > 0 {
+		e.free.Wait()
+	}
 	e.mu.Unlock()
 	e.ctx.Destroy()
 }

@@ -373,3 +373,46 @@ func BenchmarkSignEdDSAPKCS11Parallel(b *testing.B) {
 		}
 	})
 }
+
+// More signers at once than the session pool holds: every signature
+// verifies, and Close waits for the signing in flight.
+func TestEd25519ConcurrentSign(t *testing.T) {
+	tok := newSoftHSM(t, "custos-ed-conc")
+	pub, err := tok.Generate(context.Background(), "k", keys.EdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := tok.Signer("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers, each = 4 * maxEdSessions, 10
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range each {
+				msg := []byte{byte(w), byte(i)}
+				sig, err := s.Sign(nil, msg, crypto.Hash(0))
+				if err == nil && !ed25519.Verify(pub.(ed25519.PublicKey), msg, sig) {
+					err = errors.New("a concurrent signature does not verify")
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	tok.ed.mu.Lock()
+	open, idle := tok.ed.open, len(tok.ed.idle)
+	tok.ed.mu.Unlock()
+	if open > maxEdSessions || open != idle {
+		t.Fatalf("%d sessions open, %d idle; want at most %d, all idle", open, idle, maxEdSessions)
+	}
+}

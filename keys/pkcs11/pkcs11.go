@@ -167,13 +167,17 @@ func (t *Token) find(id string) (crypto.Signer, error) {
 	if id == "" || len(id) > MaxIDLen {
 		return nil, nil // no key can have it
 	}
-	// Ed25519 first: crypto11 fails on the CKK_EC_EDWARDS pairs it cannot use.
-	es, err := t.ed.find(id)
-	if err != nil {
-		return nil, err
-	}
-	if es != nil {
-		return es, nil
+	// Ed25519 first: crypto11 fails on the CKK_EC_EDWARDS pairs it cannot
+	// use. Skipped on tokens without the mechanisms, which hold no such
+	// pairs and may reject CKK_EC_EDWARDS in a search template.
+	if t.ed.supported {
+		es, err := t.ed.find(id)
+		if err != nil {
+			return nil, err
+		}
+		if es != nil {
+			return es, nil
+		}
 	}
 	found, err := t.ctx.FindKeyPairs([]byte(id), nil)
 	if err != nil {
