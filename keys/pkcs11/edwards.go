@@ -78,7 +78,8 @@ type edwards struct {
 	slot uint
 	pin  string
 	// supported is whether the token lists both CKM_EC_EDWARDS_KEY_PAIR_GEN
-	// and CKM_EDDSA in C_GetMechanismList.
+	// and CKM_EDDSA in C_GetMechanismList, flagged for key pair generation
+	// and signing.
 	supported bool
 
 	mu     sync.Mutex
@@ -129,8 +130,18 @@ func openEdwards(module, label, pin string) (*edwards, error) {
 		gen = gen || m.Mechanism == ckmECEdwardsKeyPairGen
 		sign = sign || m.Mechanism == ckmEdDSA
 	}
-	e.supported = gen && sign
+	// Listed is not enough: the mechanisms must be usable for key pair
+	// generation and signing (C_GetMechanismInfo flags).
+	e.supported = gen && sign &&
+		mechFlag(ctx, e.slot, ckmECEdwardsKeyPairGen, p11.CKF_GENERATE_KEY_PAIR) &&
+		mechFlag(ctx, e.slot, ckmEdDSA, p11.CKF_SIGN)
 	return e, nil
+}
+
+// mechFlag reports whether the token's C_GetMechanismInfo for mech has flag.
+func mechFlag(ctx *p11.Ctx, slot, mech, flag uint) bool {
+	info, err := ctx.GetMechanismInfo(slot, []*p11.Mechanism{p11.NewMechanism(mech, nil)})
+	return err == nil && info.Flags&flag != 0
 }
 
 func isRV(err error, rv uint) bool {
