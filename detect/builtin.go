@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/axiomhq/hyperloglog"
-
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
 )
@@ -154,7 +152,7 @@ type shard struct {
 	covBase  float64 // id_coverage: EWMA of a block's distinct IDs per half-window
 	covN     uint32  // samples in covBase, while fewer than 1/covAlpha
 	sessions *genMap[int64]
-	scratch  *hyperloglog.Sketch
+	scratch  *hll
 	ck       clocks
 	act      activation
 	p        prep         // the event being processed, kept here so that it does not escape
@@ -249,7 +247,7 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 			volume:   newGenMap[volState](perShard(cfg.RouteVolume.MaxRoutes)),
 			sessions: newGenMap[int64](keys * 64),
 		}
-		sh.scratch, _ = hyperloglog.NewSketch(hllPrecision, false)
+		sh.scratch = new(hll)
 		sh.ck = clocks{enum: newBucketer(b.enumHalf), rot: newBucketer(b.rotHalf), unk: newBucketer(int64(cfg.UnknownSubject.Window)), cov: newBucketer(b.covHalf)}
 		for d := range sh.src {
 			sh.src[d] = newGenMap[srcState](keys)
