@@ -155,13 +155,19 @@ type shard struct {
 	scratch  *hll
 	ck       clocks
 	act      activation
-	p        prep         // the event being processed, kept here so that it does not escape
-	idx      int32        // index of the event in its batch
-	ord      uint32       // position of the running check; see fireRec
-	fires    []fireRec    // matches of the current batch, in order
-	keys     [128]keyMemo // the last dedup key computed per check (ord % 128)
-	nets     [16]netText  // text of networks named in matches, by hash
-	asns     [16]asnText  // likewise for ASNs, by number
+	p        prep           // the event being processed, kept here so that it does not escape
+	idx      int32          // index of the event in its batch
+	ord      uint32         // position of the running check; see fireRec
+	fires    []fireRec      // matches of the current batch, in order
+	keys     [128]keyMemo   // the last dedup key computed per check (ord % 128)
+	nets     [16]netText    // text of networks named in matches, by hash
+	asns     [16]asnText    // likewise for ASNs, by number
+	blocks   [256]blockText // likewise for blocks of member IDs, by number
+}
+
+type blockText struct {
+	block uint64
+	s     string
 }
 
 type netText struct {
@@ -408,8 +414,6 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 		}
 		sh.covBase += a * (n - sh.covBase)
 	}
-	lo := block * c.Block
-	blockText := func() string { return strconv.FormatUint(lo, 10) + "-" + strconv.FormatUint(lo+c.Block-1, 10) }
 	walked := false
 	if e := &b.cfg.Enumeration; !e.NoWalk {
 		// A walk through the block by any source, however many sources
@@ -419,7 +423,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 			if s.walk.alerts(i) {
 				summary = "walk through " + strconv.FormatUint(uint64(run), 10) + " near-sequential member IDs of one block within " + c.Window.String() + ", by any source"
 			}
-			sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "", summary, 1)
+			sh.fire(RuleIDCoverage, c.Severity, "id_block", sh.blockText(block, c.Block), "", summary, 1)
 			walked = true
 		}
 	}
@@ -429,7 +433,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 		return
 	}
 	if s.wd.fired != 0 && s.wd.fired >= p.covB-1 {
-		sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "", "", 1)
+		sh.fire(RuleIDCoverage, c.Severity, "id_block", sh.blockText(block, c.Block), "", "", 1)
 		return
 	}
 	if sum < s.next {
@@ -437,7 +441,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 	}
 	if u := s.wd.union(&sh.covSk, sh.scratch); u >= thr {
 		s.wd.fired = p.covB
-		sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "",
+		sh.fire(RuleIDCoverage, c.Severity, "id_block", sh.blockText(block, c.Block), "",
 			strconv.FormatUint(u, 10)+" distinct member IDs of one block read within "+c.Window.String()+", by any source", int64(u))
 	} else {
 		s.next = sum + thr/32 + 1
@@ -710,6 +714,17 @@ func (sh *shard) dimValue(d int, ev *event.Access, network netip.Prefix) string 
 		return c.s
 	}
 	return dimValue(d, ev, network)
+}
+
+// blockText is the text of block (of size ids) of the member-ID space,
+// remembered for blocks that keep matching.
+func (sh *shard) blockText(block, ids uint64) string {
+	c := &sh.blocks[block%uint64(len(sh.blocks))]
+	if c.block != block || c.s == "" {
+		lo := block * ids
+		c.block, c.s = block, strconv.FormatUint(lo, 10)+"-"+strconv.FormatUint(lo+ids-1, 10)
+	}
+	return c.s
 }
 
 // dimValue returns the text of ev's source in dimension d.
