@@ -168,6 +168,7 @@ type shard struct {
 type blockText struct {
 	block uint64
 	s     string
+	k     uint64 // alertKey of id_coverage for the block
 }
 
 type netText struct {
@@ -423,7 +424,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 			if s.walk.alerts(i) {
 				summary = "walk through " + strconv.FormatUint(uint64(run), 10) + " near-sequential member IDs of one block within " + c.Window.String() + ", by any source"
 			}
-			sh.fire(RuleIDCoverage, c.Severity, "id_block", sh.blockText(block, c.Block), "", summary, 1)
+			sh.fireBlock(c.Severity, block, c.Block, summary, 1)
 			walked = true
 		}
 	}
@@ -433,7 +434,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 		return
 	}
 	if s.wd.fired != 0 && s.wd.fired >= p.covB-1 {
-		sh.fire(RuleIDCoverage, c.Severity, "id_block", sh.blockText(block, c.Block), "", "", 1)
+		sh.fireBlock(c.Severity, block, c.Block, "", 1)
 		return
 	}
 	if sum < s.next {
@@ -441,7 +442,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 	}
 	if u := s.wd.union(&sh.covSk, sh.scratch); u >= thr {
 		s.wd.fired = p.covB
-		sh.fire(RuleIDCoverage, c.Severity, "id_block", sh.blockText(block, c.Block), "",
+		sh.fireBlock(c.Severity, block, c.Block,
 			strconv.FormatUint(u, 10)+" distinct member IDs of one block read within "+c.Window.String()+", by any source", int64(u))
 	} else {
 		s.next = sum + thr/32 + 1
@@ -716,15 +717,17 @@ func (sh *shard) dimValue(d int, ev *event.Access, network netip.Prefix) string 
 	return dimValue(d, ev, network)
 }
 
-// blockText is the text of block (of size ids) of the member-ID space,
-// remembered for blocks that keep matching.
-func (sh *shard) blockText(block, ids uint64) string {
+// fireBlock records an id_coverage match of block (of size ids) of the
+// member-ID space. The block's text and dedup key are remembered for
+// blocks that keep matching.
+func (sh *shard) fireBlock(s Severity, block, ids uint64, summary string, n int64) {
 	c := &sh.blocks[block%uint64(len(sh.blocks))]
 	if c.block != block || c.s == "" {
 		lo := block * ids
 		c.block, c.s = block, strconv.FormatUint(lo, 10)+"-"+strconv.FormatUint(lo+ids-1, 10)
+		c.k = alertKey(sh.seed, RuleIDCoverage, "id_block", c.s, "")
 	}
-	return c.s
+	sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, k: c.k, rule: RuleIDCoverage, sev: s, kind: "id_block", val: c.s, summary: summary, n: n})
 }
 
 // dimValue returns the text of ev's source in dimension d.
