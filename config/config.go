@@ -179,7 +179,8 @@ type Keys struct {
 	// then come from kek_env, passphrase_env or a kek_file outside DATA).
 	Keyring string `yaml:"keyring" env:"CUSTOS_KEYRING"`
 	// Alg is "EdDSA" (default), "ES256" or "RS256" (2048-bit RSA, for
-	// resource servers that verify only RS256).
+	// resource servers that verify only RS256). With the pkcs11 backend,
+	// EdDSA needs a token that lists CKM_EDDSA and CKM_EC_EDWARDS_KEY_PAIR_GEN.
 	Alg string `yaml:"alg" env:"CUSTOS_KEYS_ALG"`
 	// KEKFile is a file holding the 32-byte key-encryption key of the sealed
 	// keyring; default DATA/kek (created 0600 on first start).
