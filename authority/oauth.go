@@ -125,6 +125,10 @@ func (h *Handler) oauthToken(w http.ResponseWriter, r *http.Request) {
 		h.writeOAuthErr(w, r, err)
 		return
 	}
+	if h.Nonces != nil && out.TokenType == "DPoP" {
+		// The nonce for the client's next proof (RFC 9449 section 8.2).
+		w.Header().Set("DPoP-Nonce", h.Nonces.Issue(h.Auth.now()))
+	}
 	w.Header().Set("Pragma", "no-cache")
 	wire.WriteJSON(w, http.StatusOK, out)
 }

@@ -116,7 +116,26 @@ type OAuth struct {
 	// ExternalIssuers are identity providers whose ID tokens the token
 	// exchange (RFC 8693) accepts in return for a custos access token.
 	ExternalIssuers []ExternalIssuer `yaml:"external_issuers"`
+	// DPoPNonce makes the token endpoint require a server nonce in every
+	// DPoP proof (RFC 9449 section 8): a proof without the current one is
+	// answered use_dpop_nonce with a fresh nonce in DPoP-Nonce.
+	DPoPNonce bool `yaml:"dpop_nonce" env:"CUSTOS_OAUTH_DPOP_NONCE"`
+	// DPoPNoncePeriod is how long one nonce is handed out; a nonce is
+	// accepted in the period it was issued in and the next, so for at most
+	// twice this long (0: 1m; 1s to 1h).
+	DPoPNoncePeriod time.Duration `yaml:"dpop_nonce_period"`
+	// DPoPNonceSecretEnv names an environment variable holding the nonces'
+	// HMAC secret (base64, at least 32 bytes), the same on every authority
+	// replica so that each accepts the others' nonces. Empty: a secret of
+	// this process's own.
+	DPoPNonceSecretEnv string `yaml:"dpop_nonce_secret_env"`
 }
+
+// MinDPoPNoncePeriod and MaxDPoPNoncePeriod bound oauth.dpop_nonce_period.
+const (
+	MinDPoPNoncePeriod = time.Second
+	MaxDPoPNoncePeriod = time.Hour
+)
 
 // ExternalIssuer is one identity provider the token exchange trusts.
 type ExternalIssuer struct {
@@ -502,6 +521,12 @@ func (c *Config) Validate() error {
 	if u, err := url.Parse(c.Issuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
 		u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return bad("issuer", "%q must be an http or https URL without query, fragment or user (RFC 8414 section 2)", c.Issuer)
+	}
+	if p := c.OAuth.DPoPNoncePeriod; p != 0 && (p < MinDPoPNoncePeriod || p > MaxDPoPNoncePeriod) {
+		return bad("oauth.dpop_nonce_period", "%s is not between %s and %s (0: 1m)", p, MinDPoPNoncePeriod, MaxDPoPNoncePeriod)
+	}
+	if !c.OAuth.DPoPNonce && (c.OAuth.DPoPNoncePeriod != 0 || c.OAuth.DPoPNonceSecretEnv != "") {
+		return bad("oauth.dpop_nonce", "false, but oauth.dpop_nonce_period or oauth.dpop_nonce_secret_env is set: set dpop_nonce: true, or remove them")
 	}
 	switch c.Keys.Backend {
 	case "sealed", "pkcs11":

@@ -35,15 +35,20 @@ func TestValidateNamesTheField(t *testing.T) {
 	for name, tc := range map[string]struct {
 		yaml, field string
 	}{
-		"fail/unknown_field":  {"data: x\nlisten_addr: y\n", "listen_addr"},
-		"fail/backend":        {"data: x\nkeys:\n  backend: vault\n", "keys.backend"},
-		"fail/key_age":        {"data: x\nkeys:\n  max_key_age: 240h\n", "keys.max_key_age"},
-		"fail/ttl_hard_max":   {"data: x\ntokens:\n  max_ttl: 25h\n", "tokens.max_ttl"},
-		"fail/no_data":        {"listen: 127.0.0.1:1\n", "data"},
-		"fail/subject_param":  {"data: x\ngateway:\n  routes:\n  - pattern: GET /m/{id}\n    subject_param: member\n", "subject_param"},
-		"fail/bad_duration":   {"data: x\ntokens:\n  max_ttl: soon\n", "line 3"},
-		"fail/pkcs11_module":  {"data: x\nkeys:\n  backend: pkcs11\n", "keys.pkcs11.module"},
-		"fail/default_gt_max": {"data: x\ntokens:\n  default_ttl: 20m\n", "tokens.default_ttl"},
+		"fail/unknown_field":       {"data: x\nlisten_addr: y\n", "listen_addr"},
+		"fail/backend":             {"data: x\nkeys:\n  backend: vault\n", "keys.backend"},
+		"fail/key_age":             {"data: x\nkeys:\n  max_key_age: 240h\n", "keys.max_key_age"},
+		"fail/ttl_hard_max":        {"data: x\ntokens:\n  max_ttl: 25h\n", "tokens.max_ttl"},
+		"fail/no_data":             {"listen: 127.0.0.1:1\n", "data"},
+		"fail/subject_param":       {"data: x\ngateway:\n  routes:\n  - pattern: GET /m/{id}\n    subject_param: member\n", "subject_param"},
+		"fail/bad_duration":        {"data: x\ntokens:\n  max_ttl: soon\n", "line 3"},
+		"fail/pkcs11_module":       {"data: x\nkeys:\n  backend: pkcs11\n", "keys.pkcs11.module"},
+		"fail/default_gt_max":      {"data: x\ntokens:\n  default_ttl: 20m\n", "tokens.default_ttl"},
+		"fail/nonce_period_short":  {"data: x\noauth:\n  dpop_nonce: true\n  dpop_nonce_period: 500ms\n", "oauth.dpop_nonce_period"},
+		"fail/nonce_period_long":   {"data: x\noauth:\n  dpop_nonce: true\n  dpop_nonce_period: 2h\n", "oauth.dpop_nonce_period"},
+		"fail/nonce_period_neg":    {"data: x\noauth:\n  dpop_nonce: true\n  dpop_nonce_period: -1m\n", "oauth.dpop_nonce_period"},
+		"fail/nonce_period_unused": {"data: x\noauth:\n  dpop_nonce_period: 1m\n", "oauth.dpop_nonce"},
+		"fail/nonce_secret_unused": {"data: x\noauth:\n  dpop_nonce_secret_env: S\n", "oauth.dpop_nonce"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := Default()
@@ -55,6 +60,21 @@ func TestValidateNamesTheField(t *testing.T) {
 				t.Fatalf("err %v, want ErrInvalid naming %s", err, tc.field)
 			}
 		})
+	}
+}
+
+// Token-endpoint nonces: on with a period in bounds, or from the environment.
+func TestDPoPNonceConfig(t *testing.T) {
+	c := Default()
+	if err := Parse([]byte("data: x\noauth:\n  dpop_nonce: true\n  dpop_nonce_period: 30s\n  dpop_nonce_secret_env: S\n"), &c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil || !c.OAuth.DPoPNonce || c.OAuth.DPoPNoncePeriod != 30*time.Second {
+		t.Fatalf("%v %+v", err, c.OAuth)
+	}
+	c, err := Load("", env(map[string]string{"CUSTOS_DATA": "x", "CUSTOS_OAUTH_DPOP_NONCE": "true"}))
+	if err != nil || !c.OAuth.DPoPNonce {
+		t.Fatalf("from the environment: %v %+v", err, c.OAuth)
 	}
 }
 

@@ -2,12 +2,15 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -30,7 +33,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /.well-known/jwks.json", s.jwks)
 	mux.HandleFunc("GET /.well-known/oauth-authorization-server", s.metadata)
 	mux.HandleFunc("GET /.well-known/openid-configuration", s.metadata)
-	(&authority.Handler{Auth: s.Authority, Creds: s.Creds, Log: s.Log}).Register(mux)
+	(&authority.Handler{Auth: s.Authority, Creds: s.Creds, Log: s.Log, Nonces: s.tokenNonces}).Register(mux)
 
 	mux.HandleFunc("GET /v1/keys", s.admin(s.listKeys))
 	mux.HandleFunc("POST /v1/keys/rotate", s.admin(s.rotateKey))
@@ -326,4 +329,25 @@ func (s *Server) detectLoop(ctx context.Context, batches <-chan []event.Access) 
 			_ = s.Detect.Flush(ctx)
 		}
 	}
+}
+
+// tokenEndpointNonces are the token endpoint's DPoP nonces as oauth says
+// (nil when off): keyed by the secret in oauth.dpop_nonce_secret_env, which
+// must then be set and hold at least 32 bytes of base64, else by a random
+// secret of this process.
+func tokenEndpointNonces(c config.OAuth) (*dpop.Nonces, error) {
+	if !c.DPoPNonce {
+		return nil, nil
+	}
+	secret := make([]byte, 32)
+	if env := c.DPoPNonceSecretEnv; env != "" {
+		var err error
+		secret, err = base64.StdEncoding.DecodeString(os.Getenv(env))
+		if err != nil || len(secret) < 32 {
+			return nil, fmt.Errorf("%w: oauth.dpop_nonce_secret_env: $%s must hold at least 32 bytes in base64", config.ErrInvalid, env)
+		}
+	} else if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	return dpop.NewNonces(secret, c.DPoPNoncePeriod), nil
 }

@@ -57,6 +57,7 @@ import (
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/console"
 	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/forensics"
 	"github.com/custos-dev/custos/gateway"
@@ -131,7 +132,9 @@ type Server struct {
 
 	checkpointVerifier note.Verifier
 	finder             tokenFinder
-	mux                *http.ServeMux
+	// tokenNonces are the token endpoint's DPoP nonces (oauth.dpop_nonce).
+	tokenNonces *dpop.Nonces
+	mux         *http.ServeMux
 }
 
 // Open builds every part from cfg. The data directory is created on first start.
@@ -355,6 +358,13 @@ func (s *Server) openAuthority(ctx context.Context) (err error) {
 	}
 	s.Authority.Logins = s.Detect
 	s.Authority.Issuances = issuanceFeed{s.Detect}
+	s.tokenNonces, err = tokenEndpointNonces(cfg.OAuth)
+	if err != nil {
+		return err
+	}
+	if s.tokenNonces != nil && cfg.OAuth.DPoPNonceSecretEnv == "" && cfg.Scale.Store != "" && s.Log != nil {
+		s.Log.Warn("WARNING: oauth.dpop_nonce without oauth.dpop_nonce_secret_env: each authority replica hands out nonces the others refuse")
+	}
 	return nil
 }
 

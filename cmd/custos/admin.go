@@ -7,12 +7,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/custos-dev/custos/api"
+	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/server"
@@ -68,34 +70,103 @@ func newClientsCmd() *cobra.Command {
 	clients := &cobra.Command{Use: "clients", Short: "Manage the clients that may ask for tokens"}
 	var f adminFlags
 	var audiences []string
-	var heldBy string
+	var heldBy, jwksFile, jwksURI string
+	var requireDPoP bool
 	add := &cobra.Command{
-		Use:   "add NAME --audience AUD",
-		Short: "Register a client; prints its secret once",
+		Use:   "add NAME --audience AUD [--jwks FILE | --jwks-uri URL] [--require-dpop]",
+		Short: "Register a client; prints its secret once, or registers its public keys for private_key_jwt",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(audiences) == 0 {
 				return usageErr("--audience is required")
 			}
+			body := map[string]any{"name": args[0], "audience": audiences, "held_by": heldBy}
+			auth, err := clientAuthFlags(jwksFile, jwksURI, requireDPoP)
+			if err != nil {
+				return err
+			}
+			if len(auth.JWKS) > 0 {
+				body["jwks"] = auth.JWKS
+			}
+			if auth.JWKSURI != "" {
+				body["jwks_uri"] = auth.JWKSURI
+			}
+			if auth.RequireDPoP {
+				body["require_dpop"] = true
+			}
 			var out struct {
 				ClientID     string `json:"client_id"`
 				ClientSecret string `json:"client_secret"`
+				JWKSURI      string `json:"jwks_uri,omitempty"`
+				RequireDPoP  bool   `json:"require_dpop,omitempty"`
 			}
-			if err := f.call("POST", "/v1/clients", map[string]any{"name": args[0], "audience": audiences, "held_by": heldBy}, &out); err != nil {
+			if err := f.call("POST", "/v1/clients", body, &out); err != nil {
 				return err
 			}
 			if f.json {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "client_id:     %s\nclient_secret: %s\n(the secret is shown once; only its hash is kept)\n", out.ClientID, out.ClientSecret)
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "client_id:     %s\n", out.ClientID)
+			if auth.HasKeys() {
+				fmt.Fprintf(w, "authentication: private_key_jwt (a client assertion signed by a registered key; no secret is accepted)\n")
+			} else {
+				fmt.Fprintf(w, "client_secret: %s\n(the secret is shown once; only its hash is kept)\n", out.ClientSecret)
+			}
+			if out.RequireDPoP {
+				fmt.Fprintf(w, "require_dpop:  every token request must carry a DPoP proof; tokens are bound to its key\n")
+			}
 			return nil
 		},
 	}
 	f.add(add)
 	add.Flags().StringSliceVar(&audiences, "audience", nil, "audience the client may ask tokens for (repeatable)")
 	add.Flags().StringVar(&heldBy, "held-by", "", "staff id of the custodian of this client secret (default: the caller)")
+	add.Flags().StringVar(&jwksFile, "jwks", "", "JWK Set file of the client's public keys (EdDSA, ES256, RS256): it authenticates with private_key_jwt")
+	add.Flags().StringVar(&jwksURI, "jwks-uri", "", "https URL (http only on loopback) where the client publishes its public keys, for private_key_jwt")
+	add.Flags().BoolVar(&requireDPoP, "require-dpop", false, "refuse token requests without a DPoP proof, so every token is bound to the client's key")
 	clients.AddCommand(add)
 	return clients
+}
+
+// maxJWKSFile bounds the key set file custos clients add reads.
+const maxJWKSFile = 64 << 10
+
+// clientAuthFlags reads and checks --jwks, --jwks-uri and --require-dpop
+// before anything is sent, with the authority's own rules, so that a
+// mistake is named here rather than as a refusal of the server.
+func clientAuthFlags(jwksFile, jwksURI string, requireDPoP bool) (authority.ClientAuth, error) {
+	a := authority.ClientAuth{JWKSURI: jwksURI, RequireDPoP: requireDPoP}
+	if jwksFile != "" && jwksURI != "" {
+		return a, usageErr("give --jwks or --jwks-uri, not both")
+	}
+	if jwksFile != "" {
+		fi, err := os.Stat(jwksFile)
+		if err != nil {
+			return a, usageErr("--jwks: %v", err)
+		}
+		if !fi.Mode().IsRegular() || fi.Size() > maxJWKSFile {
+			return a, usageErr("--jwks %s: not a regular file of at most %d bytes", jwksFile, maxJWKSFile)
+		}
+		b, err := os.ReadFile(jwksFile)
+		if err != nil {
+			return a, usageErr("--jwks: %v", err)
+		}
+		if !json.Valid(b) {
+			return a, usageErr("--jwks %s: not JSON (a JWK Set: {\"keys\": [...]})", jwksFile)
+		}
+		a.JWKS = b
+	}
+	if err := a.Check(); err != nil {
+		flag := "--jwks-uri"
+		if jwksFile != "" {
+			flag = "--jwks " + jwksFile
+		}
+		msg := strings.TrimPrefix(err.Error(), "authority: ")
+		msg = strings.TrimPrefix(strings.TrimPrefix(msg, "jwks: "), "jwks_uri: ")
+		return a, usageErr("%s: %s", flag, msg)
+	}
+	return a, nil
 }
 
 // newKeysCmd is custos keys: list, rotate and revoke signing keys, check

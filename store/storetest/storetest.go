@@ -56,6 +56,28 @@ func serverDSN() string {
 	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 }
 
+// PostgresTwin returns a second pool on the schema of db (from [Postgres]),
+// closed when t ends: what another replica sharing the database holds.
+func PostgresTwin(t testing.TB, db *store.DB) *store.DB {
+	t.Helper()
+	ctx := context.Background()
+	var schema string
+	if err := db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	dsn := serverDSN()
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	twin, err := store.OpenPostgres(ctx, dsn+sep+"search_path="+schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { twin.Close() })
+	return twin
+}
+
 // Killable is a database whose server connections a test can terminate in
 // the middle of a transaction: DB is the pool under test, Admin a second
 // pool on the same fresh schema that does the killing.
