@@ -17,7 +17,7 @@ import (
 )
 
 // PKCS#11 3.0 Edwards-curve constants (PKCS #11 Cryptographic Token
-// Interface Current Mechanisms Specification 3.0, section 2.3); neither
+// Interface Current Mechanisms Specification 3.0, "Elliptic Curve"); neither
 // crypto11 v1.6.2 nor github.com/miekg/pkcs11 v1.1.2 defines them.
 const (
 	ckkECEdwards           = 0x40   // CKK_EC_EDWARDS
@@ -26,8 +26,8 @@ const (
 )
 
 // edwards25519Params is CKA_EC_PARAMS for edwards25519: the DER OBJECT
-// IDENTIFIER 1.3.101.112 (id-Ed25519, RFC 8410), the form SoftHSM2 2.6 and
-// most tokens take when generating.
+// IDENTIFIER 1.3.101.112 (id-Ed25519, RFC 8410). SoftHSM2 2.6.1 generates
+// with it (and with the printable-string form below).
 var edwards25519Params = []byte{0x06, 0x03, 0x2b, 0x65, 0x70}
 
 // edwards25519Name is the other form PKCS#11 3.0 allows for CKA_EC_PARAMS:
@@ -46,8 +46,8 @@ func isEd25519Params(b []byte) bool {
 
 // parseEdwardsPoint reads an Ed25519 public key from CKA_EC_POINT. PKCS#11
 // 3.0 gives it as a DER OCTET STRING holding the 32-byte RFC 8032
-// encoding (04 20 || A); some tokens return the bare 32 bytes. Every other
-// shape is refused, and the bytes are checked to be a point on the curve.
+// encoding (04 20 || A); the bare 32 bytes are taken too. Every other
+// shape is refused, and the bytes must be a canonical point of the curve.
 func parseEdwardsPoint(b []byte) (ed25519.PublicKey, error) {
 	var raw []byte
 	switch {
