@@ -224,7 +224,7 @@ func waitAudited(t *testing.T, db *sql.DB, n int) {
 	})
 }
 
-func proctestWait(t *testing.T, within time.Duration, what string, f func() bool) {
+func proctestWait(t testing.TB, within time.Duration, what string, f func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !f() {
@@ -377,7 +377,7 @@ func TestDetectorRestartKeepsThresholdState(t *testing.T) {
 
 // waitAcked waits until the detector's durable consumer of partition p has
 // acknowledged n messages with none pending.
-func waitAcked(t *testing.T, prefix string, p, n int) {
+func waitAcked(t testing.TB, prefix string, p, n int) {
 	t.Helper()
 	nc, err := nats.Connect("nats://" + natsAddr)
 	if err != nil {
@@ -396,4 +396,83 @@ func waitAcked(t *testing.T, prefix string, p, n int) {
 		info, err := c.Info(ctx)
 		return err == nil && info.NumAckPending == 0 && info.NumPending == 0 && info.AckFloor.Consumer >= uint64(n)
 	})
+}
+
+// BenchmarkDetectorRebuild measures how fast a restarted detector process
+// rebuilds its windows: 30,000 events from 500 sources are consumed, the
+// detector is killed with SIGKILL and restarted, and the time from its
+// start to its readiness (the replay included) is reported with the
+// replay's own rate, as its log states it.
+//
+//	go test ./internal/replicatest -run '^$' -bench DetectorRebuild -benchtime 1x
+func BenchmarkDetectorRebuild(b *testing.B) {
+	d := newDeployment(b, direct)
+	det := d.detector("d1", 0, 1)
+	det.waitReady(30 * time.Second)
+	ctx := context.Background()
+	bus, err := natsbus.Open(ctx, natsbus.Config{URL: "nats://" + natsAddr, Prefix: d.prefix})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bus.Close()
+	const n = 30000
+	start := time.Now().Add(-10 * time.Minute)
+	perPart := map[int]int{}
+	evs := make(chan event.Access, 64)
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			var err error
+			for ev := range evs {
+				if err == nil {
+					err = bus.PublishSync(ctx, ev)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for i := range n {
+		src := fmt.Sprintf("198.18.%d.%d", i%500/250, i%250+1)
+		m := strconv.Itoa(1000 + i%20000)
+		perPart[natsbus.PartitionOf(src, natsbus.DefaultPartitions)]++
+		evs <- event.Access{Time: start.Add(time.Duration(i) * 10 * time.Millisecond).UTC(), RequestID: fmt.Sprintf("%s-rb-%d", d.prefix, i),
+			Method: "GET", Route: "/api/members/{id}/profile", Path: "/api/members/" + m + "/profile", Status: 200,
+			SrcIP: src, UserAgent: "shop-app/5.1", Token: event.Token{JTI: "j" + m, KID: "k1", Sub: m}, Verdict: event.Allow, Subject: m}
+	}
+	close(evs)
+	for range 8 {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	for p, k := range perPart {
+		waitAcked(b, d.prefix, p, k)
+	}
+	b.ResetTimer()
+	for range b.N {
+		det.kill()
+		t0 := time.Now()
+		det.start()
+		det.waitReady(5 * time.Minute)
+		ready := time.Since(t0)
+		var events int
+		var took time.Duration
+		for _, line := range strings.Split(det.tail(), "\n") {
+			if strings.Contains(line, "detection state rebuilt") {
+				for _, f := range strings.Fields(line) {
+					if v, ok := strings.CutPrefix(f, "events="); ok {
+						events, _ = strconv.Atoi(v)
+					}
+					if v, ok := strings.CutPrefix(f, "took="); ok {
+						took, _ = time.ParseDuration(v)
+					}
+				}
+			}
+		}
+		if events != n || took <= 0 {
+			b.Fatalf("rebuilt %d events in %s, want %d:\n%s", events, took, n, det.tail())
+		}
+		b.ReportMetric(float64(events)/took.Seconds(), "replayed-events/s")
+		b.ReportMetric(ready.Seconds(), "s-start-to-ready")
+	}
 }
