@@ -72,6 +72,26 @@
 // at their offsets and checked first against a guard; the rest run in CEL.
 // See docs/bench/detect.md.
 //
+// # Restarts and detector processes
+//
+// The windows live in memory. A detector process that restarts rebuilds
+// them by replaying, before it consumes, the access events of its
+// partitions stored within [Engine.StateWindow] that it had acknowledged
+// (natsbus Bus.Replay), inside [Engine.Replaying]: the alerts this raises
+// again keep their ids and rows and reach no subscriber, stream or
+// containment twice. Replay was chosen over persisting the state: the
+// state is hand-made tables and sketches whose snapshots would have to be
+// versioned and written continuously to be current at a SIGKILL, while the
+// stream already holds, durably and in order, exactly the events that made
+// it; the cost is reading the window's events at each start (see
+// docs/SCALING.md). Route-volume baselines (weeks of history), open
+// incidents and the containment rate limits are not rebuilt.
+//
+// A detector process holds no key, ledger or audit log: with
+// [QueuedContainment] and [Engine.QueueAudit] its actions and alerts are
+// rows of work queues in PostgreSQL ([WorkQueue]) that one authority
+// claims, carries out and marks done.
+//
 // # Memory
 //
 // No per-key state grows without bound. Per-key state lives in

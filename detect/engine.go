@@ -55,9 +55,12 @@ type Engine struct {
 	subs    []func(Alert)
 	contain Containment
 	db      *store.DB
-	stream  broker
-	events  atomic.Uint64
-	raised  atomic.Uint64 // alerts raised (not updates of open ones)
+	// auditQueue: Flush queues new alerts for the audit log (QueueAudit).
+	auditQueue bool
+	replaying  atomic.Bool // see Replaying
+	stream     broker
+	events     atomic.Uint64
+	raised     atomic.Uint64 // alerts raised (not updates of open ones)
 }
 
 // numSlots is the size of the cache of open alerts (a power of two).
@@ -587,6 +590,9 @@ func addUnique(s []string, v string) []string {
 // deliver hands new alerts to subscribers and the stream, then carries out
 // their containment, outside the engine lock.
 func (e *Engine) deliver(out []pendingAlert) {
+	if e.replaying.Load() {
+		return
+	}
 	e.subMu.RLock()
 	subs, c := e.subs, e.contain
 	e.subMu.RUnlock()

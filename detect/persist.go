@@ -28,6 +28,25 @@ var migrations = []string{
 		body TEXT NOT NULL)`,
 	`CREATE INDEX detect_alerts_incident ON detect_alerts(incident_id);
 	CREATE INDEX detect_incidents_awareness ON detect_incidents(awareness)`,
+	// Work handed by detector processes to the authorities (queue.go).
+	`CREATE TABLE detect_action_queue (
+		id TEXT PRIMARY KEY, body TEXT NOT NULL, state TEXT NOT NULL, owner TEXT NOT NULL DEFAULT '',
+		lease_until BIGINT NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
+		created BIGINT NOT NULL, done_at BIGINT NOT NULL DEFAULT 0);
+	CREATE INDEX detect_action_queue_due ON detect_action_queue(state, lease_until);
+	CREATE TABLE detect_audit_queue (
+		id TEXT PRIMARY KEY, body TEXT NOT NULL, state TEXT NOT NULL, owner TEXT NOT NULL DEFAULT '',
+		lease_until BIGINT NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
+		created BIGINT NOT NULL, done_at BIGINT NOT NULL DEFAULT 0);
+	CREATE INDEX detect_audit_queue_due ON detect_audit_queue(state, lease_until)`,
+}
+
+// errNoRows is what a query for one row returns when there is none.
+var errNoRows = sql.ErrNoRows
+
+// execer is what enqueue writes with: the store or a transaction.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
 // SetStore migrates detection's tables in db and makes Flush write to them.
@@ -58,7 +77,7 @@ func (e *Engine) SetStore(ctx context.Context, db *store.DB) error {
 // Writes are upserts, so a flush that fails is retried whole by the next.
 func (e *Engine) Flush(ctx context.Context) error {
 	e.subMu.RLock()
-	db := e.db
+	db, audit := e.db, e.auditQueue
 	e.subMu.RUnlock()
 	if db == nil {
 		return nil
@@ -83,7 +102,7 @@ func (e *Engine) Flush(ctx context.Context) error {
 	if len(as)+len(is)+len(xs) == 0 {
 		return nil
 	}
-	err := e.write(ctx, db, as, is, xs)
+	err := e.write(ctx, db, as, is, xs, audit)
 	if err != nil { // put them back for the next flush
 		e.mu.Lock()
 		for i := range as {
@@ -102,7 +121,7 @@ func (e *Engine) Flush(ctx context.Context) error {
 	return err
 }
 
-func (e *Engine) write(ctx context.Context, db *store.DB, as []Alert, is []Incident, xs []ActionRecord) (err error) {
+func (e *Engine) write(ctx context.Context, db *store.DB, as []Alert, is []Incident, xs []ActionRecord, audit bool) (err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("failed to flush alerts: %w", err)
@@ -120,6 +139,11 @@ func (e *Engine) write(ctx context.Context, db *store.DB, as []Alert, is []Incid
 			WHERE excluded.count >= detect_alerts.count`,
 			a.ID, a.Rule, string(a.Severity), a.Entity, a.Incident, a.FirstSeen.UnixNano(), a.LastSeen.UnixNano(), a.Raised.UnixNano(), a.Count, string(body)); err != nil {
 			return err
+		}
+		if audit {
+			if err = enqueue(ctx, tx, AuditQueue, a.ID, body); err != nil {
+				return err
+			}
 		}
 	}
 	for _, i := range is {

@@ -125,15 +125,21 @@ func (f *Follower) watch(ctx context.Context) {
 // for MaxAge and a new follower replays them in order, so handlers must be
 // idempotent (applying a change twice is applying it once).
 
-// controlSubject is the subject of kind, which must be a non-empty token of
-// letters, digits, '-' and '_'.
+// controlSubject is the subject of kind: dot-separated non-empty tokens of
+// letters, digits, '-' and '_' (such as containment.hold), each a token of
+// the subject.
 func (b *Bus) controlSubject(kind string) (string, error) {
 	if kind == "" || len(kind) > 64 {
 		return "", fmt.Errorf("%w: control kind %q", ErrMalformed, kind)
 	}
-	for _, c := range kind {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+	for _, tok := range strings.Split(kind, ".") {
+		if tok == "" {
 			return "", fmt.Errorf("%w: control kind %q", ErrMalformed, kind)
+		}
+		for _, c := range tok {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return "", fmt.Errorf("%w: control kind %q", ErrMalformed, kind)
+			}
 		}
 	}
 	return b.cfg.Prefix + ".control." + kind, nil

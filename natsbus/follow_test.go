@@ -160,7 +160,7 @@ func TestControlFeed(t *testing.T) {
 	}
 	defer b.Close()
 	for _, tc := range []struct{ kind, body string }{
-		{"", `{}`}, {"a.b", `{}`}, {"a*", `{}`}, {"a>", `{}`}, {"ok", `{`}, {"ok", ``},
+		{"", `{}`}, {"a..b", `{}`}, {".a", `{}`}, {"a.", `{}`}, {"a.*", `{}`}, {"a*", `{}`}, {"a>", `{}`}, {"a b", `{}`}, {"ok", `{`}, {"ok", ``},
 	} {
 		if err := b.PublishControl(ctx, tc.kind, "x", []byte(tc.body)); err == nil {
 			t.Errorf("fail/%q %q accepted", tc.kind, tc.body)
@@ -172,7 +172,8 @@ func TestControlFeed(t *testing.T) {
 	if err := b.PublishControl(ctx, "client-revoked", "c1", []byte(`{"id":"c1"}`)); err != nil { // retried: stored once
 		t.Fatal(err)
 	}
-	if err := b.PublishControl(ctx, "block", "b1", []byte(`{"cidr":"203.0.113.0/24"}`)); err != nil {
+	// Kinds are dotted names, as the server's containment.hold.
+	if err := b.PublishControl(ctx, "containment.hold", "b1", []byte(`{"cidr":"203.0.113.0/24"}`)); err != nil {
 		t.Fatal(err)
 	}
 	type got struct {
@@ -188,7 +189,7 @@ func TestControlFeed(t *testing.T) {
 			ch <- got{kind, m}
 		})
 		first, second := <-ch, <-ch
-		if first.kind != "client-revoked" || first.body["id"] != "c1" || second.kind != "block" || second.body["cidr"] != "203.0.113.0/24" {
+		if first.kind != "client-revoked" || first.body["id"] != "c1" || second.kind != "containment.hold" || second.body["cidr"] != "203.0.113.0/24" {
 			t.Fatalf("follower %d heard %+v then %+v", r, first, second)
 		}
 		select {

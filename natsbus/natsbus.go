@@ -2,7 +2,9 @@
 // partitioned by source so each detector instance owns a consistent slice of
 // state, plus streams for issuance, key changes, alerts and control changes.
 // Authority replicas follow the issuance stream ([Bus.FollowIssuance]) to
-// enforce each other's revocations, and know when they have caught up.
+// enforce each other's revocations, and know when they have caught up. A
+// consumer restarting with state in memory replays what it had
+// acknowledged ([Bus.Replay]) before it consumes again.
 //
 // Delivery is at least once: publishers set Nats-Msg-Id so JetStream drops
 // duplicate publishes within its window, and consumers skip redeliveries of

@@ -171,6 +171,9 @@ func (s *Server) Run(ctx context.Context, ln, gw net.Listener) error {
 		return fmt.Errorf("failed to start the audit feeds: %w", err)
 	}
 	s.startLoops(ctx)
+	if err := s.startDetectorWork(ctx); err != nil {
+		return fmt.Errorf("failed to start carrying out detector work: %w", err)
+	}
 	s.followControl(ctx)
 	errc := make(chan error, 2)
 	serve := func(h http.Handler, l net.Listener) {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -148,16 +149,17 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	RegisterBus(reg, b)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	ready := func(extra func() error) http.HandlerFunc {
+	ready := func(extra map[string]func() error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			checks := map[string]string{"bus": "ok"}
 			status := http.StatusOK
 			if err := b.Ping(); err != nil {
 				checks["bus"], status = err.Error(), http.StatusServiceUnavailable
 			}
-			if extra != nil {
-				if err := extra(); err != nil {
-					checks["store"], status = err.Error(), http.StatusServiceUnavailable
+			for name, check := range extra {
+				checks[name] = "ok"
+				if err := check(); err != nil {
+					checks[name], status = err.Error(), http.StatusServiceUnavailable
 				}
 			}
 			w.Header().Set("Content-Type", "application/json")
@@ -172,6 +174,9 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		if len(cfg.Detect.AllowedCountries) > 0 {
 			dcfg.ForeignOrigin.Allowed = cfg.Detect.AllowedCountries
 		}
+		// The authority's policies and limits: what a detector raises is
+		// contained in the same proportion as what an authority raises.
+		dcfg.Containment, dcfg.ContainmentLimits = containPolicies(cfg.Detect)
 		e, err := detect.New(dcfg, time.Now)
 		if err != nil {
 			return err
@@ -204,6 +209,14 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			if err := e.SetStore(ctx, db); err != nil {
 				return err
 			}
+			// A detector holds no key, ledger or audit log: its actions and
+			// the alerts the audit log records are queued in the store for
+			// one authority to carry out (detect/queue.go).
+			if _, err := detect.NewWorkQueue(ctx, db, detect.ActionQueue); err != nil {
+				return err
+			}
+			e.SetContainment(detect.QueuedContainment{DB: db})
+			e.QueueAudit()
 			go flushEvery(ctx, e, time.Second)
 		}
 		closers, err := openSinks(cfg, log, e, nil)
@@ -227,13 +240,42 @@ func RunRole(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 				return db.PingContext(pctx)
 			}
 		}
-		mux.HandleFunc("GET /readyz", ready(storeReady))
 		n := cfg.Scale.Instances
 		if n == 0 {
 			n = 1
 		}
 		parts := b.Partitions(cfg.Scale.Instance, n)
+		// The windows live in memory: a restarted detector first replays
+		// what it had acknowledged within the longest window, then
+		// consumes the rest, so its counts stand where they stood and an
+		// enumeration it was following alerts at the same event.
+		var rebuilt atomic.Bool
+		checks := map[string]func() error{"state": func() error {
+			if !rebuilt.Load() {
+				return errors.New("rebuilding from the access stream")
+			}
+			return nil
+		}}
+		if storeReady != nil {
+			checks["store"] = storeReady
+		}
+		mux.HandleFunc("GET /readyz", ready(checks))
 		consume = func(ctx context.Context) error {
+			start := time.Now()
+			since := start.Add(-e.StateWindow())
+			var replayed int
+			err := e.Replaying(func() (err error) {
+				replayed, err = b.Replay(ctx, "detector", parts, since, func(ev event.Access) error { e.Process(ev); return nil })
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("failed to rebuild detection state: %w", err)
+			}
+			if err := e.Flush(ctx); err != nil {
+				log.Warn("rebuilt alerts not written yet", "err", err)
+			}
+			rebuilt.Store(true)
+			log.Info("detection state rebuilt", "events", replayed, "since", since.UTC().Format(time.RFC3339), "took", time.Since(start).Round(time.Millisecond))
 			return b.Consume(ctx, "detector", parts, func(ev event.Access) error { return e.ProcessDurable(ctx, ev) })
 		}
 	case "forensics":
