@@ -141,7 +141,7 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 		routes:  map[string]*route{},
 		decoys:  map[string]struct{}{},
 		blocks:  map[netip.Prefix]Block{},
-		checker: verdict.Checker{Keys: ks, Ledger: prov, Cache: verdict.NewCache(cfg.CacheSize)},
+		checker: verdict.Checker{Keys: ks, Ledger: prov, Cache: verdict.NewCache(cfg.CacheSize), Providers: cfg.Providers},
 		policy: verdict.Policy{Issuer: cfg.Issuer, Audience: cfg.Audience, Leeway: cfg.Leeway,
 			ProvenanceTimeout: cfg.ProvenanceTimeout},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{

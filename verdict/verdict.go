@@ -92,6 +92,9 @@ type Checker struct {
 	// Cache, when set, remembers tokens whose signature verified; key
 	// state, claims and provenance are still checked on every call.
 	Cache *Cache
+	// Providers, when set, checks tokens whose iss names an identity
+	// provider the shop keeps; every other token is checked as custos's.
+	Providers Providers
 }
 
 // Result is the verdict on one token.
@@ -127,6 +130,12 @@ func (c *Checker) Check(ctx context.Context, raw string, pol *Policy, now time.T
 		}
 		r.Reason = reason
 		return true
+	}
+	if c.Providers != nil && !c.Cache.has(r.Hash) {
+		if pt, ok := c.Providers.Verify(ctx, raw, now); ok {
+			c.checkProvider(ctx, &r, pt, pol, now, fail)
+			return r
+		}
 	}
 	claims, kid, reason, cachedHit := c.verify(ctx, raw, r.Hash)
 	r.Claims, r.KID, r.Cached = claims, kid, cachedHit
