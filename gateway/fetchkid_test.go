@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger"
@@ -25,8 +27,8 @@ import (
 // key set, fetched from a replica that has not loaded it yet, lacks it) is
 // served: the gateway asks the authorities for the unknown kid before it
 // refuses. Tokens under kids no authority knows are refused as unknown_key,
-// and however many of them come, they make at most one fetch per
-// MissInterval; with every authority down the refusal stands (fail closed).
+// and however many of them come, they make no more fetches than the rate
+// limit allows; with every authority down the refusal stands (fail closed).
 func TestUnknownKidAskedOfTheAuthorities(t *testing.T) {
 	_, old, _ := ed25519.GenerateKey(rand.Reader)
 	_, fresh, _ := ed25519.GenerateKey(rand.Reader)
@@ -52,7 +54,7 @@ func TestUnknownKidAskedOfTheAuthorities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rk.MissInterval = time.Hour // one fetch for the whole test, then none
+	rk.MissInterval = time.Hour // DefaultMissBurst fetches for the whole test, then none
 	if err := rk.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -122,8 +124,8 @@ func TestUnknownKidAskedOfTheAuthorities(t *testing.T) {
 			t.Fatalf("a token under a kid no authority has: %d %q", code, why)
 		}
 	}
-	if n := fetches.Load() - before; n != 0 {
-		t.Fatalf("forged kids made %d fetches within the interval", n)
+	if n := rk.MissFetches(); n != DefaultMissBurst || fetches.Load()-before != 2*(DefaultMissBurst-1) {
+		t.Fatalf("forged kids set off %d fetches (%d JWKS requests), want the rest of the burst, %d", n-1, fetches.Load()-before, DefaultMissBurst-1)
 	}
 
 	// Fail closed: a key the gateway cannot learn, every authority gone.
@@ -131,12 +133,16 @@ func TestUnknownKidAskedOfTheAuthorities(t *testing.T) {
 	a2.mu.Lock()
 	a2.keys["k3"] = keys.Key{KID: "k3", Alg: keys.EdDSA, State: keys.Active, Public: later.Public()}
 	a2.mu.Unlock()
-	rk.MissInterval = time.Millisecond
+	rk.missLimit.SetLimit(rate.Inf)
 	s1.Close()
 	s2.Close()
 	time.Sleep(5 * time.Millisecond)
+	asked := rk.MissFetches()
 	if code, why := get(sign(later, "k3")); code != 401 || why != string(event.ReasonUnknownKey) {
 		t.Fatalf("with the authorities down, a token of a key the gateway never saw: %d %q", code, why)
+	}
+	if rk.MissFetches() != asked+1 {
+		t.Fatal("the authorities were not asked")
 	}
 	// The fresh key stays known; the old one too.
 	if code, _ := get(good); code != 200 {

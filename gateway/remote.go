@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/token"
 )
@@ -51,12 +53,14 @@ type RemoteKeys struct {
 	states   map[string]keys.State // pushed or listed revoked/retired kids
 	lastSync time.Time
 
-	// MissInterval is the least time between two fetches that a kid this
-	// set does not know sets off (FetchKID); zero means DefaultMissInterval.
-	// Set it before use.
+	// MissInterval and MissBurst bound the fetches that kids this set does
+	// not know set off (FetchKID): one per MissInterval on average, at most
+	// MissBurst in a row; zero means DefaultMissInterval, DefaultMissBurst.
+	// Set them before use.
 	MissInterval time.Duration
+	MissBurst    int
 	miss         chan struct{} // held by the FetchKID asking the authorities
-	lastMiss     time.Time     // when it last started to (under miss)
+	missLimit    *rate.Limiter // made at the first FetchKID (under miss)
 	missFetches  atomic.Uint64
 }
 
@@ -94,10 +98,14 @@ func NewRemoteKeysFailover(bases []string, interval time.Duration, client *http.
 		keys: map[string]keys.Key{}, states: map[string]keys.State{}, miss: make(chan struct{}, 1)}, nil
 }
 
-// DefaultMissInterval bounds how often tokens under kids no authority
-// has made (forgeries) can make a gateway ask for the key set: at most
-// one fetch per interval, whatever the rate of such tokens.
-const DefaultMissInterval = 250 * time.Millisecond
+// DefaultMissInterval and DefaultMissBurst bound how often tokens under
+// kids no authority has made (forgeries) can make a gateway ask for the key
+// set: one fetch per interval on average, a few in a row (several keys
+// rotated within a second), whatever the rate of such tokens.
+const (
+	DefaultMissInterval = 250 * time.Millisecond
+	DefaultMissBurst    = 4
+)
 
 // missTimeout bounds the fetch a token under an unknown kid waits for.
 const missTimeout = 2 * time.Second
@@ -109,8 +117,9 @@ const missTimeout = 2 * time.Second
 // as unknown_key, the gateway asks each authority in turn, the one asked
 // first now, then the others (a replica that has not yet loaded the key
 // from the shared store does not list it). Concurrent callers share one
-// fetch, and at most one starts per MissInterval; a caller that finds none
-// to share, or a fetch that fails, gets false: the token is refused.
+// fetch, and fetches are rate-limited (MissInterval, MissBurst); a caller
+// that finds none to share and no room to start one, or whose fetch fails,
+// gets false: the token is refused.
 func (rk *RemoteKeys) FetchKID(ctx context.Context, kid string) (keys.Key, bool) {
 	if kid == "" {
 		return keys.Key{}, false
@@ -124,14 +133,19 @@ func (rk *RemoteKeys) FetchKID(ctx context.Context, kid string) (keys.Key, bool)
 	if k, ok := rk.Lookup(kid); ok { // the fetch this caller waited for found it
 		return k, true
 	}
-	every := rk.MissInterval
-	if every <= 0 {
-		every = DefaultMissInterval
+	if rk.missLimit == nil {
+		every, burst := rk.MissInterval, rk.MissBurst
+		if every <= 0 {
+			every = DefaultMissInterval
+		}
+		if burst <= 0 {
+			burst = DefaultMissBurst
+		}
+		rk.missLimit = rate.NewLimiter(rate.Every(every), burst)
 	}
-	if time.Since(rk.lastMiss) < every {
+	if !rk.missLimit.Allow() {
 		return keys.Key{}, false
 	}
-	rk.lastMiss = time.Now()
 	rk.missFetches.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, missTimeout)
 	defer cancel()

@@ -258,7 +258,7 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 			Help: "Refusals answered before the bus confirmed their access event was stored (it was then queued for asynchronous publication)."},
 			func() float64 { return float64(unconfirmed()) }))
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_gateway_unknown_kid_fetches_total",
-			Help: "Key set fetches set off by tokens under a kid the gateway did not know (at most one per 250 ms)."},
+			Help: "Key set fetches set off by tokens under a kid the gateway did not know (one per 250 ms on average, bursts of 4)."},
 			func() float64 { return float64(ks.MissFetches()) }))
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		stop, err := serveAdmin(ctx, cfg.Gateway.AdminListen, reg, ready, log)
