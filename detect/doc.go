@@ -70,6 +70,9 @@
 // comparisons, &&, ||, !, ?:, in, size, startsWith, endsWith, contains,
 // matches with a literal pattern) run as plain Go functions, reading fields
 // at their offsets and checked first against a guard; the rest run in CEL.
+// HyperLogLog sketches are hand-written (hll) for their estimate alone: the
+// same figures as github.com/axiomhq/hyperloglog, from counts of registers
+// per value instead of a power of two per register.
 // See docs/bench/detect.md.
 //
 // # Restarts and detector processes
@@ -102,14 +105,15 @@
 // most 2 × its keys' slots (12 bytes and 8 filter bits each) and an array
 // of its values.
 // Distinct subjects (or networks) per key are counted exactly up to 8, then
-// with a HyperLogLog sketch of 2^10 registers (about 1.1 KiB, 3% error), two
+// with a HyperLogLog sketch of 2^10 registers (1,152 bytes with its counts
+// per register value, see hll; 3% error), two
 // per key (half-window buckets); only live keys hold sketches, and those of
 // dropped keys are reused. With the defaults the worst case, every tracked
-// key heavy, is about 110 MiB: 12 MiB of source values (216 bytes each),
-// 36 MiB of sketches for addresses and networks, 18 MiB each for subjects
+// key heavy, is about 114 MiB: 12 MiB of source values (216 bytes each),
+// 38 MiB of sketches for addresses and networks, 19 MiB each for subjects
 // and tokens, 3 MiB of subject and token values, 17 MiB of login sessions
 // (once logins are fed), 2 MiB of routes; plus 0.5 MiB per threshold rule
-// and 20 MiB if ip_rotation.per_fingerprint is set; id_coverage adds 18 MiB of
+// and 21 MiB if ip_rotation.per_fingerprint is set; id_coverage adds 19 MiB of
 // sketches and 2 MiB of block values (walks included); issuance detection
 // keeps about 300 bytes per client (MaxKeys clients) and 20 bytes per login
 // session (16 × MaxKeys sessions, 2.6 MiB). Alerts (MaxAlerts),
