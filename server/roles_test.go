@@ -41,9 +41,11 @@ func TestRolesOverNATS(t *testing.T) {
 	det.Role, det.Listen = "detector", servertest.Listen(t).Addr().String()
 	fz.Role, fz.Listen, fz.Data = "forensics", servertest.Listen(t).Addr().String(), t.TempDir()
 	// The listeners above were only for free ports.
+	stopped := make(chan struct{}, 2) // each role's RunRole has returned
 	for _, c := range []config.Config{det, fz} {
 		c := c
 		go func() {
+			defer func() { stopped <- struct{}{} }()
 			for ctx.Err() == nil {
 				if err := server.RunRole(ctx, c, log); err != nil && ctx.Err() == nil {
 					time.Sleep(100 * time.Millisecond) // port still held by the probe listener: retry
@@ -95,7 +97,14 @@ func TestRolesOverNATS(t *testing.T) {
 	}
 	resp.Body.Close()
 	cancel()
-	time.Sleep(500 * time.Millisecond) // the forensics role seals its files on the way out
+	// The forensics role seals its files on the way out: wait for both roles to return.
+	for range 2 {
+		select {
+		case <-stopped:
+		case <-time.After(30 * time.Second):
+			t.Fatal("a role did not stop within 30 s of its context's end")
+		}
+	}
 	var files []string
 	filepath.Walk(filepath.Join(fz.Data, server.EventsDir), func(p string, info os.FileInfo, err error) error {
 		if err == nil && filepath.Ext(p) == ".parquet" {
