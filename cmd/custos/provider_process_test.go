@@ -36,34 +36,14 @@ func TestProviderProcesses(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := buildCustos(t, dir)
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "hydra-1", Algorithm: "EdDSA", Use: "sig"}}})
-	}))
-	defer jwks.Close()
+	idp := newHydra(t)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer up.Close()
 
-	const iss = "https://hydra.shop.test/"
 	api, inproc, gw := freeAddr(t), freeAddr(t), freeAddr(t)
 	data := filepath.Join(dir, "data")
 	conf := filepath.Join(dir, "custos.yaml")
-	y := fmt.Sprintf(`issuer: http://%s
-gateway:
-  upstream: %s
-  listen: %s
-  routes:
-    - pattern: GET /api/members/{memberId}/profile
-      data_classes: [name]
-      subject_param: memberId
-providers:
-  - name: shop-hydra
-    issuer: %s
-    jwks_url: %s
-    audience: shop-api
-    kind: hydra
-    access_token_lifespan: 10m
-`, api, up.URL, inproc, iss, jwks.URL)
+	y := fmt.Sprintf("issuer: http://%s\n", api) + hydraGateway(up.URL, inproc, idp.jwks)
 	if err := os.WriteFile(conf, []byte(y), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -100,16 +80,7 @@ providers:
 	if prv == "" {
 		t.Fatalf("hook answer without custos_prv: %+v", hook)
 	}
-	sign := func(sub string, ext map[string]any) string {
-		s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: key, KeyID: "hydra-1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-		now := time.Now()
-		raw, err := jwt.Signed(s).Claims(map[string]any{"iss": iss, "sub": sub, "aud": []string{"shop-api"}, "client_id": "shop-web",
-			"iat": now.Unix(), "exp": now.Add(9 * time.Minute).Unix(), "jti": "j-" + sub, "ext": ext}).Serialize()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return raw
-	}
+	sign := func(sub string, ext map[string]any) string { return idp.sign(t, sub, ext) }
 	recorded := sign("1020", map[string]any{"custos_prv": prv})
 	waitFor(t, "the standalone gateway to allow the recorded token", func() bool {
 		st, _ := rawGet(t, gw, "/api/members/1020/profile", recorded)
@@ -158,36 +129,14 @@ func TestProviderReplicas(t *testing.T) {
 
 	dir := t.TempDir()
 	bin := buildCustos(t, dir)
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "hydra-1", Algorithm: "EdDSA", Use: "sig"}}})
-	}))
-	defer jwks.Close()
+	idp := newHydra(t)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer up.Close()
-	const iss = "https://hydra.shop.test/"
 	type rep struct{ api, gw, data, conf string }
 	mk := func(name string) rep {
 		r := rep{api: freeAddr(t), gw: freeAddr(t), data: filepath.Join(dir, name), conf: filepath.Join(dir, name+".yaml")}
-		y := fmt.Sprintf(`issuer: https://custos.test
-scale:
-  store: "%s&search_path=%s"
-  redis: "redis://127.0.0.1:6379/%d"
-gateway:
-  upstream: %s
-  listen: %s
-  routes:
-    - pattern: GET /api/members/{memberId}/profile
-      data_classes: [name]
-      subject_param: memberId
-providers:
-  - name: shop-hydra
-    issuer: %s
-    jwks_url: %s
-    audience: shop-api
-    kind: hydra
-    access_token_lifespan: 10m
-`, pg, schema, rdb, up.URL, r.gw, iss, jwks.URL)
+		y := fmt.Sprintf("issuer: https://custos.test\nscale:\n  store: \"%s&search_path=%s\"\n  redis: \"redis://127.0.0.1:6379/%d\"\n",
+			pg, schema, rdb) + hydraGateway(up.URL, r.gw, idp.jwks)
 		if err := os.WriteFile(r.conf, []byte(y), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -216,16 +165,7 @@ providers:
 		t.Fatalf("hook at A1: %d", st)
 	}
 	prv, _ := hook.Session.AccessToken["custos_prv"].(string)
-	sign := func(sub string) string {
-		s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: key, KeyID: "hydra-1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-		now := time.Now()
-		raw, err := jwt.Signed(s).Claims(map[string]any{"iss": iss, "sub": sub, "aud": []string{"shop-api"}, "client_id": "shop-web",
-			"iat": now.Unix(), "exp": now.Add(9 * time.Minute).Unix(), "jti": "j-" + sub, "ext": map[string]any{"custos_prv": prv}}).Serialize()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return raw
-	}
+	sign := func(sub string) string { return idp.sign(t, sub, map[string]any{"custos_prv": prv}) }
 	if st, reason := rawGet(t, a2.gw, "/api/members/1020/profile", sign("1020")); st != 200 {
 		t.Fatalf("token recorded at A1, at A2's gateway: %d %q", st, reason)
 	}
@@ -271,4 +211,56 @@ func startReplica(t *testing.T, bin, data, api, conf string) func(path, bearer s
 		}
 		return resp.StatusCode
 	}
+}
+
+// hydraIss is the test's Hydra.
+const hydraIss = "https://hydra.shop.test/"
+
+// hydra is an Ory Hydra stand-in: an Ed25519 key made in the test,
+// published as a JWKS.
+type hydra struct {
+	key  ed25519.PrivateKey
+	jwks string
+}
+
+func newHydra(t *testing.T) *hydra {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "hydra-1", Algorithm: "EdDSA", Use: "sig"}}})
+	}))
+	t.Cleanup(srv.Close)
+	return &hydra{key: key, jwks: srv.URL}
+}
+
+// sign makes the access token Hydra issues for sub, its extra claims under ext.
+func (h *hydra) sign(t *testing.T, sub string, ext map[string]any) string {
+	t.Helper()
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: h.key, KeyID: "hydra-1"}}, (&jose.SignerOptions{}).WithType("JWT"))
+	now := time.Now()
+	raw, err := jwt.Signed(s).Claims(map[string]any{"iss": hydraIss, "sub": sub, "aud": []string{"shop-api"}, "client_id": "shop-web",
+		"iat": now.Unix(), "exp": now.Add(9 * time.Minute).Unix(), "jti": "j-" + sub, "ext": ext}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// hydraGateway is the configuration of a gateway with one route in front
+// of upstream, trusting the test's Hydra.
+func hydraGateway(upstream, listen, jwks string) string {
+	return fmt.Sprintf(`gateway:
+  upstream: %s
+  listen: %s
+  routes:
+    - pattern: GET /api/members/{memberId}/profile
+      data_classes: [name]
+      subject_param: memberId
+providers:
+  - name: shop-hydra
+    issuer: %s
+    jwks_url: %s
+    audience: shop-api
+    kind: hydra
+    access_token_lifespan: 10m
+`, upstream, listen, hydraIss, jwks)
 }
