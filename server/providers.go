@@ -46,7 +46,6 @@ func (s *Server) providerIssued(ctx context.Context, p *provider.Config, r provi
 		Caller: authority.CallerOf(ctx), ClientIP: r.ClientIP, JTI: id, KID: r.KID})
 }
 
-
 // issuerOf authenticates an issuer credential and returns its provider: 401
 // for a missing, unknown or revoked credential, 403 for a credential of
 // another role or of a provider that is not configured, or (name not empty)
