@@ -129,6 +129,7 @@ type KeycloakEvent struct {
 	ClientID  string
 	UserID    string
 	IPAddress string
+	SessionID string // the user's login session
 	TokenID   string // details.token_id: the access token's jti
 	Error     string
 }
@@ -167,7 +168,7 @@ func ParseKeycloakEvent(body []byte) (KeycloakEvent, error) {
 		return KeycloakEvent{}, fmt.Errorf("%w: type and time are required", ErrInvalid)
 	}
 	return KeycloakEvent{Type: b.Type, Time: time.UnixMilli(*b.Time).UTC(), ClientID: b.ClientID, UserID: b.UserID,
-		IPAddress: b.IPAddress, TokenID: b.Details["token_id"], Error: b.Error}, nil
+		IPAddress: b.IPAddress, SessionID: b.SessionID, TokenID: b.Details["token_id"], Error: b.Error}, nil
 }
 
 // Issues reports whether the event is an issuance to record.
@@ -178,6 +179,6 @@ func (e *KeycloakEvent) Issues() bool {
 // Record is the record of the event's token for provider p: its jti, the
 // user and client, exp = event time + lifespan + skew.
 func (e *KeycloakEvent) Record(p *Config) Record {
-	return Record{Issuer: p.Issuer, JTI: e.TokenID, Subject: e.UserID, ClientID: e.ClientID, ClientIP: e.IPAddress,
+	return Record{Issuer: p.Issuer, JTI: e.TokenID, Subject: e.UserID, ClientID: e.ClientID, ClientIP: e.IPAddress, Session: e.SessionID,
 		Exp: e.Time.Add(p.AccessTokenLifespan + p.ClockSkew).Truncate(time.Second).Add(time.Second)}
 }

@@ -144,7 +144,7 @@ func (f *fixture) claims(extra map[string]any) map[string]any {
 	return c
 }
 
-func (f *fixture) record(t *testing.T, r provider.Record) {
+func (f *fixture) record(t testing.TB, r provider.Record) {
 	t.Helper()
 	if _, err := f.rec.Record(context.Background(), f.cfg, r); err != nil {
 		t.Fatal(err)

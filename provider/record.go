@@ -77,6 +77,7 @@ type Record struct {
 	Exp      time.Time
 	KID      string // kept with the entry, not checked
 	ClientIP string // where the provider saw the request, when it says
+	Session  string // the provider's login session, when it says (Keycloak's sessionId)
 }
 
 func (r *Record) id() (kind, id string) {
@@ -242,7 +243,7 @@ func (rc *Recorder) Record(ctx context.Context, p *Config, r Record) (created bo
 	kind, id := r.id()
 	idk := idKey(r.Issuer, kind, id)
 	e := ledger.Entry{JTI: kind + ":" + id, KID: r.KID, Subject: r.Subject, Audience: r.Audience.String(),
-		Client: r.ClientID, ClientIP: r.ClientIP, IssuedAt: now.UTC().Truncate(time.Second), ExpiresAt: r.Exp}
+		Client: r.ClientID, ClientIP: r.ClientIP, Session: r.Session, IssuedAt: now.UTC().Truncate(time.Second), ExpiresAt: r.Exp}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	prev, err := rc.Ledger.Get(ctx, idk)

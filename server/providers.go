@@ -20,15 +20,30 @@ func (s *Server) openProviders(context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s.recorder = &provider.Recorder{Ledger: s.Ledger, Now: s.now, Recorded: func(ctx context.Context, p *provider.Config, r provider.Record) {
-		id := "jti:" + r.JTI
-		if r.PRV != "" {
-			id = "prv:" + r.PRV
-		}
-		s.Detect.Issued(detect.Issuance{Time: s.now(), Client: p.Name + ":" + r.ClientID, Subject: r.Subject,
-			Caller: authority.CallerOf(ctx), ClientIP: r.ClientIP, JTI: id, KID: r.KID})
-	}}
+	s.recorder = &provider.Recorder{Ledger: s.Ledger, Now: s.now, Recorded: s.providerIssued}
 	return nil
+}
+
+// providerIssued hands a new record to detection's issuance detectors as
+// an issuance by client PROVIDER:client_id. A service token (subject the
+// client) is not judged, as custos's own are not. A record without the
+// provider's login session gets one of its own per subject: custos does
+// not see the provider's logins, so issuance_without_login judges only
+// the records that name one (Keycloak's sessionId).
+func (s *Server) providerIssued(ctx context.Context, p *provider.Config, r provider.Record) {
+	if r.Subject == r.ClientID {
+		return
+	}
+	id := "jti:" + r.JTI
+	if r.PRV != "" {
+		id = "prv:" + r.PRV
+	}
+	sess := r.Session
+	if sess == "" {
+		sess = "provider:" + p.Name + ":" + r.Subject
+	}
+	s.Detect.Issued(detect.Issuance{Time: s.now(), Client: p.Name + ":" + r.ClientID, Subject: r.Subject, Session: sess,
+		Caller: authority.CallerOf(ctx), ClientIP: r.ClientIP, JTI: id, KID: r.KID})
 }
 
 // issuerOf authenticates an issuer credential and returns its provider: 401

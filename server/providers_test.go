@@ -371,3 +371,30 @@ func TestIssuerCredentialScope(t *testing.T) {
 		t.Fatalf("hook after revocation: %d, want 401", st)
 	}
 }
+
+// Records reach detection's issuance detectors as issuances of client
+// PROVIDER:client_id: a provider's client recording near-sequential member
+// ids raises issuance_sequential; records without the provider's login
+// session do not raise issuance_without_login.
+func TestProviderRecordsReachDetection(t *testing.T) {
+	e, _ := startWithProviders(t)
+	cred := addIssuer(t, e, "auth0", "shop-auth0")
+	exp := strconv.FormatInt(time.Now().Add(10*time.Minute).Unix(), 10)
+	for i := range 60 {
+		body := fixture(t, "auth0-action-record.json", map[string]string{"ISS": auth0Iss, "PRV": "prv_seq_" + strconv.Itoa(1000000+i),
+			"SUB": strconv.Itoa(5000 + i), "CLIENT": "9ZjHk2qPq1", "EXP": exp})
+		if st, ans := raw(t, e, "POST", "/v1/ledger/record", "Bearer "+cred, body); st != 201 {
+			t.Fatalf("record %d: %d %v", i, st, ans)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !hasAlert(e, "issuance_sequential", "client:shop-auth0:9ZjHk2qPq1") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no issuance_sequential alert for the provider's client; alerts: %+v", e.S.Detect.Alerts())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if hasAlert(e, "issuance_without_login", "client:shop-auth0:9ZjHk2qPq1") {
+		t.Fatal("issuance_without_login raised for records that name no provider session")
+	}
+}
