@@ -24,15 +24,18 @@ const (
 	RoleDetector Role = "detector"
 	// RoleSCIM may call /scim/v2, on the identities its provider provisioned.
 	RoleSCIM Role = "scim"
+	// RoleIssuer may record, in the ledger, the tokens of the one identity
+	// provider it is bound to (its Provider), and call nothing else.
+	RoleIssuer Role = "issuer"
 )
 
 // ParseRole returns the role named s (exact, lower case), or an error.
 func ParseRole(s string) (Role, error) {
 	switch r := Role(s); r {
-	case RoleAdmin, RoleGateway, RoleDetector, RoleSCIM:
+	case RoleAdmin, RoleGateway, RoleDetector, RoleSCIM, RoleIssuer:
 		return r, nil
 	}
-	return "", fmt.Errorf("authority: unknown role %q (admin, gateway, detector or scim)", s)
+	return "", fmt.Errorf("authority: unknown role %q (admin, gateway, detector, scim or issuer)", s)
 }
 
 // Credential is one identity of the control plane: a bearer token with a
@@ -44,8 +47,9 @@ type Credential struct {
 	// Person is the staff id the credential is bound to; it is revoked when
 	// that person departs.
 	Person string `json:"person,omitempty"`
-	// Provider names the identity provider of a scim credential: it manages
-	// the identities provisioned under that name, and only those.
+	// Provider names the identity provider of a scim credential (it
+	// manages the identities provisioned under that name, and only those)
+	// or of an issuer credential (it records that provider's tokens).
 	Provider     string     `json:"provider,omitempty"`
 	CreatedAt    time.Time  `json:"created_at"`
 	CreatedBy    string     `json:"created_by,omitempty"`
@@ -112,10 +116,14 @@ func (c *Credentials) Add(ctx context.Context, n NewCredential, actor string) (C
 		if !nameRE.MatchString(n.Provider) {
 			return Credential{}, "", fmt.Errorf("authority: provider: %w", ErrBadName)
 		}
+	} else if n.Role == RoleIssuer {
+		if !nameRE.MatchString(n.Provider) {
+			return Credential{}, "", errors.New("authority: an issuer credential names its provider (--provider NAME)")
+		}
 	} else if n.Provider != "" {
-		return Credential{}, "", errors.New("authority: only a scim credential has a provider")
+		return Credential{}, "", errors.New("authority: only a scim or issuer credential has a provider")
 	}
-	prefix := map[Role]string{RoleAdmin: "ca_", RoleGateway: "cg_", RoleDetector: "cd_", RoleSCIM: "cscim_"}[n.Role]
+	prefix := map[Role]string{RoleAdmin: "ca_", RoleGateway: "cg_", RoleDetector: "cd_", RoleSCIM: "cscim_", RoleIssuer: "ciss_"}[n.Role]
 	tok, h := secret(prefix)
 	cr := Credential{ID: newID("cr_"), Name: n.Name, Role: n.Role, Person: n.Person, Provider: n.Provider,
 		CreatedAt: c.now().UTC().Truncate(time.Second), CreatedBy: actor}

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/custos-dev/custos/provider"
 )
 
 // Defaults.
@@ -66,6 +68,47 @@ type Config struct {
 	Telemetry Telemetry `yaml:"telemetry"`
 	// OAuth: the standard token endpoint (POST /oauth2/token).
 	OAuth OAuth `yaml:"oauth"`
+	// Providers are identity providers the shop keeps for issuance
+	// (Keycloak, Ory Hydra, Auth0, or any issuer through a webhook): each
+	// records what it issues in the ledger, and gateways accept its tokens
+	// only when recorded (see docs/DESIGN.md, "Provenance for an identity
+	// provider the shop keeps").
+	Providers []Provider `yaml:"providers"`
+}
+
+// Provider is one identity provider whose tokens gateways accept once it
+// has recorded them.
+type Provider struct {
+	// Name names it in credentials (--role issuer --provider NAME) and
+	// endpoints (/v1/providers/NAME/...).
+	Name string `yaml:"name"`
+	// Issuer is its iss, compared exactly.
+	Issuer string `yaml:"issuer"`
+	// JWKSURL is where it publishes its signing keys (https; http only on
+	// a loopback address); EdDSA, ES256 and RS256 keys are used.
+	JWKSURL string `yaml:"jwks_url"`
+	// Audience must be in the aud of its tokens a gateway accepts.
+	Audience string `yaml:"audience"`
+	// Kind is keycloak, hydra, auth0 or webhook: how it records.
+	Kind string `yaml:"kind"`
+	// AccessTokenLifespan is its access-token lifetime (kinds hydra and
+	// keycloak, required: their reports carry no exp).
+	AccessTokenLifespan time.Duration `yaml:"access_token_lifespan"`
+	// ClockSkew between its clock and custos's (0: 30s; at most 5m).
+	ClockSkew time.Duration `yaml:"clock_skew"`
+	// Clients, when not empty, are the only client_ids it may record.
+	Clients []string `yaml:"clients"`
+}
+
+// ProviderConfigs maps the providers to package provider's configuration.
+func (c *Config) ProviderConfigs() []provider.Config {
+	out := make([]provider.Config, 0, len(c.Providers))
+	for _, p := range c.Providers {
+		out = append(out, provider.Config{Name: p.Name, Issuer: p.Issuer, JWKSURL: p.JWKSURL, Audience: p.Audience,
+			Kind: provider.Kind(p.Kind), AccessTokenLifespan: p.AccessTokenLifespan, ClockSkew: p.ClockSkew,
+			Clients: p.Clients})
+	}
+	return out
 }
 
 // OAuth configures the standard token endpoint.
@@ -136,7 +179,8 @@ type Keys struct {
 	// then come from kek_env, passphrase_env or a kek_file outside DATA).
 	Keyring string `yaml:"keyring" env:"CUSTOS_KEYRING"`
 	// Alg is "EdDSA" (default), "ES256" or "RS256" (2048-bit RSA, for
-	// resource servers that verify only RS256).
+	// resource servers that verify only RS256). With the pkcs11 backend,
+	// EdDSA needs a token that lists CKM_EDDSA and CKM_EC_EDWARDS_KEY_PAIR_GEN.
 	Alg string `yaml:"alg" env:"CUSTOS_KEYS_ALG"`
 	// KEKFile is a file holding the 32-byte key-encryption key of the sealed
 	// keyring; default DATA/kek (created 0600 on first start).
@@ -563,6 +607,14 @@ func (c *Config) Validate() error {
 	}
 	if r := c.Telemetry.SampleRatio; r < 0 || r > 1 || r != r {
 		return bad("telemetry.sample_ratio", "must be in [0, 1]")
+	}
+	if err := provider.Validate(c.ProviderConfigs()); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	for _, p := range c.Providers {
+		if p.Issuer == c.Issuer {
+			return bad("providers", "provider %s has custos's own issuer %q", p.Name, p.Issuer)
+		}
 	}
 	return nil
 }

@@ -140,3 +140,46 @@ func TestIssuer(t *testing.T) {
 		})
 	}
 }
+
+// Each provider field is checked at load, and the error names it.
+func TestValidateProviders(t *testing.T) {
+	good := "  - name: kc\n    issuer: https://kc.example/realms/shop\n    jwks_url: https://kc.example/certs\n    audience: shop-api\n    kind: keycloak\n    access_token_lifespan: 5m\n"
+	c, err := Load(writeYAML(t, "data: x\nproviders:\n"+good), env(nil))
+	if err == nil {
+		err = c.Validate()
+	}
+	if err != nil || len(c.Providers) != 1 || c.Providers[0].AccessTokenLifespan != 5*time.Minute {
+		t.Fatalf("good provider refused: %v %+v", err, c.Providers)
+	}
+	for name, tc := range map[string]struct{ yaml, field string }{
+		"name":           {strings.Replace(good, "name: kc", "name: k c", 1), "providers[0].name"},
+		"issuer":         {strings.Replace(good, "issuer: https://kc.example/realms/shop", "issuer: kc", 1), "providers[0].issuer"},
+		"jwks_http":      {strings.Replace(good, "https://kc.example/certs", "http://kc.example/certs", 1), "providers[0].jwks_url"},
+		"audience":       {strings.Replace(good, "    audience: shop-api\n", "", 1), "providers[0].audience"},
+		"kind":           {strings.Replace(good, "kind: keycloak", "kind: okta", 1), "providers[0].kind"},
+		"lifespan":       {strings.Replace(good, "    access_token_lifespan: 5m\n", "", 1), "providers[0].access_token_lifespan"},
+		"lifespan_auth0": {strings.Replace(good, "kind: keycloak", "kind: auth0", 1), "providers[0].access_token_lifespan"},
+		"skew":           {good + "    clock_skew: 10m\n", "providers[0].clock_skew"},
+		"twice":          {good + strings.Replace(good, "name: kc", "name: kc2", 1), "providers[1].issuer"},
+		"custos_issuer":  {strings.Replace(good, "https://kc.example/realms/shop", "http://127.0.0.1:7700", 1), "providers"},
+		"unknown_field":  {good + "    secret: x\n", "secret"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, err := Load(writeYAML(t, "data: x\nproviders:\n"+tc.yaml), env(nil))
+			if err == nil {
+				err = c.Validate()
+			}
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("err %v, want ErrInvalid naming %s", err, tc.field)
+			}
+		})
+	}
+}
+
+func writeYAML(t *testing.T, s string) string {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

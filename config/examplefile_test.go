@@ -124,6 +124,16 @@ func TestExampleFile(t *testing.T) {
 		t.Error("custos.example.yaml shows no external issuer")
 	}
 	c.OAuth.ExternalIssuers = nil
+	// And the example provider, which must validate on its own.
+	if len(c.Providers) == 0 {
+		t.Error("custos.example.yaml shows no provider")
+	}
+	withProvider := c
+	withProvider.Data = t.TempDir()
+	if err := withProvider.Validate(); err != nil {
+		t.Errorf("example provider does not validate: %v", err)
+	}
+	c.Providers = nil
 	def := Default()
 	if !normal(reflect.ValueOf(c), reflect.ValueOf(def)) {
 		t.Errorf("custos.example.yaml values differ from Default():\nfile    %+v\ndefault %+v", c, def)

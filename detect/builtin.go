@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/axiomhq/hyperloglog"
-
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
 )
@@ -154,16 +152,23 @@ type shard struct {
 	covBase  float64 // id_coverage: EWMA of a block's distinct IDs per half-window
 	covN     uint32  // samples in covBase, while fewer than 1/covAlpha
 	sessions *genMap[int64]
-	scratch  *hyperloglog.Sketch
+	scratch  *hll
 	ck       clocks
 	act      activation
-	p        prep         // the event being processed, kept here so that it does not escape
-	idx      int32        // index of the event in its batch
-	ord      uint32       // position of the running check; see fireRec
-	fires    []fireRec    // matches of the current batch, in order
-	keys     [128]keyMemo // the last dedup key computed per check (ord % 128)
-	nets     [16]netText  // text of networks named in matches, by hash
-	asns     [16]asnText  // likewise for ASNs, by number
+	p        prep           // the event being processed, kept here so that it does not escape
+	idx      int32          // index of the event in its batch
+	ord      uint32         // position of the running check; see fireRec
+	fires    []fireRec      // matches of the current batch, in order
+	keys     [128]keyMemo   // the last dedup key computed per check (ord % 128)
+	nets     [16]netText    // text of networks named in matches, by hash
+	asns     [16]asnText    // likewise for ASNs, by number
+	blocks   [256]blockText // likewise for blocks of member IDs, by number
+}
+
+type blockText struct {
+	block uint64
+	s     string
+	k     uint64 // alertKey of id_coverage for the block
 }
 
 type netText struct {
@@ -249,7 +254,7 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 			volume:   newGenMap[volState](perShard(cfg.RouteVolume.MaxRoutes)),
 			sessions: newGenMap[int64](keys * 64),
 		}
-		sh.scratch, _ = hyperloglog.NewSketch(hllPrecision, false)
+		sh.scratch = new(hll)
 		sh.ck = clocks{enum: newBucketer(b.enumHalf), rot: newBucketer(b.rotHalf), unk: newBucketer(int64(cfg.UnknownSubject.Window)), cov: newBucketer(b.covHalf)}
 		for d := range sh.src {
 			sh.src[d] = newGenMap[srcState](keys)
@@ -410,8 +415,6 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 		}
 		sh.covBase += a * (n - sh.covBase)
 	}
-	lo := block * c.Block
-	blockText := func() string { return strconv.FormatUint(lo, 10) + "-" + strconv.FormatUint(lo+c.Block-1, 10) }
 	walked := false
 	if e := &b.cfg.Enumeration; !e.NoWalk {
 		// A walk through the block by any source, however many sources
@@ -421,7 +424,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 			if s.walk.alerts(i) {
 				summary = "walk through " + strconv.FormatUint(uint64(run), 10) + " near-sequential member IDs of one block within " + c.Window.String() + ", by any source"
 			}
-			sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "", summary, 1)
+			sh.fireBlock(c.Severity, block, c.Block, summary, 1)
 			walked = true
 		}
 	}
@@ -431,7 +434,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 		return
 	}
 	if s.wd.fired != 0 && s.wd.fired >= p.covB-1 {
-		sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "", "", 1)
+		sh.fireBlock(c.Severity, block, c.Block, "", 1)
 		return
 	}
 	if sum < s.next {
@@ -439,7 +442,7 @@ func (b *builtins) idCoverage(sh *shard, p *prep) {
 	}
 	if u := s.wd.union(&sh.covSk, sh.scratch); u >= thr {
 		s.wd.fired = p.covB
-		sh.fire(RuleIDCoverage, c.Severity, "id_block", blockText(), "",
+		sh.fireBlock(c.Severity, block, c.Block,
 			strconv.FormatUint(u, 10)+" distinct member IDs of one block read within "+c.Window.String()+", by any source", int64(u))
 	} else {
 		s.next = sum + thr/32 + 1
@@ -712,6 +715,19 @@ func (sh *shard) dimValue(d int, ev *event.Access, network netip.Prefix) string 
 		return c.s
 	}
 	return dimValue(d, ev, network)
+}
+
+// fireBlock records an id_coverage match of block (of size ids) of the
+// member-ID space. The block's text and dedup key are remembered for
+// blocks that keep matching.
+func (sh *shard) fireBlock(s Severity, block, ids uint64, summary string, n int64) {
+	c := &sh.blocks[block%uint64(len(sh.blocks))]
+	if c.block != block || c.s == "" {
+		lo := block * ids
+		c.block, c.s = block, strconv.FormatUint(lo, 10)+"-"+strconv.FormatUint(lo+ids-1, 10)
+		c.k = alertKey(sh.seed, RuleIDCoverage, "id_block", c.s, "")
+	}
+	sh.fires = append(sh.fires, fireRec{idx: sh.idx, ord: sh.ord, k: c.k, rule: RuleIDCoverage, sev: s, kind: "id_block", val: c.s, summary: summary, n: n})
 }
 
 // dimValue returns the text of ev's source in dimension d.

@@ -1,10 +1,6 @@
 package detect
 
-import (
-	"math/bits"
-
-	"github.com/axiomhq/hyperloglog"
-)
+import "math/bits"
 
 // genMap is a bounded map from 64-bit hashed keys to values: two
 // generations of at most half entries each. Looking a key up in the old
@@ -219,7 +215,7 @@ func (m *genMap[V]) len() int { return m.ncur + m.nold }
 // sweep frees the sketches no surviving value refers to, and they are
 // reused: the store never holds more sketches than were live at once.
 type sketches struct {
-	sk    []*hyperloglog.Sketch
+	sk    []*hll
 	owner []uint64 // key that took sk[i]; 0: free
 	free  []uint32
 }
@@ -230,17 +226,16 @@ func (s *sketches) take(owner uint64) uint32 {
 	if n := len(s.free); n > 0 {
 		i := s.free[n-1]
 		s.free = s.free[:n-1]
-		s.sk[i].Reset()
+		s.sk[i].reset()
 		s.owner[i] = owner
 		return i + 1
 	}
-	sk, _ := hyperloglog.NewSketch(hllPrecision, false)
-	s.sk = append(s.sk, sk)
+	s.sk = append(s.sk, new(hll))
 	s.owner = append(s.owner, owner)
 	return uint32(len(s.sk))
 }
 
-func (s *sketches) at(id uint32) *hyperloglog.Sketch { return s.sk[id-1] }
+func (s *sketches) at(id uint32) *hll { return s.sk[id-1] }
 
 // inUse reports how many sketches values refer to.
 func (s *sketches) inUse() int { return len(s.sk) - len(s.free) }
@@ -300,7 +295,7 @@ func sketchHash(fp uint32) uint64 { return mix(uint64(fp)) }
 func (d *distinct) reset(s *sketches) {
 	d.n, d.est, d.since = 0, 0, 0
 	if d.sk != 0 {
-		s.at(d.sk).Reset()
+		s.at(d.sk).reset()
 	}
 }
 
@@ -323,11 +318,11 @@ func (d *distinct) add(h uint64, s *sketches, owner uint64) {
 	sk := s.at(d.sk)
 	if d.n > 0 {
 		for i := uint8(0); i < d.n; i++ {
-			sk.InsertHash(sketchHash(d.small[i]))
+			sk.insertHash(sketchHash(d.small[i]))
 		}
 		d.n = 0
 	}
-	sk.InsertHash(sketchHash(fp))
+	sk.insertHash(sketchHash(fp))
 	d.since++
 }
 
@@ -337,7 +332,7 @@ func (d *distinct) count(s *sketches) uint64 {
 		return uint64(d.n)
 	}
 	if d.since >= 32 || d.est == 0 {
-		d.est = uint32(min(s.at(d.sk).Estimate(), 1<<32-1))
+		d.est = uint32(min(s.at(d.sk).estimate(), 1<<32-1))
 		d.since = 0
 	}
 	return uint64(d.est)
@@ -376,7 +371,7 @@ func (w *windowDistinct) roll(b int64, s *sketches) {
 }
 
 // union estimates the distinct count of both buckets together.
-func (w *windowDistinct) union(s *sketches, scratch *hyperloglog.Sketch) uint64 {
+func (w *windowDistinct) union(s *sketches, scratch *hll) uint64 {
 	if w.old.count(s) == 0 {
 		return w.cur.count(s)
 	}
@@ -393,16 +388,16 @@ func (w *windowDistinct) union(s *sketches, scratch *hyperloglog.Sketch) uint64 
 		}
 		return n
 	}
-	scratch.Reset()
+	scratch.reset()
 	for _, d := range []*distinct{&w.cur, &w.old} {
 		if d.sk != 0 {
-			_ = scratch.Merge(s.at(d.sk))
+			scratch.merge(s.at(d.sk))
 		}
 		for i := uint8(0); i < d.n; i++ {
-			scratch.InsertHash(sketchHash(d.small[i]))
+			scratch.insertHash(sketchHash(d.small[i]))
 		}
 	}
-	return scratch.Estimate()
+	return scratch.estimate()
 }
 
 // windowCount counts events over a sliding window of length h kept as two

@@ -11,25 +11,30 @@
 // server asks, a nonce. Replay of a jti is the caller's part ([Replay]), as
 // it needs state shared between replicas.
 //
-// go-jose parses the jwk and computes its thumbprint. The compact JWS is split
-// and decoded by hand with package token's strict rules (canonical base64url,
-// no duplicate JSON members, no crit) and the signature checked with token's
+// go-jose parses the jwk and computes its thumbprint (once per key: see
+// keyCache). The compact JWS is split and decoded by hand with package
+// token's strict rules (canonical base64url, no duplicate JSON members, no
+// crit), its header and claims read member by member with token's scanner
+// (no map or tree per proof), and the signature checked with token's
 // verifier, which the Wycheproof vectors test: go-jose's JWS parser accepts
 // padded base64 and duplicate members, and would let two readers of one
-// proof disagree about it.
+// proof disagree about it. A proof then costs one signature verification and
+// little else (BenchmarkWarmPathDPoP in package gateway).
 package dpop
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -126,7 +131,7 @@ func Verify(raw string, e Expect) (*Proof, error) {
 	switch {
 	case e.AccessToken == "" && c.hasATH:
 		return nil, invalid("ath without an access token")
-	case e.AccessToken != "" && (!c.hasATH || c.ATH != ATH(e.AccessToken)):
+	case e.AccessToken != "" && (!c.hasATH || !athMatches(c.ATH, e.AccessToken)):
 		return nil, invalid("ath does not match the access token")
 	}
 	if e.Nonce != nil && (p.Nonce == "" || !e.Nonce(p.Nonce)) {
@@ -139,6 +144,14 @@ func Verify(raw string, e Expect) (*Proof, error) {
 func ATH(accessToken string) string {
 	h := sha256.Sum256([]byte(accessToken))
 	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+// athMatches reports whether ath is ATH(accessToken), without allocating.
+func athMatches(ath, accessToken string) bool {
+	h := sha256.Sum256([]byte(accessToken))
+	var b [43]byte
+	base64.RawURLEncoding.Encode(b[:], h[:])
+	return string(b[:]) == ath
 }
 
 // Thumbprint is the RFC 7638 SHA-256 thumbprint of an Ed25519 or P-256 public
@@ -161,41 +174,109 @@ func Thumbprint(pub crypto.PublicKey) (string, error) {
 	return base64.RawURLEncoding.EncodeToString(t), nil
 }
 
-// members decodes a JSON object (already checked by token.CheckObject) into
-// its members by exact name: encoding/json would match struct fields
-// case-insensitively, so {"alg":..,"ALG":..} could be read two ways.
-func members(b []byte) (map[string]json.RawMessage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, err
-	}
-	folded := make(map[string]bool, len(m))
-	for name := range m {
-		f := strings.ToLower(name)
-		if folded[f] {
-			return nil, fmt.Errorf("members differ only in case: %q", name)
-		}
-		folded[f] = true
-	}
-	return m, nil
+// foldSet refuses member names that differ only in letter case within one
+// object: names are matched exactly here, but go-jose reads the jwk with
+// encoding/json, which matches them case-insensitively, so
+// {"x":..,"X":..} could be read two ways. A proof's objects have a handful of
+// members, so the quadratic check is cheaper than a map.
+type foldSet struct {
+	buf   [16][]byte
+	names [][]byte
 }
 
-// str reads member name as a string; ok is false when it is absent.
-func str(m map[string]json.RawMessage, name string) (s string, ok bool, err error) {
-	v, ok := m[name]
-	if !ok {
-		return "", false, nil
+func (f *foldSet) add(name []byte) error {
+	if f.names == nil {
+		f.names = f.buf[:0]
 	}
-	if len(v) == 0 || v[0] != '"' {
-		return "", true, fmt.Errorf("%s is not a string", name)
+	for _, n := range f.names {
+		if bytes.EqualFold(n, name) {
+			return fmt.Errorf("members differ only in case: %q", name)
+		}
 	}
-	err = json.Unmarshal(v, &s)
-	return s, true, err
+	f.names = append(f.names, name)
+	return nil
+}
+
+// header is what parse reads of a proof's JOSE header.
+type header struct {
+	typ, alg  string
+	jwk       []byte // raw value
+	hasTyp    bool
+	forbidden string // the first of crit, kid, jku, x5u, x5c present
+}
+
+// readHeader scans the header without building a tree of it.
+func readHeader(b []byte) (header, error) {
+	var h header
+	var fold foldSet
+	err := token.ScanObject(b, func(name, v []byte) error {
+		if err := fold.add(name); err != nil {
+			return err
+		}
+		var err error
+		switch string(name) {
+		case "typ":
+			h.hasTyp = true
+			h.typ, err = token.String(v)
+		case "alg":
+			h.alg, err = token.String(v)
+		case "jwk":
+			h.jwk = v
+		case "crit", "kid", "jku", "x5u", "x5c":
+			if h.forbidden == "" {
+				h.forbidden = string(name)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s is not a string", name)
+		}
+		return nil
+	})
+	return h, err
 }
 
 type claims struct {
 	JTI, HTM, HTU, ATH, Nonce string
-	hasATH                    bool
+	hasATH, hasJTI            bool
+	iat                       float64
+	hasIAT                    bool
+}
+
+// readClaims scans the proof's claims without building a tree of them.
+func readClaims(b []byte) (claims, error) {
+	var c claims
+	var fold foldSet
+	err := token.ScanObject(b, func(name, v []byte) error {
+		if err := fold.add(name); err != nil {
+			return err
+		}
+		var err error
+		switch string(name) {
+		case "jti":
+			c.hasJTI = true
+			c.JTI, err = token.String(v)
+		case "htm":
+			c.HTM, err = token.String(v)
+		case "htu":
+			c.HTU, err = token.String(v)
+		case "ath":
+			c.hasATH = true
+			c.ATH, err = token.String(v)
+		case "nonce":
+			c.Nonce, err = token.String(v)
+		case "iat":
+			// A JSON number (the grammar is checked already): strconv
+			// reads exactly its syntax; a string, null or bool fails.
+			iat, perr := strconv.ParseFloat(string(v), 64)
+			c.hasIAT = perr == nil && iat >= 0 && iat < 1<<40 && !math.IsNaN(iat)
+			c.iat = iat
+		}
+		if err != nil {
+			return fmt.Errorf("%s is not a string", name)
+		}
+		return nil
+	})
+	return c, err
 }
 
 // privateMembers are JWK members that carry private or symmetric key
@@ -224,66 +305,41 @@ func parse(raw string) (*Proof, *claims, error) {
 	if err != nil {
 		return nil, nil, invalid("signature: %v", err)
 	}
-	if err := token.CheckObject(hb); err != nil {
-		return nil, nil, invalid("header: %v", err)
-	}
-	if err := token.CheckObject(pb); err != nil {
-		return nil, nil, invalid("payload: %v", err)
-	}
-	h, err := members(hb)
+	h, err := readHeader(hb)
 	if err != nil {
 		return nil, nil, invalid("header: %v", err)
 	}
-	typ, _, err := str(h, "typ")
-	if t := strings.ToLower(typ); err != nil || t != Type && t != "application/"+Type {
-		return nil, nil, invalid("typ %q", typ)
+	c, err := readClaims(pb)
+	if err != nil {
+		return nil, nil, invalid("claims: %v", err)
 	}
-	for _, m := range []string{"crit", "kid", "jku", "x5u", "x5c"} {
-		if _, ok := h[m]; ok {
-			return nil, nil, invalid("header carries %q", m)
-		}
+	if t := h.typ; !h.hasTyp || !strings.EqualFold(t, Type) && !strings.EqualFold(t, "application/"+Type) {
+		return nil, nil, invalid("typ %q", h.typ)
 	}
-	algName, _, err := str(h, "alg")
-	alg := keys.Alg(algName)
-	if err != nil || alg != keys.EdDSA && alg != keys.ES256 {
-		return nil, nil, invalid("alg %q not allowed", algName)
+	if h.forbidden != "" {
+		return nil, nil, invalid("header carries %q", h.forbidden)
 	}
-	key, err := jwkOf(h["jwk"], alg)
+	alg := keys.Alg(h.alg)
+	if alg != keys.EdDSA && alg != keys.ES256 {
+		return nil, nil, invalid("alg %q not allowed", h.alg)
+	}
+	key, err := jwkOf(h.jwk, alg)
 	if err != nil {
 		return nil, nil, err
 	}
 	pub := key.pub
-	jws := &token.Parsed{Header: token.Header{Alg: algName}, SigningInput: []byte(raw[:len(hs)+1+len(ps)]), Signature: sig}
+	jws := &token.Parsed{Header: token.Header{Alg: h.alg}, SigningInput: []byte(raw[:len(hs)+1+len(ps)]), Signature: sig}
 	if err := token.VerifySignature(jws, alg, pub); err != nil {
 		return nil, nil, invalid("signature: %v", err)
 	}
-	pm, err := members(pb)
-	if err != nil {
-		return nil, nil, invalid("claims: %v", err)
-	}
-	var c claims
-	var jtiOK, iatOK bool
-	var errs [5]error
-	c.JTI, jtiOK, errs[0] = str(pm, "jti")
-	c.HTM, _, errs[1] = str(pm, "htm")
-	c.HTU, _, errs[2] = str(pm, "htu")
-	c.ATH, c.hasATH, errs[3] = str(pm, "ath")
-	c.Nonce, _, errs[4] = str(pm, "nonce")
-	if err := errors.Join(errs[:]...); err != nil {
-		return nil, nil, invalid("claims: %v", err)
-	}
-	if !jtiOK || c.JTI == "" || len(c.JTI) > MaxJTI {
+	if !c.hasJTI || c.JTI == "" || len(c.JTI) > MaxJTI {
 		return nil, nil, invalid("jti missing or longer than %d", MaxJTI)
 	}
-	var iat float64
-	if v, ok := pm["iat"]; ok {
-		iatOK = json.Unmarshal(v, &iat) == nil && iat >= 0 && iat < 1<<40 && !math.IsNaN(iat)
-	}
-	if !iatOK {
+	if !c.hasIAT {
 		return nil, nil, invalid("iat missing or not a NumericDate")
 	}
 	p := &Proof{JKT: key.jkt, JTI: c.JTI, HTM: c.HTM, HTU: c.HTU, Alg: alg, Key: pub, Nonce: c.Nonce,
-		IssuedAt: time.Unix(int64(iat), 0)}
+		IssuedAt: time.Unix(int64(c.iat), 0)}
 	return p, &c, nil
 }
 
@@ -293,23 +349,26 @@ type parsedKey struct {
 	jkt string
 }
 
-// keyCache remembers the jwk headers read lately, by their exact bytes and
-// alg: a client signs every proof with the same key, and reading the JWK and
-// hashing its thumbprint again would cost a fair part of a verification.
+// keyCache remembers the jwk headers read lately, by alg and their exact
+// bytes: a client signs every proof with the same key, and reading the JWK
+// and hashing its thumbprint again would cost a fair part of a verification.
 // Only keys that were read successfully are kept; at maxCachedKeys the cache
-// starts over.
+// starts over. A lookup does not allocate (m[string(raw)]).
 var keyCache = struct {
 	sync.Mutex
-	m map[string]parsedKey
-}{m: map[string]parsedKey{}}
+	ed, ec map[string]parsedKey
+}{ed: map[string]parsedKey{}, ec: map[string]parsedKey{}}
 
 const maxCachedKeys = 50_000
 
 // jwkOf reads a proof's jwk through keyCache.
-func jwkOf(raw json.RawMessage, alg keys.Alg) (parsedKey, error) {
-	id := string(alg) + " " + string(raw)
+func jwkOf(raw []byte, alg keys.Alg) (parsedKey, error) {
 	keyCache.Lock()
-	k, ok := keyCache.m[id]
+	m := keyCache.ed
+	if alg == keys.ES256 {
+		m = keyCache.ec
+	}
+	k, ok := m[string(raw)]
 	keyCache.Unlock()
 	if ok {
 		return k, nil
@@ -324,32 +383,34 @@ func jwkOf(raw json.RawMessage, alg keys.Alg) (parsedKey, error) {
 	}
 	k = parsedKey{pub: pub, jkt: jkt}
 	keyCache.Lock()
-	if len(keyCache.m) >= maxCachedKeys {
-		clear(keyCache.m)
+	if len(m) >= maxCachedKeys {
+		clear(m)
 	}
-	keyCache.m[id] = k
+	m[string(raw)] = k
 	keyCache.Unlock()
 	return k, nil
 }
 
 // publicJWK reads the header's jwk: a public Ed25519 or P-256 key that fits alg.
-func publicJWK(raw json.RawMessage, alg keys.Alg) (crypto.PublicKey, error) {
+func publicJWK(raw []byte, alg keys.Alg) (crypto.PublicKey, error) {
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil, invalid("jwk header missing or not an object")
 	}
-	jm, err := members(raw)
+	var fold foldSet
+	err := token.ScanObject(raw, func(name, _ []byte) error {
+		if err := fold.add(name); err != nil {
+			return err
+		}
+		if slices.Contains(privateMembers, string(name)) {
+			return fmt.Errorf("private member %q", name)
+		}
+		if n := string(name); n == "x5c" || n == "x5u" {
+			return fmt.Errorf("member %q", name)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, invalid("jwk: %v", err)
-	}
-	for _, m := range privateMembers {
-		if _, ok := jm[m]; ok {
-			return nil, invalid("jwk carries private member %q", m)
-		}
-	}
-	for _, m := range []string{"x5c", "x5u"} {
-		if _, ok := jm[m]; ok {
-			return nil, invalid("jwk carries %q", m)
-		}
 	}
 	var jwk jose.JSONWebKey
 	if err := jwk.UnmarshalJSON(raw); err != nil {

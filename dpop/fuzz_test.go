@@ -1,6 +1,7 @@
 package dpop
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -54,4 +55,20 @@ func Must(s string, err error) string {
 		panic(err)
 	}
 	return s
+}
+
+// FuzzCanonicalFast: whenever the fast check calls a URL canonical, the full
+// normalisation accepts it and leaves it unchanged.
+func FuzzCanonicalFast(f *testing.F) {
+	for _, s := range []string{reqURL, "http://a:8080/x/./y", "http://a:80/", "https://a/.../b", "http://a/b/..", "https://a:0443/", "http://a.b-c/~x!$&'()*+,;=:@"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		if strings.ContainsAny(raw, "?#") || !isCanonical(raw) {
+			return
+		}
+		if c, err := canonicalSlow(raw); err != nil || c != raw {
+			t.Fatalf("fast path keeps %q, the full one gives %q (%v)", raw, c, err)
+		}
+	})
 }

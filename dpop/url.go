@@ -13,9 +13,21 @@ import (
 // those of unreserved characters decoded, dot segments removed. Only http
 // and https URLs with a host and no userinfo are accepted.
 func CanonicalURL(raw string) (string, error) {
-	if i := strings.IndexAny(raw, "?#"); i >= 0 {
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
 		raw = raw[:i]
 	}
+	if i := strings.IndexByte(raw, '#'); i >= 0 {
+		raw = raw[:i]
+	}
+	if isCanonical(raw) {
+		return raw, nil
+	}
+	return canonicalSlow(raw)
+}
+
+// canonicalSlow is CanonicalURL through url.Parse, for raw without query or
+// fragment.
+func canonicalSlow(raw string) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "", err
@@ -136,4 +148,68 @@ func removeDotSegments(in string) string {
 		}
 	}
 	return strings.Join(out, "")
+}
+
+// isCanonical reports, without parsing, whether raw (query and fragment
+// already cut) is in the form CanonicalURL gives: the common case of a URL
+// that a client and a gateway both write plainly, for which url.Parse and
+// the normalisation would cost a fair part of a signature verification.
+// It is deliberately narrow (lower-case http or https, a host of
+// [a-z0-9.-], a port without a leading zero that is not the default, a path
+// of unreserved characters, sub-delims, ':', '@' and '/' without
+// percent-encodings or dot segments); anything else takes the full path.
+// FuzzCanonicalFast checks that both agree.
+func isCanonical(raw string) bool {
+	var rest string
+	var defPort string
+	switch {
+	case strings.HasPrefix(raw, "https://"):
+		rest, defPort = raw[len("https://"):], "443"
+	case strings.HasPrefix(raw, "http://"):
+		rest, defPort = raw[len("http://"):], "80"
+	default:
+		return false
+	}
+	slash := strings.IndexByte(rest, '/')
+	if slash <= 0 {
+		return false // no host, or an empty path (canonically "/")
+	}
+	host, path := rest[:slash], rest[slash:]
+	if h, port, ok := strings.Cut(host, ":"); ok {
+		if port == "" || port == defPort || port[0] == '0' || len(port) > 5 {
+			return false
+		}
+		for i := 0; i < len(port); i++ {
+			if port[i] < '0' || port[i] > '9' {
+				return false
+			}
+		}
+		host = h
+	}
+	if host == "" {
+		return false
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	for i := 0; i < len(path); i++ {
+		c := path[i]
+		if !unreserved(c) && !strings.ContainsRune("/!$&'()*+,;=:@", rune(c)) {
+			return false
+		}
+		// A dot segment: "/." or "/.." followed by "/" or the end.
+		if c == '/' && i+1 < len(path) && path[i+1] == '.' {
+			j := i + 2
+			if j < len(path) && path[j] == '.' {
+				j++
+			}
+			if j == len(path) || path[j] == '/' {
+				return false
+			}
+		}
+	}
+	return true
 }

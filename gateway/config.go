@@ -92,6 +92,10 @@ type Config struct {
 	CacheSize int
 	// DPoP configures the proofs key-bound tokens need (see dpop.go).
 	DPoP DPoPConfig
+	// Providers, when set, checks the tokens of identity providers the
+	// shop keeps (provider.Set): their keys, claims and recorded
+	// provenance. Tokens of any other issuer are checked as custos's.
+	Providers verdict.Providers
 }
 
 // DPoPConfig configures the checking of DPoP proofs (RFC 9449).

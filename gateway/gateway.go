@@ -54,7 +54,10 @@ type KeySet = verdict.KeySet
 // ledger_unavailable.
 type Provenance = verdict.Provenance
 
-// Publisher receives every access event (event.Bus satisfies it).
+// Publisher receives every access event (event.Bus satisfies it). A
+// refusal's event is published before the refusal is written, an allowed
+// request's once it is answered; a Publisher may block on a refusal until
+// its event is stored, and the refusal then waits for it.
 type Publisher interface {
 	Publish(event.Access)
 }
@@ -138,7 +141,7 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 		routes:  map[string]*route{},
 		decoys:  map[string]struct{}{},
 		blocks:  map[netip.Prefix]Block{},
-		checker: verdict.Checker{Keys: ks, Ledger: prov, Cache: verdict.NewCache(cfg.CacheSize)},
+		checker: verdict.Checker{Keys: ks, Ledger: prov, Cache: verdict.NewCache(cfg.CacheSize), Providers: cfg.Providers},
 		policy: verdict.Policy{Issuer: cfg.Issuer, Audience: cfg.Audience, Leeway: cfg.Leeway,
 			ProvenanceTimeout: cfg.ProvenanceTimeout},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -359,23 +362,27 @@ func (g *Gateway) Middleware(next http.Handler) http.Handler {
 			defer span.End()
 		}
 
-		rw := &recorder{ResponseWriter: w}
-		var upstream time.Duration
 		if !d.Allowed() {
-			g.dpopChallenge(rw.Header(), d.Reason, d.useNonce)
-			refuse(rw, d.Reason)
-		} else {
-			if d.Path != "" {
-				// Next serves exactly the path that was checked.
-				r.URL.Path, r.URL.RawPath = d.Path, d.Path
-				r.RequestURI = r.URL.RequestURI()
-			}
-			g.SetIdentity(r.Header, d)
-			r = r.WithContext(context.WithValue(r.Context(), decisionKey{}, d))
-			t := time.Now()
-			next.ServeHTTP(rw, r)
-			upstream = time.Since(t)
+			g.dpopChallenge(w.Header(), d.Reason, d.useNonce)
+			// A refusal's event is handed over before the answer: with a
+			// publisher that stores it before returning (the scale-out
+			// gateway's), no refusal is answered whose event could still
+			// be lost with this process.
+			g.Emit(d, Outcome{Status: http.StatusUnauthorized, Bytes: int64(len(refusalBodies[d.Reason]))})
+			refuse(w, d.Reason)
+			return
 		}
+		if d.Path != "" {
+			// Next serves exactly the path that was checked.
+			r.URL.Path, r.URL.RawPath = d.Path, d.Path
+			r.RequestURI = r.URL.RequestURI()
+		}
+		g.SetIdentity(r.Header, d)
+		r = r.WithContext(context.WithValue(r.Context(), decisionKey{}, d))
+		rw := &recorder{ResponseWriter: w}
+		t := time.Now()
+		next.ServeHTTP(rw, r)
+		upstream := time.Since(t)
 		g.Emit(d, Outcome{Status: rw.status, Bytes: rw.bytes, Upstream: upstream})
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,14 @@ type RemoteKeys struct {
 	keys     map[string]keys.Key
 	states   map[string]keys.State // pushed or listed revoked/retired kids
 	lastSync time.Time
+
+	// MissInterval is the least time between two fetches that a kid this
+	// set does not know sets off (FetchKID); zero means DefaultMissInterval.
+	// Set it before use.
+	MissInterval time.Duration
+	miss         chan struct{} // held by the FetchKID asking the authorities
+	lastMiss     time.Time     // when it last started to (under miss)
+	missFetches  atomic.Uint64
 }
 
 var _ KeySet = (*RemoteKeys)(nil)
@@ -82,7 +91,95 @@ func NewRemoteKeysFailover(bases []string, interval time.Duration, client *http.
 		client = &http.Client{}
 	}
 	return &RemoteKeys{bases: us, client: client, interval: interval,
-		keys: map[string]keys.Key{}, states: map[string]keys.State{}}, nil
+		keys: map[string]keys.Key{}, states: map[string]keys.State{}, miss: make(chan struct{}, 1)}, nil
+}
+
+// DefaultMissInterval bounds how often tokens under kids no authority
+// has made (forgeries) can make a gateway ask for the key set: at most
+// one fetch per interval, whatever the rate of such tokens.
+const DefaultMissInterval = 250 * time.Millisecond
+
+// missTimeout bounds the fetch a token under an unknown kid waits for.
+const missTimeout = 2 * time.Second
+
+// FetchKID asks the authorities for kid, which this set does not know, and
+// returns its key if one of them lists it. A key made moments ago (a
+// rotation at any replica) reaches the gateway by push and by the periodic
+// fetch, but a token signed by it can arrive first: rather than refuse it
+// as unknown_key, the gateway asks each authority in turn, the one asked
+// first now, then the others (a replica that has not yet loaded the key
+// from the shared store does not list it). Concurrent callers share one
+// fetch, and at most one starts per MissInterval; a caller that finds none
+// to share, or a fetch that fails, gets false: the token is refused.
+func (rk *RemoteKeys) FetchKID(ctx context.Context, kid string) (keys.Key, bool) {
+	if kid == "" {
+		return keys.Key{}, false
+	}
+	select {
+	case rk.miss <- struct{}{}:
+	case <-ctx.Done():
+		return keys.Key{}, false
+	}
+	defer func() { <-rk.miss }()
+	if k, ok := rk.Lookup(kid); ok { // the fetch this caller waited for found it
+		return k, true
+	}
+	every := rk.MissInterval
+	if every <= 0 {
+		every = DefaultMissInterval
+	}
+	if time.Since(rk.lastMiss) < every {
+		return keys.Key{}, false
+	}
+	rk.lastMiss = time.Now()
+	rk.missFetches.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, missTimeout)
+	defer cancel()
+	first := int(rk.cur.Load())
+	for i := range rk.bases {
+		if ctx.Err() != nil {
+			break
+		}
+		if rk.fetchFrom(ctx, rk.bases[(first+i)%len(rk.bases)], kid) {
+			break
+		}
+	}
+	return rk.Lookup(kid)
+}
+
+// MissFetches counts the fetches that unknown kids set off (FetchKID).
+func (rk *RemoteKeys) MissFetches() uint64 { return rk.missFetches.Load() }
+
+// fetchFrom reads one authority's JWKS and revoked list and, if the JWKS
+// lists kid, adds its keys and revocations to the set (adds only: a
+// replica that lags must not take away a key another one listed). It
+// reports whether kid was listed.
+func (rk *RemoteKeys) fetchFrom(ctx context.Context, base *url.URL, kid string) bool {
+	body, err := rk.getAt(ctx, base, JWKSPath, token.MaxJWKSSize)
+	if err != nil {
+		return false
+	}
+	set, err := token.ParseJWKS(body)
+	if err != nil || !slices.ContainsFunc(set, func(k keys.Key) bool { return k.KID == kid }) {
+		return false
+	}
+	body, err = rk.getAt(ctx, base, RevokedPath, maxRevokedBody)
+	if err != nil {
+		return false
+	}
+	revoked, err := parseRevoked(body)
+	if err != nil {
+		return false
+	}
+	rk.mu.Lock()
+	for _, k := range set {
+		rk.keys[k.KID] = k
+	}
+	for _, r := range revoked {
+		rk.states[r] = keys.Revoked
+	}
+	rk.mu.Unlock()
+	return true
 }
 
 // Lookup implements KeySet.

@@ -3,7 +3,7 @@
 // move keys through active → verify-only → retired, and revoke in seconds.
 //
 // Backends live in sub-packages: keys/sealed (the embedded default, an
-// AES-256-GCM sealed keyring file) and keys/pkcs11 (an HSM through crypto11).
+// AES-256-GCM sealed keyring file) and keys/pkcs11 (an HSM through PKCS#11).
 package keys
 
 import (

@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/custos-dev/custos/internal/proctest"
 	"github.com/custos-dev/custos/ledger"
 )
 
@@ -58,8 +57,8 @@ func TestFollowerCatchesUpBeforeItSaysSo(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	px := newProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
-	sub, err := Open(ctx, Config{URL: px.url(), Prefix: prefix})
+	px := proctest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
+	sub, err := Open(ctx, Config{URL: "nats://" + px.Addr(), Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +111,7 @@ func TestFollowerCatchesUpBeforeItSaysSo(t *testing.T) {
 	// The follower's connection is cut while the other replica goes on
 	// publishing: not caught up within a second; once it reconnects it
 	// applies what it missed before it says it is caught up again.
-	px.cut()
+	px.Cut()
 	at = time.Now()
 	for f.CaughtUp() {
 		if time.Since(at) > time.Second {
@@ -129,7 +128,7 @@ func TestFollowerCatchesUpBeforeItSaysSo(t *testing.T) {
 	if f.CaughtUp() {
 		t.Fatal("caught up while cut off")
 	}
-	px.restore()
+	px.Restore()
 	waitCaught(n+1+500, 20*time.Second)
 
 	// The server itself goes away: not caught up within a second.
@@ -143,69 +142,6 @@ func TestFollowerCatchesUpBeforeItSaysSo(t *testing.T) {
 	}
 	srv = startOne(t, port, dir)
 	waitCaught(n+1+500, 20*time.Second)
-}
-
-// proxy forwards TCP connections to a server until cut, which closes every
-// connection and refuses new ones until restore.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-	down   bool
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			down := p.down
-			p.mu.Unlock()
-			if down {
-				c.Close()
-				continue
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			go func() { io.Copy(u, c); u.Close() }()
-			go func() { io.Copy(c, u); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *proxy) url() string { return "nats://" + p.ln.Addr().String() }
-
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *proxy) restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
 }
 
 // Control changes reach every follower in order, malformed kinds and bodies

@@ -87,7 +87,10 @@ type Bus struct {
 	retrying atomic.Int64 // failed async publishes waiting to be re-sent
 	failed   atomic.Int64 // async publishes given up on since the last Flush
 	resent   atomic.Int64 // async publishes re-sent, ever
-	done     chan struct{}
+	// reclaimed counts messages read back after a consumer's predecessor
+	// left them unacknowledged.
+	reclaimed atomic.Uint64
+	done      chan struct{}
 
 	pending sync.Map // durable consumer name → messages still to deliver (uint64)
 }
@@ -470,7 +473,11 @@ func (h *Handled) First(id string) bool {
 // acknowledged after fn returns nil; if fn fails it is redelivered. Duplicate
 // deliveries (same request id) are acknowledged without calling fn again.
 // A consumer that loses its server (missed heartbeats, a node gone) is
-// re-created, resuming from its durable position. Consume returns when ctx ends.
+// re-created, resuming from its durable position. Each partition's consumer
+// belongs to one process (a detector instance owns its partitions): at
+// start it first handles what a process before it was delivered and never
+// acknowledged, rather than wait for the server to redeliver it after
+// AckWait. Consume returns when ctx ends.
 func (b *Bus) Consume(ctx context.Context, group string, partitions []int, fn func(event.Access) error) error {
 	handled := NewHandled(1 << 16)
 	var wg sync.WaitGroup
@@ -490,7 +497,7 @@ func (b *Bus) Consume(ctx context.Context, group string, partitions []int, fn fu
 }
 
 func (b *Bus) consumePartition(ctx context.Context, group string, p int, handled *Handled, fn func(event.Access) error) error {
-	return b.durable(ctx, b.accessStream(p), fmt.Sprintf("%s-p%d", group, p), b.accessSubject(p), func(m jetstream.Msg) {
+	return b.durable(ctx, b.accessStream(p), fmt.Sprintf("%s-p%d", group, p), b.accessSubject(p), true, func(m jetstream.Msg) {
 		var ev event.Access
 		if err := json.Unmarshal(m.Data(), &ev); err != nil {
 			m.Term() // a malformed message never becomes good; don't redeliver it forever
@@ -523,7 +530,12 @@ func handle(m jetstream.Msg, id string, handled *Handled, fn func() error) {
 // ctx ends, re-creating it when its server or its leader is lost; it resumes
 // from the consumer's acknowledged position, so nothing acknowledged is
 // skipped and unacknowledged deliveries come again after AckWait.
-func (b *Bus) durable(ctx context.Context, stream, name, subject string, handler func(jetstream.Msg)) error {
+//
+// A consumer that one process owns alone (owned: an access partition of a
+// detector instance) first takes back what its predecessor left
+// unacknowledged ([Bus.reclaim]); one that several processes share does
+// not, as those deliveries may be in a live member's hands.
+func (b *Bus) durable(ctx context.Context, stream, name, subject string, owned bool, handler func(jetstream.Msg)) error {
 	cfg := jetstream.ConsumerConfig{
 		Durable: name, FilterSubject: subject,
 		AckPolicy: jetstream.AckExplicitPolicy, AckWait: b.cfg.AckWait, MaxAckPending: 4096,
@@ -541,6 +553,11 @@ func (b *Bus) durable(ctx context.Context, stream, name, subject string, handler
 				break
 			}
 			return fmt.Errorf("failed to create consumer %s: %w", name, err)
+		}
+		if owned {
+			if err := b.reclaim(ctx, c, stream, subject, handler); err != nil {
+				b.report(fmt.Errorf("consumer %s: %w", name, err))
+			}
 		}
 		lost := make(chan struct{}, 1)
 		metered := func(m jetstream.Msg) {
@@ -575,6 +592,65 @@ func (b *Bus) durable(ctx context.Context, stream, name, subject string, handler
 	}
 	return nil
 }
+
+// reclaim handles the messages a durable consumer delivered to a process
+// that is gone (killed, or a consume loop this one stopped) before they were
+// acknowledged. The server would redeliver them only once AckWait (30 s by
+// default) has passed; a detector restarted within seconds would meanwhile
+// go on with newer events and raise the stranded events' alerts late. Each
+// durable consumer has one owner, and messages are handled in order and
+// acknowledged after their handler, so the stranded ones are those after
+// the acknowledgement floor up to the last delivery: they are read from
+// the stream and handed to handler before new deliveries (their
+// acknowledgements go nowhere; the redeliveries that come after AckWait are
+// acknowledged as already handled).
+func (b *Bus) reclaim(ctx context.Context, c jetstream.Consumer, stream, subject string, handler func(jetstream.Msg)) error {
+	ictx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	info, err := c.Info(ictx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("failed to read the consumer's state: %w", err)
+	}
+	if info.NumAckPending == 0 || info.Delivered.Stream <= info.AckFloor.Stream {
+		return nil
+	}
+	last := info.Delivered.Stream
+	oc, err := b.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject},
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: info.AckFloor.Stream + 1})
+	if err != nil {
+		return fmt.Errorf("failed to read unacknowledged deliveries: %w", err)
+	}
+	for ctx.Err() == nil {
+		m, err := oc.Next(jetstream.FetchMaxWait(attemptTimeout))
+		if err != nil {
+			return fmt.Errorf("failed to read unacknowledged deliveries: %w", err)
+		}
+		md, err := m.Metadata()
+		if err != nil || md.Sequence.Stream > last {
+			return err
+		}
+		b.reclaimed.Add(1)
+		handler(reclaimedMsg{m})
+		if md.Sequence.Stream == last || md.NumPending == 0 {
+			return nil
+		}
+	}
+	return nil
+}
+
+// reclaimedMsg is a message read back by [Bus.reclaim]: it was not delivered
+// to this consumer, so it is not acknowledged (the server's own
+// redelivery is).
+type reclaimedMsg struct{ jetstream.Msg }
+
+func (reclaimedMsg) Ack() error                       { return nil }
+func (reclaimedMsg) Nak() error                       { return nil }
+func (reclaimedMsg) Term() error                      { return nil }
+func (reclaimedMsg) NakWithDelay(time.Duration) error { return nil }
+
+// Reclaimed counts the messages consumers read back after a predecessor
+// left them unacknowledged (see [Bus.reclaim]).
+func (b *Bus) Reclaimed() uint64 { return b.reclaimed.Load() }
 
 func (b *Bus) report(err error) {
 	if b.OnError != nil {

@@ -381,3 +381,107 @@ func TestClusterNodeLoss(t *testing.T) {
 	}
 	t.Logf("%d events, %d alerts, in %v", len(handled), len(alerts), time.Since(start))
 }
+
+// A consumer process that dies with deliveries it never acknowledged (killed
+// in the middle of a batch) strands them until AckWait; its successor reads
+// them back at start and handles them at once, each once, before newer ones.
+func TestConsumerReclaimsUnacknowledgedDeliveries(t *testing.T) {
+	url := localURL()
+	requireNATS(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	prefix := fmt.Sprintf("custos-test-%d", rand.Uint32())
+	open := func() *Bus {
+		b, err := Open(ctx, Config{URL: url, Prefix: prefix, Partitions: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	dead := open()
+	t.Cleanup(func() {
+		for _, s := range dead.streams {
+			dead.js.DeleteStream(context.Background(), s)
+		}
+	})
+	const n = 50
+	for i := 0; i < n; i++ {
+		if err := dead.PublishSync(ctx, ev(i, "203.0.113.9")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first process handles 10 events, then hangs on the 11th and dies
+	// with the rest of its batch delivered and unacknowledged.
+	hang := make(chan struct{})
+	defer close(hang)
+	var mu sync.Mutex
+	var first []string
+	got10 := make(chan struct{})
+	dctx, dcancel := context.WithCancel(ctx)
+	defer dcancel()
+	go dead.Consume(dctx, "det", []int{0}, func(e event.Access) error {
+		mu.Lock()
+		if len(first) == 10 {
+			mu.Unlock()
+			close(got10)
+			<-hang
+			return errors.New("gone")
+		}
+		first = append(first, e.RequestID)
+		mu.Unlock()
+		return nil
+	})
+	select {
+	case <-got10:
+	case <-ctx.Done():
+		t.Fatal("the first consumer handled fewer than 10 events")
+	}
+	time.Sleep(200 * time.Millisecond) // its acknowledgements reach the server
+	dead.nc.Close()
+	// Events published while no process consumes.
+	next := open()
+	defer next.Close()
+	for i := n; i < n+10; i++ {
+		if err := next.PublishSync(ctx, ev(i, "203.0.113.9")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var order []string
+	seen := map[string]int{}
+	start := time.Now()
+	go next.Consume(ctx, "det", []int{0}, func(e event.Access) error {
+		mu.Lock()
+		order = append(order, e.RequestID)
+		seen[e.RequestID]++
+		mu.Unlock()
+		return nil
+	})
+	// Well within AckWait (30 s): the stranded events come back at once.
+	eventually(t, "every event handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen)+len(first) >= n+10
+	})
+	took := time.Since(start)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range first {
+		if seen[id] > 0 {
+			t.Errorf("%s, acknowledged by the first process, handled again", id)
+		}
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("%s handled %d times", id, c)
+		}
+	}
+	for i, id := range order {
+		if want := fmt.Sprintf("req-%d", 10+i); id != want {
+			t.Fatalf("event %d handled is %s, want %s (the stranded ones first, in order)", i, id, want)
+		}
+	}
+	if next.Reclaimed() == 0 {
+		t.Error("nothing reclaimed")
+	}
+	t.Logf("the successor handled %d events (%d read back) in %s", len(order), next.Reclaimed(), took.Round(time.Millisecond))
+}

@@ -136,7 +136,7 @@ func (b *Bus) PublishAlert(ctx context.Context, id string, alert any) error {
 // redelivery of an alert already handled here is not passed to fn again.
 func (b *Bus) ConsumeAlerts(ctx context.Context, group string, fn func(id string, alert json.RawMessage) error) error {
 	handled := NewHandled(1 << 14)
-	return b.durable(ctx, streamName(b.cfg.Prefix, "ALERTS"), group+"-alerts", b.cfg.Prefix+".alerts", func(m jetstream.Msg) {
+	return b.durable(ctx, streamName(b.cfg.Prefix, "ALERTS"), group+"-alerts", b.cfg.Prefix+".alerts", false, func(m jetstream.Msg) {
 		id := m.Headers().Get(jetstream.MsgIDHeader)
 		if !json.Valid(m.Data()) {
 			m.Term()

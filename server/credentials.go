@@ -52,6 +52,12 @@ func (s *Server) addCredential(w http.ResponseWriter, r *http.Request, b addCred
 		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return authority.Credential{}, "", false
 	}
+	if role == authority.RoleIssuer {
+		if _, ok := s.providers.Named(b.Provider); !ok {
+			wire.WriteError(w, http.StatusBadRequest, "invalid_request", "an issuer credential names a configured provider (providers[].name), not "+fmt.Sprintf("%q", b.Provider))
+			return authority.Credential{}, "", false
+		}
+	}
 	person := strings.TrimSpace(b.Person)
 	if person != "" {
 		p, err := s.Staff.Person(ctx, strings.ToLower(person))

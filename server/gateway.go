@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,7 @@ import (
 	"github.com/custos-dev/custos/gateway/extauthz"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger/remote"
+	"github.com/custos-dev/custos/natsbus"
 )
 
 // authHeader adds a bearer credential to every request of an http.Client.
@@ -164,6 +166,8 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		}})
 
 	bus := event.NewBus()
+	var pub gateway.Publisher = bus
+	unconfirmed := func() uint64 { return 0 }
 	if cfg.Scale.NATS == "" {
 		// No bus between processes: the events go to the authority's
 		// POST /v1/events, which feeds its detection, forensics and audit.
@@ -196,6 +200,9 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		}
 		defer b.Close()
 		ready = append(ready, readiness{"bus", b.Ping})
+		durable := &durableRefusals{async: bus, bus: b, log: log}
+		pub = durable
+		unconfirmed = durable.unconfirmed.Load
 		sink := b.Sink(ctx)
 		sub := bus.Subscribe(1<<14, true)
 		go func() {
@@ -208,7 +215,7 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		defer sub.Close()
 		go b.ConsumeKeys(ctx, func(k keys.Key) error { ks.Apply(ctx, k); return nil })
 	}
-	g, err := gateway.New(GatewayConfig(cfg), ks, led, bus, time.Now)
+	g, err := gateway.New(GatewayConfig(cfg), ks, led, pub, time.Now)
 	if err != nil {
 		return err
 	}
@@ -247,6 +254,12 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(g.Collectors()...)
 		reg.MustRegister(staleCollectors(led)...)
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_gateway_refusal_events_unconfirmed_total",
+			Help: "Refusals answered before the bus confirmed their access event was stored (it was then queued for asynchronous publication)."},
+			func() float64 { return float64(unconfirmed()) }))
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_gateway_unknown_kid_fetches_total",
+			Help: "Key set fetches set off by tokens under a kid the gateway did not know (at most one per 250 ms)."},
+			func() float64 { return float64(ks.MissFetches()) }))
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		stop, err := serveAdmin(ctx, cfg.Gateway.AdminListen, reg, ready, log)
 		if err != nil {
@@ -305,6 +318,45 @@ func RunGateway(ctx context.Context, cfg config.Config, log *slog.Logger) error 
 	}
 	<-shut // the last requests have had their answers, and their events
 	return nil
+}
+
+// refusalStoreTimeout bounds how long a refusal waits for the bus to store
+// its access event; past it, or at once while the bus is disconnected, the
+// event is queued for asynchronous publication (retried until the bus is
+// back) and the refusal answered all the same: it is a refusal either way.
+const refusalStoreTimeout = time.Second
+
+// durableRefusals is a scale-out gateway's publisher. A refusal's event is
+// stored in JetStream (publish, then the server's acknowledgement) before
+// Publish returns, and so before the refusal is answered: a gateway killed
+// just after refusing (a decoy hit, a forged token) has lost no event that
+// detection needs, as long as the bus was reachable. Allowed requests' events go through async (the
+// in-process bus, then batched asynchronous publication): they are known
+// only once the upstream has answered.
+type durableRefusals struct {
+	async       gateway.Publisher
+	bus         *natsbus.Bus
+	log         *slog.Logger
+	unconfirmed atomic.Uint64
+}
+
+func (p *durableRefusals) Publish(ev event.Access) {
+	if ev.Verdict != event.Deny {
+		p.async.Publish(ev)
+		return
+	}
+	err := p.bus.Ping()
+	if err == nil { // with the bus gone there is no one to wait for
+		ctx, cancel := context.WithTimeout(context.Background(), refusalStoreTimeout)
+		err = p.bus.PublishSync(ctx, ev)
+		cancel()
+	}
+	if err != nil {
+		if p.unconfirmed.Add(1) == 1 {
+			p.log.Warn("a refusal's access event was not confirmed by the bus in time; queued (custos_gateway_refusal_events_unconfirmed_total counts them)", "err", err)
+		}
+		p.async.Publish(ev) // same request id: stored once if the first try was
+	}
 }
 
 // staleCollectors are the metrics of a standalone gateway's bounded staleness.

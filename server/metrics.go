@@ -199,10 +199,17 @@ func RegisterBus(reg prometheus.Registerer, b *natsbus.Bus) {
 var busPendingDesc = prometheus.NewDesc("custos_nats_consumer_pending_messages",
 	"Messages waiting in JetStream behind the last one delivered to this process's durable consumer.", []string{"consumer"}, nil)
 
+var busReclaimedDesc = prometheus.NewDesc("custos_nats_consumer_reclaimed_total",
+	"Messages a durable consumer of this process read back at start because the process before it was delivered them and never acknowledged them.", nil, nil)
+
 type busCollector struct{ b *natsbus.Bus }
 
-func (c *busCollector) Describe(ch chan<- *prometheus.Desc) { ch <- busPendingDesc }
+func (c *busCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- busPendingDesc
+	ch <- busReclaimedDesc
+}
 func (c *busCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(busReclaimedDesc, prometheus.CounterValue, float64(c.b.Reclaimed()))
 	for name, n := range c.b.Pending() {
 		ch <- prometheus.MustNewConstMetric(busPendingDesc, prometheus.GaugeValue, float64(n), name)
 	}

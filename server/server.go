@@ -66,6 +66,7 @@ import (
 	ledgerredis "github.com/custos-dev/custos/ledger/redis"
 	ledgersqlite "github.com/custos-dev/custos/ledger/sqlite"
 	"github.com/custos-dev/custos/natsbus"
+	"github.com/custos-dev/custos/provider"
 	"github.com/custos-dev/custos/staff"
 	"github.com/custos-dev/custos/store"
 )
@@ -125,6 +126,9 @@ type Server struct {
 	handler http.Handler
 	tracer  atomic.Pointer[tracerRef]
 
+	providers *provider.Set      // identity providers the shop keeps
+	recorder  *provider.Recorder // writes their records to the ledger
+
 	checkpointVerifier note.Verifier
 	finder             tokenFinder
 	mux                *http.ServeMux
@@ -171,6 +175,7 @@ func OpenWith(ctx context.Context, cfg config.Config, log *slog.Logger, now func
 		s.openLedger,
 		s.openDetection,
 		s.openAuthority,
+		s.openProviders,
 		s.openStaff,
 		s.openForensics,
 		s.openScaleBus,
@@ -499,6 +504,11 @@ func GatewayConfig(cfg config.Config) gateway.Config {
 		}
 	}
 	g.Routes = slices.Clone(cfg.Gateway.Routes)
+	// The configuration was validated; a set that does not build leaves
+	// the providers out, so their tokens are refused like any stranger's.
+	if set, err := provider.NewSet(cfg.ProviderConfigs(), nil, nil); err == nil && set.Len() > 0 {
+		g.Providers = set
+	}
 	return g
 }
 

@@ -12,3 +12,15 @@ func DecodeSegment(s string) ([]byte, error) { return decodePart(s) }
 // CheckObject checks that b is exactly one JSON object, valid UTF-8, nested
 // at most 32 deep, with no duplicate member names at any depth.
 func CheckObject(b []byte) error { return strictObject(b, nil) }
+
+// ScanObject is CheckObject that also calls member, when not nil, with the
+// name (unescaped) and the raw value of every top-level member, in order,
+// without decoding the object into a tree. An error from member stops the
+// scan and is returned.
+func ScanObject(b []byte, member func(name, value []byte) error) error {
+	return strictObject(b, member)
+}
+
+// String decodes a raw JSON value (as ScanObject gives it) that must be a
+// string.
+func String(v []byte) (string, error) { return jsonString(v) }

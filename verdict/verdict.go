@@ -39,6 +39,12 @@ type KeySet interface {
 	Lookup(kid string) (keys.Key, bool)
 }
 
+// keyFetcher is a KeySet that can ask its source again for a kid it does
+// not know (a key made moments ago at another replica), failing closed.
+type keyFetcher interface {
+	FetchKID(ctx context.Context, kid string) (keys.Key, bool)
+}
+
 // Provenance tells whether the issuance ledger knows a token. Any error
 // (ledger.ErrUnavailable in particular) gives ledger_unavailable.
 type Provenance interface {
@@ -86,6 +92,9 @@ type Checker struct {
 	// Cache, when set, remembers tokens whose signature verified; key
 	// state, claims and provenance are still checked on every call.
 	Cache *Cache
+	// Providers, when set, checks tokens whose iss names an identity
+	// provider the shop keeps; every other token is checked as custos's.
+	Providers Providers
 }
 
 // Result is the verdict on one token.
@@ -122,7 +131,13 @@ func (c *Checker) Check(ctx context.Context, raw string, pol *Policy, now time.T
 		r.Reason = reason
 		return true
 	}
-	claims, kid, reason, cachedHit := c.verify(raw, r.Hash)
+	if c.Providers != nil && !c.Cache.has(r.Hash) {
+		if pt, ok := c.Providers.Verify(ctx, raw, now); ok {
+			c.checkProvider(ctx, &r, pt, pol, now, fail)
+			return r
+		}
+	}
+	claims, kid, reason, cachedHit := c.verify(ctx, raw, r.Hash)
 	r.Claims, r.KID, r.Cached = claims, kid, cachedHit
 	if reason != "" {
 		if fail(reason) || claims == nil {
@@ -141,7 +156,11 @@ func (c *Checker) Check(ctx context.Context, raw string, pol *Policy, now time.T
 // verify parses and verifies raw, or finds it among tokens already verified.
 // It returns the claims (nil when unparsable), the kid and the failure reason,
 // empty when the signature is good. Key state is checked on every call.
-func (c *Checker) verify(raw string, h ledger.Hash) (*token.Claims, string, event.Reason, bool) {
+//
+// A kid the key set does not know is asked of its source once more when the
+// set can do that (a standalone gateway's [keyFetcher]); if that fails too
+// the token is refused as unknown_key.
+func (c *Checker) verify(ctx context.Context, raw string, h ledger.Hash) (*token.Claims, string, event.Reason, bool) {
 	if e, ok := c.Cache.get(h); ok {
 		k, found := c.Keys.Lookup(e.kid)
 		if found && k.Alg == e.alg && samePublic(k.Public, e.pub) {
@@ -158,6 +177,9 @@ func (c *Checker) verify(raw string, h ledger.Hash) (*token.Claims, string, even
 	}
 	cl := &p.Claims
 	k, found := c.Keys.Lookup(p.Header.KID)
+	if f, ok := c.Keys.(keyFetcher); ok && !found && p.Header.KID != "" {
+		k, found = f.FetchKID(ctx, p.Header.KID)
+	}
 	if !found || p.Header.KID == "" {
 		return cl, p.Header.KID, event.ReasonUnknownKey, false
 	}

@@ -18,7 +18,7 @@ import (
 func newCredentialsCmd() *cobra.Command {
 	creds := &cobra.Command{
 		Use:   "credentials",
-		Short: "The control plane's own credentials: admin, gateway, detector, scim",
+		Short: "The control plane's own credentials: admin, gateway, detector, scim, issuer",
 		Long: `Credentials are bearer tokens for custos's own API, each with one role:
 
   admin     every admin endpoint (a credential bound to a person with --person
@@ -26,6 +26,9 @@ func newCredentialsCmd() *cobra.Command {
   gateway   follow the ledger and keys, post access events (custos gateway)
   detector  what a gateway may, plus reading alerts and incidents
   scim      /scim/v2 only, on the identities its identity provider provisioned
+  issuer    record the tokens of one configured identity provider (--provider
+            NAME) in the ledger: /v1/ledger/record, /v1/ledger/prv and
+            /v1/providers/NAME/...; nothing else
 
 Tokens are shown once; only their SHA-256 is kept.`,
 	}
@@ -33,12 +36,12 @@ Tokens are shown once; only their SHA-256 is kept.`,
 	var af adminFlags
 	var role, person, provider string
 	add := &cobra.Command{
-		Use:   "add NAME --role admin|gateway|detector|scim [--person STAFF_ID]",
+		Use:   "add NAME --role admin|gateway|detector|scim|issuer [--person STAFF_ID] [--provider NAME]",
 		Short: "Make a credential; prints its token once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := authority.ParseRole(role); err != nil {
-				return usageErr("--role must be admin, gateway, detector or scim, not %q", role)
+				return usageErr("--role must be admin, gateway, detector, scim or issuer, not %q", role)
 			}
 			var out server.CredentialAnswer
 			if err := af.call("POST", "/v1/credentials", map[string]string{"name": args[0], "role": role, "person": person, "provider": provider}, &out); err != nil {
@@ -52,9 +55,9 @@ Tokens are shown once; only their SHA-256 is kept.`,
 		},
 	}
 	af.add(add)
-	add.Flags().StringVar(&role, "role", "", "admin, gateway, detector or scim (required)")
+	add.Flags().StringVar(&role, "role", "", "admin, gateway, detector, scim or issuer (required)")
 	add.Flags().StringVar(&person, "person", "", "staff id or userName the credential belongs to; revoked when they depart")
-	add.Flags().StringVar(&provider, "provider", "", "scim: the identity provider it speaks for (default NAME)")
+	add.Flags().StringVar(&provider, "provider", "", "scim: the identity provider it speaks for (default NAME); issuer: the configured provider whose tokens it records (required)")
 
 	var lf adminFlags
 	list := &cobra.Command{
@@ -89,7 +92,7 @@ Tokens are shown once; only their SHA-256 is kept.`,
 					rev = c.RevokedAt.Format(time.RFC3339)
 				}
 				who := c.Person
-				if c.Role == authority.RoleSCIM {
+				if c.Role == authority.RoleSCIM || c.Role == authority.RoleIssuer {
 					who = "provider:" + c.Provider
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.Name, c.Role, dash(who), c.CreatedAt.Format(time.RFC3339), rev)

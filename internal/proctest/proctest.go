@@ -1,7 +1,8 @@
 // Package proctest runs the custos binary as separate processes in tests:
 // built once per test binary, started on loopback addresses with its own
 // arguments and environment, killed with SIGKILL when the test ends, and its
-// output kept for the failure log.
+// output kept for the failure log. Its Proxy cuts a process off from a
+// server (an engine) for fault tests.
 package proctest
 
 import (

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/custos-dev/custos/internal/proctest"
 )
 
 // Each engine cut in turn (a TCP proxy the test controls stands between the
@@ -14,10 +16,10 @@ import (
 // acknowledged is lost, readiness says what is missing, and the deployment
 // recovers by itself when the engine returns.
 func TestEngineFaults(t *testing.T) {
-	redisPx := newTCPProxy(t, redisAddr)
-	natsPx := newTCPProxy(t, natsAddr)
-	mariaPx := newTCPProxy(t, mariaAddr)
-	d := newDeployment(t, engines{pg: "127.0.0.1:5432", redis: redisPx.addr(), nats: natsPx.addr(), maria: mariaPx.addr()})
+	redisPx := proctest.NewProxy(t, redisAddr)
+	natsPx := proctest.NewProxy(t, natsAddr)
+	mariaPx := proctest.NewProxy(t, mariaAddr)
+	d := newDeployment(t, engines{pg: "127.0.0.1:5432", redis: redisPx.Addr(), nats: natsPx.Addr(), maria: mariaPx.Addr()})
 	a1 := d.authority("a1")
 	a1.waitReady(30 * time.Second)
 	admin := readToken(t, filepath.Join(d.dir, "a1", "admin-token"))
@@ -76,7 +78,7 @@ func TestEngineFaults(t *testing.T) {
 
 	// Redis gone: no token is handed out without its ledger entry; the
 	// authority is not ready; known tokens keep working; then it recovers.
-	redisPx.cut()
+	redisPx.Cut()
 	for _, a := range []*proc{a1, a2} {
 		if tok, err := issue(a); err == nil {
 			t.Fatalf("%s issued a token with the ledger gone: %.20s…", a.name, tok)
@@ -86,7 +88,7 @@ func TestEngineFaults(t *testing.T) {
 	if !served(before) {
 		t.Fatal("a token issued before the outage is refused during it")
 	}
-	redisPx.restore()
+	redisPx.Restore()
 	var during string
 	eventually("issuance back after Redis returns", 15*time.Second, func() bool { during, err = issue(a2); return err == nil })
 	eventually("a1 ready again", 10*time.Second, ready(a1))
@@ -95,7 +97,7 @@ func TestEngineFaults(t *testing.T) {
 	// NATS gone: the replicas cannot hear each other, so every answer is
 	// confirmed with Redis: a revocation at a2 is refused by the gateway
 	// following a1 within a second, and a token issued at a2 is served.
-	natsPx.cut()
+	natsPx.Cut()
 	for _, a := range []*proc{a1, a2} {
 		eventually(a.name+" not ready without NATS", 5*time.Second, notReady(a, "bus"))
 	}
@@ -111,7 +113,7 @@ func TestEngineFaults(t *testing.T) {
 		s, reason, err := access(g, fresh, member)
 		return err == nil && s == 401 && reason == "revoked_token"
 	})
-	natsPx.restore()
+	natsPx.Restore()
 	for _, a := range []*proc{a1, a2} {
 		eventually(a.name+" ready after NATS returns", 20*time.Second, ready(a))
 	}
@@ -126,7 +128,7 @@ func TestEngineFaults(t *testing.T) {
 	if _, err := call("GET", a1.url()+"/v1/keys", admin, nil, &keysBefore); err != nil {
 		t.Fatal(err)
 	}
-	mariaPx.cut()
+	mariaPx.Cut()
 	eventually("a1 not ready without the audit database", 5*time.Second, notReady(a1, "audit"))
 	if _, err := call("POST", a1.url()+"/v1/keys/rotate", admin, map[string]string{}, nil); err == nil {
 		t.Fatal("a key rotated with the audit log unreachable")
@@ -138,7 +140,7 @@ func TestEngineFaults(t *testing.T) {
 	if len(keysDuring.Keys) != len(keysBefore.Keys) || len(keysBefore.Keys) == 0 {
 		t.Fatalf("a refused rotation changed the key set: %d keys, then %d", len(keysBefore.Keys), len(keysDuring.Keys))
 	}
-	mariaPx.restore()
+	mariaPx.Restore()
 	rotations := 0
 	eventually("rotation back after MariaDB returns", 20*time.Second, func() bool {
 		_, err := call("POST", a1.url()+"/v1/keys/rotate", admin, map[string]string{}, nil)

@@ -1,9 +1,14 @@
 // Package pkcs11 is key custody in a PKCS#11 token (an HSM, or SoftHSM2 in
 // tests): keys are generated inside the token as non-extractable, sensitive objects.
 //
-// ES256 (ECDSA P-256) and RS256 (2048-bit RSA, signing only) are supported:
-// crypto11 v1.6 has no Ed25519 (CKM_EC_EDWARDS) support, so Generate
-// refuses EdDSA with [ErrUnsupported].
+// EdDSA (Ed25519), ES256 (ECDSA P-256) and RS256 (2048-bit RSA, signing
+// only) are supported. ES256 and RS256 go through crypto11. Ed25519 is
+// written here by hand over github.com/miekg/pkcs11, because crypto11 v1.6.2
+// has no Edwards-curve keys and does not expose its PKCS#11 context: keys
+// are made with PKCS#11 3.0's CKM_EC_EDWARDS_KEY_PAIR_GEN (CKK_EC_EDWARDS,
+// CKA_EC_PARAMS id-Ed25519) and sign with CKM_EDDSA, and the public key is
+// read from CKA_EC_POINT. Tokens whose C_GetMechanismList lacks either
+// mechanism refuse EdDSA with [ErrUnsupported] (use ES256 there).
 // Key objects carry CKA_ID and CKA_LABEL equal to the key id.
 package pkcs11
 
@@ -22,7 +27,7 @@ import (
 
 // Sentinel errors.
 var (
-	ErrUnsupported = errors.New("pkcs11: algorithm not supported by this backend (ES256 or RS256 only)")
+	ErrUnsupported = errors.New("pkcs11: algorithm not supported by this backend or token")
 	ErrExists      = errors.New("pkcs11: key id already exists in the token")
 	ErrBadID       = errors.New("pkcs11: invalid key id")
 )
@@ -44,9 +49,10 @@ type Config struct {
 // concurrent use.
 type Token struct {
 	ctx *crypto11.Context
+	ed  *edwards
 
 	mu      sync.RWMutex
-	signers map[string]crypto11.Signer
+	signers map[string]crypto.Signer // crypto11.Signer or *edSigner
 }
 
 var _ keys.Custody = (*Token)(nil)
@@ -60,26 +66,62 @@ func Open(cfg Config) (*Token, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to open PKCS#11 token %q: %w", cfg.TokenLabel, err)
 	}
-	return &Token{ctx: c, signers: map[string]crypto11.Signer{}}, nil
+	ed, err := openEdwards(cfg.Module, cfg.TokenLabel, cfg.PIN)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("failed to open PKCS#11 token %q: %w", cfg.TokenLabel, err)
+	}
+	return &Token{ctx: c, ed: ed, signers: map[string]crypto.Signer{}}, nil
 }
 
 // Close ends the sessions. Keys stay in the token.
-func (t *Token) Close() error { return t.ctx.Close() }
+func (t *Token) Close() error {
+	t.ed.close() // before crypto11, which may finalize the shared module
+	return t.ctx.Close()
+}
 
-// Generate makes an ES256 or RS256 key pair inside the token: private half
-// CKA_TOKEN, CKA_SENSITIVE true, CKA_EXTRACTABLE false, CKA_SIGN true (and
-// CKA_DECRYPT false for RSA).
+// Supports reports whether the token can generate and sign with alg:
+// nil for ES256 and RS256, and for EdDSA when the token lists
+// CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA; an [ErrUnsupported] error
+// otherwise.
+func (t *Token) Supports(alg keys.Alg) error {
+	switch alg {
+	case keys.ES256, keys.RS256:
+		return nil
+	case keys.EdDSA:
+		if t.ed.supported {
+			return nil
+		}
+		return fmt.Errorf("%w: the token lists no CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA, so it cannot hold EdDSA keys (set keys.alg: ES256)", ErrUnsupported)
+	}
+	return fmt.Errorf("%w: %q", ErrUnsupported, alg)
+}
+
+// Generate makes a key pair of alg inside the token: private half
+// CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE true, CKA_EXTRACTABLE false,
+// CKA_SIGN true (and CKA_DECRYPT false for RSA, CKA_DERIVE false for
+// Ed25519).
 func (t *Token) Generate(ctx context.Context, id string, alg keys.Alg) (crypto.PublicKey, error) {
-	if alg != keys.ES256 && alg != keys.RS256 {
-		return nil, fmt.Errorf("%w: %q", ErrUnsupported, alg)
+	if err := t.Supports(alg); err != nil {
+		return nil, err
 	}
 	if id == "" || len(id) > MaxIDLen {
 		return nil, fmt.Errorf("%w: length %d not in 1..%d", ErrBadID, len(id), MaxIDLen)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s, _ := t.find(id); s != nil {
+	if s, err := t.find(id); err != nil {
+		return nil, err
+	} else if s != nil {
 		return nil, fmt.Errorf("%w: %q", ErrExists, id)
+	}
+	if alg == keys.EdDSA {
+		s, err := t.ed.generate(id)
+		if err != nil {
+			return nil, err
+		}
+		t.signers[id] = s
+		return s.Public(), nil
 	}
 	pub, err := crypto11.NewAttributeSetWithIDAndLabel([]byte(id), []byte(id))
 	if err != nil {
@@ -118,12 +160,24 @@ func (t *Token) Generate(ctx context.Context, id string, alg keys.Alg) (crypto.P
 }
 
 // find returns the key pair for id from the cache or the token; nil if absent.
-func (t *Token) find(id string) (crypto11.Signer, error) {
+func (t *Token) find(id string) (crypto.Signer, error) {
 	if s, ok := t.signers[id]; ok {
 		return s, nil
 	}
 	if id == "" || len(id) > MaxIDLen {
 		return nil, nil // no key can have it
+	}
+	// Ed25519 first: crypto11 fails on the CKK_EC_EDWARDS pairs it cannot
+	// use. Skipped on tokens without the mechanisms, which hold no such
+	// pairs and may reject CKK_EC_EDWARDS in a search template.
+	if t.ed.supported {
+		es, err := t.ed.find(id)
+		if err != nil {
+			return nil, err
+		}
+		if es != nil {
+			return es, nil
+		}
 	}
 	found, err := t.ctx.FindKeyPairs([]byte(id), nil)
 	if err != nil {
@@ -135,8 +189,10 @@ func (t *Token) find(id string) (crypto11.Signer, error) {
 	return found[0], nil
 }
 
-// Signer returns a signer for id that signs inside the token. Sign takes a
-// SHA-256 digest and returns an ASN.1 DER ECDSA signature.
+// Signer returns a signer for id that signs inside the token. For ES256 and
+// RS256 keys Sign takes a SHA-256 digest (ES256 returns an ASN.1 DER
+// signature); for Ed25519 keys it takes the message itself and
+// crypto.Hash(0).
 func (t *Token) Signer(id string) (crypto.Signer, error) {
 	t.mu.RLock()
 	s, ok := t.signers[id]
@@ -168,8 +224,16 @@ func (t *Token) Destroy(ctx context.Context, id string) error {
 	if s == nil {
 		return fmt.Errorf("%w: %q", keys.ErrNotFound, id)
 	}
-	if err := s.Delete(); err != nil {
-		return fmt.Errorf("failed to destroy key %q in token: %w", id, err)
+	switch s := s.(type) {
+	case *edSigner:
+		s.destroyed.Store(true)
+		if _, err := t.ed.destroy(id); err != nil {
+			return err
+		}
+	case crypto11.Signer:
+		if err := s.Delete(); err != nil {
+			return fmt.Errorf("failed to destroy key %q in token: %w", id, err)
+		}
 	}
 	delete(t.signers, id)
 	return nil

@@ -150,7 +150,7 @@ func TestGenerateRefuses(t *testing.T) {
 		alg      keys.Alg
 		want     error
 	}{
-		{"fail/eddsa", "k2", keys.EdDSA, ErrUnsupported},
+		{"fail/rs512", "k2", keys.Alg("RS512"), ErrUnsupported},
 		{"fail/duplicate", "k1", keys.ES256, ErrExists},
 		{"fail/empty-id", "", keys.ES256, ErrBadID},
 	} {
@@ -215,8 +215,8 @@ func TestConformance(t *testing.T) {
 				return tok2
 			}
 		},
-		Algs:      []keys.Alg{keys.ES256, keys.RS256},
-		Refused:   []keys.Alg{keys.EdDSA, keys.Alg("RS512")},
+		Algs:      []keys.Alg{keys.EdDSA, keys.ES256, keys.RS256},
+		Refused:   []keys.Alg{keys.Alg("RS512"), keys.Alg("ES384")},
 		ErrExists: ErrExists, ErrBadID: ErrBadID, ErrUnsupported: ErrUnsupported,
 	})
 }
