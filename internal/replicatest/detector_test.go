@@ -278,6 +278,14 @@ func checkAuditExact(t *testing.T, d *deployment, a *proc, kind string, n uint64
 // rest. A reference engine in this process, fed the same events without
 // a restart, says which event that is.
 func TestDetectorRestartKeepsThresholdState(t *testing.T) {
+	t.Run("killed_after_acknowledging", func(t *testing.T) { restartMidCrawl(t, true) })
+	// Killed while events are still being delivered: some acknowledged
+	// (replayed), some delivered and not acknowledged (read back at start),
+	// the rest not yet delivered.
+	t.Run("killed_mid_delivery", func(t *testing.T) { restartMidCrawl(t, false) })
+}
+
+func restartMidCrawl(t *testing.T, settle bool) {
 	d := newDeployment(t, direct)
 	rules := filepath.Join(d.dir, "rules.yaml")
 	os.WriteFile(rules, []byte(`rules:
@@ -328,14 +336,35 @@ func TestDetectorRestartKeepsThresholdState(t *testing.T) {
 		}
 	}
 	const total, killAt = 300, 90
-	publish(0, killAt)
-	// Every event so far is acknowledged by the detector (it has counted
-	// them), and no alert is raised yet.
-	waitAcked(t, d.prefix, natsbus.PartitionOf(src, natsbus.DefaultPartitions), killAt)
 	var n int
-	db.QueryRow(`SELECT COUNT(*) FROM detect_alerts`).Scan(&n)
-	if n != 0 {
-		t.Fatalf("%d alerts before the threshold", n)
+	if settle {
+		publish(0, killAt)
+	} else {
+		// A burst, the detector killed while it is being delivered.
+		for i := 0; i < killAt; i++ {
+			ev := evAt(i)
+			ref.Process(ev)
+			if err := bus.Publish(ctx, ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if settle {
+		// Every event so far is acknowledged by the detector (it has
+		// counted them), and no alert is raised yet.
+		waitAcked(t, d.prefix, natsbus.PartitionOf(src, natsbus.DefaultPartitions), killAt)
+		db.QueryRow(`SELECT COUNT(*) FROM detect_alerts`).Scan(&n)
+		if n != 0 {
+			t.Fatalf("%d alerts before the threshold", n)
+		}
+	} else {
+		floor, pending := consumerState(d.prefix, natsbus.PartitionOf(src, natsbus.DefaultPartitions))
+		det.kill()
+		if err := bus.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("killed with %d of %d events acknowledged, %d delivered and not acknowledged (the rest not delivered)", floor, killAt, pending)
 	}
 	det.kill()
 	det.start()
@@ -475,4 +504,26 @@ func BenchmarkDetectorRebuild(b *testing.B) {
 		b.ReportMetric(float64(events)/took.Seconds(), "replayed-events/s")
 		b.ReportMetric(ready.Seconds(), "s-start-to-ready")
 	}
+}
+
+// consumerState returns the acknowledgement floor and the deliveries
+// awaiting acknowledgement of the detector's consumer of partition p.
+func consumerState(prefix string, p int) (floor uint64, pending int) {
+	nc, err := nats.Connect("nats://" + natsAddr)
+	if err != nil {
+		return 0, 0
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, strings.ToUpper(strings.ReplaceAll(prefix, "-", "_"))+"_ACCESS", fmt.Sprintf("detector-p%d", p))
+	if err != nil {
+		return 0, 0
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return 0, 0
+	}
+	return info.AckFloor.Stream, info.NumAckPending
 }
