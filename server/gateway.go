@@ -330,9 +330,9 @@ const refusalStoreTimeout = time.Second
 // stored in JetStream (publish, then the server's acknowledgement) before
 // Publish returns, and so before the refusal is answered: a gateway killed
 // just after refusing (a decoy hit, a forged token) has lost no event that
-// detection needs, as long as the bus was reachable. Allowed requests' events go through async (the
-// in-process bus, then batched asynchronous publication): they are known
-// only once the upstream has answered.
+// detection needs, as long as the bus was reachable. Allowed requests'
+// events go through async (the in-process bus, then batched asynchronous
+// publication): they are complete only once the upstream has answered.
 type durableRefusals struct {
 	async       gateway.Publisher
 	bus         *natsbus.Bus
