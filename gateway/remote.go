@@ -117,9 +117,10 @@ const missTimeout = 2 * time.Second
 // as unknown_key, the gateway asks each authority in turn, the one asked
 // first now, then the others (a replica that has not yet loaded the key
 // from the shared store does not list it). Concurrent callers share one
-// fetch, and fetches are rate-limited (MissInterval, MissBurst); a caller
-// that finds none to share and no room to start one, or whose fetch fails,
-// gets false: the token is refused.
+// fetch, and fetches are rate-limited (MissInterval, MissBurst): past the
+// burst a caller waits for its turn if it comes within missTimeout. A caller
+// whose turn is further off, or whose fetch fails, gets false: the token is
+// refused.
 func (rk *RemoteKeys) FetchKID(ctx context.Context, kid string) (keys.Key, bool) {
 	if kid == "" {
 		return keys.Key{}, false
@@ -143,12 +144,15 @@ func (rk *RemoteKeys) FetchKID(ctx context.Context, kid string) (keys.Key, bool)
 		}
 		rk.missLimit = rate.NewLimiter(rate.Every(every), burst)
 	}
-	if !rk.missLimit.Allow() {
+	// Past the burst, a fetch waits for its turn within missTimeout rather
+	// than refuse a token of a key made a moment ago; a turn further off
+	// than that is refused at once.
+	ctx, cancel := context.WithTimeout(ctx, missTimeout)
+	defer cancel()
+	if rk.missLimit.Wait(ctx) != nil {
 		return keys.Key{}, false
 	}
 	rk.missFetches.Add(1)
-	ctx, cancel := context.WithTimeout(ctx, missTimeout)
-	defer cancel()
 	first := int(rk.cur.Load())
 	for i := range rk.bases {
 		if ctx.Err() != nil {
