@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/custos-dev/custos/jwks"
 	"github.com/custos-dev/custos/store"
 )
 
@@ -57,7 +58,7 @@ func (a ClientAuth) Check() error {
 		}
 	}
 	if a.JWKSURI != "" {
-		if err := checkKeysURL(a.JWKSURI); err != nil {
+		if err := jwks.CheckURL(a.JWKSURI); err != nil {
 			return fmt.Errorf("authority: jwks_uri: %w", err)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/custos-dev/custos/jwks"
 	"github.com/custos-dev/custos/token"
 )
 
@@ -63,7 +64,7 @@ func checkExternals(list []ExternalIssuer) (map[string]*external, error) {
 		if out[e.Issuer] != nil {
 			return nil, fmt.Errorf("%s: %q configured twice", field("issuer"), e.Issuer)
 		}
-		if err := checkKeysURL(e.JWKSURL); err != nil {
+		if err := jwks.CheckURL(e.JWKSURL); err != nil {
 			return nil, fmt.Errorf("%s: %w", field("jwks_url"), err)
 		}
 		if e.Audience == "" {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-dev/custos/jwks"
 	"github.com/go-jose/go-jose/v4"
 )
 
@@ -45,7 +46,7 @@ func TestOAuthTokenExchange(t *testing.T) {
 	// unknown kid fetches the key set again).
 	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p.keys = append([]jose.JSONWebKey{{Key: ec, KeyID: "ec-2", Algorithm: "ES256"}}, p.keys...)
-	f.now = f.now.Add(keysMinRefresh)
+	f.now = f.now.Add(jwks.MinRefresh)
 	v := exchange(p.idToken(t, f.now, "1002", nil))
 	v.Set("subject_token_type", TokenTypeJWT)
 	if st, _, out := f.post(t, v, auth); st != 200 {
@@ -138,7 +139,7 @@ func TestOAuthTokenExchange(t *testing.T) {
 		f.post(t, exchange(withKey(jose.JSONWebKey{Key: other, KeyID: rand.Text(), Algorithm: "RS256"}, "", nil)), auth)
 	}
 	if p.fetches-before > 1 {
-		t.Errorf("%d key set fetches for 5 unknown kids within %s", p.fetches-before, keysMinRefresh)
+		t.Errorf("%d key set fetches for 5 unknown kids within %s", p.fetches-before, jwks.MinRefresh)
 	}
 }
 

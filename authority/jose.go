@@ -9,13 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 
+	"github.com/custos-dev/custos/jwks"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 )
@@ -87,131 +85,38 @@ func parseClientKeys(b []byte) (*jose.JSONWebKeySet, error) {
 	return &set, nil
 }
 
-// checkKeysURL accepts https URLs, and http ones on a loopback address.
-func checkKeysURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || u.User != nil || u.Fragment != "" {
-		return fmt.Errorf("%q is not an absolute URL without credentials", raw)
-	}
-	switch u.Scheme {
-	case "https":
-		return nil
-	case "http":
-		h := u.Hostname()
-		if ip := net.ParseIP(h); h == "localhost" || (ip != nil && ip.IsLoopback()) {
-			return nil
-		}
-	}
-	return fmt.Errorf("%q must be https (http only on a loopback address)", raw)
-}
-
 // keySource gives the key set to verify a JWT with. refresh asks for a
 // fresh copy when the cached one lacks the JWT's key.
 type keySource interface {
-	keySet(ctx context.Context, refresh bool) (*jose.JSONWebKeySet, error)
+	KeySet(ctx context.Context, refresh bool) (*jose.JSONWebKeySet, error)
 }
 
 // staticKeys is a key set registered with the client.
 type staticKeys struct{ set *jose.JSONWebKeySet }
 
-func (s staticKeys) keySet(context.Context, bool) (*jose.JSONWebKeySet, error) { return s.set, nil }
+func (s staticKeys) KeySet(context.Context, bool) (*jose.JSONWebKeySet, error) { return s.set, nil }
 
-// Refresh policy of fetched key sets.
-const (
-	// keysMaxAge: a fetched key set is fetched again after this long.
-	keysMaxAge = 5 * time.Minute
-	// keysMinRefresh: an unknown kid fetches again at most this often, so
-	// JWTs with made-up kids cannot make custos hammer the provider.
-	keysMinRefresh = 10 * time.Second
-	// keysStale: when fetching fails, a key set up to this old still serves;
-	// older, every JWT it would verify is refused.
-	keysStale = time.Hour
-)
-
-// remoteKeys is a key set fetched from a URL (a client's jwks_uri, an
-// identity provider's jwks_uri) and cached.
-type remoteKeys struct {
-	url    string
-	client *http.Client
-	now    func() time.Time
-
-	mu      sync.Mutex
-	set     *jose.JSONWebKeySet
-	fetched time.Time // when set was fetched
-	tried   time.Time // last fetch attempt
-}
-
-func (r *remoteKeys) keySet(ctx context.Context, refresh bool) (*jose.JSONWebKeySet, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := r.now()
-	want := refresh || r.set == nil || now.Sub(r.fetched) >= keysMaxAge
-	if want && (r.tried.IsZero() || now.Sub(r.tried) >= keysMinRefresh) {
-		r.tried = now
-		set, err := r.fetch(ctx)
-		if err == nil {
-			r.set, r.fetched = set, now
-		} else if r.set == nil || now.Sub(r.fetched) >= keysStale {
-			return nil, err
-		}
-	}
-	if r.set != nil && now.Sub(r.fetched) >= keysStale {
-		return nil, fmt.Errorf("key set %s could not be fetched for %s", r.url, keysStale)
-	}
-	if r.set == nil {
-		return nil, fmt.Errorf("key set %s not fetched yet", r.url)
-	}
-	return r.set, nil
-}
-
-func (r *remoteKeys) fetch(ctx context.Context) (*jose.JSONWebKeySet, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "application/jwk-set+json, application/json")
-	resp, err := r.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("failed to fetch key set %s: %w", r.url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("failed to fetch key set %s: status %d", r.url, resp.StatusCode)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("failed to fetch key set %s: %w", r.url, err)
-	}
-	set, err := parseClientKeys(b)
-	if err != nil {
-		return nil, fmt.Errorf("key set %s: %w", r.url, err)
-	}
-	return set, nil
-}
-
-// keyCache holds one remoteKeys per URL.
+// keyCache holds one fetched key set per URL.
 type keyCache struct {
 	client *http.Client
 	now    func() time.Time
 
 	mu   sync.Mutex
-	sets map[string]*remoteKeys
+	sets map[string]*jwks.Remote
 }
 
-func (c *keyCache) get(u string) *remoteKeys {
+func (c *keyCache) get(u string) *jwks.Remote {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.sets == nil {
-		c.sets = map[string]*remoteKeys{}
+		c.sets = map[string]*jwks.Remote{}
 	}
 	r, ok := c.sets[u]
 	if !ok {
 		if len(c.sets) >= 1<<12 {
 			clear(c.sets)
 		}
-		r = &remoteKeys{url: u, client: c.client, now: c.now}
+		r = &jwks.Remote{URL: u, Client: c.client, Now: c.now, Parse: parseClientKeys}
 		c.sets[u] = r
 	}
 	return r
@@ -238,7 +143,7 @@ func verifyJWT(ctx context.Context, raw string, algs []jose.SignatureAlgorithm, 
 		return nil, errors.New("bad JWT: header carries its own key")
 	}
 	for _, refresh := range []bool{false, true} {
-		set, err := src.keySet(ctx, refresh)
+		set, err := src.KeySet(ctx, refresh)
 		if err != nil {
 			return nil, err
 		}

@@ -11,11 +11,12 @@ package provider
 
 import (
 	"fmt"
-	"net"
 	"net/url"
 	"regexp"
 	"slices"
 	"time"
+
+	"github.com/custos-dev/custos/jwks"
 )
 
 // Kind says how a provider reports what it issues.
@@ -100,7 +101,7 @@ func Validate(list []Config) error {
 			return bad("issuer", "%q configured twice", c.Issuer)
 		}
 		issuers[c.Issuer] = true
-		if err := checkKeysURL(c.JWKSURL); err != nil {
+		if err := jwks.CheckURL(c.JWKSURL); err != nil {
 			return bad("jwks_url", "%v", err)
 		}
 		if c.Audience == "" || !printable(c.Audience, 256) {
@@ -131,24 +132,6 @@ func Validate(list []Config) error {
 		}
 	}
 	return nil
-}
-
-// checkKeysURL accepts https URLs, and http ones on a loopback address.
-func checkKeysURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || u.User != nil || u.Fragment != "" {
-		return fmt.Errorf("%q is not an absolute URL without credentials", raw)
-	}
-	switch u.Scheme {
-	case "https":
-		return nil
-	case "http":
-		h := u.Hostname()
-		if ip := net.ParseIP(h); h == "localhost" || (ip != nil && ip.IsLoopback()) {
-			return nil
-		}
-	}
-	return fmt.Errorf("%q must be https (http only on a loopback address)", raw)
 }
 
 // maxField bounds ids, subjects, clients and audiences in records.

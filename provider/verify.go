@@ -15,6 +15,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/jwks"
 	"github.com/custos-dev/custos/token"
 	"github.com/custos-dev/custos/verdict"
 	"github.com/custos-dev/custos/wire"
@@ -36,7 +37,7 @@ type Set struct {
 
 type provider struct {
 	Config
-	keys *remoteKeys
+	keys *jwks.Remote
 }
 
 // NewSet validates list and returns the set; client fetches the key sets
@@ -54,7 +55,7 @@ func NewSet(list []Config, client *http.Client, now func() time.Time) (*Set, err
 	}
 	s := &Set{byIssuer: map[string]*provider{}, byName: map[string]*provider{}}
 	for _, c := range list {
-		p := &provider{Config: c, keys: &remoteKeys{url: c.JWKSURL, client: client, now: now}}
+		p := &provider{Config: c, keys: &jwks.Remote{URL: c.JWKSURL, Client: client, Now: now, Parse: parseKeys}}
 		s.list = append(s.list, p)
 		s.byIssuer[c.Issuer] = p
 		s.byName[c.Name] = p
@@ -192,7 +193,7 @@ func (p *provider) verify(ctx context.Context, raw string) verdict.ProviderToken
 // without one, the set must hold exactly one key of the token's alg).
 func (p *provider) check(ctx context.Context, tok *jwt.JSONWebToken, h jose.Header) error {
 	for _, refresh := range []bool{false, true} {
-		set, err := p.keys.keySet(ctx, refresh)
+		set, err := p.keys.KeySet(ctx, refresh)
 		if err != nil {
 			return fmt.Errorf("%w: %v", errNoKey, err)
 		}
