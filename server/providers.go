@@ -152,21 +152,29 @@ func (s *Server) newPRV(w http.ResponseWriter, r *http.Request) {
 	wire.WriteJSON(w, http.StatusOK, map[string]string{"prv": provider.NewPRV()})
 }
 
+// providerCall checks a call to /v1/providers/{name}/...: the caller's
+// issuer credential for that provider, the provider of the endpoint's kind,
+// and reads the body. On false the answer is written.
+func (s *Server) providerCall(w http.ResponseWriter, r *http.Request, kind provider.Kind) (*provider.Config, []byte, bool) {
+	p, ok := s.issuerOf(w, r, r.PathValue("name"))
+	if !ok {
+		return nil, nil, false
+	}
+	if p.Kind != kind {
+		wire.WriteError(w, http.StatusNotFound, "not_found", "provider "+p.Name+" is not of kind "+string(kind))
+		return nil, nil, false
+	}
+	body, ok := readBody(w, r)
+	return p, body, ok
+}
+
 // hydraTokenHook serves POST /v1/providers/{name}/hydra/token-hook, Ory
 // Hydra's token hook: 200 with the session's claims and a recorded
 // custos_prv; 403 (Hydra: access_denied) for a client or subject custos
 // refuses; 503 (Hydra: server_error) when the ledger cannot record, so no
 // token is issued that custos did not record.
 func (s *Server) hydraTokenHook(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.issuerOf(w, r, r.PathValue("name"))
-	if !ok {
-		return
-	}
-	if p.Kind != provider.Hydra {
-		wire.WriteError(w, http.StatusNotFound, "not_found", "provider "+p.Name+" is not of kind hydra")
-		return
-	}
-	body, ok := readBody(w, r)
+	p, body, ok := s.providerCall(w, r, provider.Hydra)
 	if !ok {
 		return
 	}
@@ -192,15 +200,7 @@ func (s *Server) hydraTokenHook(w http.ResponseWriter, r *http.Request) {
 // recorded by its details.token_id (201, or 200 for a repeat); any other
 // event is acknowledged and ignored (204).
 func (s *Server) keycloakEvent(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.issuerOf(w, r, r.PathValue("name"))
-	if !ok {
-		return
-	}
-	if p.Kind != provider.Keycloak {
-		wire.WriteError(w, http.StatusNotFound, "not_found", "provider "+p.Name+" is not of kind keycloak")
-		return
-	}
-	body, ok := readBody(w, r)
+	p, body, ok := s.providerCall(w, r, provider.Keycloak)
 	if !ok {
 		return
 	}
