@@ -41,17 +41,7 @@ func pgOf(t *testing.T, d *deployment) *sql.DB {
 func TestDetectorContainmentReachesGateways(t *testing.T) {
 	d := newDeployment(t, direct)
 	d.detect = "detect:\n  contain: true\n"
-	a1 := d.authority("a1")
-	a1.waitReady(30 * time.Second)
-	admin := readToken(t, filepath.Join(d.dir, "a1", "admin-token"))
-	var cl struct {
-		Secret string `json:"client_secret"`
-	}
-	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "login", "audience": []string{"shop-api"}}, &cl); err != nil {
-		t.Fatal(err)
-	}
-	a2 := d.authority("a2")
-	a2.waitReady(30 * time.Second)
+	a1, a2, admin, cl := d.twoAuthorities()
 	g1 := d.gateway("g1", filepath.Join(d.dir, "a1", "admin-token"), a1, a2)
 	det := d.detector("d1", 0, 1)
 	g1.waitReady(30 * time.Second)

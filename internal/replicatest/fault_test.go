@@ -20,17 +20,7 @@ func TestEngineFaults(t *testing.T) {
 	natsPx := proctest.NewProxy(t, natsAddr)
 	mariaPx := proctest.NewProxy(t, mariaAddr)
 	d := newDeployment(t, engines{pg: "127.0.0.1:5432", redis: redisPx.Addr(), nats: natsPx.Addr(), maria: mariaPx.Addr()})
-	a1 := d.authority("a1")
-	a1.waitReady(30 * time.Second)
-	admin := readToken(t, filepath.Join(d.dir, "a1", "admin-token"))
-	var cl struct {
-		Secret string `json:"client_secret"`
-	}
-	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "login", "audience": []string{"shop-api"}}, &cl); err != nil {
-		t.Fatal(err)
-	}
-	a2 := d.authority("a2")
-	a2.waitReady(30 * time.Second)
+	a1, a2, admin, cl := d.twoAuthorities()
 	g := d.gateway("g1", filepath.Join(d.dir, "a1", "admin-token"), a1, a2)
 	g.waitReady(30 * time.Second)
 	// Health, readiness and metrics on the admin listener only: on the

@@ -212,6 +212,24 @@ type proc struct {
 	denv   []string // the deployment's environment
 }
 
+// twoAuthorities starts authorities a1 and a2, waits until both are ready,
+// and registers client "login" (audience shop-api) at a1. It returns a1's
+// admin credential and the client's secret.
+func (d *deployment) twoAuthorities() (a1, a2 *proc, admin string, cl struct {
+	Secret string `json:"client_secret"`
+}) {
+	d.t.Helper()
+	a1 = d.authority("a1")
+	a1.waitReady(30 * time.Second)
+	admin = readToken(d.t, filepath.Join(d.dir, "a1", "admin-token"))
+	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "login", "audience": []string{"shop-api"}}, &cl); err != nil {
+		d.t.Fatal(err)
+	}
+	a2 = d.authority("a2")
+	a2.waitReady(30 * time.Second)
+	return a1, a2, admin, cl
+}
+
 // authority starts an authority replica.
 func (d *deployment) authority(name string) *proc {
 	addr := proctest.FreeAddr(d.t)

@@ -49,17 +49,7 @@ func sharedPKCS11Token(t *testing.T, alg keys.Alg) {
 	d := newDeployment(t, direct)
 	d.keys = fmt.Sprintf("  backend: pkcs11\n  alg: %s\n  pkcs11:\n    module: %s\n    token_label: custos\n    pin_env: CUSTOS_HA_HSM_PIN\n", alg, softhsmModule)
 	d.env = []string{"SOFTHSM2_CONF=" + conf, "CUSTOS_HA_HSM_PIN=1234"}
-	a1 := d.authority("a1")
-	a1.waitReady(30 * time.Second)
-	admin := readToken(t, filepath.Join(d.dir, "a1", "admin-token"))
-	var cl struct {
-		Secret string `json:"client_secret"`
-	}
-	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "login", "audience": []string{"shop-api"}}, &cl); err != nil {
-		t.Fatal(err)
-	}
-	a2 := d.authority("a2")
-	a2.waitReady(30 * time.Second)
+	a1, a2, admin, cl := d.twoAuthorities()
 	g1 := d.gateway("g1", filepath.Join(d.dir, "a1", "admin-token"), a1, a2)
 	g2 := d.gateway("g2", filepath.Join(d.dir, "a1", "admin-token"), a2, a1)
 	g1.waitReady(30 * time.Second)

@@ -27,18 +27,8 @@ import (
 func TestRotationReachesTheGatewayAtOnce(t *testing.T) {
 	natsPx := proctest.NewProxy(t, natsAddr)
 	d := newDeployment(t, engines{pg: "127.0.0.1:5432", redis: redisAddr, nats: natsPx.Addr(), maria: mariaAddr})
-	a1 := d.authority("a1")
-	a1.waitReady(30 * time.Second)
+	a1, a2, admin, cl := d.twoAuthorities()
 	tf := filepath.Join(d.dir, "a1", "admin-token")
-	admin := readToken(t, tf)
-	var cl struct {
-		Secret string `json:"client_secret"`
-	}
-	if _, err := call("POST", a1.url()+"/v1/clients", admin, map[string]any{"name": "login", "audience": []string{"shop-api"}}, &cl); err != nil {
-		t.Fatal(err)
-	}
-	a2 := d.authority("a2")
-	a2.waitReady(30 * time.Second)
 	admin2 := readToken(t, filepath.Join(d.dir, "a2", "admin-token"))
 	g := d.gateway("g1", tf, a1, a2)
 	g.waitReady(30 * time.Second)
