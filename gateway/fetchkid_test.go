@@ -182,3 +182,51 @@ func TestUnknownKidRevokedWhenFetched(t *testing.T) {
 		t.Fatal("an empty kid found")
 	}
 }
+
+// Past the burst a token of a key just made waits for the next fetch (within
+// the 2 s bound) rather than being refused: two rotations in quick
+// succession, each token presented at once, are both served.
+func TestUnknownKidWaitsForItsTurn(t *testing.T) {
+	var ks []keys.Key
+	for i := range 3 {
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		ks = append(ks, keys.Key{KID: fmt.Sprint("k", i), Alg: keys.EdDSA, State: keys.Active, Public: priv.Public()})
+	}
+	a := &authority{subs: map[int]func(keys.Key){}, keys: map[string]keys.Key{"k0": ks[0]}}
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		a.handler().ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	rk, err := NewRemoteKeysFailover([]string{srv.URL}, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rk.MissInterval, rk.MissBurst = 300*time.Millisecond, 1
+	if err := rk.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range ks[1:] {
+		mu.Lock()
+		a.keys[k.KID] = k // rotated at the authority
+		mu.Unlock()
+		start := time.Now()
+		if _, ok := rk.FetchKID(context.Background(), k.KID); !ok {
+			t.Fatalf("%s, made a moment ago, refused after %s", k.KID, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if n := rk.MissFetches(); n != 2 {
+		t.Fatalf("%d fetches, want 2", n)
+	}
+	// A turn further off than the bound is refused at once.
+	rk.MissInterval = time.Hour
+	rk.missLimit = nil
+	rk.MissBurst = 1
+	rk.FetchKID(context.Background(), "k-unknown-1")
+	start := time.Now()
+	if _, ok := rk.FetchKID(context.Background(), "k-unknown-2"); ok || time.Since(start) > time.Second {
+		t.Fatalf("a kid past the rate limit: ok %t after %s", ok, time.Since(start))
+	}
+}
