@@ -14,11 +14,12 @@
 // go-jose parses the jwk and computes its thumbprint (once per key: see
 // keyCache). The compact JWS is split and decoded by hand with package
 // token's strict rules (canonical base64url, no duplicate JSON members, no
-// crit), its header and claims read member by member with token's scanner
-// (no map or tree per proof), and the signature checked with token's
-// verifier, which the Wycheproof vectors test: go-jose's JWS parser accepts
-// padded base64 and duplicate members, and would let two readers of one
-// proof disagree about it. A proof then costs one signature verification and
+// crit) into a pooled buffer, its header and claims read member by member
+// with token's scanner (no map or tree per proof, no string per member: a
+// good proof allocates its Proof and one string), and the signature checked
+// with token's verifier, which the Wycheproof vectors test: go-jose's JWS
+// parser accepts padded base64 and duplicate members, and would let two
+// readers of one proof disagree about it. A proof then costs one signature verification and
 // little else (BenchmarkWarmPathDPoP in package gateway).
 package dpop
 
@@ -37,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -95,6 +97,9 @@ type Expect struct {
 	Now   time.Time
 	// Window bounds |now - iat| (0: DefaultWindow).
 	Window time.Duration
+	// Signatures, when set, counts the proof signatures Verify checks, so
+	// that a caller can show what a request cost.
+	Signatures *atomic.Uint64
 }
 
 func invalid(format string, a ...any) error {
@@ -103,18 +108,23 @@ func invalid(format string, a ...any) error {
 
 // Verify parses raw and checks it against e.
 func Verify(raw string, e Expect) (*Proof, error) {
-	p, c, err := parse(raw)
+	if len(raw) > MaxSize {
+		return nil, invalid("%d bytes, more than %d", len(raw), MaxSize)
+	}
+	buf := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(buf)
+	p, c, err := parse(raw, buf, e.Signatures)
 	if err != nil {
 		return nil, err
 	}
-	if c.HTM != e.Method || e.Method == "" {
-		return nil, invalid("htm %q, request method %q", c.HTM, e.Method)
+	if p.HTM != e.Method || e.Method == "" {
+		return nil, invalid("htm %q, request method %q", p.HTM, e.Method)
 	}
 	want, err := CanonicalURL(e.URL)
 	if err != nil {
 		return nil, invalid("request URL: %v", err)
 	}
-	got, err := CanonicalURL(c.HTU)
+	got, err := CanonicalURL(p.HTU)
 	if err != nil {
 		return nil, invalid("htu: %v", err)
 	}
@@ -131,7 +141,7 @@ func Verify(raw string, e Expect) (*Proof, error) {
 	switch {
 	case e.AccessToken == "" && c.hasATH:
 		return nil, invalid("ath without an access token")
-	case e.AccessToken != "" && (!c.hasATH || !athMatches(c.ATH, e.AccessToken)):
+	case e.AccessToken != "" && (!c.hasATH || !athMatches(c.ath, e.AccessToken)):
 		return nil, invalid("ath does not match the access token")
 	}
 	if e.Nonce != nil && (p.Nonce == "" || !e.Nonce(p.Nonce)) {
@@ -146,12 +156,19 @@ func ATH(accessToken string) string {
 	return base64.RawURLEncoding.EncodeToString(h[:])
 }
 
-// athMatches reports whether ath is ATH(accessToken), without allocating.
-func athMatches(ath, accessToken string) bool {
-	h := sha256.Sum256([]byte(accessToken))
+// athMatches reports whether ath is ATH(accessToken), without allocating
+// for a token of up to 2 KiB (hashed from a copy on the stack).
+func athMatches(ath []byte, accessToken string) bool {
+	var in [2 << 10]byte
+	var h [sha256.Size]byte
+	if len(accessToken) <= len(in) {
+		h = sha256.Sum256(in[:copy(in[:], accessToken)])
+	} else {
+		h = sha256.Sum256([]byte(accessToken))
+	}
 	var b [43]byte
 	base64.RawURLEncoding.Encode(b[:], h[:])
-	return string(b[:]) == ath
+	return bytes.Equal(b[:], ath)
 }
 
 // Thumbprint is the RFC 7638 SHA-256 thumbprint of an Ed25519 or P-256 public
@@ -180,29 +197,49 @@ func Thumbprint(pub crypto.PublicKey) (string, error) {
 // {"x":..,"X":..} could be read two ways. A proof's objects have a handful of
 // members, so the quadratic check is cheaper than a map.
 type foldSet struct {
-	buf   [16][]byte
-	names [][]byte
+	n    int
+	buf  [16][]byte // the first names, kept here so that the set stays on the stack
+	more [][]byte
 }
 
 func (f *foldSet) add(name []byte) error {
-	if f.names == nil {
-		f.names = f.buf[:0]
-	}
-	for _, n := range f.names {
+	for _, n := range f.buf[:f.n] {
 		if bytes.EqualFold(n, name) {
 			return fmt.Errorf("members differ only in case: %q", name)
 		}
 	}
-	f.names = append(f.names, name)
+	for _, n := range f.more {
+		if bytes.EqualFold(n, name) {
+			return fmt.Errorf("members differ only in case: %q", name)
+		}
+	}
+	if f.n < len(f.buf) {
+		f.buf[f.n] = name
+		f.n++
+	} else {
+		f.more = append(f.more, name)
+	}
 	return nil
 }
 
-// header is what parse reads of a proof's JOSE header.
+// header is what parse reads of a proof's JOSE header. Its slices point
+// into the proof's scratch buffer.
 type header struct {
-	typ, alg  string
+	typ, alg  []byte
 	jwk       []byte // raw value
 	hasTyp    bool
 	forbidden string // the first of crit, kid, jku, x5u, x5c present
+}
+
+// text is a JSON string value as token.ScanObject gives it (the grammar
+// already checked), without its quotes: a slice of v when it has no escape,
+// else decoded (rare; allocates).
+func text(v []byte) ([]byte, error) {
+	if len(v) >= 2 && v[0] == '"' && bytes.IndexByte(v, '\\') < 0 {
+		return v[1 : len(v)-1], nil
+	}
+	s, err := token.String(v)
+	return []byte(s), err
 }
 
 // readHeader scans the header without building a tree of it.
@@ -217,9 +254,9 @@ func readHeader(b []byte) (header, error) {
 		switch string(name) {
 		case "typ":
 			h.hasTyp = true
-			h.typ, err = token.String(v)
+			h.typ, err = text(v)
 		case "alg":
-			h.alg, err = token.String(v)
+			h.alg, err = text(v)
 		case "jwk":
 			h.jwk = v
 		case "crit", "kid", "jku", "x5u", "x5c":
@@ -235,8 +272,10 @@ func readHeader(b []byte) (header, error) {
 	return h, err
 }
 
+// claims is what parse reads of a proof's claims. Its slices point into the
+// proof's scratch buffer; Proof gets copies.
 type claims struct {
-	JTI, HTM, HTU, ATH, Nonce string
+	jti, htm, htu, ath, nonce []byte
 	hasATH, hasJTI            bool
 	iat                       float64
 	hasIAT                    bool
@@ -254,16 +293,16 @@ func readClaims(b []byte) (claims, error) {
 		switch string(name) {
 		case "jti":
 			c.hasJTI = true
-			c.JTI, err = token.String(v)
+			c.jti, err = text(v)
 		case "htm":
-			c.HTM, err = token.String(v)
+			c.htm, err = text(v)
 		case "htu":
-			c.HTU, err = token.String(v)
+			c.htu, err = text(v)
 		case "ath":
 			c.hasATH = true
-			c.ATH, err = token.String(v)
+			c.ath, err = text(v)
 		case "nonce":
-			c.Nonce, err = token.String(v)
+			c.nonce, err = text(v)
 		case "iat":
 			// A JSON number (the grammar is checked already): strconv
 			// reads exactly its syntax; a string, null or bool fails.
@@ -283,65 +322,96 @@ func readClaims(b []byte) (claims, error) {
 // material (RFC 7518 section 6, RFC 8037).
 var privateMembers = []string{"d", "p", "q", "dp", "dq", "qi", "oth", "k", "priv"}
 
-// parse splits, decodes and checks the structure and signature of a proof.
-func parse(raw string) (*Proof, *claims, error) {
+// scratch is the working memory of one Verify: a copy of the proof (the
+// signing input must be a byte slice) and its three parts decoded, so that a
+// proof is read without allocating per part. Pooled; nothing that points
+// into it outlives Verify.
+type scratch [2*MaxSize + 8]byte
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// parse splits, decodes and checks the structure and signature of a proof,
+// in buf; signatures, when not nil, counts the signature verifications.
+func parse(raw string, buf *scratch, signatures *atomic.Uint64) (*Proof, claims, error) {
 	if len(raw) > MaxSize {
-		return nil, nil, invalid("%d bytes, more than %d", len(raw), MaxSize)
+		return nil, claims{}, invalid("%d bytes, more than %d", len(raw), MaxSize)
 	}
-	hs, rest, ok := strings.Cut(raw, ".")
-	ps, ss, ok2 := strings.Cut(rest, ".")
-	if !ok || !ok2 || strings.Contains(ss, ".") || hs == "" || ps == "" {
-		return nil, nil, invalid("not a compact JWS")
+	in := buf[:copy(buf[:MaxSize], raw)]
+	hs, rest, ok := bytes.Cut(in, dot)
+	ps, ss, ok2 := bytes.Cut(rest, dot)
+	if !ok || !ok2 || bytes.IndexByte(ss, '.') >= 0 || len(hs) == 0 || len(ps) == 0 {
+		return nil, claims{}, invalid("not a compact JWS")
 	}
-	hb, err := token.DecodeSegment(hs)
+	// The decoded parts (3/4 of the text at most) follow the copy.
+	out := buf[MaxSize:MaxSize]
+	hb, err := token.AppendSegment(out, hs)
 	if err != nil {
-		return nil, nil, invalid("header: %v", err)
+		return nil, claims{}, invalid("header: %v", err)
 	}
-	pb, err := token.DecodeSegment(ps)
+	pb, err := token.AppendSegment(hb[len(hb):], ps)
 	if err != nil {
-		return nil, nil, invalid("payload: %v", err)
+		return nil, claims{}, invalid("payload: %v", err)
 	}
-	sig, err := token.DecodeSegment(ss)
+	sig, err := token.AppendSegment(pb[len(pb):], ss)
 	if err != nil {
-		return nil, nil, invalid("signature: %v", err)
+		return nil, claims{}, invalid("signature: %v", err)
 	}
 	h, err := readHeader(hb)
 	if err != nil {
-		return nil, nil, invalid("header: %v", err)
+		return nil, claims{}, invalid("header: %v", err)
 	}
 	c, err := readClaims(pb)
 	if err != nil {
-		return nil, nil, invalid("claims: %v", err)
+		return nil, claims{}, invalid("claims: %v", err)
 	}
-	if t := h.typ; !h.hasTyp || !strings.EqualFold(t, Type) && !strings.EqualFold(t, "application/"+Type) {
-		return nil, nil, invalid("typ %q", h.typ)
+	if t := h.typ; !h.hasTyp || !bytes.EqualFold(t, []byte(Type)) && !bytes.EqualFold(t, []byte("application/"+Type)) {
+		return nil, claims{}, invalid("typ %q", h.typ)
 	}
 	if h.forbidden != "" {
-		return nil, nil, invalid("header carries %q", h.forbidden)
+		return nil, claims{}, invalid("header carries %q", h.forbidden)
 	}
-	alg := keys.Alg(h.alg)
-	if alg != keys.EdDSA && alg != keys.ES256 {
-		return nil, nil, invalid("alg %q not allowed", h.alg)
+	var alg keys.Alg
+	switch string(h.alg) {
+	case string(keys.EdDSA):
+		alg = keys.EdDSA
+	case string(keys.ES256):
+		alg = keys.ES256
+	default:
+		return nil, claims{}, invalid("alg %q not allowed", h.alg)
 	}
 	key, err := jwkOf(h.jwk, alg)
 	if err != nil {
-		return nil, nil, err
+		return nil, claims{}, err
 	}
 	pub := key.pub
-	jws := &token.Parsed{Header: token.Header{Alg: h.alg}, SigningInput: []byte(raw[:len(hs)+1+len(ps)]), Signature: sig}
-	if err := token.VerifySignature(jws, alg, pub); err != nil {
-		return nil, nil, invalid("signature: %v", err)
+	jws := token.Parsed{Header: token.Header{Alg: string(alg)}, SigningInput: in[:len(hs)+1+len(ps)], Signature: sig}
+	if signatures != nil {
+		signatures.Add(1)
 	}
-	if !c.hasJTI || c.JTI == "" || len(c.JTI) > MaxJTI {
-		return nil, nil, invalid("jti missing or longer than %d", MaxJTI)
+	if err := token.VerifySignature(&jws, alg, pub); err != nil {
+		return nil, claims{}, invalid("signature: %v", err)
+	}
+	if !c.hasJTI || len(c.jti) == 0 || len(c.jti) > MaxJTI {
+		return nil, claims{}, invalid("jti missing or longer than %d", MaxJTI)
 	}
 	if !c.hasIAT {
-		return nil, nil, invalid("iat missing or not a NumericDate")
+		return nil, claims{}, invalid("iat missing or not a NumericDate")
 	}
-	p := &Proof{JKT: key.jkt, JTI: c.JTI, HTM: c.HTM, HTU: c.HTU, Alg: alg, Key: pub, Nonce: c.Nonce,
-		IssuedAt: time.Unix(int64(c.iat), 0)}
-	return p, &c, nil
+	p := &Proof{JKT: key.jkt, Alg: alg, Key: pub, IssuedAt: time.Unix(int64(c.iat), 0)}
+	// The four strings of Proof, from one allocation.
+	var all strings.Builder
+	all.Grow(len(c.jti) + len(c.htm) + len(c.htu) + len(c.nonce))
+	for _, b := range [...][]byte{c.jti, c.htm, c.htu, c.nonce} {
+		all.Write(b)
+	}
+	s := all.String()
+	p.JTI, s = s[:len(c.jti)], s[len(c.jti):]
+	p.HTM, s = s[:len(c.htm)], s[len(c.htm):]
+	p.HTU, p.Nonce = s[:len(c.htu)], s[len(c.htu):]
+	return p, c, nil
 }
+
+var dot = []byte{'.'}
 
 // parsedKey is a jwk header already read: its key and thumbprint.
 type parsedKey struct {
@@ -373,6 +443,7 @@ func jwkOf(raw []byte, alg keys.Alg) (parsedKey, error) {
 	if ok {
 		return k, nil
 	}
+	raw = bytes.Clone(raw) // it points into the proof's scratch buffer
 	pub, err := publicJWK(raw, alg)
 	if err != nil {
 		return parsedKey{}, err

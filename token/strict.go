@@ -1,5 +1,11 @@
 package token
 
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+)
+
 // Strict JOSE decoding for other verifiers in custos (DPoP proofs, provider
 // tokens), so that every JWS custos reads is held to the same encoding rules
 // as its own access tokens.
@@ -8,6 +14,24 @@ package token
 // text that would not re-encode to itself (padding, non-zero trailing bits,
 // line breaks).
 func DecodeSegment(s string) ([]byte, error) { return decodePart(s) }
+
+// AppendSegment is DecodeSegment that appends the decoded bytes to dst and
+// reads a byte slice, so that a verifier can decode into a buffer it reuses
+// without allocating. On error dst is returned unchanged.
+func AppendSegment(dst, s []byte) ([]byte, error) {
+	if bytes.ContainsAny(s, "\r\n") {
+		return dst, errors.New("non-canonical base64url")
+	}
+	n := len(dst)
+	out, err := strictB64.AppendDecode(dst, s)
+	if err != nil {
+		return dst, err
+	}
+	if base64.RawURLEncoding.EncodedLen(len(out)-n) != len(s) {
+		return dst, errors.New("non-canonical base64url")
+	}
+	return out, nil
+}
 
 // CheckObject checks that b is exactly one JSON object, valid UTF-8, nested
 // at most 32 deep, with no duplicate member names at any depth.

@@ -1,0 +1,79 @@
+package dpop
+
+import (
+	"crypto/sha256"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// A proof whose strings carry JSON escapes reads the same as one without:
+// the no-copy reader must decode them, not compare their raw text.
+func TestVerifyEscapedStrings(t *testing.T) {
+	jwk := jwkJSON(t, edKey.Public())
+	header := `{"typ":"dpop\u002bjwt","alg":"Ed\u0044SA","jwk":` + jwk + `}`
+	payload := `{"jti":"j\u002d1","htm":"G\u0045T","htu":"https:\/\/api.shop.example\/api\/members\/m-1\/profile","iat":1800000000,"ath":"` + ATH("the-token") + `"}`
+	p, err := Verify(forge(t, edKey, header, payload), expect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.JTI != "j-1" || p.HTM != "GET" || p.HTU != reqURL || p.Nonce != "" {
+		t.Fatalf("proof %+v", p)
+	}
+}
+
+// More members than foldSet keeps inline: a pair that differs only in case
+// is still found past the sixteenth name.
+func TestFoldSetPastInline(t *testing.T) {
+	var f foldSet
+	for i := range 20 {
+		if err := f.add([]byte("m" + strings.Repeat("x", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.add([]byte("M" + strings.Repeat("x", 18))); err == nil {
+		t.Fatal("a name differing only in case from the 19th was let through")
+	}
+	if err := f.add([]byte("M")); err == nil {
+		t.Fatal("a name differing only in case from the 1st was let through")
+	}
+}
+
+// The replay key is shared between replicas (dpop/redis): it must stay
+// base64url(SHA-256(jkt NUL jti)), whatever the way it is computed.
+func TestReplayKeyFormula(t *testing.T) {
+	for _, p := range []*Proof{{JKT: "abc", JTI: "j-1"}, {JKT: strings.Repeat("k", 43), JTI: strings.Repeat("j", MaxJTI)}, {JKT: strings.Repeat("k", 400), JTI: "x"}} {
+		h := sha256.Sum256([]byte(p.JKT + "\x00" + p.JTI))
+		if got, want := ReplayKey(p), b64.EncodeToString(h[:]); got != want {
+			t.Fatalf("ReplayKey = %s, want %s", got, want)
+		}
+	}
+}
+
+// A good proof costs one signature verification, counted, and two
+// allocations (the Proof and its strings) once its key is known.
+func TestVerifyCost(t *testing.T) {
+	raw := sign(t, edKey, goodClaims())
+	var n atomic.Uint64
+	e := expect()
+	e.Signatures = &n
+	if _, err := Verify(raw, e); err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() != 1 {
+		t.Fatalf("%d signature verifications for one proof", n.Load())
+	}
+	if allocs := testing.AllocsPerRun(50, func() {
+		if _, err := Verify(raw, e); err != nil {
+			t.Fatal(err)
+		}
+	}); allocs > 2 {
+		t.Fatalf("%v allocations per proof, want at most 2", allocs)
+	}
+	// A proof refused before its signature is checked costs none.
+	n.Store(0)
+	bad := forge(t, edKey, `{"typ":"dpop+jwt","alg":"HS256","jwk":`+jwkJSON(t, edKey.Public())+`}`, payloadJSON(goodClaims()))
+	if _, err := Verify(bad, e); err == nil || n.Load() != 0 {
+		t.Fatalf("HS256 proof: %v, %d verifications", err, n.Load())
+	}
+}
