@@ -43,6 +43,13 @@ func newBinding(c DPoPConfig, now func() time.Time) *verdict.Binding {
 	return b
 }
 
+// SignatureChecks is how many token signatures and DPoP proof signatures the
+// gateway has verified so far: what its cold and warm paths cost, counted
+// rather than timed (a token found in the verified-token cache costs none).
+func (g *Gateway) SignatureChecks() (tokens, proofs uint64) {
+	return g.tokenSigs.Load(), g.proofSigs.Load()
+}
+
 // SetReplay makes the gateway remember proofs in r, shared with the other
 // replicas (dpop/redis), instead of its own memory. Call it before serving.
 func (g *Gateway) SetReplay(r dpop.Replay) { g.binding.Replay = r }

@@ -260,3 +260,33 @@ func TestDPoPDecisionAPI(t *testing.T) {
 		t.Fatalf("event reason %q", ev.Reason)
 	}
 }
+
+// The signatures a request costs, counted: a token's once (then it is
+// cached), a bound request's proof every time, and nothing else.
+func TestSignatureChecks(t *testing.T) {
+	e := newEnv(t, testConfig())
+	plain := e.issue(t, claimsFor("m-1"))
+	bound := e.issue(t, boundClaims(t))
+	steps := []struct {
+		name           string
+		send           func() *httptest.ResponseRecorder
+		tokens, proofs uint64
+	}{
+		{"cold bearer", func() *httptest.ResponseRecorder { return e.send("GET", "Bearer", plain) }, 1, 0},
+		{"warm bearer", func() *httptest.ResponseRecorder { return e.send("GET", "Bearer", plain) }, 0, 0},
+		{"cold bound", func() *httptest.ResponseRecorder {
+			return e.send("GET", "DPoP", bound, proofFor(t, clientKey, "GET", memberURL, bound, nil))
+		}, 1, 1},
+		{"warm bound", func() *httptest.ResponseRecorder {
+			return e.send("GET", "DPoP", bound, proofFor(t, clientKey, "GET", memberURL, bound, nil))
+		}, 0, 1},
+	}
+	for _, s := range steps {
+		t0, p0 := e.g.SignatureChecks()
+		assertDPoP(t, e, s.send(), "")
+		t1, p1 := e.g.SignatureChecks()
+		if t1-t0 != s.tokens || p1-p0 != s.proofs {
+			t.Fatalf("%s: %d token and %d proof signatures verified, want %d and %d", s.name, t1-t0, p1-p0, s.tokens, s.proofs)
+		}
+	}
+}

@@ -81,6 +81,8 @@ type Gateway struct {
 	checker    verdict.Checker
 	policy     verdict.Policy
 	binding    *verdict.Binding
+	// tokenSigs and proofSigs count the signatures verified (SignatureChecks).
+	tokenSigs, proofSigs atomic.Uint64
 
 	evMu   sync.Mutex
 	evFile *os.File
@@ -158,7 +160,9 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 			Buckets: OverheadBuckets,
 		}),
 	}
+	g.checker.Signatures = &g.tokenSigs
 	g.binding = newBinding(cfg.DPoP, now)
+	g.binding.Signatures = &g.proofSigs
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	g.reqPrefix = hex.EncodeToString(rnd[:]) + "-"

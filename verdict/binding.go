@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-dev/custos/dpop"
@@ -29,6 +30,8 @@ type Binding struct {
 	Replay dpop.Replay
 	Window time.Duration // 0: dpop.DefaultWindow
 	Nonces *dpop.Nonces  // nil: no nonce required
+	// Signatures, when set, counts the proof signatures Check verifies.
+	Signatures *atomic.Uint64
 }
 
 // BindingResult is the outcome of [Binding.Check].
@@ -68,7 +71,7 @@ func (b *Binding) Check(ctx context.Context, r *Result, raw string, p Possession
 	case b == nil || b.Replay == nil:
 		return BindingResult{Reason: event.ReasonBadDPoPProof, Err: errors.New("no replay cache to check proofs with")}
 	}
-	e := dpop.Expect{Method: p.Method, URL: p.URL, AccessToken: raw, Now: now, Window: b.Window}
+	e := dpop.Expect{Method: p.Method, URL: p.URL, AccessToken: raw, Now: now, Window: b.Window, Signatures: b.Signatures}
 	if b.Nonces != nil {
 		e.Nonce = func(n string) bool { return b.Nonces.Valid(n, now) }
 	}

@@ -18,6 +18,7 @@ import (
 	"crypto"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-dev/custos/event"
@@ -95,6 +96,9 @@ type Checker struct {
 	// Providers, when set, checks tokens whose iss names an identity
 	// provider the shop keeps; every other token is checked as custos's.
 	Providers Providers
+	// Signatures, when set, counts the token signatures Check verifies (a
+	// token found in Cache costs none).
+	Signatures *atomic.Uint64
 }
 
 // Result is the verdict on one token.
@@ -184,6 +188,9 @@ func (c *Checker) verify(ctx context.Context, raw string, h ledger.Hash) (*token
 		return cl, p.Header.KID, event.ReasonUnknownKey, false
 	}
 	stateReason := keyStateReason(k.State)
+	if c.Signatures != nil {
+		c.Signatures.Add(1)
+	}
 	if err := token.VerifySignature(p, k.Alg, k.Public); err != nil {
 		if stateReason != "" {
 			return cl, k.KID, stateReason, false
