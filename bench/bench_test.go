@@ -85,8 +85,14 @@ func TestRunGateway(t *testing.T) {
 	if g.ColdTokens == 0 || g.ColdPerReq <= 0 || g.VerifyPerOp <= 0 || g.ColdOverhead == 0 {
 		t.Fatalf("cold path not measured: %+v", g)
 	}
-	if p := g.DPoP; p == nil || p.Requests == 0 || p.VerifyPerOp <= 0 || p.ColdBound <= 0 || p.WarmBound <= 0 || p.ColdBearer <= 0 || p.WarmBearer <= 0 {
+	if p := g.DPoP; p == nil || p.Requests == 0 || p.VerifyPerOp <= 0 || p.ColdBound <= 0 || p.WarmBound <= 0 || p.ColdBearer <= 0 || p.WarmBearer <= 0 ||
+		p.Chunks == 0 || p.ColdExtraMedian == 0 || p.WarmExtraMedian == 0 {
 		t.Fatalf("DPoP phase not measured: %+v", g.DPoP)
+	}
+	// The signatures the gateway verified, counted: the token's once, then
+	// only the proof's.
+	if s, want := g.DPoP.Signatures, (DPoPSignatures{ColdBearer: 1, ColdBound: 2, WarmBearer: 0, WarmBound: 1}); s != want {
+		t.Fatalf("signatures per request %+v, want %+v", s, want)
 	}
 	// Every gateway request of the half-rate phase (warm-up included) was
 	// timed inside the gateway.
@@ -95,7 +101,7 @@ func TestRunGateway(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	Report{Machine: ThisMachine(), Gateway: &g}.WriteText(&buf)
-	for _, want := range []string{"ratio", "added p99", "ed25519.Verify"} {
+	for _, want := range []string{"ratio", "added p99", "ed25519.Verify", "signatures    verified per request, counted: cold bearer 1.00, bound 2.00; warm bearer 0.00, bound 1.00"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Fatalf("report lacks %q:\n%s", want, buf.String())
 		}
@@ -221,5 +227,39 @@ func TestQuantileBound(t *testing.T) {
 	}
 	if got := quantileBound(after, after, bounds, 0.99); got != 0 {
 		t.Fatalf("nothing observed: %v", got)
+	}
+}
+
+// The DPoP target fails on a count of signatures above one extra, whatever
+// the timing says, and on a median above the target.
+func TestDPoPJudge(t *testing.T) {
+	good := DPoPPhase{ColdExtraMedian: 1.1, WarmExtraMedian: 1.05,
+		Signatures: DPoPSignatures{ColdBearer: 1, ColdBound: 2, WarmBearer: 0, WarmBound: 1}}
+	good.judge()
+	if !good.Met {
+		t.Fatalf("met false for %+v", good)
+	}
+	for name, edit := range map[string]func(*DPoPPhase){
+		"warm path verifies the token again": func(p *DPoPPhase) { p.Signatures.WarmBound = 2 },
+		"cold bound verifies three":          func(p *DPoPPhase) { p.Signatures.ColdBound = 3 },
+		"warm median over target":            func(p *DPoPPhase) { p.WarmExtraMedian = DPoPExtraTarget + 0.01 },
+		"cold median over target":            func(p *DPoPPhase) { p.ColdExtraMedian = DPoPExtraTarget + 0.01 },
+	} {
+		p := good
+		edit(&p)
+		if p.judge(); p.Met {
+			t.Errorf("%s: met", name)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
 	}
 }
