@@ -1,10 +1,17 @@
 package dpop
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // A proof whose strings carry JSON escapes reads the same as one without:
@@ -75,5 +82,47 @@ func TestVerifyCost(t *testing.T) {
 	bad := forge(t, edKey, `{"typ":"dpop+jwt","alg":"HS256","jwk":`+jwkJSON(t, edKey.Public())+`}`, payloadJSON(goodClaims()))
 	if _, err := Verify(bad, e); err == nil || n.Load() != 0 {
 		t.Fatalf("HS256 proof: %v, %d verifications", err, n.Load())
+	}
+}
+
+// Thumbprint writes the RFC 7638 input by hand: it must give go-jose's
+// thumbprint for every key, and P-256 coordinates with leading zero bytes
+// must keep their 32 bytes.
+func TestThumbprintMatchesGoJose(t *testing.T) {
+	var pubs []crypto.PublicKey
+	for range 20 {
+		ed, _, _ := ed25519.GenerateKey(rand.Reader)
+		pubs = append(pubs, ed)
+	}
+	for len(pubs) < 400 {
+		k := mustEC()
+		pubs = append(pubs, k.Public())
+	}
+	shortCoord := 0
+	for _, pub := range pubs {
+		if k, ok := pub.(*ecdsa.PublicKey); ok {
+			pt, _ := k.Bytes()
+			if pt[1] == 0 || pt[33] == 0 {
+				shortCoord++
+			}
+		}
+		want, err := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Thumbprint(pub)
+		if err != nil || got != b64.EncodeToString(want) {
+			t.Fatalf("%T: Thumbprint %q (%v), go-jose %q", pub, got, err, b64.EncodeToString(want))
+		}
+	}
+	if shortCoord == 0 {
+		t.Log("no P-256 key with a leading zero coordinate byte drawn")
+	}
+	if _, err := Thumbprint(ed25519.PublicKey(make([]byte, 31))); err == nil {
+		t.Fatal("a 31-byte Ed25519 key has a thumbprint")
+	}
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if _, err := Thumbprint(&p384.PublicKey); err == nil {
+		t.Fatal("a P-384 key has a thumbprint")
 	}
 }
