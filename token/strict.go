@@ -19,7 +19,8 @@ func DecodeSegment(s string) ([]byte, error) { return decodePart(s) }
 // reads a byte slice, so that a verifier can decode into a buffer it reuses
 // without allocating. On error dst is returned unchanged.
 func AppendSegment(dst, s []byte) ([]byte, error) {
-	if bytes.ContainsAny(s, "\r\n") {
+	if bytes.IndexByte(s, '\r') >= 0 || bytes.IndexByte(s, '\n') >= 0 { // vectorised, unlike ContainsAny's byte loop
+
 		return dst, errors.New("non-canonical base64url")
 	}
 	n := len(dst)
