@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -124,5 +125,45 @@ func TestThumbprintMatchesGoJose(t *testing.T) {
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if _, err := Thumbprint(&p384.PublicKey); err == nil {
 		t.Fatal("a P-384 key has a thumbprint")
+	}
+}
+
+// Proofs verified at the same time each come out with their own claims:
+// the pooled buffer is never shared by two calls or kept by a Proof.
+func TestVerifyConcurrent(t *testing.T) {
+	const workers, each = 8, 50
+	raws := make([][]string, workers)
+	for w := range raws {
+		for i := range each {
+			c := goodClaims()
+			c.JTI = strings.Repeat("j", 1+w) + "-" + strings.Repeat("i", 1+i)
+			raws[w] = append(raws[w], sign(t, edKey, c))
+		}
+	}
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			var kept []*Proof
+			for i, raw := range raws[w] {
+				p, err := Verify(raw, expect())
+				if err != nil {
+					errs <- err
+					return
+				}
+				kept = append(kept, p)
+				for j, q := range kept[:i+1] {
+					if want := strings.Repeat("j", 1+w) + "-" + strings.Repeat("i", 1+j); q.JTI != want || q.HTU != reqURL || q.HTM != "GET" {
+						errs <- fmt.Errorf("proof %d of worker %d reads jti %q htu %q htm %q", j, w, q.JTI, q.HTU, q.HTM)
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
