@@ -335,6 +335,10 @@ type Detect struct {
 	DryRun  bool `yaml:"dry_run" env:"CUSTOS_CONTAIN_DRY_RUN"`
 	// BlockFor is how long containment blocks a source (at most 7 days).
 	BlockFor time.Duration `yaml:"block_for"`
+	// CountryBlockFor is how long containment blocks a country outside
+	// AllowedCountries from which the data of many customers was read with
+	// tokens that passed every check (foreign_spread; at most 7 days).
+	CountryBlockFor time.Duration `yaml:"country_block_for"`
 	// ContainmentLimits bounds the containment actions taken per kind and
 	// window; beyond it an action is not taken and an alert is raised.
 	ContainmentLimits ContainmentLimits `yaml:"containment_limits"`
@@ -396,6 +400,7 @@ type ContainmentLimits struct {
 	ForceRelogin  RateLimit `yaml:"force_relogin"`
 	BlockSource   RateLimit `yaml:"block_source"`
 	SuspendClient RateLimit `yaml:"suspend_client"`
+	BlockCountry  RateLimit `yaml:"block_country"`
 }
 
 // RateLimit allows Max actions per Per (Max 0: no limit).
@@ -412,10 +417,10 @@ func Default() Config {
 		Tokens:  Tokens{DefaultTTL: 5 * time.Minute, MaxTTL: DefaultMaxTokenTTL},
 		Gateway: Gateway{Listen: DefaultGatewayListen, Audience: []string{DefaultAudience}, Leeway: 30 * time.Second, MaxStale: 30 * time.Second},
 		Staff:   Staff{KeyAdminGroup: "auth-key-admins"},
-		Detect: Detect{AllowedCountries: []string{"KR"}, BlockFor: time.Hour, ContainmentLimits: ContainmentLimits{
+		Detect: Detect{AllowedCountries: []string{"KR"}, BlockFor: time.Hour, CountryBlockFor: 24 * time.Hour, ContainmentLimits: ContainmentLimits{
 			RevokeKey: RateLimit{2, time.Hour}, RevokeToken: RateLimit{100, time.Minute},
 			ForceRelogin: RateLimit{20, time.Minute}, BlockSource: RateLimit{50, time.Minute},
-			SuspendClient: RateLimit{5, time.Hour},
+			SuspendClient: RateLimit{5, time.Hour}, BlockCountry: RateLimit{10, time.Hour},
 		}},
 		Role: "all",
 
@@ -612,8 +617,11 @@ func (c *Config) Validate() error {
 	if c.Detect.BlockFor <= 0 || c.Detect.BlockFor > 7*24*time.Hour {
 		return bad("detect.block_for", "must be in (0, 168h]")
 	}
+	if c.Detect.CountryBlockFor <= 0 || c.Detect.CountryBlockFor > 7*24*time.Hour {
+		return bad("detect.country_block_for", "must be in (0, 168h]")
+	}
 	cl := c.Detect.ContainmentLimits
-	for _, l := range []RateLimit{cl.RevokeKey, cl.RevokeToken, cl.ForceRelogin, cl.BlockSource, cl.SuspendClient} {
+	for _, l := range []RateLimit{cl.RevokeKey, cl.RevokeToken, cl.ForceRelogin, cl.BlockSource, cl.SuspendClient, cl.BlockCountry} {
 		if l.Max < 0 || l.Per < 0 || (l.Max > 0 && l.Per == 0) {
 			return bad("detect.containment_limits", "max must not be negative and needs a positive per")
 		}

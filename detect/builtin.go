@@ -75,6 +75,19 @@ type rotState struct {
 	next uint64
 }
 
+// spreadState is what foreign_spread keeps per country: the distinct
+// subjects read from it within the window, each with when it was last read,
+// at most the threshold of them.
+type spreadState struct {
+	seen  []spreadEntry
+	fired bool // the threshold was reached and not since fallen below
+}
+
+type spreadEntry struct {
+	subj uint64 // hash of the subject
+	t    int64  // unix nanoseconds of its last read
+}
+
 // covState is what id_coverage keeps per block of the member-ID space: its
 // distinct IDs per window, and the walks through it by any source.
 type covState struct {
@@ -127,6 +140,7 @@ type builtins struct {
 	unkRoutes  map[string]bool
 	allowed    *countrySet
 	routeAllow map[string]*countrySet
+	home       *countrySet // allowed on any route: block_country never blocks these
 	rotHalf    int64
 	covHalf    int64
 	firstLogin int64
@@ -152,6 +166,7 @@ type shard struct {
 	covBase  float64 // id_coverage: EWMA of a block's distinct IDs per half-window
 	covN     uint32  // samples in covBase, while fewer than 1/covAlpha
 	sessions *genMap[int64]
+	spread   [26 * 26]*spreadState // foreign_spread per country code, allocated on first use
 	scratch  *hll
 	ck       clocks
 	act      activation
@@ -277,9 +292,12 @@ func newBuiltins(cfg *Config, seed maphash.Seed) *builtins {
 	for _, r := range cfg.UnknownSubject.Routes {
 		b.unkRoutes[r] = true
 	}
+	home := append([]string(nil), cfg.ForeignOrigin.Allowed...)
 	for r, cs := range cfg.ForeignOrigin.Routes {
 		b.routeAllow[r] = newCountrySet(cs)
+		home = append(home, cs...)
 	}
+	b.home = newCountrySet(home)
 	return b
 }
 
@@ -389,6 +407,71 @@ func (b *builtins) process(sh *shard, ev *event.Access, p *prep) {
 	if !c.IDCoverage.Disabled && p.subjIsNum && p.subjNum >= 0 {
 		b.idCoverage(sh, p)
 	}
+	if !c.ForeignSpread.Disabled && ev.Verdict == event.Allow && ev.Reason == "" && ev.Reported == "" &&
+		ev.Token.JTI != "" && p.subject != "" && (ev.Subject != "" || len(ev.DataClasses) > 0) && len(ev.Country) == 2 {
+		b.foreignSpread(sh, ev, p)
+	}
+}
+
+// allowedFor is the allowed set of countries of route.
+func (b *builtins) allowedFor(route string) *countrySet {
+	if len(b.routeAllow) > 0 {
+		if m, ok := b.routeAllow[route]; ok {
+			return m
+		}
+	}
+	return b.allowed
+}
+
+// foreignSpread (check 12): customer data of many distinct subjects read
+// from one country outside the allowed set within the window, with tokens
+// that passed every check. It keys its state by the country: an attacker
+// replaying real tokens over many networks, ASNs and user agents of one
+// country is still one key.
+func (b *builtins) foreignSpread(sh *shard, ev *event.Access, p *prep) {
+	cc := ev.Country
+	if !IsCountryCode(cc) || b.allowedFor(ev.Route).has(cc) {
+		return
+	}
+	i := int(cc[0]-'A')*26 + int(cc[1]-'A')
+	if ownerOf(mix(uint64(i)^0x737072656164)) != sh.id { // "spread": apart from other integer keys
+		return
+	}
+	c := &b.cfg.ForeignSpread
+	sh.ord = 90
+	s := sh.spread[i]
+	if s == nil {
+		s = &spreadState{}
+		sh.spread[i] = s
+	}
+	win, thr := int64(c.Window), int(c.Threshold)
+	found := false
+	n := 0
+	for _, e := range s.seen {
+		if p.t-e.t >= win {
+			continue // left the window
+		}
+		if e.subj == p.subjHash {
+			found = true
+			e.t = max(e.t, p.t)
+		}
+		s.seen[n] = e
+		n++
+	}
+	s.seen = s.seen[:n]
+	if !found && n < thr {
+		s.seen = append(s.seen, spreadEntry{subj: p.subjHash, t: p.t})
+	}
+	if len(s.seen) < thr {
+		s.fired = false
+		return
+	}
+	summary := ""
+	if !s.fired {
+		s.fired = true
+		summary = "customer data of " + strconv.Itoa(thr) + " distinct subjects read from " + cc + " within " + c.Window.String() + " with tokens that passed every check"
+	}
+	sh.fire(RuleForeignSpread, c.Severity, "country", cc, "", summary, 1)
 }
 
 // idCoverage (check 11): one block of the member-ID space read widely within
@@ -608,13 +691,7 @@ func (b *builtins) unknownSubject(sh *shard, ev *event.Access, p *prep, srcv *[n
 // the subject's state when it looked it up, for ipRotation to reuse.
 func (b *builtins) foreignOrigin(sh *shard, ev *event.Access, p *prep, stateless bool) *subjState {
 	c := &b.cfg.ForeignOrigin
-	allowed := b.allowed
-	if len(b.routeAllow) > 0 {
-		if m, ok := b.routeAllow[ev.Route]; ok {
-			allowed = m
-		}
-	}
-	if !allowed.has(ev.Country) {
+	if !b.allowedFor(ev.Route).has(ev.Country) {
 		if stateless {
 			sh.ord = 40
 			sh.fire(RuleForeignOrigin, c.Severity, "country", ev.Country, ev.Route, "customer data requested from outside the allowed countries", 1)

@@ -42,6 +42,7 @@ const (
 	RuleRouteVolume       = "route_volume"
 	RuleTokenWithoutLogin = "token_without_login"
 	RuleIDCoverage        = "id_coverage"
+	RuleForeignSpread     = "foreign_spread"
 
 	// Issuance side (Engine.Issued), keyed by the client.
 	RuleIssuanceNoLogin  = "issuance_without_login"
@@ -72,6 +73,13 @@ const (
 	DefaultUnknownMinRatio = 0.5 // of that source's subject-bound requests
 
 	DefaultForeignHistoryMin = 20 // events before a subject's own country history counts
+
+	// Customers read their own data, from home: the data of many distinct
+	// customers read from one foreign country within minutes, with tokens
+	// that passed every check, is tokens replayed from abroad.
+	DefaultSpreadWindow    = 10 * time.Minute
+	DefaultSpreadThreshold = 20   // distinct subjects read from one foreign country per window
+	MaxSpreadThreshold     = 1000 // bounds the per-country state (one entry per subject)
 
 	DefaultRotationWindow     = time.Hour
 	DefaultRotationPerToken   = 6  // distinct networks behind one jti
@@ -123,6 +131,7 @@ type Config struct {
 	RouteVolume       RouteVolumeConfig       `yaml:"route_volume"`
 	TokenWithoutLogin TokenWithoutLoginConfig `yaml:"token_without_login"`
 	IDCoverage        IDCoverageConfig        `yaml:"id_coverage"`
+	ForeignSpread     ForeignSpreadConfig     `yaml:"foreign_spread"`
 	Issuance          IssuanceConfig          `yaml:"issuance"`
 
 	// Containment maps a rule name to what to do when it raises a new alert.
@@ -170,6 +179,20 @@ type IDCoverageConfig struct {
 	Window    time.Duration `yaml:"window"`
 	Block     uint64        `yaml:"block"`     // member IDs per block
 	Threshold uint64        `yaml:"threshold"` // distinct IDs of one block per window
+}
+
+// ForeignSpreadConfig configures foreign_spread: customer data of at least
+// Threshold distinct subjects read within Window from one country outside
+// the allowed set (foreign_origin's Allowed, with its per-route overrides),
+// by events a custos gateway checked whose token passed every check
+// (verdict allow, no reason). Its state is keyed by the country, which an
+// attacker cannot multiply as he multiplies networks, ASNs or tokens: at
+// most Threshold entries for each of the 676 two-letter codes. A forged,
+// missing or refused token, or a log's claim, never counts.
+type ForeignSpreadConfig struct {
+	Toggle    `yaml:",inline"`
+	Window    time.Duration `yaml:"window"`
+	Threshold uint32        `yaml:"threshold"` // distinct subjects from one foreign country per window
 }
 
 // IssuanceConfig configures the issuance-side detectors (see
@@ -239,7 +262,7 @@ type ContainPolicy struct {
 	Action  Action        `yaml:"action" json:"action,omitempty"`
 	Actions []Action      `yaml:"actions" json:"actions,omitempty"`
 	DryRun  bool          `yaml:"dry_run" json:"dry_run,omitempty"`
-	For     time.Duration `yaml:"for" json:"for,omitempty"` // block_source duration, at most MaxBlockFor
+	For     time.Duration `yaml:"for" json:"for,omitempty"` // block_source and block_country duration, at most MaxBlockFor
 }
 
 // validate reports what is wrong with p.
@@ -252,8 +275,8 @@ func (p ContainPolicy) validate() error {
 		if !a.valid() {
 			return fmt.Errorf("unknown action %q", a)
 		}
-		if a == ActionBlockSource && (p.For <= 0 || p.For > MaxBlockFor) {
-			return fmt.Errorf("block_source needs a positive \"for\" of at most %s", MaxBlockFor)
+		if (a == ActionBlockSource || a == ActionBlockCountry) && (p.For <= 0 || p.For > MaxBlockFor) {
+			return fmt.Errorf("%s needs a positive \"for\" of at most %s", a, MaxBlockFor)
 		}
 	}
 	return nil
@@ -295,6 +318,10 @@ func (c *Config) fill() {
 	cv.Window = cmp.Or(cv.Window, DefaultCoverageWindow)
 	cv.Block = cmp.Or(cv.Block, DefaultCoverageBlock)
 	cv.Threshold = cmp.Or(cv.Threshold, DefaultCoverageThreshold)
+	fs := &c.ForeignSpread
+	fs.Severity = cmp.Or(fs.Severity, High)
+	fs.Window = cmp.Or(fs.Window, DefaultSpreadWindow)
+	fs.Threshold = cmp.Or(fs.Threshold, DefaultSpreadThreshold)
 	is := &c.Issuance
 	is.Severity = cmp.Or(is.Severity, High)
 	is.NetworkSeverity = cmp.Or(is.NetworkSeverity, Medium)
@@ -348,6 +375,7 @@ func (c *Config) Validate() error {
 	pos("unknown_subject_rate.window", c.UnknownSubject.Window)
 	pos("ip_rotation.window", c.IPRotation.Window)
 	pos("id_coverage.window", c.IDCoverage.Window)
+	pos("foreign_spread.window", c.ForeignSpread.Window)
 	pos("issuance.window", c.Issuance.Window)
 	pos("issuance.rate_bucket", c.Issuance.RateBucket)
 	if c.Issuance.RateFactor <= 1 {
@@ -365,7 +393,7 @@ func (c *Config) Validate() error {
 		"enumeration": c.Enumeration.Severity, "unknown_subject_rate": c.UnknownSubject.Severity,
 		"foreign_origin": c.ForeignOrigin.Severity, "ip_rotation": c.IPRotation.Severity,
 		"route_volume": c.RouteVolume.Severity, "token_without_login": c.TokenWithoutLogin.Severity,
-		"id_coverage": c.IDCoverage.Severity, "issuance": c.Issuance.Severity, "issuance.network_severity": c.Issuance.NetworkSeverity} {
+		"id_coverage": c.IDCoverage.Severity, "foreign_spread": c.ForeignSpread.Severity, "issuance": c.Issuance.Severity, "issuance.network_severity": c.Issuance.NetworkSeverity} {
 		if !s.valid() {
 			bad(name+".severity", "unknown severity %q", s)
 		}
@@ -381,6 +409,9 @@ func (c *Config) Validate() error {
 	}
 	if c.IDCoverage.Threshold > c.IDCoverage.Block {
 		bad("id_coverage.threshold", "must be at most the block (%d IDs), got %d", c.IDCoverage.Block, c.IDCoverage.Threshold)
+	}
+	if c.ForeignSpread.Threshold > MaxSpreadThreshold {
+		bad("foreign_spread.threshold", "must be at most %d, got %d", MaxSpreadThreshold, c.ForeignSpread.Threshold)
 	}
 	if c.Enumeration.WalkGap < 1 {
 		bad("enumeration.walk_gap", "must be positive, got %d", c.Enumeration.WalkGap)

@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,7 +41,23 @@ const (
 	// alert names: the authority issues it nothing more. The Containment
 	// must also be a [ClientSuspender].
 	ActionSuspendClient Action = "suspend_client"
+	// ActionBlockCountry refuses every request from one country (by the
+	// gateway's GeoIP lookup of the source) until the block ends. It is
+	// never taken against a country of the allowed set (the shop's home
+	// market), on a log's claim, or on a token that did not pass every
+	// check. The Containment must also be a [CountryBlocker].
+	ActionBlockCountry Action = "block_country"
 )
+
+// CountryBlocker is the Containment of a deployment whose gateways can
+// refuse requests by the country of their source (block_country).
+type CountryBlocker interface {
+	BlockCountry(ctx context.Context, country string, until time.Time, reason string) error
+}
+
+// ErrCannotBlockCountry is recorded for block_country when the Containment
+// is not a CountryBlocker.
+var ErrCannotBlockCountry = errors.New("containment cannot block countries")
 
 // ClientSuspender is the Containment of an authority that can suspend a
 // client's secret (suspend_client); every replica refuses it from then on.
@@ -53,11 +70,11 @@ type ClientSuspender interface {
 var ErrCannotSuspend = errors.New("containment cannot suspend clients")
 
 // Actions lists every containment action.
-var Actions = []Action{ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin, ActionSuspendClient}
+var Actions = []Action{ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin, ActionSuspendClient, ActionBlockCountry}
 
 func (a Action) valid() bool {
 	switch a {
-	case ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin, ActionSuspendClient:
+	case ActionRevokeKey, ActionRevokeToken, ActionBlockSource, ActionForceRelogin, ActionSuspendClient, ActionBlockCountry:
 		return true
 	}
 	return false
@@ -104,6 +121,10 @@ var DefaultRateLimits = map[Action]RateLimit{
 	ActionForceRelogin:  {Max: 20, Per: time.Minute},
 	ActionBlockSource:   {Max: 50, Per: time.Minute},
 	ActionSuspendClient: {Max: 5, Per: time.Hour},
+	// Ten countries an hour: a crawler renting hosting networks in eight
+	// countries is blocked in all of them within its first minutes, and a
+	// flood of spread alerts cannot cut the shop off from the world.
+	ActionBlockCountry: {Max: 10, Per: time.Hour},
 }
 
 // ActionRecord is one containment action, taken, refused, or (dry run) only
@@ -131,10 +152,15 @@ func keyEvidence(a *Alert) bool {
 	return a.Attrs["reason"] == string(event.ReasonNotIssued) && a.Attrs["reported"] == "" && a.Attrs["kid"] != ""
 }
 
+// homeFunc reports whether a country is one of the allowed set (the shop's
+// home market), which containment never blocks.
+type homeFunc func(country string) bool
+
 // plan derives the record of action act for alert a under policy p. The
 // record carries an error, and is not to be executed, when the evidence does
-// not support the action or it has no target.
-func plan(a *Alert, p ContainPolicy, act Action) (ActionRecord, error) {
+// not support the action or it has no target. home, when not nil, names the
+// countries block_country refuses to block.
+func plan(a *Alert, p ContainPolicy, act Action, home homeFunc) (ActionRecord, error) {
 	r := ActionRecord{
 		ID: "act-" + a.ID + "-" + string(act), Time: a.Raised, Action: act, Rule: a.Rule, AlertID: a.ID,
 		DryRun: p.DryRun, Reason: fmt.Sprintf("custos alert %s (%s on %s)", a.ID, a.Rule, a.Entity),
@@ -162,6 +188,22 @@ func plan(a *Alert, p ContainPolicy, act Action) (ActionRecord, error) {
 		}
 	case ActionSuspendClient:
 		r.Target = a.Attrs["client"]
+	case ActionBlockCountry:
+		cc := a.Attrs["country"]
+		if !IsCountryCode(cc) {
+			break
+		}
+		r.Target = cc
+		// Only a real token, checked by a custos gateway and passing every
+		// check, is evidence against a country: an anonymous prober or a
+		// forger must not be able to cut the shop off from one.
+		if a.Attrs["reason"] != "" || a.Attrs["jti"] == "" {
+			return r, fmt.Errorf("%w: a country is blocked only on tokens that passed every check (reason %q)", ErrWeakEvidence, a.Attrs["reason"])
+		}
+		if home != nil && home(cc) {
+			return r, fmt.Errorf("%w: %s is an allowed country, never blocked", ErrWeakEvidence, cc)
+		}
+		r.Until = a.Raised.Add(min(cmp.Or(p.For, DefaultBlockFor), MaxBlockFor))
 	case ActionBlockSource:
 		if ip, err := netip.ParseAddr(a.Attrs["src_ip"]); err == nil {
 			r.Target = netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()).String()
@@ -220,6 +262,15 @@ func Carry(ctx context.Context, c Containment, r ActionRecord) error {
 			return ErrCannotSuspend
 		}
 		return cs.SuspendClient(ctx, r.Target, r.Reason)
+	case ActionBlockCountry:
+		cb, ok := c.(CountryBlocker)
+		if !ok {
+			return ErrCannotBlockCountry
+		}
+		if !IsCountryCode(r.Target) {
+			return fmt.Errorf("failed to block country %q: %w", r.Target, ErrNoTarget)
+		}
+		return cb.BlockCountry(ctx, r.Target, r.Until, r.Reason)
 	case ActionBlockSource:
 		p, err := netip.ParsePrefix(r.Target)
 		if err != nil {
@@ -228,6 +279,12 @@ func Carry(ctx context.Context, c Containment, r ActionRecord) error {
 		return c.BlockSource(ctx, p, r.Until, r.Reason)
 	}
 	return fmt.Errorf("unknown action %q", r.Action)
+}
+
+// IsCountryCode reports whether s is a country code as containment names
+// one: exactly two uppercase ASCII letters (ISO 3166-1 alpha-2).
+func IsCountryCode(s string) bool {
+	return len(s) == 2 && s[0] >= 'A' && s[0] <= 'Z' && s[1] >= 'A' && s[1] <= 'Z'
 }
 
 // limiter counts actions taken per kind in fixed windows of the engine's clock.
@@ -286,7 +343,7 @@ func actionOrder(a Action) int {
 	switch a {
 	case ActionRevokeToken:
 		return 0
-	case ActionBlockSource:
+	case ActionBlockSource, ActionBlockCountry:
 		return 1
 	case ActionForceRelogin:
 		return 2

@@ -41,6 +41,16 @@
 // are followed per ASN and per user agent only where their enumeration
 // threshold is set.
 //
+// foreign_spread keys its state by the country a request comes from:
+// customer data of [ForeignSpreadConfig.Threshold] distinct subjects read
+// from one country outside the allowed set within its window, with tokens
+// that passed every check. Real customers' tokens replayed from abroad over
+// hundreds of rented networks are one country's worth of state, and with
+// containment block_country refuses that country at every gateway
+// ([CountryBlocker]); an allowed country is never blocked, and a forged,
+// missing or refused token never counts, so neither a forger nor an
+// anonymous prober can turn it against the shop.
+//
 // The issuance side ([Engine.Issued]) is keyed by the client, which an
 // attacker holding one stolen client secret cannot multiply: tokens issued
 // with no login session (or one session for many people), subjects in
@@ -114,7 +124,9 @@
 // and tokens, 3 MiB of subject and token values, 17 MiB of login sessions
 // (once logins are fed), 2 MiB of routes; plus 0.5 MiB per threshold rule
 // and 21 MiB if ip_rotation.per_fingerprint is set; id_coverage adds 19 MiB of
-// sketches and 2 MiB of block values (walks included); issuance detection
+// sketches and 2 MiB of block values (walks included); foreign_spread at most 16 bytes per
+// subject of its threshold per two-letter country code (676 × 20 × 16
+// bytes, under 0.5 MiB with the defaults), and issuance detection
 // keeps about 300 bytes per client (MaxKeys clients) and 20 bytes per login
 // session (16 × MaxKeys sessions, 2.6 MiB). Alerts (MaxAlerts),
 // incidents (MaxIncidents) and actions are capped the same way.

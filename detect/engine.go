@@ -612,7 +612,7 @@ func (e *Engine) deliver(out []pendingAlert) {
 func (e *Engine) contain1(c Containment, a *Alert, p ContainPolicy) {
 	var limited []ActionRecord
 	for _, act := range policyActions(p) {
-		r, err := plan(a, p, act)
+		r, err := plan(a, p, act, e.b.home.has)
 		if err == nil {
 			e.mu.Lock()
 			ok, first := e.limits.allow(act, e.now())

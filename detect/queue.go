@@ -201,7 +201,7 @@ func ParseQueuedAction(body []byte) (ActionRecord, error) {
 		return r, fmt.Errorf("%w: %q (action %q, dry run %v)", ErrBadQueuedAction, r.ID, r.Action, r.DryRun)
 	}
 	a := &Alert{ID: r.AlertID, Rule: r.Evidence["rule"], Raised: r.Time, Attrs: r.Evidence}
-	want, err := plan(a, ContainPolicy{For: r.Until.Sub(r.Time)}, r.Action)
+	want, err := plan(a, ContainPolicy{For: r.Until.Sub(r.Time)}, r.Action, nil)
 	if err != nil {
 		return r, err
 	}
@@ -241,7 +241,7 @@ func (e *Engine) QueueAudit() {
 // the events of this span (see [Engine.Replaying]) to stand where it stood.
 func (e *Engine) StateWindow() time.Duration {
 	c := e.cfg
-	w := max(c.DedupWindow, c.Enumeration.Window, c.IDCoverage.Window, c.UnknownSubject.Window, c.IPRotation.Window)
+	w := max(c.DedupWindow, c.Enumeration.Window, c.IDCoverage.Window, c.UnknownSubject.Window, c.IPRotation.Window, c.ForeignSpread.Window)
 	for _, r := range e.rules.Load().rules {
 		w = max(w, r.Window)
 	}

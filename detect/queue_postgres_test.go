@@ -286,6 +286,7 @@ func TestParseQueuedAction(t *testing.T) {
 func FuzzParseQueuedAction(f *testing.F) {
 	f.Add([]byte(`{"id":"act-al-1-block_source","time":"2030-01-01T00:00:00Z","action":"block_source","target":"198.51.100.7/32","until":"2030-01-01T01:00:00Z","rule":"decoy_subject","alert_id":"al-1","evidence":{"rule":"decoy_subject","src_ip":"198.51.100.7"}}`))
 	f.Add([]byte(`{"id":"act-2","action":"revoke_token","target":"j"}`))
+	f.Add([]byte(`{"id":"act-al-1-block_country","time":"2030-01-01T00:00:00Z","action":"block_country","target":"US","until":"2030-01-02T00:00:00Z","rule":"foreign_spread","alert_id":"al-1","evidence":{"rule":"foreign_spread","country":"US","jti":"j1"}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := ParseQueuedAction(b)
 		if err != nil {
@@ -296,6 +297,9 @@ func FuzzParseQueuedAction(f *testing.F) {
 		}
 		if r.Action == ActionRevokeKey && !keyEvidence(&Alert{Attrs: r.Evidence}) {
 			t.Fatalf("key revocation without its evidence: %+v", r)
+		}
+		if r.Action == ActionBlockCountry && (!IsCountryCode(r.Target) || r.Evidence["reason"] != "" || r.Evidence["jti"] == "" || r.Evidence["reported"] != "") {
+			t.Fatalf("country block without its evidence: %+v", r)
 		}
 	})
 }

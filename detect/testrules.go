@@ -42,7 +42,7 @@ func TestRules(rulesFile, eventsFile io.Reader) (Report, error) {
 	var cfg Config
 	for _, t := range []*Toggle{&cfg.NotIssued, &cfg.ReportedNotIssued, &cfg.DecoySubject.Toggle, &cfg.RevokedKey, &cfg.DepartedCred,
 		&cfg.Enumeration.Toggle, &cfg.UnknownSubject.Toggle, &cfg.ForeignOrigin.Toggle, &cfg.IPRotation.Toggle,
-		&cfg.RouteVolume.Toggle, &cfg.TokenWithoutLogin.Toggle} {
+		&cfg.RouteVolume.Toggle, &cfg.TokenWithoutLogin.Toggle, &cfg.ForeignSpread.Toggle} {
 		t.Disabled = true
 	}
 	e, err := New(cfg, func() time.Time { return time.Unix(0, 0) })

@@ -70,6 +70,12 @@ type Decision struct {
 	u                 url.URL   // scratch for matching
 	identity          [3]string // values of the identity headers
 
+	// Where Source is, when a country hold made the gateway look it up
+	// before deciding (located).
+	country string
+	asn     uint32
+	located bool
+
 	observed event.Reason
 	deny     event.Reason
 	useNonce bool // a DPoP proof lacked the current nonce

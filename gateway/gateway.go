@@ -4,7 +4,8 @@
 // event per request.
 //
 // Checks run in this order, each producing its contract reason (see
-// event.Reason): blocked_source; unknown_route; missing_token; then the token
+// event.Reason): blocked_source (a held source prefix, or a held country
+// by the GeoIP databases); unknown_route; missing_token; then the token
 // verdict shared with introspection (package verdict: malformed; unknown_key,
 // revoked_key; bad_signature; expired, not_yet_valid, wrong_issuer,
 // wrong_audience; not_issued, revoked_token, ledger_unavailable); then for
@@ -24,6 +25,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -87,9 +89,13 @@ type Gateway struct {
 	evMu   sync.Mutex
 	evFile *os.File
 
-	blockMu sync.RWMutex
-	blocks  map[netip.Prefix]Block
-	nblocks atomic.Int32
+	blockMu   sync.RWMutex
+	blocks    map[netip.Prefix]Block
+	nblocks   atomic.Int32
+	countries map[string]CountryBlock // under blockMu
+	ncountry  atomic.Int32            // len(countries): no lookup before the decision while 0
+	noGeoOnce sync.Once
+	unheld    prometheus.Counter
 
 	reqPrefix string
 	reqSeq    atomic.Uint64
@@ -143,7 +149,9 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 		routes:  map[string]*route{},
 		decoys:  map[string]struct{}{},
 		blocks:  map[netip.Prefix]Block{},
-		checker: verdict.Checker{Keys: ks, Ledger: prov, Cache: verdict.NewCache(cfg.CacheSize), Providers: cfg.Providers},
+
+		countries: map[string]CountryBlock{},
+		checker:   verdict.Checker{Keys: ks, Ledger: prov, Cache: verdict.NewCache(cfg.CacheSize), Providers: cfg.Providers},
 		policy: verdict.Policy{Issuer: cfg.Issuer, Audience: cfg.Audience, Leeway: cfg.Leeway,
 			ProvenanceTimeout: cfg.ProvenanceTimeout},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -153,6 +161,10 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "custos_gateway_verified_cache_hits_total",
 			Help: "Requests whose token signature was already verified.",
+		}),
+		unheld: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "custos_gateway_country_holds_unenforced_total",
+			Help: "Country holds (block_country) this gateway received but cannot enforce: it has no GeoIP database.",
 		}),
 		overhead: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "custos_gateway_overhead_seconds",
@@ -236,7 +248,7 @@ func (g *Gateway) addRoutes() (err error) {
 
 // Collectors returns the gateway's Prometheus metrics for registration.
 func (g *Gateway) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{g.requests, g.cacheHits, g.overhead}
+	return []prometheus.Collector{g.requests, g.cacheHits, g.overhead, g.unheld}
 }
 
 // OverheadBuckets are the bounds of custos_gateway_overhead_seconds: 2 µs to
@@ -310,6 +322,74 @@ func (g *Gateway) blocked(ip netip.Addr, now time.Time) bool {
 		}
 	}
 	return false
+}
+
+// CountryBlock is one containment entry by country: requests whose source
+// the GeoIP databases place in Country are refused as blocked_source until
+// Until.
+type CountryBlock struct {
+	Country string    `json:"country"`
+	Until   time.Time `json:"until"`
+	Reason  string    `json:"reason"`
+}
+
+// BlockCountry refuses requests from country (ISO 3166-1 alpha-2, as the
+// GeoIP databases name it) until the given time. A gateway without a GeoIP
+// database cannot tell where a request comes from: it keeps the block,
+// serves as before, logs that once and counts it in
+// custos_gateway_country_holds_unenforced_total.
+func (g *Gateway) BlockCountry(country string, until time.Time, reason string) {
+	g.blockMu.Lock()
+	g.countries[country] = CountryBlock{Country: country, Until: until, Reason: reason}
+	g.ncountry.Store(int32(len(g.countries)))
+	g.blockMu.Unlock()
+	if len(g.geo.readers) == 0 {
+		g.unheld.Inc()
+		g.noGeoOnce.Do(func() {
+			slog.Error("gateway has no GeoIP database (gateway.geoip): country holds are NOT enforced; requests from the held country are served",
+				"country", country, "gateway", g.cfg.GatewayName)
+		})
+	}
+}
+
+// UnblockCountry lifts a country block early.
+func (g *Gateway) UnblockCountry(country string) {
+	g.blockMu.Lock()
+	delete(g.countries, country)
+	g.ncountry.Store(int32(len(g.countries)))
+	g.blockMu.Unlock()
+}
+
+// CountryBlocks lists the country blocks still in force.
+func (g *Gateway) CountryBlocks() []CountryBlock {
+	now := g.now()
+	g.blockMu.RLock()
+	defer g.blockMu.RUnlock()
+	out := make([]CountryBlock, 0, len(g.countries))
+	for _, b := range g.countries {
+		if now.Before(b.Until) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// countryBlocked reports whether d's source is in a blocked country. It
+// looks the source up only while a country block is held, and keeps the
+// lookup for the access event.
+func (g *Gateway) countryBlocked(d *Decision, now time.Time) bool {
+	if g.ncountry.Load() == 0 || !d.Source.IsValid() || len(g.geo.readers) == 0 {
+		return false
+	}
+	d.country, d.asn = g.geo.lookup(d.Source)
+	d.located = true
+	if d.country == "" {
+		return false
+	}
+	g.blockMu.RLock()
+	b, ok := g.countries[d.country]
+	g.blockMu.RUnlock()
+	return ok && now.Before(b.Until)
 }
 
 // ClaimsFromContext returns the claims of the token the gateway verified for
@@ -416,7 +496,7 @@ func (g *Gateway) check(ctx context.Context, r *Request, d *Decision) {
 			d.Path = cleanPath(p)
 		}
 	}
-	if g.blocked(d.Source, now) && g.fail(d, event.ReasonBlockedSource) {
+	if (g.blocked(d.Source, now) || g.countryBlocked(d, now)) && g.fail(d, event.ReasonBlockedSource) {
 		return
 	}
 	if len(g.routes) > 0 && d.rt == nil &&
@@ -626,7 +706,11 @@ func (g *Gateway) emit(d *Decision, o Outcome) {
 	}
 	if d.Source.IsValid() {
 		ev.SrcIP = d.Source.String()
-		ev.Country, ev.ASN = g.geo.lookup(d.Source)
+		if d.located {
+			ev.Country, ev.ASN = d.country, d.asn
+		} else {
+			ev.Country, ev.ASN = g.geo.lookup(d.Source)
+		}
 	}
 	if c := d.Claims; c != nil {
 		ev.Token = event.Token{JTI: c.JTI, KID: d.KID, Sub: c.Subject, Aud: c.Audience, IAT: c.IssuedAt, EXP: c.ExpiresAt}

@@ -26,15 +26,20 @@ const (
 	maxHoldLine   = 8 << 10
 )
 
-// HoldBlockSource is the action of a hold that blocks a source prefix.
-const HoldBlockSource = "block_source"
+// Actions of holds: a blocked source prefix, or a blocked country (every
+// source the gateway's GeoIP databases place in it).
+const (
+	HoldBlockSource  = "block_source"
+	HoldBlockCountry = "block_country"
+)
 
 // Hold is one containment measure that every gateway enforces beyond the
-// ledger and the key set: today a blocked source. It names its evidence.
+// ledger and the key set: a blocked source or a blocked country. It names
+// its evidence.
 type Hold struct {
 	ID       string            `json:"id"`
 	Action   string            `json:"action"`
-	Target   string            `json:"target"` // the blocked prefix, e.g. 198.51.100.7/32
+	Target   string            `json:"target"` // the blocked prefix, e.g. 198.51.100.7/32, or country, e.g. US
 	Until    time.Time         `json:"until"`
 	Reason   string            `json:"reason"`
 	Created  time.Time         `json:"created"`
@@ -48,7 +53,8 @@ type Hold struct {
 var ErrBadHold = errors.New("malformed containment hold")
 
 // ParseHold reads one hold (a line of the stream) strictly: unknown fields,
-// trailing data, an unknown action or a target that is not a prefix are
+// trailing data, an unknown action, or a target that is not a prefix
+// (block_source) or exactly two uppercase letters (block_country) are
 // refused, so that a gateway never half-applies what it does not understand.
 func ParseHold(b []byte) (Hold, error) {
 	var h Hold
@@ -60,8 +66,15 @@ func ParseHold(b []byte) (Hold, error) {
 	if dec.More() {
 		return Hold{}, fmt.Errorf("%w: trailing data", ErrBadHold)
 	}
-	if _, err := h.Prefix(); err != nil {
-		return Hold{}, err
+	switch h.Action {
+	case HoldBlockCountry:
+		if _, err := h.Country(); err != nil {
+			return Hold{}, err
+		}
+	default:
+		if _, err := h.Prefix(); err != nil {
+			return Hold{}, err
+		}
 	}
 	if h.ID == "" || h.Until.IsZero() {
 		return Hold{}, fmt.Errorf("%w: no id or end", ErrBadHold)
@@ -81,8 +94,32 @@ func (h Hold) Prefix() (netip.Prefix, error) {
 	return p, nil
 }
 
+// Country is the blocked country of a block_country hold: exactly two
+// uppercase ASCII letters (ISO 3166-1 alpha-2).
+func (h Hold) Country() (string, error) {
+	if h.Action != HoldBlockCountry {
+		return "", fmt.Errorf("%w: unknown action %q", ErrBadHold, h.Action)
+	}
+	if !isCountryCode(h.Target) {
+		return "", fmt.Errorf("%w: target %q is not a two-letter uppercase country code", ErrBadHold, h.Target)
+	}
+	return h.Target, nil
+}
+
+func isCountryCode(s string) bool {
+	return len(s) == 2 && s[0] >= 'A' && s[0] <= 'Z' && s[1] >= 'A' && s[1] <= 'Z'
+}
+
 // Apply enforces h at g.
 func (g *Gateway) Apply(h Hold) error {
+	if h.Action == HoldBlockCountry {
+		cc, err := h.Country()
+		if err != nil {
+			return err
+		}
+		g.BlockCountry(cc, h.Until, h.Reason)
+		return nil
+	}
 	p, err := h.Prefix()
 	if err != nil {
 		return err

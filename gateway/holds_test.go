@@ -102,6 +102,7 @@ func TestParseHold(t *testing.T) {
 	for _, bad := range []string{
 		``, `null`, `[]`, `{}`,
 		strings.Replace(good, `block_source`, `revoke_key`, 1),
+		strings.Replace(good, `block_source`, `block_country`, 1),
 		strings.Replace(good, `198.51.100.7/32`, `198.51.100.7`, 1),
 		strings.Replace(good, `198.51.100.7/32`, `0.0.0.0/-1`, 1),
 		strings.Replace(good, `"id":"h1"`, `"id":""`, 1),
@@ -116,18 +117,32 @@ func TestParseHold(t *testing.T) {
 	}
 }
 
-// No line of the stream makes a hold whose prefix does not parse back, or
-// applies anything but a block.
+// No line of the stream makes a hold whose prefix or country does not
+// parse back, or applies anything but a block.
 func FuzzParseHold(f *testing.F) {
 	f.Add([]byte(`{"id":"h1","action":"block_source","target":"198.51.100.7/32","until":"2025-06-24T04:00:00Z","reason":"r"}`))
 	f.Add([]byte(`{"id":"h","action":"block_source","target":"::/0","until":"2025-06-24T04:00:00Z","reason":""}`))
+	f.Add([]byte(`{"id":"h2","action":"block_country","target":"US","until":"2025-06-24T04:00:00Z","reason":"r"}`))
+	f.Add([]byte(`{"id":"h3","action":"block_country","target":"us","until":"2025-06-24T04:00:00Z","reason":"r"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseHold(b)
 		if err != nil {
 			return
 		}
-		p, err := h.Prefix()
-		if err != nil || !p.IsValid() || h.Action != HoldBlockSource || h.ID == "" {
+		if h.ID == "" {
+			t.Fatalf("accepted %q as %+v", b, h)
+		}
+		switch h.Action {
+		case HoldBlockSource:
+			if p, err := h.Prefix(); err != nil || !p.IsValid() {
+				t.Fatalf("accepted %q as %+v", b, h)
+			}
+		case HoldBlockCountry:
+			cc, err := h.Country()
+			if err != nil || len(cc) != 2 || strings.ToUpper(cc) != cc || cc[0] < 'A' || cc[0] > 'Z' || cc[1] < 'A' || cc[1] > 'Z' {
+				t.Fatalf("accepted %q as %+v", b, h)
+			}
+		default:
 			t.Fatalf("accepted %q as %+v", b, h)
 		}
 	})

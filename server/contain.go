@@ -73,13 +73,28 @@ func (c containment) BlockSource(ctx context.Context, p netip.Prefix, until time
 	return c.s.addHold(ctx, blockHold(p, until, reason, containActor))
 }
 
+// BlockCountry makes a hold that every gateway with a GeoIP database
+// enforces: requests from the country are refused as blocked_source. A
+// country of detect.allowed_countries is refused.
+func (c containment) BlockCountry(ctx context.Context, country string, until time.Time, reason string) error {
+	return c.s.addHold(ctx, countryHold(country, until, reason, containActor))
+}
+
+var _ detect.CountryBlocker = containment{}
+
 // Carry carries out a detection action; a block keeps the action's ID and
 // evidence in its hold.
 func (c containment) Carry(ctx context.Context, r detect.ActionRecord) error {
-	if r.Action != detect.ActionBlockSource {
+	var action string
+	switch r.Action {
+	case detect.ActionBlockSource:
+		action = gateway.HoldBlockSource
+	case detect.ActionBlockCountry:
+		action = gateway.HoldBlockCountry
+	default:
 		return detect.Carry(ctx, c, r)
 	}
-	return c.s.addHold(ctx, gateway.Hold{ID: r.ID, Action: gateway.HoldBlockSource, Target: r.Target, Until: r.Until.UTC(),
+	return c.s.addHold(ctx, gateway.Hold{ID: r.ID, Action: action, Target: r.Target, Until: r.Until.UTC(),
 		Reason: r.Reason, Actor: containActor, AlertID: r.AlertID, Rule: r.Rule, Evidence: r.Evidence})
 }
 
@@ -97,7 +112,9 @@ func (c containment) ForceRelogin(ctx context.Context, subject, reason string) e
 // issued means its key is in the wrong hands (revoke the key); a decoy hit
 // with an issued token points at that token, its holder's sessions and its
 // source (detection refuses to revoke a key on such evidence); issuance
-// that no login explains points at the client's secret.
+// that no login explains points at the client's secret; many customers'
+// data read with real tokens from one foreign country points at that
+// country.
 func containPolicies(d config.Detect) (map[string]detect.ContainPolicy, map[detect.Action]detect.RateLimit) {
 	l := d.ContainmentLimits
 	limits := map[detect.Action]detect.RateLimit{
@@ -106,6 +123,7 @@ func containPolicies(d config.Detect) (map[string]detect.ContainPolicy, map[dete
 		detect.ActionForceRelogin:  detect.RateLimit(l.ForceRelogin),
 		detect.ActionBlockSource:   detect.RateLimit(l.BlockSource),
 		detect.ActionSuspendClient: detect.RateLimit(l.SuspendClient),
+		detect.ActionBlockCountry:  detect.RateLimit(l.BlockCountry),
 	}
 	if !d.Contain {
 		return nil, limits
@@ -121,6 +139,10 @@ func containPolicies(d config.Detect) (map[string]detect.ContainPolicy, map[dete
 	for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
 		pols[r] = detect.ContainPolicy{Action: detect.ActionSuspendClient, DryRun: d.DryRun}
 	}
+	// Many customers' data read from one foreign country with real tokens:
+	// their tokens are replayed from there, over whatever networks; block
+	// the country (never an allowed one) at every gateway.
+	pols[detect.RuleForeignSpread] = detect.ContainPolicy{Action: detect.ActionBlockCountry, DryRun: d.DryRun, For: d.CountryBlockFor}
 	return pols, limits
 }
 

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,10 +10,12 @@ import (
 
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger"
+	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/token"
 )
 
@@ -213,5 +216,46 @@ func TestStolenClientSecretSuspended(t *testing.T) {
 	}
 	if tok := e.Issue(t, other, e.Member(1)); tok == "" {
 		t.Fatal("another client's secret refused")
+	}
+}
+
+// A block_country action becomes a hold, with its action id, alert, rule
+// and evidence, that the in-process gateway applies; a hold on an allowed
+// country is refused, whoever asks for it.
+func TestContainmentBlocksCountry(t *testing.T) {
+	e := startWith(t, func(c *config.Config) { c.Detect.Contain = true })
+	ctx := context.Background()
+	c, ok := e.S.Containment().(detect.RecordedContainment)
+	if !ok {
+		t.Fatal("the authority's containment takes no action records")
+	}
+	until := time.Now().Add(24 * time.Hour).UTC()
+	r := detect.ActionRecord{ID: "act-al-1-block_country", Time: time.Now(), Action: detect.ActionBlockCountry, Target: "US", Until: until,
+		Rule: detect.RuleForeignSpread, AlertID: "al-1", Reason: "custos alert al-1",
+		Evidence: map[string]string{"rule": detect.RuleForeignSpread, "country": "US", "jti": "j1"}}
+	if err := c.Carry(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	hs, err := e.S.Holds(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hs) != 1 || hs[0].ID != r.ID || hs[0].Action != gateway.HoldBlockCountry || hs[0].Target != "US" || hs[0].AlertID != "al-1" ||
+		hs[0].Rule != detect.RuleForeignSpread || hs[0].Evidence["country"] != "US" || !hs[0].Until.Equal(until) {
+		t.Fatalf("holds %+v", hs)
+	}
+	if bs := e.S.Gateway.CountryBlocks(); len(bs) != 1 || bs[0].Country != "US" {
+		t.Fatalf("in-process gateway country blocks %+v", bs)
+	}
+	home := r
+	home.ID, home.Target = "act-al-2-block_country", "KR"
+	if err := c.Carry(ctx, home); !errors.Is(err, server.ErrHomeCountry) {
+		t.Fatalf("hold on the home country: %v", err)
+	}
+	if err := e.S.Containment().(detect.CountryBlocker).BlockCountry(ctx, "KR", until, "by hand"); !errors.Is(err, server.ErrHomeCountry) {
+		t.Fatalf("hold on the home country: %v", err)
+	}
+	if hs, _ := e.S.Holds(ctx); len(hs) != 1 {
+		t.Fatalf("holds after refusals %+v", hs)
 	}
 }

@@ -5,16 +5,19 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
+	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/gateway"
 	"github.com/custos-dev/custos/wire"
 )
 
-// Containment holds (blocked sources) are kept in the store, so that they
+// Containment holds (blocked sources and countries) are kept in the store, so that they
 // survive a restart or a kill, announced to every replica, applied to the
 // in-process gateway, and served to standalone gateways as a snapshot and
 // a stream (GET /v1/containment, GET /v1/containment/stream).
@@ -88,11 +91,24 @@ func (s *Server) Holds(ctx context.Context) ([]gateway.Hold, error) {
 // every replica (which apply it and pass it on to their gateways). A hold
 // already recorded is announced again, so a retry completes.
 func (s *Server) addHold(ctx context.Context, h gateway.Hold) error {
-	p, err := h.Prefix()
-	if err != nil {
-		return err
+	what := "prefix"
+	switch h.Action {
+	case gateway.HoldBlockCountry:
+		cc, err := h.Country()
+		if err != nil {
+			return err
+		}
+		if s.homeCountry(cc) {
+			return fmt.Errorf("%w: %s is one of detect.allowed_countries and is never blocked", ErrHomeCountry, cc)
+		}
+		what = "country"
+	default:
+		p, err := h.Prefix()
+		if err != nil {
+			return err
+		}
+		h.Target = p.Masked().String()
 	}
-	h.Target = p.Masked().String()
 	if h.Created.IsZero() {
 		h.Created = s.now().UTC()
 	}
@@ -100,7 +116,7 @@ func (s *Server) addHold(ctx context.Context, h gateway.Hold) error {
 	if err != nil {
 		return err
 	}
-	if err := s.journal(ctx, "containment."+h.Action, map[string]any{"id": h.ID, "prefix": h.Target, "until": h.Until,
+	if err := s.journal(ctx, "containment."+h.Action, map[string]any{"id": h.ID, what: h.Target, "until": h.Until,
 		"reason": h.Reason, "actor": h.Actor, "alert_id": h.AlertID, "rule": h.Rule}); err != nil {
 		return err
 	}
@@ -115,6 +131,32 @@ func (s *Server) addHold(ctx context.Context, h gateway.Hold) error {
 func blockHold(p netip.Prefix, until time.Time, reason, actor string) gateway.Hold {
 	sum := sha256.Sum256([]byte(p.Masked().String() + "\x00" + until.UTC().Format(time.RFC3339Nano) + "\x00" + reason))
 	return gateway.Hold{ID: "blk-" + hex.EncodeToString(sum[:8]), Action: gateway.HoldBlockSource, Target: p.Masked().String(),
+		Until: until.UTC(), Reason: reason, Actor: actor}
+}
+
+// ErrHomeCountry refuses a country hold on an allowed country: containment
+// never cuts the shop off from its own market.
+var ErrHomeCountry = errors.New("allowed country")
+
+// homeCountry reports whether cc is one of detect.allowed_countries (KR
+// when none is set, as detection takes it).
+func (s *Server) homeCountry(cc string) bool {
+	allowed := s.Config.Detect.AllowedCountries
+	if len(allowed) == 0 {
+		allowed = detect.DefaultConfig().ForeignOrigin.Allowed
+	}
+	for _, a := range allowed {
+		if strings.EqualFold(a, cc) {
+			return true
+		}
+	}
+	return false
+}
+
+// countryHold is the hold of a country block made without an action record.
+func countryHold(cc string, until time.Time, reason, actor string) gateway.Hold {
+	sum := sha256.Sum256([]byte(cc + "\x00" + until.UTC().Format(time.RFC3339Nano) + "\x00" + reason))
+	return gateway.Hold{ID: "blc-" + hex.EncodeToString(sum[:8]), Action: gateway.HoldBlockCountry, Target: cc,
 		Until: until.UTC(), Reason: reason, Actor: actor}
 }
 

@@ -50,7 +50,8 @@ type CustosOptions struct {
 	NoLifecycle bool
 	// Contain turns on automatic containment: a not_issued or decoy_subject
 	// alert revokes the key that signed the token; a foreign_origin alert
-	// blocks the source network for a day; an issuance-side alert on a
+	// blocks the source network for a day, a foreign_spread alert the
+	// country for a day; an issuance-side alert on a
 	// client (tokens without a login, subjects in sequence, the rate)
 	// suspends the client's secret.
 	Contain bool
@@ -90,6 +91,7 @@ type Custos struct {
 	keyDied     time.Time
 	killedBy    string
 	blocks      []block
+	countries   map[string]time.Time // blocked countries, until
 	firstAlert  time.Time
 	firstRule   string
 	firstBhv    time.Time
@@ -151,6 +153,10 @@ func NewCustos(s *scenario.Scenario, o CustosOptions) (*Custos, error) {
 		// secret, or a customer's, replayed) used from abroad: the shop
 		// serves one country, so its network is cut off for a day.
 		cfg.Containment[detect.RuleForeignOrigin] = detect.ContainPolicy{Action: detect.ActionBlockSource, For: 24 * time.Hour}
+		// Many customers' data read from one foreign country with real
+		// tokens, over however many networks: the country is cut off for a
+		// day (never the shop's own).
+		cfg.Containment[detect.RuleForeignSpread] = detect.ContainPolicy{Action: detect.ActionBlockCountry, For: 24 * time.Hour}
 		for _, r := range []string{detect.RuleIssuanceNoLogin, detect.RuleIssuanceSequence, detect.RuleIssuanceRate} {
 			cfg.Containment[r] = detect.ContainPolicy{Action: detect.ActionSuspendClient}
 		}
@@ -516,29 +522,40 @@ func (a *attackHours) had(route string, t time.Time) bool {
 	return a.hours[route][t.Unix()/3600]
 }
 
-// blocked reports whether containment blocks r's source now.
+// blocked reports whether containment blocks r's source now. The
+// containment time is the first request blocked since the attack was last
+// served: a block that stopped one network while others were still served
+// did not contain the attack, the one after which nothing was served did.
 func (c *Custos) blocked(r *scenario.Request) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.sourceBlocked(r) {
+		if c.containment.IsZero() || !c.containment.After(c.lastServed) {
+			c.containment = r.Time
+		}
+		return true
+	}
+	return false
+}
+
+// sourceBlocked reports whether a block of its network or of its country
+// (by the replay's geolocation of the source) refuses r; c.mu is held.
+func (c *Custos) sourceBlocked(r *scenario.Request) bool {
 	for _, b := range c.blocks {
 		if b.p.Contains(r.SrcIP) && r.Time.Before(b.until) {
-			if c.containment.IsZero() {
-				c.containment = r.Time
-			}
 			return true
 		}
 	}
-	return false
+	until, ok := c.countries[r.Country]
+	return ok && r.Time.Before(until)
 }
 
 // verdict applies the gateway's checks, in its order, to a forged token.
 func (c *Custos) verdict(r *scenario.Request) (event.Reason, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, b := range c.blocks {
-		if b.p.Contains(r.SrcIP) && r.Time.Before(b.until) {
-			return event.ReasonBlockedSource, true
-		}
+	if c.sourceBlocked(r) {
+		return event.ReasonBlockedSource, true
 	}
 	if !c.keyDied.IsZero() && !r.Time.Before(c.keyDied) {
 		return event.ReasonRevokedKey, true
@@ -626,6 +643,22 @@ func (c *Custos) BlockSource(ctx context.Context, p netip.Prefix, until time.Tim
 	c.blocks = append(c.blocks, block{p, until})
 	return nil
 }
+
+// BlockCountry is containment: the gateway refuses every source in the
+// country until until.
+func (c *Custos) BlockCountry(ctx context.Context, country string, until time.Time, reason string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.countries == nil {
+		c.countries = map[string]time.Time{}
+	}
+	if until.After(c.countries[country]) {
+		c.countries[country] = until
+	}
+	return nil
+}
+
+var _ detect.CountryBlocker = (*Custos)(nil)
 
 // SuspendClient is containment: the authority refuses the login service's
 // secret from now on (simulated time).

@@ -2,11 +2,13 @@ package sim
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/sim/scenario"
 )
 
@@ -250,5 +252,63 @@ func TestMatrixGoals(t *testing.T) {
 		if g.Met || !strings.Contains(g.Detail, c.says) {
 			t.Errorf("case %d: goal %q met %v (%s), want not met saying %q", i, g.Goal, g.Met, g.Detail, c.says)
 		}
+	}
+}
+
+// TestReplayedTokensContainedByCountry: real customers' tokens replayed from
+// abroad over the crawler's hundreds of foreign networks, one request each.
+// Per-network blocks never catch up (foreign_spread off: not contained); with
+// foreign_spread → block_country the attack is contained, having exposed at
+// most 1,000 records, and the countries it came from are blocked.
+func TestReplayedTokensContainedByCountry(t *testing.T) {
+	edit := func(c *scenario.Config) {
+		c.Attacker, c.ReplayedTokens = scenario.ReplayedTokens, 20_000_000 // 2,000 tokens at the tiny scale
+	}
+	noSpread := detect.DefaultConfig()
+	noSpread.ForeignSpread.Disabled = true
+	s := tinyScenario(t, edit)
+	var cs []*Custos
+	obs := []Observer{}
+	for _, o := range []CustosOptions{
+		{Name: "observe", KeyStolenAnyway: true, Observe: true, Contain: true},
+		{Name: "observe without foreign_spread", KeyStolenAnyway: true, Observe: true, Contain: true, Detect: &noSpread},
+	} {
+		c, err := NewCustos(s, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, obs = append(cs, c), append(obs, c)
+	}
+	if err := Run(context.Background(), s, nil, obs...); err != nil {
+		t.Fatal(err)
+	}
+	var ws []World
+	for _, c := range cs {
+		w, err := c.World(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	records := func(w World) (n int64) {
+		for _, r := range w.Records {
+			n += r
+		}
+		return n
+	}
+	w, without := ws[0], ws[1]
+	t.Logf("with foreign_spread: served %d of %d, %d records, contained %v; without: served %d, %d records, contained %v",
+		w.ForgedServed, w.ForgedSent, records(w), w.Containment, without.ForgedServed, records(without), without.Containment)
+	if w.ForgedSent < 2000 {
+		t.Fatalf("%d replayed requests sent, want 2,000", w.ForgedSent)
+	}
+	if w.Containment.IsZero() || records(w) > containBound {
+		t.Errorf("with foreign_spread: %d records exposed, contained at %v: want at most %d, contained", records(w), w.Containment, containBound)
+	}
+	if len(cs[0].countries) == 0 || cs[0].countries["KR"] != (time.Time{}) {
+		t.Errorf("countries blocked: %v", cs[0].countries)
+	}
+	if !without.Containment.IsZero() || without.ForgedServed <= w.ForgedServed {
+		t.Errorf("without foreign_spread: served %d, contained at %v; the per-network blocks were expected not to catch up", without.ForgedServed, without.Containment)
 	}
 }
