@@ -3,8 +3,7 @@ package console_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -12,12 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/maxmind/mmdbwriter"
-	"github.com/maxmind/mmdbwriter/mmdbtype"
-
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/console"
 	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/internal/geodb"
 	"github.com/custos-dev/custos/shop"
 	"github.com/custos-dev/custos/staff"
 )
@@ -26,30 +23,11 @@ import (
 // Korea Telecom's network and 203.0.113.0/24 in a foreign one.
 func writeGeo(t *testing.T) string {
 	t.Helper()
-	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "custos-console-test", RecordSize: 24, IncludeReservedNetworks: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []struct {
-		cidr, country, org string
-		asn                uint32
-	}{{"198.51.100.0/24", "KR", "Korea Telecom", 4766}, {"203.0.113.0/24", "CN", "Example Hosting", 64500}} {
-		_, p, _ := net.ParseCIDR(n.cidr)
-		if err := tree.Insert(p, mmdbtype.Map{
-			"country":                        mmdbtype.Map{"iso_code": mmdbtype.String(n.country)},
-			"autonomous_system_number":       mmdbtype.Uint32(n.asn),
-			"autonomous_system_organization": mmdbtype.String(n.org),
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	p := filepath.Join(t.TempDir(), "geo.mmdb")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := tree.WriteTo(f); err != nil {
+	if err := geodb.Write(p, "custos-console-test", []geodb.Network{
+		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Country: "KR", ASN: 4766, Org: "Korea Telecom"},
+		{Prefix: netip.MustParsePrefix("203.0.113.0/24"), Country: "CN", ASN: 64500, Org: "Example Hosting"},
+	}); err != nil {
 		t.Fatal(err)
 	}
 	return p

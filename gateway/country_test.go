@@ -2,44 +2,33 @@ package gateway
 
 import (
 	"context"
-	"net"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/maxmind/mmdbwriter"
-	"github.com/maxmind/mmdbwriter/mmdbtype"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/geodb"
 )
 
 // writeCountriesMMDB writes a GeoIP database placing each network in its
 // country.
-func writeCountriesMMDB(t *testing.T, dir string, nets map[string]string) string {
+func writeCountriesMMDB(t *testing.T, dir string, m map[string]string) string {
 	t.Helper()
-	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "custos-test", RecordSize: 24})
+	nets, err := geodb.Countries(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for cidr, cc := range nets {
-		_, n, _ := net.ParseCIDR(cidr)
-		if err := tree.Insert(n, mmdbtype.Map{"country": mmdbtype.Map{"iso_code": mmdbtype.String(cc)}, "autonomous_system_number": mmdbtype.Uint32(16509)}); err != nil {
-			t.Fatal(err)
-		}
+	for i := range nets {
+		nets[i].ASN = 16509
 	}
 	p := filepath.Join(dir, "countries.mmdb")
-	f, err := os.Create(p)
-	if err != nil {
+	if err := geodb.Write(p, "custos-test", nets); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tree.WriteTo(f); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 	return p
 }
 

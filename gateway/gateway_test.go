@@ -9,7 +9,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -21,10 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/maxmind/mmdbwriter"
-	"github.com/maxmind/mmdbwriter/mmdbtype"
-
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/geodb"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger"
 	"github.com/custos-dev/custos/token"
@@ -538,27 +535,12 @@ func TestEventFields(t *testing.T) {
 
 func writeMMDB(t *testing.T, dir string) string {
 	t.Helper()
-	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "custos-test", RecordSize: 24})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, n, _ := net.ParseCIDR("1.2.3.0/24")
-	if err := tree.Insert(n, mmdbtype.Map{
-		"country":                        mmdbtype.Map{"iso_code": mmdbtype.String("KR")},
-		"autonomous_system_number":       mmdbtype.Uint32(4766),
-		"autonomous_system_organization": mmdbtype.String("Korea Telecom"),
+	p := filepath.Join(dir, "geo.mmdb")
+	if err := geodb.Write(p, "custos-test", []geodb.Network{
+		{Prefix: netip.MustParsePrefix("1.2.3.0/24"), Country: "KR", ASN: 4766, Org: "Korea Telecom"},
 	}); err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(dir, "geo.mmdb")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tree.WriteTo(f); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 	return p
 }
 

@@ -11,10 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/maxmind/mmdbwriter"
-	"github.com/maxmind/mmdbwriter/mmdbtype"
-
 	"github.com/custos-dev/custos/config"
+	"github.com/custos-dev/custos/internal/geodb"
 )
 
 // `custos serve` with containment on and a standalone gateway process with a
@@ -138,25 +136,14 @@ func TestCountryContainmentProcesses(t *testing.T) {
 }
 
 // writeGeoDB writes a GeoIP database placing each network in its country.
-func writeGeoDB(t *testing.T, dir string, nets map[string]string) string {
+func writeGeoDB(t *testing.T, dir string, m map[string]string) string {
 	t.Helper()
-	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "custos-test", RecordSize: 24})
+	nets, err := geodb.Countries(m)
 	if err != nil {
 		t.Fatal(err)
-	}
-	for cidr, cc := range nets {
-		_, n, _ := net.ParseCIDR(cidr)
-		if err := tree.Insert(n, mmdbtype.Map{"country": mmdbtype.Map{"iso_code": mmdbtype.String(cc)}}); err != nil {
-			t.Fatal(err)
-		}
 	}
 	p := filepath.Join(dir, "geo.mmdb")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := tree.WriteTo(f); err != nil {
+	if err := geodb.Write(p, "custos-test", nets); err != nil {
 		t.Fatal(err)
 	}
 	return p
