@@ -76,13 +76,17 @@ type HTTPReplay struct {
 	custodian string
 	report    Report
 
-	simNow     atomic.Int64 // unix nanos of the request being replayed
-	firstAlert atomic.Int64
-	falseAl    atomic.Int64
-	attackNets []scenario.Network
-	firstUse   sync.Map // jti → unix nanos of the first request that used it
-	attackJTI  sync.Map // jti of every token issued for the attacker (stolen client secret)
-	falseRules sync.Map
+	simNow  atomic.Int64 // unix nanos of the request being replayed
+	falseAl atomic.Int64
+	// alertMu guards the first alert and the first behaviour alert (see
+	// behaviourRule), each with its rule.
+	alertMu                 sync.Mutex
+	firstAlert, firstBhv    int64
+	firstRule, firstBhvRule string
+	attackNets              []scenario.Network
+	firstUse                sync.Map // jti → unix nanos of the first request that used it
+	attackJTI               sync.Map // jti of every token issued for the attacker (stolen client secret)
+	falseRules              sync.Map
 }
 
 func listen(addr string) (net.Listener, error) {
@@ -310,11 +314,13 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 	} else if v, ok := h.attackJTI.Load(a.Attrs["jti"]); ok {
 		at = v.(int64)
 	}
-	for {
-		cur := h.firstAlert.Load()
-		if (cur != 0 && cur <= at) || h.firstAlert.CompareAndSwap(cur, at) {
-			return
-		}
+	h.alertMu.Lock()
+	defer h.alertMu.Unlock()
+	if h.firstAlert == 0 || at < h.firstAlert {
+		h.firstAlert, h.firstRule = at, a.Rule
+	}
+	if behaviourRule(a.Rule) && (h.firstBhv == 0 || at < h.firstBhv) {
+		h.firstBhv, h.firstBhvRule = at, a.Rule
 	}
 }
 
@@ -378,17 +384,24 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 	time.Sleep(300 * time.Millisecond) // let detection drain its queue
 	c := cw.world()
 	c.KeyDied = keyDied
-	if fa := h.firstAlert.Load(); fa != 0 {
-		c.FirstAlert = time.Unix(0, fa).UTC()
+	h.alertMu.Lock()
+	if h.firstAlert != 0 {
+		c.FirstAlert, c.FirstAlertRule = time.Unix(0, h.firstAlert).UTC(), h.firstRule
 		c.AlertDelay = c.FirstAlert.Sub(tl.FirstForged)
 	}
+	if h.firstBhv != 0 {
+		c.FirstBehaviour, c.FirstBehaviourRule = time.Unix(0, h.firstBhv).UTC(), h.firstBhvRule
+	}
+	h.alertMu.Unlock()
 	forged := true
 	switch h.sc.Config().AttackerVariant() {
 	case scenario.StolenClientSecret, scenario.ReplayedTokens:
 		forged = false // real tokens: the key's death does not stop them
 	}
 	if forged && !keyDied.IsZero() && !keyDied.After(tl.FirstForged) {
-		c.Containment = keyDied
+		// The key was dead before the attack began: contained from its
+		// first request (as in events mode).
+		c.Containment = tl.FirstForged
 	}
 	if c.NormalRequests > 0 {
 		c.FalseAlarms = h.falseAl.Load()

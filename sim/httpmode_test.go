@@ -61,8 +61,21 @@ func TestHTTPReplay(t *testing.T) {
 	if !ok || k.State != keys.Revoked {
 		t.Fatalf("the copied key is %v after its custodian left", k.State)
 	}
-	if cust.FirstAlert.IsZero() {
-		t.Fatal("no alert on the forged requests")
+	if cust.FirstAlert.IsZero() || cust.FirstAlertRule == "" {
+		t.Fatalf("no alert on the forged requests, or without its rule: %v %q", cust.FirstAlert, cust.FirstAlertRule)
+	}
+	if cust.FirstBehaviour.IsZero() || !behaviourRule(cust.FirstBehaviourRule) {
+		t.Errorf("first behaviour alert %v (%q): the forged crawl from abroad raises one", cust.FirstBehaviour, cust.FirstBehaviourRule)
+	}
+	// The key died at the departure, before the attack: contained from
+	// its first request, never before it.
+	if !cust.Containment.Equal(tl.FirstForged) {
+		t.Errorf("contained at %v, want the attack's first request %v", cust.Containment, tl.FirstForged)
+	}
+	for _, row := range NewMatrix(rep).Rows {
+		if row.ContainmentSecs != nil && *row.ContainmentSecs < 0 {
+			t.Errorf("%s: containment %v s after the start", row.World, *row.ContainmentSecs)
+		}
 	}
 	if cust.TimeToScope == 0 {
 		t.Fatalf("no scope: %v", cust.Notes)
