@@ -444,14 +444,27 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		if e := firstErr.Load(); e != nil {
 			return Report{}, *e
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(r scenario.Request) {
-			defer func() { <-sem; wg.Done() }()
+		if h.opts.Contain && r.Kind.Attack() {
+			// With containment on an attack request goes alone, as in
+			// events mode: what detection does about it takes effect
+			// before the next one.
+			wg.Wait()
 			if err := h.replay(ctx, &r, tokens, cw, bw); err != nil {
-				firstErr.CompareAndSwap(nil, &err)
+				return Report{}, err
 			}
-		}(r)
+			if h.catchUp.Load() {
+				h.awaitDetection(ctx)
+			}
+		} else {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func(r scenario.Request) {
+				defer func() { <-sem; wg.Done() }()
+				if err := h.replay(ctx, &r, tokens, cw, bw); err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+				}
+			}(r)
+		}
 		if progress != nil && n%512 == 0 {
 			progress(n, expected)
 		}
@@ -548,16 +561,28 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 // detection works would be served across hours of simulated time, where
 // events mode (one event at a time with containment on) serves none.
 func (h *HTTPReplay) awaitDetection(ctx context.Context) {
+	acts := len(h.Server.Detect.Actions())
 	deadline := time.Now().Add(maxCatchUp)
 	for h.Server.Detect.Events() < h.gwSent.Load() && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(200 * time.Microsecond)
 	}
-	time.Sleep(2 * time.Millisecond) // the batch's alerts delivered, containment carried out
+	// The batch's alerts are delivered and their containment carried out
+	// (an audit record each) after detection counts the events: wait a
+	// little for a new action, none if the request raised none.
+	deadline = time.Now().Add(maxActionWait)
+	for len(h.Server.Detect.Actions()) == acts && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(2 * time.Millisecond) // the gateway takes the action in
 	h.catchUp.Store(false)
 }
 
-// maxCatchUp bounds one wait for detection.
-const maxCatchUp = time.Second
+// maxCatchUp bounds one wait for detection, maxActionWait one wait for an
+// action after it.
+const (
+	maxCatchUp    = time.Second
+	maxActionWait = 50 * time.Millisecond
+)
 
 // Report writes the last run's report as Markdown.
 func (h *HTTPReplay) Report(w io.Writer) error { return h.report.WriteMarkdown(w) }
