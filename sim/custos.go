@@ -613,13 +613,19 @@ func (c *Custos) onAlert(a detect.Alert) {
 	if c.firstAlert.IsZero() || at.Before(c.firstAlert) {
 		c.firstAlert, c.firstRule = at, a.Rule
 	}
-	switch a.Rule {
-	case detect.RuleNotIssued, detect.RuleRevokedKey, detect.RuleDecoySubject, detect.RuleDepartedCred:
-	default:
-		if c.firstBhv.IsZero() || at.Before(c.firstBhv) {
-			c.firstBhv, c.firstBhvRul = at, a.Rule
-		}
+	if behaviourRule(a.Rule) && (c.firstBhv.IsZero() || at.Before(c.firstBhv)) {
+		c.firstBhv, c.firstBhvRul = at, a.Rule
 	}
+}
+
+// behaviourRule reports whether rule is blind to the token's provenance:
+// what observe mode or a log-ingesting gateway still sees.
+func behaviourRule(rule string) bool {
+	switch rule {
+	case detect.RuleNotIssued, detect.RuleRevokedKey, detect.RuleDecoySubject, detect.RuleDepartedCred:
+		return false
+	}
+	return true
 }
 
 // RevokeKey is containment: the key dies now (simulated time).
@@ -694,7 +700,9 @@ func (c *Custos) World(ctx context.Context) (World, error) {
 	}
 	w.FalseAlarms = c.falseAlarms
 	if c.forgedAtk && w.Containment.IsZero() && !c.keyDied.IsZero() && !c.keyDied.After(c.tl.FirstForged) {
-		w.Containment = c.keyDied
+		// The key was dead before the attack began: it was never served,
+		// contained from its first request.
+		w.Containment = c.tl.FirstForged
 	}
 	if !c.forgedAtk && !w.Containment.IsZero() && c.lastServed.After(w.Containment) {
 		// A block stopped one source, not the attack.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/forensics"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/server"
@@ -47,9 +49,32 @@ type HTTPOptions struct {
 	Workers int
 	Log     *slog.Logger
 	// KeyCopied: the custodian's departure never reaches the key he copied
-	// (it stays live, as if custody had been breached too); only the
-	// gateway's provenance check (not_issued) stands in the way.
+	// (it stays live, as if custody had been breached too, and is copied
+	// again when the schedule rotates it out); only the gateway's provenance
+	// check (not_issued) and detection stand in the way.
 	KeyCopied bool
+	// Observe runs the gateway's provenance check (not_issued) in observe
+	// mode: forged tokens pass, detection sees them.
+	Observe bool
+	// Contain turns on detect.contain: the server's containment policies
+	// (not_issued revokes the key, foreign_origin blocks the source,
+	// foreign_spread the country, issuance alerts suspend the client).
+	// Containment time is then read from the gateway's answers.
+	Contain bool
+	// Name names the custos world in the report (default "custos (http)").
+	Name string
+	// NoBaseline leaves out the signature-only gateway (another world's
+	// replay of the same stream has it).
+	NoBaseline bool
+}
+
+// HTTPWorld maps an events-mode world to the HTTP replay's options; the
+// worlds HTTP mode cannot replay (no lifecycle link, DPoP) are an error.
+func HTTPWorld(o CustosOptions) (HTTPOptions, error) {
+	if o.NoLifecycle || o.DPoP {
+		return HTTPOptions{}, fmt.Errorf("world %q is not replayed in http mode", o.Name)
+	}
+	return HTTPOptions{Name: o.Name + " (http)", KeyCopied: o.KeyStolenAnyway, Observe: o.Observe, Contain: o.Contain}, nil
 }
 
 // HTTPReplay is custos serving the sample shop over loopback HTTP, with the
@@ -68,21 +93,34 @@ type HTTPReplay struct {
 	done      chan error
 	servers   []*http.Server
 	ownData   bool
-	secret    string
+	secret    string // the login service's secret (a new one after a suspension)
+	stolenSec string // the secret the attacker holds
+	secretMu  sync.Mutex
 	clientID  string
 	scimTok   string
+	stolenMu  sync.Mutex
 	stolen    crypto.Signer
 	stolenK   keys.Key
+	stolenAll []string // every key the attacker held
 	custodian string
 	report    Report
 
-	simNow     atomic.Int64 // unix nanos of the request being replayed
-	firstAlert atomic.Int64
-	falseAl    atomic.Int64
-	attackNets []scenario.Network
-	firstUse   sync.Map // jti → unix nanos of the first request that used it
-	attackJTI  sync.Map // jti of every token issued for the attacker (stolen client secret)
-	falseRules sync.Map
+	simNow  atomic.Int64 // unix nanos of the request being replayed
+	falseAl atomic.Int64
+	// alertMu guards the first alert and the first behaviour alert (see
+	// behaviourRule), each with its rule.
+	alertMu                 sync.Mutex
+	firstAlert, firstBhv    int64
+	firstRule, firstBhvRule string
+	attackNets              []scenario.Network
+	firstUse                sync.Map // jti → unix nanos of the first request that used it
+	attackJTI               sync.Map // jti of every token issued for the attacker (stolen client secret)
+	falseRules              sync.Map
+	// gwSent counts requests sent to custos's gateway, and catchUp is set
+	// when an attack request was served with containment on: the driver
+	// then lets detection catch up before the next request (see Run).
+	gwSent  atomic.Uint64
+	catchUp atomic.Bool
 }
 
 func listen(addr string) (net.Listener, error) {
@@ -157,6 +195,10 @@ func StartHTTP(ctx context.Context, o HTTPOptions) (_ *HTTPReplay, err error) {
 	cfg.Gateway.Name = "custos-gw"
 	cfg.Gateway.GeoIP = []string{geo}
 	cfg.Gateway.TrustedProxies = []string{"127.0.0.1/32"} // the replay driver speaks for the simulated clients
+	if o.Observe {
+		cfg.Gateway.Observe = append(cfg.Gateway.Observe, string(event.ReasonNotIssued))
+	}
+	cfg.Detect.Contain = o.Contain
 	s, err := server.OpenWith(ctx, cfg, o.Log, nil, h.custody)
 	if err != nil {
 		apiLn.Close()
@@ -206,7 +248,7 @@ func (h *HTTPReplay) setup(ctx context.Context) error {
 	if err := h.admin(ctx, "POST", "/v1/clients", map[string]any{"name": "login-service", "audience": []string{config.DefaultAudience}}, &cl); err != nil {
 		return fmt.Errorf("failed to register the login service: %w", err)
 	}
-	h.secret, h.clientID = cl.Secret, cl.ID
+	h.secret, h.stolenSec, h.clientID = cl.Secret, cl.Secret, cl.ID
 	var st struct {
 		Token string `json:"token"`
 	}
@@ -238,7 +280,40 @@ func (h *HTTPReplay) setup(ctx context.Context) error {
 		return err
 	}
 	h.stolenK = k
+	h.stolenAll = []string{k.KID}
 	return nil
+}
+
+// signer is the key the attacker signs with. He keeps the key he copied,
+// but in a world where custody itself is breached (KeyCopied) he copies
+// the active key again once the schedule rotates his out; a key revoked
+// (by containment, or his custodian's departure) stays his last.
+func (h *HTTPReplay) signer(ctx context.Context) (crypto.Signer, keys.Key, error) {
+	h.stolenMu.Lock()
+	defer h.stolenMu.Unlock()
+	if h.opts.KeyCopied {
+		cur, ok := h.Server.Keys.Lookup(h.stolenK.KID)
+		if ok && cur.State != keys.Revoked && cur.State != keys.Active {
+			k, _, err := h.Server.Keys.Signer(ctx)
+			if err != nil {
+				return nil, keys.Key{}, err
+			}
+			s, err := h.custody.steal(k.KID)
+			if err != nil {
+				return nil, keys.Key{}, err
+			}
+			h.stolen, h.stolenK = s, k
+			h.stolenAll = append(h.stolenAll, k.KID)
+		}
+	}
+	return h.stolen, h.stolenK, nil
+}
+
+// stolenKey reports whether kid is a key the attacker held.
+func (h *HTTPReplay) stolenKey(kid string) bool {
+	h.stolenMu.Lock()
+	defer h.stolenMu.Unlock()
+	return kid != "" && slices.Contains(h.stolenAll, kid)
 }
 
 func (h *HTTPReplay) admin(ctx context.Context, method, path string, body, out any) error {
@@ -285,7 +360,7 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 	if len(a.Samples) == 0 && a.Attrs["src_ip"] == "" {
 		return // raised by the lifecycle (a departure), not by traffic
 	}
-	attack := a.Attrs["kid"] == h.stolenK.KID
+	attack := h.stolenKey(a.Attrs["kid"])
 	if _, ok := h.attackJTI.Load(a.Attrs["jti"]); ok && a.Attrs["jti"] != "" {
 		attack = true // an issuance alert on a token the attacker asked for
 	}
@@ -310,11 +385,13 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 	} else if v, ok := h.attackJTI.Load(a.Attrs["jti"]); ok {
 		at = v.(int64)
 	}
-	for {
-		cur := h.firstAlert.Load()
-		if (cur != 0 && cur <= at) || h.firstAlert.CompareAndSwap(cur, at) {
-			return
-		}
+	h.alertMu.Lock()
+	defer h.alertMu.Unlock()
+	if h.firstAlert == 0 || at < h.firstAlert {
+		h.firstAlert, h.firstRule = at, a.Rule
+	}
+	if behaviourRule(a.Rule) && (h.firstBhv == 0 || at < h.firstBhv) {
+		h.firstBhv, h.firstBhvRule = at, a.Rule
 	}
 }
 
@@ -322,12 +399,19 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint64)) (Report, error) {
 	tl := h.sc.Timeline()
 	pop := h.sc.Population()
-	name := "custos (http)"
-	if h.opts.KeyCopied {
+	name := h.opts.Name
+	switch {
+	case name != "":
+	case h.opts.KeyCopied:
 		name = "custos, key copied anyway (http)"
+	default:
+		name = "custos (http)"
 	}
 	cw := &httpWorld{name: name, exposure: NewExposure(pop)}
-	bw := &httpWorld{name: "baseline (http)", exposure: NewExposure(pop)}
+	var bw *httpWorld
+	if !h.opts.NoBaseline {
+		bw = &httpWorld{name: "baseline (http)", exposure: NewExposure(pop)}
+	}
 	tokens := newTokenCache()
 	departed := false
 	var keyDied time.Time
@@ -349,6 +433,10 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 			}
 			departed, keyDied = true, tl.CustodianLeaves
 		}
+		if h.catchUp.Load() {
+			wg.Wait()
+			h.awaitDetection(ctx)
+		}
 		h.simNow.Store(r.Time.UnixNano())
 		if err := ctx.Err(); err != nil {
 			return Report{}, err
@@ -356,14 +444,27 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		if e := firstErr.Load(); e != nil {
 			return Report{}, *e
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(r scenario.Request) {
-			defer func() { <-sem; wg.Done() }()
+		if h.opts.Contain && r.Kind.Attack() {
+			// With containment on an attack request goes alone, as in
+			// events mode: what detection does about it takes effect
+			// before the next one.
+			wg.Wait()
 			if err := h.replay(ctx, &r, tokens, cw, bw); err != nil {
-				firstErr.CompareAndSwap(nil, &err)
+				return Report{}, err
 			}
-		}(r)
+			if h.catchUp.Load() {
+				h.awaitDetection(ctx)
+			}
+		} else {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func(r scenario.Request) {
+				defer func() { <-sem; wg.Done() }()
+				if err := h.replay(ctx, &r, tokens, cw, bw); err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+				}
+			}(r)
+		}
 		if progress != nil && n%512 == 0 {
 			progress(n, expected)
 		}
@@ -378,17 +479,43 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 	time.Sleep(300 * time.Millisecond) // let detection drain its queue
 	c := cw.world()
 	c.KeyDied = keyDied
-	if fa := h.firstAlert.Load(); fa != 0 {
-		c.FirstAlert = time.Unix(0, fa).UTC()
+	h.alertMu.Lock()
+	if h.firstAlert != 0 {
+		c.FirstAlert, c.FirstAlertRule = time.Unix(0, h.firstAlert).UTC(), h.firstRule
 		c.AlertDelay = c.FirstAlert.Sub(tl.FirstForged)
 	}
+	if h.firstBhv != 0 {
+		c.FirstBehaviour, c.FirstBehaviourRule = time.Unix(0, h.firstBhv).UTC(), h.firstBhvRule
+	}
+	h.alertMu.Unlock()
 	forged := true
 	switch h.sc.Config().AttackerVariant() {
 	case scenario.StolenClientSecret, scenario.ReplayedTokens:
 		forged = false // real tokens: the key's death does not stop them
 	}
 	if forged && !keyDied.IsZero() && !keyDied.After(tl.FirstForged) {
-		c.Containment = keyDied
+		// The key was dead before the attack began: contained from its
+		// first request (as in events mode).
+		c.Containment = tl.FirstForged
+	}
+	if h.opts.Contain {
+		c.ContainmentOn = true
+		c.Containment = cw.contained()
+		acts := map[string]int64{}
+		for _, a := range h.Server.Detect.Actions() {
+			k := string(a.Action) + " on " + a.Rule
+			if a.Error != "" {
+				k += " (failed)"
+			}
+			acts[k]++
+		}
+		names := slices.Sorted(maps.Keys(acts))
+		for i, k := range names {
+			names[i] = k + " " + count(acts[k])
+		}
+		if len(names) > 0 {
+			c.Notes = append(c.Notes, "containment actions: "+strings.Join(names, ", "))
+		}
 	}
 	if c.NormalRequests > 0 {
 		c.FalseAlarms = h.falseAl.Load()
@@ -397,9 +524,12 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 			return true
 		})
 	}
-	if h.opts.KeyCopied {
+	switch {
+	case h.opts.Observe:
+		c.Notes = append(c.Notes, "the copied key stayed live and the gateway's provenance check (not_issued) only observed: detection and containment stood in the way")
+	case h.opts.KeyCopied:
 		c.Notes = append(c.Notes, "the copied key stayed live: only provenance (not_issued) stood in the way")
-	} else {
+	default:
 		c.Notes = append(c.Notes, "custodian deactivated over SCIM at his departure; offboarding rotated and revoked the key he held")
 	}
 	if d, err := h.scope(ctx); err == nil {
@@ -407,6 +537,10 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		c.Notes = append(c.Notes, d.note)
 	} else {
 		c.Notes = append(c.Notes, "scope failed: "+err.Error())
+	}
+	if bw == nil {
+		h.report = NewReport(h.sc, "http", c)
+		return h.report, nil
 	}
 	b := bw.world()
 	b.KeyDied = tl.Revoked
@@ -419,6 +553,36 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 	h.report = NewReport(h.sc, "http", b, c)
 	return h.report, nil
 }
+
+// awaitDetection waits (at most maxCatchUp) until detection has taken
+// every request sent to the gateway, and a moment more for its alerts'
+// containment, then clears catchUp. Simulated time runs thousands of times
+// faster than the wall clock: without it, the requests in flight while
+// detection works would be served across hours of simulated time, where
+// events mode (one event at a time with containment on) serves none.
+func (h *HTTPReplay) awaitDetection(ctx context.Context) {
+	acts := len(h.Server.Detect.Actions())
+	deadline := time.Now().Add(maxCatchUp)
+	for h.Server.Detect.Events() < h.gwSent.Load() && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(200 * time.Microsecond)
+	}
+	// The batch's alerts are delivered and their containment carried out
+	// (an audit record each) after detection counts the events: wait a
+	// little for a new action, none if the request raised none.
+	deadline = time.Now().Add(maxActionWait)
+	for len(h.Server.Detect.Actions()) == acts && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(2 * time.Millisecond) // the gateway takes the action in
+	h.catchUp.Store(false)
+}
+
+// maxCatchUp bounds one wait for detection, maxActionWait one wait for an
+// action after it.
+const (
+	maxCatchUp    = time.Second
+	maxActionWait = 50 * time.Millisecond
+)
 
 // Report writes the last run's report as Markdown.
 func (h *HTTPReplay) Report(w io.Writer) error { return h.report.WriteMarkdown(w) }
@@ -467,9 +631,18 @@ func (h *HTTPReplay) replay(ctx context.Context, r *scenario.Request, tokens *to
 		base string
 		w    *httpWorld
 	}{{h.GatewayURL, cw}, {h.BaselineURL, bw}} {
+		if w.w == nil {
+			continue
+		}
+		if w.w == cw {
+			h.gwSent.Add(1)
+		}
 		st, reason, err := h.get(ctx, w.base+r.Path, tok, r)
 		if err != nil {
 			return err
+		}
+		if w.w == cw && attack && h.opts.Contain && (st == http.StatusOK || st == http.StatusNotFound) {
+			h.catchUp.Store(true)
 		}
 		w.w.count(r, attack, st, reason)
 	}
@@ -482,8 +655,12 @@ func (h *HTTPReplay) replay(ctx context.Context, r *scenario.Request, tokens *to
 // copied key.
 func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, error) {
 	if r.Token == scenario.Forged {
+		s, k, err := h.signer(ctx)
+		if err != nil {
+			return "", err
+		}
 		now := time.Now()
-		return token.Sign(h.stolen, h.stolenK.Alg, h.stolenK.KID, token.Claims{
+		return token.Sign(s, k.Alg, k.KID, token.Claims{
 			Issuer: h.APIURL, Subject: r.Member, Audience: config.DefaultAudience,
 			IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(10 * time.Minute).Unix(),
 			JTI: r.TokenID, ClientID: h.clientID,
@@ -497,19 +674,57 @@ func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, er
 	if r.Token != scenario.IssuedStolenSecret && session == "" {
 		session = "s-" + r.TokenID
 	}
-	err := h.call(ctx, "POST", h.APIURL+"/v1/tokens", h.secret, map[string]any{
+	secret := h.stolenSec
+	if r.Token != scenario.IssuedStolenSecret {
+		h.secretMu.Lock()
+		secret = h.secret
+		h.secretMu.Unlock()
+	}
+	body := map[string]any{
 		"subject": r.Member, "audience": config.DefaultAudience, "ttl": 900,
 		"client_ip": r.SrcIP.String(), "session_id": session,
-	}, &out)
-	if err != nil && r.Kind.Attack() && strings.Contains(err.Error(), ": 403 ") {
-		// The authority refuses the subject (a decoy): the attacker goes
-		// without a token, and the gateway refuses the request.
+	}
+	err := h.call(ctx, "POST", h.APIURL+"/v1/tokens", secret, body, &out)
+	if err != nil && r.Kind.Attack() && (strings.Contains(err.Error(), ": 403 ") || strings.Contains(err.Error(), ": 401 ")) {
+		// The authority refuses the subject (a decoy) or the secret
+		// (suspended by containment): the attacker goes without a token,
+		// and the gateway refuses the request.
 		return "", nil
+	}
+	if err != nil && strings.Contains(err.Error(), ": 401 ") {
+		// Containment suspended the login service's secret: its owner
+		// registers the service again, with a secret the attacker lacks.
+		if err := h.reregister(ctx, secret); err != nil {
+			return "", err
+		}
+		h.secretMu.Lock()
+		secret = h.secret
+		h.secretMu.Unlock()
+		err = h.call(ctx, "POST", h.APIURL+"/v1/tokens", secret, body, &out)
 	}
 	if err == nil && r.Token == scenario.IssuedStolenSecret {
 		h.attackJTI.Store(out.JTI, r.Time.UnixNano())
 	}
 	return out.AccessToken, err
+}
+
+// reregister gives the login service a new client and secret, once, after
+// containment suspended the one in use (old).
+func (h *HTTPReplay) reregister(ctx context.Context, old string) error {
+	h.secretMu.Lock()
+	defer h.secretMu.Unlock()
+	if h.secret != old {
+		return nil // another request did it
+	}
+	var cl struct {
+		ID     string `json:"client_id"`
+		Secret string `json:"client_secret"`
+	}
+	if err := h.admin(ctx, "POST", "/v1/clients", map[string]any{"name": "login-service-2", "audience": []string{config.DefaultAudience}}, &cl); err != nil {
+		return fmt.Errorf("failed to register the login service again: %w", err)
+	}
+	h.secret = cl.Secret
+	return nil
 }
 
 func (h *HTTPReplay) get(ctx context.Context, u, tok string, r *scenario.Request) (int, string, error) {
@@ -572,6 +787,29 @@ type httpWorld struct {
 	served   int64
 	normal   int64
 	refusals map[string]int64 // attack requests refused, by reason
+	// lastServed is the latest attack request served and refused the times
+	// of those refused (unix nanos, simulated): requests are in flight
+	// several at once, so containment is worked out at the end.
+	lastServed int64
+	refused    []int64
+}
+
+// contained is when the attack stopped being served: the first refused
+// attack request after which none was served; zero if the last one was
+// served or none was refused.
+func (w *httpWorld) contained() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var at int64
+	for _, t := range w.refused {
+		if t > w.lastServed && (at == 0 || t < at) {
+			at = t
+		}
+	}
+	if at == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, at).UTC()
 }
 
 func (w *httpWorld) count(r *scenario.Request, attack bool, status int, reason string) {
@@ -588,8 +826,12 @@ func (w *httpWorld) count(r *scenario.Request, attack bool, status int, reason s
 		}
 		w.refusals[reason]++
 	}
+	t := r.Time.UnixNano()
 	if status == http.StatusOK || status == http.StatusNotFound {
 		w.served++ // the shop answered: the token was accepted
+		w.lastServed = max(w.lastServed, t)
+	} else if status == http.StatusUnauthorized || status == http.StatusForbidden {
+		w.refused = append(w.refused, t)
 	}
 	if status == http.StatusOK {
 		w.exposure.Add(r)

@@ -14,6 +14,12 @@ import (
 // and closes it when the test ends.
 func replayHTTPTest(t *testing.T, edit func(*scenario.Config)) (*HTTPReplay, Report) {
 	t.Helper()
+	return replayHTTPWorld(t, HTTPOptions{}, edit)
+}
+
+// replayHTTPWorld is replayHTTPTest in the world o.
+func replayHTTPWorld(t *testing.T, o HTTPOptions, edit func(*scenario.Config)) (*HTTPReplay, Report) {
+	t.Helper()
 	cfg := scenario.DefaultConfig()
 	cfg.Scale = 0.00002
 	if edit != nil {
@@ -21,7 +27,8 @@ func replayHTTPTest(t *testing.T, edit func(*scenario.Config)) (*HTTPReplay, Rep
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	h, err := StartHTTP(ctx, HTTPOptions{Scenario: cfg, Data: t.TempDir()})
+	o.Scenario, o.Data = cfg, t.TempDir()
+	h, err := StartHTTP(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,8 +68,21 @@ func TestHTTPReplay(t *testing.T) {
 	if !ok || k.State != keys.Revoked {
 		t.Fatalf("the copied key is %v after its custodian left", k.State)
 	}
-	if cust.FirstAlert.IsZero() {
-		t.Fatal("no alert on the forged requests")
+	if cust.FirstAlert.IsZero() || cust.FirstAlertRule == "" {
+		t.Fatalf("no alert on the forged requests, or without its rule: %v %q", cust.FirstAlert, cust.FirstAlertRule)
+	}
+	if cust.FirstBehaviour.IsZero() || !behaviourRule(cust.FirstBehaviourRule) {
+		t.Errorf("first behaviour alert %v (%q): the forged crawl from abroad raises one", cust.FirstBehaviour, cust.FirstBehaviourRule)
+	}
+	// The key died at the departure, before the attack: contained from
+	// its first request, never before it.
+	if !cust.Containment.Equal(tl.FirstForged) {
+		t.Errorf("contained at %v, want the attack's first request %v", cust.Containment, tl.FirstForged)
+	}
+	for _, row := range NewMatrix(rep).Rows {
+		if row.ContainmentSecs != nil && *row.ContainmentSecs < 0 {
+			t.Errorf("%s: containment %v s after the start", row.World, *row.ContainmentSecs)
+		}
 	}
 	if cust.TimeToScope == 0 {
 		t.Fatalf("no scope: %v", cust.Notes)
@@ -117,4 +137,46 @@ func TestHTTPReplayVariants(t *testing.T) {
 			t.Logf("served %d of %d, alerts %v, false alarms %d in %d", cust.ForgedServed, cust.ForgedSent, rules, cust.FalseAlarms, cust.NormalRequests)
 		})
 	}
+}
+
+// Provenance only observed, containment on, and the attacker's key live as
+// far as custody knows: the first forged token passes, detection's not_issued
+// alert revokes the key, and the gateway refuses the crawl from then on.
+func TestHTTPReplayObserveContained(t *testing.T) {
+	if testing.Short() {
+		t.Skip("HTTP replay skipped in -short mode")
+	}
+	o, err := HTTPWorld(DefaultWorlds()[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, rep := replayHTTPWorld(t, o, nil)
+	cust := rep.Worlds[1]
+	if !cust.ContainmentOn || cust.Containment.IsZero() {
+		t.Fatalf("not contained: %+v", cust)
+	}
+	if cust.ForgedServed == 0 {
+		t.Errorf("observe mode served no forged request: the key was not live")
+	}
+	var records int64
+	for _, n := range cust.Records {
+		records += n
+	}
+	if records > GoalMaxRecords || cust.ForgedServed >= cust.ForgedSent {
+		t.Fatalf("%d records exposed, %d of %d served", records, cust.ForgedServed, cust.ForgedSent)
+	}
+	revoked := false
+	for _, a := range h.Server.Detect.Actions() {
+		if a.Action == detect.ActionRevokeKey && a.Rule == detect.RuleNotIssued && a.Target == h.stolenK.KID && a.Error == "" {
+			revoked = true
+		}
+	}
+	if k, _ := h.Server.Keys.Lookup(h.stolenK.KID); !revoked || k.State != keys.Revoked {
+		t.Fatalf("key %s is %v, revoke_key on not_issued carried out: %v", h.stolenK.KID, k.State, revoked)
+	}
+	row := NewMatrix(rep).Rows[1]
+	if row.ContainmentSecs == nil || *row.ContainmentSecs < 0 {
+		t.Fatalf("containment %v", row.ContainmentSecs)
+	}
+	t.Logf("served %d of %d, %d records, contained %.3f s after the start; %v", cust.ForgedServed, cust.ForgedSent, records, *row.ContainmentSecs, cust.Notes)
 }

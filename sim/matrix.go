@@ -85,7 +85,9 @@ func NewMatrix(reps ...Report) Matrix {
 				row.FirstBehaviourRule = w.FirstBehaviourRule
 			}
 			if !w.Containment.IsZero() {
-				row.ContainmentSecs = secsPtr(w.Containment.Sub(first), true)
+				// Contained before the attack began (a key dead beforehand)
+				// is contained from its first request: never negative.
+				row.ContainmentSecs = secsPtr(max(w.Containment.Sub(first), 0), true)
 			}
 			m.Rows = append(m.Rows, row)
 		}

@@ -312,3 +312,15 @@ func TestReplayedTokensContainedByCountry(t *testing.T) {
 		t.Errorf("without foreign_spread: served %d, contained at %v; the per-network blocks were expected not to catch up", without.ForgedServed, without.Containment)
 	}
 }
+
+// A key dead before the attack began contains it from its first request:
+// the matrix never shows a negative containment time.
+func TestMatrixContainmentNeverNegative(t *testing.T) {
+	start := time.Date(2025, 6, 24, 0, 0, 0, 0, time.UTC)
+	rep := Report{Attacker: scenario.StolenKey, Timeline: scenario.Timeline{FirstForged: start},
+		Worlds: []World{{Name: "custos", Containment: start.Add(-100 * 24 * time.Hour)}}}
+	row := NewMatrix(rep).Rows[0]
+	if row.ContainmentSecs == nil || *row.ContainmentSecs != 0 {
+		t.Fatalf("containment %v, want 0", row.ContainmentSecs)
+	}
+}

@@ -82,12 +82,26 @@ func newSimulateCmd() *cobra.Command {
 			if f.mode != "events" && f.mode != "http" {
 				return usageErr("--mode must be events or http, not %q", f.mode)
 			}
-			if !cmd.Flags().Changed("worlds") && f.scale > 0.01 {
+			switch {
+			case cmd.Flags().Changed("worlds"):
+			case f.mode == "http":
+				f.worlds = defaultHTTPWorlds // each world is a replay of its own
+			case f.scale > 0.01:
 				f.worlds = []string{"custos"} // the variants cost a full replay each
 			}
 			worlds, err := sim.WorldsNamed(f.worlds)
 			if err != nil {
 				return usageErr("--worlds: %v", err)
+			}
+			var httpWorlds []sim.HTTPOptions
+			if f.mode == "http" {
+				for _, w := range worlds {
+					o, err := sim.HTTPWorld(w)
+					if err != nil {
+						return usageErr("--worlds: %v", err)
+					}
+					httpWorlds = append(httpWorlds, o)
+				}
 			}
 			matrix := cmd.Flags().Changed("attacker")
 			ctx, cancel := signalContext()
@@ -110,7 +124,7 @@ func newSimulateCmd() *cobra.Command {
 				bar, done := progress(cmd.ErrOrStderr(), f.mode+" replay "+string(v), f.quiet)
 				var rep sim.Report
 				if f.mode == "http" {
-					rep, err = replayHTTP(ctx, c, bar)
+					rep, err = replayHTTP(ctx, c, httpWorlds, bar)
 				} else {
 					rep, err = replayEvents(ctx, c, worlds, f, bar)
 				}
@@ -142,7 +156,7 @@ func newSimulateCmd() *cobra.Command {
 	fl.BoolVar(&f.asJSON, "json", false, "print JSON instead of a Markdown table")
 	fl.BoolVar(&f.quiet, "quiet", false, "no progress bar")
 	fl.BoolVar(&f.noScope, "no-scope", false, "events mode: do not write events for scoping (faster at large scale; no time-to-scope figure)")
-	fl.StringSliceVar(&f.worlds, "worlds", []string{"all"}, "events mode: custos worlds to replay: custos, copied, observe, nolifecycle, dpop or all (default all up to --scale 0.01, custos above)")
+	fl.StringSliceVar(&f.worlds, "worlds", []string{"all"}, "custos worlds to replay: custos, copied, observe, nolifecycle, dpop or all (events mode: default all up to --scale 0.01, custos above; http mode: custos, copied and observe, each a replay of its own; nolifecycle and dpop are events-mode only)")
 	fl.StringVar(&f.scopeDir, "scope-dir", "", "events mode: where worlds write their access events (default a temp dir, removed at the end)")
 	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the replay to this file")
 	fl.StringSliceVar(&f.attackers, "attacker", []string{string(scenario.StolenKey)}, "attacker variants, each replayed against the baseline and every world and printed as a detection matrix: stolen-key, stolen-client-secret, distributed, low-and-slow, replayed-tokens or all")
@@ -177,9 +191,30 @@ func replayEvents(ctx context.Context, cfg scenario.Config, worlds []sim.CustosO
 	return sim.RunEvents(ctx, o, bar)
 }
 
-// replayHTTP runs the HTTP-mode replay.
-func replayHTTP(ctx context.Context, cfg scenario.Config, bar func(done, total uint64)) (sim.Report, error) {
-	h, err := sim.StartHTTP(ctx, sim.HTTPOptions{Scenario: cfg})
+// defaultHTTPWorlds are the worlds http mode replays unless --worlds says.
+var defaultHTTPWorlds = []string{"custos", "copied", "observe"}
+
+// replayHTTP runs the HTTP-mode replay once per world, each with a server,
+// ledger and state of its own; the first also runs the baseline.
+func replayHTTP(ctx context.Context, cfg scenario.Config, worlds []sim.HTTPOptions, bar func(done, total uint64)) (sim.Report, error) {
+	var rep sim.Report
+	for i, o := range worlds {
+		o.Scenario, o.NoBaseline = cfg, i > 0
+		r, err := replayHTTPWorld(ctx, o, bar)
+		if err != nil {
+			return sim.Report{}, err
+		}
+		if i == 0 {
+			rep = r
+		} else {
+			rep.Worlds = append(rep.Worlds, r.Worlds...)
+		}
+	}
+	return rep, nil
+}
+
+func replayHTTPWorld(ctx context.Context, o sim.HTTPOptions, bar func(done, total uint64)) (sim.Report, error) {
+	h, err := sim.StartHTTP(ctx, o)
 	if err != nil {
 		return sim.Report{}, err
 	}

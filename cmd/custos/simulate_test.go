@@ -60,3 +60,53 @@ func TestSimulateAttackerMatrix(t *testing.T) {
 		}
 	}
 }
+
+// TestSimulateHTTPWorlds runs simulate coupang --mode http with two custos
+// worlds, each a replay of its own: one row per world, the observe +
+// containment world contained, no containment before the attack's start;
+// a world http mode cannot replay is a usage error.
+func TestSimulateHTTPWorlds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("HTTP replay skipped in -short mode")
+	}
+	out, code := runCLI(t, "simulate", "coupang", "--scale", "0.00002", "--quiet", "--json", "--mode", "http",
+		"--attacker", "stolen-key", "--worlds", "custos,observe")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	var m struct {
+		Matrix []struct {
+			World       string   `json:"world"`
+			Rule        string   `json:"first_alert_rule"`
+			Containment *float64 `json:"containment_seconds"`
+			Records     int64    `json:"records_exposed"`
+			On          bool     `json:"containment_on"`
+		} `json:"matrix"`
+		Goals []struct {
+			Goal string `json:"goal"`
+			Met  bool   `json:"met"`
+		} `json:"goals"`
+	}
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if len(m.Matrix) != 3 || m.Matrix[0].World != "baseline (http)" || m.Matrix[1].World != "custos (http)" ||
+		m.Matrix[2].World != "custos, provenance in observe mode + containment (http)" {
+		t.Fatalf("matrix %+v: want baseline, custos, observe + containment", m.Matrix)
+	}
+	for _, r := range m.Matrix[1:] {
+		if r.Rule == "" || r.Containment == nil || *r.Containment < 0 {
+			t.Errorf("%s: first alert rule %q, containment %v", r.World, r.Rule, r.Containment)
+		}
+	}
+	if obs := m.Matrix[2]; !obs.On || obs.Records > 1000 {
+		t.Errorf("observe + containment: %+v", obs)
+	}
+	if !m.Goals[1].Met {
+		t.Errorf("goal %q not met", m.Goals[1].Goal)
+	}
+	out, code = runCLI(t, "simulate", "coupang", "--scale", "0.00002", "--quiet", "--mode", "http", "--worlds", "dpop")
+	if code != 2 {
+		t.Errorf("--mode http --worlds dpop: exit %d, want 2 (usage): %s", code, out)
+	}
+}
