@@ -23,13 +23,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/maxmind/mmdbwriter"
-	"github.com/maxmind/mmdbwriter/mmdbtype"
-
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/forensics"
+	"github.com/custos-dev/custos/internal/geodb"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/shop"
@@ -364,7 +362,14 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 	if _, ok := h.attackJTI.Load(a.Attrs["jti"]); ok && a.Attrs["jti"] != "" {
 		attack = true // an issuance alert on a token the attacker asked for
 	}
-	if ip, err := netipParse(a.Attrs["src_ip"]); err == nil {
+	// src_ip is the request's source; for an issuance alert, client_ip is
+	// the address the token was asked for (the attacker's, with a stolen
+	// secret), since the alert is raised before its jti reaches attackJTI.
+	for _, attr := range []string{"src_ip", "client_ip"} {
+		ip, err := netipParse(a.Attrs[attr])
+		if err != nil {
+			continue
+		}
 		for _, n := range h.attackNets {
 			if n.Prefix.Contains(ip) {
 				attack = true
@@ -929,31 +934,11 @@ func (g *sigOnly) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // writeGeoDB writes a MaxMind-format database of the scenario's networks so
 // the gateway fills country and ASN as it would in production.
 func writeGeoDB(path string, nets []scenario.Network) (string, error) {
-	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "custos-replay", RecordSize: 24})
-	if err != nil {
-		return "", err
+	out := make([]geodb.Network, len(nets))
+	for i, n := range nets {
+		out[i] = geodb.Network{Prefix: n.Prefix, Country: n.Country, ASN: n.ASN}
 	}
-	for _, n := range nets {
-		_, ipn, err := net.ParseCIDR(n.Prefix.String())
-		if err != nil {
-			return "", err
-		}
-		if err := tree.Insert(ipn, mmdbtype.Map{
-			"country":                  mmdbtype.Map{"iso_code": mmdbtype.String(n.Country)},
-			"autonomous_system_number": mmdbtype.Uint32(n.ASN),
-		}); err != nil {
-			return "", err
-		}
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
-	}
-	if _, err := tree.WriteTo(f); err != nil {
-		f.Close()
-		return "", err
-	}
-	return path, f.Close()
+	return path, geodb.Write(path, "custos-replay", out)
 }
 
 var errNoIP = errors.New("no ip")
