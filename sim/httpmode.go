@@ -64,16 +64,37 @@ type HTTPOptions struct {
 	// NoBaseline leaves out the signature-only gateway (another world's
 	// replay of the same stream has it).
 	NoBaseline bool
+	// NoLifecycle: the custodian is not made a custodian of the key, so his
+	// departure does not reach it; he copies the active key as he leaves,
+	// and only the server's rotation schedule kills it (rotated out within
+	// RotateEvery, retired MaxTokenTTL + RetireLeeway later). The server
+	// then runs on the replay's simulated clock, and the replay applies the
+	// key schedule (keys.Manager.Tick) every schedStep of simulated time.
+	NoLifecycle bool
 }
 
 // HTTPWorld maps an events-mode world to the HTTP replay's options; the
-// worlds HTTP mode cannot replay (no lifecycle link, DPoP) are an error.
+// world HTTP mode cannot replay (DPoP) is an error.
 func HTTPWorld(o CustosOptions) (HTTPOptions, error) {
-	if o.NoLifecycle || o.DPoP {
+	if o.DPoP {
 		return HTTPOptions{}, fmt.Errorf("world %q is not replayed in http mode", o.Name)
 	}
-	return HTTPOptions{Name: o.Name + " (http)", KeyCopied: o.KeyStolenAnyway, Observe: o.Observe, Contain: o.Contain}, nil
+	return HTTPOptions{Name: o.Name + " (http)", KeyCopied: o.KeyStolenAnyway, Observe: o.Observe, Contain: o.Contain, NoLifecycle: o.NoLifecycle}, nil
 }
+
+// schedStep is how often, in simulated time, the no-lifecycle world applies
+// the server's key schedule: the server's own schedule loop runs every ten
+// seconds of wall time, hours or days of simulated time.
+const schedStep = 5 * time.Minute
+
+// keyLead is how long before the custodian's departure the no-lifecycle
+// world's server starts, with the key he copies.
+const keyLead = time.Minute
+
+// tokenStep is how long, in simulated time, the no-lifecycle world uses a
+// token before getting a new one: under the forged tokens' lifetime (10
+// minutes) and the issued ones' (15).
+const tokenStep = 5 * time.Minute
 
 // HTTPReplay is custos serving the sample shop over loopback HTTP, with the
 // breach replayed through it and through a signature-only gateway.
@@ -103,8 +124,12 @@ type HTTPReplay struct {
 	custodian string
 	report    Report
 
-	simNow  atomic.Int64 // unix nanos of the request being replayed
-	falseAl atomic.Int64
+	simNow atomic.Int64 // unix nanos of the request being replayed
+	// lastSched is when (simulated) the no-lifecycle world last applied
+	// the key schedule; cw is custos's world of the last run.
+	lastSched time.Time
+	cw        *httpWorld
+	falseAl   atomic.Int64
 	// alertMu guards the first alert and the first behaviour alert (see
 	// behaviourRule), each with its rule.
 	alertMu                 sync.Mutex
@@ -197,7 +222,16 @@ func StartHTTP(ctx context.Context, o HTTPOptions) (_ *HTTPReplay, err error) {
 		cfg.Gateway.Observe = append(cfg.Gateway.Observe, string(event.ReasonNotIssued))
 	}
 	cfg.Detect.Contain = o.Contain
-	s, err := server.OpenWith(ctx, cfg, o.Log, nil, h.custody)
+	var now func() time.Time // the wall clock
+	if o.NoLifecycle {
+		// Simulated time from just before the custodian's departure: the
+		// key he copies as he leaves is the active key then.
+		start := sc.Config().CustodianLeaves.Add(-keyLead)
+		h.simNow.Store(start.UnixNano())
+		h.lastSched = start
+		now = h.simTime
+	}
+	s, err := server.OpenWith(ctx, cfg, o.Log, now, h.custody)
 	if err != nil {
 		apiLn.Close()
 		gwLn.Close()
@@ -263,9 +297,13 @@ func (h *HTTPReplay) setup(ctx context.Context) error {
 	}, &user); err != nil {
 		return fmt.Errorf("failed to provision the custodian: %w", err)
 	}
+	members := []map[string]string{{"value": user.ID}}
+	if h.opts.NoLifecycle {
+		members = []map[string]string{} // nobody links him to the key
+	}
 	if err := h.call(ctx, "POST", h.APIURL+"/scim/v2/Groups", h.scimTok, map[string]any{
 		"schemas": []string{"urn:ietf:params:scim:schemas:core:2.0:Group"}, "displayName": "auth-key-admins",
-		"members": []map[string]string{{"value": user.ID}},
+		"members": members,
 	}, nil); err != nil {
 		return fmt.Errorf("failed to make the key-admin group: %w", err)
 	}
@@ -413,6 +451,7 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		name = "custos (http)"
 	}
 	cw := &httpWorld{name: name, exposure: NewExposure(pop)}
+	h.cw = cw
 	var bw *httpWorld
 	if !h.opts.NoBaseline {
 		bw = &httpWorld{name: "baseline (http)", exposure: NewExposure(pop)}
@@ -433,16 +472,35 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		n++
 		if !departed && !h.opts.KeyCopied && !r.Time.Before(tl.CustodianLeaves) {
 			wg.Wait() // the departure happens between requests, in order
+			if h.opts.NoLifecycle {
+				if err := h.advance(ctx, tl.CustodianLeaves); err != nil {
+					return Report{}, err
+				}
+			}
 			if err := h.depart(ctx); err != nil {
 				return Report{}, err
 			}
-			departed, keyDied = true, tl.CustodianLeaves
+			departed = true
+			if !h.opts.NoLifecycle {
+				keyDied = tl.CustodianLeaves
+			}
 		}
 		if h.catchUp.Load() {
 			wg.Wait()
 			h.awaitDetection(ctx)
 		}
-		h.simNow.Store(r.Time.UnixNano())
+		if h.opts.NoLifecycle {
+			if r.Time.Sub(h.simTime()) > time.Minute {
+				// The clock jumps: the requests in flight finish
+				// first, or their tokens would have expired.
+				wg.Wait()
+			}
+			if err := h.advance(ctx, r.Time); err != nil {
+				return Report{}, err
+			}
+		} else {
+			h.simNow.Store(r.Time.UnixNano())
+		}
 		if err := ctx.Err(); err != nil {
 			return Report{}, err
 		}
@@ -482,6 +540,17 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		progress(n, expected)
 	}
 	time.Sleep(300 * time.Millisecond) // let detection drain its queue
+	if h.opts.NoLifecycle {
+		// The key died when the schedule retired it (or anything revoked it).
+		if k, ok := h.Server.Keys.Lookup(h.stolenK.KID); ok {
+			switch {
+			case k.RevokedAt != nil:
+				keyDied = k.RevokedAt.In(tl.CustodianLeaves.Location())
+			case k.RetiredAt != nil:
+				keyDied = k.RetiredAt.In(tl.CustodianLeaves.Location())
+			}
+		}
+	}
 	c := cw.world()
 	c.KeyDied = keyDied
 	h.alertMu.Lock()
@@ -534,6 +603,8 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		c.Notes = append(c.Notes, "the copied key stayed live and the gateway's provenance check (not_issued) only observed: detection and containment stood in the way")
 	case h.opts.KeyCopied:
 		c.Notes = append(c.Notes, "the copied key stayed live: only provenance (not_issued) stood in the way")
+	case h.opts.NoLifecycle:
+		c.Notes = append(c.Notes, "custodian deactivated over SCIM at his departure, but not linked to the key: the server's rotation schedule (on simulated time) rotated it out and retired it")
 	default:
 		c.Notes = append(c.Notes, "custodian deactivated over SCIM at his departure; offboarding rotated and revoked the key he held")
 	}
@@ -597,6 +668,21 @@ type scoped struct {
 	note string
 }
 
+// advance moves the no-lifecycle world's simulated clock to t (never
+// back), applying the server's key schedule at every schedStep on the way,
+// as its schedule loop would on a wall clock.
+func (h *HTTPReplay) advance(ctx context.Context, t time.Time) error {
+	for !h.lastSched.Add(schedStep).After(t) {
+		h.lastSched = h.lastSched.Add(schedStep)
+		h.simNow.Store(max(h.simNow.Load(), h.lastSched.UnixNano()))
+		if err := h.Server.Keys.Tick(ctx); err != nil {
+			return fmt.Errorf("key schedule at %s: %w", h.lastSched, err)
+		}
+	}
+	h.simNow.Store(max(h.simNow.Load(), t.UnixNano()))
+	return nil
+}
+
 // scope seals the event store and scopes the incident (the copied key), as
 // an investigator would, timing it.
 func (h *HTTPReplay) scope(ctx context.Context) (scoped, error) {
@@ -627,7 +713,12 @@ func (h *HTTPReplay) depart(ctx context.Context) error {
 // replay sends r through custos's gateway and through the baseline.
 func (h *HTTPReplay) replay(ctx context.Context, r *scenario.Request, tokens *tokenCache, cw, bw *httpWorld) error {
 	h.firstUse.LoadOrStore(r.TokenID, r.Time.UnixNano())
-	tok, err := tokens.get(r.TokenID, r.Login, func() (string, error) { return h.token(ctx, r) })
+	id := r.TokenID
+	if h.opts.NoLifecycle {
+		// On the simulated clock tokens expire: a new one every tokenStep.
+		id += "@" + r.Time.Truncate(tokenStep).Format(time.RFC3339)
+	}
+	tok, err := tokens.get(id, r.Login, func() (string, error) { return h.token(ctx, r) })
 	if err != nil {
 		return err
 	}
@@ -665,6 +756,9 @@ func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, er
 			return "", err
 		}
 		now := time.Now()
+		if h.opts.NoLifecycle {
+			now = r.Time // the server runs on simulated time
+		}
 		return token.Sign(s, k.Alg, k.KID, token.Claims{
 			Issuer: h.APIURL, Subject: r.Member, Audience: config.DefaultAudience,
 			IssuedAt: now.Unix(), NotBefore: now.Unix(), ExpiresAt: now.Add(10 * time.Minute).Unix(),
@@ -792,6 +886,9 @@ type httpWorld struct {
 	served   int64
 	normal   int64
 	refusals map[string]int64 // attack requests refused, by reason
+	// reasonSpan is, by reason, the first and last attack request refused
+	// for it (unix nanos, simulated).
+	reasonSpan map[string][2]int64
 	// lastServed is the latest attack request served and refused the times
 	// of those refused (unix nanos, simulated): requests are in flight
 	// several at once, so containment is worked out at the end.
@@ -825,13 +922,19 @@ func (w *httpWorld) count(r *scenario.Request, attack bool, status int, reason s
 		return
 	}
 	w.sent++
+	t := r.Time.UnixNano()
 	if reason != "" {
 		if w.refusals == nil {
 			w.refusals = map[string]int64{}
+			w.reasonSpan = map[string][2]int64{}
 		}
 		w.refusals[reason]++
+		sp, ok := w.reasonSpan[reason]
+		if !ok {
+			sp = [2]int64{t, t}
+		}
+		w.reasonSpan[reason] = [2]int64{min(sp[0], t), max(sp[1], t)}
 	}
-	t := r.Time.UnixNano()
 	if status == http.StatusOK || status == http.StatusNotFound {
 		w.served++ // the shop answered: the token was accepted
 		w.lastServed = max(w.lastServed, t)
@@ -948,4 +1051,16 @@ func netipParse(s string) (netip.Addr, error) {
 		return netip.Addr{}, errNoIP
 	}
 	return netip.ParseAddr(s)
+}
+
+// span is the first and last attack request refused for reason (zero
+// times if none was).
+func (w *httpWorld) span(reason string) (first, last time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	sp, ok := w.reasonSpan[reason]
+	if !ok {
+		return time.Time{}, time.Time{}
+	}
+	return time.Unix(0, sp[0]).UTC(), time.Unix(0, sp[1]).UTC()
 }

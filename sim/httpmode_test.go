@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/sim/scenario"
 )
@@ -188,4 +189,49 @@ func TestHTTPReplayObserveContained(t *testing.T) {
 		t.Fatalf("containment %v", row.ContainmentSecs)
 	}
 	t.Logf("served %d of %d, %d records, contained %.3f s after the start; %v", cust.ForgedServed, cust.ForgedSent, records, *row.ContainmentSecs, cust.Notes)
+}
+
+// The no-lifecycle world over HTTP: the custodian is not linked to the key,
+// so his departure leaves it alone; the server, on simulated time, rotates
+// it out on its schedule and retires it MaxTokenTTL + RetireLeeway later.
+// The forged tokens are refused not_issued until then, and for the dead key
+// after: the reason switches at the schedule, not at the departure.
+func TestHTTPReplayNoLifecycle(t *testing.T) {
+	if testing.Short() {
+		t.Skip("HTTP replay skipped in -short mode")
+	}
+	h, rep := replayHTTPWorld(t, HTTPOptions{NoLifecycle: true, NoBaseline: true}, func(c *scenario.Config) {
+		// The departure half a day before the first forged request, the
+		// tests three days long: the key dies among them.
+		c.CustodianLeaves = c.TestsStart.Add(-12 * time.Hour)
+		c.NormalStart = c.TestsStart.Add(-11 * time.Hour)
+		c.CrawlStart = c.TestsStart.Add(72 * time.Hour)
+		c.CrawlEnd = c.CrawlStart.Add(72 * time.Hour)
+		c.NormalEnd = c.CrawlEnd
+	})
+	cust := rep.Worlds[0]
+	tl := h.sc.Timeline()
+	cfg := h.Server.Config
+	due := tl.CustodianLeaves.Add(cfg.Keys.RotateEvery + cfg.Tokens.MaxTTL + keys.DefaultRetireLeeway)
+	if cust.ForgedSent == 0 || cust.ForgedServed != 0 {
+		t.Fatalf("custos served %d of %d forged requests", cust.ForgedServed, cust.ForgedSent)
+	}
+	k, ok := h.Server.Keys.Lookup(h.stolenK.KID)
+	if !ok || k.State != keys.Retired {
+		t.Fatalf("the copied key is %v, want retired by the schedule", k.State)
+	}
+	if !cust.KeyDied.After(tl.CustodianLeaves.Add(cfg.Keys.RotateEvery-keyLead)) || cust.KeyDied.After(due.Add(2*schedStep)) {
+		t.Fatalf("key died %s, want by the schedule at %s (departure %s)", cust.KeyDied, due, tl.CustodianLeaves)
+	}
+	niFirst, niLast := h.cw.span(string(event.ReasonNotIssued))
+	deadFirst, _ := h.cw.span(string(event.ReasonRevokedKey))
+	if uf, _ := h.cw.span(string(event.ReasonUnknownKey)); deadFirst.IsZero() || (!uf.IsZero() && uf.Before(deadFirst)) {
+		deadFirst = uf
+	}
+	if niFirst.IsZero() || deadFirst.IsZero() {
+		t.Fatalf("refusals not_issued from %v, for the dead key from %v: want both (%v)", niFirst, deadFirst, cust.Notes)
+	}
+	if !niLast.Before(deadFirst) || deadFirst.Before(cust.KeyDied) || niLast.After(due.Add(2*schedStep)) {
+		t.Errorf("not_issued %v..%v, dead key from %v: want the switch at the schedule %s", niFirst, niLast, deadFirst, due)
+	}
 }

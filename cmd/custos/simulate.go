@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -95,7 +96,11 @@ func newSimulateCmd() *cobra.Command {
 			}
 			var httpWorlds []sim.HTTPOptions
 			if f.mode == "http" {
+				all := slices.Contains(f.worlds, "all")
 				for _, w := range worlds {
+					if all && w.DPoP {
+						continue // events mode only
+					}
 					o, err := sim.HTTPWorld(w)
 					if err != nil {
 						return usageErr("--worlds: %v", err)
@@ -156,7 +161,7 @@ func newSimulateCmd() *cobra.Command {
 	fl.BoolVar(&f.asJSON, "json", false, "print JSON instead of a Markdown table")
 	fl.BoolVar(&f.quiet, "quiet", false, "no progress bar")
 	fl.BoolVar(&f.noScope, "no-scope", false, "events mode: do not write events for scoping (faster at large scale; no time-to-scope figure)")
-	fl.StringSliceVar(&f.worlds, "worlds", []string{"all"}, "custos worlds to replay: custos, copied, observe, nolifecycle, dpop or all (events mode: default all up to --scale 0.01, custos above; http mode: custos, copied and observe, each a replay of its own; nolifecycle and dpop are events-mode only)")
+	fl.StringSliceVar(&f.worlds, "worlds", []string{"all"}, "custos worlds to replay: custos, copied, observe, nolifecycle, dpop or all (events mode: default all up to --scale 0.01, custos above; http mode: custos, copied and observe by default, each a replay of its own, all adds nolifecycle; dpop is events-mode only)")
 	fl.StringVar(&f.scopeDir, "scope-dir", "", "events mode: where worlds write their access events (default a temp dir, removed at the end)")
 	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the replay to this file")
 	fl.StringSliceVar(&f.attackers, "attacker", []string{string(scenario.StolenKey)}, "attacker variants, each replayed against the baseline and every world and printed as a detection matrix: stolen-key, stolen-client-secret, distributed, low-and-slow, replayed-tokens or all")
