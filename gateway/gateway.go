@@ -298,13 +298,19 @@ func (g *Gateway) Unblock(prefix netip.Prefix) {
 
 // Blocks lists the blocks still in force.
 func (g *Gateway) Blocks() []Block {
+	return inForce(g, g.blocks, func(b Block) time.Time { return b.Until })
+}
+
+// inForce lists the entries of m (a map under g.blockMu) whose end is still
+// ahead.
+func inForce[K comparable, V any](g *Gateway, m map[K]V, until func(V) time.Time) []V {
 	now := g.now()
 	g.blockMu.RLock()
 	defer g.blockMu.RUnlock()
-	out := make([]Block, 0, len(g.blocks))
-	for _, b := range g.blocks {
-		if now.Before(b.Until) {
-			out = append(out, b)
+	out := make([]V, 0, len(m))
+	for _, v := range m {
+		if now.Before(until(v)) {
+			out = append(out, v)
 		}
 	}
 	return out
@@ -362,16 +368,7 @@ func (g *Gateway) UnblockCountry(country string) {
 
 // CountryBlocks lists the country blocks still in force.
 func (g *Gateway) CountryBlocks() []CountryBlock {
-	now := g.now()
-	g.blockMu.RLock()
-	defer g.blockMu.RUnlock()
-	out := make([]CountryBlock, 0, len(g.countries))
-	for _, b := range g.countries {
-		if now.Before(b.Until) {
-			out = append(out, b)
-		}
-	}
-	return out
+	return inForce(g, g.countries, func(b CountryBlock) time.Time { return b.Until })
 }
 
 // countryBlocked reports whether d's source is in a blocked country. It
