@@ -22,6 +22,7 @@ import (
 
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/proctest"
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/server"
 	"github.com/custos-dev/custos/server/servertest"
@@ -60,12 +61,7 @@ type stack struct {
 	events   string // its events file
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln := servertest.Listen(t)
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t *testing.T) string { return proctest.FreeAddr(t) }
 
 func startStack(t *testing.T, name string) *stack {
 	t.Helper()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/proctest"
 	"github.com/custos-dev/custos/internal/testenv"
 )
 
@@ -138,14 +138,7 @@ type cluster struct {
 	ports []int
 }
 
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t testing.TB) int { return proctest.FreePort(t) }
 
 func startCluster(t *testing.T) *cluster {
 	t.Helper()

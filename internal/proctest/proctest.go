@@ -7,11 +7,15 @@ package proctest
 
 import (
 	"bytes"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -43,15 +47,96 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
-// FreeAddr returns a loopback address no one listens on at the moment.
+// FreeAddr returns a loopback address no one listens on at the moment and
+// that no other caller of FreeAddr, in this or any other test binary on the
+// machine, is handed while this binary runs.
+//
+// A port picked by listening on port 0 and closing is taken from the kernel's
+// ephemeral range, where every outgoing connection and every other test's
+// port-0 listener also draws, so by the time a process binds it the port may
+// be gone. FreeAddr picks below (or above) the ephemeral range instead, and
+// holds an flock on a per-port file under the temp dir for as long as the
+// test binary lives (the kernel drops it when the binary exits, however it
+// exits), so concurrent test binaries never pick the same port.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
+}
+
+// FreePort is FreeAddr's port.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(FreeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+var (
+	portMu    sync.Mutex
+	portLocks []*os.File // held until the test binary exits
+)
+
+func freeAddr() (string, error) {
+	lo, hi := portRange()
+	dir := filepath.Join(os.TempDir(), "custos-test-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return "", err
+	}
+	portMu.Lock()
+	defer portMu.Unlock()
+	for try := 0; try < 1000; try++ {
+		port := lo + rand.IntN(hi-lo)
+		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			return "", err
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			f.Close() // another test binary holds it
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			f.Close() // in use by something that is not a test of ours
+			continue
+		}
+		ln.Close()
+		portLocks = append(portLocks, f)
+		return addr, nil
+	}
+	return "", fmt.Errorf("no free loopback port in [%d, %d) after 1000 tries", lo, hi)
+}
+
+// portRange is where FreeAddr picks: the larger of the spans below and above
+// the kernel's ephemeral range (read from procfs; Linux's default when
+// unreadable), above the privileged ports.
+func portRange() (lo, hi int) {
+	elo, ehi := 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			a, err1 := strconv.Atoi(f[0])
+			b, err2 := strconv.Atoi(f[1])
+			if err1 == nil && err2 == nil && a <= b {
+				elo, ehi = a, b
+			}
+		}
+	}
+	below := [2]int{10000, elo}
+	if below[1] < below[0] {
+		below = [2]int{1024, elo}
+	}
+	above := [2]int{ehi + 1, 65536}
+	if below[1]-below[0] >= above[1]-above[0] {
+		return below[0], below[1]
+	}
+	return above[0], above[1]
 }
 
 // Output collects a process's standard output and error; it is safe for

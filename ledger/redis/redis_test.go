@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-dev/custos/internal/proctest"
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/ledger"
 	"github.com/custos-dev/custos/ledger/ledgertest"
@@ -30,13 +31,7 @@ func startServer(t *testing.T) *server {
 	t.Helper()
 	_, err := exec.LookPath("redis-server")
 	testenv.Require(t, "redis-server binary", err)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	s := &server{t: t, dir: t.TempDir(), port: port}
+	s := &server{t: t, dir: t.TempDir(), port: proctest.FreePort(t)}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
