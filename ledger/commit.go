@@ -17,6 +17,9 @@ var (
 	ErrUnavailable = errors.New("ledger: unavailable")
 	// ErrClosed: the ledger was closed.
 	ErrClosed = errors.New("ledger: closed")
+	// ErrNoSearchTarget: a search by jti or subject named neither. It is
+	// refused rather than read as "every token".
+	ErrNoSearchTarget = errors.New("ledger: a search needs a jti or a subject")
 )
 
 // Backend is the durable store behind the index (ledger/sqlite embedded,

@@ -11,6 +11,8 @@ import (
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/gateway"
 	"github.com/custos-dev/custos/ledger"
+	ledgerredis "github.com/custos-dev/custos/ledger/redis"
+	ledgersqlite "github.com/custos-dev/custos/ledger/sqlite"
 )
 
 // ErrUnsupported is returned for a containment action this deployment cannot
@@ -32,11 +34,18 @@ func (c containment) RevokeKey(ctx context.Context, kid, reason string) error {
 	return c.s.Keys.Revoke(ctx, kid, containActor, reason)
 }
 
-// tokenFinder finds live tokens by jti or subject (ledger/sqlite has it; on
-// Redis, where it would mean scanning every key, these actions are refused).
+// tokenFinder finds live tokens by jti or subject: both ledger backends do,
+// SQLite by scanning its live rows, Redis from the jti and subject indexes
+// it writes with each record. A backend without it refuses revoke_token and
+// force_relogin (ErrUnsupported).
 type tokenFinder interface {
 	Find(ctx context.Context, jti, sub string, now time.Time) ([]ledger.Hash, error)
 }
+
+var (
+	_ tokenFinder = (*ledgersqlite.Backend)(nil)
+	_ tokenFinder = (*ledgerredis.Backend)(nil)
+)
 
 // revokeFound revokes every live token the finder returns, after the action
 // is in the audit log.

@@ -5,7 +5,9 @@
 // put is readable, an absent hash is ErrNotFound (never a guess), a
 // revocation is never undone (not by a repeated put, not by a race with one,
 // not when the revocation came first), and LoadLive yields every live record
-// and no expired one.
+// and no expired one. A backend that finds tokens by jti or subject (for
+// containment) finds exactly the live, unrevoked ones, each once, and
+// refuses a search that names neither.
 package ledgertest
 
 import (
@@ -38,6 +40,12 @@ func Run(t *testing.T, open Opener) {
 		{"LoadLive", testLoadLive},
 		{"DeleteExpiredKeepsLive", testDeleteExpiredKeepsLive},
 		{"GetRef", testGetRef},
+		{"FindByJTI", testFindByJTI},
+		{"FindBySubject", testFindBySubject},
+		{"FindNeedsTarget", testFindNeedsTarget},
+		{"FindSkipsExpired", testFindSkipsExpired},
+		{"FindSkipsRevoked", testFindSkipsRevoked},
+		{"FindKeepsValuesApart", testFindKeepsValuesApart},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
@@ -233,4 +241,137 @@ func testGetRef(t *testing.T, b ledger.Backend) {
 	if _, err := rb.GetRef(ctx, es[2].Ref+1000, es[2].Hash); !errors.Is(err, ledger.ErrNotFound) {
 		t.Fatalf("GetRef past the end = %v, want ErrNotFound", err)
 	}
+}
+
+// Finder is a backend that finds live tokens by jti or subject.
+type Finder interface {
+	Find(ctx context.Context, jti, sub string, now time.Time) ([]ledger.Hash, error)
+}
+
+func finder(t *testing.T, b ledger.Backend) Finder {
+	f, ok := b.(Finder)
+	if !ok {
+		t.Skip("backend cannot find tokens by jti or subject")
+	}
+	return f
+}
+
+// expectFound fails unless f finds exactly want (in any order, each once).
+func expectFound(t *testing.T, f Finder, jti, sub string, want ...ledger.Entry) {
+	t.Helper()
+	got, err := f.Find(ctx, jti, sub, time.Now())
+	if err != nil {
+		t.Fatalf("Find(%q, %q): %v", jti, sub, err)
+	}
+	seen := map[ledger.Hash]int{}
+	for _, h := range got {
+		seen[h]++
+	}
+	for _, e := range want {
+		if seen[e.Hash] != 1 {
+			t.Fatalf("Find(%q, %q) returned %s %d times, want once (got %d hashes, want %d)", jti, sub, e.Hash, seen[e.Hash], len(got), len(want))
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("Find(%q, %q) returned %d hashes, want %d", jti, sub, len(got), len(want))
+	}
+}
+
+// subject returns a subject no other case uses.
+func subject() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return "s-" + hex.EncodeToString(b[:])
+}
+
+func testFindByJTI(t *testing.T, b ledger.Backend) {
+	f := finder(t, b)
+	es := []ledger.Entry{Entry(hour()), Entry(hour()), Entry(hour())}
+	put(t, b, es...)
+	expectFound(t, f, es[1].JTI, "", es[1])
+	expectFound(t, f, es[1].JTI, es[0].Subject, es[1]) // the jti wins over the subject
+	expectFound(t, f, "never-issued", "")
+}
+
+func testFindBySubject(t *testing.T, b ledger.Backend) {
+	f := finder(t, b)
+	sub, other := subject(), subject()
+	var mine []ledger.Entry
+	for i := range 5 {
+		e := Entry(hour().Add(time.Duration(i) * time.Minute))
+		e.Subject = sub
+		mine = append(mine, e)
+	}
+	o := Entry(hour())
+	o.Subject = other
+	put(t, b, mine...)
+	put(t, b, o)
+	put(t, b, mine[2]) // a retried put: still found once
+	expectFound(t, f, "", sub, mine...)
+	expectFound(t, f, "", other, o)
+	expectFound(t, f, "", subject())
+}
+
+func testFindNeedsTarget(t *testing.T, b ledger.Backend) {
+	f := finder(t, b)
+	put(t, b, Entry(hour()), Entry(hour()))
+	hs, err := f.Find(ctx, "", "", time.Now())
+	if !errors.Is(err, ledger.ErrNoSearchTarget) || len(hs) != 0 {
+		t.Fatalf("Find with no jti and no subject = %d hashes, %v; want ErrNoSearchTarget", len(hs), err)
+	}
+}
+
+func testFindSkipsExpired(t *testing.T, b ledger.Backend) {
+	f := finder(t, b)
+	sub := subject()
+	live, gone, soon := Entry(hour()), Entry(time.Now().Add(-time.Hour)), Entry(time.Now().Add(3*time.Second))
+	live.Subject, gone.Subject, soon.Subject = sub, sub, sub
+	put(t, b, live, gone, soon)
+	expectFound(t, f, "", sub, live, soon)
+	expectFound(t, f, gone.JTI, "")
+	// Searched as of a time after soon's expiry: soon is not returned.
+	got, err := f.Find(ctx, "", sub, soon.ExpiresAt)
+	if err != nil || len(got) != 1 || got[0] != live.Hash {
+		t.Fatalf("Find at the expiry of a token = %v, %v; want only the live one", got, err)
+	}
+}
+
+func testFindSkipsRevoked(t *testing.T, b ledger.Backend) {
+	f := finder(t, b)
+	sub := subject()
+	kept, revoked, early := Entry(hour()), Entry(hour()), Entry(hour())
+	kept.Subject, revoked.Subject, early.Subject = sub, sub, sub
+	put(t, b, kept, revoked)
+	if err := b.Revoke(ctx, revoked.Hash, revoked.ExpiresAt); err != nil {
+		t.Fatal(err)
+	}
+	// Revoked before its put arrived.
+	if err := b.Revoke(ctx, early.Hash, early.ExpiresAt); err != nil {
+		t.Fatal(err)
+	}
+	put(t, b, early)
+	expectFound(t, f, "", sub, kept)
+	expectFound(t, f, revoked.JTI, "")
+	expectFound(t, f, early.JTI, "")
+}
+
+// A jti and a subject with the same value, a subject that is a prefix of
+// another, and values with a backend's separators and wildcards find only
+// their own tokens.
+func testFindKeepsValuesApart(t *testing.T, b ledger.Backend) {
+	f := finder(t, b)
+	base := subject()
+	byJTI, bySub, longer, odd := Entry(hour()), Entry(hour()), Entry(hour()), Entry(hour())
+	byJTI.JTI, byJTI.Subject = base, base+"-x"
+	bySub.Subject = base
+	longer.Subject = base + "1"
+	odd.JTI, odd.Subject = "custos:ledger:"+base, base+":*?[a]\\n{x}"
+	put(t, b, byJTI, bySub, longer, odd)
+	expectFound(t, f, base, "", byJTI)
+	expectFound(t, f, "", base, bySub)
+	expectFound(t, f, "", base+"1", longer)
+	expectFound(t, f, "", odd.Subject, odd)
+	expectFound(t, f, odd.JTI, "", odd)
+	expectFound(t, f, "", base+":*")
+	expectFound(t, f, "", base+"*")
 }

@@ -3,7 +3,8 @@
 // authority replica and gateway.
 //
 // Writes are pipelined in MULTI/EXEC transactions, so a batch is all there or
-// not at all. Durability is Redis's: run it with appendonly yes and
+// not at all, each record with its entries in the jti and subject indexes
+// that containment searches (Find). Durability is Redis's: run it with appendonly yes and
 // appendfsync always (or everysec, accepting a second of loss) when the ledger
 // must survive a Redis crash.
 package redis
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -23,8 +25,24 @@ import (
 	"github.com/custos-dev/custos/ledger"
 )
 
-// Prefix of every key custos writes.
+// Prefix of every record's key (custos:ledger:<hex hash>).
 const Prefix = "custos:ledger:"
+
+// Prefixes of the index keys: one sorted set per jti and per subject, whose
+// members are the raw 32-byte token hashes scored by their expiry (unix
+// seconds). The jti or subject follows the prefix as it is: the prefix is
+// fixed and the value is the whole rest of the key, so two values never
+// share a key, and no value reaches a record's key (Prefix differs from
+// both at its 14th byte, ':' against '-', so the SCAN of LoadLive never
+// sees an index key either). Redis keys are binary safe and sent
+// length-prefixed, so no byte of a value can end one. Values are bounded
+// where they enter (token.MaxSubjectBytes for subjects, the provider
+// records' field bound, random jtis of the authority's own). An empty jti
+// or subject is not indexed.
+const (
+	JTIPrefix     = "custos:ledger-jti:"
+	SubjectPrefix = "custos:ledger-sub:"
+)
 
 // Backend is a ledger.Backend on Redis.
 type Backend struct {
@@ -78,7 +96,8 @@ func (b *Backend) Errors() uint64 { return b.errs.n.Load() }
 
 var _ ledger.SharedBackend = (*Backend)(nil)
 
-// Open connects to the Redis server at url (redis://host:port/db).
+// Open connects to the Redis server at url (redis://host:port/db). It
+// refuses a server older than Redis 7.0, which the indexes' TTLs need.
 func Open(ctx context.Context, url string) (*Backend, error) {
 	opt, err := goredis.ParseURL(url)
 	if err != nil {
@@ -94,6 +113,15 @@ func Open(ctx context.Context, url string) (*Backend, error) {
 	if err := c.Ping(ctx).Err(); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("failed to reach redis: %w", err)
+	}
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("failed to read the redis server's version: %w", err)
+	}
+	if err := checkVersion(info); err != nil {
+		c.Close()
+		return nil, err
 	}
 	return &Backend{c: c, errs: h}, nil
 }
@@ -138,18 +166,41 @@ func decode(h ledger.Hash, b []byte) (ledger.Entry, error) {
 		ExpiresAt: time.Unix(r.EXP, 0).UTC(), Revoked: r.Revoked}, nil
 }
 
-// PutBatch writes entries in one MULTI/EXEC, each expiring with its token.
+func jtiKey(jti string) string { return JTIPrefix + jti }
+func subKey(sub string) string { return SubjectPrefix + sub }
+
+// PutBatch writes entries in one MULTI/EXEC, each expiring with its token,
+// and in the same transaction adds each hash to its jti's and its subject's
+// index, so a record never exists without its index entries. An index key
+// expires with its longest-lived member: EXPIRE NX gives a new key its TTL,
+// EXPIRE GT only ever lengthens it.
 // A hash that already has a record keeps it (SET NX): a retried put, or one
 // that arrives after a revocation of the same token, never undoes the
 // revocation.
 func (b *Backend) PutBatch(ctx context.Context, entries []ledger.Entry) error {
 	cmds, err := b.c.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		longest := map[string]time.Duration{} // index key → TTL of its longest member here
+		index := func(k string, e ledger.Entry, d time.Duration) {
+			p.ZAdd(ctx, k, goredis.Z{Score: float64(e.ExpiresAt.Unix()), Member: string(e.Hash[:])})
+			longest[k] = max(longest[k], d)
+		}
 		for _, e := range entries {
 			v, err := encode(e)
 			if err != nil {
 				return err
 			}
-			p.SetArgs(ctx, key(e.Hash), v, goredis.SetArgs{Mode: "NX", TTL: ttl(e.ExpiresAt)})
+			d := ttl(e.ExpiresAt)
+			p.SetArgs(ctx, key(e.Hash), v, goredis.SetArgs{Mode: "NX", TTL: d})
+			if e.JTI != "" {
+				index(jtiKey(e.JTI), e, d)
+			}
+			if e.Subject != "" {
+				index(subKey(e.Subject), e, d)
+			}
+		}
+		for k, d := range longest {
+			p.ExpireNX(ctx, k, d)
+			p.ExpireGT(ctx, k, d)
 		}
 		return nil
 	})
@@ -274,6 +325,74 @@ func (b *Backend) LoadLive(ctx context.Context, now time.Time, fn func(ledger.En
 		return err
 	}
 	return flush()
+}
+
+var _ interface {
+	Find(ctx context.Context, jti, sub string, now time.Time) ([]ledger.Hash, error)
+} = (*Backend)(nil)
+
+// Find returns the hashes of live tokens (not expired, not revoked) with
+// the given jti, or for subject sub when jti is empty, each once; a search
+// naming neither is refused (ledger.ErrNoSearchTarget). It reads the index
+// members scored after now, pruning the expired ones, and keeps those whose
+// record is there, live, unrevoked and of that jti or subject.
+func (b *Backend) Find(ctx context.Context, jti, sub string, now time.Time) ([]ledger.Hash, error) {
+	var k string
+	match := func(e ledger.Entry) bool { return e.JTI == jti }
+	switch {
+	case jti != "":
+		k = jtiKey(jti)
+	case sub != "":
+		k = subKey(sub)
+		match = func(e ledger.Entry) bool { return e.Subject == sub }
+	default:
+		return nil, ledger.ErrNoSearchTarget
+	}
+	at := strconv.FormatInt(now.Unix(), 10)
+	var members *goredis.StringSliceCmd
+	if _, err := b.c.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		p.ZRemRangeByScore(ctx, k, "-inf", at)
+		members = p.ZRangeByScore(ctx, k, &goredis.ZRangeBy{Min: "(" + at, Max: "+inf"})
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("failed to search the ledger: %w", err)
+	}
+	var hs []ledger.Hash
+	for _, m := range members.Val() {
+		var h ledger.Hash
+		if len(m) != len(h) {
+			return nil, fmt.Errorf("ledger index %q holds a %d-byte member", k, len(m))
+		}
+		copy(h[:], m)
+		hs = append(hs, h)
+	}
+	var out []ledger.Hash
+	for len(hs) > 0 {
+		n := min(len(hs), 1000)
+		keys := make([]string, n)
+		for i, h := range hs[:n] {
+			keys[i] = key(h)
+		}
+		vals, err := b.c.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, fmt.Errorf("failed to search the ledger: %w", err)
+		}
+		for i, v := range vals {
+			s, ok := v.(string)
+			if !ok {
+				continue // the record expired after the index was read
+			}
+			e, err := decode(hs[i], []byte(s))
+			if err != nil {
+				return nil, err
+			}
+			if !e.Revoked && now.Before(e.ExpiresAt) && match(e) {
+				out = append(out, e.Hash)
+			}
+		}
+		hs = hs[n:]
+	}
+	return out, nil
 }
 
 // DeleteExpired is Redis's job (key TTLs); it deletes nothing.
