@@ -68,6 +68,9 @@ type deployment struct {
 	env  []string
 	// detect is the detect section of every configuration, when set.
 	detect string
+	// rdb is the Redis database of the ledger (redisDB unless a test sets
+	// another before it starts processes).
+	rdb int
 }
 
 // requireEngines skips (or fails under CUSTOS_REQUIRE_SERVICES=1) when an
@@ -101,7 +104,7 @@ func newDeployment(t testing.TB, eng engines) *deployment {
 	t.Helper()
 	requireEngines(t)
 	d := &deployment{t: t, bin: proctest.Binary(t), dir: t.TempDir(), eng: eng, procs: map[string]*proc{},
-		issuer: "https://custos.test", pop: shop.Population{Members: 200, Missing: 10, Seed: 5}}
+		issuer: "https://custos.test", pop: shop.Population{Members: 200, Missing: 10, Seed: 5}, rdb: redisDB}
 	n := mrand.Uint32()
 	d.schema = fmt.Sprintf("custos_ha_%d", n)
 	d.auditDB = fmt.Sprintf("custos_ha_audit_%d", n)
@@ -184,7 +187,7 @@ keys:
   audit: mysql://root@%s/%s
 %sgateway:
   routes:
-%s%s`, d.issuer, decoys[0], decoys[1], d.kekEnv, d.keys, d.eng.pg, d.schema, d.eng.redis, redisDB, d.eng.nats, d.prefix, d.eng.maria, d.auditDB, scaleExtra, routes.String(), gwExtra)
+%s%s`, d.issuer, decoys[0], decoys[1], d.kekEnv, d.keys, d.eng.pg, d.schema, d.eng.redis, d.rdb, d.eng.nats, d.prefix, d.eng.maria, d.auditDB, scaleExtra, routes.String(), gwExtra)
 	p := filepath.Join(d.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
 		d.t.Fatal(err)

@@ -21,17 +21,18 @@ import (
 // server is a redis-server of the test's own, on a free loopback port, with
 // an append-only file in a temp dir so it can be stopped and restarted.
 type server struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	port int
 	cmd  *exec.Cmd
+	args []string // instead of the append-only file's, when set
 }
 
-func startServer(t *testing.T) *server {
+func startServer(t testing.TB, args ...string) *server {
 	t.Helper()
 	_, err := exec.LookPath("redis-server")
 	testenv.Require(t, "redis-server binary", err)
-	s := &server{t: t, dir: t.TempDir(), port: proctest.FreePort(t)}
+	s := &server{t: t, dir: t.TempDir(), port: proctest.FreePort(t), args: args}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -41,8 +42,11 @@ func (s *server) url() string { return "redis://127.0.0.1:" + strconv.Itoa(s.por
 
 func (s *server) start() {
 	s.t.Helper()
-	s.cmd = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(s.port),
-		"--dir", s.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", "")
+	args := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port), "--dir", s.dir, "--save", ""}
+	if s.args == nil {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	}
+	s.cmd = exec.Command("redis-server", append(args, s.args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = nil, nil
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)

@@ -1,0 +1,137 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/custos-dev/custos/ledger"
+)
+
+// BenchmarkPut measures what the jti and subject indexes cost a put: the
+// indexed PutBatch against a baseline that writes the records alone, as
+// PutBatch did before the indexes, in the same run on a redis-server of the
+// benchmark's own. Each token has a subject of its own (one live token per
+// account, the sizing case: the most index keys per token). Reported:
+// puts/s (16 callers), Redis commands per put and used_memory per token,
+// both read from the server's INFO.
+//
+//	go test -run '^$' -bench BenchmarkPut -benchtime 100000x ./ledger/redis/
+//
+// The server keeps nothing on disk unless CUSTOS_BENCH_REDIS_AOF=1, which
+// runs it with appendonly yes and appendfsync always.
+func BenchmarkPut(b *testing.B) {
+	var args []string
+	if !aofBench() {
+		args = []string{"--appendonly", "no"}
+	}
+	s := startServer(b, args...)
+	be, err := Open(context.Background(), s.url())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	writers := map[string]func(context.Context, []ledger.Entry) error{
+		"records-only": func(ctx context.Context, es []ledger.Entry) error { return putRecordsOnly(ctx, be.c, es) },
+		"indexed":      be.PutBatch,
+	}
+	for _, batch := range []int{1, 64} {
+		for _, name := range []string{"records-only", "indexed"} {
+			b.Run(fmt.Sprintf("%s/batch=%d", name, batch), func(b *testing.B) { benchPut(b, be, writers[name], batch) })
+		}
+	}
+}
+
+func aofBench() bool { return strings.TrimSpace(os.Getenv("CUSTOS_BENCH_REDIS_AOF")) == "1" }
+
+func benchPut(b *testing.B, be *Backend, write func(context.Context, []ledger.Entry) error, batch int) {
+	ctx := context.Background()
+	if err := be.c.FlushDB(ctx).Err(); err != nil {
+		b.Fatal(err)
+	}
+	mem0, cmds0 := serverStats(b, be.c)
+	exp := time.Now().Add(time.Hour)
+	batches := (b.N + batch - 1) / batch
+	work := make(chan []ledger.Entry, 64)
+	go func() {
+		for i := range batches {
+			es := make([]ledger.Entry, batch)
+			for j := range es {
+				es[j] = entry(exp)
+				es[j].Subject = strconv.Itoa(1_000_000 + i*batch + j)
+			}
+			work <- es
+		}
+		close(work)
+	}()
+	const callers = 16
+	errs := make(chan error, callers)
+	b.ResetTimer()
+	start := time.Now()
+	for range callers {
+		go func() {
+			var err error
+			for es := range work {
+				if err == nil {
+					err = write(ctx, es)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range callers {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	took := time.Since(start)
+	b.StopTimer()
+	puts := float64(batches * batch)
+	mem1, cmds1 := serverStats(b, be.c)
+	b.ReportMetric(puts/took.Seconds(), "puts/s")
+	b.ReportMetric(float64(cmds1-cmds0-2)/puts, "cmds/put") // less the INFO and FLUSHDB calls
+	b.ReportMetric(float64(mem1-mem0)/puts, "B/token")
+}
+
+// serverStats reads used_memory and total_commands_processed from INFO.
+func serverStats(b *testing.B, c *goredis.Client) (mem, cmds int64) {
+	info, err := c.Info(context.Background(), "memory", "stats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(info) {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "used_memory":
+			mem = n
+		case "total_commands_processed":
+			cmds = n
+		}
+	}
+	return mem, cmds
+}
+
+// putRecordsOnly is PutBatch without the indexes (the baseline).
+func putRecordsOnly(ctx context.Context, c *goredis.Client, entries []ledger.Entry) error {
+	_, err := c.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, e := range entries {
+			v, err := encode(e)
+			if err != nil {
+				return err
+			}
+			p.SetArgs(ctx, key(e.Hash), v, goredis.SetArgs{Mode: "NX", TTL: ttl(e.ExpiresAt)})
+		}
+		return nil
+	})
+	if err != nil && err != goredis.Nil {
+		return err
+	}
+	return nil
+}
