@@ -19,8 +19,9 @@ import (
 // PutBatch did before the indexes, in the same run on a redis-server of the
 // benchmark's own. Each token has a subject of its own (one live token per
 // account, the sizing case: the most index keys per token). Reported:
-// puts/s (16 callers), Redis commands per put and used_memory per token,
-// both read from the server's INFO.
+// puts/s (16 callers, on the same cores as the server), and from the
+// server's INFO: commands per put, the server's own CPU per put
+// (used_cpu_user + used_cpu_sys) and used_memory per token.
 //
 //	go test -run '^$' -bench BenchmarkPut -benchtime 100000x ./ledger/redis/
 //
@@ -55,7 +56,7 @@ func benchPut(b *testing.B, be *Backend, write func(context.Context, []ledger.En
 	if err := be.c.FlushDB(ctx).Err(); err != nil {
 		b.Fatal(err)
 	}
-	mem0, cmds0 := serverStats(b, be.c)
+	mem0, cmds0, cpu0 := serverStats(b, be.c)
 	exp := time.Now().Add(time.Hour)
 	batches := (b.N + batch - 1) / batch
 	work := make(chan []ledger.Entry, 64)
@@ -93,15 +94,17 @@ func benchPut(b *testing.B, be *Backend, write func(context.Context, []ledger.En
 	took := time.Since(start)
 	b.StopTimer()
 	puts := float64(batches * batch)
-	mem1, cmds1 := serverStats(b, be.c)
+	mem1, cmds1, cpu1 := serverStats(b, be.c)
 	b.ReportMetric(puts/took.Seconds(), "puts/s")
 	b.ReportMetric(float64(cmds1-cmds0-2)/puts, "cmds/put") // less the INFO and FLUSHDB calls
 	b.ReportMetric(float64(mem1-mem0)/puts, "B/token")
+	b.ReportMetric((cpu1-cpu0)*1e6/puts, "server-µs/put")
 }
 
-// serverStats reads used_memory and total_commands_processed from INFO.
-func serverStats(b *testing.B, c *goredis.Client) (mem, cmds int64) {
-	info, err := c.Info(context.Background(), "memory", "stats").Result()
+// serverStats reads used_memory, total_commands_processed and the CPU
+// seconds the server has used from INFO.
+func serverStats(b *testing.B, c *goredis.Client) (mem, cmds int64, cpu float64) {
+	info, err := c.Info(context.Background(), "memory", "stats", "cpu").Result()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -113,9 +116,12 @@ func serverStats(b *testing.B, c *goredis.Client) (mem, cmds int64) {
 			mem = n
 		case "total_commands_processed":
 			cmds = n
+		case "used_cpu_user", "used_cpu_sys":
+			f, _ := strconv.ParseFloat(v, 64)
+			cpu += f
 		}
 	}
-	return mem, cmds
+	return mem, cmds, cpu
 }
 
 // putRecordsOnly is PutBatch without the indexes (the baseline).

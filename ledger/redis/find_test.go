@@ -98,6 +98,31 @@ func TestIndexKeysExpireWithTheirLongestMember(t *testing.T) {
 	}
 }
 
+// A subject who keeps logging in keeps one index key whose TTL only grows:
+// each put prunes the subject's expired members, so it does not grow with
+// every token the subject was ever issued.
+func TestPutPrunesSubjectIndex(t *testing.T) {
+	s := startServer(t)
+	b := openTest(t, s)
+	ctx := context.Background()
+	sk := "custos:ledger-sub:relogs"
+	for i := range 5 {
+		e := entry(time.Now().Add(time.Duration(i-5) * time.Minute)) // expired
+		e.Subject = "relogs"
+		if err := b.PutBatch(ctx, []ledger.Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := entry(time.Now().Add(time.Hour))
+	live.Subject = "relogs"
+	if err := b.PutBatch(ctx, []ledger.Entry{live}); err != nil {
+		t.Fatal(err)
+	}
+	if m := b.c.ZRange(ctx, sk, 0, -1).Val(); len(m) != 1 || m[0] != string(live.Hash[:]) {
+		t.Fatalf("subject index holds %d members after a live put, want only the live one", len(m))
+	}
+}
+
 // A key really goes when its TTL ends (and takes its members with it):
 // checked with a token whose record lives one second past Redis's minimum.
 func TestIndexKeyExpires(t *testing.T) {

@@ -173,13 +173,14 @@ func subKey(sub string) string { return SubjectPrefix + sub }
 // and in the same transaction adds each hash to its jti's and its subject's
 // index, so a record never exists without its index entries. An index key
 // expires with its longest-lived member: EXPIRE NX gives a new key its TTL,
-// EXPIRE GT only ever lengthens it.
+// EXPIRE GT only ever lengthens it. A subject's expired members are pruned.
 // A hash that already has a record keeps it (SET NX): a retried put, or one
 // that arrives after a revocation of the same token, never undoes the
 // revocation.
 func (b *Backend) PutBatch(ctx context.Context, entries []ledger.Entry) error {
 	cmds, err := b.c.TxPipelined(ctx, func(p goredis.Pipeliner) error {
 		longest := map[string]time.Duration{} // index key → TTL of its longest member here
+		subjects := map[string]bool{}
 		index := func(k string, e ledger.Entry, d time.Duration) {
 			p.ZAdd(ctx, k, goredis.Z{Score: float64(e.ExpiresAt.Unix()), Member: string(e.Hash[:])})
 			longest[k] = max(longest[k], d)
@@ -196,7 +197,15 @@ func (b *Backend) PutBatch(ctx context.Context, entries []ledger.Entry) error {
 			}
 			if e.Subject != "" {
 				index(subKey(e.Subject), e, d)
+				subjects[subKey(e.Subject)] = true
 			}
+		}
+		// A subject's key lives as long as the subject keeps logging in
+		// (EXPIRE GT), so its expired members go here; a jti's key holds one
+		// token (or a provider record's two) and goes with its TTL.
+		now := strconv.FormatInt(time.Now().Unix(), 10)
+		for k := range subjects {
+			p.ZRemRangeByScore(ctx, k, "-inf", now)
 		}
 		for k, d := range longest {
 			p.ExpireNX(ctx, k, d)
