@@ -169,7 +169,7 @@ type Telemetry struct {
 type Scale struct {
 	// Store is the control-plane database: a postgres:// URL (default: SQLite in DATA).
 	Store string `yaml:"store" env:"CUSTOS_STORE"`
-	// Redis is the issuance ledger's Redis URL, redis://host:port/db (default: SQLite in DATA).
+	// Redis is the issuance ledger's Redis URL, redis://host:port/db, Redis 7.0 or newer (default: SQLite in DATA).
 	Redis string `yaml:"redis" env:"CUSTOS_REDIS"`
 	// Audit is the deployment's one audit log, shared by every replica:
 	// mysql://user[:password]@host[:port]/database (MySQL or MariaDB,
