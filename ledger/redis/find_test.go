@@ -81,8 +81,18 @@ func TestIndexKeysExpireWithTheirLongestMember(t *testing.T) {
 		t.Fatalf("keys %q, %v; want 7", keys, err)
 	}
 
-	// Searched after short's and long's expiry: they are pruned.
+	// Searched after long's expiry: it is not returned, and kept in the
+	// index for as long as its record is kept (a clock a little ahead
+	// prunes nothing still live elsewhere).
 	hs, err := b.Find(ctx, "", "7:x", long.ExpiresAt)
+	if err != nil || len(hs) != 1 || hs[0] != longer.Hash {
+		t.Fatalf("Find after two expiries = %v, %v", hs, err)
+	}
+	if n := b.c.ZCard(ctx, sk).Val(); n != 2 {
+		t.Fatalf("subject index holds %d members a second after long's expiry, want 2 (long kept a minute)", n)
+	}
+	// A minute past it: short and long are pruned.
+	hs, err = b.Find(ctx, "", "7:x", long.ExpiresAt.Add(recordKeptPastExpiry))
 	if err != nil || len(hs) != 1 || hs[0] != longer.Hash {
 		t.Fatalf("Find after two expiries = %v, %v", hs, err)
 	}
@@ -90,7 +100,7 @@ func TestIndexKeysExpireWithTheirLongestMember(t *testing.T) {
 		t.Fatalf("subject index holds %d members after the search, want the 1 live", n)
 	}
 	// Searched after the last one's expiry, the index key is gone.
-	if hs, err := b.Find(ctx, "", "7:x", longer.ExpiresAt); err != nil || len(hs) != 0 {
+	if hs, err := b.Find(ctx, "", "7:x", longer.ExpiresAt.Add(recordKeptPastExpiry)); err != nil || len(hs) != 0 {
 		t.Fatalf("Find after every expiry = %v, %v", hs, err)
 	}
 	if n := b.c.Exists(ctx, sk).Val(); n != 0 {
@@ -107,19 +117,24 @@ func TestPutPrunesSubjectIndex(t *testing.T) {
 	ctx := context.Background()
 	sk := "custos:ledger-sub:relogs"
 	for i := range 5 {
-		e := entry(time.Now().Add(time.Duration(i-5) * time.Minute)) // expired
+		e := entry(time.Now().Add(time.Duration(i-7) * time.Minute)) // expired over a minute ago
 		e.Subject = "relogs"
 		if err := b.PutBatch(ctx, []ledger.Entry{e}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	recent := entry(time.Now().Add(-10 * time.Second)) // expired, its record still kept
+	recent.Subject = "relogs"
+	if err := b.PutBatch(ctx, []ledger.Entry{recent}); err != nil {
+		t.Fatal(err)
 	}
 	live := entry(time.Now().Add(time.Hour))
 	live.Subject = "relogs"
 	if err := b.PutBatch(ctx, []ledger.Entry{live}); err != nil {
 		t.Fatal(err)
 	}
-	if m := b.c.ZRange(ctx, sk, 0, -1).Val(); len(m) != 1 || m[0] != string(live.Hash[:]) {
-		t.Fatalf("subject index holds %d members after a live put, want only the live one", len(m))
+	if m := b.c.ZRange(ctx, sk, 0, -1).Val(); len(m) != 2 || m[0] != string(recent.Hash[:]) || m[1] != string(live.Hash[:]) {
+		t.Fatalf("subject index holds %d members after a live put, want the live one and the one expired 10 s ago", len(m))
 	}
 }
 

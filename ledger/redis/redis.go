@@ -166,6 +166,14 @@ func decode(h ledger.Hash, b []byte) (ledger.Entry, error) {
 		ExpiresAt: time.Unix(r.EXP, 0).UTC(), Revoked: r.Revoked}, nil
 }
 
+// pruneBefore is the score at and below which index members are deleted
+// as of now: tokens expired for longer than their records are kept (ttl),
+// so a replica whose clock runs up to that far ahead never prunes the entry
+// of a token that is still live elsewhere.
+func pruneBefore(now time.Time) string {
+	return strconv.FormatInt(now.Add(-recordKeptPastExpiry).Unix(), 10)
+}
+
 func jtiKey(jti string) string { return JTIPrefix + jti }
 func subKey(sub string) string { return SubjectPrefix + sub }
 
@@ -203,9 +211,9 @@ func (b *Backend) PutBatch(ctx context.Context, entries []ledger.Entry) error {
 		// A subject's key lives as long as the subject keeps logging in
 		// (EXPIRE GT), so its expired members go here; a jti's key holds one
 		// token (or a provider record's two) and goes with its TTL.
-		now := strconv.FormatInt(time.Now().Unix(), 10)
+		before := pruneBefore(time.Now())
 		for k := range subjects {
-			p.ZRemRangeByScore(ctx, k, "-inf", now)
+			p.ZRemRangeByScore(ctx, k, "-inf", before)
 		}
 		for k, d := range longest {
 			p.ExpireNX(ctx, k, d)
@@ -224,8 +232,12 @@ func (b *Backend) PutBatch(ctx context.Context, entries []ledger.Entry) error {
 	return nil
 }
 
+// recordKeptPastExpiry is how long a record outlives its token, for
+// forensics lookups.
+const recordKeptPastExpiry = time.Minute
+
 func ttl(exp time.Time) time.Duration {
-	d := time.Until(exp) + time.Minute // keep a little past expiry for forensics lookups
+	d := time.Until(exp) + recordKeptPastExpiry
 	if d < time.Second {
 		d = time.Second
 	}
@@ -343,8 +355,9 @@ var _ interface {
 // Find returns the hashes of live tokens (not expired, not revoked) with
 // the given jti, or for subject sub when jti is empty, each once; a search
 // naming neither is refused (ledger.ErrNoSearchTarget). It reads the index
-// members scored after now, pruning the expired ones, and keeps those whose
-// record is there, live, unrevoked and of that jti or subject.
+// members scored after now, pruning those expired for longer than a record
+// is kept, and keeps those whose record is there, live, unrevoked and of
+// that jti or subject.
 func (b *Backend) Find(ctx context.Context, jti, sub string, now time.Time) ([]ledger.Hash, error) {
 	var k string
 	match := func(e ledger.Entry) bool { return e.JTI == jti }
@@ -360,7 +373,7 @@ func (b *Backend) Find(ctx context.Context, jti, sub string, now time.Time) ([]l
 	at := strconv.FormatInt(now.Unix(), 10)
 	var members *goredis.StringSliceCmd
 	if _, err := b.c.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		p.ZRemRangeByScore(ctx, k, "-inf", at)
+		p.ZRemRangeByScore(ctx, k, "-inf", pruneBefore(now))
 		members = p.ZRangeByScore(ctx, k, &goredis.ZRangeBy{Min: "(" + at, Max: "+inf"})
 		return nil
 	}); err != nil {
