@@ -8,11 +8,14 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/custos-dev/custos/authority"
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger"
 	"github.com/custos-dev/custos/server"
@@ -20,9 +23,20 @@ import (
 )
 
 // Containment actions take effect at the gateway: a token revoked by jti, a
-// subject forced to log in again, a blocked source.
+// subject forced to log in again, a blocked source; on either ledger
+// backend (the Redis one in a database no other test here uses, since the
+// members' subjects are the same in every test).
 func TestContainmentActions(t *testing.T) {
-	e := start(t)
+	t.Run("sqlite", func(t *testing.T) { containmentActions(t, start(t)) })
+	t.Run("redis", func(t *testing.T) {
+		rc := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", DB: 6})
+		defer rc.Close()
+		testenv.Require(t, "Redis at 127.0.0.1:6379", rc.Ping(context.Background()).Err())
+		containmentActions(t, startWith(t, func(c *config.Config) { c.Scale.Redis = "redis://127.0.0.1:6379/6" }))
+	})
+}
+
+func containmentActions(t *testing.T, e *env) {
 	ctx := context.Background()
 	c := e.S.Containment()
 	secret := e.Client(t)
