@@ -176,6 +176,8 @@ func TestServerVersion(t *testing.T) {
 		"redis_mode:standalone\r\n":                        "no redis_version",
 		"":                                                 "no redis_version",
 		"x_redis_version:9.0.0\r\nredis_version:6.0.0\r\n": "too old",
+		"# Server\r\nredis_version:7.2.4\r\n# Cluster\r\ncluster_enabled:1\r\n": "Redis Cluster",
+		"# Server\r\nredis_version:7.2.4\r\n# Cluster\r\ncluster_enabled:0\r\n": "",
 	} {
 		err := checkVersion(info)
 		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
@@ -184,8 +186,13 @@ func TestServerVersion(t *testing.T) {
 	}
 }
 
-// Open refuses a server older than 7.0, whatever else it answers.
-func TestOpenRefusesOldServer(t *testing.T) {
+// Open refuses a server older than 7.0, whatever else it answers, and a
+// Redis Cluster node.
+func TestOpenRefusesOldOrClusterServer(t *testing.T) {
+	addr := fakeServer(t, "# Server\r\nredis_version:7.2.4\r\n\r\n# Cluster\r\ncluster_enabled:1\r\n")
+	if _, err := Open(context.Background(), "redis://"+addr+"/0"); err == nil || !strings.Contains(err.Error(), "Redis Cluster") {
+		t.Fatalf("Open of a Cluster node = %v, want refused", err)
+	}
 	for _, v := range []string{"6.2.14", "7.0.0"} {
 		addr := fakeServer(t, "# Server\r\nredis_version:"+v+"\r\nredis_mode:standalone\r\n")
 		b, err := Open(context.Background(), "redis://"+addr+"/0")
@@ -203,7 +210,7 @@ func TestOpenRefusesOldServer(t *testing.T) {
 }
 
 // fakeServer answers the commands a client sends when it connects, PING,
-// and INFO with info.
+// and INFO with the section of info asked for.
 func fakeServer(t *testing.T, info string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -231,8 +238,13 @@ func fakeServer(t *testing.T, info string) string {
 						out = "-ERR unknown command 'HELLO'\r\n"
 					case "ping":
 						out = "+PONG\r\n"
-					case "info":
-						out = "$" + strconv.Itoa(len(info)) + "\r\n" + info + "\r\n"
+					case "info": // the section asked for: "# Cluster" on, or what is before it
+						server, cluster, _ := strings.Cut(info, "# Cluster")
+						sec := server
+						if len(args) > 1 && args[1] == "cluster" {
+							sec = "# Cluster" + cluster
+						}
+						out = "$" + strconv.Itoa(len(sec)) + "\r\n" + sec + "\r\n"
 					case "client", "select":
 						out = "+OK\r\n"
 					default:

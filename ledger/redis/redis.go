@@ -97,7 +97,8 @@ func (b *Backend) Errors() uint64 { return b.errs.n.Load() }
 var _ ledger.SharedBackend = (*Backend)(nil)
 
 // Open connects to the Redis server at url (redis://host:port/db). It
-// refuses a server older than Redis 7.0, which the indexes' TTLs need.
+// refuses a server older than Redis 7.0, which the indexes' TTLs need, and
+// a Redis Cluster node.
 func Open(ctx context.Context, url string) (*Backend, error) {
 	opt, err := goredis.ParseURL(url)
 	if err != nil {
@@ -114,7 +115,13 @@ func Open(ctx context.Context, url string) (*Backend, error) {
 		c.Close()
 		return nil, fmt.Errorf("failed to reach redis: %w", err)
 	}
+	// One section a command: INFO with several sections is Redis 7.0's.
 	info, err := c.Info(ctx, "server").Result()
+	if err == nil {
+		var cl string
+		cl, err = c.Info(ctx, "cluster").Result()
+		info += cl
+	}
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("failed to read the redis server's version: %w", err)

@@ -33,8 +33,15 @@ func serverVersion(info string) (major, minor int, err error) {
 }
 
 // checkVersion refuses a server older than minMajor.minMinor, or one whose version
-// cannot be read.
+// cannot be read, and a Redis Cluster node (cluster_enabled:1): a token's
+// record and its index entries fall in different hash slots, and Cluster
+// refuses a transaction across slots.
 func checkVersion(info string) error {
+	for line := range strings.Lines(info) {
+		if strings.TrimRight(line, "\r\n") == "cluster_enabled:1" {
+			return fmt.Errorf("redis server is a Redis Cluster node: the ledger writes a token's record and its index entries in one transaction across hash slots, which Cluster refuses; use a standalone Redis (with replicas)")
+		}
+	}
 	major, minor, err := serverVersion(info)
 	if err != nil {
 		return fmt.Errorf("redis server version: %w", err)
