@@ -4,9 +4,10 @@
 //
 // Writes are pipelined in MULTI/EXEC transactions, so a batch is all there or
 // not at all, each record with its entries in the jti and subject indexes
-// that containment searches (Find). Durability is Redis's: run it with appendonly yes and
-// appendfsync always (or everysec, accepting a second of loss) when the ledger
-// must survive a Redis crash.
+// that containment searches (Find). Durability is Redis's: run it with
+// appendonly yes and appendfsync always (or everysec, accepting a second of
+// loss) when the ledger must survive a Redis crash. It needs Redis 7.0 or
+// newer, not Redis Cluster.
 package redis
 
 import (
