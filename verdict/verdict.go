@@ -156,6 +156,10 @@ func (c *Checker) Check(ctx context.Context, raw string, pol *Policy, now time.T
 				return r
 			}
 		}
+		if p == nil {
+			fail(event.ReasonMalformed)
+			return r
+		}
 	}
 	var ce *cached
 	if hit {
@@ -190,8 +194,9 @@ func parse(raw string) *token.Parsed {
 }
 
 // verify verifies raw (p when already parsed), or serves it from e, its
-// entry among tokens already verified. It returns the claims (nil when unparsable), the kid and the failure reason,
-// empty when the signature is good. Key state is checked on every call.
+// entry among tokens already verified. It returns the claims (nil when
+// unparsable), the kid and the failure reason, empty when the signature is
+// good. Key state is checked on every call.
 //
 // A kid the key set does not know is asked of its source once more when the
 // set can do that (a standalone gateway's [keyFetcher]); if that fails too
