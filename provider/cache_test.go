@@ -210,3 +210,26 @@ func TestCachedExpiry(t *testing.T) {
 		t.Fatalf("before iat beyond the skew while cached: %+v, want not_yet_valid", r)
 	}
 }
+
+// A token without kid verifies under the one key of its algorithm; once
+// the provider publishes a second key of that algorithm, the cold path
+// can no longer pick one, and neither does the cached token.
+func TestCachedNoKIDNeedsOneKey(t *testing.T) {
+	f := newFixture(t, provider.Webhook)
+	c := f.claims(nil)
+	f.record(t, rec("jti-0123456789", c["exp"].(int64)))
+	raw := signWith(t, f.idp.keys["ed"], jose.EdDSA, "", c)
+	for i := range 2 {
+		if r := f.check(raw); !r.Good() || r.Cached != (i == 1) {
+			t.Fatalf("token without kid, request %d: %+v", i, r)
+		}
+	}
+	_, second, _ := ed25519.GenerateKey(rand.Reader)
+	f.idp.mu.Lock()
+	f.idp.keys["ed2"], f.idp.algs["ed2"] = second, jose.EdDSA
+	f.idp.mu.Unlock()
+	f.ahead.Store(int64(jwks.MaxAge))
+	if r := f.check(raw); r.Reason != event.ReasonUnknownKey {
+		t.Fatalf("cached token without kid, two keys of its alg: %+v, want unknown_key", r)
+	}
+}
