@@ -99,15 +99,43 @@ func TestRunGateway(t *testing.T) {
 	if g.OverheadN < uint64(g.GatewayHalf.Requests) || g.OverheadP50 <= 0 || g.OverheadP99 < g.OverheadP50 {
 		t.Fatalf("gateway overhead: %d requests, p50 %v, p99 %v (half-rate requests %d)", g.OverheadN, g.OverheadP50, g.OverheadP99, g.GatewayHalf.Requests)
 	}
+	// An identity provider's tokens: measured cold and warm beside
+	// custos's, the warm ones verifying no signature, and at peak.
+	p := g.Provider
+	if p == nil || p.Tokens == 0 || p.ColdCustos <= 0 || p.ColdProvider <= 0 || p.WarmCustos <= 0 || p.WarmProvider <= 0 || p.VerifyPerOp <= 0 ||
+		p.WarmRatio == 0 || p.WarmRatioMedian == 0 {
+		t.Fatalf("provider phase not measured: %+v", p)
+	}
+	if s, want := p.Signatures, (ProviderSignatures{ColdCustos: 1, ColdProvider: 1}); s != want {
+		t.Fatalf("provider phase: signatures per request %+v, want %+v", s, want)
+	}
+	for name, l := range map[string]Load{"bare": p.BarePeak, "custos": p.CustosPeak, "provider": p.ProviderPeak} {
+		if l.Requests == 0 || l.PerSec <= 0 || l.Errors != 0 {
+			t.Fatalf("provider phase, %s peak: %+v", name, l)
+		}
+	}
+	if p.PeakRatio != p.ProviderPeak.PerSec/p.BarePeak.PerSec || p.PeakVsCustos != p.ProviderPeak.PerSec/p.CustosPeak.PerSec {
+		t.Fatalf("provider phase ratios: %+v", p)
+	}
 	var buf bytes.Buffer
 	Report{Machine: ThisMachine(), Gateway: &g}.WriteText(&buf)
-	for _, want := range []string{"ratio", "added p99", "ed25519.Verify", "signatures    verified per request, counted: cold bearer 1.00, bound 2.00; warm bearer 0.00, bound 1.00"} {
+	for _, want := range []string{"ratio", "added p99", "ed25519.Verify", "signatures    verified per request, counted: cold bearer 1.00, bound 2.00; warm bearer 0.00, bound 1.00",
+		"signatures  verified per request, counted: cold custos 1.00, provider 1.00; warm custos 0.00, provider 0.00", "provider tokens"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Fatalf("report lacks %q:\n%s", want, buf.String())
 		}
 	}
-	if err := json.NewEncoder(io.Discard).Encode(Report{Gateway: &g}); err != nil {
+	var js bytes.Buffer
+	if err := json.NewEncoder(&js).Encode(Report{Gateway: &g}); err != nil {
 		t.Fatal(err)
+	}
+	var back struct {
+		Gateway struct {
+			Provider *ProviderPhase `json:"provider"`
+		} `json:"gateway"`
+	}
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.Gateway.Provider == nil || back.Gateway.Provider.WarmProvider != p.WarmProvider {
+		t.Fatalf("the JSON report's provider object: %v %s", err, js.String())
 	}
 }
 

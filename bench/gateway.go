@@ -72,6 +72,9 @@ type Gateway struct {
 
 	// DPoP: the extra cost of DPoP-bound tokens (see DPoPPhase).
 	DPoP *DPoPPhase `json:"dpop,omitempty"`
+	// Provider: tokens of an identity provider the shop keeps, cold and
+	// warm, beside custos's (see ProviderPhase).
+	Provider *ProviderPhase `json:"provider,omitempty"`
 }
 
 // benchPopulation is the sample shop's member space for the gateway benchmark.
@@ -85,7 +88,9 @@ const warmTokens = 256
 // shop, all on loopback. With Options.Concurrency workers (default 64) it
 // measures each proxy's peak rate (closed loop, tokens issued in advance and
 // reused, so the gateway's caches are warm), then both at half the bare
-// peak rate (open loop) for the added p99 latency, then the cold path.
+// peak rate (open loop) for the added p99 latency, then the cold path, DPoP
+// and an identity provider's tokens (configured on a key set served on
+// loopback).
 func RunGateway(ctx context.Context, o Options) (Gateway, error) {
 	sh, err := shop.New(benchPopulation)
 	if err != nil {
@@ -96,7 +101,12 @@ func RunGateway(ctx context.Context, o Options) (Gateway, error) {
 		return Gateway{}, err
 	}
 	defer stopUp()
-	r, err := startServer(ctx, o.Dir, upURL, o.Redis)
+	idp, err := startIDP()
+	if err != nil {
+		return Gateway{}, err
+	}
+	defer idp.stop()
+	r, err := startServer(ctx, o.Dir, upURL, o.Redis, func(c *config.Config) { c.Providers = append(c.Providers, idp.config()) })
 	if err != nil {
 		return Gateway{}, err
 	}
@@ -179,6 +189,9 @@ func RunGateway(ctx context.Context, o Options) (Gateway, error) {
 	}
 	if out.DPoP, err = dpopPhase(ctx, r, min(n, 2000)); err != nil {
 		return out, fmt.Errorf("dpop: %w", err)
+	}
+	if out.Provider, err = providerPhase(ctx, r, idp, client, min(n, 2000), workers, d, target(bareURL), target(r.gwURL)); err != nil {
+		return out, fmt.Errorf("provider: %w", err)
 	}
 	return out, nil
 }

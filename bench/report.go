@@ -100,6 +100,26 @@ func (r Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "    signatures    verified per request, counted: cold bearer %.2f, bound %.2f; warm bearer %.2f, bound %.2f\n", s.ColdBearer, s.ColdBound, s.WarmBearer, s.WarmBound)
 			fmt.Fprintf(w, "    target        ≤ 1 signature more (counted) and ≤ +%.2f verifications (median) on both: %s\n", DPoPExtraTarget, metText(p.Met))
 		}
+		if p := g.Provider; p != nil {
+			clk := "wall clock"
+			if p.CPUClock {
+				clk = "thread CPU"
+			}
+			fmt.Fprintf(w, "  identity provider's tokens (Ed25519, recorded through POST /v1/ledger/record), beside custos's:\n")
+			fmt.Fprintf(w, "    in process, %d tokens of each kind in %d chunks, %s:\n", p.Tokens, p.Chunks, clk)
+			fmt.Fprintf(w, "      cold        custos %s, provider %s per request (ed25519.Verify %s per op)\n", us(p.ColdCustos), us(p.ColdProvider), us(p.VerifyPerOp))
+			fmt.Fprintf(w, "      warm        custos %s, provider %s per request: provider/custos %.2f (median of chunks %.2f)\n", us(p.WarmCustos), us(p.WarmProvider), p.WarmRatio, p.WarmRatioMedian)
+			s := p.Signatures
+			fmt.Fprintf(w, "      signatures  verified per request, counted: cold custos %.2f, provider %.2f; warm custos %.2f, provider %.2f\n", s.ColdCustos, s.ColdProvider, s.WarmCustos, s.WarmProvider)
+			fmt.Fprintf(w, "    peak, closed loop, %d workers, warm caches, side by side:\n", p.BarePeak.Workers)
+			for _, l := range []struct {
+				name string
+				l    Load
+			}{{"bare proxy", p.BarePeak}, {"custos tokens", p.CustosPeak}, {"provider tokens", p.ProviderPeak}} {
+				fmt.Fprintf(w, "      %-15s %10.0f req/s  p50 %s p99 %s (%d errors)\n", l.name, l.l.PerSec, ms(l.l.P50), ms(l.l.P99), l.l.Errors)
+			}
+			fmt.Fprintf(w, "      ratios      provider/bare %.2f, custos/bare %.2f, provider/custos %.2f\n", p.PeakRatio, p.CustosRatio, p.PeakVsCustos)
+		}
 	}
 	if dc := r.Decide; dc != nil {
 		fmt.Fprintf(w, "\ndecision API (in-process gateway's GET /v1/decide and ext_authz gRPC Check, loopback, %d distinct tokens on subject-bound routes):\n", dc.Tokens)

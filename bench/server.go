@@ -71,8 +71,8 @@ type running struct {
 
 // startServer opens a server in a fresh data directory under dir, serving its
 // API (and the in-process gateway in front of upstream when it is not "") on
-// 127.0.0.1 ports.
-func startServer(ctx context.Context, dir, upstream, redis string) (*running, error) {
+// 127.0.0.1 ports; edit, when given, changes the configuration first.
+func startServer(ctx context.Context, dir, upstream, redis string, edit ...func(*config.Config)) (*running, error) {
 	data, err := os.MkdirTemp(dir, "custos-bench-")
 	if err != nil {
 		return nil, fmt.Errorf("failed to create the data directory: %w", err)
@@ -97,6 +97,9 @@ func startServer(ctx context.Context, dir, upstream, redis string) (*running, er
 		for _, r := range shop.Routes() {
 			cfg.Gateway.Routes = append(cfg.Gateway.Routes, config.Route{Pattern: "GET " + r.Pattern, DataClasses: r.DataClasses, SubjectParam: r.SubjectParam})
 		}
+	}
+	for _, e := range edit {
+		e(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s, err := server.Open(ctx, cfg, log, nil)

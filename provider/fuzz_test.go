@@ -128,3 +128,28 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheckCached: with a recorded token in the verified-token cache, no
+// other string is served from the cache, and none passes unless it is a
+// re-encoding of that token with its claims.
+func FuzzCheckCached(f *testing.F) {
+	fx := newFixture(f, provider.Webhook)
+	c := fx.claims(nil)
+	fx.record(f, rec("jti-0123456789", c["exp"].(int64)))
+	good := fx.idp.sign(f, "ed", c)
+	if r := fx.check(good); !r.Good() {
+		f.Fatalf("%+v", r)
+	}
+	f.Add(good)
+	f.Add(good + "A")
+	f.Add(strings.Replace(good, ".", "..", 1))
+	f.Fuzz(func(t *testing.T, raw string) {
+		r := fx.check(raw)
+		if r.Cached && raw != good {
+			t.Fatalf("served from the cache of another token: %q", raw)
+		}
+		if r.Good() && raw != good && r.Claims.Subject != "member-1001" {
+			t.Fatalf("passed a token that is not the recorded one: %q", raw)
+		}
+	})
+}

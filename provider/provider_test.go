@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,11 +36,21 @@ type idp struct {
 	algs    map[string]jose.SignatureAlgorithm
 	srv     *httptest.Server
 	fetches atomic.Int32
+
+	mu     sync.Mutex
+	hidden map[string]bool // kids left out of the published set
+}
+
+// drop leaves kid out of the key set the provider publishes from now on.
+func (p *idp) drop(kid string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hidden[kid] = true
 }
 
 func newIDP(t testing.TB) *idp {
 	t.Helper()
-	p := &idp{keys: map[string]crypto.Signer{}, algs: map[string]jose.SignatureAlgorithm{}}
+	p := &idp{keys: map[string]crypto.Signer{}, algs: map[string]jose.SignatureAlgorithm{}, hidden: map[string]bool{}}
 	_, ed, _ := ed25519.GenerateKey(rand.Reader)
 	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	rs, _ := rsa.GenerateKey(rand.Reader, 2048)
@@ -50,7 +61,12 @@ func newIDP(t testing.TB) *idp {
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.fetches.Add(1)
 		var set jose.JSONWebKeySet
+		p.mu.Lock()
+		defer p.mu.Unlock()
 		for kid, k := range p.keys {
+			if p.hidden[kid] {
+				continue
+			}
 			set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.Public(), KeyID: kid, Algorithm: string(p.algs[kid]), Use: "sig"})
 		}
 		// Providers publish encryption keys beside signing ones.
@@ -92,6 +108,8 @@ type fixture struct {
 	pol     verdict.Policy
 	now     time.Time
 	cfg     *provider.Config
+	// ahead moves the clock of the key-set cache forward (a duration).
+	ahead *atomic.Int64
 }
 
 func newFixture(t testing.TB, kind provider.Kind) *fixture {
@@ -101,7 +119,8 @@ func newFixture(t testing.TB, kind provider.Kind) *fixture {
 	if kind == provider.Hydra || kind == provider.Keycloak {
 		cfg.AccessTokenLifespan = 10 * time.Minute
 	}
-	set, err := provider.NewSet([]provider.Config{cfg}, nil, nil)
+	ahead := new(atomic.Int64)
+	set, err := provider.NewSet([]provider.Config{cfg}, nil, func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +135,7 @@ func newFixture(t testing.TB, kind provider.Kind) *fixture {
 	}
 	t.Cleanup(func() { led.Close() })
 	named, _ := set.Named("shop-idp")
-	return &fixture{idp: p, set: set, led: led, cfg: named, now: time.Now(),
+	return &fixture{idp: p, set: set, led: led, cfg: named, now: time.Now(), ahead: ahead,
 		rec:     &provider.Recorder{Ledger: led, Now: time.Now},
 		checker: verdict.Checker{Keys: noKeys{}, Ledger: led, Cache: verdict.NewCache(100), Providers: set},
 		pol:     verdict.Policy{Issuer: "https://custos.test", Audience: []string{"shop-api"}, Leeway: 30 * time.Second}}

@@ -1,7 +1,12 @@
 package provider
 
 import (
+	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -179,49 +184,117 @@ func (p *provider) verify(ctx context.Context, raw string) verdict.ProviderToken
 	if !ok {
 		return malformed
 	}
-	out.KID = h.KeyID
-	switch err := p.check(ctx, tok, h); {
+	out.KID, out.ClockSkew = h.KeyID, p.ClockSkew
+	k, sigs, err := p.check(ctx, tok, h)
+	out.Signatures = sigs
+	switch {
 	case errors.Is(err, errNoKey):
 		out.Reason = event.ReasonUnknownKey
 	case err != nil:
 		out.Reason = event.ReasonBadSignature
+	default:
+		out.Key = &verdict.ProviderKey{Issuer: p.Issuer, KID: h.KeyID, Alg: h.Algorithm, Public: k.Key}
+	}
+	return out
+}
+
+// Holds implements verdict.Providers: k's provider is still configured
+// and the key set it publishes, as this process holds it now, still has k
+// under the same kid, for the same algorithm, and still picks it alone
+// when the token named no kid. It never fetches for a key it lacks.
+func (s *Set) Holds(ctx context.Context, k *verdict.ProviderKey) bool {
+	if s == nil || k == nil {
+		return false
+	}
+	p := s.byIssuer[k.Issuer]
+	if p == nil {
+		return false
+	}
+	set, err := p.keys.KeySet(ctx, false)
+	if err != nil {
+		return false
+	}
+	n, held := 0, false
+	for i := range set.Keys {
+		c := &set.Keys[i]
+		if !usable(c, k.KID, k.Alg) {
+			continue
+		}
+		n++
+		if samePublic(c.Key, k.Public) {
+			held = true
+		}
+	}
+	return held && (k.KID != "" || n == 1)
+}
+
+// samePublic compares two public keys of the types a provider's set
+// keeps, without the allocations of their Equal methods (public values:
+// no need for constant time).
+func samePublic(a any, b crypto.PublicKey) bool {
+	switch x := a.(type) {
+	case ed25519.PublicKey:
+		y, ok := b.(ed25519.PublicKey)
+		return ok && bytes.Equal(x, y)
+	case *ecdsa.PublicKey:
+		y, ok := b.(*ecdsa.PublicKey)
+		return ok && x.Curve == y.Curve && x.X.Cmp(y.X) == 0 && x.Y.Cmp(y.Y) == 0
+	case *rsa.PublicKey:
+		y, ok := b.(*rsa.PublicKey)
+		return ok && x.E == y.E && x.N.Cmp(y.N) == 0
+	}
+	return false
+}
+
+// usable reports whether a token naming kid (or none) and alg may verify
+// under k.
+func usable(k *jose.JSONWebKey, kid, alg string) bool {
+	return (kid == "" || k.KeyID == kid) && (k.Algorithm == "" || k.Algorithm == alg)
+}
+
+// candidates are the keys of set a token naming kid (or none) and alg may
+// verify under.
+func candidates(set *jose.JSONWebKeySet, kid, alg string) []jose.JSONWebKey {
+	var out []jose.JSONWebKey
+	for _, k := range set.Keys {
+		if usable(&k, kid, alg) {
+			out = append(out, k)
+		}
 	}
 	return out
 }
 
 // check verifies tok's signature with the key its header names (by kid;
-// without one, the set must hold exactly one key of the token's alg).
-func (p *provider) check(ctx context.Context, tok *jwt.JSONWebToken, h jose.Header) error {
+// without one, the set must hold exactly one key of the token's alg). It
+// returns the key that verified and how many signatures it checked.
+func (p *provider) check(ctx context.Context, tok *jwt.JSONWebToken, h jose.Header) (jose.JSONWebKey, int, error) {
 	for _, refresh := range []bool{false, true} {
 		set, err := p.keys.KeySet(ctx, refresh)
 		if err != nil {
-			return fmt.Errorf("%w: %v", errNoKey, err)
+			return jose.JSONWebKey{}, 0, fmt.Errorf("%w: %v", errNoKey, err)
 		}
-		var cands []jose.JSONWebKey
 		named := false
 		for _, k := range set.Keys {
 			if h.KeyID == "" || k.KeyID == h.KeyID {
 				named = true
-				if k.Algorithm == "" || k.Algorithm == h.Algorithm {
-					cands = append(cands, k)
-				}
 			}
 		}
+		cands := candidates(set, h.KeyID, h.Algorithm)
 		if named && h.KeyID != "" && len(cands) == 0 {
-			return errors.New("the key the token names is for another algorithm")
+			return jose.JSONWebKey{}, 0, errors.New("the key the token names is for another algorithm")
 		}
 		if len(cands) == 0 || (h.KeyID == "" && len(cands) != 1) {
 			continue
 		}
-		for _, k := range cands {
+		for i, k := range cands {
 			var dummy map[string]any
 			if tok.Claims(k.Key, &dummy) == nil {
-				return nil
+				return k, i + 1, nil
 			}
 		}
-		return errors.New("signature does not verify")
+		return jose.JSONWebKey{}, len(cands), errors.New("signature does not verify")
 	}
-	return errNoKey
+	return jose.JSONWebKey{}, 0, errNoKey
 }
 
 // read maps a provider token's claims to custos's and computes its binding

@@ -10,16 +10,20 @@ import (
 	"github.com/custos-dev/custos/token"
 )
 
-// cached is a token whose signature verified under key kid.
+// cached is a token whose signature verified under key kid: custos's
+// (alg, pub) or a provider's (prov).
 type cached struct {
 	claims token.Claims
 	kid    string
 	alg    keys.Alg
 	pub    crypto.PublicKey
+	// prov is set for a provider's token (then alg and pub are unset).
+	prov *cachedProvider
 }
 
-// Cache remembers verified tokens by hash, bounded in size, so a token
-// seen again skips parsing and signature verification. Only
+// Cache remembers verified tokens by hash (SHA-256 of the whole token, never
+// the token), bounded in size, so a token seen again skips parsing and
+// signature verification; custos's and the providers' alike. Only
 // tokens whose signature verified are stored, so a flood of forgeries cannot
 // fill it. Entries leave when their token expires; when the cache is full of
 // live tokens it is emptied and refills from traffic.

@@ -90,14 +90,16 @@ func (p Policy) Validate() error {
 type Checker struct {
 	Keys   KeySet
 	Ledger Provenance
-	// Cache, when set, remembers tokens whose signature verified; key
-	// state, claims and provenance are still checked on every call.
+	// Cache, when set, remembers tokens whose signature verified (a
+	// provider's only once every check passed); key state, claims and
+	// provenance are still checked on every call, and a provider's key
+	// must still be in its published set (Providers.Holds).
 	Cache *Cache
 	// Providers, when set, checks tokens whose iss names an identity
 	// provider the shop keeps; every other token is checked as custos's.
 	Providers Providers
-	// Signatures, when set, counts the token signatures Check verifies (a
-	// token found in Cache costs none).
+	// Signatures, when set, counts the token signatures Check verifies,
+	// custos's and the providers' (a token found in Cache costs none).
 	Signatures *atomic.Uint64
 }
 
@@ -135,13 +137,35 @@ func (c *Checker) Check(ctx context.Context, raw string, pol *Policy, now time.T
 		r.Reason = reason
 		return true
 	}
-	if c.Providers != nil && !c.Cache.has(r.Hash) {
-		if pt, ok := c.Providers.Verify(ctx, raw, now); ok {
-			c.checkProvider(ctx, &r, pt, pol, now, fail)
+	e, hit := c.Cache.get(r.Hash)
+	if hit && e.prov != nil {
+		// A provider's token seen before: no signature, the rest again.
+		if c.Providers != nil && c.warmProvider(ctx, &r, &e, pol, now, fail) {
+			return r
+		}
+		hit = false
+	}
+	var p *token.Parsed
+	if !hit {
+		// custos's own tokens (its iss, strictly read) are never offered
+		// to the providers.
+		p = parse(raw)
+		if c.Providers != nil && (p == nil || p.Claims.Issuer != pol.Issuer) {
+			if pt, ok := c.Providers.Verify(ctx, raw, now); ok {
+				c.checkProvider(ctx, &r, pt, pol, now, fail)
+				return r
+			}
+		}
+		if p == nil {
+			fail(event.ReasonMalformed)
 			return r
 		}
 	}
-	claims, kid, reason, cachedHit := c.verify(ctx, raw, r.Hash)
+	var ce *cached
+	if hit {
+		ce = &e
+	}
+	claims, kid, reason, cachedHit := c.verify(ctx, raw, r.Hash, ce, p)
 	r.Claims, r.KID, r.Cached = claims, kid, cachedHit
 	if reason != "" {
 		if fail(reason) || claims == nil {
@@ -157,27 +181,38 @@ func (c *Checker) Check(ctx context.Context, raw string, pol *Policy, now time.T
 	return r
 }
 
-// verify parses and verifies raw, or finds it among tokens already verified.
-// It returns the claims (nil when unparsable), the kid and the failure reason,
-// empty when the signature is good. Key state is checked on every call.
+// parse reads raw as a custos token, or returns nil.
+func parse(raw string) *token.Parsed {
+	if len(raw) > token.MaxSize {
+		return nil
+	}
+	p, err := token.Parse(raw)
+	if err != nil {
+		return nil
+	}
+	return p
+}
+
+// verify verifies raw (p when already parsed), or serves it from e, its
+// entry among tokens already verified. It returns the claims (nil when
+// unparsable), the kid and the failure reason, empty when the signature is
+// good. Key state is checked on every call.
 //
 // A kid the key set does not know is asked of its source once more when the
 // set can do that (a standalone gateway's [keyFetcher]); if that fails too
 // the token is refused as unknown_key.
-func (c *Checker) verify(ctx context.Context, raw string, h ledger.Hash) (*token.Claims, string, event.Reason, bool) {
-	if e, ok := c.Cache.get(h); ok {
+func (c *Checker) verify(ctx context.Context, raw string, h ledger.Hash, e *cached, p *token.Parsed) (*token.Claims, string, event.Reason, bool) {
+	if e != nil {
 		k, found := c.Keys.Lookup(e.kid)
 		if found && k.Alg == e.alg && samePublic(k.Public, e.pub) {
 			cl := e.claims
 			return &cl, e.kid, keyStateReason(k.State), true
 		}
 	}
-	if len(raw) > token.MaxSize {
-		return nil, "", event.ReasonMalformed, false
-	}
-	p, err := token.Parse(raw)
-	if err != nil {
-		return nil, "", event.ReasonMalformed, false
+	if p == nil {
+		if p = parse(raw); p == nil {
+			return nil, "", event.ReasonMalformed, false
+		}
 	}
 	cl := &p.Claims
 	k, found := c.Keys.Lookup(p.Header.KID)
