@@ -1,0 +1,384 @@
+package replicatest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/geodb"
+	"github.com/custos-dev/custos/internal/proctest"
+	"github.com/custos-dev/custos/natsbus"
+)
+
+// Containment as deployed: each kind of action, taken at one process, is
+// enforced at every gateway of every authority.
+
+// gatewayWith starts a standalone gateway like d.gateway, with extra lines
+// in its gateway section (a GeoIP database).
+func (d *deployment) gatewayWith(name, tokenFile, extra string, authorities ...*proc) *proc {
+	addr, admin := proctest.FreeAddr(d.t), proctest.FreeAddr(d.t)
+	var urls []string
+	for _, a := range authorities {
+		urls = append(urls, a.url())
+	}
+	p := &proc{t: d.t, name: name, role: "gateway", bin: d.bin, denv: d.env, addr: addr, ready: "http://" + admin + "/readyz",
+		args: []string{"gateway", "--config", d.config(name, "  name: "+name+"\n  trusted_proxies: [127.0.0.1/32]\n"+extra, ""), "--upstream", d.upstream, "--listen", addr,
+			"--admin-listen", admin, "--authority", strings.Join(urls, ","), "--token-file", tokenFile}}
+	d.procs[name] = p
+	p.start()
+	return p
+}
+
+// issueAt issues a token for member at a with the client's secret.
+func issueAt(t *testing.T, a *proc, secret, member, session string) (tok, kid string, status int) {
+	t.Helper()
+	var out struct {
+		AccessToken string `json:"access_token"`
+		KID         string `json:"kid"`
+	}
+	body := map[string]any{"subject": member, "audience": "shop-api"}
+	if session != "" {
+		body["session_id"] = session
+	}
+	st, _ := call("POST", a.url()+"/v1/tokens", secret, body, &out)
+	return out.AccessToken, out.KID, st
+}
+
+// until polls f every 20 ms for at most within and returns how long it
+// took; it fails the test when f never holds.
+func until(t *testing.T, within time.Duration, what string, f func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !f() {
+		if time.Since(start) > within {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// reach polls check at every gateway every 20 ms until it holds at all of
+// them, and returns, per gateway, how long after since it first held.
+func reach(t *testing.T, since time.Time, within time.Duration, what string, gws []*proc, check func(g *proc) bool) map[string]time.Duration {
+	t.Helper()
+	out := map[string]time.Duration{}
+	for len(out) < len(gws) {
+		for _, g := range gws {
+			if _, ok := out[g.name]; !ok && check(g) {
+				out[g.name] = time.Since(since)
+			}
+		}
+		if time.Since(since) > within {
+			t.Fatalf("not within %s at every gateway (%v reached): %s", within, out, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return out
+}
+
+// refused reports whether g refuses tok for member with reason why.
+func refused(g *proc, tok, member, src, why string) bool {
+	st, got, err := accessFrom(g, tok, member, src)
+	return err == nil && st != 200 && got == why
+}
+
+// served reports whether g serves tok for member.
+func served(g *proc, tok, member, src string) bool {
+	st, _, err := accessFrom(g, tok, member, src)
+	return err == nil && st == 200
+}
+
+// A gateway's finding that a validly signed token was never issued
+// (not_issued, read by a detector process from the access stream) revokes
+// the signing key once, through exactly one of two authorities, and every
+// gateway of both refuses the key's real tokens as revoked_key. The
+// authority that carried it out is then killed with SIGKILL while it holds
+// the claim of another revocation: the other authority takes it over once
+// the lease ends, and both gateways refuse that key too.
+func TestDetectorRevokeKeyAcrossReplicas(t *testing.T) {
+	d := newDeployment(t, direct)
+	d.detect = "detect:\n  contain: true\n"
+	a1, a2, admin, cl := d.twoAuthorities()
+	tokFile := filepath.Join(d.dir, "a1", "admin-token")
+	g1 := d.gateway("g1", tokFile, a1, a2)
+	g2 := d.gateway("g2", tokFile, a2, a1)
+	det := d.detector("d1", 0, 1)
+	for _, p := range []*proc{g1, g2, det} {
+		p.waitReady(30 * time.Second)
+	}
+	db := pgOf(t, d)
+	gws := []*proc{g1, g2}
+	member := fmt.Sprint(d.pop.MemberID(5))
+	tok, kid, st := issueAt(t, a1, cl.Secret, member, "s-5")
+	if st != 200 {
+		t.Fatalf("issue: %d", st)
+	}
+	reach(t, time.Now(), 10*time.Second, "the real token served", gws, func(g *proc) bool { return served(g, tok, member, "") })
+
+	// g1's refusal of a token signed with kid that the ledger never saw,
+	// as g1 publishes it on the access stream.
+	ctx := context.Background()
+	bus, err := natsbus.Open(ctx, natsbus.Config{URL: "nats://" + natsAddr, Prefix: d.prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	found := time.Now()
+	forged := event.Access{Time: found.UTC(), Gateway: "g1", RequestID: d.prefix + "-forged-1", Method: "GET",
+		Route: "/api/members/{memberId}/profile", Path: "/api/members/" + member + "/profile", Status: 401,
+		SrcIP: "203.0.113.66", UserAgent: "curl/8", Token: event.Token{JTI: "forged-1", KID: kid, Sub: member,
+			Aud: "shop-api", IAT: found.Unix(), EXP: found.Add(5 * time.Minute).Unix()},
+		Verdict: event.Deny, Reason: event.ReasonNotIssued, Subject: member}
+	if err := bus.PublishSync(ctx, forged); err != nil {
+		t.Fatal(err)
+	}
+	took := reach(t, found, 20*time.Second, "the real token refused as revoked_key", gws,
+		func(g *proc) bool { return refused(g, tok, member, "", "revoked_key") })
+	t.Logf("key %s revoked on a detector's not_issued finding: refused as revoked_key at g1 after %s, at g2 after %s",
+		kid, took["g1"].Round(time.Millisecond), took["g2"].Round(time.Millisecond))
+
+	// Carried out once: one queued action, done on its first attempt, one
+	// keys.revoke entry in the audit log; both authorities list the key
+	// revoked and sign with another.
+	var alertID string
+	if err := db.QueryRow(`SELECT id FROM detect_alerts WHERE rule = $1`, detect.RuleNotIssued).Scan(&alertID); err != nil {
+		t.Fatalf("no not_issued alert: %v\n%s", err, dump(db))
+	}
+	actID := "act-" + alertID + "-revoke_key"
+	var state, owner, body string
+	var attempts int
+	if err := db.QueryRow(`SELECT state, owner, attempts, body FROM detect_action_queue WHERE id = $1`, actID).Scan(&state, &owner, &attempts, &body); err != nil {
+		t.Fatalf("%s: %v\n%s", actID, err, dump(db))
+	}
+	if state != detect.QueueDone || attempts != 1 {
+		t.Fatalf("%s: %s after %d attempts by %s", actID, state, attempts, owner)
+	}
+	checkAuditExact(t, d, a2, "keys.revoke", 1)
+	for _, a := range []*proc{a1, a2} {
+		if st := keyStateAt(t, a, admin, kid); st != "revoked" {
+			t.Fatalf("%s lists key %s as %q", a.name, kid, st)
+		}
+	}
+
+	// A token of the new key is served by both gateways.
+	tok2, kid2, st := issueAt(t, a2, cl.Secret, member, "s-5b")
+	if st != 200 || kid2 == kid {
+		t.Fatalf("issue after the revocation: %d, kid %s (revoked %s)", st, kid2, kid)
+	}
+	reach(t, time.Now(), 10*time.Second, "a token of the new key served", gws, func(g *proc) bool { return served(g, tok2, member, "") })
+
+	// The authority that carried the revocation out is killed holding the
+	// claim of the next one (the new key's, on a second finding): the row
+	// stays claimed by it until its lease ends, then the survivor claims
+	// it, carries it out, and both gateways refuse the new key.
+	claimant, survivor := a1, a2
+	if strings.Contains(owner, fmt.Sprintf("/%d/", a2.cmd.Process.Pid)) {
+		claimant, survivor = a2, a1
+	} else if !strings.Contains(owner, fmt.Sprintf("/%d/", a1.cmd.Process.Pid)) {
+		t.Fatalf("the revocation was claimed by %q, neither a1 (pid %d) nor a2 (pid %d)", owner, a1.cmd.Process.Pid, a2.cmd.Process.Pid)
+	}
+	claimant.kill()
+	var rec detect.ActionRecord
+	if err := json.Unmarshal([]byte(body), &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.ID, rec.AlertID, rec.Target = "act-al-killed-revoke_key", "al-killed", kid2
+	rec.Evidence["kid"], rec.Evidence["jti"] = kid2, "forged-2"
+	nb, _ := json.Marshal(rec)
+	const lease = 3 * time.Second
+	claimed := time.Now()
+	if _, err := db.Exec(`INSERT INTO detect_action_queue (id, body, state, owner, lease_until, attempts, created) VALUES ($1, $2, 'claimed', $3, $4, 1, $5)`,
+		rec.ID, string(nb), owner, claimed.Add(lease).UnixNano(), claimed.UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	var by string
+	takeover := until(t, 30*time.Second, "the killed claimant's revocation taken over", func() bool {
+		db.QueryRow(`SELECT state, owner FROM detect_action_queue WHERE id = $1`, rec.ID).Scan(&state, &by)
+		return state == detect.QueueDone
+	})
+	if by == owner || takeover < lease-200*time.Millisecond {
+		t.Fatalf("taken over by %q %s after the claim (lease %s)", by, takeover, lease)
+	}
+	gone := reach(t, claimed, 30*time.Second, "the new key refused as revoked_key after the takeover", gws,
+		func(g *proc) bool { return refused(g, tok2, member, "", "revoked_key") })
+	if st := keyStateAt(t, survivor, admin, kid2); st != "revoked" {
+		t.Fatalf("%s lists key %s as %q", survivor.name, kid2, st)
+	}
+	t.Logf("%s killed holding a claim (lease %s): %s carried it out %s after the claim; refused as revoked_key at g1 after %s, at g2 after %s",
+		claimant.name, lease, survivor.name, takeover.Round(time.Millisecond), gone["g1"].Round(time.Millisecond), gone["g2"].Round(time.Millisecond))
+}
+
+// keyStateAt is kid's state as a lists it.
+func keyStateAt(t *testing.T, a *proc, admin, kid string) string {
+	t.Helper()
+	var ks struct {
+		Keys []struct {
+			KID   string `json:"kid"`
+			State string `json:"state"`
+		} `json:"keys"`
+	}
+	if _, err := call("GET", a.url()+"/v1/keys", admin, nil, &ks); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range ks.Keys {
+		if k.KID == kid {
+			return k.State
+		}
+	}
+	return ""
+}
+
+// A client whose secret issuance detection at a1 finds in the wrong hands
+// (tokens with no login session behind them: issuance_without_login) is
+// suspended there, and a2 refuses the secret too, within
+// authority.CacheTTL of the suspension.
+func TestIssuanceSuspendAcrossReplicas(t *testing.T) {
+	d := newDeployment(t, direct)
+	d.detect = "detect:\n  contain: true\n"
+	a1, a2, admin, cl := d.twoAuthorities()
+	db := pgOf(t, d)
+	var clients struct {
+		Clients []struct {
+			ID   string `json:"client_id"`
+			Name string `json:"name"`
+		} `json:"clients"`
+	}
+	if _, err := call("GET", a1.url()+"/v1/clients", admin, nil, &clients); err != nil || len(clients.Clients) != 1 || clients.Clients[0].Name != "login" {
+		t.Fatalf("clients %+v %v", clients.Clients, err)
+	}
+	clientID := clients.Clients[0].ID
+	// Both authorities know the secret (a2's cache of it is warm).
+	for i, a := range []*proc{a1, a2} {
+		if _, _, st := issueAt(t, a, cl.Secret, fmt.Sprint(d.pop.MemberID(uint64(i))), fmt.Sprint("login-", i)); st != 200 {
+			t.Fatalf("%s: %d before", a.name, st)
+		}
+	}
+	// The holder of the stolen secret asks a1 for tokens of many
+	// customers, with no login behind any of them, until a1 refuses.
+	for i := 0; ; i++ {
+		_, _, st := issueAt(t, a1, cl.Secret, fmt.Sprint(d.pop.MemberID(uint64(10+i%100))), "")
+		if st == 401 {
+			t.Logf("a1 refused the secret after %d issuances with no login", i)
+			break
+		}
+		if st != 200 || i > 400 {
+			t.Fatalf("issuance %d at a1: %d\n%s", i, st, a1.tail())
+		}
+	}
+	// a2 refuses it too; a2 was never asked for a token with no login.
+	var last int
+	after := until(t, 10*time.Second, "a2 refuses the suspended secret", func() bool {
+		_, _, last = issueAt(t, a2, cl.Secret, fmt.Sprint(d.pop.MemberID(1)), "login-1b")
+		return last == 401
+	})
+	t.Logf("suspended at a1; a2 refused the secret %s later (authority.CacheTTL 500ms)", after.Round(time.Millisecond))
+	// It stays refused at both, and the store says why.
+	for _, a := range []*proc{a1, a2} {
+		if _, _, st := issueAt(t, a, cl.Secret, fmt.Sprint(d.pop.MemberID(2)), "login-2"); st != 401 {
+			t.Fatalf("%s: %d after the suspension", a.name, st)
+		}
+	}
+	var rule, target string
+	proctestWait(t, 10*time.Second, "the suspend_client action recorded", func() bool {
+		return db.QueryRow(`SELECT rule, target FROM detect_actions WHERE action = 'suspend_client' AND error = ''`).Scan(&rule, &target) == nil
+	})
+	if rule != detect.RuleIssuanceNoLogin || target != clientID {
+		t.Fatalf("suspend_client on %q by %q, want %s by %s", target, rule, clientID, detect.RuleIssuanceNoLogin)
+	}
+}
+
+// An operator's hold by hand at a1 (POST /v1/containment, block_country)
+// is enforced by standalone gateways following a1 and following a2, each
+// with a GeoIP database; a request from an allowed country is served
+// throughout; once the hold's "for" has passed both serve the country
+// again.
+func TestCountryHoldAcrossReplicas(t *testing.T) {
+	d := newDeployment(t, direct)
+	geo := filepath.Join(d.dir, "geo.mmdb")
+	nets, err := geodb.Countries(map[string]string{"203.0.113.0/24": "CN", "198.51.100.0/24": "KR"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := geodb.Write(geo, "custos-test", nets); err != nil {
+		t.Fatal(err)
+	}
+	a1, a2, admin, cl := d.twoAuthorities()
+	tokFile := filepath.Join(d.dir, "a1", "admin-token")
+	extra := "  geoip: [" + geo + "]\n"
+	g1 := d.gatewayWith("g1", tokFile, extra, a1)
+	g2 := d.gatewayWith("g2", tokFile, extra, a2)
+	gws := []*proc{g1, g2}
+	for _, g := range gws {
+		g.waitReady(30 * time.Second)
+	}
+	member := fmt.Sprint(d.pop.MemberID(7))
+	tok, _, st := issueAt(t, a1, cl.Secret, member, "s-7")
+	if st != 200 {
+		t.Fatalf("issue: %d", st)
+	}
+	const cn, kr = "203.0.113.50", "198.51.100.50"
+	reach(t, time.Now(), 10*time.Second, "served from CN before the hold", gws, func(g *proc) bool { return served(g, tok, member, cn) })
+
+	const hold = 8 * time.Second
+	var h struct {
+		ID     string    `json:"id"`
+		Target string    `json:"target"`
+		Actor  string    `json:"actor"`
+		Until  time.Time `json:"until"`
+	}
+	placed := time.Now()
+	if st, err := call("POST", a1.url()+"/v1/containment", admin, map[string]string{"action": "block_country", "target": "CN",
+		"for": hold.String(), "reason": "tokens replayed from CN, incident 42"}, &h); err != nil || st != 201 {
+		t.Fatalf("hold: %d %v", st, err)
+	}
+	var self struct {
+		Name   string `json:"name"`
+		Person string `json:"person"`
+	}
+	if _, err := call("GET", a1.url()+"/v1/credentials/self", admin, nil, &self); err != nil {
+		t.Fatal(err)
+	}
+	actor := "credential:" + self.Name
+	if self.Person != "" {
+		actor = self.Person
+	}
+	if h.Target != "CN" || h.Actor != actor {
+		t.Fatalf("hold %+v, want target CN and actor %s", h, actor)
+	}
+	on := reach(t, placed, hold, "refused from CN as blocked_source", gws, func(g *proc) bool { return refused(g, tok, member, cn, "blocked_source") })
+	t.Logf("hold placed at a1: enforced at g1 (follows a1) after %s, at g2 (follows a2) after %s",
+		on["g1"].Round(time.Millisecond), on["g2"].Round(time.Millisecond))
+	for _, g := range gws {
+		if !served(g, tok, member, kr) {
+			t.Fatalf("%s refuses an allowed country during the hold", g.name)
+		}
+	}
+	// a2 lists the hold as a1 placed it.
+	var list struct {
+		Holds []struct {
+			ID    string `json:"id"`
+			Actor string `json:"actor"`
+		} `json:"holds"`
+	}
+	if _, err := call("GET", a2.url()+"/v1/containment", admin, nil, &list); err != nil || len(list.Holds) != 1 || list.Holds[0].ID != h.ID || list.Holds[0].Actor != h.Actor {
+		t.Fatalf("a2 lists %+v (%v), want %s", list.Holds, err, h.ID)
+	}
+	// Still in force until its end, lifted after it at both.
+	for time.Until(h.Until) > time.Second {
+		for _, g := range gws {
+			if !refused(g, tok, member, cn, "blocked_source") {
+				t.Fatalf("%s served CN %s before the hold's end", g.name, time.Until(h.Until))
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	off := reach(t, h.Until, 5*time.Second, "served from CN after the hold's end", gws, func(g *proc) bool { return served(g, tok, member, cn) })
+	t.Logf("hold lifted at g1 %s and at g2 %s after its end", off["g1"].Round(time.Millisecond), off["g2"].Round(time.Millisecond))
+}
