@@ -2,6 +2,8 @@ package replicatest
 
 import (
 	"context"
+	"crypto"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -10,10 +12,11 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/detect"
-	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/internal/geodb"
 	"github.com/custos-dev/custos/internal/proctest"
-	"github.com/custos-dev/custos/natsbus"
+	"github.com/custos-dev/custos/keys"
+	"github.com/custos-dev/custos/keys/sealed"
+	"github.com/custos-dev/custos/token"
 )
 
 // Containment as deployed: each kind of action, taken at one process, is
@@ -95,9 +98,10 @@ func served(g *proc, tok, member, src string) bool {
 	return err == nil && st == 200
 }
 
-// A gateway's finding that a validly signed token was never issued
-// (not_issued, read by a detector process from the access stream) revokes
-// the signing key once, through exactly one of two authorities, and every
+// A token signed with the real key (the insider's copy of the shared
+// keyring and its key-encryption key) that the authority never issued: a
+// gateway's not_issued refusal, read by a detector process from the
+// access stream, revokes the signing key once, through exactly one of two authorities, and every
 // gateway of both refuses the key's real tokens as revoked_key. The
 // authority that carried it out is then killed with SIGKILL while it holds
 // the claim of another revocation: the other authority takes it over once
@@ -122,26 +126,45 @@ func TestDetectorRevokeKeyAcrossReplicas(t *testing.T) {
 	}
 	reach(t, time.Now(), 10*time.Second, "the real token served", gws, func(g *proc) bool { return served(g, tok, member, "") })
 
-	// g1's refusal of a token signed with kid that the ledger never saw,
-	// as g1 publishes it on the access stream.
+	// The insider's copy of the signing key: the shared keyring and its
+	// key-encryption key, as in the breach. A token signed with it that
+	// the authority never issued is refused by g1 as not_issued, and g1's
+	// refusal event reaches the detector over the access stream.
 	ctx := context.Background()
-	bus, err := natsbus.Open(ctx, natsbus.Config{URL: "nats://" + natsAddr, Prefix: d.prefix})
+	kek, err := base64.StdEncoding.DecodeString(d.kek)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus.Close()
-	found := time.Now()
-	forged := event.Access{Time: found.UTC(), Gateway: "g1", RequestID: d.prefix + "-forged-1", Method: "GET",
-		Route: "/api/members/{memberId}/profile", Path: "/api/members/" + member + "/profile", Status: 401,
-		SrcIP: "203.0.113.66", UserAgent: "curl/8", Token: event.Token{JTI: "forged-1", KID: kid, Sub: member,
-			Aud: "shop-api", IAT: found.Unix(), EXP: found.Add(5 * time.Minute).Unix()},
-		Verdict: event.Deny, Reason: event.ReasonNotIssued, Subject: member}
-	if err := bus.PublishSync(ctx, forged); err != nil {
+	kk, err := sealed.KEKFromBytes(kek)
+	if err != nil {
 		t.Fatal(err)
+	}
+	keyring, err := sealed.OpenPostgres(ctx, db, kk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keyring.Close()
+	stolen, err := keyring.Signer(kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forge := func(kid string, signer crypto.Signer) string {
+		now := time.Now().Unix()
+		raw, err := token.Sign(signer, keys.EdDSA, kid, token.Claims{Issuer: d.issuer, Subject: member, Audience: "shop-api",
+			IssuedAt: now, NotBefore: now, ExpiresAt: now + 300, JTI: fmt.Sprint("forged-", now), ClientID: "login"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	forged := forge(kid, stolen)
+	found := time.Now()
+	if st, why, err := accessFrom(g1, forged, member, "203.0.113.66"); err != nil || st != 401 || why != "not_issued" {
+		t.Fatalf("forged token at g1: %d %s %v", st, why, err)
 	}
 	took := reach(t, found, 20*time.Second, "the real token refused as revoked_key", gws,
 		func(g *proc) bool { return refused(g, tok, member, "", "revoked_key") })
-	t.Logf("key %s revoked on a detector's not_issued finding: refused as revoked_key at g1 after %s, at g2 after %s",
+	t.Logf("key %s revoked on g1's not_issued refusal of a forged token: refused as revoked_key at g1 after %s, at g2 after %s",
 		kid, took["g1"].Round(time.Millisecond), took["g2"].Round(time.Millisecond))
 
 	// Carried out once: one queued action, done on its first attempt, one
