@@ -99,8 +99,8 @@ func ParseHoldRequest(b []byte) (action, target string, dur time.Duration, reaso
 	if len(r.Reason) > MaxHoldReason {
 		return bad("reason longer than %d bytes", MaxHoldReason)
 	}
-	if !utf8.ValidString(r.Reason) || strings.ContainsFunc(r.Reason, unicode.IsControl) {
-		return bad("reason holds a control character or invalid UTF-8")
+	if !utf8.ValidString(r.Reason) || strings.ContainsFunc(r.Reason, func(c rune) bool { return unicode.IsControl(c) || unicode.Is(unicode.Cf, c) }) {
+		return bad("reason holds a control or format character (line breaks, bidirectional overrides) or invalid UTF-8")
 	}
 	return r.Action, target, dur, r.Reason, nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/mod/sumdb/note"
@@ -78,6 +79,8 @@ func TestParseHoldRequest(t *testing.T) {
 		`{"action":"block_country","target":"CN","for":"1h"}`,
 		`{"action":"block_country","target":"CN","for":"1h","reason":"   "}`,
 		`{"action":"block_country","target":"CN","for":"1h","reason":"line\nforged log line"}`,
+		`{"action":"block_country","target":"CN","for":"1h","reason":"\u202eevil"}`,
+		`{"action":"block_country","target":"CN","for":"1h","reason":"\u0085next"}`,
 		`{"action":"block_country","target":"CN","for":"1h","reason":"` + strings.Repeat("r", server.MaxHoldReason+1) + `"}`,
 		`{"action":"block_country","target":"CN","for":"1h","reason":"` + strings.Repeat("r", 5000) + `"}`,
 	}
@@ -109,7 +112,8 @@ func FuzzParseHoldRequest(f *testing.F) {
 			}
 			return
 		}
-		if dur <= 0 || dur > server.MaxHoldFor || strings.TrimSpace(reason) == "" || len(reason) > server.MaxHoldReason || !utf8.ValidString(reason) {
+		if dur <= 0 || dur > server.MaxHoldFor || strings.TrimSpace(reason) == "" || len(reason) > server.MaxHoldReason || !utf8.ValidString(reason) ||
+			strings.ContainsFunc(reason, func(c rune) bool { return unicode.IsControl(c) || unicode.Is(unicode.Cf, c) }) {
 			t.Fatalf("out of bounds: %s %q", dur, reason)
 		}
 		h := gateway.Hold{ID: "op-1", Action: action, Target: target, Until: time.Now().Add(dur), Reason: reason}
