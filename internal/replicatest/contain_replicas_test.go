@@ -41,8 +41,8 @@ func (d *deployment) gatewayWith(name, tokenFile, extra string, authorities ...*
 	return p
 }
 
-// issueAt issues a token for member at a with the client's secret.
-func issueAt(t *testing.T, a *proc, secret, member, session string) (tok, kid string, status int) {
+// issueFrom issues a token for member at a with the client's secret.
+func issueFrom(t *testing.T, a *proc, secret, member, session string) (tok, kid string, status int) {
 	t.Helper()
 	var out struct {
 		AccessToken string `json:"access_token"`
@@ -56,9 +56,9 @@ func issueAt(t *testing.T, a *proc, secret, member, session string) (tok, kid st
 	return out.AccessToken, out.KID, st
 }
 
-// until polls f every 20 ms for at most within and returns how long it
+// pollUntil polls f every 20 ms for at most within and returns how long it
 // took; it fails the test when f never holds.
-func until(t *testing.T, within time.Duration, what string, f func() bool) time.Duration {
+func pollUntil(t *testing.T, within time.Duration, what string, f func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for !f() {
@@ -70,9 +70,9 @@ func until(t *testing.T, within time.Duration, what string, f func() bool) time.
 	return time.Since(start)
 }
 
-// reach polls check at every gateway every 20 ms until it holds at all of
+// reachAll polls check at every gateway every 20 ms until it holds at all of
 // them, and returns, per gateway, how long after since it first held.
-func reach(t *testing.T, since time.Time, within time.Duration, what string, gws []*proc, check func(g *proc) bool) map[string]time.Duration {
+func reachAll(t *testing.T, since time.Time, within time.Duration, what string, gws []*proc, check func(g *proc) bool) map[string]time.Duration {
 	t.Helper()
 	out := map[string]time.Duration{}
 	for len(out) < len(gws) {
@@ -89,14 +89,14 @@ func reach(t *testing.T, since time.Time, within time.Duration, what string, gws
 	return out
 }
 
-// refused reports whether g refuses tok for member with reason why.
-func refused(g *proc, tok, member, src, why string) bool {
+// gatewayRefuses reports whether g refuses tok for member with reason why.
+func gatewayRefuses(g *proc, tok, member, src, why string) bool {
 	st, got, err := accessFrom(g, tok, member, src)
 	return err == nil && st != 200 && got == why
 }
 
-// served reports whether g serves tok for member.
-func served(g *proc, tok, member, src string) bool {
+// gatewayServes reports whether g serves tok for member.
+func gatewayServes(g *proc, tok, member, src string) bool {
 	st, _, err := accessFrom(g, tok, member, src)
 	return err == nil && st == 200
 }
@@ -137,11 +137,11 @@ func TestDetectorRevokeKeyAcrossReplicas(t *testing.T) {
 	db := pgOf(t, d)
 	gws := []*proc{g1, g2}
 	member := fmt.Sprint(d.pop.MemberID(5))
-	tok, kid, st := issueAt(t, a1, cl.Secret, member, "s-5")
+	tok, kid, st := issueFrom(t, a1, cl.Secret, member, "s-5")
 	if st != 200 {
 		t.Fatalf("issue: %d", st)
 	}
-	reach(t, time.Now(), 10*time.Second, "the real token served", gws, func(g *proc) bool { return served(g, tok, member, "") })
+	reachAll(t, time.Now(), 10*time.Second, "the real token served", gws, func(g *proc) bool { return gatewayServes(g, tok, member, "") })
 
 	// The insider's copy of the signing key: the shared keyring and its
 	// key-encryption key, as in the breach. A token signed with it that
@@ -179,8 +179,8 @@ func TestDetectorRevokeKeyAcrossReplicas(t *testing.T) {
 	if st, why, err := accessFrom(g1, forged, member, "203.0.113.66"); err != nil || st != 401 || why != "not_issued" {
 		t.Fatalf("forged token at g1: %d %s %v", st, why, err)
 	}
-	took := reach(t, found, 20*time.Second, "the real token refused as revoked_key", gws,
-		func(g *proc) bool { return refused(g, tok, member, "", "revoked_key") })
+	took := reachAll(t, found, 20*time.Second, "the real token refused as revoked_key", gws,
+		func(g *proc) bool { return gatewayRefuses(g, tok, member, "", "revoked_key") })
 	t.Logf("key %s revoked on g1's not_issued refusal of a forged token: refused as revoked_key at g1 after %s, at g2 after %s",
 		kid, took["g1"].Round(time.Millisecond), took["g2"].Round(time.Millisecond))
 
@@ -208,11 +208,11 @@ func TestDetectorRevokeKeyAcrossReplicas(t *testing.T) {
 	}
 
 	// A token of the new key is served by both gateways.
-	tok2, kid2, st := issueAt(t, a2, cl.Secret, member, "s-5b")
+	tok2, kid2, st := issueFrom(t, a2, cl.Secret, member, "s-5b")
 	if st != 200 || kid2 == kid {
 		t.Fatalf("issue after the revocation: %d, kid %s (revoked %s)", st, kid2, kid)
 	}
-	reach(t, time.Now(), 10*time.Second, "a token of the new key served", gws, func(g *proc) bool { return served(g, tok2, member, "") })
+	reachAll(t, time.Now(), 10*time.Second, "a token of the new key served", gws, func(g *proc) bool { return gatewayServes(g, tok2, member, "") })
 
 	// a1 is killed with SIGKILL while it holds the claim of the next
 	// revocation: a2 is frozen (SIGSTOP) so that a1 claims it, and a1's
@@ -245,7 +245,7 @@ func TestDetectorRevokeKeyAcrossReplicas(t *testing.T) {
 	a1Pid := fmt.Sprintf("/%d/", a1.cmd.Process.Pid)
 	var id2, owner2 string
 	var leaseEnd int64
-	until(t, 20*time.Second, "a1 claims the new key's revocation", func() bool {
+	pollUntil(t, 20*time.Second, "a1 claims the new key's revocation", func() bool {
 		err := db.QueryRow(`SELECT id, owner, lease_until FROM detect_action_queue WHERE state = 'claimed' AND body LIKE $1`, "%"+kid2+"%").Scan(&id2, &owner2, &leaseEnd)
 		return err == nil && strings.Contains(owner2, a1Pid)
 	})
@@ -256,7 +256,7 @@ func TestDetectorRevokeKeyAcrossReplicas(t *testing.T) {
 	}
 	resume()
 	var by string
-	takeover := until(t, 40*time.Second, "a1's claim taken over by a2", func() bool {
+	takeover := pollUntil(t, 40*time.Second, "a1's claim taken over by a2", func() bool {
 		db.QueryRow(`SELECT state, owner FROM detect_action_queue WHERE id = $1`, id2).Scan(&state, &by)
 		return state == detect.QueueDone
 	})
@@ -264,8 +264,8 @@ func TestDetectorRevokeKeyAcrossReplicas(t *testing.T) {
 	if by == owner2 || !strings.Contains(by, fmt.Sprintf("/%d/", a2.cmd.Process.Pid)) || time.Now().Before(time.Unix(0, leaseEnd)) {
 		t.Fatalf("%s done by %q %s after the kill, its lease ending %s after it", id2, by, takeover, lease)
 	}
-	gone := reach(t, killed, 30*time.Second, "the new key refused as revoked_key after the takeover", gws,
-		func(g *proc) bool { return refused(g, tok2, member, "", "revoked_key") })
+	gone := reachAll(t, killed, 30*time.Second, "the new key refused as revoked_key after the takeover", gws,
+		func(g *proc) bool { return gatewayRefuses(g, tok2, member, "", "revoked_key") })
 	if st := keyStateAt(t, a2, admin, kid2); st != "revoked" {
 		t.Fatalf("a2 lists key %s as %q", kid2, st)
 	}
@@ -387,14 +387,14 @@ func TestIssuanceSuspendAcrossReplicas(t *testing.T) {
 	clientID := clients.Clients[0].ID
 	// Both authorities know the secret (a2's cache of it is warm).
 	for i, a := range []*proc{a1, a2} {
-		if _, _, st := issueAt(t, a, cl.Secret, fmt.Sprint(d.pop.MemberID(uint64(i))), fmt.Sprint("login-", i)); st != 200 {
+		if _, _, st := issueFrom(t, a, cl.Secret, fmt.Sprint(d.pop.MemberID(uint64(i))), fmt.Sprint("login-", i)); st != 200 {
 			t.Fatalf("%s: %d before", a.name, st)
 		}
 	}
 	// The holder of the stolen secret asks a1 for tokens of many
 	// customers, with no login behind any of them, until a1 refuses.
 	for i := 0; ; i++ {
-		_, _, st := issueAt(t, a1, cl.Secret, fmt.Sprint(d.pop.MemberID(uint64(10+i%100))), "")
+		_, _, st := issueFrom(t, a1, cl.Secret, fmt.Sprint(d.pop.MemberID(uint64(10+i%100))), "")
 		if st == 401 {
 			t.Logf("a1 refused the secret after %d issuances with no login", i)
 			break
@@ -405,14 +405,14 @@ func TestIssuanceSuspendAcrossReplicas(t *testing.T) {
 	}
 	// a2 refuses it too; a2 was never asked for a token with no login.
 	var last int
-	after := until(t, 10*time.Second, "a2 refuses the suspended secret", func() bool {
-		_, _, last = issueAt(t, a2, cl.Secret, fmt.Sprint(d.pop.MemberID(1)), "login-1b")
+	after := pollUntil(t, 10*time.Second, "a2 refuses the suspended secret", func() bool {
+		_, _, last = issueFrom(t, a2, cl.Secret, fmt.Sprint(d.pop.MemberID(1)), "login-1b")
 		return last == 401
 	})
 	t.Logf("suspended at a1; a2 refused the secret %s later (authority.CacheTTL 500ms)", after.Round(time.Millisecond))
 	// It stays refused at both, and the store says why.
 	for _, a := range []*proc{a1, a2} {
-		if _, _, st := issueAt(t, a, cl.Secret, fmt.Sprint(d.pop.MemberID(2)), "login-2"); st != 401 {
+		if _, _, st := issueFrom(t, a, cl.Secret, fmt.Sprint(d.pop.MemberID(2)), "login-2"); st != 401 {
 			t.Fatalf("%s: %d after the suspension", a.name, st)
 		}
 	}
@@ -450,12 +450,12 @@ func TestCountryHoldAcrossReplicas(t *testing.T) {
 		g.waitReady(30 * time.Second)
 	}
 	member := fmt.Sprint(d.pop.MemberID(7))
-	tok, _, st := issueAt(t, a1, cl.Secret, member, "s-7")
+	tok, _, st := issueFrom(t, a1, cl.Secret, member, "s-7")
 	if st != 200 {
 		t.Fatalf("issue: %d", st)
 	}
 	const cn, kr = "203.0.113.50", "198.51.100.50"
-	reach(t, time.Now(), 10*time.Second, "served from CN before the hold", gws, func(g *proc) bool { return served(g, tok, member, cn) })
+	reachAll(t, time.Now(), 10*time.Second, "served from CN before the hold", gws, func(g *proc) bool { return gatewayServes(g, tok, member, cn) })
 
 	const hold = 8 * time.Second
 	var h struct {
@@ -483,11 +483,11 @@ func TestCountryHoldAcrossReplicas(t *testing.T) {
 	if h.Target != "CN" || h.Actor != actor {
 		t.Fatalf("hold %+v, want target CN and actor %s", h, actor)
 	}
-	on := reach(t, placed, hold, "refused from CN as blocked_source", gws, func(g *proc) bool { return refused(g, tok, member, cn, "blocked_source") })
+	on := reachAll(t, placed, hold, "refused from CN as blocked_source", gws, func(g *proc) bool { return gatewayRefuses(g, tok, member, cn, "blocked_source") })
 	t.Logf("hold placed at a1: enforced at g1 (follows a1) after %s, at g2 (follows a2) after %s",
 		on["g1"].Round(time.Millisecond), on["g2"].Round(time.Millisecond))
 	for _, g := range gws {
-		if !served(g, tok, member, kr) {
+		if !gatewayServes(g, tok, member, kr) {
 			t.Fatalf("%s refuses an allowed country during the hold", g.name)
 		}
 	}
@@ -504,12 +504,12 @@ func TestCountryHoldAcrossReplicas(t *testing.T) {
 	// Still in force until its end, lifted after it at both.
 	for time.Until(h.Until) > time.Second {
 		for _, g := range gws {
-			if !refused(g, tok, member, cn, "blocked_source") {
+			if !gatewayRefuses(g, tok, member, cn, "blocked_source") {
 				t.Fatalf("%s served CN %s before the hold's end", g.name, time.Until(h.Until))
 			}
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	off := reach(t, h.Until, 5*time.Second, "served from CN after the hold's end", gws, func(g *proc) bool { return served(g, tok, member, cn) })
+	off := reachAll(t, h.Until, 5*time.Second, "served from CN after the hold's end", gws, func(g *proc) bool { return gatewayServes(g, tok, member, cn) })
 	t.Logf("hold lifted at g1 %s and at g2 %s after its end", off["g1"].Round(time.Millisecond), off["g2"].Round(time.Millisecond))
 }
