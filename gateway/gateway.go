@@ -90,6 +90,7 @@ type Gateway struct {
 	evFile *os.File
 
 	blockMu   sync.RWMutex
+	applyMu   sync.Mutex // serialises Apply, so the later end of two holds stands
 	blocks    map[netip.Prefix]Block
 	nblocks   atomic.Int32
 	countries map[string]CountryBlock // under blockMu

@@ -110,21 +110,35 @@ func isCountryCode(s string) bool {
 	return len(s) == 2 && s[0] >= 'A' && s[0] <= 'Z' && s[1] >= 'A' && s[1] <= 'Z'
 }
 
-// Apply enforces h at g.
+// Apply enforces h at g. A hold never shortens another on the same target
+// (an operator's one-hour hold on a country detection holds for a day, or
+// the same holds replayed in another order): the later end stands.
 func (g *Gateway) Apply(h Hold) error {
+	g.applyMu.Lock()
+	defer g.applyMu.Unlock()
 	if h.Action == HoldBlockCountry {
 		cc, err := h.Country()
 		if err != nil {
 			return err
 		}
-		g.BlockCountry(cc, h.Until, h.Reason)
+		g.blockMu.RLock()
+		cur, ok := g.countries[cc]
+		g.blockMu.RUnlock()
+		if !ok || h.Until.After(cur.Until) {
+			g.BlockCountry(cc, h.Until, h.Reason)
+		}
 		return nil
 	}
 	p, err := h.Prefix()
 	if err != nil {
 		return err
 	}
-	g.Block(p, h.Until, h.Reason)
+	g.blockMu.RLock()
+	cur, ok := g.blocks[p.Masked()]
+	g.blockMu.RUnlock()
+	if !ok || h.Until.After(cur.Until) {
+		g.Block(p, h.Until, h.Reason)
+	}
 	return nil
 }
 

@@ -147,3 +147,36 @@ func FuzzParseHold(f *testing.F) {
 		}
 	})
 }
+
+// A hold never shortens another on the same target, whichever comes
+// first: an operator's hour on a country or network that detection holds
+// for a day leaves the day.
+func TestApplyKeepsLaterEnd(t *testing.T) {
+	e := newEnv(t, testConfig())
+	day, hour := t0.Add(24*time.Hour), t0.Add(time.Hour)
+	src := netip.MustParseAddr("203.0.113.9")
+	for _, order := range [][2]time.Time{{day, hour}, {hour, day}} {
+		e.g.Unblock(netip.MustParsePrefix("203.0.113.0/24"))
+		e.g.UnblockCountry("CN")
+		for i, until := range order {
+			for _, h := range []Hold{
+				{ID: "b", Action: HoldBlockSource, Target: "203.0.113.0/24", Until: until, Reason: "r"},
+				{ID: "c", Action: HoldBlockCountry, Target: "CN", Until: until, Reason: "r"},
+			} {
+				h.ID += string(rune('0' + i))
+				if err := e.g.Apply(h); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if !e.g.blocked(src, hour.Add(time.Minute)) {
+			t.Fatalf("order %v: the network's day-long hold was cut to an hour", order)
+		}
+		e.g.blockMu.RLock()
+		cn := e.g.countries["CN"]
+		e.g.blockMu.RUnlock()
+		if !cn.Until.Equal(day) {
+			t.Fatalf("order %v: the country's hold ends %s, want %s", order, cn.Until, day)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/custos-dev/custos/detect"
+	"github.com/custos-dev/custos/gateway"
 )
 
 // Work detector processes leave in the shared store (detect/queue.go):
@@ -102,10 +103,13 @@ func (s *Server) carryQueuedActions(ctx context.Context, q *detect.WorkQueue, ow
 	return nil
 }
 
-// permanent reports errors a retry does not cure.
+// permanent reports errors a retry does not cure: among them a country
+// hold on one of detect.allowed_countries and a hold whose target does not
+// parse, which would be refused the same way on every attempt.
 func permanent(err error) bool {
 	return errors.Is(err, ErrUnsupported) || errors.Is(err, detect.ErrNoTarget) || errors.Is(err, detect.ErrCannotSuspend) ||
-		errors.Is(err, detect.ErrWeakEvidence) || errors.Is(err, detect.ErrBadQueuedAction)
+		errors.Is(err, detect.ErrWeakEvidence) || errors.Is(err, detect.ErrBadQueuedAction) ||
+		errors.Is(err, ErrHomeCountry) || errors.Is(err, gateway.ErrBadHold)
 }
 
 func backoff(attempt int) time.Duration {

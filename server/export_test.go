@@ -5,3 +5,7 @@ import "net/http"
 // MuxOf is the router of s, for the tests that compare it with the OpenAPI
 // document.
 func MuxOf(s *Server) *http.ServeMux { return s.mux }
+
+// Permanent is permanent, for the test of which queued actions end failed
+// at once.
+var Permanent = permanent

@@ -56,6 +56,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /v1/ledger/stream", s.allow(rolesFollow, s.Ledger.StreamHandler().ServeHTTP))
 	mux.Handle("POST /v1/ledger/lookup", s.allow(rolesFollow, s.Ledger.LookupHandler().ServeHTTP))
 	mux.HandleFunc("GET /v1/containment", s.allow(rolesFollow, s.listHolds))
+	mux.HandleFunc("POST /v1/containment", s.admin(s.addHoldByHand))
 
 	// Identity providers the shop keeps record their tokens with an issuer credential.
 	mux.HandleFunc("POST /v1/ledger/record", s.recordLedger)

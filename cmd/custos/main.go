@@ -45,6 +45,7 @@ func newRootCmd() *cobra.Command {
 		newCredentialsCmd(),
 		newSCIMCmd(),
 		newIncidentsCmd(),
+		newContainmentCmd(),
 		newScopeCmd(),
 		newSQLCmd(),
 		newExportCmd(),
