@@ -52,20 +52,20 @@ func (c *callers) last(t *testing.T) string {
 	return c.seen[len(c.seen)-1]
 }
 
-// proxied is a custos whose API sits behind a real nginx on loopback.
+// proxied is a custos whose API sits behind a real nginx or Caddy on loopback.
 type proxied struct {
 	s       *server.Server
 	callers *callers
 	api     string // the API, directly
-	front   string // nginx
+	front   string // the proxy
 	id      string
 	secret  string
 }
 
-func startProxied(t *testing.T, trusted []string) *proxied {
+func startProxied(t *testing.T, proxy string, trusted []string) *proxied {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	testenv.Require(t, "nginx (Debian package nginx)", err)
+	bin, err := exec.LookPath(proxy)
+	testenv.Require(t, proxy+" (Debian package "+proxy+")", err)
 	ln, gw := servertest.Listen(t), servertest.Listen(t)
 	cfg := config.Default()
 	cfg.Data = filepath.Join(t.TempDir(), "data")
@@ -95,9 +95,12 @@ func startProxied(t *testing.T, trusted []string) *proxied {
 
 	p.front = proctest.FreeAddr(t)
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "nginx.conf")
 	tmp := func(n string) string { return filepath.Join(dir, n) }
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`worker_processes 1;
+	var args, env []string
+	switch proxy {
+	case "nginx":
+		// nginx appends the address it saw to the client's list.
+		writeFile(t, tmp("nginx.conf"), fmt.Sprintf(`worker_processes 1;
 events {}
 http {
     access_log off;
@@ -114,10 +117,28 @@ http {
         }
     }
 }
-`, tmp("body"), tmp("proxy"), tmp("fastcgi"), tmp("uwsgi"), tmp("scgi"), p.front, p.api)), 0o600); err != nil {
-		t.Fatal(err)
+`, tmp("body"), tmp("proxy"), tmp("fastcgi"), tmp("uwsgi"), tmp("scgi"), p.front, p.api))
+		args = []string{"-p", dir, "-c", tmp("nginx.conf"), "-e", tmp("error.log"), "-g", "daemon off; pid " + tmp("nginx.pid") + ";"}
+	case "caddy":
+		// Caddy, trusting no proxy of its own, replaces the client's list
+		// with the address it saw.
+		_, port, _ := net.SplitHostPort(p.front)
+		writeFile(t, tmp("Caddyfile"), fmt.Sprintf(`{
+	admin off
+	auto_https off
+}
+http://:%s {
+	bind 127.0.0.1
+	reverse_proxy %s
+}
+`, port, p.api))
+		args = []string{"run", "--config", tmp("Caddyfile"), "--adapter", "caddyfile"}
+		env = []string{"HOME=" + dir, "XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir}
+	default:
+		t.Fatalf("unknown proxy %s", proxy)
 	}
-	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", tmp("error.log"), "-g", "daemon off; pid "+tmp("nginx.pid")+";")
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -136,14 +157,21 @@ http {
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(tmp("error.log"))
-			t.Logf("nginx output:\n%s\n%s", out.String(), b)
+			t.Logf("%s output:\n%s\n%s", proxy, out.String(), b)
 		}
 	})
 	servertest.WaitListening(t, p.front)
 	return p
 }
 
-// issue asks for a token at addr (nginx or the API) over a connection from
+func writeFile(t *testing.T, name, s string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// issue asks for a token at addr (the proxy or the API) over a connection from
 // the loopback address from, with extra headers, through both endpoints in
 // turn, and returns the caller the authority recorded.
 func (p *proxied) issue(t *testing.T, addr, from string, i int, hdr ...string) string {
@@ -191,13 +219,19 @@ func (p *proxied) networkAlerts() (src []string, count int64) {
 	return src, count
 }
 
-// The authority sees its real callers behind the shop's proxy: with nginx
-// trusted, the issuance's caller is the client's own address and a stolen
-// secret used from a new network raises issuance_network naming it; a
-// caller reaching the authority directly is its own address whatever
-// X-Forwarded-For it sends. With no proxy trusted, every caller through
-// nginx is nginx.
-func TestCallerBehindNginx(t *testing.T) {
+// The authority sees its real callers behind the shop's proxy (a real nginx
+// and a real Caddy on loopback): with the proxy trusted, the issuance's
+// caller is the client's own address and a stolen secret used from a new
+// network raises issuance_network naming it; a caller reaching the
+// authority directly is its own address whatever X-Forwarded-For it sends.
+// With no proxy trusted, every caller through the proxy is the proxy.
+func TestCallerBehindProxy(t *testing.T) {
+	for _, proxy := range []string{"nginx", "caddy"} {
+		t.Run(proxy, func(t *testing.T) { callerBehind(t, proxy) })
+	}
+}
+
+func callerBehind(t *testing.T, proxy string) {
 	const (
 		home     = "127.1.2.3" // the client's usual network
 		attacker = "127.9.9.9" // a stolen secret used from elsewhere
@@ -208,19 +242,19 @@ func TestCallerBehindNginx(t *testing.T) {
 	history := 2 * (int(detect.DefaultIssuanceHistoryMin) + 1)
 
 	t.Run("trusted", func(t *testing.T) {
-		p := startProxied(t, []string{"127.0.0.1/32"})
+		p := startProxied(t, proxy, []string{"127.0.0.1/32"})
 		for i := range history {
-			// A client-sent X-Forwarded-For is kept by nginx on the left; the
-			// right-most hop, nginx's own view, wins.
+			// A client-sent X-Forwarded-For is kept on the left (nginx) or
+			// dropped (Caddy); the right-most hop, the proxy's own view, wins.
 			if got := p.issue(t, p.front, home, i, "X-Forwarded-For", "198.51.100.7"); got != home {
-				t.Fatalf("issuance %d through nginx from %s: caller %s", i, home, got)
+				t.Fatalf("issuance %d through %s from %s: caller %s", i, proxy, home, got)
 			}
 		}
 		if a, _ := p.networkAlerts(); len(a) != 0 {
 			t.Fatalf("issuance_network from the client's own network: %v", a)
 		}
 		if got := p.issue(t, p.front, attacker, 0); got != attacker {
-			t.Fatalf("through nginx from %s: caller %s", attacker, got)
+			t.Fatalf("through %s from %s: caller %s", proxy, attacker, got)
 		}
 		if a, n := p.networkAlerts(); len(a) != 1 || a[0] != attacker || n != 1 {
 			t.Fatalf("issuance_network src_ip %v (%d), want [%s] once", a, n, attacker)
@@ -237,19 +271,19 @@ func TestCallerBehindNginx(t *testing.T) {
 	})
 
 	t.Run("empty", func(t *testing.T) {
-		p := startProxied(t, nil)
+		p := startProxied(t, proxy, nil)
 		for i := range history {
 			if got := p.issue(t, p.front, home, i, "X-Forwarded-For", "198.51.100.7"); got != "127.0.0.1" {
-				t.Fatalf("issuance %d through nginx, no proxy trusted: caller %s, want nginx's 127.0.0.1", i, got)
+				t.Fatalf("issuance %d through %s, no proxy trusted: caller %s, want the proxy's 127.0.0.1", i, proxy, got)
 			}
 		}
 		if got := p.issue(t, p.front, attacker, 0); got != "127.0.0.1" {
-			t.Fatalf("through nginx from %s, no proxy trusted: caller %s", attacker, got)
+			t.Fatalf("through %s from %s, no proxy trusted: caller %s", proxy, attacker, got)
 		}
 		if a, _ := p.networkAlerts(); len(a) != 0 {
 			t.Fatalf("issuance_network %v: behind an untrusted proxy every caller is the proxy", a)
 		}
-		// The history is nginx's network; a caller around it is new.
+		// The history is the proxy's network; a caller around it is new.
 		if got := p.issue(t, p.api, direct, 2, "X-Forwarded-For", home); got != direct {
 			t.Fatalf("direct from %s with a forged X-Forwarded-For: caller %s", direct, got)
 		}
