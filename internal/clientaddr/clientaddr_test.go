@@ -209,3 +209,15 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkSource is the rule's cost per request behind two proxies.
+func BenchmarkSource(b *testing.B) {
+	lb := New([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8:1::/48")})
+	h := header("X-Forwarded-For", "198.51.100.7, 203.0.113.9, 10.2.0.1")
+	b.ReportAllocs()
+	for b.Loop() {
+		if lb.Source("10.0.0.1:4000", h).String() != "203.0.113.9" {
+			b.Fatal("wrong source")
+		}
+	}
+}
