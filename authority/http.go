@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/custos-dev/custos/dpop"
+	"github.com/custos-dev/custos/internal/clientaddr"
 	"github.com/custos-dev/custos/wire"
 )
 
@@ -44,13 +45,17 @@ func (h *Handler) clientOf(r *http.Request) (*Client, error) {
 	return nil, ErrBadCredential
 }
 
-// remoteHost is the address of the peer that called the endpoint.
-func remoteHost(r *http.Request) string {
-	h, _, err := net.SplitHostPort(r.RemoteAddr)
+// caller is the address of the client that called the endpoint: the peer,
+// or behind Proxies the right-most X-Forwarded-For hop none of them owns.
+func (h *Handler) caller(r *http.Request) string {
+	if ip := h.Proxies.Source(r.RemoteAddr, r.Header); ip.IsValid() {
+		return ip.String()
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr
 	}
-	return h
+	return host
 }
 
 // Handler serves the token endpoints.
@@ -61,6 +66,9 @@ type Handler struct {
 	// Nonces, when set, makes the token endpoint require DPoP server
 	// nonces (RFC 9449 section 8) in proofs.
 	Nonces *dpop.Nonces
+	// Proxies are the networks whose X-Forwarded-For names the caller
+	// (config trusted_proxies). Empty: the caller is the peer.
+	Proxies clientaddr.Proxies
 }
 
 // Register mounts the token endpoints on mux.
@@ -83,7 +91,7 @@ func (h *Handler) issue(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	out, err := h.Auth.Issue(WithCaller(r.Context(), remoteHost(r)), c, req)
+	out, err := h.Auth.Issue(WithCaller(r.Context(), h.caller(r)), c, req)
 	if err != nil {
 		h.writeErr(w, err)
 		return

@@ -120,7 +120,7 @@ func (h *Handler) oauthToken(w http.ResponseWriter, r *http.Request) {
 		h.writeOAuthErr(w, r, err)
 		return
 	}
-	out, err := h.grant(WithCaller(r.Context(), remoteHost(r)), r, c, form)
+	out, err := h.grant(WithCaller(r.Context(), h.caller(r)), r, c, form)
 	if err != nil {
 		h.writeOAuthErr(w, r, err)
 		return

@@ -20,6 +20,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/custos-dev/custos/internal/clientaddr"
 	"github.com/custos-dev/custos/provider"
 )
 
@@ -40,6 +41,12 @@ type Config struct {
 	Data string `yaml:"data" env:"CUSTOS_DATA"`
 	// Listen is the API address.
 	Listen string `yaml:"listen" env:"CUSTOS_LISTEN"`
+	// TrustedProxies are the CIDRs of the load balancers or reverse proxies
+	// in front of Listen whose X-Forwarded-For is believed: the token
+	// endpoints' caller (issuance events, issuance detection) is the
+	// right-most hop none of them owns. Empty: the peer address. A prefix
+	// of length 0 (0.0.0.0/0, ::/0) is refused.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Issuer is the iss claim and the base URL in the metadata document.
 	// Empty: http://LISTEN (a wildcard host becomes 127.0.0.1, with a
 	// warning from serve); see CheckIssuer for the forms serve refuses.
@@ -526,6 +533,9 @@ func (c *Config) Validate() error {
 	if u, err := url.Parse(c.Issuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
 		u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return bad("issuer", "%q must be an http or https URL without query, fragment or user (RFC 8414 section 2)", c.Issuer)
+	}
+	if _, err := clientaddr.Parse(c.TrustedProxies); err != nil {
+		return bad("trusted_proxies", "%v", err)
 	}
 	if p := c.OAuth.DPoPNoncePeriod; p != 0 && (p < MinDPoPNoncePeriod || p > MaxDPoPNoncePeriod) {
 		return bad("oauth.dpop_nonce_period", "%s is not between %s and %s (0: 1m)", p, MinDPoPNoncePeriod, MaxDPoPNoncePeriod)

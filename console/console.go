@@ -27,6 +27,7 @@ import (
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/forensics"
 	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/internal/clientaddr"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/staff"
 	"github.com/custos-dev/custos/store"
@@ -103,6 +104,9 @@ type Config struct {
 	// Store, if set, keeps login sessions in the shared control-plane store
 	// so that every replica honours and ends them alike.
 	Store *store.DB
+	// Proxies are the proxies in front of the API (trusted_proxies): a
+	// login through one records the client address it forwarded too.
+	Proxies clientaddr.Proxies
 }
 
 // Sentinel errors.

@@ -136,9 +136,13 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		setCookie(w, r, loginCookie, tok, 600)
 		c.render(w, r, http.StatusUnauthorized, "login.html", "Log in", loginView{Next: next, CSRF: tok, Error: msg})
 	}
+	rec := map[string]string{"src": r.RemoteAddr, "user_agent": r.UserAgent()}
+	if c.cfg.Proxies.Trusted(r.RemoteAddr) {
+		rec["client_addr"] = c.cfg.Proxies.Source(r.RemoteAddr, r.Header).String()
+	}
 	a, err := c.cfg.Credentials.Admin(strings.TrimSpace(r.PostFormValue("token")))
 	if err != nil {
-		c.log.Warn("console login refused", "src", r.RemoteAddr)
+		c.log.Warn("console login refused", "src", r.RemoteAddr, "client_addr", rec["client_addr"])
 		fail("That is not a live admin credential.")
 		return
 	}
@@ -146,9 +150,8 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		fail("This credential belongs to someone who has left.")
 		return
 	}
-	if err := c.cfg.Audit.Append(r.Context(), "console.login", map[string]string{
-		"staff_id": a.StaffID, "admin_credential": a.ID, "src": r.RemoteAddr, "user_agent": r.UserAgent(),
-	}); err != nil {
+	rec["staff_id"], rec["admin_credential"] = a.StaffID, a.ID
+	if err := c.cfg.Audit.Append(r.Context(), "console.login", rec); err != nil {
 		c.log.Error("console login not recorded; refused", "err", err)
 		http.Error(w, "the login could not be recorded in the audit log", http.StatusServiceUnavailable)
 		return

@@ -26,7 +26,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/textproto"
@@ -44,6 +43,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/clientaddr"
 	"github.com/custos-dev/custos/token"
 	"github.com/custos-dev/custos/verdict"
 )
@@ -78,7 +78,7 @@ type Gateway struct {
 	subjKey    string            // canonical form of Config.SubjectHeader
 	routes     map[string]*route // by registered pattern
 	decoys     map[string]struct{}
-	trusted    []netip.Prefix
+	trusted    clientaddr.Proxies
 	geo        *geoDB
 	checker    verdict.Checker
 	policy     verdict.Policy
@@ -184,9 +184,11 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 	for _, d := range cfg.Decoys {
 		g.decoys[d] = struct{}{}
 	}
+	var proxies []netip.Prefix
 	for _, p := range cfg.TrustedProxies {
-		g.trusted = append(g.trusted, netip.MustParsePrefix(p).Masked())
+		proxies = append(proxies, netip.MustParsePrefix(p))
 	}
+	g.trusted = clientaddr.New(proxies)
 	if err := g.addRoutes(); err != nil {
 		return nil, err
 	}
@@ -576,51 +578,12 @@ func (g *Gateway) scheme(r *http.Request) string {
 // source is the client address: the peer, or with trusted proxies the
 // right-most X-Forwarded-For hop that is not a trusted proxy.
 func (g *Gateway) source(peer string, h http.Header) netip.Addr {
-	ip := peerAddr(peer)
-	if len(g.trusted) == 0 || !g.isTrusted(ip) {
-		return ip
-	}
-	xff := h.Values("X-Forwarded-For")
-	for i := len(xff) - 1; i >= 0; i-- {
-		hops := strings.Split(xff[i], ",")
-		for j := len(hops) - 1; j >= 0; j-- {
-			hop, err := netip.ParseAddr(strings.TrimSpace(hops[j]))
-			if err != nil {
-				return ip
-			}
-			ip = hop.Unmap()
-			if !g.isTrusted(ip) {
-				return ip
-			}
-		}
-	}
-	return ip
-}
-
-// peerAddr parses a connection's address, "ip:port" or "ip".
-func peerAddr(peer string) netip.Addr {
-	if ap, err := netip.ParseAddrPort(peer); err == nil {
-		return ap.Addr().Unmap()
-	}
-	if host, _, err := net.SplitHostPort(peer); err == nil {
-		peer = host
-	}
-	ip, _ := netip.ParseAddr(peer)
-	return ip.Unmap()
+	return g.trusted.Source(peer, h)
 }
 
 // trustedPeer reports whether the connection comes from a trusted proxy.
 func (g *Gateway) trustedPeer(peer string) bool {
-	return len(g.trusted) > 0 && g.isTrusted(peerAddr(peer))
-}
-
-func (g *Gateway) isTrusted(ip netip.Addr) bool {
-	for _, p := range g.trusted {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return g.trusted.Trusted(peer)
 }
 
 var refusalBodies = func() map[event.Reason][]byte {

@@ -16,7 +16,7 @@ func (s *Server) mountConsole(mux *http.ServeMux) {
 		CheckpointVerifier: s.checkpointVerifier,
 		LiveTokens:         s.Ledger.Index().Len,
 		EventsDir:          filepath.Join(s.Config.Data, EventsDir), FlushEvents: s.Forensics.Flush,
-		Organization: s.Config.Issuer, Log: s.Log, Now: s.now, Store: s.DB,
+		Organization: s.Config.Issuer, Log: s.Log, Now: s.now, Store: s.DB, Proxies: s.apiProxies,
 	}
 	if s.Authority != nil {
 		cc.IsDecoy = s.Authority.IsDecoy

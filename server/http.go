@@ -33,7 +33,8 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /.well-known/jwks.json", s.jwks)
 	mux.HandleFunc("GET /.well-known/oauth-authorization-server", s.metadata)
 	mux.HandleFunc("GET /.well-known/openid-configuration", s.metadata)
-	(&authority.Handler{Auth: s.Authority, Creds: s.Creds, Log: s.Log, Nonces: s.tokenNonces}).Register(mux)
+	(&authority.Handler{Auth: s.Authority, Creds: s.Creds, Log: s.Log, Nonces: s.tokenNonces,
+		Proxies: s.apiProxies}).Register(mux)
 
 	mux.HandleFunc("GET /v1/keys", s.admin(s.listKeys))
 	mux.HandleFunc("POST /v1/keys/rotate", s.admin(s.rotateKey))

@@ -61,6 +61,7 @@ import (
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/forensics"
 	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/internal/clientaddr"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/keys/sealed"
 	"github.com/custos-dev/custos/ledger"
@@ -134,7 +135,9 @@ type Server struct {
 	finder             tokenFinder
 	// tokenNonces are the token endpoint's DPoP nonces (oauth.dpop_nonce).
 	tokenNonces *dpop.Nonces
-	mux         *http.ServeMux
+	// apiProxies are the proxies in front of the API (trusted_proxies).
+	apiProxies clientaddr.Proxies
+	mux        *http.ServeMux
 }
 
 // Open builds every part from cfg. The data directory is created on first start.
@@ -361,6 +364,9 @@ func (s *Server) openAuthority(ctx context.Context) (err error) {
 	s.tokenNonces, err = tokenEndpointNonces(cfg.OAuth)
 	if err != nil {
 		return err
+	}
+	if s.apiProxies, err = clientaddr.Parse(cfg.TrustedProxies); err != nil {
+		return fmt.Errorf("trusted_proxies: %w", err)
 	}
 	if s.tokenNonces != nil && cfg.OAuth.DPoPNonceSecretEnv == "" && cfg.Scale.Store != "" && s.Log != nil {
 		s.Log.Warn("WARNING: oauth.dpop_nonce without oauth.dpop_nonce_secret_env: each authority replica hands out nonces the others refuse")
