@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/custos-dev/custos/config"
 	"github.com/custos-dev/custos/dpop"
 	"github.com/custos-dev/custos/event"
+	"github.com/custos-dev/custos/internal/clientaddr"
 	"github.com/custos-dev/custos/verdict"
 )
 
@@ -171,10 +171,8 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%w: modes: %s: mode %q is not enforce or observe", ErrConfig, r, m)
 		}
 	}
-	for _, p := range c.TrustedProxies {
-		if _, err := netip.ParsePrefix(p); err != nil {
-			return fmt.Errorf("%w: trusted_proxies: %v", ErrConfig, err)
-		}
+	if _, err := clientaddr.Parse(c.TrustedProxies); err != nil {
+		return fmt.Errorf("%w: trusted_proxies: %v", ErrConfig, err)
 	}
 	for i, r := range c.Routes {
 		if _, _, err := subjectSegment(r); err != nil {

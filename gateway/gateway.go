@@ -184,15 +184,13 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 	for _, d := range cfg.Decoys {
 		g.decoys[d] = struct{}{}
 	}
-	var proxies []netip.Prefix
-	for _, p := range cfg.TrustedProxies {
-		proxies = append(proxies, netip.MustParsePrefix(p))
+	var err error
+	if g.trusted, err = clientaddr.Parse(cfg.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("%w: trusted_proxies: %v", ErrConfig, err)
 	}
-	g.trusted = clientaddr.New(proxies)
 	if err := g.addRoutes(); err != nil {
 		return nil, err
 	}
-	var err error
 	if g.geo, err = openGeo(cfg.GeoIP); err != nil {
 		return nil, err
 	}

@@ -558,6 +558,9 @@ func TestConfigErrors(t *testing.T) {
 		{"fail/bad-pattern", func(c *Config) { c.Routes = append(c.Routes, Route{Pattern: "GET /a/{x"}) }},
 		{"fail/duplicate-route", func(c *Config) { c.Routes = append(c.Routes, c.Routes[0]) }},
 		{"fail/bad-proxy-cidr", func(c *Config) { c.TrustedProxies = []string{"10.0.0.0/33"} }},
+		{"fail/proxy-everyone", func(c *Config) { c.TrustedProxies = []string{"0.0.0.0/0"} }},
+		{"fail/proxy-halves", func(c *Config) { c.TrustedProxies = []string{"0.0.0.0/1", "128.0.0.0/1"} }},
+		{"fail/proxy-everyone-v6", func(c *Config) { c.TrustedProxies = []string{"::/0"} }},
 		{"fail/missing-geoip", func(c *Config) { c.GeoIP = []string{"/nonexistent.mmdb"} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -29,7 +29,8 @@ var ErrProxy = errors.New("trusted proxy")
 
 // Parse reads CIDRs ("10.0.0.0/8", "2001:db8::/32"; a bare address is one
 // host). It refuses what would believe anyone: a prefix of length 0
-// (0.0.0.0/0, ::/0), and IPv4-mapped IPv6 prefixes (addresses are compared
+// (0.0.0.0/0, ::/0) or broader than MinBits (so no few prefixes can add up to
+// every address), and IPv4-mapped IPv6 prefixes (addresses are compared
 // unmapped, so such a prefix would never match; write the IPv4 form).
 func Parse(cidrs []string) (Proxies, error) {
 	var nets []netip.Prefix
@@ -45,12 +46,24 @@ func Parse(cidrs []string) (Proxies, error) {
 		if p.Bits() == 0 {
 			return nil, fmt.Errorf("%w %q: a prefix of length 0 believes every peer's X-Forwarded-For, so anyone could name any address; list the proxies' own networks", ErrProxy, s)
 		}
+		if min := MinBits(p.Addr()); p.Bits() < min {
+			return nil, fmt.Errorf("%w %q: broader than /%d; a proxy network that wide (or a few such halves, 0.0.0.0/1 and 128.0.0.0/1) believes nearly every peer; list the proxies' own networks", ErrProxy, s, min)
+		}
 		if p.Addr().Is4In6() {
 			return nil, fmt.Errorf("%w %q: an IPv4-mapped prefix; write it as IPv4", ErrProxy, s)
 		}
 		nets = append(nets, p)
 	}
 	return New(nets), nil
+}
+
+// MinBits is the shortest prefix Parse believes for a's family: /8 for IPv4
+// (a private 10.0.0.0/8 is the broadest proxy network in use), /16 for IPv6.
+func MinBits(a netip.Addr) int {
+	if a.Is4() {
+		return 8
+	}
+	return 16
 }
 
 // Contains reports whether ip is a believed proxy's.

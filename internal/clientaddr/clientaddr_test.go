@@ -110,7 +110,7 @@ func TestTrusted(t *testing.T) {
 }
 
 func TestParse(t *testing.T) {
-	for _, ok := range [][]string{nil, {"10.0.0.0/8"}, {"2001:db8::/32", "127.0.0.1"}, {"0.0.0.0/1", "128.0.0.0/1"}} {
+	for _, ok := range [][]string{nil, {"10.0.0.0/8"}, {"2001:db8::/32", "127.0.0.1"}, {"10.0.0.0/8", "2001:db8::/16"}} {
 		if _, err := Parse(ok); err != nil {
 			t.Errorf("Parse(%q): %v", ok, err)
 		}
@@ -119,6 +119,11 @@ func TestParse(t *testing.T) {
 		{"0.0.0.0/0", "length 0"},
 		{"::/0", "length 0"},
 		{"10.0.0.0/0", "length 0"},
+		{"0.0.0.0/1", "broader than /8"},
+		{"128.0.0.0/1", "broader than /8"},
+		{"10.0.0.0/7", "broader than /8"},
+		{"2000::/3", "broader than /16"},
+		{"8000::/1", "broader than /16"},
 		{"10.0.0.0/33", "not a CIDR"},
 		{"10.0.0.0/8 ", "not a CIDR"},
 		{"", "not a CIDR"},
@@ -206,6 +211,11 @@ func FuzzParse(f *testing.F) {
 		}
 		if p.Contains(netip.MustParseAddr("::")) && p.Contains(netip.MustParseAddr("ffff::")) {
 			t.Fatalf("%q believes every IPv6 address", s)
+		}
+		for _, n := range p {
+			if n.Bits() < MinBits(n.Addr()) {
+				t.Fatalf("%q accepted, broader than /%d", s, MinBits(n.Addr()))
+			}
 		}
 	})
 }
