@@ -99,8 +99,21 @@ var _ ledger.SharedBackend = (*Backend)(nil)
 
 // Open connects to the Redis server at url (redis://host:port/db). It
 // refuses a server older than Redis 7.0, which the indexes' TTLs need, and
-// a Redis Cluster node.
+// a Redis Cluster node, and a Redis that is a shard of a sharded ledger
+// (OpenSharded), whose tokens it would answer for alone.
 func Open(ctx context.Context, url string) (*Backend, error) {
+	b, err := open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.checkUnsharded(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func open(ctx context.Context, url string) (*Backend, error) {
 	opt, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("bad redis url: %w", err)
