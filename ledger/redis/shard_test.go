@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,13 +23,15 @@ func openSharded(t *testing.T, urls ...string) *Sharded {
 }
 
 // onShard returns a random entry whose hash picks shard i of s.
-func onShard(s *Sharded, i int, exp time.Time) ledger.Entry {
-	for {
-		e := entry(exp)
-		if s.ShardOf(e.Hash) == i {
+func onShard(t *testing.T, s *Sharded, i int, exp time.Time) ledger.Entry {
+	t.Helper()
+	for range 1000 {
+		if e := entry(exp); s.ShardOf(e.Hash) == i {
 			return e
 		}
 	}
+	t.Fatalf("no random hash in 1000 picks shard %d", i)
+	return ledger.Entry{}
 }
 
 func TestShardedConformance(t *testing.T) {
@@ -96,7 +99,7 @@ func TestShardedSpreadAndFind(t *testing.T) {
 		}
 	}
 	for i := range 2 {
-		e := onShard(s, i, exp)
+		e := onShard(t, s, i, exp)
 		if err := s.PutBatch(ctx, []ledger.Entry{e}); err != nil {
 			t.Fatal(err)
 		}
@@ -184,18 +187,19 @@ func TestShardDownFailsClosedAndRecovers(t *testing.T) {
 	defer l.Close()
 	exp := time.Now().Add(time.Hour)
 	// Peers' tokens written straight to the shards: only a backend lookup finds them.
-	peer0, peer1 := onShard(s, 0, exp), onShard(s, 1, exp)
+	peer0, peer1 := onShard(t, s, 0, exp), onShard(t, s, 1, exp)
 	peer0.Subject, peer1.Subject = "down:1", "down:1"
 	if err := s.PutBatch(ctx, []ledger.Entry{peer0, peer1}); err != nil {
 		t.Fatal(err)
 	}
 	forged := func(i int) ledger.Hash {
-		for n := 0; ; n++ {
-			h := ledger.HashToken("forged-" + strings.Repeat("x", n))
-			if s.ShardOf(h) == i {
+		for n := range 1000 {
+			if h := ledger.HashToken("forged-" + strconv.Itoa(n)); s.ShardOf(h) == i {
 				return h
 			}
 		}
+		t.Fatalf("no forged hash in 1000 picks shard %d", i)
+		return ledger.Hash{}
 	}
 
 	b.stop()
@@ -214,11 +218,11 @@ func TestShardDownFailsClosedAndRecovers(t *testing.T) {
 		t.Fatalf("search with a shard down answered %d hashes", len(hs))
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	if err := l.Put(pctx, onShard(s, 1, exp)); err == nil {
+	if err := l.Put(pctx, onShard(t, s, 1, exp)); err == nil {
 		t.Fatal("put on the dead shard succeeded")
 	}
 	cancel()
-	if err := l.Put(ctx, onShard(s, 0, exp)); err != nil {
+	if err := l.Put(ctx, onShard(t, s, 0, exp)); err != nil {
 		t.Fatalf("put on the live shard: %v", err)
 	}
 	if s.Ping(ctx) == nil {
