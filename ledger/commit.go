@@ -24,7 +24,9 @@ var (
 
 // Backend is the durable store behind the index (ledger/sqlite embedded,
 // ledger/redis for scale-out). PutBatch must be atomic: all entries durable, or
-// an error and none; it may set each entry's Ref. LoadLive may yield a hash
+// an error and none (a sharded backend, ledger/redis.Sharded, is atomic per
+// shard: on an error the batch's tokens are not handed out, so a part that
+// was written is of tokens nobody holds); it may set each entry's Ref. LoadLive may yield a hash
 // more than once (an issuance and a later revocation record); a revoked
 // record wins.
 type Backend interface {
