@@ -179,25 +179,36 @@ func (s *Sharded) each(fn func(i int, b *Backend) error) error {
 
 // PutBatch writes each entry with its index entries on its hash's shard,
 // one MULTI/EXEC per shard, the shards concurrently. Each shard's part is
-// atomic; the batch as a whole is not: on an error some shards may hold
-// their part. The ledger then hands none of the batch's tokens out, so
-// such a record is of a token nobody holds (its hash has no known
-// preimage), and a retry keeps it (SET NX).
+// atomic; the batch as a whole is not: when some shards' parts failed and
+// others' were stored, the error is a *ledger.PartialPutError naming the
+// failed entries, so the ledger hands out the stored ones' tokens and a
+// shard that is down stops only the issuance of tokens that fall on it.
 func (s *Sharded) PutBatch(ctx context.Context, entries []ledger.Entry) error {
 	parts := make([][]ledger.Entry, len(s.shards))
 	for _, e := range entries {
 		i := s.ShardOf(e.Hash)
 		parts[i] = append(parts[i], e)
 	}
-	return s.each(func(i int, b *Backend) error {
+	failed := make([]bool, len(s.shards))
+	err := s.each(func(i int, b *Backend) error {
 		if len(parts[i]) == 0 {
 			return nil
 		}
 		if err := b.PutBatch(ctx, parts[i]); err != nil {
+			failed[i] = true
 			return fmt.Errorf("ledger shard %d: %w", i, err)
 		}
 		return nil
 	})
+	if err == nil {
+		return nil
+	}
+	for i, f := range failed {
+		if !f && len(parts[i]) > 0 { // a shard stored its part
+			return &ledger.PartialPutError{Err: err, Failed: func(h ledger.Hash) bool { return failed[s.ShardOf(h)] }}
+		}
+	}
+	return err
 }
 
 // Revoke marks h revoked on its shard (see Backend.Revoke).

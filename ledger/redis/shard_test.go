@@ -173,8 +173,9 @@ func TestShardMarkersRefuseAnotherList(t *testing.T) {
 
 // One shard killed (-9): tokens whose hash picks it fail closed (a peer's
 // token and a forged one alike answer ErrUnavailable, never Unknown from the
-// other shard), puts there fail, and a search fails rather than answer in
-// part; tokens on the other shard are still answered, a forged one there
+// other shard), puts there fail while puts batched with them on the live
+// shard are stored and acknowledged, and a search fails rather than answer
+// in part; tokens on the other shard are still answered, a forged one there
 // Unknown. The shard comes back: its tokens are served again.
 func TestShardDownFailsClosedAndRecovers(t *testing.T) {
 	a, b := startServer(t), startServer(t)
@@ -227,6 +228,48 @@ func TestShardDownFailsClosedAndRecovers(t *testing.T) {
 	}
 	if s.Ping(ctx) == nil {
 		t.Fatal("Ping with a shard down")
+	}
+	// A batch over both shards stores the live shard's part and names the
+	// dead one's entries; the ledger hands out only the stored ones.
+	mixed := []ledger.Entry{onShard(t, s, 0, exp), onShard(t, s, 1, exp)}
+	var partial *ledger.PartialPutError
+	if err := s.PutBatch(ctx, mixed); !errors.As(err, &partial) || partial.Failed(mixed[0].Hash) || !partial.Failed(mixed[1].Hash) {
+		t.Fatalf("batch over a live and a dead shard: %v, want a PartialPutError failing the dead shard's entry", err)
+	}
+	if _, err := s.Get(ctx, mixed[0].Hash); err != nil {
+		t.Fatalf("the live shard's part of a partial batch: %v", err)
+	}
+	type result struct {
+		e   ledger.Entry
+		err error
+	}
+	results := make(chan result, 32)
+	for i := range 32 {
+		e := onShard(t, s, i%2, exp)
+		go func() {
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			results <- result{e, l.Put(pctx, e)}
+		}()
+	}
+	for range 32 {
+		r := <-results
+		switch s.ShardOf(r.e.Hash) {
+		case 0:
+			if r.err != nil {
+				t.Fatalf("put on the live shard, batched with the dead one's: %v", r.err)
+			}
+			if st, err := l.Status(ctx, r.e.Hash); err != nil || st != ledger.Live {
+				t.Fatalf("token put on the live shard: %v %v", st, err)
+			}
+		case 1:
+			if r.err == nil {
+				t.Fatal("put on the dead shard acknowledged")
+			}
+			if st, err := l.Status(ctx, r.e.Hash); !errors.Is(err, ledger.ErrUnavailable) {
+				t.Fatalf("token whose put failed on the dead shard: %v %v, want ErrUnavailable", st, err)
+			}
+		}
 	}
 
 	b.start()
