@@ -1,6 +1,7 @@
 // Package redis is the issuance ledger's scale-out backend: one Redis key per
 // issued token, under its hash, expiring with the token, shared by every
-// authority replica and gateway.
+// authority replica and gateway, on one Redis (Backend) or sharded by token
+// hash over several (Sharded).
 //
 // Writes are pipelined in MULTI/EXEC transactions, so a batch is all there or
 // not at all, each record with its entries in the jti and subject indexes
