@@ -176,7 +176,9 @@ type Telemetry struct {
 type Scale struct {
 	// Store is the control-plane database: a postgres:// URL (default: SQLite in DATA).
 	Store string `yaml:"store" env:"CUSTOS_STORE"`
-	// Redis is the issuance ledger's Redis URL, redis://host:port/db, Redis 7.0 or newer (default: SQLite in DATA).
+	// Redis is the issuance ledger's Redis URL, redis://host:port/db, Redis 7.0 or newer (default: SQLite in DATA),
+	// or a comma-separated list of them: the ledger's shards, each token on the one its hash picks
+	// (RedisURLs). The list's length and order are part of the ledger: changing them needs a migration.
 	Redis string `yaml:"redis" env:"CUSTOS_REDIS"`
 	// Audit is the deployment's one audit log, shared by every replica:
 	// mysql://user[:password]@host[:port]/database (MySQL or MariaDB,
@@ -615,8 +617,8 @@ func (c *Config) Validate() error {
 	if c.Scale.Store != "" && !strings.HasPrefix(c.Scale.Store, "postgres://") && !strings.HasPrefix(c.Scale.Store, "postgresql://") {
 		return bad("scale.store", "must be a postgres:// URL")
 	}
-	if c.Scale.Redis != "" && !strings.HasPrefix(c.Scale.Redis, "redis://") {
-		return bad("scale.redis", "must be a redis:// URL")
+	if err := checkRedisURLs(c.Scale.Redis); err != nil {
+		return bad("scale.redis", "%v", err)
 	}
 	if c.Scale.Instances < 0 || c.Scale.Instance < 0 || (c.Scale.Instances > 0 && c.Scale.Instance >= c.Scale.Instances) {
 		return bad("scale.instance", "must be in [0, scale.instances)")
@@ -749,6 +751,53 @@ func (d Detect) validateSinks(bad func(field, format string, a ...any) error) er
 	case "", "info", "low", "medium", "high", "critical":
 	default:
 		return bad("detect.pagerduty.min_severity", "must be info, low, medium, high or critical, not %q", d.PagerDuty.MinSeverity)
+	}
+	return nil
+}
+
+// RedisURLs is scale.redis split at its commas: one URL for a single Redis,
+// several for a sharded ledger (nil: no Redis). A comma inside a URL (in a
+// password) is written %2C.
+func (s Scale) RedisURLs() []string {
+	if s.Redis == "" {
+		return nil
+	}
+	urls := strings.Split(s.Redis, ",")
+	for i, u := range urls {
+		urls[i] = strings.TrimSpace(u)
+	}
+	return urls
+}
+
+// checkRedisURLs refuses a scale.redis list with an empty item, an item
+// that is not a redis://host[:port][/db] URL, or two items naming the same
+// server and database (one Redis would be two shards).
+func checkRedisURLs(list string) error {
+	seen := map[string]int{}
+	for i, raw := range (Scale{Redis: list}).RedisURLs() {
+		if raw == "" {
+			return fmt.Errorf("item %d of the list is empty", i+1)
+		}
+		u, err := url.Parse(raw)
+		if err != nil || u.Scheme != "redis" || u.Host == "" || u.Opaque != "" {
+			return fmt.Errorf("item %d must be a redis://host:port/db URL", i+1)
+		}
+		port := u.Port()
+		if port == "" {
+			port = "6379"
+		}
+		db := strings.TrimPrefix(u.Path, "/")
+		if db == "" {
+			db = "0"
+		}
+		if n, err := strconv.Atoi(db); err != nil || n < 0 || strconv.Itoa(n) != db {
+			return fmt.Errorf("item %d: the database must be a number", i+1)
+		}
+		id := strings.ToLower(u.Hostname()) + ":" + port + "/" + db
+		if j, ok := seen[id]; ok {
+			return fmt.Errorf("items %d and %d are the same Redis database (%s)", j+1, i+1, id)
+		}
+		seen[id] = i
 	}
 	return nil
 }

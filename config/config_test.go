@@ -89,6 +89,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("data: x\nkeys:\n  backend: sealed\n"))
 	f.Add([]byte("gateway:\n  routes:\n  - pattern: GET /a/{b}\n    subject_param: b\n"))
 	f.Add([]byte("{"))
+	f.Add([]byte("scale:\n  redis: redis://a:6379/0,redis://b:6379/1\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c := Default()
 		if err := Parse(b, &c); err != nil {
@@ -202,4 +203,44 @@ func writeYAML(t *testing.T, s string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// scale.redis takes one URL, as before, or a comma-separated list of a
+// sharded ledger's Redis databases, each a redis:// URL, none twice.
+func TestRedisShardList(t *testing.T) {
+	for list, want := range map[string]string{
+		"":                                  "",
+		"redis://127.0.0.1:6379/0":          "",
+		"redis://a:6379/0,redis://b:6379/0": "",
+		"redis://a:6379/1, redis://a:6379/2 ,redis://:p%2Cw@a:6380": "",
+		"redis://a:6379/0,":                        "empty",
+		",redis://a:6379/0":                        "empty",
+		"http://a:6379/0":                          "redis://",
+		"redis://a:6379/0,rediss://b/0":            "redis://",
+		"redis://a:6379/0,b:6379":                  "redis://",
+		"redis:///0":                               "redis://",
+		"redis://a/x":                              "number",
+		"redis://a/01,redis://a/1":                 "number",
+		"redis://a:6379/0,redis://A/0":             "same Redis",
+		"redis://a,redis://a:6379/0":               "same Redis",
+		"redis://u:secret@a/3,redis://v:other@a/3": "same Redis",
+	} {
+		c := Default()
+		c.Data = t.TempDir()
+		c.Scale.Redis = list
+		err := c.Validate()
+		if (want == "") != (err == nil) || (err != nil && (!errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want))) {
+			t.Errorf("scale.redis %q: %v, want %q", list, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("scale.redis %q: the error shows the password: %v", list, err)
+		}
+	}
+	got := Scale{Redis: "redis://a/0, redis://b/0"}.RedisURLs()
+	if len(got) != 2 || got[0] != "redis://a/0" || got[1] != "redis://b/0" {
+		t.Fatalf("RedisURLs: %q", got)
+	}
+	if got := (Scale{Redis: "redis://a:1/2"}).RedisURLs(); len(got) != 1 || got[0] != "redis://a:1/2" {
+		t.Fatalf("one URL: %q", got)
+	}
 }

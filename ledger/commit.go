@@ -22,9 +22,23 @@ var (
 	ErrNoSearchTarget = errors.New("ledger: a search needs a jti or a subject")
 )
 
+// PartialPutError is a PutBatch that stored some of its entries and not
+// others (a sharded backend one of whose shards failed): an entry for which
+// Failed is true is not stored, any other is, durably as PutBatch promises.
+// The ledger hands out the stored entries' tokens and fails the others'.
+type PartialPutError struct {
+	Err    error
+	Failed func(Hash) bool
+}
+
+func (e *PartialPutError) Error() string { return e.Err.Error() }
+func (e *PartialPutError) Unwrap() error { return e.Err }
+
 // Backend is the durable store behind the index (ledger/sqlite embedded,
 // ledger/redis for scale-out). PutBatch must be atomic: all entries durable, or
-// an error and none; it may set each entry's Ref. LoadLive may yield a hash
+// an error and none, or a *PartialPutError naming the entries not stored (a
+// sharded backend, ledger/redis.Sharded, atomic per shard); it may set each
+// entry's Ref. LoadLive may yield a hash
 // more than once (an issuance and a later revocation record); a revoked
 // record wins.
 type Backend interface {
@@ -216,6 +230,25 @@ func (l *Ledger) commitLoop() {
 			continue
 		}
 		err := l.b.PutBatch(context.Background(), entries)
+		var partial *PartialPutError
+		if errors.As(err, &partial) {
+			// Some entries stored (their shards answered): their tokens go
+			// out, the others' callers get the error.
+			ferr := fmt.Errorf("failed to commit ledger batch: %w", err)
+			n := 0
+			for i, r := range live {
+				if partial.Failed(entries[i].Hash) {
+					r.err <- ferr
+					continue
+				}
+				entries[n], live[n] = entries[i], r
+				n++
+			}
+			entries, live, err = entries[:n], live[:n], nil
+			if n == 0 {
+				continue
+			}
+		}
 		if err != nil {
 			err = fmt.Errorf("failed to commit ledger batch: %w", err)
 			for _, r := range live {

@@ -45,6 +45,7 @@ type tokenFinder interface {
 var (
 	_ tokenFinder = (*ledgersqlite.Backend)(nil)
 	_ tokenFinder = (*ledgerredis.Backend)(nil)
+	_ tokenFinder = (*ledgerredis.Sharded)(nil)
 )
 
 // revokeFound revokes every live token the finder returns, after the action

@@ -3,7 +3,11 @@ package server_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +19,7 @@ import (
 	"github.com/custos-dev/custos/detect"
 	"github.com/custos-dev/custos/event"
 	"github.com/custos-dev/custos/gateway"
+	"github.com/custos-dev/custos/internal/proctest"
 	"github.com/custos-dev/custos/internal/testenv"
 	"github.com/custos-dev/custos/keys"
 	"github.com/custos-dev/custos/ledger"
@@ -34,6 +39,42 @@ func TestContainmentActions(t *testing.T) {
 		testenv.Require(t, "Redis at 127.0.0.1:6379", rc.Ping(context.Background()).Err())
 		containmentActions(t, startWith(t, func(c *config.Config) { c.Scale.Redis = "redis://127.0.0.1:6379/6" }))
 	})
+	t.Run("redis-sharded", func(t *testing.T) {
+		a, b := privateRedis(t), privateRedis(t)
+		e := startWith(t, func(c *config.Config) { c.Scale.Redis = a + "," + b })
+		for i, u := range []string{a, b} {
+			opt, _ := goredis.ParseURL(u)
+			rc := goredis.NewClient(opt)
+			defer rc.Close()
+			if got, want := rc.Get(context.Background(), "custos:ledger-shard").Val(), fmt.Sprintf("%d/2", i); got != want {
+				t.Fatalf("shard %d's marker %q, want %q: the server did not shard its ledger", i, got, want)
+			}
+		}
+		containmentActions(t, e)
+	})
+}
+
+// privateRedis starts a redis-server of the test's own on a free loopback
+// port, keeping nothing on disk, and returns its URL.
+func privateRedis(t *testing.T) string {
+	t.Helper()
+	_, err := exec.LookPath("redis-server")
+	testenv.Require(t, "redis-server binary", err)
+	port := strconv.Itoa(proctest.FreePort(t))
+	cmd := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", port, "--dir", t.TempDir(), "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", "127.0.0.1:"+port); err == nil {
+			c.Close()
+			return "redis://127.0.0.1:" + port + "/0"
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server did not start")
+		}
+	}
 }
 
 func containmentActions(t *testing.T, e *env) {

@@ -447,12 +447,15 @@ func serveAdmin(ctx context.Context, addr string, reg *prometheus.Registry, chec
 }
 
 // sharedReplay gives g the replicas' shared DPoP replay cache in scale.redis,
-// when set; it returns what closes it.
+// when set; it returns what closes it. With a sharded ledger the cache is
+// on the first shard: every gateway must check a proof's jti in the one
+// place, and the list's order is fixed (the shards' markers).
 func sharedReplay(ctx context.Context, cfg config.Config, g *gateway.Gateway) (func() error, error) {
-	if cfg.Scale.Redis == "" {
+	urls := cfg.Scale.RedisURLs()
+	if len(urls) == 0 {
 		return nil, nil
 	}
-	r, err := dpopredis.Open(ctx, cfg.Scale.Redis, "", nil)
+	r, err := dpopredis.Open(ctx, urls[0], "", nil)
 	if err != nil {
 		return nil, fmt.Errorf("dpop replay cache: %w", err)
 	}

@@ -488,10 +488,14 @@ type ledgerBackend interface {
 	Close() error
 }
 
-// openLedgerBackend opens Redis when configured, else SQLite in the data dir.
+// openLedgerBackend opens Redis when configured (sharded over several when
+// scale.redis lists them), else SQLite in the data dir.
 func openLedgerBackend(ctx context.Context, cfg config.Config) (ledgerBackend, error) {
-	if cfg.Scale.Redis != "" {
-		return ledgerredis.Open(ctx, cfg.Scale.Redis)
+	switch urls := cfg.Scale.RedisURLs(); {
+	case len(urls) > 1:
+		return ledgerredis.OpenSharded(ctx, urls)
+	case len(urls) == 1:
+		return ledgerredis.Open(ctx, urls[0])
 	}
 	return ledgersqlite.Open(filepath.Join(cfg.Data, LedgerFile))
 }

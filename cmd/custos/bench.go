@@ -77,7 +77,7 @@ func newBenchCmd() *cobra.Command {
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print the results as JSON")
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the main measured phase (server and load generator: issuance load, gateway peak) to this file")
 	cmd.PersistentFlags().StringVar(&o.Client, "client", "lean", "issuance load generator's HTTP client: lean (prebuilt requests, minimal parser) or net/http")
-	cmd.PersistentFlags().StringVar(&o.Redis, "redis", "", "put the issuance ledger on this Redis (redis://host:port/db) instead of the embedded SQLite")
+	cmd.PersistentFlags().StringVar(&o.Redis, "redis", "", "put the issuance ledger on this Redis (redis://host:port/db, or a comma-separated list of shards) instead of the embedded SQLite")
 	cmd.PersistentFlags().StringVar(&o.Dir, "tmp", "", "directory for the temporary data directories (default: the system's)")
 	cmd.AddCommand(
 		&cobra.Command{Use: "issuance", Short: "POST /v1/tokens against a full server, with the raw Ed25519 signing rate as ceiling", Args: cobra.NoArgs, RunE: run(true, false, false)},

@@ -71,6 +71,9 @@ type deployment struct {
 	// rdb is the Redis database of the ledger (redisDB unless a test sets
 	// another before it starts processes).
 	rdb int
+	// ledgerRedis, when set, is scale.redis instead of eng.redis and rdb
+	// (a sharded ledger's list).
+	ledgerRedis string
 }
 
 // requireEngines skips (or fails under CUSTOS_REQUIRE_SERVICES=1) when an
@@ -181,18 +184,26 @@ keys:
   kek_env: %s
 %sscale:
   store: postgres://postgres@%s/test?sslmode=disable&search_path=%s
-  redis: redis://%s/%d
+  redis: %s
   nats: nats://%s
   prefix: %s
   audit: mysql://root@%s/%s
 %sgateway:
   routes:
-%s%s`, d.issuer, decoys[0], decoys[1], d.kekEnv, d.keys, d.eng.pg, d.schema, d.eng.redis, d.rdb, d.eng.nats, d.prefix, d.eng.maria, d.auditDB, scaleExtra, routes.String(), gwExtra)
+%s%s`, d.issuer, decoys[0], decoys[1], d.kekEnv, d.keys, d.eng.pg, d.schema, d.redisURL(), d.eng.nats, d.prefix, d.eng.maria, d.auditDB, scaleExtra, routes.String(), gwExtra)
 	p := filepath.Join(d.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
 		d.t.Fatal(err)
 	}
 	return p
+}
+
+// redisURL is the deployment's scale.redis.
+func (d *deployment) redisURL() string {
+	if d.ledgerRedis != "" {
+		return d.ledgerRedis
+	}
+	return fmt.Sprintf("redis://%s/%d", d.eng.redis, d.rdb)
 }
 
 // decoys are member IDs no customer has, in every process's configuration.

@@ -44,19 +44,55 @@ func BenchmarkPut(b *testing.B) {
 	}
 	for _, batch := range []int{1, 64} {
 		for _, name := range []string{"records-only", "indexed"} {
-			b.Run(fmt.Sprintf("%s/batch=%d", name, batch), func(b *testing.B) { benchPut(b, be, writers[name], batch) })
+			b.Run(fmt.Sprintf("%s/batch=%d", name, batch), func(b *testing.B) { benchPut(b, []*Backend{be}, writers[name], batch) })
 		}
+	}
+}
+
+// BenchmarkShardedPut measures what a second shard gives indexed puts: one
+// Redis (Backend) against two (Sharded), each a redis-server of the
+// benchmark's own, in the same run; server CPU, commands and memory are
+// summed over the shards. Client and servers share the machine's cores.
+//
+//	go test -run '^$' -bench BenchmarkShardedPut -benchtime 100000x ./ledger/redis/
+func BenchmarkShardedPut(b *testing.B) {
+	var args []string
+	if !aofBench() {
+		args = []string{"--appendonly", "no"}
+	}
+	ctx := context.Background()
+	one, err := Open(ctx, startServer(b, args...).url())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer one.Close()
+	two, err := OpenSharded(ctx, []string{startServer(b, args...).url(), startServer(b, args...).url()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer two.Close()
+	for _, batch := range []int{1, 64} {
+		b.Run(fmt.Sprintf("shards=1/batch=%d", batch), func(b *testing.B) { benchPut(b, []*Backend{one}, one.PutBatch, batch) })
+		b.Run(fmt.Sprintf("shards=2/batch=%d", batch), func(b *testing.B) { benchPut(b, two.shards, two.PutBatch, batch) })
 	}
 }
 
 func aofBench() bool { return strings.TrimSpace(os.Getenv("CUSTOS_BENCH_REDIS_AOF")) == "1" }
 
-func benchPut(b *testing.B, be *Backend, write func(context.Context, []ledger.Entry) error, batch int) {
+// benchPut runs write from 16 callers and reports puts/s and, summed over
+// the servers of bes, commands, memory and server CPU per put.
+func benchPut(b *testing.B, bes []*Backend, write func(context.Context, []ledger.Entry) error, batch int) {
 	ctx := context.Background()
-	if err := be.c.FlushDB(ctx).Err(); err != nil {
-		b.Fatal(err)
+	for _, be := range bes {
+		if err := be.c.FlushDB(ctx).Err(); err != nil {
+			b.Fatal(err)
+		}
 	}
-	mem0, cmds0, cpu0 := serverStats(b, be.c)
+	mem0, cmds0, cpu0 := allStats(b, bes)
+	shardCPU0 := make([]float64, len(bes))
+	for i, be := range bes {
+		_, _, shardCPU0[i] = serverStats(b, be.c)
+	}
 	exp := time.Now().Add(time.Hour)
 	batches := (b.N + batch - 1) / batch
 	work := make(chan []ledger.Entry, 64)
@@ -94,11 +130,26 @@ func benchPut(b *testing.B, be *Backend, write func(context.Context, []ledger.En
 	took := time.Since(start)
 	b.StopTimer()
 	puts := float64(batches * batch)
-	mem1, cmds1, cpu1 := serverStats(b, be.c)
+	var busiest float64 // CPU of the busiest server
+	for i, be := range bes {
+		_, _, c := serverStats(b, be.c)
+		busiest = max(busiest, c-shardCPU0[i])
+	}
+	mem1, cmds1, cpu1 := allStats(b, bes)
 	b.ReportMetric(puts/took.Seconds(), "puts/s")
-	b.ReportMetric(float64(cmds1-cmds0-2)/puts, "cmds/put") // less the INFO and FLUSHDB calls
+	b.ReportMetric(float64(cmds1-cmds0-int64(4*len(bes)))/puts, "cmds/put") // less the INFO and FLUSHDB calls
 	b.ReportMetric(float64(mem1-mem0)/puts, "B/token")
 	b.ReportMetric((cpu1-cpu0)*1e6/puts, "server-µs/put")
+	b.ReportMetric(busiest*1e6/puts, "busiest-server-µs/put")
+}
+
+// allStats is serverStats summed over the servers of bes.
+func allStats(b *testing.B, bes []*Backend) (mem, cmds int64, cpu float64) {
+	for _, be := range bes {
+		m, c, u := serverStats(b, be.c)
+		mem, cmds, cpu = mem+m, cmds+c, cpu+u
+	}
+	return mem, cmds, cpu
 }
 
 // serverStats reads used_memory, total_commands_processed and the CPU

@@ -210,7 +210,8 @@ func TestOpenRefusesOldOrClusterServer(t *testing.T) {
 }
 
 // fakeServer answers the commands a client sends when it connects, PING,
-// and INFO with the section of info asked for.
+// INFO with the section of info asked for, and GET with nil (no shard
+// marker).
 func fakeServer(t *testing.T, info string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -247,6 +248,8 @@ func fakeServer(t *testing.T, info string) string {
 						out = "$" + strconv.Itoa(len(sec)) + "\r\n" + sec + "\r\n"
 					case "client", "select":
 						out = "+OK\r\n"
+					case "get": // no shard marker
+						out = "$-1\r\n"
 					default:
 						out = "-ERR unknown command\r\n"
 					}

@@ -1,6 +1,7 @@
 // Package redis is the issuance ledger's scale-out backend: one Redis key per
 // issued token, under its hash, expiring with the token, shared by every
-// authority replica and gateway.
+// authority replica and gateway, on one Redis (Backend) or sharded by token
+// hash over several (Sharded).
 //
 // Writes are pipelined in MULTI/EXEC transactions, so a batch is all there or
 // not at all, each record with its entries in the jti and subject indexes
@@ -99,8 +100,21 @@ var _ ledger.SharedBackend = (*Backend)(nil)
 
 // Open connects to the Redis server at url (redis://host:port/db). It
 // refuses a server older than Redis 7.0, which the indexes' TTLs need, and
-// a Redis Cluster node.
+// a Redis Cluster node, and a Redis that is a shard of a sharded ledger
+// (OpenSharded), whose tokens it would answer for alone.
 func Open(ctx context.Context, url string) (*Backend, error) {
+	b, err := open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.checkUnsharded(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func open(ctx context.Context, url string) (*Backend, error) {
 	opt, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("bad redis url: %w", err)
