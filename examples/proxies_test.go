@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -111,33 +110,6 @@ func (s *stack) template(t *testing.T, src, front string, extra ...string) strin
 		t.Fatal(err)
 	}
 	return out
-}
-
-// run starts a proxy process until the test ends.
-func run(t *testing.T, env []string, name string, args ...string) {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, out.String())
-		}
-	})
 }
 
 // rawGet sends one HTTP/1.1 request with target exactly as given.
@@ -362,7 +334,7 @@ func TestNginx(t *testing.T) {
 	front := freeAddr(t)
 	dir := t.TempDir()
 	conf := s.template(t, "nginx/nginx.conf", front, "worker_processes auto;", "worker_processes 1;")
-	run(t, nil, bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"),
+	proctest.StartGroup(t, nil, bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"),
 		"-g", "daemon off; pid "+filepath.Join(dir, "nginx.pid")+";")
 	servertest.WaitListening(t, front)
 	s.attack(t, front, "nginx")
@@ -376,7 +348,7 @@ func TestCaddy(t *testing.T) {
 	home := t.TempDir()
 	_, port, _ := net.SplitHostPort(front)
 	conf := s.template(t, "caddy/Caddyfile", front, "http://:8000", "http://:"+port)
-	run(t, []string{"HOME=" + home, "XDG_DATA_HOME=" + home, "XDG_CONFIG_HOME=" + home},
+	proctest.StartGroup(t, []string{"HOME=" + home, "XDG_DATA_HOME=" + home, "XDG_CONFIG_HOME=" + home},
 		bin, "run", "--config", conf, "--adapter", "caddyfile")
 	servertest.WaitListening(t, front)
 	s.attack(t, front, "caddy")

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -137,27 +136,11 @@ http://:%s {
 	default:
 		t.Fatalf("unknown proxy %s", proxy)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	proctest.StartGroup(t, env, bin, args...)
 	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
 		if t.Failed() {
 			b, _ := os.ReadFile(tmp("error.log"))
-			t.Logf("%s output:\n%s\n%s", proxy, out.String(), b)
+			t.Logf("%s error log:\n%s", proxy, b)
 		}
 	})
 	servertest.WaitListening(t, p.front)

@@ -187,6 +187,35 @@ func Start(t testing.TB, env []string, bin string, args ...string) *Proc {
 	return p
 }
 
+// StartGroup runs bin in a process group of its own (a server that forks
+// workers, like nginx) until the test ends, when the group gets SIGTERM and,
+// 10 s later, SIGKILL; if the test failed, its output is logged.
+func StartGroup(t testing.TB, env []string, bin string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{Out: &Output{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.Out, p.Out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("%s %v:\n%s", filepath.Base(bin), args, p.Out)
+		}
+	})
+	return p
+}
+
 // Kill sends SIGKILL and waits for the process to be gone.
 func (p *Proc) Kill() {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
