@@ -73,26 +73,9 @@ func TestDecoyHitRevokesSubjectTokensOnRedisLedger(t *testing.T) {
 	}
 	// Both tokens refused as revoked at both gateways, from an address
 	// no block covers.
-	refused := map[string]time.Duration{}
-	deadline := time.Now().Add(20 * time.Second)
-	for len(refused) < 4 {
-		for _, g := range []*proc{g1, g2} {
-			for at, tok := range toks {
-				k := at + " token at " + g.name
-				if _, done := refused[k]; done {
-					continue
-				}
-				st, why, err := accessFrom(g, tok, member, elsewhere)
-				if err == nil && st != 200 && why == string(event.ReasonRevokedToken) {
-					refused[k] = time.Since(hitAt)
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("20 s after the decoy hit only %v refused as revoked_token\n%s\n%s\n%s", refused, dump(db), a1.tail(), a2.tail())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	refused := awaitRevoked(t, []*proc{g1, g2}, toks, member, elsewhere, hitAt, func() string {
+		return dump(db) + "\n" + a1.tail() + "\n" + a2.tail()
+	})
 	var last time.Duration
 	for k, after := range refused {
 		t.Logf("%s refused as revoked_token %s after the decoy hit", k, after.Round(time.Millisecond))
@@ -133,4 +116,33 @@ func TestDecoyHitRevokesSubjectTokensOnRedisLedger(t *testing.T) {
 			t.Fatalf("%s aimed at %q, want the token's subject %s", id, target, member)
 		}
 	}
+}
+
+// awaitRevoked waits until each of toks (subject member, from address src)
+// is refused as revoked_token at every gateway, and returns for each "NAME
+// token at GATEWAY" how long after since it was first seen refused. It fails
+// the test after 20 s, with diag's state.
+func awaitRevoked(t *testing.T, gws []*proc, toks map[string]string, member, src string, since time.Time, diag func() string) map[string]time.Duration {
+	t.Helper()
+	refused := map[string]time.Duration{}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(refused) < len(gws)*len(toks) {
+		for _, g := range gws {
+			for name, tok := range toks {
+				k := name + " token at " + g.name
+				if _, done := refused[k]; done {
+					continue
+				}
+				st, why, err := accessFrom(g, tok, member, src)
+				if err == nil && st != 200 && why == string(event.ReasonRevokedToken) {
+					refused[k] = time.Since(since)
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s after the decoy hit only %v refused as revoked_token\n%s", refused, diag())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return refused
 }
