@@ -26,6 +26,9 @@ var holdMigrations = []string{
 		id TEXT PRIMARY KEY, action TEXT NOT NULL, target TEXT NOT NULL,
 		until_ns BIGINT NOT NULL, created_ns BIGINT NOT NULL, body TEXT NOT NULL);
 	CREATE INDEX containment_holds_until ON containment_holds(until_ns)`,
+	// A hold lifted before its end (DELETE /v1/containment/{id}).
+	`ALTER TABLE containment_holds ADD COLUMN released_ns BIGINT;
+	ALTER TABLE containment_holds ADD COLUMN release_body TEXT`,
 }
 
 // controlHold is the control-feed kind of a new hold.
@@ -44,7 +47,23 @@ func (s *Server) openHolds(ctx context.Context) error {
 			return
 		}
 		s.applyHold(h)
-		s.holdFeed.publish(h)
+		s.holdFeed.publish(gateway.HoldEvent{Hold: &h})
+	})
+	s.OnControl(controlRelease, func(raw json.RawMessage) {
+		var l struct {
+			Release json.RawMessage `json:"release"`
+		}
+		l.Release = raw
+		line, _ := json.Marshal(l)
+		r, err := gateway.ParseRelease(line)
+		if err != nil {
+			s.Log.Error("containment release not applied", "err", err)
+			return
+		}
+		if s.Gateway != nil {
+			s.Gateway.Release(r)
+		}
+		s.holdFeed.publish(gateway.HoldEvent{Release: &r})
 	})
 	hs, err := s.Holds(ctx)
 	if err != nil {
@@ -65,9 +84,9 @@ func (s *Server) applyHold(h gateway.Hold) {
 	}
 }
 
-// Holds lists the holds in force, from the store.
+// Holds lists the holds in force (not ended, not released), from the store.
 func (s *Server) Holds(ctx context.Context) ([]gateway.Hold, error) {
-	rows, err := s.DB.QueryContext(ctx, `SELECT body FROM containment_holds WHERE until_ns > $1 ORDER BY created_ns`, s.now().UnixNano())
+	rows, err := s.DB.QueryContext(ctx, `SELECT body FROM containment_holds WHERE until_ns > $1 AND released_ns IS NULL ORDER BY created_ns`, s.now().UnixNano())
 	if err != nil {
 		return nil, fmt.Errorf("failed to read containment holds: %w", err)
 	}
