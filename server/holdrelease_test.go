@@ -224,7 +224,11 @@ func TestReleaseByHand(t *testing.T) {
 
 	// A store that cannot record the release: 503, the hold stays.
 	again := hold(map[string]string{"action": "block_country", "target": "RU", "for": "1h", "reason": "x"})
-	if _, err := e.S.DB.ExecContext(ctx, `ALTER TABLE containment_holds RENAME COLUMN release_body TO gone`); err != nil {
+	refuse := `CREATE TRIGGER no_release BEFORE UPDATE ON containment_holds BEGIN SELECT RAISE(ABORT, 'read-only'); END`
+	if e.S.DB.Dialect == "postgres" {
+		refuse = `ALTER TABLE containment_holds ADD CONSTRAINT no_release CHECK (released_ns IS NULL)`
+	}
+	if _, err := e.S.DB.ExecContext(ctx, refuse); err != nil {
 		t.Fatal(err)
 	}
 	if st, c := code(func() error { _, err := release(oncall.Token, again.ID, why, nil); return err }()); st != http.StatusServiceUnavailable || c != "containment_failed" {
@@ -232,5 +236,8 @@ func TestReleaseByHand(t *testing.T) {
 	}
 	if bs := e.S.Gateway.CountryBlocks(); len(bs) != 1 || bs[0].Country != "RU" {
 		t.Fatalf("a release not recorded lifted the hold: %+v", bs)
+	}
+	if hs, _ := e.S.Holds(ctx); len(hs) != 1 || hs[0].ID != again.ID {
+		t.Fatalf("a release not recorded: the store lists %+v", hs)
 	}
 }
