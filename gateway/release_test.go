@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -156,6 +157,8 @@ func TestRemoteRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var refused atomic.Int32
+	rh.OnError = func(error) { refused.Add(1) }
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go rh.Run(ctx)
@@ -181,6 +184,20 @@ func TestRemoteRelease(t *testing.T) {
 	}
 	if e.g.blocked(netip.MustParseAddr("198.51.100.8"), t0) {
 		t.Fatal("the released /24 is still held")
+	}
+	// A release line the gateway cannot read (as a gateway built before
+	// releases reads every one): it reconnects, and keeps the hold even
+	// though the snapshot no longer lists it (fail closed).
+	src.send(HoldEvent{Release: &Release{ID: short.ID, Action: "unblock_everything", Target: short.Target, Until: short.Until, Reason: "x", Released: t0}})
+	waitFor("the unreadable line was not refused", func() bool { return refused.Load() > 0 })
+	if !e.g.blocked(ip, t0) || rh.Released() != 1 {
+		t.Fatalf("an unreadable release lifted the hold (released %d)", rh.Released())
+	}
+	other := block("h-other", "203.0.113.0/24")
+	src.send(HoldEvent{Hold: &other})
+	waitFor("stream not followed after the reconnection", func() bool { return e.g.blocked(netip.MustParseAddr("203.0.113.1"), t0) })
+	if !e.g.blocked(ip, t0) {
+		t.Fatal("the hold was lifted after the reconnection")
 	}
 	src.send(HoldEvent{Release: &Release{ID: short.ID, Action: short.Action, Target: short.Target, Until: short.Until, Reason: "false alarm", Released: t0}})
 	waitFor("second release not applied", func() bool { return !e.g.blocked(ip, t0) })
