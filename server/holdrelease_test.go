@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net/http"
@@ -172,6 +173,39 @@ func TestReleaseByHand(t *testing.T) {
 		t.Errorf("released twice: %d %s, want 404 not_found", st, c)
 	}
 
+	// A retry placing the released hold again (a queued detector action
+	// whose announcement had failed) places nothing: the stream's next line
+	// is the next hold.
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.API.Base+"/v1/containment/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+oncall.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("stream: %v %v", resp, err)
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	for lines.Scan() && len(lines.Bytes()) > 0 { // the snapshot
+	}
+	if err := server.AddHold(e.S, ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	next := hold(map[string]string{"action": "block_source", "target": "192.0.2.1", "for": "10m", "reason": "the next one"})
+	for lines.Scan() {
+		if len(lines.Bytes()) == 0 {
+			continue
+		}
+		if got, err := gateway.ParseHold(lines.Bytes()); err != nil || got.ID != next.ID {
+			t.Fatalf("after re-placing a released hold the stream sent %s (%v), want %s", lines.Bytes(), err, next.ID)
+		}
+		break
+	}
+	if l := listed(); l[src.ID] {
+		t.Fatal("a released hold placed again is listed")
+	}
+	if _, err := release(oncall.Token, next.ID, why, nil); err != nil {
+		t.Fatal(err)
+	}
+
 	// Releasing the later of two holds on CN leaves the other in force,
 	// with its own end.
 	if _, err := release(oncall.Token, long.ID, why, nil); err != nil {
@@ -202,7 +236,7 @@ func TestReleaseByHand(t *testing.T) {
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		res, err := audit.Verify(ctx, dir, v, nil)
-		if err == nil && res.Kinds["containment.release"] == 3 {
+		if err == nil && res.Kinds["containment.release"] == 4 {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -108,7 +109,8 @@ func (s *Server) Holds(ctx context.Context) ([]gateway.Hold, error) {
 
 // addHold records h in the audit log and the store, then announces it to
 // every replica (which apply it and pass it on to their gateways). A hold
-// already recorded is announced again, so a retry completes.
+// already recorded is announced again, so a retry completes; one already
+// released is left as it is.
 func (s *Server) addHold(ctx context.Context, h gateway.Hold) error {
 	what := "prefix"
 	switch h.Action {
@@ -130,6 +132,17 @@ func (s *Server) addHold(ctx context.Context, h gateway.Hold) error {
 	}
 	if h.Created.IsZero() {
 		h.Created = s.now().UTC()
+	}
+	// A hold released by an operator is not placed again by a retry (a
+	// queued detector action whose announcement failed): a replica
+	// started since would enforce it.
+	var released sql.NullInt64
+	err := s.DB.QueryRowContext(ctx, `SELECT released_ns FROM containment_holds WHERE id=$1`, h.ID).Scan(&released)
+	switch {
+	case err == nil && released.Valid:
+		return nil
+	case err != nil && !errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("failed to read containment hold: %w", err)
 	}
 	body, err := json.Marshal(h)
 	if err != nil {
