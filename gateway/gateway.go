@@ -90,7 +90,9 @@ type Gateway struct {
 	evFile *os.File
 
 	blockMu   sync.RWMutex
-	applyMu   sync.Mutex // serialises Apply, so the later end of two holds stands
+	applyMu   sync.Mutex           // serialises Apply, so the later end of two holds stands
+	holds     map[string]Hold      // under applyMu: the holds applied, by id, until their end
+	released  map[string]time.Time // under applyMu: ids released early, until the hold's end
 	blocks    map[netip.Prefix]Block
 	nblocks   atomic.Int32
 	countries map[string]CountryBlock // under blockMu
@@ -152,6 +154,8 @@ func New(cfg Config, ks KeySet, prov Provenance, pub Publisher, now func() time.
 		blocks:  map[netip.Prefix]Block{},
 
 		countries: map[string]CountryBlock{},
+		holds:     map[string]Hold{},
+		released:  map[string]time.Time{},
 		checker:   verdict.Checker{Keys: ks, Ledger: prov, Cache: verdict.NewCache(cfg.CacheSize), Providers: cfg.Providers},
 		policy: verdict.Policy{Issuer: cfg.Issuer, Audience: cfg.Audience, Leeway: cfg.Leeway,
 			ProvenanceTimeout: cfg.ProvenanceTimeout},

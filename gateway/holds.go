@@ -112,42 +112,222 @@ func isCountryCode(s string) bool {
 
 // Apply enforces h at g. A hold never shortens another on the same target
 // (an operator's one-hour hold on a country detection holds for a day, or
-// the same holds replayed in another order): the later end stands.
+// the same holds replayed in another order): the later end stands. A hold
+// released earlier (Release) is not applied again.
 func (g *Gateway) Apply(h Hold) error {
 	g.applyMu.Lock()
 	defer g.applyMu.Unlock()
-	if h.Action == HoldBlockCountry {
-		cc, err := h.Country()
-		if err != nil {
-			return err
-		}
-		g.blockMu.RLock()
-		cur, ok := g.countries[cc]
-		g.blockMu.RUnlock()
-		if !ok || h.Until.After(cur.Until) {
-			g.BlockCountry(cc, h.Until, h.Reason)
-		}
-		return nil
-	}
-	p, err := h.Prefix()
-	if err != nil {
+	if err := h.check(); err != nil {
 		return err
 	}
+	g.pruneHolds()
+	if _, gone := g.released[h.ID]; gone {
+		return nil
+	}
+	if cur, ok := g.holds[h.ID]; !ok || h.Until.After(cur.Until) {
+		g.holds[h.ID] = h
+	}
+	g.enforce(h)
+	return nil
+}
+
+func (h Hold) check() error {
+	if h.Action == HoldBlockCountry {
+		_, err := h.Country()
+		return err
+	}
+	_, err := h.Prefix()
+	return err
+}
+
+// enforce extends the block on h's target to h's end if that is later;
+// under applyMu, h checked.
+func (g *Gateway) enforce(h Hold) {
+	if h.Action == HoldBlockCountry {
+		g.blockMu.RLock()
+		cur, ok := g.countries[h.Target]
+		g.blockMu.RUnlock()
+		if !ok || h.Until.After(cur.Until) {
+			g.BlockCountry(h.Target, h.Until, h.Reason)
+		}
+		return
+	}
+	p, _ := h.Prefix()
 	g.blockMu.RLock()
 	cur, ok := g.blocks[p.Masked()]
 	g.blockMu.RUnlock()
 	if !ok || h.Until.After(cur.Until) {
 		g.Block(p, h.Until, h.Reason)
 	}
-	return nil
 }
 
-// HoldStreamHandler serves the containment stream: every hold in force
-// (snapshot), then each new hold as it is made, one JSON line each, and an
-// empty line every HoldHeartbeat. subscribe registers a callback for new
-// holds; a client that falls 256 holds behind is disconnected and catches up
-// from the snapshot when it reconnects.
+// pruneHolds forgets the holds and releases whose end has passed; under
+// applyMu.
+func (g *Gateway) pruneHolds() {
+	now := g.now()
+	for id, h := range g.holds {
+		if !now.Before(h.Until) {
+			delete(g.holds, id)
+		}
+	}
+	for id, until := range g.released {
+		if !now.Before(until) {
+			delete(g.released, id)
+		}
+	}
+}
+
+// Release lifts the hold r names before its end. The block on its target
+// is recomputed from the holds still in force there (the latest end
+// stands), so releasing one hold never lifts another on the same network
+// or country; a block placed without a hold (Block, BlockCountry) is left
+// as it is. The id is remembered until the hold's end, so the hold is not
+// applied again if it is replayed. It reports whether a hold was lifted.
+func (g *Gateway) Release(r Release) bool {
+	g.applyMu.Lock()
+	defer g.applyMu.Unlock()
+	g.pruneHolds()
+	h, ok := g.holds[r.ID]
+	end := r.Until
+	if ok && h.Until.After(end) {
+		end = h.Until
+	}
+	if end.After(g.now()) {
+		g.released[r.ID] = end
+	}
+	if !ok {
+		return false
+	}
+	delete(g.holds, r.ID)
+	var rest *Hold
+	for _, o := range g.holds {
+		if o.Action == h.Action && o.Target == h.Target && (rest == nil || o.Until.After(rest.Until)) {
+			o := o
+			rest = &o
+		}
+	}
+	if h.Action == HoldBlockCountry {
+		g.blockMu.RLock()
+		cur, held := g.countries[h.Target]
+		g.blockMu.RUnlock()
+		if !held || cur.Until.After(h.Until) {
+			return true // placed by something else, later than this hold
+		}
+		if rest != nil {
+			g.BlockCountry(h.Target, rest.Until, rest.Reason)
+		} else {
+			g.UnblockCountry(h.Target)
+		}
+		return true
+	}
+	p, _ := h.Prefix()
+	g.blockMu.RLock()
+	cur, held := g.blocks[p.Masked()]
+	g.blockMu.RUnlock()
+	if !held || cur.Until.After(h.Until) {
+		return true
+	}
+	if rest != nil {
+		g.Block(p, rest.Until, rest.Reason)
+	} else {
+		g.Unblock(p)
+	}
+	return true
+}
+
+// Release ends a hold before its end: an operator's decision, journaled at
+// the authority as containment.release. On the containment stream it is
+// the line {"release":{…}}.
+type Release struct {
+	ID       string    `json:"id"`
+	Action   string    `json:"action"`
+	Target   string    `json:"target"`
+	Until    time.Time `json:"until"` // the end the hold had
+	Reason   string    `json:"reason"`
+	Actor    string    `json:"actor,omitempty"`
+	Released time.Time `json:"released"`
+}
+
+// releaseLine is a release as a line of the containment stream.
+type releaseLine struct {
+	Release *Release `json:"release"`
+}
+
+// ParseRelease reads a release line ({"release":{…}}) strictly: unknown
+// fields, trailing data, no id, an unknown action or a malformed target are
+// refused, so that a gateway lifts nothing it does not understand.
+func ParseRelease(b []byte) (Release, error) {
+	var l releaseLine
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&l); err != nil {
+		return Release{}, fmt.Errorf("%w: %v", ErrBadHold, err)
+	}
+	if dec.More() {
+		return Release{}, fmt.Errorf("%w: trailing data", ErrBadHold)
+	}
+	if l.Release == nil {
+		return Release{}, fmt.Errorf("%w: no release", ErrBadHold)
+	}
+	r := *l.Release
+	if r.ID == "" || r.Until.IsZero() {
+		return Release{}, fmt.Errorf("%w: release without id or end", ErrBadHold)
+	}
+	if err := (Hold{Action: r.Action, Target: r.Target}).check(); err != nil {
+		return Release{}, err
+	}
+	return r, nil
+}
+
+// HoldEvent is one item of the containment stream after its snapshot: a
+// new hold or a release.
+type HoldEvent struct {
+	Hold    *Hold
+	Release *Release
+}
+
+func (e HoldEvent) line() any {
+	if e.Release != nil {
+		return releaseLine{Release: e.Release}
+	}
+	return e.Hold
+}
+
+// parseHoldLine reads one line of the containment stream: a release line
+// when it names "release", a hold otherwise.
+func parseHoldLine(b []byte) (HoldEvent, error) {
+	var probe struct {
+		Release json.RawMessage `json:"release"`
+	}
+	if json.Unmarshal(b, &probe) == nil && probe.Release != nil {
+		r, err := ParseRelease(b)
+		if err != nil {
+			return HoldEvent{}, err
+		}
+		return HoldEvent{Release: &r}, nil
+	}
+	h, err := ParseHold(b)
+	if err != nil {
+		return HoldEvent{}, err
+	}
+	return HoldEvent{Hold: &h}, nil
+}
+
+// HoldStreamHandler serves the containment stream of holds only (no
+// releases); see ContainmentStreamHandler.
 func HoldStreamHandler(snapshot func(context.Context) ([]Hold, error), subscribe func(func(Hold)) (unsubscribe func())) http.Handler {
+	return ContainmentStreamHandler(snapshot, func(fn func(HoldEvent)) func() {
+		return subscribe(func(h Hold) { fn(HoldEvent{Hold: &h}) })
+	})
+}
+
+// ContainmentStreamHandler serves the containment stream: every hold in
+// force (snapshot), then each new hold and each release as it is made, one
+// JSON line each (a hold as a Hold object, a release as {"release":{…}}),
+// and an empty line every HoldHeartbeat. subscribe registers a callback
+// for new events; a client that falls 256 events behind is disconnected
+// and catches up from the snapshot when it reconnects.
+func ContainmentStreamHandler(snapshot func(context.Context) ([]Hold, error), subscribe func(func(HoldEvent)) (unsubscribe func())) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ch, lagged, unsub := subscribeLagging(subscribe, 256)
 		defer unsub()
@@ -171,7 +351,7 @@ func HoldStreamHandler(snapshot func(context.Context) ([]Hold, error), subscribe
 		if _, err := io.WriteString(w, "\n"); err != nil || rc.Flush() != nil {
 			return
 		}
-		serveLines(w, r, rc, ch, lagged, HoldHeartbeat, func(h Hold) any { return h })
+		serveLines(w, r, rc, ch, lagged, HoldHeartbeat, HoldEvent.line)
 	})
 }
 
@@ -187,6 +367,7 @@ type RemoteHolds struct {
 
 	lastHeard atomic.Int64 // unix nanoseconds
 	applied   atomic.Uint64
+	released  atomic.Uint64
 	OnError   func(error)
 }
 
@@ -216,6 +397,9 @@ func (rh *RemoteHolds) Fresh() bool {
 
 // Applied counts the holds applied.
 func (rh *RemoteHolds) Applied() uint64 { return rh.applied.Load() }
+
+// Released counts the releases received.
+func (rh *RemoteHolds) Released() uint64 { return rh.released.Load() }
 
 // Run follows the stream until ctx ends, reconnecting with backoff.
 func (rh *RemoteHolds) Run(ctx context.Context) {
@@ -273,11 +457,16 @@ func (rh *RemoteHolds) follow(ctx context.Context) error {
 		if len(line) == 0 {
 			continue
 		}
-		h, err := ParseHold(line)
+		e, err := parseHoldLine(line)
 		if err != nil {
 			return err // a corrupt stream is not trusted any further
 		}
-		if err := rh.g.Apply(h); err != nil {
+		if e.Release != nil {
+			rh.g.Release(*e.Release)
+			rh.released.Add(1)
+			continue
+		}
+		if err := rh.g.Apply(*e.Hold); err != nil {
 			return err
 		}
 		rh.applied.Add(1)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,9 @@ var holdMigrations = []string{
 		id TEXT PRIMARY KEY, action TEXT NOT NULL, target TEXT NOT NULL,
 		until_ns BIGINT NOT NULL, created_ns BIGINT NOT NULL, body TEXT NOT NULL);
 	CREATE INDEX containment_holds_until ON containment_holds(until_ns)`,
+	// A hold lifted before its end (DELETE /v1/containment/{id}).
+	`ALTER TABLE containment_holds ADD COLUMN released_ns BIGINT;
+	ALTER TABLE containment_holds ADD COLUMN release_body TEXT`,
 }
 
 // controlHold is the control-feed kind of a new hold.
@@ -44,7 +48,23 @@ func (s *Server) openHolds(ctx context.Context) error {
 			return
 		}
 		s.applyHold(h)
-		s.holdFeed.publish(h)
+		s.holdFeed.publish(gateway.HoldEvent{Hold: &h})
+	})
+	s.OnControl(controlRelease, func(raw json.RawMessage) {
+		var l struct {
+			Release json.RawMessage `json:"release"`
+		}
+		l.Release = raw
+		line, _ := json.Marshal(l)
+		r, err := gateway.ParseRelease(line)
+		if err != nil {
+			s.Log.Error("containment release not applied", "err", err)
+			return
+		}
+		if s.Gateway != nil {
+			s.Gateway.Release(r)
+		}
+		s.holdFeed.publish(gateway.HoldEvent{Release: &r})
 	})
 	hs, err := s.Holds(ctx)
 	if err != nil {
@@ -65,9 +85,9 @@ func (s *Server) applyHold(h gateway.Hold) {
 	}
 }
 
-// Holds lists the holds in force, from the store.
+// Holds lists the holds in force (not ended, not released), from the store.
 func (s *Server) Holds(ctx context.Context) ([]gateway.Hold, error) {
-	rows, err := s.DB.QueryContext(ctx, `SELECT body FROM containment_holds WHERE until_ns > $1 ORDER BY created_ns`, s.now().UnixNano())
+	rows, err := s.DB.QueryContext(ctx, `SELECT body FROM containment_holds WHERE until_ns > $1 AND released_ns IS NULL ORDER BY created_ns`, s.now().UnixNano())
 	if err != nil {
 		return nil, fmt.Errorf("failed to read containment holds: %w", err)
 	}
@@ -89,7 +109,8 @@ func (s *Server) Holds(ctx context.Context) ([]gateway.Hold, error) {
 
 // addHold records h in the audit log and the store, then announces it to
 // every replica (which apply it and pass it on to their gateways). A hold
-// already recorded is announced again, so a retry completes.
+// already recorded is announced again, so a retry completes; one already
+// released is left as it is.
 func (s *Server) addHold(ctx context.Context, h gateway.Hold) error {
 	what := "prefix"
 	switch h.Action {
@@ -111,6 +132,17 @@ func (s *Server) addHold(ctx context.Context, h gateway.Hold) error {
 	}
 	if h.Created.IsZero() {
 		h.Created = s.now().UTC()
+	}
+	// A hold released by an operator is not placed again by a retry (a
+	// queued detector action whose announcement failed): a replica
+	// started since would enforce it.
+	var released sql.NullInt64
+	err := s.DB.QueryRowContext(ctx, `SELECT released_ns FROM containment_holds WHERE id=$1`, h.ID).Scan(&released)
+	switch {
+	case err == nil && released.Valid:
+		return nil
+	case err != nil && !errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("failed to read containment hold: %w", err)
 	}
 	body, err := json.Marshal(h)
 	if err != nil {

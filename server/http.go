@@ -58,13 +58,14 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST /v1/ledger/lookup", s.allow(rolesFollow, s.Ledger.LookupHandler().ServeHTTP))
 	mux.HandleFunc("GET /v1/containment", s.allow(rolesFollow, s.listHolds))
 	mux.HandleFunc("POST /v1/containment", s.admin(s.addHoldByHand))
+	mux.HandleFunc("DELETE /v1/containment/{id}", s.admin(s.releaseHoldByHand))
 
 	// Identity providers the shop keeps record their tokens with an issuer credential.
 	mux.HandleFunc("POST /v1/ledger/record", s.recordLedger)
 	mux.HandleFunc("POST /v1/ledger/prv", s.newPRV)
 	mux.HandleFunc("POST /v1/providers/{name}/hydra/token-hook", s.hydraTokenHook)
 	mux.HandleFunc("POST /v1/providers/{name}/keycloak/event", s.keycloakEvent)
-	mux.Handle("GET /v1/containment/stream", s.allow(rolesFollow, gateway.HoldStreamHandler(s.Holds, s.holdFeed.subscribe).ServeHTTP))
+	mux.Handle("GET /v1/containment/stream", s.allow(rolesFollow, gateway.ContainmentStreamHandler(s.Holds, s.holdFeed.subscribe).ServeHTTP))
 
 	mux.Handle("/scim/v2/", http.StripPrefix("/scim/v2", s.Staff.SCIMHandler()))
 

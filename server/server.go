@@ -110,7 +110,7 @@ type Server struct {
 	now        func() time.Time
 	closers    []func() error
 	keyChanges fanout[keys.Key]
-	holdFeed   fanout[gateway.Hold]
+	holdFeed   fanout[gateway.HoldEvent]
 
 	// Background loops (http.go): Run drains the consumers of the bus,
 	// then ends quit, then waits for the loops.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/url"
 	"text/tabwriter"
 	"time"
 
@@ -13,7 +14,7 @@ import (
 // newContainmentCmd is custos containment: the holds every gateway
 // enforces, and an operator's hold placed by hand.
 func newContainmentCmd() *cobra.Command {
-	c := &cobra.Command{Use: "containment", Short: "Containment holds every gateway enforces: list, hold"}
+	c := &cobra.Command{Use: "containment", Short: "Containment holds every gateway enforces: list, hold, release"}
 
 	var lf adminFlags
 	list := &cobra.Command{
@@ -69,6 +70,31 @@ func newContainmentCmd() *cobra.Command {
 	hold.Flags().StringVar(&hfor, "for", "", "how long, e.g. 1h (at most 168h)")
 	hold.Flags().StringVar(&reason, "reason", "", "why (kept with the hold and in the audit log)")
 
-	c.AddCommand(list, hold)
+	var rf adminFlags
+	var rreason string
+	release := &cobra.Command{
+		Use:   "release ID --reason R",
+		Short: "Lift a hold before its end on every gateway (a false alarm, a legitimate network or country held by mistake)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if rreason == "" {
+				return usageErr("--reason is required")
+			}
+			var r gateway.Release
+			path := gateway.ContainmentPath + "/" + url.PathEscape(args[0]) + "?" + url.Values{"reason": {rreason}}.Encode()
+			if err := rf.call("DELETE", path, nil, &r); err != nil {
+				return err
+			}
+			if rf.json {
+				return printJSON(cmd.OutOrStdout(), r)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "released %s: %s %s (was held until %s)\n", r.ID, r.Action, r.Target, r.Until.Format(time.RFC3339))
+			return nil
+		},
+	}
+	rf.add(release)
+	release.Flags().StringVar(&rreason, "reason", "", "why (kept in the audit log)")
+
+	c.AddCommand(list, hold, release)
 	return c
 }

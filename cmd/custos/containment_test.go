@@ -41,4 +41,24 @@ func TestContainmentCommand(t *testing.T) {
 	if o, _, code := cli(t, ls.admin("containment", "list")...); code != 0 || !strings.Contains(o, h.ID) || !strings.Contains(o, "replayed tokens") {
 		t.Fatalf("list as text: %d %q", code, o)
 	}
+
+	// Released by hand: gone from the list; a second release, an
+	// unknown id or a missing reason is refused with exit status 2.
+	if _, _, code := cli(t, ls.admin("containment", "release", h.ID)...); code != 2 {
+		t.Fatalf("release without --reason: %d", code)
+	}
+	if _, e, code := cli(t, ls.admin("containment", "release", "op-0000", "--reason", "x")...); code != 2 || !strings.Contains(e, "not_found") {
+		t.Fatalf("release of an unknown hold: %d %q", code, e)
+	}
+	o, e, code = cli(t, ls.admin("containment", "release", h.ID, "--reason", "our own customers", "--json")...)
+	var r gateway.Release
+	if code != 0 || json.Unmarshal([]byte(o), &r) != nil || r.ID != h.ID || r.Target != "CN" || r.Reason != "our own customers" || r.Actor == "" {
+		t.Fatalf("release: %d %q %q", code, o, e)
+	}
+	if o, _, code := cli(t, ls.admin("containment", "list")...); code != 0 || strings.Contains(o, h.ID) {
+		t.Fatalf("list after the release: %d %q", code, o)
+	}
+	if _, e, code := cli(t, ls.admin("containment", "release", h.ID, "--reason", "again")...); code != 2 || !strings.Contains(e, "not_found") {
+		t.Fatalf("second release: %d %q", code, e)
+	}
 }
