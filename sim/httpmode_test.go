@@ -235,3 +235,67 @@ func TestHTTPReplayNoLifecycle(t *testing.T) {
 		t.Errorf("not_issued %v..%v, dead key from %v: want the switch at the schedule %s", niFirst, niLast, deadFirst, due)
 	}
 }
+
+// Token requests over HTTP name their caller, as a proxy in front of the
+// authority would: the login service's servers for customers' logins, the
+// attacker's own machine for the stolen secret. The authority believes the
+// replay's X-Forwarded-For (trusted_proxies), so the stolen secret's first
+// token, asked for from a network the client never called from, raises
+// issuance_network naming the attacker (at this scale, once the client
+// has its history of 100 issuances); without the header every caller is
+// the replay's loopback address and the rule cannot see it.
+func TestHTTPReplayIssuanceCaller(t *testing.T) {
+	if testing.Short() {
+		t.Skip("HTTP replay skipped in -short mode")
+	}
+	edit := func(c *scenario.Config) { c.Attacker = scenario.StolenClientSecret }
+	attackerNet := func(h *HTTPReplay, addr string) bool {
+		ip, err := netipParse(addr)
+		if err != nil {
+			return false
+		}
+		for _, n := range h.attackNets {
+			if n.Prefix.Contains(ip) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, direct := range []bool{false, true} {
+		t.Run(map[bool]string{false: "forwarded", true: "direct"}[direct], func(t *testing.T) {
+			h, rep := replayHTTPWorld(t, HTTPOptions{direct: direct}, edit)
+			cust := rep.Worlds[1]
+			var attack, other []string
+			for _, a := range h.Server.Detect.Alerts() {
+				if a.Rule != detect.RuleIssuanceNetwork {
+					continue
+				}
+				if attackerNet(h, a.Attrs["src_ip"]) {
+					attack = append(attack, a.Attrs["src_ip"])
+				} else {
+					other = append(other, a.Attrs["src_ip"])
+				}
+			}
+			if len(other) > 0 {
+				t.Errorf("issuance_network on callers that are not the attacker's: %v", other)
+			}
+			if direct {
+				if len(attack) > 0 {
+					t.Errorf("issuance_network named the attacker %v with no X-Forwarded-For", attack)
+				}
+				return
+			}
+			if len(attack) == 0 {
+				t.Fatalf("no issuance_network alert on the attacker's network; first alert %q at %v", cust.FirstAlertRule, cust.FirstAlert)
+			}
+			// The replay counts it as the attack's alert, not a false alarm.
+			h.falseRules.Range(func(k, _ any) bool {
+				if strings.HasPrefix(k.(string), detect.RuleIssuanceNetwork+" ") {
+					t.Errorf("issuance_network counted as a false alarm: %q", k)
+				}
+				return true
+			})
+			t.Logf("issuance_network on %v; first alert %s (%s); false alarms %d in %d", attack, cust.FirstAlertRule, cust.AlertDelay, cust.FalseAlarms, cust.NormalRequests)
+		})
+	}
+}
