@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -297,5 +298,23 @@ func TestHTTPReplayIssuanceCaller(t *testing.T) {
 			})
 			t.Logf("issuance_network on %v; first alert %s (%s); false alarms %d in %d", attack, cust.FirstAlertRule, cust.AlertDelay, cust.FalseAlarms, cust.NormalRequests)
 		})
+	}
+}
+
+// An issuance alert arrives while the authority answers the attacker's token
+// request, before the answer names the token's jti, and after the replay has
+// moved on: it is timed at the request that asked for the token.
+func TestHTTPIssuanceAlertTime(t *testing.T) {
+	h := &HTTPReplay{attackNets: []scenario.Network{{Prefix: netip.MustParsePrefix("45.76.89.0/24"), Attacker: true}}}
+	asked := time.Date(2025, 6, 24, 0, 0, 0, 0, time.UTC)
+	h.asked.Store("45.76.89.186 19", asked.UnixNano())
+	h.simNow.Store(asked.Add(time.Hour).UnixNano()) // where the driver has got to
+	h.onAlert(detect.Alert{Rule: detect.RuleIssuanceNetwork, Attrs: map[string]string{
+		"client": "cl", "subject": "19", "jti": "not-yet-known", "src_ip": "45.76.89.186", "client_ip": "45.76.89.186"}})
+	if h.falseAl.Load() != 0 {
+		t.Fatal("the attacker's issuance alert counted as a false alarm")
+	}
+	if got := time.Unix(0, h.firstAlert).UTC(); !got.Equal(asked) || h.firstRule != detect.RuleIssuanceNetwork {
+		t.Fatalf("first alert %s at %v, want %s at the token request %v", h.firstRule, got, detect.RuleIssuanceNetwork, asked)
 	}
 }
