@@ -71,6 +71,10 @@ type HTTPOptions struct {
 	// then runs on the replay's simulated clock, and the replay applies the
 	// key schedule (keys.Manager.Tick) every schedStep of simulated time.
 	NoLifecycle bool
+
+	// direct sends token requests without X-Forwarded-For: the authority
+	// then sees every caller as the replay's own loopback address.
+	direct bool
 }
 
 // HTTPWorld maps an events-mode world to the HTTP replay's options; the
@@ -138,7 +142,11 @@ type HTTPReplay struct {
 	attackNets              []scenario.Network
 	firstUse                sync.Map // jti → unix nanos of the first request that used it
 	attackJTI               sync.Map // jti of every token issued for the attacker (stolen client secret)
-	falseRules              sync.Map
+	// asked is, by "client_ip subject", when (simulated, unix nanos) the
+	// attacker asked for a token with the stolen secret: the authority's
+	// issuance alerts arrive before the answer names the token's jti.
+	asked      sync.Map
+	falseRules sync.Map
 	// gwSent counts requests sent to custos's gateway, and catchUp is set
 	// when an attack request was served with containment on: the driver
 	// then lets detection catch up before the next request (see Run).
@@ -218,6 +226,10 @@ func StartHTTP(ctx context.Context, o HTTPOptions) (_ *HTTPReplay, err error) {
 	cfg.Gateway.Name = "custos-gw"
 	cfg.Gateway.GeoIP = []string{geo}
 	cfg.Gateway.TrustedProxies = []string{"127.0.0.1/32"} // the replay driver speaks for the simulated clients
+	// The authority believes the driver too: each token request names,
+	// in X-Forwarded-For, the machine that asks for the token (the login
+	// service's servers, or the attacker's own with a stolen secret).
+	cfg.TrustedProxies = []string{"127.0.0.1/32"}
 	if o.Observe {
 		cfg.Gateway.Observe = append(cfg.Gateway.Observe, string(event.ReasonNotIssued))
 	}
@@ -361,6 +373,13 @@ func (h *HTTPReplay) admin(ctx context.Context, method, path string, body, out a
 }
 
 func (h *HTTPReplay) call(ctx context.Context, method, u, bearer string, body, out any) error {
+	return h.callFrom(ctx, method, u, bearer, "", body, out)
+}
+
+// callFrom is call on behalf of the caller at address from (sent as
+// X-Forwarded-For, which the authority believes from the replay's
+// loopback address); none when from is empty.
+func (h *HTTPReplay) callFrom(ctx context.Context, method, u, bearer, from string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -375,6 +394,9 @@ func (h *HTTPReplay) call(ctx context.Context, method, u, bearer string, body, o
 		req.Header.Set("Content-Type", "application/scim+json")
 	}
 	req.Header.Set("Authorization", "Bearer "+bearer)
+	if from != "" {
+		req.Header.Set("X-Forwarded-For", from)
+	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
 		return err
@@ -426,6 +448,8 @@ func (h *HTTPReplay) onAlert(a detect.Alert) {
 	if v, ok := h.firstUse.Load(a.Attrs["jti"]); ok {
 		at = v.(int64)
 	} else if v, ok := h.attackJTI.Load(a.Attrs["jti"]); ok {
+		at = v.(int64)
+	} else if v, ok := h.asked.Load(a.Attrs["client_ip"] + " " + a.Attrs["subject"]); ok {
 		at = v.(int64)
 	}
 	h.alertMu.Lock()
@@ -783,7 +807,17 @@ func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, er
 		"subject": r.Member, "audience": config.DefaultAudience, "ttl": 900,
 		"client_ip": r.SrcIP.String(), "session_id": session,
 	}
-	err := h.call(ctx, "POST", h.APIURL+"/v1/tokens", secret, body, &out)
+	// The caller, as in events mode: the login service's servers for a
+	// customer's login, the attacker's own machine with the stolen secret.
+	from := loginCaller
+	if r.Token == scenario.IssuedStolenSecret {
+		from = r.Addr
+		h.asked.LoadOrStore(r.Addr+" "+r.Member, r.Time.UnixNano())
+	}
+	if h.opts.direct {
+		from = ""
+	}
+	err := h.callFrom(ctx, "POST", h.APIURL+"/v1/tokens", secret, from, body, &out)
 	if err != nil && r.Kind.Attack() && (strings.Contains(err.Error(), ": 403 ") || strings.Contains(err.Error(), ": 401 ")) {
 		// The authority refuses the subject (a decoy) or the secret
 		// (suspended by containment): the attacker goes without a token,
@@ -799,7 +833,7 @@ func (h *HTTPReplay) token(ctx context.Context, r *scenario.Request) (string, er
 		h.secretMu.Lock()
 		secret = h.secret
 		h.secretMu.Unlock()
-		err = h.call(ctx, "POST", h.APIURL+"/v1/tokens", secret, body, &out)
+		err = h.callFrom(ctx, "POST", h.APIURL+"/v1/tokens", secret, from, body, &out)
 	}
 	if err == nil && r.Token == scenario.IssuedStolenSecret {
 		h.attackJTI.Store(out.JTI, r.Time.UnixNano())

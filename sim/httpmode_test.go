@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -233,5 +234,87 @@ func TestHTTPReplayNoLifecycle(t *testing.T) {
 	}
 	if !niLast.Before(deadFirst) || deadFirst.Before(cust.KeyDied) || niLast.After(due.Add(2*schedStep)) {
 		t.Errorf("not_issued %v..%v, dead key from %v: want the switch at the schedule %s", niFirst, niLast, deadFirst, due)
+	}
+}
+
+// Token requests over HTTP name their caller, as a proxy in front of the
+// authority would: the login service's servers for customers' logins, the
+// attacker's own machine for the stolen secret. The authority believes the
+// replay's X-Forwarded-For (trusted_proxies), so the stolen secret's first
+// token, asked for from a network the client never called from, raises
+// issuance_network naming the attacker (at this scale, once the client
+// has its history of 100 issuances); without the header every caller is
+// the replay's loopback address and the rule cannot see it.
+func TestHTTPReplayIssuanceCaller(t *testing.T) {
+	if testing.Short() {
+		t.Skip("HTTP replay skipped in -short mode")
+	}
+	edit := func(c *scenario.Config) { c.Attacker = scenario.StolenClientSecret }
+	attackerNet := func(h *HTTPReplay, addr string) bool {
+		ip, err := netipParse(addr)
+		if err != nil {
+			return false
+		}
+		for _, n := range h.attackNets {
+			if n.Prefix.Contains(ip) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, direct := range []bool{false, true} {
+		t.Run(map[bool]string{false: "forwarded", true: "direct"}[direct], func(t *testing.T) {
+			h, rep := replayHTTPWorld(t, HTTPOptions{direct: direct}, edit)
+			cust := rep.Worlds[1]
+			var attack, other []string
+			for _, a := range h.Server.Detect.Alerts() {
+				if a.Rule != detect.RuleIssuanceNetwork {
+					continue
+				}
+				if attackerNet(h, a.Attrs["src_ip"]) {
+					attack = append(attack, a.Attrs["src_ip"])
+				} else {
+					other = append(other, a.Attrs["src_ip"])
+				}
+			}
+			if len(other) > 0 {
+				t.Errorf("issuance_network on callers that are not the attacker's: %v", other)
+			}
+			if direct {
+				if len(attack) > 0 {
+					t.Errorf("issuance_network named the attacker %v with no X-Forwarded-For", attack)
+				}
+				return
+			}
+			if len(attack) == 0 {
+				t.Fatalf("no issuance_network alert on the attacker's network; first alert %q at %v", cust.FirstAlertRule, cust.FirstAlert)
+			}
+			// The replay counts it as the attack's alert, not a false alarm.
+			h.falseRules.Range(func(k, _ any) bool {
+				if strings.HasPrefix(k.(string), detect.RuleIssuanceNetwork+" ") {
+					t.Errorf("issuance_network counted as a false alarm: %q", k)
+				}
+				return true
+			})
+			t.Logf("issuance_network on %v; first alert %s (%s); false alarms %d in %d", attack, cust.FirstAlertRule, cust.AlertDelay, cust.FalseAlarms, cust.NormalRequests)
+		})
+	}
+}
+
+// An issuance alert arrives while the authority answers the attacker's token
+// request, before the answer names the token's jti, and after the replay has
+// moved on: it is timed at the request that asked for the token.
+func TestHTTPIssuanceAlertTime(t *testing.T) {
+	h := &HTTPReplay{attackNets: []scenario.Network{{Prefix: netip.MustParsePrefix("45.76.89.0/24"), Attacker: true}}}
+	asked := time.Date(2025, 6, 24, 0, 0, 0, 0, time.UTC)
+	h.asked.Store("45.76.89.186 19", asked.UnixNano())
+	h.simNow.Store(asked.Add(time.Hour).UnixNano()) // where the driver has got to
+	h.onAlert(detect.Alert{Rule: detect.RuleIssuanceNetwork, Attrs: map[string]string{
+		"client": "cl", "subject": "19", "jti": "not-yet-known", "src_ip": "45.76.89.186", "client_ip": "45.76.89.186"}})
+	if h.falseAl.Load() != 0 {
+		t.Fatal("the attacker's issuance alert counted as a false alarm")
+	}
+	if got := time.Unix(0, h.firstAlert).UTC(); !got.Equal(asked) || h.firstRule != detect.RuleIssuanceNetwork {
+		t.Fatalf("first alert %s at %v, want %s at the token request %v", h.firstRule, got, detect.RuleIssuanceNetwork, asked)
 	}
 }
