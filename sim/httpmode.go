@@ -488,6 +488,7 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 	var firstErr atomic.Pointer[error] // errors of several types: atomic.Value would panic
 	expected := h.sc.Expected()
 	var n uint64
+	attackStarted := false
 	for {
 		var r scenario.Request
 		if !h.sc.NextInto(&r) {
@@ -531,7 +532,15 @@ func (h *HTTPReplay) Run(ctx context.Context, progress func(done, expected uint6
 		if e := firstErr.Load(); e != nil {
 			return Report{}, *e
 		}
-		if h.opts.Contain && r.Kind.Attack() {
+		// The attack's first request goes alone, after every request before
+		// it and before any after it, as it would on a wall clock: with
+		// requests in flight side by side a later attack request could
+		// reach detection first and time the first alert at itself.
+		firstAttack := r.Kind.Attack() && !attackStarted
+		if r.Kind.Attack() {
+			attackStarted = true
+		}
+		if (h.opts.Contain && r.Kind.Attack()) || firstAttack {
 			// With containment on an attack request goes alone, as in
 			// events mode: what detection does about it takes effect
 			// before the next one.
