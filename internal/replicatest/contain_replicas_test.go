@@ -431,29 +431,8 @@ func TestIssuanceSuspendAcrossReplicas(t *testing.T) {
 // throughout; once the hold's "for" has passed both serve the country
 // again.
 func TestCountryHoldAcrossReplicas(t *testing.T) {
-	d := newDeployment(t, direct)
-	geo := filepath.Join(d.dir, "geo.mmdb")
-	nets, err := geodb.Countries(map[string]string{"203.0.113.0/24": "CN", "198.51.100.0/24": "KR"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := geodb.Write(geo, "custos-test", nets); err != nil {
-		t.Fatal(err)
-	}
-	a1, a2, admin, cl := d.twoAuthorities()
-	tokFile := filepath.Join(d.dir, "a1", "admin-token")
-	extra := "  geoip: [" + geo + "]\n"
-	g1 := d.gatewayWith("g1", tokFile, extra, a1)
-	g2 := d.gatewayWith("g2", tokFile, extra, a2)
-	gws := []*proc{g1, g2}
-	for _, g := range gws {
-		g.waitReady(30 * time.Second)
-	}
-	member := fmt.Sprint(d.pop.MemberID(7))
-	tok, _, st := issueFrom(t, a1, cl.Secret, member, "s-7")
-	if st != 200 {
-		t.Fatalf("issue: %d", st)
-	}
+	c := newCountryHolds(t, map[string]string{"203.0.113.0/24": "CN", "198.51.100.0/24": "KR"})
+	a1, a2, admin, gws, member, tok := c.a1, c.a2, c.admin, c.gws, c.member, c.tok
 	const cn, kr = "203.0.113.50", "198.51.100.50"
 	reachAll(t, time.Now(), 10*time.Second, "served from CN before the hold", gws, func(g *proc) bool { return gatewayServes(g, tok, member, cn) })
 
@@ -512,4 +491,48 @@ func TestCountryHoldAcrossReplicas(t *testing.T) {
 	}
 	off := reachAll(t, h.Until, 5*time.Second, "served from CN after the hold's end", gws, func(g *proc) bool { return gatewayServes(g, tok, member, cn) })
 	t.Logf("hold lifted at g1 %s and at g2 %s after its end", off["g1"].Round(time.Millisecond), off["g2"].Round(time.Millisecond))
+}
+
+// countryHolds is two authorities, each followed by a standalone gateway
+// (g1 follows a1, g2 follows a2) with a GeoIP database of nets (prefix →
+// country), and a customer's token from a1.
+type countryHolds struct {
+	d              *deployment
+	a1, a2, g1, g2 *proc
+	gws            []*proc
+	admin          string
+	tokFile, extra string // the gateways' credential and config lines, for one more
+	member, tok    string
+}
+
+func newCountryHolds(t *testing.T, nets map[string]string) countryHolds {
+	t.Helper()
+	c := countryHolds{d: newDeployment(t, direct)}
+	geo := filepath.Join(c.d.dir, "geo.mmdb")
+	db, err := geodb.Countries(nets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := geodb.Write(geo, "custos-test", db); err != nil {
+		t.Fatal(err)
+	}
+	var cl struct {
+		Secret string `json:"client_secret"`
+	}
+	c.a1, c.a2, c.admin, cl = c.d.twoAuthorities()
+	c.tokFile = filepath.Join(c.d.dir, "a1", "admin-token")
+	c.extra = "  geoip: [" + geo + "]\n"
+	c.g1 = c.d.gatewayWith("g1", c.tokFile, c.extra, c.a1)
+	c.g2 = c.d.gatewayWith("g2", c.tokFile, c.extra, c.a2)
+	c.gws = []*proc{c.g1, c.g2}
+	for _, g := range c.gws {
+		g.waitReady(30 * time.Second)
+	}
+	c.member = fmt.Sprint(c.d.pop.MemberID(7))
+	var st int
+	c.tok, _, st = issueFrom(t, c.a1, cl.Secret, c.member, "s-7")
+	if st != 200 {
+		t.Fatalf("issue: %d", st)
+	}
+	return c
 }

@@ -3,12 +3,9 @@ package replicatest
 import (
 	"fmt"
 	"net/url"
-	"path/filepath"
 	"sort"
 	"testing"
 	"time"
-
-	"github.com/custos-dev/custos/internal/geodb"
 )
 
 // An operator's country hold placed at one authority and released at the
@@ -17,29 +14,8 @@ import (
 // started after the releases enforces the hold still in force on another
 // country and none of the released ones.
 func TestCountryHoldReleaseAcrossReplicas(t *testing.T) {
-	d := newDeployment(t, direct)
-	geo := filepath.Join(d.dir, "geo.mmdb")
-	nets, err := geodb.Countries(map[string]string{"203.0.113.0/24": "CN", "192.0.2.0/24": "RU", "198.51.100.0/24": "KR"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := geodb.Write(geo, "custos-test", nets); err != nil {
-		t.Fatal(err)
-	}
-	a1, a2, admin, cl := d.twoAuthorities()
-	tokFile := filepath.Join(d.dir, "a1", "admin-token")
-	extra := "  geoip: [" + geo + "]\n"
-	g1 := d.gatewayWith("g1", tokFile, extra, a1)
-	g2 := d.gatewayWith("g2", tokFile, extra, a2)
-	gws := []*proc{g1, g2}
-	for _, g := range gws {
-		g.waitReady(30 * time.Second)
-	}
-	member := fmt.Sprint(d.pop.MemberID(7))
-	tok, _, st := issueFrom(t, a1, cl.Secret, member, "s-7")
-	if st != 200 {
-		t.Fatalf("issue: %d", st)
-	}
+	c := newCountryHolds(t, map[string]string{"203.0.113.0/24": "CN", "192.0.2.0/24": "RU", "198.51.100.0/24": "KR"})
+	d, a1, a2, admin, gws, member, tok, tokFile, extra := c.d, c.a1, c.a2, c.admin, c.gws, c.member, c.tok, c.tokFile, c.extra
 	const cn, ru = "203.0.113.50", "192.0.2.50"
 	reachAll(t, time.Now(), 10*time.Second, "served from CN before the hold", gws, func(g *proc) bool { return gatewayServes(g, tok, member, cn) })
 
