@@ -44,16 +44,7 @@ func TestDecoyHitRevokesSubjectTokensOnRedisLedger(t *testing.T) {
 	}
 	db := pgOf(t, d)
 
-	issue := func(at *proc, member string) string {
-		t.Helper()
-		var out struct {
-			AccessToken string `json:"access_token"`
-		}
-		if _, err := call("POST", at.url()+"/v1/tokens", cl.Secret, map[string]any{"subject": member, "audience": "shop-api"}, &out); err != nil || out.AccessToken == "" {
-			t.Fatalf("issue at %s: %v", at.name, err)
-		}
-		return out.AccessToken
-	}
+	issue := func(at *proc, member string) string { return mustIssue(t, at, cl.Secret, member) }
 	member, otherMember := fmt.Sprint(d.pop.MemberID(7)), fmt.Sprint(d.pop.MemberID(8))
 	const insider, elsewhere = "203.0.113.88", "198.51.100.40"
 	toks := map[string]string{"a1": issue(a1, member), "a2": issue(a2, member)}
@@ -145,4 +136,17 @@ func awaitRevoked(t *testing.T, gws []*proc, toks map[string]string, member, src
 		time.Sleep(50 * time.Millisecond)
 	}
 	return refused
+}
+
+// mustIssue asks authority at for a token of member with the client secret,
+// no login session, and fails the test without one.
+func mustIssue(t *testing.T, at *proc, secret, member string) string {
+	t.Helper()
+	var out struct {
+		AccessToken string `json:"access_token"`
+	}
+	if _, err := call("POST", at.url()+"/v1/tokens", secret, map[string]any{"subject": member, "audience": "shop-api"}, &out); err != nil || out.AccessToken == "" {
+		t.Fatalf("issue at %s: %v", at.name, err)
+	}
+	return out.AccessToken
 }

@@ -49,16 +49,7 @@ func TestDecoyHitRevokesSubjectTokensOnShardedLedger(t *testing.T) {
 		}
 	}
 
-	issue := func(at *proc, member string) string {
-		t.Helper()
-		var out struct {
-			AccessToken string `json:"access_token"`
-		}
-		if _, err := call("POST", at.url()+"/v1/tokens", cl.Secret, map[string]any{"subject": member, "audience": "shop-api"}, &out); err != nil || out.AccessToken == "" {
-			t.Fatalf("issue at %s: %v", at.name, err)
-		}
-		return out.AccessToken
-	}
+	issue := func(at *proc, member string) string { return mustIssue(t, at, cl.Secret, member) }
 	member, otherMember := fmt.Sprint(d.pop.MemberID(7)), fmt.Sprint(d.pop.MemberID(8))
 	const insider, elsewhere = "203.0.113.88", "198.51.100.40"
 	// The customer's tokens, from both authorities, until both shards'
