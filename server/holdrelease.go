@@ -9,9 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/custos-dev/custos/gateway"
 	"github.com/custos-dev/custos/wire"
@@ -56,17 +53,10 @@ func ParseReleaseRequest(rawQuery string) (reason string, err error) {
 	if len(rs) != 1 {
 		return bad("reason is required, once")
 	}
-	reason = rs[0]
-	if strings.TrimSpace(reason) == "" {
-		return bad("reason is required")
+	if msg := badHoldReason(rs[0]); msg != "" {
+		return bad("%s", msg)
 	}
-	if len(reason) > MaxHoldReason {
-		return bad("reason longer than %d bytes", MaxHoldReason)
-	}
-	if !utf8.ValidString(reason) || strings.ContainsFunc(reason, func(c rune) bool { return unicode.IsControl(c) || unicode.Is(unicode.Cf, c) }) {
-		return bad("reason holds a control or format character (line breaks, bidirectional overrides) or invalid UTF-8")
-	}
-	return reason, nil
+	return rs[0], nil
 }
 
 // validHoldID reports whether id could name a hold: 1 to maxHoldID bytes

@@ -93,14 +93,8 @@ func ParseHoldRequest(b []byte) (action, target string, dur time.Duration, reaso
 	if dur <= 0 || dur > MaxHoldFor {
 		return bad(`"for" must be above 0 and at most %s`, MaxHoldFor)
 	}
-	if strings.TrimSpace(r.Reason) == "" {
-		return bad("reason is required")
-	}
-	if len(r.Reason) > MaxHoldReason {
-		return bad("reason longer than %d bytes", MaxHoldReason)
-	}
-	if !utf8.ValidString(r.Reason) || strings.ContainsFunc(r.Reason, func(c rune) bool { return unicode.IsControl(c) || unicode.Is(unicode.Cf, c) }) {
-		return bad("reason holds a control or format character (line breaks, bidirectional overrides) or invalid UTF-8")
+	if msg := badHoldReason(r.Reason); msg != "" {
+		return bad("%s", msg)
 	}
 	return r.Action, target, dur, r.Reason, nil
 }
@@ -205,4 +199,19 @@ func (s *Server) addHoldByHand(w http.ResponseWriter, r *http.Request) {
 	}
 	s.Log.Info("containment hold placed by hand", "id", h.ID, "action", action, "target", target, "until", h.Until, "actor", h.Actor)
 	wire.WriteJSON(w, http.StatusCreated, h)
+}
+
+// badHoldReason says what is wrong with the reason of a hold or a release,
+// or "" when nothing is: required (not blank), at most MaxHoldReason bytes,
+// valid UTF-8 with no control or format character.
+func badHoldReason(reason string) string {
+	switch {
+	case strings.TrimSpace(reason) == "":
+		return "reason is required"
+	case len(reason) > MaxHoldReason:
+		return fmt.Sprintf("reason longer than %d bytes", MaxHoldReason)
+	case !utf8.ValidString(reason) || strings.ContainsFunc(reason, func(c rune) bool { return unicode.IsControl(c) || unicode.Is(unicode.Cf, c) }):
+		return "reason holds a control or format character (line breaks, bidirectional overrides) or invalid UTF-8"
+	}
+	return ""
 }
